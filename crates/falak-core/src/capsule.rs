@@ -1,0 +1,298 @@
+//! Capsules: immutable, versioned specs of something runnable.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement::Strategy;
+use crate::resources::{Quantity, Resources, parse_cpu, parse_memory};
+use crate::spec::{SpecError, validate_name};
+
+/// The most attempts a task may be given.
+pub const MAX_ATTEMPTS: u32 = 100;
+/// The longest per-task timeout accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What a capsule runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Process,
+    Container,
+    Function,
+}
+
+/// A capsule as a user writes it (YAML or JSON). Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsuleDocument {
+    pub name: String,
+    pub kind: Kind,
+    /// An explicit version; when absent the ledger assigns the next one.
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: ResourcesDocument,
+    #[serde(default)]
+    pub placement: PlacementDocument,
+    /// Per-task timeout, e.g. `30s` or `5m`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesDocument {
+    #[serde(default)]
+    pub cpu: Option<Quantity>,
+    #[serde(default)]
+    pub memory: Option<Quantity>,
+    #[serde(default)]
+    pub gpus: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementDocument {
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    /// Labels a node must carry (hard constraint).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Labels a node should carry (raises gravity, not required).
+    #[serde(default)]
+    pub prefer: BTreeMap<String, String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// A validated capsule spec, as stored in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleSpec {
+    pub name: String,
+    pub kind: Kind,
+    pub version: Option<u32>,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub placement: PlacementPolicy,
+    pub timeout_ms: Option<u64>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Where and how hard to try placing a capsule's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementPolicy {
+    pub strategy: Strategy,
+    pub labels: BTreeMap<String, String>,
+    pub prefer: BTreeMap<String, String>,
+    pub max_attempts: u32,
+}
+
+impl Default for PlacementPolicy {
+    fn default() -> Self {
+        PlacementPolicy {
+            strategy: Strategy::Balanced,
+            labels: BTreeMap::new(),
+            prefer: BTreeMap::new(),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Default requests when a capsule names none: small enough to pack many tasks per core.
+pub const DEFAULT_CPU_MILLIS: u64 = 100;
+pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
+
+impl CapsuleDocument {
+    /// Parse and validate a YAML (or JSON) capsule document.
+    pub fn parse(text: &str) -> Result<CapsuleSpec, SpecError> {
+        let doc: CapsuleDocument = crate::spec::from_yaml(text)?;
+        doc.validate()
+    }
+
+    /// Check every field and produce the stored spec.
+    pub fn validate(self) -> Result<CapsuleSpec, SpecError> {
+        validate_name("name", &self.name)?;
+        match self.kind {
+            Kind::Process => {}
+            Kind::Container | Kind::Function => {
+                return Err(SpecError::new(
+                    "kind",
+                    format!(
+                        "kind `{}` is not supported by this version of falak yet; use `process`",
+                        kind_name(self.kind)
+                    ),
+                ));
+            }
+        }
+        if self.version == Some(0) {
+            return Err(SpecError::new("version", "versions start at 1"));
+        }
+        if self.command.is_empty() {
+            return Err(SpecError::new("command", "a process capsule needs a command, e.g. [\"/bin/echo\", \"hi\"]"));
+        }
+        if self.command.len() > 4096 || self.command.iter().any(|a| a.contains('\0')) {
+            return Err(SpecError::new("command", "at most 4096 arguments, none containing NUL"));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(SpecError::new(
+                    format!("env.{key}"),
+                    "environment names must be non-empty without '=' or NUL",
+                ));
+            }
+            if key.starts_with("FALAK_") {
+                return Err(SpecError::new(format!("env.{key}"), "names starting with FALAK_ are set by falak"));
+            }
+        }
+        let resources = self.resources.validate()?;
+        let placement = self.placement.validate()?;
+        let timeout_ms = match &self.timeout {
+            None => None,
+            Some(t) => Some(parse_duration("timeout", t)?.as_millis() as u64),
+        };
+        Ok(CapsuleSpec {
+            name: self.name,
+            kind: self.kind,
+            version: self.version,
+            command: self.command,
+            env: self.env,
+            resources,
+            placement,
+            timeout_ms,
+            tags: self.tags,
+        })
+    }
+}
+
+impl ResourcesDocument {
+    fn validate(&self) -> Result<Resources, SpecError> {
+        let cpu_millis = match &self.cpu {
+            None => DEFAULT_CPU_MILLIS,
+            Some(q) => parse_cpu(&q.as_text()).map_err(|e| SpecError::new("resources.cpu", e.to_string()))?,
+        };
+        let memory_bytes = match &self.memory {
+            None => DEFAULT_MEMORY_BYTES,
+            Some(q) => parse_memory(&q.as_text()).map_err(|e| SpecError::new("resources.memory", e.to_string()))?,
+        };
+        let gpus = self.gpus.unwrap_or(0);
+        if gpus > crate::resources::MAX_GPUS {
+            return Err(SpecError::new(
+                "resources.gpus",
+                format!("{gpus} is more than {}", crate::resources::MAX_GPUS),
+            ));
+        }
+        Ok(Resources { cpu_millis, memory_bytes, gpus })
+    }
+}
+
+impl PlacementDocument {
+    fn validate(&self) -> Result<PlacementPolicy, SpecError> {
+        let max_attempts = self.max_attempts.unwrap_or(3);
+        if max_attempts == 0 || max_attempts > MAX_ATTEMPTS {
+            return Err(SpecError::new(
+                "placement.max_attempts",
+                format!("must be between 1 and {MAX_ATTEMPTS}, got {max_attempts}"),
+            ));
+        }
+        Ok(PlacementPolicy {
+            strategy: self.strategy.unwrap_or(Strategy::Balanced),
+            labels: self.labels.clone(),
+            prefer: self.prefer.clone(),
+            max_attempts,
+        })
+    }
+}
+
+/// Parse a human duration (`30s`, `5m`, `1h 30m`) bounded by [`MAX_TIMEOUT`].
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, SpecError> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| SpecError::new(field, format!("{text:?} is not a duration ({e}); write e.g. `30s` or `5m`")))?;
+    if d.is_zero() {
+        return Err(SpecError::new(field, "must be more than zero"));
+    }
+    if d > MAX_TIMEOUT {
+        return Err(SpecError::new(field, format!("{text:?} is longer than the maximum of 7 days")));
+    }
+    Ok(d)
+}
+
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Process => "process",
+        Kind::Container => "container",
+        Kind::Function => "function",
+    }
+}
+
+/// One stored version of a capsule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleVersion {
+    pub version: u32,
+    pub spec: CapsuleSpec,
+    pub created_at: crate::Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"
+name: hello
+kind: process
+command: ["/bin/sh", "-c", "echo task $FALAK_TASK_INDEX of $FALAK_TASK_COUNT"]
+resources: { cpu: 100m, memory: 32Mi }
+placement: { strategy: balanced, labels: {}, max_attempts: 3 }
+"#;
+
+    fn error_of(text: &str) -> String {
+        CapsuleDocument::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn readme_capsule_parses() {
+        let spec = CapsuleDocument::parse(HELLO).unwrap();
+        assert_eq!(spec.name, "hello");
+        assert_eq!(spec.resources, Resources::new(100, 32 << 20));
+        assert_eq!(spec.placement.max_attempts, 3);
+        assert_eq!(spec.placement.strategy, Strategy::Balanced);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        expect_test::expect![[r#"field `resources.cpu`: "-1" is negative; quantities must be zero or more"#]]
+            .assert_eq(&error_of("name: a\nkind: process\ncommand: [x]\nresources: { cpu: '-1' }"));
+        expect_test::expect![[
+            r#"field `resources.memory`: "99999Pi" is not a quantity; write e.g. `32Mi`, `1Gi` or `512M`"#
+        ]]
+        .assert_eq(&error_of("name: a\nkind: process\ncommand: [x]\nresources: { memory: 99999Pi }"));
+        expect_test::expect!["field `placement.color`: unknown field `color`, expected one of `strategy`, `labels`, `prefer`, `max_attempts` at line 4 column 14"]
+            .assert_eq(&error_of("name: a\nkind: process\ncommand: [x]\nplacement: { color: red }"));
+        expect_test::expect!["field `name`: \"Hello World\" is not a valid name: use 1-63 lowercase letters, digits and '-', not starting with '-'"]
+            .assert_eq(&error_of("name: Hello World\nkind: process\ncommand: [x]"));
+        expect_test::expect!["field `command`: a process capsule needs a command, e.g. [\"/bin/echo\", \"hi\"]"]
+            .assert_eq(&error_of("name: a\nkind: process"));
+        expect_test::expect!["field `placement.max_attempts`: must be between 1 and 100, got 0"]
+            .assert_eq(&error_of("name: a\nkind: process\ncommand: [x]\nplacement: { max_attempts: 0 }"));
+        expect_test::expect![[
+            r#"field `timeout`: "forever" is not a duration (expected number at 0); write e.g. `30s` or `5m`"#
+        ]]
+        .assert_eq(&error_of("name: a\nkind: process\ncommand: [x]\ntimeout: forever"));
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error_not_a_panic() {
+        assert!(!error_of("name: [unclosed").is_empty());
+        assert!(!error_of("").is_empty());
+        assert!(!error_of(":::").is_empty());
+        assert!(error_of("name: a\nkind: spaceship\ncommand: [x]").starts_with("field `kind`"));
+    }
+}

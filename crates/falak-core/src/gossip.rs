@@ -1,0 +1,42 @@
+//! Gossip state: per-node, eventually consistent data that only its own node writes.
+//!
+//! Each node publishes one [`GossipState`] with a monotonically increasing `version`; a
+//! receiver keeps the highest version it has seen per node, so merging is conflict-free by
+//! construction (one writer per key).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+
+/// Current format version of [`GossipState`] on the wire.
+pub const GOSSIP_FORMAT: u8 = 1;
+
+/// What a node tells the mesh about itself, piggybacked on membership traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GossipState {
+    /// Format version; receivers ignore formats they do not know.
+    pub format: u8,
+    /// The writer's own counter; higher replaces lower.
+    pub version: u64,
+    /// Free cpu in millicores as measured by the node (capacity minus what its tasks reserve).
+    pub free_cpu_millis: u64,
+    /// Free memory in bytes.
+    pub free_memory_bytes: u64,
+    /// Tasks running on the node right now.
+    pub running: u32,
+    /// Tasks claimed by the node but not yet running.
+    pub queued: u32,
+    /// Round-trip time to peers in microseconds, as the node measured them.
+    pub rtt_micros: BTreeMap<NodeId, u32>,
+    /// The node's API URL, so clients and peers can reach it.
+    pub api_url: String,
+}
+
+impl GossipState {
+    /// Whether `other` should replace `self` in a receiver's view.
+    pub fn is_superseded_by(&self, other: &GossipState) -> bool {
+        other.version > self.version
+    }
+}

@@ -1,0 +1,173 @@
+//! The ledger state machine: `apply(command) -> outcome`.
+//!
+//! Every replica applies the same committed commands in the same order and so reaches the same
+//! state. **Invariant:** `apply` is deterministic: it reads no clock (time comes in commands as
+//! `now`), no randomness and does no IO. Collections are ordered (`BTreeMap`) so that iteration
+//! and serialization are identical on every replica.
+
+mod apply;
+mod state;
+
+use serde::{Deserialize, Serialize};
+
+use crate::capsule::CapsuleSpec;
+use crate::job::{JobId, JobRequest, JobState, ServiceRequest, TaskId, TaskReport, TaskState};
+use crate::node::NodeRecord;
+use crate::placement::Decision;
+use crate::{Millis, NodeId};
+
+pub use state::{PlantedBug, State, StateData};
+
+/// Format version of serialized [`State`] snapshots and [`Command`] entries.
+pub const FORMAT: u32 = 1;
+
+/// A change proposed to the ledger. Only committed commands are applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Does nothing; used to check that the ledger commits.
+    Noop {
+        now: Millis,
+    },
+    /// Several commands in one log entry, applied in order (how nodes batch claims and reports).
+    Batch(Vec<Command>),
+    /// Admit a node, or update its record when it restarts.
+    AdmitNode {
+        record: NodeRecord,
+        now: Millis,
+    },
+    /// Membership saw the node OFFLINE (or back); proposed by the leader.
+    SetNodeOffline {
+        node: NodeId,
+        offline: bool,
+        now: Millis,
+    },
+    ApplyCapsule {
+        spec: CapsuleSpec,
+        now: Millis,
+    },
+    SubmitJob {
+        request: JobRequest,
+        origin: NodeId,
+        now: Millis,
+    },
+    CancelJob {
+        job: JobId,
+        now: Millis,
+    },
+    ApplyService {
+        request: ServiceRequest,
+        origin: NodeId,
+        now: Millis,
+    },
+    RemoveService {
+        name: String,
+        now: Millis,
+    },
+    /// A node claims one attempt of a task.
+    Claim {
+        task: TaskId,
+        attempt: u32,
+        node: NodeId,
+        lease_ms: u64,
+        decision: Decision,
+        now: Millis,
+    },
+    /// The claim holder started the task.
+    Started {
+        task: TaskId,
+        fencing: u64,
+        now: Millis,
+    },
+    /// A node renews the leases of the tasks it holds.
+    RenewLeases {
+        node: NodeId,
+        leases: Vec<(TaskId, u64)>,
+        lease_ms: u64,
+        now: Millis,
+    },
+    /// The claim holder reports how an attempt ended.
+    Finish {
+        task: TaskId,
+        fencing: u64,
+        report: TaskReport,
+        now: Millis,
+    },
+    /// Leases that ran out before `now` are lost; proposed periodically by the leader.
+    ExpireLeases {
+        now: Millis,
+    },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    NotFound,
+    Conflict,
+    Invalid,
+    /// The command refers to an attempt, claim or fencing token that is no longer current.
+    Stale,
+    /// The node cannot take the task (capacity, labels, offline).
+    NoFit,
+}
+
+/// A command refused by the state machine; state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub code: RejectCode,
+    pub message: String,
+}
+
+/// What applying one command produced, returned to the writer once committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    NodeAdmitted { node: NodeId },
+    CapsuleApplied { name: String, version: u32, unchanged: bool },
+    JobSubmitted { job: JobId, tasks: u32 },
+    JobCancelled { job: JobId, cancelled: u32 },
+    ServiceApplied { name: String, job: JobId, replicas: u32 },
+    ServiceRemoved { name: String },
+    Claimed { task: TaskId, attempt: u32, fencing: u64, lease_until: Millis },
+    Started { task: TaskId },
+    Renewed { renewed: u32, lost: Vec<TaskId> },
+    Finished { task: TaskId, state: TaskState },
+    Expired { tasks: Vec<TaskId> },
+    Batch(Vec<Outcome>),
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Outcome::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Something that happened in committed state, for the event mesh and node reactions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LedgerEvent {
+    NodeAdmitted { node: NodeId, name: String },
+    NodeOffline { node: NodeId },
+    NodeOnline { node: NodeId },
+    CapsuleApplied { name: String, version: u32 },
+    JobSubmitted { job: JobId, tasks: u32 },
+    JobFinished { job: JobId, state: JobState },
+    TaskState { task: TaskId, state: TaskState, attempt: u32, node: Option<NodeId> },
+    ElectionWon { task: TaskId, attempt: u32, node: NodeId, fencing: u64 },
+    ClaimRejected { task: TaskId, attempt: u32, node: NodeId, reason: String },
+    ResultRejected { task: TaskId, node: NodeId, fencing: u64, reason: String },
+    LeaseExpired { task: TaskId, attempt: u32, node: NodeId },
+    ServiceApplied { name: String, replicas: u32 },
+    ServiceRemoved { name: String },
+}
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub events: Vec<LedgerEvent>,
+}

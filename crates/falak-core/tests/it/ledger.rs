@@ -1,0 +1,240 @@
+//! The state machine: one command in, the exact outcome and state out.
+
+use falak_core::job::{JobId, JobState, TaskId, TaskReport, TaskState};
+use falak_core::ledger::{Command, LedgerEvent, Outcome, PlantedBug, RejectCode, State};
+
+use crate::fixtures::*;
+
+fn t(job: u64, index: u32) -> TaskId {
+    TaskId { job: JobId(job), index }
+}
+
+fn ok_report() -> TaskReport {
+    TaskReport {
+        exit_code: Some(0),
+        error: None,
+        duration_ms: 5,
+        stdout_tail: "out".into(),
+        stderr_tail: String::new(),
+    }
+}
+
+fn failed_report() -> TaskReport {
+    TaskReport { exit_code: Some(3), ..ok_report() }
+}
+
+fn code(outcome: &Outcome) -> RejectCode {
+    outcome.rejection().unwrap_or_else(|| panic!("expected a rejection, got {outcome:?}")).code
+}
+
+#[test]
+fn submit_creates_queued_tasks_with_sequential_ids() {
+    let mut s = mesh();
+    assert_eq!(s.apply(&job("c", 3)).outcome, Outcome::JobSubmitted { job: JobId(1), tasks: 3 });
+    assert_eq!(s.apply(&job("c", 1)).outcome, Outcome::JobSubmitted { job: JobId(2), tasks: 1 });
+    assert_eq!(s.open_count(), 4);
+    assert!(s.job_tasks(JobId(1)).all(|t| t.state == TaskState::Queued && t.attempt == 1));
+}
+
+#[test]
+fn unknown_capsule_and_bad_counts_are_rejected_without_change() {
+    let mut s = mesh();
+    let before = s.clone();
+    let out = s.apply(&job("nope", 1)).outcome;
+    assert_eq!(code(&out), RejectCode::NotFound);
+    assert!(out.rejection().unwrap().message.contains("falak capsule apply"));
+    assert_eq!(code(&s.apply(&job("c", 0)).outcome), RejectCode::Invalid);
+    assert_eq!(s.data().jobs, before.data().jobs);
+    assert_eq!(s.open_count(), 0);
+}
+
+#[test]
+fn first_valid_claim_wins_and_the_second_is_stale() {
+    let mut s = mesh();
+    s.apply(&job("c", 1));
+    let first = s.apply(&claim(t(1, 0), 1, node_id(1), 10)).outcome;
+    let fencing = fencing_of(&first);
+    let second = s.apply(&claim(t(1, 0), 1, node_id(2), 11));
+    assert_eq!(code(&second.outcome), RejectCode::Stale);
+    assert!(matches!(second.events[0], LedgerEvent::ClaimRejected { .. }));
+    let task = s.task(t(1, 0)).unwrap();
+    assert_eq!(task.state, TaskState::Assigned);
+    assert_eq!(task.claim.as_ref().unwrap().fencing, fencing);
+    assert_eq!(s.claim_count(&node_id(1)), 1);
+    assert!(s.indexes_consistent());
+}
+
+#[test]
+fn planted_bug_lets_a_second_claim_through() {
+    let mut s = State::with_planted_bug(PlantedBug::SkipAttemptCheck);
+    for n in 1..=2 {
+        s.apply(&Command::AdmitNode {
+            record: record(n, falak_core::resources::Resources::new(2000, 4 << 30)),
+            now: 0,
+        });
+    }
+    s.apply(&capsule("c", "500m", 2));
+    s.apply(&job("c", 1));
+    fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(1), 10)).outcome);
+    fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(2), 11)).outcome);
+    assert!(s.indexes_consistent());
+}
+
+#[test]
+fn claims_respect_committed_capacity() {
+    let mut s = mesh();
+    s.apply(&job("c", 5));
+    for i in 0..4 {
+        fencing_of(&s.apply(&claim(t(1, i), 1, node_id(1), 10)).outcome);
+    }
+    let over = s.apply(&claim(t(1, 4), 1, node_id(1), 10)).outcome;
+    assert_eq!(code(&over), RejectCode::NoFit);
+    assert!(over.rejection().unwrap().message.contains("over capacity"));
+    assert_eq!(s.reserved(&node_id(1)).cpu_millis, 2000);
+}
+
+#[test]
+fn fencing_tokens_strictly_increase_and_stale_results_are_rejected() {
+    let mut s = mesh();
+    s.apply(&job("c", 1));
+    let f1 = fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(1), 10)).outcome);
+    // Node 1 goes offline: the task is re-opened at attempt 2 and claimed by node 2.
+    s.apply(&Command::SetNodeOffline { node: node_id(1), offline: true, now: 20 });
+    let task = s.task(t(1, 0)).unwrap();
+    assert_eq!((task.state, task.attempt), (TaskState::Retrying, 2));
+    let f2 = fencing_of(&s.apply(&claim(t(1, 0), 2, node_id(2), 30)).outcome);
+    assert!(f2 > f1);
+    // The late result of attempt 1 is refused; the current one is accepted.
+    let late = s.apply(&Command::Finish { task: t(1, 0), fencing: f1, report: ok_report(), now: 40 });
+    assert_eq!(code(&late.outcome), RejectCode::Stale);
+    assert_eq!(s.rejected_results(), 1);
+    let done = s.apply(&Command::Finish { task: t(1, 0), fencing: f2, report: ok_report(), now: 50 });
+    assert_eq!(done.outcome, Outcome::Finished { task: t(1, 0), state: TaskState::Completed });
+    assert_eq!(s.job(JobId(1)).unwrap().state, JobState::Completed);
+    assert_eq!(s.task(t(1, 0)).unwrap().result.as_ref().unwrap().node, node_id(2));
+}
+
+#[test]
+fn offline_nodes_cannot_claim() {
+    let mut s = mesh();
+    s.apply(&job("c", 1));
+    s.apply(&Command::SetNodeOffline { node: node_id(3), offline: true, now: 5 });
+    assert_eq!(code(&s.apply(&claim(t(1, 0), 1, node_id(3), 10)).outcome), RejectCode::NoFit);
+}
+
+#[test]
+fn failures_retry_until_max_attempts_then_fail_the_job() {
+    let mut s = mesh();
+    s.apply(&job("c", 1)); // capsule c allows 2 attempts
+    let f1 = fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(1), 10)).outcome);
+    let r1 = s.apply(&Command::Finish { task: t(1, 0), fencing: f1, report: failed_report(), now: 11 });
+    assert_eq!(r1.outcome, Outcome::Finished { task: t(1, 0), state: TaskState::Retrying });
+    let f2 = fencing_of(&s.apply(&claim(t(1, 0), 2, node_id(2), 12)).outcome);
+    let r2 = s.apply(&Command::Finish { task: t(1, 0), fencing: f2, report: failed_report(), now: 13 });
+    assert_eq!(r2.outcome, Outcome::Finished { task: t(1, 0), state: TaskState::Failed });
+    assert_eq!(s.job(JobId(1)).unwrap().state, JobState::Failed);
+    assert_eq!(s.node(&node_id(1)).unwrap().failed, 1);
+    assert!(s.indexes_consistent());
+}
+
+#[test]
+fn leases_expire_unless_renewed() {
+    let mut s = mesh();
+    s.apply(&job("c", 2));
+    let fa = fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(1), 0)).outcome);
+    fencing_of(&s.apply(&claim(t(1, 1), 1, node_id(2), 0)).outcome);
+    let renew = s.apply(&Command::RenewLeases {
+        node: node_id(1),
+        leases: vec![(t(1, 0), fa), (t(1, 1), 99)],
+        lease_ms: 1000,
+        now: 900,
+    });
+    assert_eq!(renew.outcome, Outcome::Renewed { renewed: 1, lost: vec![t(1, 1)] });
+    let out = s.apply(&Command::ExpireLeases { now: 1500 });
+    assert_eq!(out.outcome, Outcome::Expired { tasks: vec![t(1, 1)] });
+    assert_eq!(s.task(t(1, 1)).unwrap().state, TaskState::Retrying);
+    assert!(s.task(t(1, 1)).unwrap().last_error.as_ref().unwrap().contains("lease expired"));
+    assert_eq!(s.task(t(1, 0)).unwrap().state, TaskState::Assigned);
+}
+
+#[test]
+fn cancel_ends_open_and_claimed_tasks() {
+    let mut s = mesh();
+    s.apply(&job("c", 3));
+    fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(1), 0)).outcome);
+    let out = s.apply(&Command::CancelJob { job: JobId(1), now: 5 }).outcome;
+    assert_eq!(out, Outcome::JobCancelled { job: JobId(1), cancelled: 3 });
+    assert_eq!(s.job(JobId(1)).unwrap().state, JobState::Cancelled);
+    assert_eq!(s.open_count(), 0);
+    assert_eq!(s.claim_count(&node_id(1)), 0);
+    assert_eq!(code(&s.apply(&Command::CancelJob { job: JobId(1), now: 6 }).outcome), RejectCode::Conflict);
+    assert_eq!(code(&s.apply(&claim(t(1, 1), 1, node_id(2), 7)).outcome), RejectCode::Stale);
+}
+
+#[test]
+fn capsule_versions_are_immutable() {
+    let mut s = mesh();
+    // Same content again: unchanged, same version.
+    assert_eq!(
+        s.apply(&capsule("c", "500m", 2)).outcome,
+        Outcome::CapsuleApplied { name: "c".into(), version: 1, unchanged: true }
+    );
+    // New content: next version.
+    assert_eq!(
+        s.apply(&capsule("c", "1", 2)).outcome,
+        Outcome::CapsuleApplied { name: "c".into(), version: 2, unchanged: false }
+    );
+    // Explicit duplicate version with other content: conflict.
+    let Command::ApplyCapsule { mut spec, now } = capsule("c", "2", 2) else { unreachable!() };
+    spec.version = Some(1);
+    let out = s.apply(&Command::ApplyCapsule { spec, now }).outcome;
+    assert_eq!(code(&out), RejectCode::Conflict);
+    assert!(out.rejection().unwrap().message.contains("immutable"));
+    assert_eq!(s.capsule_versions("c").unwrap().len(), 2);
+}
+
+#[test]
+fn services_scale_up_and_down() {
+    use falak_core::job::ServiceRequest;
+    let mut s = mesh();
+    let apply = |replicas| Command::ApplyService {
+        request: ServiceRequest { name: "web".into(), capsule: "c".into(), version: None, replicas },
+        origin: node_id(1),
+        now: 3,
+    };
+    let out = s.apply(&apply(3)).outcome;
+    let Outcome::ServiceApplied { job, replicas: 3, .. } = out else { panic!("{out:?}") };
+    assert_eq!(s.open_count(), 3);
+    let f = fencing_of(&s.apply(&claim(TaskId { job, index: 2 }, 1, node_id(1), 4)).outcome);
+    // A replica that exits is re-opened, never failed.
+    let fin = s.apply(&Command::Finish { task: TaskId { job, index: 2 }, fencing: f, report: failed_report(), now: 5 });
+    assert_eq!(fin.outcome, Outcome::Finished { task: TaskId { job, index: 2 }, state: TaskState::Retrying });
+    s.apply(&apply(1));
+    assert_eq!(s.job_tasks(job).count(), 1);
+    assert_eq!(s.open_count(), 1);
+    assert_eq!(
+        s.apply(&Command::RemoveService { name: "web".into(), now: 9 }).outcome,
+        Outcome::ServiceRemoved { name: "web".into() }
+    );
+    assert!(s.service("web").is_none());
+    assert!(s.indexes_consistent());
+}
+
+#[test]
+fn batches_apply_in_order_and_snapshots_round_trip() {
+    let mut s = mesh();
+    s.apply(&job("c", 2));
+    let out = s.apply(&Command::Batch(vec![
+        claim(t(1, 0), 1, node_id(1), 1),
+        claim(t(1, 0), 1, node_id(2), 1),
+        claim(t(1, 1), 1, node_id(2), 1),
+    ]));
+    let Outcome::Batch(outs) = out.outcome else { panic!() };
+    assert!(matches!(outs[0], Outcome::Claimed { .. }));
+    assert_eq!(code(&outs[1]), RejectCode::Stale);
+    assert!(matches!(outs[2], Outcome::Claimed { .. }));
+    let json = serde_json::to_string(&s).unwrap();
+    let back: State = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+    assert!(back.indexes_consistent());
+}

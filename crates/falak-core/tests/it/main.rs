@@ -1,0 +1,5 @@
+//! Integration tests of falak-core: the state machine and placement, pure and deterministic.
+
+mod fixtures;
+mod ledger;
+mod placement;
