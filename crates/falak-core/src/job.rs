@@ -208,6 +208,8 @@ pub struct Job {
     pub timeout_ms: Option<u64>,
     pub delivery: Delivery,
     pub resources: Resources,
+    /// The node that accepted the submission; proximity is measured from it.
+    pub origin: NodeId,
     pub state: JobState,
     pub created_at: Millis,
     pub finished_at: Option<Millis>,

@@ -5,6 +5,7 @@
 //! the caller or by committed ledger commands.
 
 pub mod capsule;
+pub mod election;
 pub mod gossip;
 pub mod id;
 pub mod job;

@@ -156,7 +156,7 @@ impl State {
         })
     }
 
-    fn submit_job(&mut self, request: &JobRequest, _origin: NodeId, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+    fn submit_job(&mut self, request: &JobRequest, origin: NodeId, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
         let capsule = match self.resolve_capsule(&request.capsule, request.version) {
             Ok(c) => c.clone(),
             Err(o) => return o,
@@ -194,8 +194,15 @@ impl State {
                 format!("retries give {max_attempts} attempts; allowed is 1 to {}", crate::capsule::MAX_ATTEMPTS),
             );
         }
-        let id =
-            self.new_job(&capsule, WorkKind::Batch, capsule.spec.name.clone(), inputs.len() as u32, max_attempts, now);
+        let id = self.new_job(
+            &capsule,
+            WorkKind::Batch,
+            capsule.spec.name.clone(),
+            inputs.len() as u32,
+            max_attempts,
+            origin,
+            now,
+        );
         {
             let job = self.data.jobs.get_mut(&id).expect("job just inserted");
             job.timeout_ms = request.timeout_ms.or(capsule.spec.timeout_ms);
@@ -209,6 +216,7 @@ impl State {
         Outcome::JobSubmitted { job: id, tasks }
     }
 
+    #[allow(clippy::too_many_arguments, reason = "a job's fields come from several sources")]
     fn new_job(
         &mut self,
         capsule: &CapsuleVersion,
@@ -216,6 +224,7 @@ impl State {
         name: String,
         tasks: u32,
         max_attempts: u32,
+        origin: NodeId,
         now: Millis,
     ) -> JobId {
         self.data.next_job += 1;
@@ -231,6 +240,7 @@ impl State {
             timeout_ms: capsule.spec.timeout_ms,
             delivery: Default::default(),
             resources: capsule.spec.resources,
+            origin,
             state: JobState::Running,
             created_at: now,
             finished_at: None,
@@ -276,7 +286,7 @@ impl State {
     fn apply_service(
         &mut self,
         request: &ServiceRequest,
-        _origin: NodeId,
+        origin: NodeId,
         now: Millis,
         ev: &mut Vec<LedgerEvent>,
     ) -> Outcome {
@@ -311,7 +321,7 @@ impl State {
                 job
             }
             None => {
-                let job = self.new_job(&capsule, WorkKind::Service, request.name.clone(), 0, u32::MAX, now);
+                let job = self.new_job(&capsule, WorkKind::Service, request.name.clone(), 0, u32::MAX, origin, now);
                 self.data.services.insert(request.name.clone(), job);
                 job
             }

@@ -1,0 +1,212 @@
+//! Candidacy: how one node decides which open tasks to claim, and when.
+//!
+//! Every node runs [`Candidacy::step`] over committed state and its view of the mesh. For each
+//! open task it ranks the fitting candidates by gravity ([`crate::placement::solve`]); the
+//! best-ranked node claims at once, the node ranked `k` waits `k × stagger` and claims only if
+//! the task is still open then. The state machine accepts the first valid claim, so a
+//! disagreement between views costs a rejected claim, never a double assignment.
+//!
+//! Pure: `now` is passed in; the only state is which tasks this node has seen and claimed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::gossip::GossipState;
+use crate::job::TaskId;
+use crate::ledger::{Command, State};
+use crate::placement::{Decision, Demand, Health, NodeView, solve};
+use crate::{Millis, NodeId};
+
+/// Timing of elections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionConfig {
+    /// How long a won claim lasts without renewal.
+    pub lease_ms: u64,
+    /// The wait per rank below the best before a lower-ranked node claims.
+    pub stagger_ms: u64,
+    /// How long a proposed claim may stay unanswered before this node may propose it again.
+    pub claim_retry_ms: u64,
+    /// At most this many open tasks are considered per step (oldest first).
+    pub max_tasks_per_step: usize,
+    /// At most this many claims are proposed per step.
+    pub max_claims_per_step: usize,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        ElectionConfig {
+            lease_ms: 5_000,
+            stagger_ms: 150,
+            claim_retry_ms: 2_000,
+            max_tasks_per_step: 2_000,
+            max_claims_per_step: 512,
+        }
+    }
+}
+
+/// What this node observes of another node through membership.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub health: Health,
+    pub gossip: Option<GossipState>,
+}
+
+/// Build placement's view of every admitted node from committed state and observations.
+///
+/// A node the ledger marked offline is OFFLINE whatever membership says; a node membership has
+/// not reported on yet counts as HEALTHY (the ledger admitted it and nobody saw it fail).
+pub fn node_views(state: &State, observed: &BTreeMap<NodeId, Observed>, me: NodeId) -> Vec<NodeView> {
+    state
+        .nodes()
+        .map(|entry| {
+            let id = entry.record.id;
+            let health = if entry.offline {
+                Health::Offline
+            } else if id == me {
+                Health::Healthy
+            } else {
+                observed.get(&id).map_or(Health::Healthy, |o| o.health)
+            };
+            NodeView {
+                id,
+                name: entry.record.name.clone(),
+                labels: entry.record.labels.clone(),
+                capacity: entry.record.capacity,
+                reserved: state.reserved(&id),
+                health,
+                tasks: state.claim_count(&id) as u32,
+                rtt_micros: None,
+                completed: entry.completed,
+                failed: entry.failed,
+                cost_per_hour: entry.record.cost_per_hour,
+                warm: false,
+            }
+        })
+        .collect()
+}
+
+/// Round-trip time from `origin` to `node` as `origin` last gossiped it (0 to itself).
+fn rtt_from(origin: &NodeId, node: &NodeId, observed: &BTreeMap<NodeId, Observed>) -> Option<u32> {
+    if origin == node {
+        return Some(0);
+    }
+    observed.get(origin)?.gossip.as_ref()?.rtt_micros.get(node).copied()
+}
+
+/// One node's candidacy across elections.
+#[derive(Debug, Default)]
+pub struct Candidacy {
+    /// When this node first saw each open (task, attempt).
+    seen: BTreeMap<(TaskId, u32), Millis>,
+    /// Claims proposed and not yet settled, with when they were proposed.
+    proposed: BTreeMap<(TaskId, u32), Millis>,
+}
+
+impl Candidacy {
+    /// Claims to propose now.
+    pub fn step(
+        &mut self,
+        state: &State,
+        observed: &BTreeMap<NodeId, Observed>,
+        me: NodeId,
+        now: Millis,
+        config: &ElectionConfig,
+    ) -> Vec<Command> {
+        let open: Vec<&crate::job::Task> = state.open_tasks().take(config.max_tasks_per_step).collect();
+        let live: BTreeSet<(TaskId, u32)> = open.iter().map(|t| (t.id, t.attempt)).collect();
+        self.seen.retain(|k, _| live.contains(k));
+        self.proposed.retain(|k, at| live.contains(k) && now.saturating_sub(*at) < config.claim_retry_ms);
+        if open.is_empty() || state.node(&me).is_none() {
+            return Vec::new();
+        }
+        let views = node_views(state, observed, me);
+        let mut demands = Vec::with_capacity(open.len());
+        for task in &open {
+            let Some(job) = state.job(task.id.job) else { continue };
+            let Some(capsule) = state.capsule(&job.capsule, Some(job.version)) else { continue };
+            let policy = &capsule.spec.placement;
+            demands.push((
+                task.id,
+                Demand {
+                    resources: job.resources,
+                    labels: policy.labels.clone(),
+                    prefer: policy.prefer.clone(),
+                    strategy: policy.strategy,
+                },
+            ));
+        }
+        let mut claims = Vec::new();
+        // Proximity is measured from each job's origin; group by origin so views are built once.
+        let mut by_origin: BTreeMap<NodeId, Vec<(TaskId, Demand)>> = BTreeMap::new();
+        for (id, demand) in demands {
+            let origin = state.job(id.job).map(|j| j.origin).unwrap_or(me);
+            by_origin.entry(origin).or_default().push((id, demand));
+        }
+        for (origin, tasks) in by_origin {
+            let mut views = views.clone();
+            for v in &mut views {
+                v.rtt_micros = rtt_from(&origin, &v.id, observed);
+            }
+            for ranking in solve(&tasks, &views) {
+                let Some(rank) = ranking.rank_of(&me) else { continue };
+                let Some(task) = state.task(ranking.task) else { continue };
+                let key = (task.id, task.attempt);
+                let first = *self.seen.entry(key).or_insert(now);
+                if self.proposed.contains_key(&key) || now < first + rank as u64 * config.stagger_ms {
+                    continue;
+                }
+                if claims.len() >= config.max_claims_per_step {
+                    break;
+                }
+                self.proposed.insert(key, now);
+                let decision = Decision {
+                    task: task.id,
+                    attempt: task.attempt,
+                    strategy: tasks.iter().find(|(t, _)| *t == task.id).map(|(_, d)| d.strategy).unwrap_or_default(),
+                    winner: me,
+                    winner_rank: rank as u32,
+                    candidates: ranking.candidates,
+                    decided_at: now,
+                };
+                claims.push(Command::Claim {
+                    task: task.id,
+                    attempt: task.attempt,
+                    node: me,
+                    lease_ms: config.lease_ms,
+                    decision,
+                    now,
+                });
+            }
+        }
+        claims
+    }
+
+    /// The earliest time a waiting candidacy becomes due, so the driver can sleep until then.
+    pub fn next_due(&self, config: &ElectionConfig) -> Option<Millis> {
+        // Ranks are not kept; waking every stagger while anything is waiting is enough.
+        self.seen.values().min().map(|first| first + config.stagger_ms)
+    }
+}
+
+/// What the ledger leader proposes on its own: node health changes and lease expiry.
+pub fn leader_duties(state: &State, observed: &BTreeMap<NodeId, Observed>, now: Millis) -> Vec<Command> {
+    let mut out = Vec::new();
+    for entry in state.nodes() {
+        let id = entry.record.id;
+        match observed.get(&id).map(|o| o.health) {
+            Some(Health::Offline) if !entry.offline => {
+                out.push(Command::SetNodeOffline { node: id, offline: true, now })
+            }
+            Some(Health::Healthy) if entry.offline => {
+                out.push(Command::SetNodeOffline { node: id, offline: false, now })
+            }
+            _ => {}
+        }
+    }
+    let expired = state
+        .nodes()
+        .any(|n| state.claims_of(&n.record.id).any(|t| t.claim.as_ref().is_some_and(|c| c.lease_until < now)));
+    if expired {
+        out.push(Command::ExpireLeases { now });
+    }
+    out
+}
