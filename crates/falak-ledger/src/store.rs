@@ -1,0 +1,249 @@
+//! The `ledger.redb` file: its tables, how it is opened, and how disk work leaves the runtime.
+//!
+//! One redb database holds everything the ledger persists, in three tables:
+//!
+//! | table      | key              | value                                        |
+//! | ---------- | ---------------- | -------------------------------------------- |
+//! | `log`      | log index (u64)  | one encoded `Entry`                          |
+//! | `meta`     | `vote`, `committed`, `last_purged`, `node_id` | encoded log ids / vote / id |
+//! | `snapshot` | `meta`, `data`   | the latest snapshot's metadata and payload   |
+//!
+//! All values are versioned records (see `codec`). redb commits are atomic and checksummed, so
+//! a crash leaves either the previous or the next committed state, never a torn one.
+//!
+//! The storage types are generic over [`LedgerTypes`] so openraft's storage test suite can run
+//! against them with its own `u64` node ids; the node uses [`crate::TypeConfig`].
+
+use std::io::Cursor;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+use falak_core::ledger::{Applied, Command};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::watch;
+
+use crate::codec;
+use crate::error::OpenLedgerError;
+use crate::log_store::LogStore;
+use crate::state_machine::StateMachineStore;
+
+/// File name of the ledger database inside the data directory.
+pub(crate) const FILE_NAME: &str = "ledger.redb";
+
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+pub(crate) const KEY_VOTE: &str = "vote";
+pub(crate) const KEY_COMMITTED: &str = "committed";
+pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
+pub(crate) const KEY_NODE_ID: &str = "node_id";
+pub(crate) const KEY_SNAPSHOT_META: &str = "meta";
+pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
+
+/// The openraft type configurations this storage works with: entries carry a core [`Command`],
+/// snapshots are in-memory byte buffers.
+pub trait LedgerTypes:
+    openraft::RaftTypeConfig<
+        D = Command,
+        R = Option<Applied>,
+        Entry = openraft::Entry<Self>,
+        SnapshotData = Cursor<Vec<u8>>,
+    >
+{
+}
+
+impl<T> LedgerTypes for T where
+    T: openraft::RaftTypeConfig<
+            D = Command,
+            R = Option<Applied>,
+            Entry = openraft::Entry<T>,
+            SnapshotData = Cursor<Vec<u8>>,
+        >
+{
+}
+
+/// Open (or create) `dir/ledger.redb` and build the log store and the state machine on it.
+///
+/// The state machine starts from the latest stored snapshot; openraft re-applies the committed
+/// log after it when the `Raft` is created. `owner` is recorded on first open and checked on
+/// every later one, so a data directory copied from another node is refused instead of
+/// impersonating it.
+pub async fn open_store<C: LedgerTypes>(
+    dir: &Path,
+    owner: C::NodeId,
+    cache_bytes: usize,
+) -> Result<(LogStore<C>, StateMachineStore<C>), OpenLedgerError> {
+    let path = dir.join(FILE_NAME);
+    let dir = dir.to_path_buf();
+    let db = blocking(move || open_database::<C>(&dir, &owner, cache_bytes))
+        .await
+        .map_err(|reason| OpenLedgerError::Database { path, reason })??;
+    let db = Arc::new(LedgerDb { db, closed: ClosedSignal(watch::Sender::new(false)) });
+    let state_machine = StateMachineStore::load(db.clone()).await?;
+    Ok((LogStore::new(db), state_machine))
+}
+
+fn open_database<C: LedgerTypes>(
+    dir: &Path,
+    owner: &C::NodeId,
+    cache_bytes: usize,
+) -> Result<Database, OpenLedgerError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenLedgerError::CreateDir { dir: dir.to_path_buf(), source })?;
+    let path = dir.join(FILE_NAME);
+    let database_error = |reason: String| OpenLedgerError::Database { path: path.clone(), reason };
+    let db =
+        Database::builder().set_cache_size(cache_bytes).create(&path).map_err(|e| database_error(e.to_string()))?;
+
+    // Create every table up front so readers never see "table does not exist", and claim the
+    // file for this node on first open.
+    let txn = db.begin_write().map_err(|e| database_error(e.to_string()))?;
+    {
+        txn.open_table(LOG).map_err(|e| database_error(e.to_string()))?;
+        txn.open_table(SNAPSHOT).map_err(|e| database_error(e.to_string()))?;
+        let mut meta = txn.open_table(META).map_err(|e| database_error(e.to_string()))?;
+        let stored = meta.get(KEY_NODE_ID).map_err(|e| database_error(e.to_string()))?.map(|v| v.value().to_vec());
+        match stored {
+            None => {
+                let bytes = codec::encode(owner).map_err(|e| database_error(e.to_string()))?;
+                meta.insert(KEY_NODE_ID, bytes.as_slice()).map_err(|e| database_error(e.to_string()))?;
+            }
+            Some(bytes) => {
+                let found: C::NodeId =
+                    codec::decode(&bytes).map_err(|e| database_error(format!("node id record: {e}")))?;
+                if &found != owner {
+                    return Err(OpenLedgerError::WrongNode {
+                        path,
+                        expected: owner.to_string(),
+                        found: found.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|e| database_error(e.to_string()))?;
+    Ok(db)
+}
+
+/// The open database, shared by the log store, the state machine and their helper tasks.
+///
+/// redb releases its file lock only when the `Database` is dropped, which happens on whichever
+/// task lets go last and takes a flush. [`LedgerDb::closed`] tells when that has finished, so
+/// shutdown can promise the file is free to reopen.
+pub(crate) struct LedgerDb {
+    db: Database,
+    // Dropped after `db` (fields drop in declaration order), so the signal follows the close.
+    closed: ClosedSignal,
+}
+
+struct ClosedSignal(watch::Sender<bool>);
+
+impl Drop for ClosedSignal {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl LedgerDb {
+    /// Becomes `true` once the database is closed and its file lock released.
+    pub(crate) fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.0.subscribe()
+    }
+}
+
+impl Deref for LedgerDb {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// Begin a write transaction with the given durability.
+///
+/// `Durability::Immediate` fsyncs before `commit` returns; `Durability::None` is made durable by
+/// the next immediate commit and is used only for hints that are safe to lose.
+pub(crate) fn begin_write(db: &Database, durability: Durability) -> Result<WriteTransaction, redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
+    Ok(txn)
+}
+
+/// Read one versioned record from a `&str`-keyed table.
+pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(table)?;
+    match table.get(key)? {
+        None => Ok(None),
+        Some(value) => Ok(Some(codec::decode(value.value())?)),
+    }
+}
+
+/// Write one versioned record to a `&str`-keyed table in its own transaction.
+pub(crate) fn write_record<T: serde::Serialize>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+    durability: Durability,
+) -> Result<(), StoreError> {
+    let bytes = codec::encode(value)?;
+    let txn = begin_write(db, durability)?;
+    txn.open_table(table)?.insert(key, bytes.as_slice())?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Anything that can go wrong touching `ledger.redb`; converted to openraft's `StorageError`
+/// at the trait boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ledger database: {0}")]
+    Database(#[from] redb::Error),
+    #[error("ledger record: {0}")]
+    Decode(#[from] codec::DecodeRecordError),
+    #[error("encoding ledger record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("ledger disk task failed: {0}")]
+    Task(String),
+}
+
+macro_rules! from_redb_error {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for StoreError {
+            fn from(e: $ty) -> Self {
+                StoreError::Database(e.into())
+            }
+        }
+    )*};
+}
+from_redb_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Run disk work on tokio's blocking pool so redb reads and fsyncs never stall the runtime's
+/// worker threads (raft timers and heartbeats run there).
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())
+}
+
+/// [`blocking`] for work that returns a [`StoreError`].
+pub(crate) async fn blocking_store<T, F>(work: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    blocking(work).await.map_err(StoreError::Task)?
+}

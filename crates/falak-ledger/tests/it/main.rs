@@ -1,0 +1,11 @@
+//! falak-ledger integration tests: real redb files, an in-memory network.
+
+mod cluster;
+mod failover;
+mod fake_transport;
+mod hostile_input;
+mod kill9;
+mod membership;
+mod restart;
+mod storage_suite;
+mod writes;
