@@ -21,17 +21,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("falak-exec", &["falak-core"]),
     ("falak-api", &["falak-core"]),
     ("falak-node", &["falak-core", "falak-membership", "falak-transport", "falak-ledger", "falak-exec", "falak-api"]),
-    ("falak", &["falak-core", "falak-membership", "falak-transport", "falak-ledger", "falak-exec", "falak-api", "falak-node"]),
+    (
+        "falak",
+        &["falak-core", "falak-membership", "falak-transport", "falak-ledger", "falak-exec", "falak-api", "falak-node"],
+    ),
     ("xtask", &[]),
 ];
 
 /// External crates a crate must never pull in, even indirectly.
-const FORBIDDEN_ANYWHERE: &[(&str, &str)] = &[
-    ("falak-core", "tokio"),
-    ("falak-core", "mio"),
-    ("falak", "aws-lc-sys"),
-    ("falak", "openssl-sys"),
-];
+const FORBIDDEN_ANYWHERE: &[(&str, &str)] =
+    &[("falak-core", "tokio"), ("falak-core", "mio"), ("falak", "aws-lc-sys"), ("falak", "openssl-sys")];
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_else(|| "check".into());
@@ -103,7 +102,12 @@ fn layering() -> Result<(), String> {
         return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let members: BTreeSet<String> = meta["workspace_members"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    let members: BTreeSet<String> = meta["workspace_members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
     let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
     let mut problems = Vec::new();
     let packages = meta["packages"].as_array().cloned().unwrap_or_default();
@@ -128,8 +132,14 @@ fn layering() -> Result<(), String> {
     }
     // Transitive checks through the resolved graph.
     let resolve = &meta["resolve"]["nodes"];
-    let id_of = |name: &str| packages.iter().find(|p| p["name"] == name && members.contains(p["id"].as_str().unwrap_or_default())).and_then(|p| p["id"].as_str().map(str::to_owned));
-    let name_of: BTreeMap<String, String> = packages.iter().filter_map(|p| Some((p["id"].as_str()?.to_owned(), p["name"].as_str()?.to_owned()))).collect();
+    let id_of = |name: &str| {
+        packages
+            .iter()
+            .find(|p| p["name"] == name && members.contains(p["id"].as_str().unwrap_or_default()))
+            .and_then(|p| p["id"].as_str().map(str::to_owned))
+    };
+    let name_of: BTreeMap<String, String> =
+        packages.iter().filter_map(|p| Some((p["id"].as_str()?.to_owned(), p["name"].as_str()?.to_owned()))).collect();
     for (krate, forbidden) in FORBIDDEN_ANYWHERE {
         let Some(root) = id_of(krate) else { continue };
         let mut stack = vec![root];

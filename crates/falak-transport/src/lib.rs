@@ -7,15 +7,32 @@
 //!
 //! **Invariant:** a request is delivered only to the node whose id it is addressed to, and the
 //! handler learns the authenticated id of the sender.
+//!
+//! **Invariant:** a node that [`Admission`] does not admit gets no request served: the QUIC
+//! transport closes its connections and [`memory::MemoryTransport`] answers
+//! [`TransportError::Refused`].
+//!
+//! Modules: [`pki`] (node keys, the mesh CA, node certificates), [`quic`] (the real transport),
+//! [`memory`] (the in-memory network; always compiled because other crates' simulation tests use
+//! it, and it costs no dependencies). `docs/design/transport.md` describes the protocol.
 
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 pub use falak_core::NodeId;
+
+pub mod memory;
+pub mod pki;
+pub mod quic;
+
+pub use memory::{MemoryConfig, MemoryNetwork, MemoryTransport};
+pub use pki::{MeshCa, MeshRoot, MeshSecret, NodeCert, NodeKey, node_id_from_cert};
+pub use quic::{BindError, QuicConfig, QuicTransport};
 
 /// One protocol per ALPN on the node endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +98,47 @@ where
     }
 }
 
+/// Decides which nodes may talk to this one, per protocol. The ledger owns the answer (admitted
+/// and not revoked); the transport asks on every incoming connection and every request.
+///
+/// It is called on network tasks, so it must answer quickly and never block on IO.
+pub trait Admission: Send + Sync + 'static {
+    fn admits(&self, node: &NodeId, protocol: Protocol) -> bool;
+}
+
+impl<F> Admission for F
+where
+    F: Fn(&NodeId, Protocol) -> bool + Send + Sync + 'static,
+{
+    fn admits(&self, node: &NodeId, protocol: Protocol) -> bool {
+        self(node, protocol)
+    }
+}
+
+/// Admits every node holding a certificate from the mesh CA (tests, and a node's own bootstrap).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmitAll;
+
+impl Admission for AdmitAll {
+    fn admits(&self, _node: &NodeId, _protocol: Protocol) -> bool {
+        true
+    }
+}
+
+/// A shared set of admitted node ids, for every protocol. A poisoned lock still answers: the set
+/// is only ever replaced or extended, so its last written value is consistent.
+impl Admission for RwLock<BTreeSet<NodeId>> {
+    fn admits(&self, node: &NodeId, _protocol: Protocol) -> bool {
+        self.read().unwrap_or_else(PoisonError::into_inner).contains(node)
+    }
+}
+
+impl Admission for RwLock<HashSet<NodeId>> {
+    fn admits(&self, node: &NodeId, _protocol: Protocol) -> bool {
+        self.read().unwrap_or_else(PoisonError::into_inner).contains(node)
+    }
+}
+
 /// Sends requests to peers and dispatches incoming ones to registered handlers.
 pub trait Transport: Send + Sync + 'static {
     /// This node's id.
@@ -90,7 +148,8 @@ pub trait Transport: Send + Sync + 'static {
     fn set_peer_addr(&self, node: NodeId, addr: SocketAddr);
 
     /// Send one request and wait for its response.
-    fn request(&self, to: NodeId, protocol: Protocol, body: Bytes) -> BoxFuture<'static, Result<Bytes, TransportError>>;
+    fn request(&self, to: NodeId, protocol: Protocol, body: Bytes)
+    -> BoxFuture<'static, Result<Bytes, TransportError>>;
 
     /// Register the handler for one protocol, replacing any earlier one.
     fn serve(&self, protocol: Protocol, handler: Arc<dyn Handler>);

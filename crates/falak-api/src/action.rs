@@ -1,0 +1,151 @@
+//! The closed set of things the API asks of its node.
+//!
+//! **Boundary:** this enum is the only way the API reaches the node. Each variant carries its
+//! typed input and a [`Reply`] channel; the node's main loop receives the action, does the work
+//! (reads committed state, writes to the ledger, asks a peer) and sends exactly one answer. A
+//! dropped reply becomes `503 unavailable` for the client.
+//!
+//! Most answers can be built from committed state with the constructors beside each type
+//! (`JobInfo::get`, `TaskInfo::of_job`, `DecisionInfo::get`, ...), so the node's handler for a
+//! read is usually one line.
+
+use falak_core::capsule::CapsuleSpec;
+use falak_core::job::{JobId, JobRequest, ServiceRequest, TaskId};
+use tokio::sync::oneshot;
+
+use crate::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
+use crate::error::ApiError;
+use crate::event::EventSubscription;
+use crate::health::Readiness;
+use crate::job::JobInfo;
+use crate::node::NodeInfo;
+use crate::service::ServiceInfo;
+use crate::task::{DecisionInfo, LogStream, TaskInfo};
+use crate::workload::{WorkloadInfo, WorkloadRef};
+
+/// Where the node sends its answer to one action.
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// A request from the API to its node.
+#[derive(Debug)]
+pub enum Action {
+    /// Whether the node has joined the ledger and knows a leader. Answer `Ok` with
+    /// `ready: false` and a reason rather than an error when it is not ready.
+    Ready { reply: Reply<Readiness> },
+    /// Prometheus text exposition of the node's metrics.
+    Metrics { reply: Reply<String> },
+    /// Every admitted node with its health and gossip state (`NodeInfo::new`).
+    ListNodes { reply: Reply<Vec<NodeInfo>> },
+    /// Write a validated capsule spec to the ledger; answer once committed.
+    ApplyCapsule { spec: CapsuleSpec, reply: Reply<CapsuleApplied> },
+    /// `CapsuleSummary::list`.
+    ListCapsules { reply: Reply<Vec<CapsuleSummary>> },
+    /// `CapsuleInfo::get`.
+    GetCapsule { name: String, reply: Reply<CapsuleInfo> },
+    /// Write the job to the ledger; answer with `JobInfo::get` once committed.
+    SubmitJob { request: JobRequest, reply: Reply<JobInfo> },
+    /// `JobInfo::list`: batch jobs, newest first, at most `limit`.
+    ListJobs { limit: usize, reply: Reply<Vec<JobInfo>> },
+    /// `JobInfo::get`.
+    GetJob { job: JobId, reply: Reply<JobInfo> },
+    /// `TaskInfo::of_job`.
+    JobTasks { job: JobId, reply: Reply<Vec<TaskInfo>> },
+    /// Write `CancelJob`; answer with `JobInfo::get` once committed.
+    CancelJob { job: JobId, reply: Reply<JobInfo> },
+    /// `TaskInfo::get`.
+    GetTask { task: TaskId, reply: Reply<TaskInfo> },
+    /// The last `max_bytes` of a task's output, fetched from the node that ran its latest
+    /// attempt (`not_found` when the task never ran).
+    TaskLogs { task: TaskId, stream: LogStream, max_bytes: usize, reply: Reply<String> },
+    /// `DecisionInfo::get`: the recorded decision, or for an open task what placement
+    /// computes now.
+    TaskDecision { task: TaskId, reply: Reply<DecisionInfo> },
+    /// `ServiceInfo::list`.
+    ListServices { reply: Reply<Vec<ServiceInfo>> },
+    /// Write the service (create or scale); answer with `ServiceInfo::get` once committed.
+    ApplyService { request: ServiceRequest, reply: Reply<ServiceInfo> },
+    /// `ServiceInfo::get`.
+    GetService { name: String, reply: Reply<ServiceInfo> },
+    /// Write `RemoveService`; answer with the service's final state (`ServiceInfo::new` over
+    /// its job, which the ledger keeps as `CANCELLED`).
+    RemoveService { name: String, reply: Reply<ServiceInfo> },
+    /// `WorkloadInfo::list`.
+    ListWorkloads { reply: Reply<Vec<WorkloadInfo>> },
+    /// `WorkloadInfo::get`.
+    GetWorkload { workload: WorkloadRef, reply: Reply<WorkloadInfo> },
+    /// Recent events and a receiver for the ones that follow, taken at the same moment so none
+    /// is missed or repeated.
+    Subscribe { reply: Reply<EventSubscription> },
+}
+
+impl Action {
+    /// The action's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Ready { .. } => "ready",
+            Action::Metrics { .. } => "metrics",
+            Action::ListNodes { .. } => "list_nodes",
+            Action::ApplyCapsule { .. } => "apply_capsule",
+            Action::ListCapsules { .. } => "list_capsules",
+            Action::GetCapsule { .. } => "get_capsule",
+            Action::SubmitJob { .. } => "submit_job",
+            Action::ListJobs { .. } => "list_jobs",
+            Action::GetJob { .. } => "get_job",
+            Action::JobTasks { .. } => "job_tasks",
+            Action::CancelJob { .. } => "cancel_job",
+            Action::GetTask { .. } => "get_task",
+            Action::TaskLogs { .. } => "task_logs",
+            Action::TaskDecision { .. } => "task_decision",
+            Action::ListServices { .. } => "list_services",
+            Action::ApplyService { .. } => "apply_service",
+            Action::GetService { .. } => "get_service",
+            Action::RemoveService { .. } => "remove_service",
+            Action::ListWorkloads { .. } => "list_workloads",
+            Action::GetWorkload { .. } => "get_workload",
+            Action::Subscribe { .. } => "subscribe",
+        }
+    }
+
+    /// Answer the action with an error, whatever it asked (e.g. the node is not ready to
+    /// serve it). A client that went away is not an error.
+    pub fn fail(self, error: ApiError) {
+        fn send<T>(reply: Reply<T>, error: ApiError) {
+            let _ = reply.send(Err(error));
+        }
+        match self {
+            Action::Ready { reply } => send(reply, error),
+            Action::Metrics { reply } => send(reply, error),
+            Action::ListNodes { reply } => send(reply, error),
+            Action::ApplyCapsule { reply, .. } => send(reply, error),
+            Action::ListCapsules { reply } => send(reply, error),
+            Action::GetCapsule { reply, .. } => send(reply, error),
+            Action::SubmitJob { reply, .. } => send(reply, error),
+            Action::ListJobs { reply, .. } => send(reply, error),
+            Action::GetJob { reply, .. } => send(reply, error),
+            Action::JobTasks { reply, .. } => send(reply, error),
+            Action::CancelJob { reply, .. } => send(reply, error),
+            Action::GetTask { reply, .. } => send(reply, error),
+            Action::TaskLogs { reply, .. } => send(reply, error),
+            Action::TaskDecision { reply, .. } => send(reply, error),
+            Action::ListServices { reply } => send(reply, error),
+            Action::ApplyService { reply, .. } => send(reply, error),
+            Action::GetService { reply, .. } => send(reply, error),
+            Action::RemoveService { reply, .. } => send(reply, error),
+            Action::ListWorkloads { reply } => send(reply, error),
+            Action::GetWorkload { reply, .. } => send(reply, error),
+            Action::Subscribe { reply } => send(reply, error),
+        }
+    }
+
+    /// Whether the action changes ledger state (and so needs a reachable leader).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Action::ApplyCapsule { .. }
+                | Action::SubmitJob { .. }
+                | Action::CancelJob { .. }
+                | Action::ApplyService { .. }
+                | Action::RemoveService { .. }
+        )
+    }
+}

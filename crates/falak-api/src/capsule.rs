@@ -1,0 +1,95 @@
+//! `/api/v1/capsules`: apply, list and show capsules.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use falak_core::Millis;
+use falak_core::capsule::{CapsuleDocument, CapsuleVersion, Kind};
+use falak_core::ledger::State as LedgerState;
+use falak_core::resources::Resources;
+use falak_core::spec::validate_name;
+use serde::{Deserialize, Serialize};
+
+use crate::action::Action;
+use crate::error::ApiError;
+use crate::routes::{ApiPath, Body, Ctx};
+
+/// The answer to applying a capsule document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleApplied {
+    pub name: String,
+    pub version: u32,
+    /// The document matched the latest (or named) version, so nothing was written.
+    pub unchanged: bool,
+}
+
+/// One capsule in a list: its latest version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleSummary {
+    pub name: String,
+    pub kind: Kind,
+    pub latest_version: u32,
+    /// How many versions are stored.
+    pub versions: u32,
+    pub command: Vec<String>,
+    pub resources: Resources,
+    pub updated_at: Millis,
+}
+
+/// One capsule with every stored version, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleInfo {
+    pub name: String,
+    pub versions: Vec<CapsuleVersion>,
+}
+
+impl CapsuleSummary {
+    /// Every capsule in committed state, by name.
+    pub fn list(state: &LedgerState) -> Vec<CapsuleSummary> {
+        state
+            .capsules()
+            .filter_map(|(name, versions)| {
+                let latest = versions.last()?;
+                Some(CapsuleSummary {
+                    name: name.clone(),
+                    kind: latest.spec.kind,
+                    latest_version: latest.version,
+                    versions: versions.len() as u32,
+                    command: latest.spec.command.clone(),
+                    resources: latest.spec.resources,
+                    updated_at: latest.created_at,
+                })
+            })
+            .collect()
+    }
+}
+
+impl CapsuleInfo {
+    pub fn get(state: &LedgerState, name: &str) -> Result<CapsuleInfo, ApiError> {
+        match state.capsule_versions(name) {
+            Some(versions) => Ok(CapsuleInfo { name: name.to_owned(), versions: versions.to_vec() }),
+            None => Err(ApiError::not_found(format!("capsule {name} not found"))),
+        }
+    }
+}
+
+/// `201` with the new version, `200` when the document was already stored.
+pub(crate) async fn apply(State(ctx): State<Ctx>, body: Body) -> Result<(StatusCode, Json<CapsuleApplied>), ApiError> {
+    let document: CapsuleDocument = body.parse()?;
+    let spec = document.validate()?;
+    let applied = ctx.ask(|reply| Action::ApplyCapsule { spec, reply }).await?;
+    let status = if applied.unchanged { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(applied)))
+}
+
+pub(crate) async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<CapsuleSummary>>, ApiError> {
+    ctx.ask(|reply| Action::ListCapsules { reply }).await.map(Json)
+}
+
+pub(crate) async fn show(
+    State(ctx): State<Ctx>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<CapsuleInfo>, ApiError> {
+    validate_name("name", &name)?;
+    ctx.ask(|reply| Action::GetCapsule { name, reply }).await.map(Json)
+}

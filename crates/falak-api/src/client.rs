@@ -1,0 +1,364 @@
+//! The typed client: one method per route, answers as the API's own types, failures as a
+//! [`ClientError`] carrying the API's code and message.
+
+mod sse;
+
+use std::time::Duration;
+
+use falak_core::capsule::CapsuleDocument;
+use falak_core::job::{JobId, TaskId};
+use futures_util::{Stream, StreamExt};
+use reqwest::{Method, RequestBuilder, Response, header};
+use serde::de::DeserializeOwned;
+
+use crate::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
+use crate::error::{ErrorBody, ErrorCode};
+use crate::event::{EventItem, EventRecord, LAGGED};
+use crate::health::Readiness;
+use crate::job::{JobInfo, JobSubmission, TaskOutput};
+use crate::node::NodeInfo;
+use crate::service::{ServiceInfo, ServiceSubmission};
+use crate::task::{DecisionInfo, LogStream, TaskInfo};
+use crate::workload::{WorkloadInfo, WorkloadRequest};
+
+/// How long one ordinary request may take; event streams have no limit.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a request did not produce the typed answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the URL (connection refused, unknown host, connect timeout).
+    #[error("cannot reach falak at {url}: is a node running? (`falak up`)")]
+    Unreachable { url: String, cause: reqwest::Error },
+    /// The API answered with an error.
+    #[error("{message}")]
+    Api { status: u16, code: ErrorCode, message: String },
+    /// The connection failed after it was made, or timed out.
+    #[error("request to {url} failed: {cause}")]
+    Request { url: String, cause: reqwest::Error },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from {url}: {message}")]
+    Decode { url: String, message: String },
+    #[error("{0:?} is not an API URL; use e.g. http://127.0.0.1:7070")]
+    InvalidUrl(String),
+}
+
+impl ClientError {
+    /// The API's error code, when the API answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one node's API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for the API at `base_url` (`http://127.0.0.1:7070`).
+    pub fn new(base_url: &str) -> Result<Client, ClientError> {
+        let base = base_url.trim().trim_end_matches('/').to_owned();
+        let valid = reqwest::Url::parse(&base).is_ok_and(|u| u.scheme() == "http" && u.host().is_some());
+        if !valid {
+            return Err(ClientError::InvalidUrl(base_url.to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|cause| ClientError::Request { url: base.clone(), cause })?;
+        Ok(Client { http, base, token: None })
+    }
+
+    /// Send `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    // Health.
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<String, ClientError> {
+        self.text(self.get("/healthz")).await
+    }
+
+    /// `GET /readyz`; a node that is not ready answers `unavailable` with the reason.
+    pub async fn ready(&self) -> Result<Readiness, ClientError> {
+        self.json(self.get("/readyz")).await
+    }
+
+    /// `GET /metrics`: Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        self.text(self.get("/metrics")).await
+    }
+
+    /// `GET /api/v1/openapi.json`.
+    pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.get("/api/v1/openapi.json")).await
+    }
+
+    // Nodes and capsules.
+
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        self.json(self.get("/api/v1/nodes")).await
+    }
+
+    /// Apply a capsule document given as a value.
+    pub async fn apply_capsule(&self, document: &CapsuleDocument) -> Result<CapsuleApplied, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/capsules").json(document)).await
+    }
+
+    /// Apply a capsule document as written (YAML or JSON text); errors name the field.
+    pub async fn apply_capsule_text(&self, text: &str) -> Result<CapsuleApplied, ClientError> {
+        self.json(self.yaml(Method::POST, "/api/v1/capsules", text)).await
+    }
+
+    pub async fn capsules(&self) -> Result<Vec<CapsuleSummary>, ClientError> {
+        self.json(self.get("/api/v1/capsules")).await
+    }
+
+    pub async fn capsule(&self, name: &str) -> Result<CapsuleInfo, ClientError> {
+        self.json(self.get(&format!("/api/v1/capsules/{}", segment(name)))).await
+    }
+
+    // Jobs and tasks.
+
+    pub async fn submit_job(&self, submission: &JobSubmission) -> Result<JobInfo, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/jobs").json(submission)).await
+    }
+
+    /// Jobs, newest first; the server's default limit when `limit` is `None`.
+    pub async fn jobs(&self, limit: Option<usize>) -> Result<Vec<JobInfo>, ClientError> {
+        let mut request = self.get("/api/v1/jobs");
+        if let Some(limit) = limit {
+            request = request.query(&[("limit", limit)]);
+        }
+        self.json(request).await
+    }
+
+    pub async fn job(&self, job: JobId) -> Result<JobInfo, ClientError> {
+        self.json(self.get(&format!("/api/v1/jobs/{job}"))).await
+    }
+
+    pub async fn job_tasks(&self, job: JobId) -> Result<Vec<TaskInfo>, ClientError> {
+        self.json(self.get(&format!("/api/v1/jobs/{job}/tasks"))).await
+    }
+
+    pub async fn cancel_job(&self, job: JobId) -> Result<JobInfo, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/v1/jobs/{job}/cancel"))).await
+    }
+
+    /// The job's stdout tails concatenated in task order.
+    pub async fn job_result_text(&self, job: JobId) -> Result<String, ClientError> {
+        self.text(self.get(&format!("/api/v1/jobs/{job}/result")).query(&[("format", "text")])).await
+    }
+
+    /// Each task's outcome and output, in task order.
+    pub async fn job_result(&self, job: JobId) -> Result<Vec<TaskOutput>, ClientError> {
+        self.json(self.get(&format!("/api/v1/jobs/{job}/result")).query(&[("format", "json")])).await
+    }
+
+    pub async fn task(&self, task: TaskId) -> Result<TaskInfo, ClientError> {
+        self.json(self.get(&format!("/api/v1/tasks/{task}"))).await
+    }
+
+    /// A task's output, fetched by the node from whichever node ran it.
+    pub async fn task_logs(
+        &self,
+        task: TaskId,
+        stream: LogStream,
+        max_bytes: Option<usize>,
+    ) -> Result<String, ClientError> {
+        let mut request = self.get(&format!("/api/v1/tasks/{task}/logs")).query(&[("stream", stream.name())]);
+        if let Some(max) = max_bytes {
+            request = request.query(&[("max_bytes", max)]);
+        }
+        self.text(request).await
+    }
+
+    /// The decision record, or what placement computes now for a task not yet elected.
+    pub async fn decision(&self, task: TaskId) -> Result<DecisionInfo, ClientError> {
+        self.json(self.get(&format!("/api/v1/tasks/{task}/decision"))).await
+    }
+
+    // Services and workloads.
+
+    pub async fn services(&self) -> Result<Vec<ServiceInfo>, ClientError> {
+        self.json(self.get("/api/v1/services")).await
+    }
+
+    pub async fn apply_service(&self, submission: &ServiceSubmission) -> Result<ServiceInfo, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/services").json(submission)).await
+    }
+
+    /// Apply a service document as written (YAML or JSON text).
+    pub async fn apply_service_text(&self, text: &str) -> Result<ServiceInfo, ClientError> {
+        self.json(self.yaml(Method::POST, "/api/v1/services", text)).await
+    }
+
+    pub async fn service(&self, name: &str) -> Result<ServiceInfo, ClientError> {
+        self.json(self.get(&format!("/api/v1/services/{}", segment(name)))).await
+    }
+
+    pub async fn remove_service(&self, name: &str) -> Result<ServiceInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/v1/services/{}", segment(name)))).await
+    }
+
+    pub async fn workloads(&self) -> Result<Vec<WorkloadInfo>, ClientError> {
+        self.json(self.get("/api/v1/workloads")).await
+    }
+
+    /// A workload by job id (`j12`) or service name.
+    pub async fn workload(&self, id: &str) -> Result<WorkloadInfo, ClientError> {
+        self.json(self.get(&format!("/api/v1/workloads/{}", segment(id)))).await
+    }
+
+    pub async fn create_workload(&self, request: &WorkloadRequest) -> Result<WorkloadInfo, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/workloads").json(request)).await
+    }
+
+    pub async fn delete_workload(&self, id: &str) -> Result<WorkloadInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/v1/workloads/{}", segment(id)))).await
+    }
+
+    // Events.
+
+    /// The event stream: recent events, then (with `follow`) every new one until the
+    /// connection ends. `since` skips events up to that sequence number.
+    pub async fn events(
+        &self,
+        follow: bool,
+        since: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<EventItem, ClientError>> + Send + 'static + use<>, ClientError> {
+        let url = format!("{}/api/v1/events", self.base);
+        let mut request = self.http.get(&url).query(&[("follow", follow)]);
+        if let Some(since) = since {
+            request = request.query(&[("since", since)]);
+        }
+        let response = self.send(self.authorize(request), &url).await?;
+        let bytes = response.bytes_stream();
+        let messages = sse::messages(bytes);
+        Ok(messages.map(move |message| match message {
+            Err(cause) => Err(ClientError::Request { url: url.clone(), cause }),
+            Ok(message) if message.event == LAGGED => {
+                let missed = serde_json::from_str::<serde_json::Value>(&message.data)
+                    .ok()
+                    .and_then(|v| v["missed"].as_u64())
+                    .unwrap_or(0);
+                Ok(EventItem::Lagged { missed })
+            }
+            Ok(message) => serde_json::from_str::<EventRecord>(&message.data)
+                .map(EventItem::Event)
+                .map_err(|e| ClientError::Decode { url: url.clone(), message: format!("event is not a record: {e}") }),
+        }))
+    }
+
+    // Plumbing.
+
+    fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.authorize(self.http.request(method, format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT))
+    }
+
+    fn yaml(&self, method: Method, path: &str, text: &str) -> RequestBuilder {
+        self.request(method, path).header(header::CONTENT_TYPE, "application/yaml").body(text.to_owned())
+    }
+
+    fn authorize(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ClientError> {
+        let url = self.url_of(&request);
+        let response = self.send(request, &url).await?;
+        let bytes = response.bytes().await.map_err(|cause| ClientError::Request { url: url.clone(), cause })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })
+    }
+
+    async fn text(&self, request: RequestBuilder) -> Result<String, ClientError> {
+        let url = self.url_of(&request);
+        let response = self.send(request, &url).await?;
+        response.text().await.map_err(|cause| ClientError::Request { url, cause })
+    }
+
+    /// The URL a builder will request, for error messages.
+    fn url_of(&self, request: &RequestBuilder) -> String {
+        request.try_clone().and_then(|r| r.build().ok()).map_or_else(|| self.base.clone(), |r| r.url().to_string())
+    }
+
+    /// Send a request; an error status becomes [`ClientError::Api`].
+    async fn send(&self, request: RequestBuilder, url: &str) -> Result<Response, ClientError> {
+        let response = request.send().await.map_err(|cause| {
+            if cause.is_connect() {
+                ClientError::Unreachable { url: self.base.clone(), cause }
+            } else {
+                ClientError::Request { url: url.to_owned(), cause }
+            }
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => {
+                ClientError::Api { status: status.as_u16(), code: body.error.code, message: body.error.message }
+            }
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: ErrorCode::from_status(status.as_u16()),
+                message: format!("HTTP {status} from {url}: {}", text.trim()),
+            },
+        })
+    }
+}
+
+/// Percent-encode one path segment so user input cannot change the path.
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(segment("web-1"), "web-1");
+        assert_eq!(segment("../x y"), "..%2Fx%20y");
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(Client::new("http://127.0.0.1:7070/").is_ok());
+        assert_eq!(Client::new("http://127.0.0.1:7070/").unwrap().base_url(), "http://127.0.0.1:7070");
+        assert!(matches!(Client::new("127.0.0.1:7070"), Err(ClientError::InvalidUrl(_))));
+        assert!(matches!(Client::new("https://x"), Err(ClientError::InvalidUrl(_))));
+    }
+}

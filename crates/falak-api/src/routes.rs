@@ -1,0 +1,296 @@
+//! The route table, the router built from it, and the plumbing every handler shares: asking
+//! the node through an [`Action`], reading bodies, queries and paths into [`ApiError`]s.
+//!
+//! **Boundary:** handlers never touch node internals; each one turns a request into typed input,
+//! sends one action (or a few) and shapes the reply.
+//!
+//! The same table registers the routes and generates the OpenAPI document
+//! ([`crate::openapi`]), so the two cannot drift.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request};
+use axum::handler::Handler;
+use axum::http::request::Parts;
+use axum::http::{Method, Uri, header};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::action::{Action, Reply};
+use crate::error::{ApiError, ErrorCode, body_rejection};
+use crate::{capsule, event, health, job, node, openapi, service, task, workload};
+
+/// How the API behaves; the node builds it from its configuration.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The largest request body accepted, in bytes; larger bodies get `413 too_large`.
+    pub body_limit: usize,
+    /// How long a request may wait for the node to answer its action.
+    pub action_timeout: Duration,
+    /// How long a request may wait for room in a full action queue before `429`.
+    pub queue_wait: Duration,
+    /// How often an idle event stream sends a keep-alive comment.
+    pub keep_alive: Duration,
+}
+
+/// The default body limit: 1 MiB, the same as the largest spec document.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            body_limit: DEFAULT_BODY_LIMIT,
+            action_timeout: Duration::from_secs(30),
+            queue_wait: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Build the API router. The node receives every [`Action`] on the other end of `actions` and
+/// answers through the action's reply channel.
+pub fn router(actions: mpsc::Sender<Action>, config: ApiConfig) -> Router {
+    let body_limit = config.body_limit;
+    let ctx = Ctx { actions, config: Arc::new(config) };
+    let mut router = Router::new();
+    for route in table() {
+        router = router.route(route.info.path, route.handler);
+    }
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(ctx)
+}
+
+/// What the OpenAPI document and tests know about one route.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    pub method: Method,
+    /// The path in axum and OpenAPI syntax: `/api/v1/jobs/{id}`.
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Query parameters: name and description.
+    pub query: &'static [(&'static str, &'static str)],
+    /// Request body content types accepted; empty when the route takes no body.
+    pub body: &'static [&'static str],
+    /// The status of a successful answer.
+    pub status: u16,
+    /// The content type of a successful answer.
+    pub produces: &'static str,
+}
+
+/// Every route the API serves, in table order.
+pub fn routes() -> Vec<RouteInfo> {
+    table().into_iter().map(|r| r.info).collect()
+}
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain";
+const SPEC_BODY: &[&str] = &["application/json", "application/yaml", "text/yaml"];
+
+struct Route {
+    info: RouteInfo,
+    handler: MethodRouter<Ctx>,
+}
+
+impl Route {
+    fn new<H, T>(method: Method, path: &'static str, summary: &'static str, handler: H) -> Route
+    where
+        H: Handler<T, Ctx>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("route table uses standard methods");
+        let info = RouteInfo { method, path, summary, query: &[], body: &[], status: 200, produces: JSON };
+        Route { info, handler: on(filter, handler) }
+    }
+
+    fn query(mut self, query: &'static [(&'static str, &'static str)]) -> Route {
+        self.info.query = query;
+        self
+    }
+
+    fn body(mut self, body: &'static [&'static str]) -> Route {
+        self.info.body = body;
+        self
+    }
+
+    fn created(mut self) -> Route {
+        self.info.status = 201;
+        self
+    }
+
+    fn produces(mut self, content_type: &'static str) -> Route {
+        self.info.produces = content_type;
+        self
+    }
+}
+
+fn table() -> Vec<Route> {
+    use Method as M;
+    vec![
+        Route::new(M::GET, "/healthz", "liveness: always `ok` while the process serves HTTP", health::healthz)
+            .produces(TEXT),
+        Route::new(M::GET, "/readyz", "readiness: joined the ledger and a leader is known", health::readyz),
+        Route::new(M::GET, "/metrics", "Prometheus metrics", health::metrics).produces(health::METRICS_CONTENT_TYPE),
+        Route::new(M::GET, "/api/v1/openapi.json", "this document", openapi::serve),
+        Route::new(M::GET, "/api/v1/nodes", "nodes of the mesh", node::list),
+        Route::new(M::POST, "/api/v1/capsules", "apply a capsule document (YAML or JSON)", capsule::apply)
+            .body(SPEC_BODY)
+            .created(),
+        Route::new(M::GET, "/api/v1/capsules", "capsules, latest version each", capsule::list),
+        Route::new(M::GET, "/api/v1/capsules/{name}", "every version of one capsule", capsule::show),
+        Route::new(M::POST, "/api/v1/jobs", "submit a job", job::submit).body(SPEC_BODY).created(),
+        Route::new(M::GET, "/api/v1/jobs", "jobs, newest first", job::list)
+            .query(&[("limit", "at most this many jobs (default 100)")]),
+        Route::new(M::GET, "/api/v1/jobs/{id}", "one job with task counts", job::show),
+        Route::new(M::GET, "/api/v1/jobs/{id}/tasks", "the tasks of one job", job::tasks),
+        Route::new(M::POST, "/api/v1/jobs/{id}/cancel", "cancel a running job", job::cancel),
+        Route::new(M::GET, "/api/v1/jobs/{id}/result", "task outputs in task order", job::result)
+            .query(&[("format", "`text` (concatenated stdout) or `json` (per-task array)")]),
+        Route::new(M::GET, "/api/v1/tasks/{id}", "one task", task::show),
+        Route::new(M::GET, "/api/v1/tasks/{id}/logs", "a task's output, from the node that ran it", task::logs)
+            .query(&[("stream", "`stdout` (default) or `stderr`"), ("max_bytes", "at most this many trailing bytes")])
+            .produces(TEXT),
+        Route::new(M::GET, "/api/v1/tasks/{id}/decision", "the task's decision record", task::decision),
+        Route::new(M::GET, "/api/v1/services", "services", service::list),
+        Route::new(M::POST, "/api/v1/services", "apply a service (create or scale)", service::apply)
+            .body(SPEC_BODY)
+            .created(),
+        Route::new(M::GET, "/api/v1/services/{name}", "one service with its replicas", service::show),
+        Route::new(M::DELETE, "/api/v1/services/{name}", "remove a service", service::remove),
+        Route::new(M::GET, "/api/v1/workloads", "services and jobs in the workload shape", workload::list),
+        Route::new(M::POST, "/api/v1/workloads", "create a service from a capsule", workload::create)
+            .body(SPEC_BODY)
+            .created(),
+        Route::new(M::GET, "/api/v1/workloads/{id}", "one workload", workload::show),
+        Route::new(M::DELETE, "/api/v1/workloads/{id}", "remove a service or cancel a job", workload::remove),
+        Route::new(M::GET, "/api/v1/events", "the event stream (server-sent events)", event::stream)
+            .query(&[
+                ("follow", "keep the stream open for new events (default true)"),
+                ("since", "only events with a higher sequence number (also `Last-Event-ID`)"),
+            ])
+            .produces("text/event-stream"),
+    ]
+}
+
+/// What every handler holds: the way to the node and the configuration.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    actions: mpsc::Sender<Action>,
+    pub(crate) config: Arc<ApiConfig>,
+}
+
+impl Ctx {
+    /// Send one action to the node and wait for its answer.
+    pub(crate) async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Action) -> Result<T, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let action = make(reply);
+        let name = action.name();
+        let permit = match tokio::time::timeout(self.config.queue_wait, self.actions.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(ApiError::unavailable("the node is shutting down")),
+            Err(_) => {
+                return Err(ApiError::too_many_requests("the node is busy (its action queue is full); retry shortly"));
+            }
+        };
+        permit.send(action);
+        match tokio::time::timeout(self.config.action_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ApiError::unavailable(format!("the node dropped the {name} request without answering"))),
+            Err(_) => Err(ApiError::unavailable(format!(
+                "the node did not answer {name} within {}s",
+                self.config.action_timeout.as_secs_f64()
+            ))),
+        }
+    }
+}
+
+/// A request body with its content type, read within the body limit.
+pub(crate) struct Body {
+    content_type: Option<String>,
+    bytes: Bytes,
+}
+
+impl FromRequest<Ctx> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, ctx: &Ctx) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .filter(|v| !v.is_empty());
+        let bytes = Bytes::from_request(req, ctx).await.map_err(|e| body_rejection(e, ctx.config.body_limit))?;
+        Ok(Body { content_type, bytes })
+    }
+}
+
+impl Body {
+    /// Parse the body as JSON (`application/json`) or YAML (`application/yaml`, `text/yaml`, or
+    /// no content type). Errors name the field that is wrong.
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::invalid("request body is empty"));
+        }
+        match self.content_type.as_deref() {
+            Some(t) if t == "application/json" || t.ends_with("+json") => {
+                let value: serde_json::Value = serde_json::from_slice(&self.bytes)
+                    .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
+                Ok(falak_core::spec::from_json_value(value)?)
+            }
+            None | Some("application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" | "text/plain") => {
+                let text = std::str::from_utf8(&self.bytes)
+                    .map_err(|_| ApiError::invalid("request body is not UTF-8 text"))?;
+                Ok(falak_core::spec::from_yaml(text)?)
+            }
+            Some(other) => Err(ApiError::invalid(format!(
+                "content-type {other} is not accepted; send application/json or application/yaml"
+            ))),
+        }
+    }
+}
+
+/// A query string whose rejections become [`ApiError`]s.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(ApiQuery(Query::<T>::from_request_parts(parts, state).await?.0))
+    }
+}
+
+/// Path parameters whose rejections become [`ApiError`]s.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(ApiPath(Path::<T>::from_request_parts(parts, state).await?.0))
+    }
+}
+
+/// Parse an id from a path segment into `invalid` with the id type's message.
+pub(crate) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| ApiError::invalid(e.to_string()))
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}; see /api/v1/openapi.json", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {}", uri.path()))
+}

@@ -1,0 +1,160 @@
+//! How a task attempt ended, and what a running one is using.
+
+use std::time::Duration;
+
+use falak_core::job::TaskReport;
+
+/// The end of one task attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub reason: ExitReason,
+    /// The exit code when the task's main process exited on its own.
+    pub code: Option<i32>,
+    /// The signal that killed the task's main process, if one did.
+    pub signal: Option<i32>,
+    /// From start to exit, as measured by the executor.
+    pub duration: Duration,
+    /// The last `output_tail_bytes` of stdout and stderr (lossy UTF-8, cut on a character
+    /// boundary); the whole output stays in the attempt's log files.
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+/// Why a task attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The task's main process exited or was killed by a signal nobody in Falak sent.
+    Exited,
+    /// The spec's timeout passed; the executor killed the whole task.
+    TimedOut(Duration),
+    /// [`Running::stop`](crate::Running::stop) ended it.
+    Stopped,
+    /// The task never ran. The process executor reports start failures as a
+    /// [`StartError`](crate::StartError) instead; backends that learn of a failure only after
+    /// `start` returned (a container whose init fails) report it here.
+    FailedToStart(String),
+    /// The executor lost track of the task and cannot say how it ended.
+    Lost(String),
+}
+
+impl Exit {
+    /// An attempt that never ran, e.g. from a [`StartError`](crate::StartError), so the node
+    /// can turn every outcome into a report the same way.
+    pub fn failed_to_start(error: impl std::fmt::Display) -> Exit {
+        Exit::without_output(ExitReason::FailedToStart(error.to_string()))
+    }
+
+    pub(crate) fn without_output(reason: ExitReason) -> Exit {
+        Exit {
+            reason,
+            code: None,
+            signal: None,
+            duration: Duration::ZERO,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+        }
+    }
+
+    /// The task exited on its own with code 0.
+    pub fn succeeded(&self) -> bool {
+        self.reason == ExitReason::Exited && self.code == Some(0)
+    }
+
+    /// Why the attempt did not run to a normal exit, in words for the task's record; `None`
+    /// when it exited with a code (zero or not: the code says it all).
+    pub fn error(&self) -> Option<String> {
+        match &self.reason {
+            ExitReason::Exited => self.signal.map(|s| format!("killed by signal {}", signal_name(s))),
+            ExitReason::TimedOut(after) => Some(format!("timed out after {} and was killed", humantime_secs(*after))),
+            ExitReason::Stopped => Some("stopped by the node".to_owned()),
+            ExitReason::FailedToStart(message) => Some(format!("failed to start: {message}")),
+            ExitReason::Lost(message) => Some(format!("lost: {message}")),
+        }
+    }
+
+    /// The ledger's view of this exit.
+    pub fn to_report(&self) -> TaskReport {
+        TaskReport {
+            exit_code: self.code,
+            error: self.error(),
+            duration_ms: self.duration.as_millis().min(u128::from(u64::MAX)) as u64,
+            stdout_tail: self.stdout_tail.clone(),
+            stderr_tail: self.stderr_tail.clone(),
+        }
+    }
+}
+
+/// What a running task is using.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Since the task started (up to its exit, once it has exited).
+    pub elapsed: Duration,
+    /// Resident memory summed over the task's live processes, when the executor can see them.
+    pub rss_bytes: Option<u64>,
+    /// How many live processes the task has (0 once it has exited).
+    pub processes: Option<u32>,
+}
+
+/// `SIGKILL (9)` for the signals tasks meet, the number for the rest.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return signal.to_string(),
+    };
+    format!("{name} ({signal})")
+}
+
+fn humantime_secs(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(1000) { format!("{}s", millis / 1000) } else { format!("{}ms", millis) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(reason: ExitReason, code: Option<i32>, signal: Option<i32>) -> Exit {
+        Exit { code, signal, ..Exit::without_output(reason) }
+    }
+
+    #[test]
+    fn error_says_why_an_attempt_did_not_exit_normally() {
+        assert_eq!(exit(ExitReason::Exited, Some(0), None).error(), None);
+        assert_eq!(exit(ExitReason::Exited, Some(3), None).error(), None);
+        assert_eq!(exit(ExitReason::Exited, None, Some(9)).error().unwrap(), "killed by signal SIGKILL (9)");
+        assert_eq!(
+            exit(ExitReason::TimedOut(Duration::from_secs(5)), None, Some(15)).error().unwrap(),
+            "timed out after 5s and was killed"
+        );
+        assert_eq!(
+            exit(ExitReason::TimedOut(Duration::from_millis(250)), None, Some(9)).error().unwrap(),
+            "timed out after 250ms and was killed"
+        );
+        assert_eq!(Exit::failed_to_start("no such file").error().unwrap(), "failed to start: no such file");
+    }
+
+    #[test]
+    fn report_carries_code_error_and_tails() {
+        let mut exit = exit(ExitReason::Exited, Some(0), None);
+        exit.duration = Duration::from_millis(1500);
+        exit.stdout_tail = "out".into();
+        let report = exit.to_report();
+        assert!(report.succeeded());
+        assert_eq!(report.duration_ms, 1500);
+        assert_eq!(report.stdout_tail, "out");
+    }
+}

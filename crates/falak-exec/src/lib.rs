@@ -1,0 +1,34 @@
+//! Executors: how a node runs the task attempts it won.
+//!
+//! The node builds a [`TaskSpec`] for each attempt and hands it to an [`Executor`]:
+//! [`Executor::prepare`] (optional: create the working directory, later fetch artifacts),
+//! [`Executor::start`], then the returned [`Running`] handle to [`Running::wait`] for the
+//! [`Exit`], [`Running::stop`] it, or read its [`Running::stats`]; [`Executor::read_log`]
+//! reads the attempt's `stdout.log` / `stderr.log` while it runs and after.
+//!
+//! - [`ProcessExecutor`] runs an attempt as a sandboxed host process group (its own user,
+//!   no_new_privs, rlimits, a private working directory, only stdio descriptors).
+//! - [`fake::RecordingExecutor`] runs nothing: it records calls and ends attempts as scripted,
+//!   on `tokio::time`, for the node's and the simulation's tests.
+//! - Container (runc) and function-host executors implement the same trait later; the
+//!   [`Sandbox`] seam is where cgroups plug into the process executor.
+//!
+//! **Boundary:** this crate knows nothing of Raft, gossip or the ledger; it depends only on
+//! `falak-core`'s vocabulary. Linux only: it relies on `/proc`, `prctl` and Linux rlimits.
+//! See `docs/design/executor.md`.
+
+mod clock;
+mod executor;
+mod exit;
+pub mod fake;
+mod log;
+mod process;
+mod sandbox;
+mod task;
+
+pub use executor::{Executor, PrepareError, Running, StartError};
+pub use exit::{Exit, ExitReason, Stats, signal_name};
+pub use log::{LogChunk, MAX_LOG_READ_BYTES, ReadLogError, Stream, read_log};
+pub use process::{DEFAULT_PATH, ProcessConfig, ProcessExecutor};
+pub use sandbox::{NoSandbox, Sandbox, SandboxError, SandboxSetup};
+pub use task::{InvalidSpecError, Limits, LookupUserError, MAX_OUTPUT_TAIL_BYTES, NOBODY, RunAs, TaskSpec};

@@ -1,0 +1,75 @@
+//! falak-exec's integration tests: real processes through `ProcessExecutor`, and the
+//! recording fake under paused time.
+//!
+//! Tests named `privileged_*` need root (CI and the dev VMs run tests as root); they fail,
+//! rather than skip, when run without it.
+
+mod fake;
+mod process;
+mod sandbox;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use falak_exec::{Exit, ProcessConfig, ProcessExecutor, Running, TaskSpec};
+use tempfile::TempDir;
+
+/// `sh -c script`.
+pub fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+/// A process executor with a short timeout grace, so timeout tests stay fast.
+pub fn executor() -> ProcessExecutor {
+    ProcessExecutor::new(ProcessConfig { timeout_grace: Duration::from_millis(300), ..ProcessConfig::default() })
+}
+
+/// A spec whose working directory is `<dir>/<task_id>/1`.
+pub fn spec(dir: &TempDir, task_id: &str, command: Vec<String>) -> TaskSpec {
+    TaskSpec::new(task_id, 1, command, dir.path().join(task_id).join("1"))
+}
+
+/// Start `spec` on a fresh executor and wait for its exit.
+pub async fn run(spec: TaskSpec) -> Exit {
+    start(spec).await.wait().await
+}
+
+pub async fn start(spec: TaskSpec) -> Arc<dyn Running> {
+    use falak_exec::Executor;
+    executor().start(spec).await.expect("the task starts")
+}
+
+/// A process is dead once `/proc` no longer lists it or lists it as a zombie (this host's
+/// init may not reap orphans).
+pub fn is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            matches!(state, Some("Z" | "X"))
+        }
+    }
+}
+
+/// Wait up to two seconds for `pid` to die: SIGKILL is delivered asynchronously.
+pub async fn assert_dies(pid: u32) {
+    for _ in 0..200 {
+        if is_dead(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("process {pid} is still alive");
+}
+
+/// A pid the task wrote to `file` in its working directory.
+pub fn read_pid(workdir: &Path, file: &str) -> u32 {
+    let text = std::fs::read_to_string(workdir.join(file)).expect("the task wrote its pid file");
+    text.trim().parse().expect("a pid")
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "privileged test: run the tests as root (CI does)");
+}

@@ -1,0 +1,155 @@
+//! Node configuration: a YAML file plus command-line overrides.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use falak_core::resources::{Quantity, Resources, parse_cpu, parse_memory};
+use falak_core::spec::{SpecError, from_yaml};
+use serde::{Deserialize, Serialize};
+
+/// The node config file as written (`falak node -c node.yaml`). Unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfigDocument {
+    pub name: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API listen address.
+    pub api_addr: Option<SocketAddr>,
+    /// QUIC listen address for node-to-node protocols.
+    pub transport_addr: Option<SocketAddr>,
+    /// UDP listen address for membership.
+    pub gossip_addr: Option<SocketAddr>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Overrides the capacity detected from the host.
+    pub capacity: Option<CapacityDocument>,
+    pub cost_per_hour: Option<f64>,
+    /// Membership addresses to join through besides those in the mesh files.
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// How long a won claim lasts without renewal, e.g. `5s`.
+    pub lease: Option<String>,
+    /// Run tasks as this uid:gid when the node runs as root (default 65534:65534, `nobody`).
+    pub run_as: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityDocument {
+    pub cpu: Option<Quantity>,
+    pub memory: Option<Quantity>,
+    pub gpus: Option<u32>,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub transport_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub cost_per_hour: f64,
+    pub seeds: Vec<SocketAddr>,
+    pub lease: Duration,
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// Why a node config is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {error}")]
+    Invalid { path: PathBuf, error: SpecError },
+    #[error("{0}")]
+    Value(SpecError),
+}
+
+impl NodeConfigDocument {
+    pub fn load(path: &Path) -> Result<Self, LoadConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| LoadConfigError::Read { path: path.into(), source })?;
+        from_yaml(&text).map_err(|error| LoadConfigError::Invalid { path: path.into(), error })
+    }
+
+    /// Fill defaults and check values. `detected` is the host's capacity.
+    pub fn resolve(self, detected: Resources) -> Result<NodeConfig, LoadConfigError> {
+        let err = |field: &str, msg: String| LoadConfigError::Value(SpecError::new(field, msg));
+        let name = self.name.unwrap_or_else(|| "node".to_owned());
+        falak_core::spec::validate_name("name", &name).map_err(LoadConfigError::Value)?;
+        let mut capacity = detected;
+        if let Some(c) = &self.capacity {
+            if let Some(q) = &c.cpu {
+                capacity.cpu_millis = parse_cpu(&q.as_text()).map_err(|e| err("capacity.cpu", e.to_string()))?;
+            }
+            if let Some(q) = &c.memory {
+                capacity.memory_bytes =
+                    parse_memory(&q.as_text()).map_err(|e| err("capacity.memory", e.to_string()))?;
+            }
+            if let Some(g) = c.gpus {
+                capacity.gpus = g;
+            }
+        }
+        let cost_per_hour = self.cost_per_hour.unwrap_or(0.0);
+        if !cost_per_hour.is_finite() || cost_per_hour < 0.0 {
+            return Err(err("cost_per_hour", format!("must be zero or more, got {cost_per_hour}")));
+        }
+        let lease = match &self.lease {
+            None => Duration::from_secs(5),
+            Some(text) => falak_core::capsule::parse_duration("lease", text).map_err(LoadConfigError::Value)?,
+        };
+        if lease < Duration::from_millis(500) {
+            return Err(err("lease", "must be at least 500ms".into()));
+        }
+        let run_as = match &self.run_as {
+            None => None,
+            Some(text) => {
+                let parsed = text.split_once(':').and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                Some(parsed.ok_or_else(|| err("run_as", format!("{text:?} is not uid:gid, e.g. 65534:65534")))?)
+            }
+        };
+        let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(NodeConfig {
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(format!(".falak/{name}"))),
+            name,
+            api_addr: self.api_addr.unwrap_or(local(7070)),
+            transport_addr: self.transport_addr.unwrap_or(local(7080)),
+            gossip_addr: self.gossip_addr.unwrap_or(local(7090)),
+            labels: self.labels,
+            capacity,
+            cost_per_hour,
+            seeds: self.seeds,
+            lease,
+            run_as,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let doc: NodeConfigDocument =
+            from_yaml("name: edge-1\nlabels: { zone: a }\ncapacity: { cpu: 2, memory: 1Gi }\nlease: 3s").unwrap();
+        let cfg = doc.resolve(Resources::new(8000, 16 << 30)).unwrap();
+        assert_eq!(cfg.capacity, Resources::new(2000, 1 << 30));
+        assert_eq!(cfg.lease, Duration::from_secs(3));
+        assert_eq!(cfg.data_dir, PathBuf::from(".falak/edge-1"));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let doc: NodeConfigDocument = from_yaml("capacity: { cpu: -2 }").unwrap();
+        let e = doc.resolve(Resources::ZERO).unwrap_err().to_string();
+        assert!(e.starts_with("field `capacity.cpu`"), "{e}");
+        let e = from_yaml::<NodeConfigDocument>("colour: blue").unwrap_err().to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+}

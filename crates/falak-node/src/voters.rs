@@ -1,0 +1,131 @@
+//! Automatic voters: which admitted nodes vote in the ledger.
+//!
+//! Pure planning run by the ledger leader. Every admitted node replicates the log as a learner
+//! (ADR 0001); 3 of them vote (all of them when fewer), 5 once the mesh has 7 or more nodes. A
+//! voter that has been OFFLINE longer than the grace period is replaced by a healthy learner.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use falak_core::election::Observed;
+use falak_core::ledger::State;
+use falak_core::placement::Health;
+use falak_core::{Millis, NodeId};
+
+/// How long an offline voter keeps its seat before it is replaced.
+pub const VOTER_GRACE_MS: u64 = 10_000;
+
+/// Membership changes the leader should make.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VoterPlan {
+    /// Admitted nodes to add as learners, with their transport address.
+    pub add_learners: Vec<(NodeId, String)>,
+    /// The new voter set, when it should change.
+    pub voters: Option<BTreeSet<NodeId>>,
+}
+
+/// How many voters a mesh of `nodes` admitted nodes should have.
+pub fn target_voters(nodes: usize) -> usize {
+    if nodes >= 7 { 5 } else { nodes.min(3) }
+}
+
+pub fn plan(
+    state: &State,
+    observed: &BTreeMap<NodeId, Observed>,
+    voters: &BTreeSet<NodeId>,
+    learners: &BTreeSet<NodeId>,
+    me: NodeId,
+    now: Millis,
+) -> VoterPlan {
+    let healthy = |id: &NodeId| {
+        *id == me
+            || (state.node(id).is_some_and(|n| !n.offline)
+                && observed.get(id).is_none_or(|o| o.health == Health::Healthy))
+    };
+    let add_learners = state
+        .nodes()
+        .filter(|n| !voters.contains(&n.record.id) && !learners.contains(&n.record.id) && healthy(&n.record.id))
+        .map(|n| (n.record.id, n.record.transport_addr.clone()))
+        .collect();
+    let target = target_voters(state.nodes().count());
+    let within_grace = |id: &NodeId| {
+        state.node(id).is_some_and(|n| {
+            !n.offline || n.offline_since.is_some_and(|since| now.saturating_sub(since) < VOTER_GRACE_MS)
+        })
+    };
+    let mut keep: BTreeSet<NodeId> = voters.iter().copied().filter(|id| *id == me || within_grace(id)).collect();
+    keep.insert(me);
+    for candidate in learners.iter().filter(|id| healthy(id) && state.node(id).is_some()) {
+        if keep.len() >= target {
+            break;
+        }
+        keep.insert(*candidate);
+    }
+    let voters = (keep != *voters && !keep.is_empty()).then_some(keep);
+    VoterPlan { add_learners, voters }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use falak_core::ledger::Command;
+    use falak_core::node::NodeRecord;
+    use falak_core::resources::Resources;
+
+    fn id(n: u8) -> NodeId {
+        NodeId([n; 32])
+    }
+
+    fn state(n: u8) -> State {
+        let mut s = State::default();
+        for i in 1..=n {
+            let record = NodeRecord {
+                id: id(i),
+                name: format!("n{i}"),
+                labels: Default::default(),
+                capacity: Resources::new(1000, 1 << 30),
+                cost_per_hour: 0.0,
+                transport_addr: format!("127.0.0.1:{i}"),
+                gossip_addr: String::new(),
+                api_url: String::new(),
+            };
+            s.apply(&Command::AdmitNode { record, now: 0 });
+        }
+        s
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!((target_voters(1), target_voters(3), target_voters(6), target_voters(7)), (1, 3, 3, 5));
+    }
+
+    #[test]
+    fn new_nodes_become_learners_then_voters_up_to_three() {
+        let s = state(4);
+        let voters = BTreeSet::from([id(1)]);
+        let p = plan(&s, &BTreeMap::new(), &voters, &BTreeSet::new(), id(1), 0);
+        assert_eq!(p.add_learners.len(), 3);
+        assert_eq!(p.voters, None, "no learner has joined yet");
+        let learners = BTreeSet::from([id(2), id(3), id(4)]);
+        let p = plan(&s, &BTreeMap::new(), &voters, &learners, id(1), 0);
+        assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(2), id(3)])));
+    }
+
+    #[test]
+    fn offline_voter_is_replaced_after_grace() {
+        let mut s = state(4);
+        s.apply(&Command::SetNodeOffline { node: id(3), offline: true, now: 1_000 });
+        let voters = BTreeSet::from([id(1), id(2), id(3)]);
+        let learners = BTreeSet::from([id(4)]);
+        assert_eq!(plan(&s, &BTreeMap::new(), &voters, &learners, id(1), 5_000).voters, None);
+        let p = plan(&s, &BTreeMap::new(), &voters, &learners, id(1), 1_000 + VOTER_GRACE_MS);
+        assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(2), id(4)])));
+    }
+
+    #[test]
+    fn seven_nodes_get_five_voters() {
+        let s = state(7);
+        let voters = BTreeSet::from([id(1), id(2), id(3)]);
+        let learners = (4..=7).map(id).collect();
+        assert_eq!(plan(&s, &BTreeMap::new(), &voters, &learners, id(1), 0).voters.map(|v| v.len()), Some(5));
+    }
+}

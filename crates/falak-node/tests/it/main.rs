@@ -1,0 +1,4 @@
+//! falak-node integration tests: the seeded simulation (in-process, virtual time) and the
+//! daemon on loopback.
+
+mod sim;

@@ -1,0 +1,512 @@
+//! The simulation driver: nodes, faults, virtual time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use falak_core::capsule::CapsuleDocument;
+use falak_core::election::Observed;
+use falak_core::job::{Delivery, JobId, JobRequest, TaskId, TaskInputs, TaskReport};
+use falak_core::ledger::{Command, Outcome, State};
+use falak_core::node::NodeRecord;
+use falak_core::placement::Health;
+use falak_core::resources::Resources;
+use falak_core::{Millis, NodeId};
+use falak_ledger::{Committed, Ledger, LedgerConfig, PeerInfo};
+use falak_node::proposer::Proposer;
+use falak_node::reconcile::{Action, ProposalKind, ReconcileConfig, Reconciler};
+use falak_transport::memory::MemoryNetwork;
+use falak_transport::{Protocol, Transport};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::completion;
+use super::convergence::Convergence;
+use super::single_claim::SingleClaim;
+
+/// The shape of one simulated run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub voters: usize,
+    /// How long faults are injected.
+    pub fault_ms: u64,
+    /// How long after healing every acknowledged job has to finish.
+    pub settle_ms: u64,
+    pub jobs: usize,
+    pub tasks_per_job: u32,
+    /// Skip the state machine's attempt check and let every candidate claim at once.
+    pub planted_bug: bool,
+    pub step_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 5,
+            voters: 3,
+            fault_ms: 8_000,
+            settle_ms: 40_000,
+            jobs: 3,
+            tasks_per_job: 6,
+            planted_bug: false,
+            step_ms: 20,
+        }
+    }
+}
+
+/// What one seed produced.
+#[derive(Debug, Default)]
+pub struct SimReport {
+    pub violations: Vec<String>,
+    pub faults: Vec<String>,
+    pub acknowledged: usize,
+}
+
+/// Membership's detection delays, as tuned for the real failure detector.
+const SUSPECT_AFTER_MS: u64 = 400;
+const OFFLINE_AFTER_MS: u64 = 1_000;
+const LEASE_MS: u64 = 2_000;
+
+#[derive(Default)]
+struct Checker {
+    single: SingleClaim,
+    convergence: Convergence,
+    violations: Vec<String>,
+}
+
+struct SimNode {
+    index: usize,
+    id: NodeId,
+    dir: PathBuf,
+    ledger: Option<Ledger>,
+    proposer: Option<Proposer>,
+    reconciler: Reconciler,
+    /// Simulated processes: task → (fencing, finishes at, exit code).
+    running: BTreeMap<TaskId, (u64, Millis, i32)>,
+    failed: Arc<Mutex<Vec<ProposalKind>>>,
+    collector: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Sim {
+    config: SimConfig,
+    rng: ChaCha8Rng,
+    network: MemoryNetwork,
+    nodes: Vec<SimNode>,
+    checker: Arc<Mutex<Checker>>,
+    crashed: BTreeMap<usize, Millis>,
+    cuts: BTreeMap<(usize, usize), Millis>,
+    acknowledged: Arc<Mutex<Vec<JobId>>>,
+    faults: Vec<String>,
+    start: tokio::time::Instant,
+    _dir: tempfile::TempDir,
+}
+
+/// Run one seed to completion on a fresh paused-clock runtime.
+pub fn run_seed(seed: u64, config: &SimConfig) -> SimReport {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+    runtime.block_on(async {
+        let mut sim = Sim::new(seed, config.clone());
+        sim.run().await
+    })
+}
+
+fn node_id(index: usize) -> NodeId {
+    NodeId([index as u8 + 1; 32])
+}
+
+fn record(index: usize) -> NodeRecord {
+    NodeRecord {
+        id: node_id(index),
+        name: format!("n{index}"),
+        labels: BTreeMap::new(),
+        capacity: Resources::new(2_000, 4 << 30),
+        cost_per_hour: 0.0,
+        transport_addr: format!("mem:{index}"),
+        gossip_addr: format!("mem:{index}"),
+        api_url: String::new(),
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, config: SimConfig) -> Sim {
+        // tmpfs keeps redb's fsyncs cheap; the simulation tests logic, not disks.
+        let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+        let dir = tempfile::Builder::new().prefix("falak-sim-").tempdir_in(base).expect("tempdir");
+        let network = MemoryNetwork::new();
+        let nodes = (0..config.nodes)
+            .map(|index| SimNode {
+                index,
+                id: node_id(index),
+                dir: dir.path().join(format!("n{index}")),
+                ledger: None,
+                proposer: None,
+                reconciler: Reconciler::new(node_id(index), reconcile_config(&config)),
+                running: BTreeMap::new(),
+                failed: Arc::default(),
+                collector: None,
+            })
+            .collect();
+        Sim {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            config,
+            network,
+            nodes,
+            checker: Arc::default(),
+            crashed: BTreeMap::new(),
+            cuts: BTreeMap::new(),
+            acknowledged: Arc::default(),
+            faults: Vec::new(),
+            start: tokio::time::Instant::now(),
+            _dir: dir,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        // An arbitrary epoch keeps `now` realistic without reading the wall clock.
+        1_700_000_000_000 + self.start.elapsed().as_millis() as Millis
+    }
+
+    fn elapsed(&self) -> Millis {
+        self.start.elapsed().as_millis() as Millis
+    }
+
+    async fn run(&mut self) -> SimReport {
+        for i in 0..self.nodes.len() {
+            self.start_node(i).await;
+        }
+        if let Err(e) = self.bootstrap().await {
+            return SimReport { violations: vec![format!("bootstrap failed: {e}")], ..SimReport::default() };
+        }
+        let fault_end = self.elapsed() + self.config.fault_ms;
+        let submit_every = self.config.fault_ms / (self.config.jobs as u64 + 1);
+        let mut next_submit = self.elapsed() + 100;
+        let mut submitted = 0;
+        while self.elapsed() < fault_end {
+            if submitted < self.config.jobs && self.elapsed() >= next_submit {
+                self.submit_job();
+                submitted += 1;
+                next_submit += submit_every;
+            }
+            self.inject_faults().await;
+            self.step_all();
+            tokio::time::sleep(Duration::from_millis(self.config.step_ms)).await;
+        }
+        // Heal: every link back, every node restarted.
+        self.faults.push(format!("t={} heal all", self.elapsed()));
+        self.network.heal_all();
+        self.cuts.clear();
+        let down: Vec<usize> = self.crashed.keys().copied().collect();
+        for i in down {
+            self.restart(i).await;
+        }
+        // Let submissions still in flight settle before judging completion.
+        let deadline = self.elapsed() + self.config.settle_ms;
+        loop {
+            self.step_all();
+            tokio::time::sleep(Duration::from_millis(self.config.step_ms)).await;
+            let acknowledged = self.acknowledged.lock().expect("lock").clone();
+            let done = self
+                .nodes
+                .iter()
+                .all(|n| n.ledger.as_ref().is_some_and(|l| completion::all_terminal(&l.state(), &acknowledged)));
+            if done || self.elapsed() >= deadline {
+                break;
+            }
+        }
+        let acknowledged = self.acknowledged.lock().expect("lock").clone();
+        let mut violations = Vec::new();
+        if let Some(ledger) = self.nodes.iter().find_map(|n| n.ledger.as_ref()) {
+            completion::check(&ledger.state(), &acknowledged, &mut violations);
+        }
+        self.converge(&mut violations).await;
+        for node in &mut self.nodes {
+            if let Some(ledger) = node.ledger.take() {
+                let _ = ledger.shutdown().await;
+            }
+            if let Some(c) = node.collector.take() {
+                c.abort();
+            }
+        }
+        let mut checker = self.checker.lock().expect("lock");
+        violations.append(&mut checker.violations);
+        SimReport { violations, faults: std::mem::take(&mut self.faults), acknowledged: acknowledged.len() }
+    }
+
+    async fn bootstrap(&mut self) -> Result<(), String> {
+        let voters: BTreeMap<NodeId, PeerInfo> =
+            (0..self.config.voters).map(|i| (node_id(i), PeerInfo::new(format!("mem:{i}")))).collect();
+        let ledger = self.nodes[0].ledger.clone().ok_or("node 0 not started")?;
+        ledger.initialize(voters).await.map_err(|e| e.to_string())?;
+        for i in self.config.voters..self.config.nodes {
+            retry(|| ledger.add_learner(node_id(i), PeerInfo::new(format!("mem:{i}")))).await?;
+        }
+        let now = self.now();
+        for i in 0..self.config.nodes {
+            retry(|| ledger.write(Command::AdmitNode { record: record(i), now })).await?;
+        }
+        let text = "name: work\nkind: process\ncommand: [/bin/true]\nresources: { cpu: 500m, memory: 64Mi }\nplacement: { max_attempts: 3 }";
+        let spec = CapsuleDocument::parse(text).map_err(|e| e.to_string())?;
+        retry(|| ledger.write(Command::ApplyCapsule { spec: spec.clone(), now })).await?;
+        Ok(())
+    }
+
+    fn submit_job(&mut self) {
+        let alive: Vec<usize> = (0..self.nodes.len()).filter(|i| !self.crashed.contains_key(i)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        let via = alive[self.rng.gen_range(0..alive.len())];
+        let Some(ledger) = self.nodes[via].ledger.clone() else { return };
+        let command = Command::SubmitJob {
+            request: JobRequest {
+                capsule: "work".into(),
+                version: None,
+                tasks: TaskInputs::Count(self.config.tasks_per_job),
+                max_attempts: None,
+                timeout_ms: None,
+                delivery: Delivery::AtLeastOnce,
+            },
+            origin: node_id(via),
+            now: self.now(),
+        };
+        let acknowledged = self.acknowledged.clone();
+        tokio::spawn(async move {
+            if let Ok(applied) = ledger.write(command).await
+                && let Outcome::JobSubmitted { job, .. } = applied.outcome
+            {
+                acknowledged.lock().expect("lock").push(job);
+            }
+        });
+    }
+
+    async fn inject_faults(&mut self) {
+        let t = self.elapsed();
+        let n = self.nodes.len();
+        if self.rng.gen_bool(0.012) && self.crashed.len() < 2 {
+            let i = self.rng.gen_range(0..n);
+            if !self.crashed.contains_key(&i) {
+                self.faults.push(format!("t={t} crash n{i}"));
+                self.crash(i).await;
+            }
+        }
+        if self.rng.gen_bool(0.012)
+            && let Some((&i, &since)) = self.crashed.iter().next()
+            && t.saturating_sub(since) >= 500
+        {
+            self.faults.push(format!("t={t} restart n{i}"));
+            self.restart(i).await;
+        }
+        if self.rng.gen_bool(0.006) && self.cuts.is_empty() {
+            let i = self.rng.gen_range(0..n);
+            self.faults.push(format!("t={t} isolate n{i}"));
+            for j in (0..n).filter(|j| *j != i) {
+                self.network.cut(node_id(i), node_id(j));
+                self.cuts.insert((i.min(j), i.max(j)), t);
+            }
+        }
+        if self.rng.gen_bool(0.008) && !self.cuts.is_empty() {
+            self.faults.push(format!("t={t} heal links"));
+            self.network.heal_all();
+            self.cuts.clear();
+        }
+    }
+
+    async fn start_node(&mut self, i: usize) {
+        let planted = self.config.planted_bug;
+        let node = &mut self.nodes[i];
+        let transport = self.network.transport(node.id);
+        let config = LedgerConfig { planted_bug: planted_bug(planted), ..LedgerConfig::default() };
+        let ledger = Ledger::open(&node.dir, node.id, transport.clone() as Arc<dyn Transport>, config)
+            .await
+            .expect("open ledger");
+        transport.serve(Protocol::Ledger, ledger.handler());
+        for j in 0..self.config.nodes {
+            transport.set_peer_addr(node_id(j), std::net::SocketAddr::from(([127, 0, 0, 1], j as u16 + 1)));
+        }
+        let mut rx = ledger.subscribe();
+        let checker = self.checker.clone();
+        let index = node.index;
+        node.collector = Some(tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(Committed::Entry { index: log, applied }) => {
+                        let mut c = checker.lock().expect("lock");
+                        let Checker { single, convergence, violations } = &mut *c;
+                        convergence.observe(index, log, &applied, violations);
+                        for event in &applied.events {
+                            single.observe(event, violations);
+                        }
+                    }
+                    Ok(Committed::SnapshotInstalled { .. })
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }));
+        node.proposer = Some(Proposer::spawn(ledger.clone()));
+        node.ledger = Some(ledger);
+        node.reconciler = Reconciler::new(node.id, reconcile_config(&self.config));
+        node.running.clear();
+    }
+
+    async fn crash(&mut self, i: usize) {
+        self.crashed.insert(i, self.elapsed());
+        self.network.crash(node_id(i));
+        let node = &mut self.nodes[i];
+        node.proposer = None;
+        if let Some(ledger) = node.ledger.take() {
+            let _ = ledger.shutdown().await;
+        }
+        if let Some(c) = node.collector.take() {
+            c.abort();
+        }
+        node.running.clear();
+    }
+
+    async fn restart(&mut self, i: usize) {
+        self.crashed.remove(&i);
+        self.network.restart(node_id(i));
+        self.start_node(i).await;
+    }
+
+    /// What node `i`'s failure detector would report, from ground truth.
+    fn observed_by(&self, i: usize) -> BTreeMap<NodeId, Observed> {
+        let t = self.elapsed();
+        (0..self.nodes.len())
+            .filter(|j| *j != i)
+            .map(|j| {
+                let since = self.crashed.get(&j).copied().or_else(|| self.cuts.get(&(i.min(j), i.max(j))).copied());
+                let health = match since.map(|s| t.saturating_sub(s)) {
+                    Some(d) if d >= OFFLINE_AFTER_MS => Health::Offline,
+                    Some(d) if d >= SUSPECT_AFTER_MS => Health::Suspect,
+                    _ => Health::Healthy,
+                };
+                (node_id(j), Observed { health, gossip: None })
+            })
+            .collect()
+    }
+
+    fn step_all(&mut self) {
+        let now = self.now();
+        for i in 0..self.nodes.len() {
+            if self.crashed.contains_key(&i) {
+                continue;
+            }
+            let observed = self.observed_by(i);
+            let exit_roll: f64 = self.rng.r#gen();
+            let duration = self.rng.gen_range(20..400);
+            let node = &mut self.nodes[i];
+            let (Some(ledger), Some(proposer)) = (node.ledger.clone(), node.proposer.clone()) else { continue };
+            for kind in node.failed.lock().expect("lock").drain(..) {
+                node.reconciler.proposal_failed(kind);
+            }
+            // Simulated processes that finished.
+            let finished: Vec<(TaskId, u64, i32)> =
+                node.running.iter().filter(|(_, (_, at, _))| *at <= now).map(|(t, (f, _, c))| (*t, *f, *c)).collect();
+            for (task, fencing, code) in finished {
+                node.running.remove(&task);
+                let report = TaskReport {
+                    exit_code: Some(code),
+                    error: None,
+                    duration_ms: 1,
+                    stdout_tail: format!("{task}\n"),
+                    stderr_tail: String::new(),
+                };
+                node.reconciler.task_exited(task, fencing, report);
+            }
+            let is_leader = ledger.leader() == Some(node.id);
+            let actions = {
+                let state = ledger.state();
+                node.reconciler.step(&state, &observed, is_leader, now)
+            };
+            for action in actions {
+                match action {
+                    Action::Propose { command, kind } => {
+                        let failed = node.failed.clone();
+                        proposer.propose(
+                            command,
+                            Some(Box::new(move |result| {
+                                if result.is_err() || matches!(kind, ProposalKind::LeaderDuty) {
+                                    failed.lock().expect("lock").push(kind);
+                                }
+                            })),
+                        );
+                    }
+                    Action::Start(launch) => {
+                        let code = if exit_roll < 0.1 { 1 } else { 0 };
+                        node.running.insert(launch.task, (launch.fencing, now + duration, code));
+                        node.reconciler.task_started(launch.task, launch.fencing);
+                    }
+                    Action::Stop { task, .. } => {
+                        if let Some((fencing, _, _)) = node.running.remove(&task) {
+                            let report = TaskReport {
+                                exit_code: None,
+                                error: Some("stopped".into()),
+                                duration_ms: 1,
+                                stdout_tail: String::new(),
+                                stderr_tail: String::new(),
+                            };
+                            node.reconciler.task_exited(task, fencing, report);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait for every replica to apply the same index, then compare states.
+    async fn converge(&mut self, violations: &mut Vec<String>) {
+        let deadline = self.elapsed() + 15_000;
+        loop {
+            let indexes: BTreeSet<Option<u64>> =
+                self.nodes.iter().filter_map(|n| n.ledger.as_ref().map(|l| l.state().applied_index())).collect();
+            if indexes.len() == 1 || self.elapsed() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let states: Vec<(usize, Option<u64>, State)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                n.ledger.as_ref().map(|l| {
+                    let s = l.state();
+                    (n.index, s.applied_index(), (*s).clone())
+                })
+            })
+            .collect();
+        Convergence::compare_final(&states, violations);
+    }
+}
+
+fn reconcile_config(config: &SimConfig) -> ReconcileConfig {
+    let mut c = ReconcileConfig::with_lease(LEASE_MS);
+    if config.planted_bug {
+        c.election.stagger_ms = 0;
+    }
+    c
+}
+
+fn planted_bug(on: bool) -> falak_core::ledger::PlantedBug {
+    if on { falak_core::ledger::PlantedBug::SkipAttemptCheck } else { falak_core::ledger::PlantedBug::None }
+}
+
+/// Retry a ledger call for a few virtual seconds while a leader is elected.
+async fn retry<T, E: std::fmt::Display, F, Fut>(mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut last = String::new();
+    for _ in 0..50 {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}

@@ -1,0 +1,142 @@
+//! `falak capsule apply -f FILE | list | show NAME`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use falak_api::capsule::{CapsuleInfo, CapsuleSummary};
+
+use super::Context;
+use super::output::{Table, bytes, cpu, duration, labels, or_dash, print_json, timestamp};
+
+#[derive(Debug, Subcommand)]
+pub enum CapsuleCommand {
+    /// Apply a capsule document (YAML or JSON); a changed document becomes a new version.
+    Apply {
+        /// The document; `-` reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List capsules with their latest version.
+    List,
+    /// Show every version of one capsule.
+    Show { name: String },
+}
+
+pub async fn run(ctx: &Context, command: CapsuleCommand) -> anyhow::Result<()> {
+    match command {
+        CapsuleCommand::Apply { file } => {
+            let text = read_document(&file)?;
+            let applied = ctx.client.apply_capsule_text(&text).await?;
+            if ctx.json() {
+                return print_json(&applied);
+            }
+            if applied.unchanged {
+                println!("capsule {} unchanged (version {})", applied.name, applied.version);
+            } else {
+                println!("capsule {} version {} applied", applied.name, applied.version);
+            }
+            Ok(())
+        }
+        CapsuleCommand::List => {
+            let capsules = ctx.client.capsules().await?;
+            if ctx.json() {
+                return print_json(&capsules);
+            }
+            print!("{}", render_list(&capsules));
+            Ok(())
+        }
+        CapsuleCommand::Show { name } => {
+            let capsule = ctx.client.capsule(&name).await?;
+            if ctx.json() {
+                return print_json(&capsule);
+            }
+            print!("{}", render_show(&capsule));
+            Ok(())
+        }
+    }
+}
+
+/// Read a spec document from a file, or standard input for `-`.
+pub fn read_document(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        return std::io::read_to_string(std::io::stdin()).context("cannot read standard input");
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub fn render_list(capsules: &[CapsuleSummary]) -> String {
+    if capsules.is_empty() {
+        return "no capsules; apply one with `falak capsule apply -f FILE`\n".to_owned();
+    }
+    let mut table = Table::new(&["NAME", "KIND", "VERSION", "VERSIONS", "CPU", "MEMORY", "UPDATED", "COMMAND"]);
+    for c in capsules {
+        table.row(vec![
+            c.name.clone(),
+            falak_core::capsule::kind_name(c.kind).to_owned(),
+            c.latest_version.to_string(),
+            c.versions.to_string(),
+            cpu(c.resources.cpu_millis),
+            bytes(c.resources.memory_bytes),
+            timestamp(c.updated_at),
+            super::output::short(&c.command.join(" "), 48),
+        ]);
+    }
+    table.render()
+}
+
+pub fn render_show(capsule: &CapsuleInfo) -> String {
+    let mut out = String::new();
+    for (i, v) in capsule.versions.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let s = &v.spec;
+        let p = &s.placement;
+        out.push_str(&format!("{} version {} (applied {})\n", capsule.name, v.version, timestamp(v.created_at)));
+        out.push_str(&format!("  kind:       {}\n", falak_core::capsule::kind_name(s.kind)));
+        out.push_str(&format!("  command:    {}\n", serde_json::to_string(&s.command).unwrap_or_default()));
+        out.push_str(&format!("  resources:  {}\n", s.resources));
+        out.push_str(&format!(
+            "  placement:  strategy {}, labels {}, prefer {}, max attempts {}\n",
+            p.strategy.name(),
+            labels(&p.labels),
+            labels(&p.prefer),
+            p.max_attempts
+        ));
+        out.push_str(&format!("  timeout:    {}\n", or_dash(s.timeout_ms.map(duration))));
+        out.push_str(&format!("  env:        {}\n", labels(&s.env)));
+        out.push_str(&format!("  tags:       {}\n", labels(&s.tags)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use falak_core::capsule::{CapsuleDocument, CapsuleVersion};
+
+    use super::*;
+
+    #[test]
+    fn show_lists_every_version() {
+        let spec = CapsuleDocument::parse(
+            "name: hello\nkind: process\ncommand: [/bin/echo, hi]\nresources: { cpu: 100m, memory: 32Mi }\ntimeout: 30s\nenv: { A: b }",
+        )
+        .unwrap();
+        let info = CapsuleInfo {
+            name: "hello".into(),
+            versions: vec![CapsuleVersion { version: 1, spec: spec.clone(), created_at: 0 }],
+        };
+        expect_test::expect![[r#"
+            hello version 1 (applied 1970-01-01T00:00:00Z)
+              kind:       process
+              command:    ["/bin/echo","hi"]
+              resources:  cpu 100m, memory 32Mi
+              placement:  strategy balanced, labels -, prefer -, max attempts 3
+              timeout:    30s
+              env:        A=b
+              tags:       -
+        "#]]
+        .assert_eq(&render_show(&info));
+    }
+}

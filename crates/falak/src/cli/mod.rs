@@ -1,0 +1,204 @@
+//! The command line: global options, the subcommand tree, and where the API is.
+//!
+//! One file per subcommand group. Commands that talk to a node get a [`Context`] with a typed
+//! client; `node` and `up` run daemons and take no client.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use falak_api::Client;
+use serde::Deserialize;
+
+pub mod capsule;
+pub mod events;
+pub mod explain;
+pub mod job;
+pub mod node;
+pub mod nodes;
+pub mod output;
+pub mod service;
+pub mod up;
+
+use output::Format;
+
+/// Falak: a decentralized compute mesh in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "falak", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// API URL of any node [default: the first node in ./.falak/mesh.json, else http://127.0.0.1:7070]
+    #[arg(long, global = true, env = "FALAK_API", value_name = "URL")]
+    pub api: Option<String>,
+    /// Bearer token sent with every request.
+    #[arg(long, global = true, env = "FALAK_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// How to print answers.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local mesh of node processes on loopback in the foreground; prints endpoints.
+    Up(up::UpArgs),
+    /// Run one node daemon.
+    Node(node::NodeArgs),
+    /// List nodes: state, labels, free cpu/memory, tasks, voter/leader, rtt.
+    Nodes,
+    /// Apply, list and show capsules.
+    #[command(subcommand)]
+    Capsule(capsule::CapsuleCommand),
+    /// Submit, watch and inspect jobs.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+    /// Apply, list and remove services.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Show a task's decision record: every candidate's gravity terms and why it won or lost.
+    Explain(explain::ExplainArgs),
+    /// Print the event stream.
+    Events(events::EventsArgs),
+}
+
+/// What a command that talks to a node needs.
+pub struct Context {
+    pub client: Client,
+    pub output: Format,
+}
+
+impl Context {
+    fn new(global: &Global) -> anyhow::Result<Context> {
+        let url = resolve_api(global.api.as_deref(), Path::new(MESH_FILE))?;
+        let client = Client::new(&url)?.with_token(global.token.clone());
+        Ok(Context { client, output: global.output })
+    }
+
+    pub fn json(&self) -> bool {
+        self.output == Format::Json
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Node(args) => node::run(args).await,
+        command => {
+            let ctx = Context::new(&cli.global)?;
+            match command {
+                Command::Nodes => nodes::run(&ctx).await,
+                Command::Capsule(command) => capsule::run(&ctx, command).await,
+                Command::Job(command) => job::run(&ctx, command).await,
+                Command::Service(command) => service::run(&ctx, command).await,
+                Command::Explain(args) => explain::run(&ctx, args).await,
+                Command::Events(args) => events::run(&ctx, args).await,
+                Command::Up(_) | Command::Node(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+/// Where `falak up` records the local mesh it runs.
+pub const MESH_FILE: &str = ".falak/mesh.json";
+/// The API URL used when nothing else names one.
+pub const DEFAULT_API: &str = "http://127.0.0.1:7070";
+
+/// The part of `mesh.json` the CLI reads.
+#[derive(Debug, Deserialize)]
+struct MeshFile {
+    #[serde(default)]
+    nodes: Vec<MeshNode>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MeshNode {
+    api_url: String,
+}
+
+/// The API URL: `--api`/`FALAK_API`, else the first node of the mesh file when it exists,
+/// else [`DEFAULT_API`].
+pub fn resolve_api(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<String> {
+    if let Some(url) = flag.filter(|u| !u.trim().is_empty()) {
+        return Ok(url.trim().to_owned());
+    }
+    let text = match std::fs::read_to_string(mesh_file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DEFAULT_API.to_owned()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", mesh_file.display())),
+    };
+    let mesh: MeshFile = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a mesh file; pass --api URL", mesh_file.display()))?;
+    match mesh.nodes.into_iter().map(|n| n.api_url).find(|u| !u.is_empty()) {
+        Some(url) => Ok(url),
+        None => anyhow::bail!("{} lists no node with an api_url; pass --api URL", mesh_file.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("falak").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = parse(&["job", "list", "--api", "http://h:1", "-o", "json"]).unwrap();
+        assert_eq!(cli.global.api.as_deref(), Some("http://h:1"));
+        assert_eq!(cli.global.output, Format::Json);
+        assert!(matches!(cli.command, Command::Job(job::JobCommand::List { .. })));
+        let cli = parse(&["--output", "table", "nodes"]).unwrap();
+        assert!(matches!(cli.command, Command::Nodes));
+    }
+
+    #[test]
+    fn submit_takes_tasks_or_inputs_not_both() {
+        let cli = parse(&["job", "submit", "hello", "--tasks", "4", "--retries", "2", "--wait"]).unwrap();
+        let Command::Job(job::JobCommand::Submit(args)) = cli.command else { panic!() };
+        assert_eq!((args.capsule.as_str(), args.tasks, args.retries, args.wait), ("hello", Some(4), Some(2), true));
+        let error = parse(&["job", "submit", "hello", "--tasks", "4", "--inputs", "f.txt"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn ids_are_checked_while_parsing() {
+        let error = parse(&["job", "status", "x7"]).unwrap_err().to_string();
+        assert!(error.contains("is not a job id"), "{error}");
+        assert!(parse(&["job", "status", "7"]).is_ok(), "a bare number is a job id");
+        assert!(parse(&["explain", "j1-t0"]).is_ok());
+        assert!(parse(&["explain", "j1"]).is_err());
+    }
+
+    #[test]
+    fn the_api_comes_from_the_flag_then_the_mesh_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = dir.path().join("mesh.json");
+        assert_eq!(resolve_api(None, &mesh).unwrap(), DEFAULT_API);
+        std::fs::write(
+            &mesh,
+            r#"{ "name": "local", "nodes": [{ "name": "n1", "pid": 42, "api_url": "http://127.0.0.1:7301" }], "join_token": "t" }"#,
+        )
+        .unwrap();
+        assert_eq!(resolve_api(None, &mesh).unwrap(), "http://127.0.0.1:7301");
+        assert_eq!(resolve_api(Some("http://x:1"), &mesh).unwrap(), "http://x:1");
+        std::fs::write(&mesh, "not json").unwrap();
+        let error = format!("{:#}", resolve_api(None, &mesh).unwrap_err());
+        assert!(error.contains("is not a mesh file"), "{error}");
+    }
+}
