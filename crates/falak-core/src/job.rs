@@ -125,6 +125,16 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Queued,
+        TaskState::Assigned,
+        TaskState::Running,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::Retrying,
+        TaskState::Cancelled,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled)
     }

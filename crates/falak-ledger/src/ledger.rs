@@ -37,6 +37,9 @@ use crate::server::{self, LedgerServer};
 use crate::state_machine::{AppliedState, Committed, Replica};
 use crate::store::open_store;
 use crate::wire::{self, LeaderReply, LeaderRequest, LedgerRequest};
+
+/// How long [`Ledger::write`] waits for this replica to apply its own committed write.
+pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(2);
 use crate::{PeerInfo, TypeConfig};
 
 /// Pause between attempts to find a leader while none is known.
@@ -161,9 +164,16 @@ impl Ledger {
     ///
     /// Answers only after the entry is stored by a majority of voters and applied on the
     /// leader. From a follower or learner the write is forwarded to the leader.
+    ///
+    /// Read-your-writes: it answers once this replica has applied the entry too (or after
+    /// [`READ_YOUR_WRITES_WAIT`], when this replica is cut off from the leader), so a read of
+    /// [`Ledger::state`] that follows sees the write.
     pub async fn write(&self, command: Command) -> Result<Applied, WriteError> {
         match self.on_leader(LeaderRequest::Write(command)).await {
-            Ok(LeaderReply::Written(applied)) => Ok(applied),
+            Ok(LeaderReply::Written { index, applied }) => {
+                self.wait_applied(index, READ_YOUR_WRITES_WAIT).await;
+                Ok(applied)
+            }
             Ok(other) => Err(WriteError::Refused { leader: self.id, reason: format!("unexpected reply {other:?}") }),
             Err(e) => Err(match e {
                 LeaderCallError::NoLeader(waited) => WriteError::NoLeader { waited },
@@ -173,6 +183,22 @@ impl Ledger {
                 LeaderCallError::Encode(reason) => WriteError::Encode(reason),
                 LeaderCallError::Shutdown => WriteError::Shutdown,
             }),
+        }
+    }
+
+    /// Wait until this replica has applied log entry `index`, at most `limit`; says whether it has.
+    pub async fn wait_applied(&self, index: u64, limit: Duration) -> bool {
+        let mut committed = self.subscribe();
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.state().applied_index().is_some_and(|applied| applied >= index) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, committed.recv()).await {
+                Err(_elapsed) => return false,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return false,
+                Ok(_) => {}
+            }
         }
     }
 
@@ -327,7 +353,7 @@ impl Ledger {
             // election to settle.
             if let Some((tried, reply)) = reply {
                 match reply {
-                    LeaderReply::Written(_) | LeaderReply::MembershipChanged => return Ok(reply),
+                    LeaderReply::Written { .. } | LeaderReply::MembershipChanged => return Ok(reply),
                     LeaderReply::NotLeader { leader } => {
                         // Follow a fresh hint at once, but not hint after hint: two nodes with
                         // stale views could otherwise bounce the request without pause.

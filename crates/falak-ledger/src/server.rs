@@ -117,7 +117,7 @@ pub(crate) async fn execute(raft: &Raft<TypeConfig>, op: LeaderRequest, bound: D
     match outcome {
         Err(_elapsed) => LeaderReply::Unconfirmed,
         Ok(Ok(response)) => match response.data {
-            Some(applied) if is_write => LeaderReply::Written(applied),
+            Some(applied) if is_write => LeaderReply::Written { index: response.log_id.index, applied },
             None if !is_write => LeaderReply::MembershipChanged,
             _ => LeaderReply::Refused(format!("entry {} produced an unexpected result", response.log_id)),
         },

@@ -52,8 +52,8 @@ pub(crate) enum LeaderRequest {
 /// The leader's answer to a [`LeaderRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderReply {
-    /// The write committed and was applied with this result.
-    Written(Applied),
+    /// The write committed as log entry `index` and was applied with this result.
+    Written { index: u64, applied: Applied },
     /// The membership change committed.
     MembershipChanged,
     /// The receiver is not the leader; it names the leader if it knows one. Nothing was done.

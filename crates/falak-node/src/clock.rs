@@ -15,3 +15,9 @@ pub fn now_millis() -> Millis {
 pub fn instant() -> std::time::Instant {
     std::time::Instant::now()
 }
+
+/// Wall-clock time, for certificate validity.
+#[allow(clippy::disallowed_methods, reason = "this module is the node's one clock")]
+pub fn system_now() -> SystemTime {
+    SystemTime::now()
+}

@@ -1,11 +1,19 @@
 //! The Falak node daemon: the main loop, the transport, the one clock, workers, metrics and
 //! configuration.
 
+pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod daemon;
+pub mod events;
 pub mod host;
+pub mod main_loop;
+pub mod membership;
+pub mod mesh_files;
 pub mod metrics;
 pub mod proposer;
 pub mod reconcile;
+pub mod runner;
+pub mod transport;
 pub mod voters;

@@ -132,6 +132,11 @@ impl State {
         self.data.tasks.get(&id)
     }
 
+    /// Every task, in id order.
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.data.tasks.values()
+    }
+
     /// The tasks of one job, in index order.
     pub fn job_tasks(&self, job: JobId) -> impl Iterator<Item = &Task> {
         let start = TaskId { job, index: 0 };

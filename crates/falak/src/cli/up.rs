@@ -1,24 +1,1306 @@
-//! `falak up`: a local mesh of real node processes on loopback.
+//! `falak up`: a local mesh of real node processes on loopback, in the foreground.
+//!
+//! ```text
+//! DATA_DIR/
+//!   mesh.json         what runs now: pids, API URLs, node ids, the join token (0600);
+//!                     removed when `falak up` stops
+//!   NAME/node.yaml    the node's config, written when the mesh is provisioned
+//!   NAME/node.log     the node's stdout and stderr, appended across restarts
+//!   NAME/...          the mesh files and the ledger (see `falak_node::mesh_files`)
+//! ```
+//!
+//! A data dir that already holds the mesh is restarted as it is: the same identities, ports
+//! and ledger. Otherwise a new mesh is provisioned: a fresh CA, mesh secret and node keys.
+//! Nodes run in their own process group, so a terminal's Ctrl-C reaches only `falak up`,
+//! which then stops them with SIGTERM (SIGKILL after a grace period or a second Ctrl-C).
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use falak_api::job::JobSubmission;
+use falak_api::task::TaskInfo;
+use falak_api::{Client, ClientError, ErrorCode};
+use falak_core::job::{JobId, JobState};
+use falak_node::cluster::{
+    ClusterDocument, ClusterPlan, DEFAULT_CLUSTER, LocalNodeDocument, MAX_LOCAL_NODES, PortsDocument,
+};
+use falak_node::config::NodeConfigDocument;
+use falak_node::mesh_files::{self, Bootstrap, JoinToken, LocalNode};
+use futures_util::future::{join_all, select_all};
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use super::output::{Table, duration, or_dash};
 
 /// Run a local mesh on loopback in the foreground.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Cluster file (YAML) describing the mesh.
+    /// Cluster file (YAML) describing the mesh [default: three nodes named node-1..3].
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
-    /// Number of nodes.
+    /// Number of nodes (overrides the cluster file's count).
     #[arg(long)]
     pub nodes: Option<u32>,
-    /// Where node data dirs and mesh.json go.
+    /// Where node data dirs and mesh.json go [default: the cluster file's, else .falak].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Run a demo job and invoke once the mesh is up, print the result, keep running.
+    /// Node i listens on PORT+i (API), PORT+100+i (transport) and PORT+200+i (gossip);
+    /// 0 picks free ports. Applies when a mesh is created, not on restart.
+    #[arg(long, value_name = "PORT")]
+    pub base_port: Option<u16>,
+    /// Run a demo job once the mesh is up, print the result, keep running.
     #[arg(long)]
     pub demo: bool,
 }
 
-pub async fn run(_args: UpArgs) -> anyhow::Result<()> {
-    anyhow::bail!("falak up is being built")
+/// The file in the data dir that records the running mesh.
+pub const MESH_JSON: &str = "mesh.json";
+/// How long nodes get to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often readiness is asked.
+const READY_POLL: Duration = Duration::from_millis(250);
+/// How long one readiness request may take.
+const READY_REQUEST: Duration = Duration::from_secs(2);
+/// How long nodes get to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of a node's log shown when it fails.
+const LOG_TAIL_LINES: usize = 30;
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let plan = plan(&args)?;
+    let root = std::path::absolute(&plan.data_dir)
+        .with_context(|| format!("cannot resolve the data dir {}", plan.data_dir.display()))?;
+    let mesh_file = root.join(MESH_JSON);
+    let _lock = lock_data_dir(&root)?;
+    check_not_running(&mesh_file, std::process::id())?;
+    let setups = prepare(&plan, &root, args.base_port)?;
+    let mut signals = Signals::new()?;
+    let mut nodes = Vec::new();
+    let result = run_mesh(&plan.name, &root, &setups, &mut nodes, &mut signals, args.demo).await;
+    stop_nodes(&mut nodes, &mut signals).await;
+    remove_own_mesh_file(&mesh_file);
+    if plan.cleanup {
+        clean_up(&root, &setups);
+    }
+    result
+}
+
+// Planning.
+
+/// The cluster file (or the embedded default) with the command line's overrides.
+fn plan(args: &UpArgs) -> anyhow::Result<ClusterPlan> {
+    let mut plan = match &args.file {
+        Some(path) => ClusterDocument::load(path).with_context(|| format!("cluster file {}", path.display()))?,
+        None => ClusterDocument::parse(DEFAULT_CLUSTER).context("the embedded default cluster")?,
+    };
+    if let Some(count) = args.nodes {
+        set_node_count(&mut plan, count)?;
+    }
+    if let Some(dir) = &args.data_dir {
+        plan.data_dir = dir.clone();
+    }
+    if let Some(base) = args.base_port {
+        plan.ports = base_ports(base);
+    }
+    if let Some(ports) = plan.ports {
+        check_port_ranges(ports, plan.nodes.len())?;
+    }
+    Ok(plan)
+}
+
+/// `--nodes N`: N default nodes, unless the file lists its nodes one by one.
+fn set_node_count(plan: &mut ClusterPlan, count: u32) -> anyhow::Result<()> {
+    if count == 0 || count > MAX_LOCAL_NODES {
+        bail!("--nodes must be between 1 and {MAX_LOCAL_NODES}, got {count}");
+    }
+    if plan.nodes.len() == count as usize {
+        return Ok(());
+    }
+    let only_a_count = plan.nodes.iter().enumerate().all(|(i, node)| *node == default_node(i));
+    if !only_a_count {
+        bail!(
+            "--nodes {count} conflicts with the {} nodes the cluster file lists; edit the file or drop --nodes",
+            plan.nodes.len()
+        );
+    }
+    plan.nodes = (0..count as usize).map(default_node).collect();
+    Ok(())
+}
+
+fn default_node(index: usize) -> LocalNodeDocument {
+    LocalNodeDocument { name: Some(format!("node-{}", index + 1)), ..LocalNodeDocument::default() }
+}
+
+/// `--base-port PORT`: the API from PORT, transport from PORT+100, gossip from PORT+200.
+fn base_ports(base: u16) -> Option<PortsDocument> {
+    (base != 0).then(|| PortsDocument {
+        api: base,
+        transport: base.saturating_add(100),
+        gossip: base.saturating_add(200),
+    })
+}
+
+/// Every node's ports exist, and the two UDP ranges (transport, gossip) do not overlap.
+fn check_port_ranges(ports: PortsDocument, count: usize) -> anyhow::Result<()> {
+    let n = count as u32;
+    for (what, base) in [("API", ports.api), ("transport", ports.transport), ("gossip", ports.gossip)] {
+        if u32::from(base) + n > 65535 {
+            bail!("{what} ports from {base} for {n} nodes run past port 65535; pick a lower base port");
+        }
+    }
+    let (t, g) = (u32::from(ports.transport), u32::from(ports.gossip));
+    if t < g + n && g < t + n {
+        bail!("transport ports {t}.. and gossip ports {g}.. overlap for {n} nodes; space them at least {n} apart");
+    }
+    Ok(())
+}
+
+/// The three ports one node listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodePorts {
+    api: u16,
+    transport: u16,
+    gossip: u16,
+}
+
+/// Fixed ports (node i uses base + i), or free ones when `ports` is `None`.
+fn assign_ports(ports: Option<PortsDocument>, count: usize) -> anyhow::Result<Vec<NodePorts>> {
+    match ports {
+        Some(p) => Ok((0..count as u16)
+            .map(|i| NodePorts { api: p.api + i, transport: p.transport + i, gossip: p.gossip + i })
+            .collect()),
+        None => free_ports(count),
+    }
+}
+
+/// Ports nothing listens on now: TCP for the API, UDP for transport (QUIC) and gossip. Every
+/// socket is held until all are chosen, so no two nodes get the same port.
+fn free_ports(count: usize) -> anyhow::Result<Vec<NodePorts>> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut held_tcp = Vec::new();
+    let mut held_udp = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..count {
+        let api = TcpListener::bind(any).context("cannot find a free TCP port on 127.0.0.1")?;
+        let transport = UdpSocket::bind(any).context("cannot find a free UDP port on 127.0.0.1")?;
+        let gossip = UdpSocket::bind(any).context("cannot find a free UDP port on 127.0.0.1")?;
+        ports.push(NodePorts {
+            api: api.local_addr()?.port(),
+            transport: transport.local_addr()?.port(),
+            gossip: gossip.local_addr()?.port(),
+        });
+        held_tcp.push(api);
+        held_udp.extend([transport, gossip]);
+    }
+    Ok(ports)
+}
+
+/// `1 node`, `3 nodes`.
+fn count(nodes: usize) -> String {
+    if nodes == 1 { "1 node".to_owned() } else { format!("{nodes} nodes") }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+// Node setups: provisioned now, or reused from the data dir.
+
+/// One node as `falak up` runs it.
+#[derive(Debug, Clone, PartialEq)]
+struct NodeSetup {
+    name: String,
+    /// Its data dir (absolute): `DATA_DIR/NAME`.
+    dir: PathBuf,
+    api: SocketAddr,
+    transport: SocketAddr,
+    gossip: SocketAddr,
+    config: NodeConfigDocument,
+}
+
+impl NodeSetup {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("node.yaml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+}
+
+/// A node config per planned node; each node's seeds are the others' gossip addresses.
+fn node_setups(plan: &ClusterPlan, root: &Path, ports: &[NodePorts]) -> Vec<NodeSetup> {
+    let gossip: Vec<SocketAddr> = ports.iter().map(|p| loopback(p.gossip)).collect();
+    plan.nodes
+        .iter()
+        .zip(ports)
+        .enumerate()
+        .map(|(i, (node, p))| {
+            let name = node.name.clone().unwrap_or_else(|| format!("node-{}", i + 1));
+            let dir = root.join(&name);
+            let (api, transport) = (loopback(p.api), loopback(p.transport));
+            let seeds = gossip.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect();
+            let config = NodeConfigDocument {
+                name: Some(name.clone()),
+                data_dir: Some(dir.clone()),
+                api_addr: Some(api),
+                transport_addr: Some(transport),
+                gossip_addr: Some(gossip[i]),
+                labels: node.labels.clone(),
+                capacity: node.capacity.clone(),
+                cost_per_hour: node.cost_per_hour,
+                seeds,
+                ..NodeConfigDocument::default()
+            };
+            NodeSetup { name, dir, api, transport, gossip: gossip[i], config }
+        })
+        .collect()
+}
+
+/// The nodes to start: the mesh already in the data dir (a restart), or a new one.
+/// `base_port` is the `--base-port` flag, only to note that a restart keeps its ports.
+fn prepare(plan: &ClusterPlan, root: &Path, base_port: Option<u16>) -> anyhow::Result<Vec<NodeSetup>> {
+    if let Some(setups) = existing_mesh(plan, root)? {
+        println!(
+            "restarting mesh {} from {}: {}, identities, ports and ledger kept",
+            plan.name,
+            root.display(),
+            count(setups.len())
+        );
+        if let Some(base) = base_port.filter(|p| *p != 0)
+            && setups.first().is_some_and(|s| s.api.port() != base)
+        {
+            println!("note: the ports in each node.yaml are kept; a base port applies only to a new mesh");
+        }
+        return Ok(setups);
+    }
+    let ports = assign_ports(plan.ports, plan.nodes.len())?;
+    let setups = node_setups(plan, root, &ports);
+    provision(&plan.name, &setups)?;
+    println!("provisioned mesh {} in {}: {}, a new CA and mesh secret", plan.name, root.display(), count(setups.len()));
+    Ok(setups)
+}
+
+/// Write every node.yaml, then the mesh files (keys, certificates, secret, bootstrap voters).
+fn provision(mesh: &str, setups: &[NodeSetup]) -> anyhow::Result<()> {
+    for setup in setups {
+        write_node_config(setup)?;
+    }
+    let nodes: Vec<LocalNode> = setups
+        .iter()
+        .map(|s| LocalNode {
+            name: s.name.clone(),
+            dir: s.dir.clone(),
+            transport_addr: s.transport.to_string(),
+            gossip_addr: s.gossip.to_string(),
+        })
+        .collect();
+    let secret: [u8; 32] = rand::random();
+    mesh_files::provision_local_mesh(mesh, &nodes, secret, falak_node::clock::system_now())
+        .with_context(|| format!("cannot provision mesh {mesh}"))?;
+    Ok(())
+}
+
+fn write_node_config(setup: &NodeSetup) -> anyhow::Result<()> {
+    let path = setup.config_path();
+    let text = yaml_serde::to_string(&setup.config).with_context(|| format!("cannot render {}", path.display()))?;
+    let text = format!("# written by `falak up` for node {} of a local mesh\n{text}", setup.name);
+    fs::create_dir_all(&setup.dir).with_context(|| format!("cannot create {}", setup.dir.display()))?;
+    write_atomic(&path, text.as_bytes(), 0o644)
+}
+
+/// Whether a node data dir was provisioned by `falak up` (the bootstrap file is written last).
+fn is_provisioned(dir: &Path) -> bool {
+    dir.join("node.crt").exists() && dir.join("bootstrap.json").exists()
+}
+
+/// The provisioned node dirs under `root`, by name.
+fn provisioned_nodes(root: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read the data dir {}", root.display())),
+    };
+    let mut names = BTreeSet::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read the data dir {}", root.display()))?;
+        if is_provisioned(&entry.path()) {
+            names.insert(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// The mesh in `root` when it was provisioned before: the same nodes, each with its node.yaml.
+fn existing_mesh(plan: &ClusterPlan, root: &Path) -> anyhow::Result<Option<Vec<NodeSetup>>> {
+    let found = provisioned_nodes(root)?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let wanted: BTreeSet<String> = plan.nodes.iter().filter_map(|n| n.name.clone()).collect();
+    if found != wanted {
+        bail!(
+            "{} holds a mesh of nodes {} but this plan has nodes {}; start it with the same nodes, \
+             pick another --data-dir, or remove {} to start over",
+            root.display(),
+            names_text(&found),
+            names_text(&wanted),
+            root.display()
+        );
+    }
+    let first = plan.nodes.first().and_then(|n| n.name.as_deref()).unwrap_or_default();
+    let bootstrap_path = root.join(first).join("bootstrap.json");
+    let text =
+        fs::read_to_string(&bootstrap_path).with_context(|| format!("cannot read {}", bootstrap_path.display()))?;
+    let bootstrap: Bootstrap =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid", bootstrap_path.display()))?;
+    if bootstrap.mesh != plan.name {
+        bail!(
+            "{} holds mesh {}, not {}; pick another --data-dir or remove {} to start over",
+            root.display(),
+            bootstrap.mesh,
+            plan.name,
+            root.display()
+        );
+    }
+    let setups = plan
+        .nodes
+        .iter()
+        .filter_map(|n| n.name.as_deref())
+        .map(|name| reuse_node(root, name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(setups))
+}
+
+fn names_text(names: &BTreeSet<String>) -> String {
+    names.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// A provisioned node's setup, read back from its node.yaml (its data dir follows the data
+/// dir if that moved).
+fn reuse_node(root: &Path, name: &str) -> anyhow::Result<NodeSetup> {
+    let dir = root.join(name);
+    let path = dir.join("node.yaml");
+    let hint = || format!("cannot restart node {name}; remove {} to start a new mesh", root.display());
+    let mut config = NodeConfigDocument::load(&path).with_context(hint)?;
+    if config.name.as_deref() != Some(name) {
+        bail!("{} names node {:?}, not {name}; {}", path.display(), config.name.unwrap_or_default(), hint());
+    }
+    let addr = |field: &str, value: Option<SocketAddr>| {
+        value.with_context(|| format!("{} has no {field}; {}", path.display(), hint()))
+    };
+    let (api, transport, gossip) = (
+        addr("api_addr", config.api_addr)?,
+        addr("transport_addr", config.transport_addr)?,
+        addr("gossip_addr", config.gossip_addr)?,
+    );
+    let moved = config.data_dir.as_deref() != Some(dir.as_path());
+    config.data_dir = Some(dir.clone());
+    let setup = NodeSetup { name: name.to_owned(), dir, api, transport, gossip, config };
+    if moved {
+        write_node_config(&setup)?;
+    }
+    Ok(setup)
+}
+
+// Another `falak up` on the same data dir.
+
+/// Locked while a `falak up` runs on the data dir.
+const LOCK_FILE: &str = ".up.lock";
+
+/// Lock the data dir (creating it) for as long as the returned file lives, so two `falak up`
+/// never provision or run the same mesh. The kernel drops the lock when the process dies.
+fn lock_data_dir(root: &Path) -> anyhow::Result<fs::File> {
+    fs::create_dir_all(root).with_context(|| format!("cannot create the data dir {}", root.display()))?;
+    let path = root.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            bail!("another `falak up` runs the mesh in {}; stop it first (Ctrl-C in its terminal)", root.display())
+        }
+        Err(fs::TryLockError::Error(error)) => Err(error).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+/// The part of an earlier mesh.json needed to tell whether its processes still run.
+#[derive(Debug, Default, Deserialize)]
+struct PreviousRun {
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    nodes: Vec<PreviousNode>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PreviousNode {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    pid: Option<u32>,
+}
+
+/// Refuse when the mesh file names a live `falak up` or live nodes from an earlier run.
+fn check_not_running(mesh_file: &Path, own_pid: u32) -> anyhow::Result<()> {
+    let text = match fs::read_to_string(mesh_file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", mesh_file.display())),
+    };
+    // A mesh file this version cannot read is stale: it is rewritten once the mesh is up.
+    let previous: PreviousRun = serde_json::from_str(&text).unwrap_or_default();
+    if let Some(pid) = previous.pid.filter(|pid| *pid != own_pid && falak_alive(*pid)) {
+        bail!(
+            "another `falak up` (pid {pid}) runs the mesh in {}; stop it first (Ctrl-C in its terminal, or `kill {pid}`)",
+            mesh_file.parent().unwrap_or(mesh_file).display()
+        );
+    }
+    let alive: Vec<(String, u32)> = previous
+        .nodes
+        .into_iter()
+        .filter_map(|n| Some((n.name, n.pid?)))
+        .filter(|(_, pid)| falak_alive(*pid))
+        .collect();
+    if !alive.is_empty() {
+        let list: Vec<String> = alive.iter().map(|(name, pid)| format!("{name} (pid {pid})")).collect();
+        let pids: Vec<String> = alive.iter().map(|(_, pid)| pid.to_string()).collect();
+        bail!(
+            "nodes of an earlier `falak up` still run: {}; stop them first: `kill {}`",
+            list.join(", "),
+            pids.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `pid` is a live falak process (a pid reused by another program does not count).
+fn falak_alive(pid: u32) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    match fs::read(proc.join("cmdline")) {
+        // A zombie has an empty command line.
+        Ok(cmdline) => cmdline.windows(5).any(|w| w == b"falak"),
+        Err(_) => proc.exists(),
+    }
+}
+
+// Running.
+
+/// SIGINT (Ctrl-C) and SIGTERM, caught so the nodes can be stopped.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "interrupted",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// A started node process.
+struct RunningNode {
+    name: String,
+    pid: u32,
+    log: PathBuf,
+    child: Child,
+    client: Client,
+    /// How it ended, once reaped.
+    exited: Option<String>,
+}
+
+impl RunningNode {
+    fn alive(&self) -> bool {
+        self.exited.is_none()
+    }
+}
+
+/// Start, wait for readiness, record, run the demo, then supervise until a signal. The caller
+/// stops whatever was started, whatever this returns.
+async fn run_mesh(
+    mesh: &str,
+    root: &Path,
+    setups: &[NodeSetup],
+    nodes: &mut Vec<RunningNode>,
+    signals: &mut Signals,
+    demo: bool,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the falak binary to start nodes with")?;
+    for setup in setups {
+        let node = spawn_node(&exe, setup)?;
+        println!("started {} (pid {}), log {}", node.name, node.pid, node.log.display());
+        nodes.push(node);
+    }
+    println!("waiting for {} to be ready (up to {}s)", count(nodes.len()), READY_TIMEOUT.as_secs());
+    let outcome = tokio::select! {
+        outcome = wait_until_ready(nodes) => outcome,
+        signal = signals.recv() => ReadyOutcome::Interrupted(signal),
+    };
+    match outcome {
+        ReadyOutcome::Ready => {}
+        ReadyOutcome::Interrupted(signal) => {
+            println!("{signal}: stopping the mesh");
+            return Ok(());
+        }
+        ReadyOutcome::Exited(i) => {
+            let node = &nodes[i];
+            show_log_tail(node);
+            bail!(
+                "node {} exited before it was ready ({}); its log is above and in {}",
+                node.name,
+                node.exited.as_deref().unwrap_or("unknown status"),
+                node.log.display()
+            );
+        }
+        ReadyOutcome::TimedOut(waiting) => {
+            for (i, reason) in &waiting {
+                eprintln!("node {} is not ready: {reason}", nodes[*i].name);
+                show_log_tail(&nodes[*i]);
+            }
+            let names: Vec<&str> = waiting.iter().map(|(i, _)| nodes[*i].name.as_str()).collect();
+            bail!("{} not ready after {}s; see the logs above", names.join(", "), READY_TIMEOUT.as_secs());
+        }
+    }
+    let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
+    let record = mesh_record(mesh, setups, &pids, std::process::id())?;
+    let mesh_file = root.join(MESH_JSON);
+    let text = serde_json::to_string_pretty(&record).context("cannot render mesh.json")? + "\n";
+    write_atomic(&mesh_file, text.as_bytes(), 0o600)?;
+    print!("{}", render_endpoints(&record, &mesh_file, cli_finds(&mesh_file)));
+    if demo {
+        // TODO(issue 3): also deploy a function and invoke it.
+        let result = tokio::select! {
+            result = run_demo(&nodes[0].client) => Some(result),
+            signal = signals.recv() => {
+                println!("{signal}: stopping the mesh");
+                None
+            }
+        };
+        match result {
+            None => return Ok(()),
+            Some(result) => result.context("the demo failed")?,
+        }
+    }
+    supervise(nodes, signals, root).await
+}
+
+fn spawn_node(exe: &Path, setup: &NodeSetup) -> anyhow::Result<RunningNode> {
+    let log_path = setup.log_path();
+    let mut log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open the log of node {}: {}", setup.name, log_path.display()))?;
+    let started = super::output::timestamp(falak_node::clock::now_millis());
+    writeln!(log, "--- falak up starts node {} at {started} ---", setup.name)
+        .with_context(|| format!("cannot write {}", log_path.display()))?;
+    let stderr = log.try_clone().with_context(|| format!("cannot open {}", log_path.display()))?;
+    let child = Command::new(exe)
+        .arg("node")
+        .arg("-c")
+        .arg(setup.config_path())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        // RUST_LOG passes through when set; the node's own default keeps raft and QUIC quiet.
+        .env("NO_COLOR", "1")
+        // Its own process group: a terminal's Ctrl-C reaches `falak up` only, which stops
+        // the nodes itself.
+        .process_group(0)
+        // If `falak up` fails before it stops the node, dropping the handle kills it.
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!("cannot start node {} ({} node -c {})", setup.name, exe.display(), setup.config_path().display())
+        })?;
+    let pid = child.id().with_context(|| format!("node {} exited as it started", setup.name))?;
+    let client = Client::new(&setup.api_url())?;
+    Ok(RunningNode { name: setup.name.clone(), pid, log: log_path, child, client, exited: None })
+}
+
+enum ReadyOutcome {
+    Ready,
+    /// This node exited before it was ready.
+    Exited(usize),
+    /// These nodes, with the last reason each gave, were not ready in time.
+    TimedOut(Vec<(usize, String)>),
+    Interrupted(&'static str),
+}
+
+/// Ask every node's `/readyz` until all are ready, one exits, or the time is up.
+async fn wait_until_ready(nodes: &mut [RunningNode]) -> ReadyOutcome {
+    let mut reasons: Vec<Option<String>> = vec![Some("no answer yet".to_owned()); nodes.len()];
+    let polling = async {
+        loop {
+            for (i, node) in nodes.iter_mut().enumerate() {
+                if reasons[i].is_none() {
+                    continue;
+                }
+                if let Some(status) = node.child.try_wait().transpose() {
+                    node.exited = Some(describe_exit(status));
+                    return ReadyOutcome::Exited(i);
+                }
+                reasons[i] = not_ready_reason(&node.client).await;
+                if reasons[i].is_none() {
+                    println!("{} is ready", node.name);
+                }
+            }
+            if reasons.iter().all(Option::is_none) {
+                return ReadyOutcome::Ready;
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    };
+    match tokio::time::timeout(READY_TIMEOUT, polling).await {
+        Ok(outcome) => outcome,
+        Err(_) => ReadyOutcome::TimedOut(
+            reasons.into_iter().enumerate().filter_map(|(i, reason)| Some((i, reason?))).collect(),
+        ),
+    }
+}
+
+/// `None` when the node is ready, else why not.
+async fn not_ready_reason(client: &Client) -> Option<String> {
+    match tokio::time::timeout(READY_REQUEST, client.ready()).await {
+        Ok(Ok(readiness)) if readiness.ready => None,
+        Ok(Ok(readiness)) => Some(readiness.reason.unwrap_or_else(|| "not ready".to_owned())),
+        Ok(Err(ClientError::Unreachable { .. })) => Some(format!("not listening on {} yet", client.base_url())),
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some(format!("/readyz did not answer within {}s", READY_REQUEST.as_secs())),
+    }
+}
+
+fn describe_exit(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(error) => format!("status unknown: {error}"),
+    }
+}
+
+/// Print the end of a node's log to stderr.
+fn show_log_tail(node: &RunningNode) {
+    match log_tail(&node.log, LOG_TAIL_LINES) {
+        Ok(tail) if tail.trim().is_empty() => eprintln!("--- {} is empty ---", node.log.display()),
+        Ok(tail) => {
+            eprintln!("--- last lines of {} ---", node.log.display());
+            eprint!("{tail}");
+            if !tail.ends_with('\n') {
+                eprintln!();
+            }
+            eprintln!("---");
+        }
+        Err(error) => eprintln!("cannot read {}: {error}", node.log.display()),
+    }
+}
+
+/// The last `lines` lines of a file, reading at most its last 64 KiB.
+fn log_tail(path: &Path, lines: usize) -> std::io::Result<String> {
+    const MAX: u64 = 64 << 10;
+    let mut file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(MAX);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    // A partial first line (when the read started mid-file) is dropped.
+    let text = if start > 0 { text.split_once('\n').map_or("", |(_, rest)| rest) } else { &text };
+    let all: Vec<&str> = text.lines().collect();
+    let mut tail = all[all.len().saturating_sub(lines)..].join("\n");
+    if !tail.is_empty() {
+        tail.push('\n');
+    }
+    Ok(tail)
+}
+
+/// Wait for a signal; report nodes that exit meanwhile and keep the others running (a node
+/// may be killed on purpose to watch failover).
+async fn supervise(nodes: &mut [RunningNode], signals: &mut Signals, root: &Path) -> anyhow::Result<()> {
+    loop {
+        let event = tokio::select! {
+            signal = signals.recv() => Err(signal),
+            exit = next_exit(nodes) => Ok(exit),
+        };
+        match event {
+            Err(signal) => {
+                println!("{signal}: stopping the mesh");
+                return Ok(());
+            }
+            Ok((i, status)) => {
+                let node = &mut nodes[i];
+                node.exited = Some(describe_exit(status));
+                println!(
+                    "node {} exited ({}); the others keep running; log {}",
+                    node.name,
+                    node.exited.as_deref().unwrap_or_default(),
+                    node.log.display()
+                );
+                if nodes.iter().all(|n| !n.alive()) {
+                    bail!("every node has exited; see their logs under {}", root.display());
+                }
+            }
+        }
+    }
+}
+
+/// The next node to exit, with its status; never resolves when none runs.
+async fn next_exit(nodes: &mut [RunningNode]) -> (usize, std::io::Result<ExitStatus>) {
+    let waits: Vec<_> = nodes
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, n)| n.alive())
+        .map(|(i, n)| Box::pin(async move { (i, n.child.wait().await) }))
+        .collect();
+    if waits.is_empty() {
+        return std::future::pending().await;
+    }
+    select_all(waits).await.0
+}
+
+/// SIGTERM every running node; SIGKILL (its whole process group) whatever still runs after
+/// the grace period or a second signal.
+async fn stop_nodes(nodes: &mut [RunningNode], signals: &mut Signals) {
+    let running = nodes.iter().filter(|n| n.alive()).count();
+    if running == 0 {
+        return;
+    }
+    println!("stopping {} (SIGTERM; Ctrl-C again to kill them)", count(running));
+    for node in nodes.iter().filter(|n| n.alive()) {
+        send_signal(node.pid as i32, libc::SIGTERM);
+    }
+    let forced = {
+        let waits = join_all(nodes.iter_mut().filter(|n| n.alive()).map(|node| async move {
+            let status = node.child.wait().await;
+            node.exited = Some(describe_exit(status));
+            println!("{} stopped ({})", node.name, node.exited.as_deref().unwrap_or_default());
+        }));
+        tokio::select! {
+            _ = waits => None,
+            _ = tokio::time::sleep(STOP_GRACE) => Some(format!("still running after {}s", STOP_GRACE.as_secs())),
+            signal = signals.recv() => Some(format!("{signal} again")),
+        }
+    };
+    if let Some(why) = forced {
+        for node in nodes.iter_mut().filter(|n| n.alive()) {
+            send_signal(-(node.pid as i32), libc::SIGKILL);
+            let _ = node.child.start_kill();
+            node.exited = Some(describe_exit(node.child.wait().await));
+            println!("{} killed: {why}", node.name);
+        }
+    }
+}
+
+/// `kill(2)`; a negative pid names a process group. Only called for children not yet reaped,
+/// so the pid cannot belong to another process.
+fn send_signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Remove the mesh file if this process wrote it.
+fn remove_own_mesh_file(mesh_file: &Path) {
+    let ours = fs::read_to_string(mesh_file)
+        .ok()
+        .and_then(|text| serde_json::from_str::<PreviousRun>(&text).ok())
+        .is_some_and(|run| run.pid == Some(std::process::id()));
+    if ours {
+        let _ = fs::remove_file(mesh_file);
+    }
+}
+
+/// `cleanup: true`: remove the node dirs, and the data dir itself when nothing else is in it.
+fn clean_up(root: &Path, setups: &[NodeSetup]) {
+    for setup in setups {
+        if let Err(error) = fs::remove_dir_all(&setup.dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("cannot remove {}: {error}", setup.dir.display());
+        }
+    }
+    let _ = fs::remove_file(root.join(LOCK_FILE));
+    let _ = fs::remove_dir(root);
+    println!("removed the mesh data in {} (cleanup: true)", root.display());
+}
+
+// mesh.json.
+
+/// `DATA_DIR/mesh.json`: the running mesh, for the CLI and for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct MeshRecord {
+    name: String,
+    /// The `falak up` process.
+    pid: u32,
+    nodes: Vec<MeshRecordNode>,
+    /// Lets another machine's node join (`falak node --join TOKEN`); holds the mesh secret.
+    join_token: String,
+    /// The mesh CA certificate.
+    ca_cert: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct MeshRecordNode {
+    name: String,
+    /// The node id: its public key, hex.
+    id: String,
+    pid: u32,
+    api_url: String,
+    transport_addr: String,
+    gossip_addr: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+fn mesh_record(mesh: &str, setups: &[NodeSetup], pids: &[u32], up_pid: u32) -> anyhow::Result<MeshRecord> {
+    let first = setups.first().context("a mesh has at least one node")?;
+    let mut nodes = Vec::new();
+    for (setup, pid) in setups.iter().zip(pids) {
+        let key = mesh_files::load_or_create_key(&setup.dir)
+            .with_context(|| format!("cannot read the key of node {}", setup.name))?;
+        nodes.push(MeshRecordNode {
+            name: setup.name.clone(),
+            id: key.id().to_string(),
+            pid: *pid,
+            api_url: setup.api_url(),
+            transport_addr: setup.transport.to_string(),
+            gossip_addr: setup.gossip.to_string(),
+            data_dir: setup.dir.clone(),
+            log: setup.log_path(),
+        });
+    }
+    let secret_path = first.dir.join("mesh.secret");
+    let secret = fs::read_to_string(&secret_path).with_context(|| format!("cannot read {}", secret_path.display()))?;
+    let token = JoinToken {
+        mesh: mesh.to_owned(),
+        api_url: first.api_url(),
+        gossip_seed: first.gossip.to_string(),
+        secret: secret.trim().to_owned(),
+    };
+    Ok(MeshRecord {
+        name: mesh.to_owned(),
+        pid: up_pid,
+        nodes,
+        join_token: token.encode(),
+        ca_cert: first.dir.join("ca.crt"),
+    })
+}
+
+/// Write then rename, so readers never see half a file.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Whether plain `falak` commands run from here find this mesh file.
+fn cli_finds(mesh_file: &Path) -> bool {
+    std::path::absolute(super::MESH_FILE).is_ok_and(|default| default == mesh_file)
+}
+
+/// The endpoints and what to try next.
+fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_it: bool) -> String {
+    let mut table = Table::new(&["NAME", "API", "PID", "LOG"]);
+    for node in &record.nodes {
+        table.row(vec![node.name.clone(), node.api_url.clone(), node.pid.to_string(), node.log.display().to_string()]);
+    }
+    let mut out = format!("\nmesh {} is up: {}\n", record.name, count(record.nodes.len()));
+    out.push_str(&table.render());
+    out.push_str(&format!("mesh file: {} (node ids, join token, CA)\n\ntry:\n", mesh_file.display()));
+    if !cli_finds_it && let Some(first) = record.nodes.first() {
+        out.push_str(&format!("  export FALAK_API={}\n", first.api_url));
+    }
+    out.push_str("  falak nodes\n");
+    out.push_str("  falak capsule apply -f capsule.yaml\n");
+    out.push_str("  falak job submit CAPSULE --tasks 12 --wait\n");
+    out.push_str("Ctrl-C stops the mesh.\n");
+    out
+}
+
+// The demo.
+
+const DEMO_CAPSULE: &str = r#"name: hello
+kind: process
+command: ["/bin/sh", "-c", "echo task $FALAK_TASK_INDEX of $FALAK_TASK_COUNT"]
+resources: { cpu: 100m, memory: 32Mi }
+placement: { strategy: balanced, labels: {}, max_attempts: 3 }
+"#;
+const DEMO_TASKS: u32 = 12;
+const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
+const DEMO_POLL: Duration = Duration::from_millis(200);
+
+/// Apply the `hello` capsule, run it as 12 tasks, print the result and where tasks ran.
+async fn run_demo(client: &Client) -> anyhow::Result<()> {
+    match client.apply_capsule_text(DEMO_CAPSULE).await {
+        Ok(applied) if applied.unchanged => {
+            println!("demo: capsule {} version {} is already applied", applied.name, applied.version);
+        }
+        Ok(applied) => println!("demo: applied capsule {} version {}", applied.name, applied.version),
+        Err(error) if error.code() == Some(ErrorCode::Conflict) => {
+            println!("demo: capsule hello already exists ({error})");
+        }
+        Err(error) => return Err(error).context("cannot apply capsule hello"),
+    }
+    let submission = JobSubmission { capsule: "hello".to_owned(), tasks: Some(DEMO_TASKS), ..JobSubmission::default() };
+    let job = client.submit_job(&submission).await.context("cannot submit the demo job")?;
+    println!("demo: submitted job {}: {} tasks of {} v{}", job.id, job.tasks, job.capsule, job.version);
+    let info = match tokio::time::timeout(DEMO_TIMEOUT, poll_job(client, job.id)).await {
+        Ok(info) => info?,
+        Err(_) => {
+            bail!("job {} did not finish within {}s; see `falak job status {}`", job.id, DEMO_TIMEOUT.as_secs(), job.id)
+        }
+    };
+    let tasks = client.job_tasks(job.id).await.with_context(|| format!("cannot list the tasks of job {}", job.id))?;
+    let result =
+        client.job_result_text(job.id).await.with_context(|| format!("cannot fetch the result of job {}", job.id))?;
+    println!("demo: job {} {} in {}; its result:", info.id, info.state.name(), or_dash(info.duration_ms.map(duration)));
+    print!("{result}");
+    if !result.is_empty() && !result.ends_with('\n') {
+        println!();
+    }
+    println!("demo: tasks per node: {}", tasks_per_node(&tasks));
+    if info.state != JobState::Completed {
+        bail!("demo job {} ended {}; see `falak job status {}`", info.id, info.state.name(), info.id);
+    }
+    Ok(())
+}
+
+async fn poll_job(client: &Client, job: JobId) -> anyhow::Result<falak_api::job::JobInfo> {
+    loop {
+        let info = client.job(job).await.with_context(|| format!("cannot read job {job}"))?;
+        if info.state != JobState::Running {
+            return Ok(info);
+        }
+        tokio::time::sleep(DEMO_POLL).await;
+    }
+}
+
+/// `node-1 4, node-2 4, node-3 4`: how many tasks each node ran, by node name.
+fn tasks_per_node(tasks: &[TaskInfo]) -> String {
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for task in tasks {
+        *counts.entry(task.node.as_ref().map_or("(none)", |n| n.name.as_str())).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    if parts.is_empty() { "no tasks".to_owned() } else { parts.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use falak_api::node::NodeRef;
+    use falak_core::NodeId;
+    use falak_core::job::{TaskId, TaskState};
+    use falak_core::resources::Resources;
+
+    use super::*;
+
+    fn args() -> UpArgs {
+        UpArgs { file: None, nodes: None, data_dir: None, base_port: None, demo: false }
+    }
+
+    #[test]
+    fn the_default_plan_and_overrides() {
+        let plan = plan(&args()).unwrap();
+        assert_eq!((plan.name.as_str(), plan.nodes.len()), ("local", 3));
+        assert_eq!(plan.ports, Some(PortsDocument { api: 7070, transport: 7170, gossip: 7270 }));
+        assert_eq!(plan.data_dir, PathBuf::from(".falak"));
+
+        let plan =
+            super::plan(&UpArgs { nodes: Some(5), data_dir: Some("/tmp/m".into()), base_port: Some(0), ..args() })
+                .unwrap();
+        let names: Vec<_> = plan.nodes.iter().map(|n| n.name.as_deref().unwrap()).collect();
+        assert_eq!(names, ["node-1", "node-2", "node-3", "node-4", "node-5"]);
+        assert_eq!(plan.ports, None, "base port 0 picks free ports");
+        assert_eq!(plan.data_dir, PathBuf::from("/tmp/m"));
+
+        let plan = super::plan(&UpArgs { base_port: Some(9000), ..args() }).unwrap();
+        assert_eq!(plan.ports, Some(PortsDocument { api: 9000, transport: 9100, gossip: 9200 }));
+        let error = super::plan(&UpArgs { base_port: Some(65400), ..args() }).unwrap_err().to_string();
+        assert!(error.contains("run past port 65535"), "{error}");
+        let error = super::plan(&UpArgs { nodes: Some(0), ..args() }).unwrap_err().to_string();
+        assert!(error.contains("--nodes must be between 1 and 64"), "{error}");
+    }
+
+    #[test]
+    fn nodes_cannot_resize_a_listed_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cluster.yaml");
+        fs::write(&file, "name: demo\nnodes:\n  list:\n    - { name: a, labels: { zone: x } }\n    - { name: b }\n")
+            .unwrap();
+        let error = plan(&UpArgs { file: Some(file.clone()), nodes: Some(3), ..args() }).unwrap_err().to_string();
+        assert!(error.contains("conflicts with the 2 nodes the cluster file lists"), "{error}");
+        let plan = plan(&UpArgs { file: Some(file.clone()), nodes: Some(2), ..args() }).unwrap();
+        assert_eq!(plan.nodes[0].labels.get("zone").map(String::as_str), Some("x"));
+
+        fs::write(&file, "name: demo\nnodes: { count: 2 }\nflavour: x\n").unwrap();
+        let error = format!("{:#}", super::plan(&UpArgs { file: Some(file.clone()), ..args() }).unwrap_err());
+        assert!(error.starts_with(&format!("cluster file {}: ", file.display())), "{error}");
+        assert!(error.contains("unknown field `flavour`"), "{error}");
+    }
+
+    #[test]
+    fn fixed_ports_are_base_plus_index() {
+        let ports = assign_ports(Some(PortsDocument { api: 7070, transport: 7170, gossip: 7270 }), 3).unwrap();
+        assert_eq!(ports[2], NodePorts { api: 7072, transport: 7172, gossip: 7272 });
+        let error = check_port_ranges(PortsDocument { api: 7070, transport: 7100, gossip: 7102 }, 3).unwrap_err();
+        assert!(error.to_string().contains("overlap"), "{error}");
+        check_port_ranges(PortsDocument { api: 7070, transport: 7100, gossip: 7103 }, 3).unwrap();
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(4).unwrap();
+        let udp: BTreeSet<u16> = ports.iter().flat_map(|p| [p.transport, p.gossip]).collect();
+        let tcp: BTreeSet<u16> = ports.iter().map(|p| p.api).collect();
+        assert_eq!((udp.len(), tcp.len()), (8, 4));
+        assert!(ports.iter().all(|p| p.api != 0 && p.transport != 0 && p.gossip != 0));
+    }
+
+    fn test_plan(root: &Path, count: u32) -> (ClusterPlan, Vec<NodeSetup>) {
+        let plan = super::plan(&UpArgs {
+            nodes: Some(count),
+            data_dir: Some(root.to_owned()),
+            base_port: Some(20000),
+            ..args()
+        })
+        .unwrap();
+        let ports = assign_ports(plan.ports, plan.nodes.len()).unwrap();
+        let setups = node_setups(&plan, root, &ports);
+        (plan, setups)
+    }
+
+    #[test]
+    fn node_yaml_round_trips_and_seeds_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cluster.yaml");
+        fs::write(
+            &file,
+            "name: demo\nnodes:\n  list:\n    - { name: edge, labels: { zone: a }, capacity: { cpu: 2, memory: 1Gi }, cost_per_hour: 0.5 }\n    - {}\n",
+        )
+        .unwrap();
+        let plan = plan(&UpArgs { file: Some(file), base_port: Some(9000), ..args() }).unwrap();
+        let ports = assign_ports(plan.ports, 2).unwrap();
+        let setups = node_setups(&plan, dir.path(), &ports);
+        assert_eq!(setups[1].name, "node-2");
+        for setup in &setups {
+            write_node_config(setup).unwrap();
+        }
+        let edge = NodeConfigDocument::load(&dir.path().join("edge/node.yaml")).unwrap();
+        assert_eq!(edge, setups[0].config);
+        assert_eq!(edge.api_addr, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(edge.transport_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(edge.seeds, ["127.0.0.1:9201".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(edge.data_dir.as_deref(), Some(dir.path().join("edge").as_path()));
+        let resolved = edge.resolve(Resources::new(8000, 16 << 30)).unwrap();
+        assert_eq!(resolved.capacity, Resources::new(2000, 1 << 30));
+        assert_eq!((resolved.labels["zone"].as_str(), resolved.cost_per_hour), ("a", 0.5));
+        let second = NodeConfigDocument::load(&dir.path().join("node-2/node.yaml")).unwrap();
+        assert_eq!(second.gossip_addr, Some("127.0.0.1:9201".parse().unwrap()));
+        assert_eq!(second.seeds, ["127.0.0.1:9200".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_provisioned_data_dir_is_reused_not_reprovisioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let (plan, setups) = test_plan(&root, 3);
+        assert_eq!(existing_mesh(&plan, &root).unwrap(), None, "nothing there yet");
+
+        assert_eq!(prepare(&plan, &root, None).unwrap(), setups);
+        let key = fs::read_to_string(root.join("node-2/node.key")).unwrap();
+        let cert = fs::read_to_string(root.join("node-2/node.crt")).unwrap();
+
+        // A restart with free ports keeps the ports it was provisioned with, and the identity.
+        let restart = super::plan(&UpArgs { data_dir: Some(root.clone()), base_port: Some(0), ..args() }).unwrap();
+        assert_eq!(prepare(&restart, &root, Some(0)).unwrap(), setups);
+        assert_eq!(fs::read_to_string(root.join("node-2/node.key")).unwrap(), key);
+        assert_eq!(fs::read_to_string(root.join("node-2/node.crt")).unwrap(), cert);
+
+        // Other nodes, or another mesh name, are refused with a way out.
+        let (bigger, _) = test_plan(&root, 4);
+        let error = existing_mesh(&bigger, &root).unwrap_err().to_string();
+        assert!(
+            error.contains("holds a mesh of nodes node-1, node-2, node-3 but this plan has nodes node-1"),
+            "{error}"
+        );
+        let mut renamed = plan.clone();
+        renamed.name = "other".into();
+        let error = existing_mesh(&renamed, &root).unwrap_err().to_string();
+        assert!(error.contains("holds mesh local, not other"), "{error}");
+
+        // A lost node.yaml names the file.
+        fs::remove_file(root.join("node-3/node.yaml")).unwrap();
+        let error = format!("{:#}", existing_mesh(&plan, &root).unwrap_err());
+        assert!(error.contains("cannot restart node node-3"), "{error}");
+        assert!(error.contains("node-3/node.yaml"), "{error}");
+    }
+
+    #[test]
+    fn a_moved_data_dir_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plan, _) = test_plan(&dir.path().join("a"), 1);
+        prepare(&plan, &dir.path().join("a"), None).unwrap();
+        fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
+        let setups = existing_mesh(&plan, &dir.path().join("b")).unwrap().unwrap();
+        let config = NodeConfigDocument::load(&dir.path().join("b/node-1/node.yaml")).unwrap();
+        assert_eq!(config.data_dir.as_deref(), Some(dir.path().join("b/node-1").as_path()));
+        assert_eq!(setups[0].config, config);
+    }
+
+    #[test]
+    fn mesh_json_names_every_node_and_the_join_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let (plan, setups) = test_plan(&root, 2);
+        prepare(&plan, &root, None).unwrap();
+        let record = mesh_record("local", &setups, &[11, 12], 10).unwrap();
+        let path = root.join(MESH_JSON);
+        write_atomic(&path, serde_json::to_string_pretty(&record).unwrap().as_bytes(), 0o600).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(json["name"], "local");
+        assert_eq!(json["pid"], 10);
+        let node = &json["nodes"][1];
+        assert_eq!(node["name"], "node-2");
+        assert_eq!(node["pid"], 12);
+        assert_eq!(node["api_url"], "http://127.0.0.1:20001");
+        assert_eq!(node["transport_addr"], "127.0.0.1:20101");
+        assert_eq!(node["gossip_addr"], "127.0.0.1:20201");
+        assert_eq!(node["data_dir"], root.join("node-2").to_str().unwrap());
+        assert_eq!(node["log"], root.join("node-2/node.log").to_str().unwrap());
+        let key = mesh_files::load_or_create_key(&root.join("node-2")).unwrap();
+        assert_eq!(node["id"], key.id().to_string());
+        assert_eq!(json["ca_cert"], root.join("node-1/ca.crt").to_str().unwrap());
+
+        let token = JoinToken::decode(json["join_token"].as_str().unwrap()).unwrap();
+        assert_eq!(token.mesh, "local");
+        assert_eq!(token.api_url, "http://127.0.0.1:20000");
+        assert_eq!(token.gossip_seed, "127.0.0.1:20200");
+        assert_eq!(token.secret, fs::read_to_string(root.join("node-1/mesh.secret")).unwrap().trim());
+
+        // The CLI finds the first node's API in it.
+        assert_eq!(super::super::resolve_api(None, &path).unwrap(), "http://127.0.0.1:20000");
+        let text = render_endpoints(&record, &path, false);
+        assert!(text.contains("mesh local is up: 2 nodes\nNAME    API                     PID  LOG\n"), "{text}");
+        assert!(text.contains("  export FALAK_API=http://127.0.0.1:20000\n  falak nodes\n"), "{text}");
+        assert!(!render_endpoints(&record, &path, true).contains("export"));
+    }
+
+    #[test]
+    fn a_live_earlier_run_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MESH_JSON);
+        check_not_running(&path, 1).unwrap();
+        let me = std::process::id();
+        let dead = {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            child.wait().unwrap();
+            child.id()
+        };
+
+        fs::write(&path, serde_json::json!({ "pid": me, "nodes": [] }).to_string()).unwrap();
+        let error = check_not_running(&path, 1).unwrap_err().to_string();
+        assert!(error.contains(&format!("another `falak up` (pid {me}) runs the mesh")), "{error}");
+        check_not_running(&path, me).unwrap();
+
+        let nodes = serde_json::json!([{ "name": "node-1", "pid": dead }, { "name": "node-2", "pid": me }]);
+        fs::write(&path, serde_json::json!({ "pid": dead, "nodes": nodes }).to_string()).unwrap();
+        let error = check_not_running(&path, 1).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!("nodes of an earlier `falak up` still run: node-2 (pid {me}); stop them first: `kill {me}`")
+        );
+
+        fs::write(&path, "not json").unwrap();
+        check_not_running(&path, 1).unwrap();
+    }
+
+    #[test]
+    fn one_up_per_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let lock = lock_data_dir(&root).unwrap();
+        let error = lock_data_dir(&root).unwrap_err().to_string();
+        assert!(error.starts_with("another `falak up` runs the mesh in"), "{error}");
+        drop(lock);
+        lock_data_dir(&root).unwrap();
+    }
+
+    #[test]
+    fn log_tails_keep_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        fs::write(&path, &text).unwrap();
+        assert_eq!(log_tail(&path, 2).unwrap(), "line 98\nline 99\n");
+        fs::write(&path, "x".repeat(70_000) + "\nlast").unwrap();
+        assert_eq!(log_tail(&path, 5).unwrap(), "last\n");
+        fs::write(&path, "").unwrap();
+        assert_eq!(log_tail(&path, 5).unwrap(), "");
+    }
+
+    #[test]
+    fn the_demo_capsule_is_valid() {
+        let spec = falak_core::capsule::CapsuleDocument::parse(DEMO_CAPSULE).unwrap();
+        assert_eq!(spec.name, "hello");
+        assert_eq!(spec.placement.max_attempts, 3);
+    }
+
+    #[test]
+    fn tasks_are_counted_per_node() {
+        let task = |index, node: Option<&str>| TaskInfo {
+            id: TaskId { job: JobId(1), index },
+            job: JobId(1),
+            index,
+            input: None,
+            state: TaskState::Completed,
+            attempt: 1,
+            node: node.map(|name| NodeRef { id: NodeId([1; 32]), name: name.into() }),
+            exit_code: Some(0),
+            error: None,
+            duration_ms: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            updated_at: 0,
+        };
+        let tasks = [task(0, Some("node-2")), task(1, Some("node-1")), task(2, Some("node-2")), task(3, None)];
+        assert_eq!(tasks_per_node(&tasks), "(none) 1, node-1 1, node-2 2");
+        assert_eq!(tasks_per_node(&[]), "no tasks");
+    }
 }

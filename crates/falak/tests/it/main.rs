@@ -1,6 +1,12 @@
 //! The `falak` binary end to end: its exit codes and output against an API served by a small
 //! scripted fake node, and its errors when no node answers.
 
+#![allow(clippy::disallowed_methods, reason = "tests measure and bound real time")]
+
+mod failover;
+mod procs;
+mod up;
+
 use std::collections::BTreeMap;
 use std::process::Output;
 

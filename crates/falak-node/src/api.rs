@@ -1,0 +1,368 @@
+//! The node's answers to API actions, and the node RPC protocol that serves logs to peers.
+//!
+//! Reads are answered from this replica's committed state with `falak_api`'s constructors.
+//! Writes go through the proposer; `Ledger::write` answers once the entry is committed and
+//! applied here too, so the answer is built from state that includes the write.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use falak_api::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
+use falak_api::health::Readiness;
+use falak_api::job::JobInfo;
+use falak_api::node::{NodeInfo, NodeLive};
+use falak_api::service::ServiceInfo;
+use falak_api::task::{DecisionInfo, LogStream, TaskInfo};
+use falak_api::workload::WorkloadInfo;
+use falak_api::{Action, ApiError, EventSubscription};
+use falak_core::NodeId;
+use falak_core::election::{Observed, node_views};
+use falak_core::job::{TaskId, TaskState};
+use falak_core::ledger::{Command, Outcome, State};
+use falak_core::placement::{Demand, Health, Ranking, Strategy, solve};
+use falak_exec::Stream;
+use falak_ledger::WriteError;
+use falak_transport::{Handler, Protocol, Transport};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now_millis;
+use crate::main_loop::MainLoop;
+use crate::metrics::gauge_family;
+use crate::runner::Runner;
+
+/// The largest log tail one request returns.
+pub const MAX_LOG_BYTES: usize = 4 << 20;
+
+/// A request of the node RPC protocol ([`Protocol::Rpc`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RpcRequest {
+    /// The last `max_bytes` of one attempt's output on the receiving node.
+    TaskLogs { task: TaskId, attempt: u32, stream: LogStream, max_bytes: usize },
+}
+
+/// The node RPC handler: serves logs of attempts that ran here.
+pub fn rpc_handler(tasks_dir: PathBuf) -> Arc<dyn Handler> {
+    Arc::new(move |_from: NodeId, body: Bytes| -> BoxFuture<'static, Result<Bytes, String>> {
+        let tasks_dir = tasks_dir.clone();
+        async move {
+            let request: RpcRequest = serde_json::from_slice(&body).map_err(|e| format!("bad rpc request: {e}"))?;
+            match request {
+                RpcRequest::TaskLogs { task, attempt, stream, max_bytes } => {
+                    let text = read_local_log(tasks_dir, task, attempt, stream, max_bytes).await?;
+                    Ok(Bytes::from(text))
+                }
+            }
+        }
+        .boxed()
+    })
+}
+
+async fn read_local_log(
+    tasks_dir: PathBuf,
+    task: TaskId,
+    attempt: u32,
+    stream: LogStream,
+    max_bytes: usize,
+) -> Result<String, String> {
+    let workdir = Runner::workdir(&tasks_dir, task, attempt);
+    let stream = match stream {
+        LogStream::Stdout => Stream::Stdout,
+        LogStream::Stderr => Stream::Stderr,
+    };
+    let max = max_bytes.min(MAX_LOG_BYTES);
+    let chunk = tokio::task::spawn_blocking(move || falak_exec::read_log(&workdir, stream, None, max))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&chunk.data).into_owned())
+}
+
+/// A failed write as the API reports it.
+pub fn write_error(error: &WriteError) -> ApiError {
+    match error {
+        WriteError::TooLarge { .. } => ApiError::too_large(error.to_string()),
+        WriteError::Encode(_) => ApiError::internal(error.to_string()),
+        _ => ApiError::unavailable(format!("{error}; retry shortly")),
+    }
+}
+
+/// A committed outcome, or the rejection it carries.
+fn accepted(result: Result<Outcome, Arc<WriteError>>) -> Result<Outcome, ApiError> {
+    match result {
+        Ok(Outcome::Rejected(rejection)) => Err(rejection.into()),
+        Ok(outcome) => Ok(outcome),
+        Err(error) => Err(write_error(&error)),
+    }
+}
+
+/// What placement computes now for an open task, the way the node's candidacy does.
+pub fn live_ranking(
+    state: &State,
+    observed: &BTreeMap<NodeId, Observed>,
+    me: NodeId,
+    task: TaskId,
+) -> Option<(Strategy, Ranking)> {
+    let job = state.job(task.job)?;
+    let capsule = state.capsule(&job.capsule, Some(job.version))?;
+    let policy = &capsule.spec.placement;
+    let demand = Demand {
+        resources: job.resources,
+        labels: policy.labels.clone(),
+        prefer: policy.prefer.clone(),
+        strategy: policy.strategy,
+    };
+    let views = node_views(state, observed, me);
+    let ranking = solve(&[(task, demand)], &views).pop()?;
+    Some((policy.strategy, ranking))
+}
+
+impl MainLoop {
+    pub(crate) fn handle_action(&mut self, action: Action) {
+        match action {
+            Action::Ready { reply } => {
+                let _ = reply.send(Ok(self.readiness()));
+            }
+            Action::Metrics { reply } => {
+                let _ = reply.send(Ok(self.render_metrics()));
+            }
+            Action::ListNodes { reply } => {
+                let _ = reply.send(Ok(self.node_infos()));
+            }
+            Action::ApplyCapsule { spec, reply } => {
+                let command = Command::ApplyCapsule { spec, now: now_millis() };
+                self.write_then(command, reply, |_, outcome| match outcome {
+                    Outcome::CapsuleApplied { name, version, unchanged } => {
+                        Ok(CapsuleApplied { name, version, unchanged })
+                    }
+                    other => Err(unexpected(&other)),
+                });
+            }
+            Action::ListCapsules { reply } => {
+                let _ = reply.send(Ok(CapsuleSummary::list(&self.ledger.state())));
+            }
+            Action::GetCapsule { name, reply } => {
+                let _ = reply.send(CapsuleInfo::get(&self.ledger.state(), &name));
+            }
+            Action::SubmitJob { request, reply } => {
+                let command = Command::SubmitJob { request, origin: self.id, now: now_millis() };
+                self.write_then(command, reply, |state, outcome| match outcome {
+                    Outcome::JobSubmitted { job, .. } => JobInfo::get(state, job),
+                    other => Err(unexpected(&other)),
+                });
+            }
+            Action::ListJobs { limit, reply } => {
+                let _ = reply.send(Ok(JobInfo::list(&self.ledger.state(), limit)));
+            }
+            Action::GetJob { job, reply } => {
+                let _ = reply.send(JobInfo::get(&self.ledger.state(), job));
+            }
+            Action::JobTasks { job, reply } => {
+                let _ = reply.send(TaskInfo::of_job(&self.ledger.state(), job));
+            }
+            Action::CancelJob { job, reply } => {
+                if let Err(e) = JobInfo::get(&self.ledger.state(), job) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let command = Command::CancelJob { job, now: now_millis() };
+                self.write_then(command, reply, move |state, _| JobInfo::get(state, job));
+            }
+            Action::GetTask { task, reply } => {
+                let _ = reply.send(TaskInfo::get(&self.ledger.state(), task));
+            }
+            Action::TaskLogs { task, stream, max_bytes, reply } => self.task_logs(task, stream, max_bytes, reply),
+            Action::TaskDecision { task, reply } => {
+                let state = self.ledger.state();
+                let result = DecisionInfo::get(&state, task, |t| live_ranking(&state, &self.observed, self.id, t.id));
+                let _ = reply.send(result);
+            }
+            Action::ListServices { reply } => {
+                let _ = reply.send(Ok(ServiceInfo::list(&self.ledger.state())));
+            }
+            Action::ApplyService { request, reply } => {
+                let name = request.name.clone();
+                let command = Command::ApplyService { request, origin: self.id, now: now_millis() };
+                self.write_then(command, reply, move |state, _| ServiceInfo::get(state, &name));
+            }
+            Action::GetService { name, reply } => {
+                let _ = reply.send(ServiceInfo::get(&self.ledger.state(), &name));
+            }
+            Action::RemoveService { name, reply } => {
+                let job = match ServiceInfo::get(&self.ledger.state(), &name) {
+                    Ok(service) => service.job,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let command = Command::RemoveService { name: name.clone(), now: now_millis() };
+                self.write_then(command, reply, move |state, _| match state.job(job) {
+                    Some(job) => Ok(ServiceInfo::new(state, job)),
+                    None => Err(ApiError::not_found(format!("service {name} is gone"))),
+                });
+            }
+            Action::ListWorkloads { reply } => {
+                let _ = reply.send(Ok(WorkloadInfo::list(&self.ledger.state())));
+            }
+            Action::GetWorkload { workload, reply } => {
+                let _ = reply.send(WorkloadInfo::get(&self.ledger.state(), &workload));
+            }
+            Action::Subscribe { reply } => {
+                let (recent, live) = self.events.subscribe();
+                let _ = reply.send(Ok(EventSubscription { recent, live }));
+            }
+        }
+    }
+
+    /// Propose `command`; once committed (and applied here), answer with `answer` over the
+    /// state that includes it.
+    fn write_then<T: Send + 'static>(
+        &mut self,
+        command: Command,
+        reply: falak_api::action::Reply<T>,
+        answer: impl FnOnce(&State, Outcome) -> Result<T, ApiError> + Send + 'static,
+    ) {
+        let ledger = self.ledger.clone();
+        self.proposer.propose(
+            command,
+            Some(Box::new(move |result| {
+                let answer = accepted(result).and_then(|outcome| answer(&ledger.state(), outcome));
+                let _ = reply.send(answer);
+            })),
+        );
+    }
+
+    fn readiness(&self) -> Readiness {
+        let leader = self.ledger.leader();
+        let reason = if !self.self_admitted {
+            Some("this node is not admitted to the ledger yet (waiting for a leader to commit it)".to_owned())
+        } else if leader.is_none() {
+            Some("no ledger leader is known (election in progress or no quorum)".to_owned())
+        } else {
+            None
+        };
+        Readiness { ready: reason.is_none(), reason, leader }
+    }
+
+    fn node_infos(&self) -> Vec<NodeInfo> {
+        let state = self.ledger.state();
+        let leader = self.ledger.leader();
+        let rtts: BTreeMap<NodeId, Duration> = self.transport.rtts().into_iter().collect();
+        state
+            .nodes()
+            .map(|entry| {
+                let id = entry.record.id;
+                let seen = self.observed.get(&id);
+                let health = if id == self.id {
+                    Health::Healthy
+                } else if entry.offline {
+                    Health::Offline
+                } else {
+                    seen.map_or(Health::Healthy, |o| o.health)
+                };
+                let gossip =
+                    if id == self.id { self.last_gossip_state.as_ref() } else { seen.and_then(|o| o.gossip.as_ref()) };
+                let live = NodeLive {
+                    health,
+                    gossip,
+                    voter: self.ledger_view.voters.contains(&id),
+                    leader: leader == Some(id),
+                    rtt_ms: rtts.get(&id).map(|d| d.as_secs_f64() * 1000.0),
+                };
+                NodeInfo::new(entry, &state, live)
+            })
+            .collect()
+    }
+
+    fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let state = self.ledger.state();
+        let mut health: BTreeMap<&str, f64> = [("HEALTHY", 0.0), ("SUSPECT", 0.0), ("OFFLINE", 0.0)].into();
+        for entry in state.nodes() {
+            let h = if entry.record.id == self.id {
+                Health::Healthy
+            } else if entry.offline {
+                Health::Offline
+            } else {
+                self.observed.get(&entry.record.id).map_or(Health::Healthy, |o| o.health)
+            };
+            *health.entry(h.name()).or_default() += 1.0;
+        }
+        gauge_family(&mut out, "falak_nodes", "Admitted nodes by state, as this node sees them.", "state", health);
+        let mut tasks: BTreeMap<&str, f64> = TaskState::ALL.iter().map(|s| (s.name(), 0.0)).collect();
+        for task in state.tasks() {
+            *tasks.entry(task.state.name()).or_default() += 1.0;
+        }
+        gauge_family(&mut out, "falak_tasks", "Tasks in the ledger by state.", "state", tasks);
+        let leader = if self.ledger.leader() == Some(self.id) { 1.0 } else { 0.0 };
+        gauge_family(
+            &mut out,
+            "falak_ledger_leader",
+            "1 when this node leads the ledger.",
+            "node",
+            [(self.config.name.as_str(), leader)],
+        );
+        self.metrics.render_counters(&mut out);
+        out
+    }
+
+    fn task_logs(
+        &mut self,
+        task: TaskId,
+        stream: LogStream,
+        max_bytes: usize,
+        reply: falak_api::action::Reply<String>,
+    ) {
+        let (node, attempt) = {
+            let state = self.ledger.state();
+            let Some(t) = state.task(task) else {
+                let _ = reply.send(Err(ApiError::not_found(format!(
+                    "no task {task}; list a job's tasks with `falak job tasks JOB`"
+                ))));
+                return;
+            };
+            match (&t.claim, &t.result) {
+                (Some(claim), _) if claim.attempt == t.attempt => (claim.node, claim.attempt),
+                (_, Some(result)) => (result.node, result.attempt),
+                _ => {
+                    let _ = reply.send(Err(ApiError::not_found(format!(
+                        "task {task} has not run yet (it is {})",
+                        t.state.name()
+                    ))));
+                    return;
+                }
+            }
+        };
+        let tasks_dir = self.runner.tasks_dir().to_owned();
+        let me = self.id;
+        let transport = self.transport.dyn_transport();
+        tokio::spawn(async move {
+            let result = if node == me {
+                read_local_log(tasks_dir, task, attempt, stream, max_bytes).await.map_err(ApiError::not_found)
+            } else {
+                remote_logs(&*transport, node, RpcRequest::TaskLogs { task, attempt, stream, max_bytes }).await
+            };
+            let _ = reply.send(result);
+        });
+    }
+}
+
+async fn remote_logs(transport: &dyn Transport, node: NodeId, request: RpcRequest) -> Result<String, ApiError> {
+    let body = Bytes::from(serde_json::to_vec(&request).map_err(|e| ApiError::internal(e.to_string()))?);
+    match transport.request(node, Protocol::Rpc, body).await {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(falak_transport::TransportError::Handler(reason)) => Err(ApiError::not_found(reason)),
+        Err(e) => {
+            Err(ApiError::unavailable(format!("the logs are on node {} and it cannot be reached: {e}", node.short())))
+        }
+    }
+}
+
+fn unexpected(outcome: &Outcome) -> ApiError {
+    ApiError::internal(format!("unexpected ledger outcome {outcome:?}"))
+}

@@ -1,0 +1,205 @@
+//! Starting and stopping a node: the order in which its parts come up and go down.
+//!
+//! Up: mesh files (key, certificate, secret) → QUIC transport (admitting the ledger's nodes
+//! and the bootstrap voters) → ledger (initialized by the first bootstrap voter on a new mesh)
+//! → membership over UDP → executor and runner → HTTP API → main loop.
+//! Down (SIGTERM or Ctrl-C): the API stops taking requests, the main loop stops every running
+//! task (SIGTERM to its process group, SIGKILL after a grace), membership says goodbye, the
+//! ledger and the transport shut down.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use falak_core::NodeId;
+use falak_core::node::NodeRecord;
+use falak_exec::{ProcessConfig, ProcessExecutor, RunAs};
+use falak_ledger::{Ledger, LedgerConfig, PeerInfo};
+use falak_membership::{MemberIdentity, Membership, MembershipConfig};
+use falak_transport::{MeshRoot, Protocol, QuicConfig, QuicTransport};
+use rand::SeedableRng;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::clock::now_millis;
+use crate::config::NodeConfig;
+use crate::main_loop::{MainLoop, MainLoopParts};
+use crate::membership::MembershipLink;
+use crate::mesh_files::{MeshFiles, MeshFilesError};
+use crate::runner::Runner;
+use crate::transport::NodeTransport;
+
+/// API actions waiting for the main loop; more get `429` after the API's queue wait.
+const ACTION_QUEUE: usize = 1024;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    MeshFiles(#[from] MeshFilesError),
+    #[error("{path}: {reason}")]
+    Trust { path: PathBuf, reason: String },
+    #[error("cannot bind the node transport on {addr}: {reason}; is another node using the port?")]
+    Transport { addr: SocketAddr, reason: String },
+    #[error("cannot bind membership on udp {addr}: {source}; is another node using the port?")]
+    Gossip { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot bind the API on {addr}: {source}; is another node using the port?")]
+    Api { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the ledger in {dir}: {reason}")]
+    Ledger { dir: PathBuf, reason: String },
+    #[error("membership: {0}")]
+    Membership(String),
+}
+
+/// Run a node until `shutdown` resolves, then stop it cleanly.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let files = MeshFiles::load(&config.data_dir)?;
+    let id = files.id();
+    let ca_path = config.data_dir.join("ca.crt");
+    let root = MeshRoot::from_pem(&files.ca_cert_pem)
+        .map_err(|e| DaemonError::Trust { path: ca_path.clone(), reason: e.to_string() })?;
+    if files.cert.node_id() != id {
+        return Err(DaemonError::Trust {
+            path: config.data_dir.join("node.crt"),
+            reason: format!("the certificate names node {} but node.key is node {id}", files.cert.node_id()),
+        });
+    }
+    tracing::info!(node = %id, name = %config.name, "starting");
+
+    // Who may talk to us before the ledger says: ourselves and the bootstrap voters.
+    let bootstrap_voters: Vec<_> = files.bootstrap.iter().flat_map(|b| b.voters.iter().cloned()).collect();
+    let admitted: Arc<RwLock<BTreeSet<NodeId>>> =
+        Arc::new(RwLock::new(bootstrap_voters.iter().map(|v| v.id).chain([id]).collect()));
+
+    let quic =
+        QuicTransport::bind(&files.key, &files.cert, &root, QuicConfig::new(config.transport_addr), admitted.clone())
+            .map_err(|e| DaemonError::Transport { addr: config.transport_addr, reason: e.to_string() })?;
+    let transport = NodeTransport::quic(quic);
+    for voter in &bootstrap_voters {
+        if let Ok(addr) = voter.transport_addr.parse() {
+            transport.set_peer_addr(voter.id, addr);
+        }
+    }
+
+    let ledger_dir = config.data_dir.join("ledger");
+    let mesh_name = files.bootstrap.as_ref().map_or_else(|| "falak".to_owned(), |b| b.mesh.clone());
+    let ledger_config = LedgerConfig { cluster_name: mesh_name, ..LedgerConfig::default() };
+    let ledger = Ledger::open(&ledger_dir, id, transport.dyn_transport(), ledger_config)
+        .await
+        .map_err(|e| DaemonError::Ledger { dir: ledger_dir.clone(), reason: e.to_string() })?;
+    let dyn_transport = transport.dyn_transport();
+    dyn_transport.serve(Protocol::Ledger, ledger.handler());
+    let tasks_dir = config.data_dir.join("tasks");
+    dyn_transport.serve(Protocol::Rpc, crate::api::rpc_handler(tasks_dir.clone()));
+    // The first bootstrap voter forms a new mesh; on a restart this does nothing.
+    if bootstrap_voters.first().is_some_and(|v| v.id == id) {
+        let voters: BTreeMap<NodeId, PeerInfo> =
+            bootstrap_voters.iter().map(|v| (v.id, PeerInfo::new(v.transport_addr.clone()))).collect();
+        ledger
+            .initialize(voters)
+            .await
+            .map_err(|e| DaemonError::Ledger { dir: ledger_dir.clone(), reason: e.to_string() })?;
+    }
+
+    let membership = start_membership(&config, id, files.secret, &bootstrap_voters)?;
+
+    let executor = Arc::new(ProcessExecutor::new(ProcessConfig::default()));
+    let run_as = config.run_as.map(|(uid, gid)| RunAs { uid, gid });
+    let runner = Runner::new(executor, tasks_dir, run_as);
+
+    let listener = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
+    let api_addr = listener.local_addr().map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
+    let record = NodeRecord {
+        id,
+        name: config.name.clone(),
+        labels: config.labels.clone(),
+        capacity: config.capacity,
+        cost_per_hour: config.cost_per_hour,
+        transport_addr: config.transport_addr.to_string(),
+        gossip_addr: config.gossip_addr.to_string(),
+        api_url: format!("http://{api_addr}"),
+    };
+    let (actions_tx, actions) = mpsc::channel(ACTION_QUEUE);
+    let router = falak_api::router(actions_tx, falak_api::ApiConfig::default());
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    let mut api_stop = stop_tx.subscribe();
+    let api = tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = api_stop.recv().await;
+        });
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+    tracing::info!(api = %record.api_url, transport = %config.transport_addr, gossip = %config.gossip_addr, "node up");
+
+    let main_loop = MainLoop::new(MainLoopParts {
+        id,
+        config,
+        record,
+        ledger: ledger.clone(),
+        runner,
+        membership: MembershipLink::new(membership.clone()),
+        transport: transport.clone(),
+        admitted,
+        actions,
+    });
+    let main = tokio::spawn(main_loop.run(stop_tx.subscribe()));
+
+    shutdown.await;
+    tracing::info!("stopping: tasks first, then membership, ledger and transport");
+    let _ = stop_tx.send(());
+    let _ = main.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    if let Ok(handle) = Arc::try_unwrap(membership) {
+        handle.shutdown().await;
+    }
+    if let Err(e) = ledger.shutdown().await {
+        tracing::warn!(error = %e, "ledger shutdown");
+    }
+    transport.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn start_membership(
+    config: &NodeConfig,
+    id: NodeId,
+    secret: [u8; 32],
+    voters: &[crate::mesh_files::BootstrapMember],
+) -> Result<Arc<falak_membership::MembershipHandle>, DaemonError> {
+    let socket = std::net::UdpSocket::bind(config.gossip_addr)
+        .and_then(|s| {
+            s.set_nonblocking(true)?;
+            tokio::net::UdpSocket::from_std(s)
+        })
+        .map_err(|source| DaemonError::Gossip { addr: config.gossip_addr, source })?;
+    // The generation grows with every start, so peers tell this run from the previous one.
+    let identity = MemberIdentity::new(id, config.gossip_addr, now_millis());
+    let rng = rand_chacha::ChaCha8Rng::from_entropy();
+    let core = Membership::new(identity, &falak_membership::MeshSecret(secret), MembershipConfig::lan(), rng)
+        .map_err(|e| DaemonError::Membership(e.to_string()))?;
+    let handle = Arc::new(falak_membership::spawn(socket, core));
+    let seeds: Vec<SocketAddr> = config
+        .seeds
+        .iter()
+        .copied()
+        .chain(voters.iter().filter(|v| v.id != id).filter_map(|v| v.gossip_addr.parse().ok()))
+        .filter(|addr| *addr != config.gossip_addr)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let joining = handle.clone();
+    tokio::spawn(async move {
+        for seed in seeds {
+            if let Err(error) = joining.join(seed).await {
+                tracing::warn!(%seed, %error, "membership join failed");
+            }
+        }
+    });
+    Ok(handle)
+}

@@ -1,0 +1,458 @@
+//! The node's one event loop over a closed [`Event`] enum.
+//!
+//! Everything that changes the node's view arrives here: API actions, committed ledger
+//! entries, membership changes, task lifecycle events, proposal outcomes and the tick. After
+//! each burst of events the loop runs the sans-IO [`Reconciler`] once and carries out its
+//! actions. Nothing in the loop blocks: ledger writes, task starts and remote calls run in
+//! spawned tasks that report back as events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use falak_core::NodeId;
+use falak_core::election::Observed;
+use falak_core::gossip::{GOSSIP_FORMAT, GossipState};
+use falak_core::job::{TaskId, TaskReport};
+use falak_core::ledger::{Command, LedgerEvent, Outcome};
+use falak_core::node::NodeRecord;
+use falak_ledger::{Committed, Ledger, PeerInfo, WriteError};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::clock::{instant, now_millis};
+use crate::config::NodeConfig;
+use crate::events::EventBus;
+use crate::membership::MembershipLink;
+use crate::metrics::Metrics;
+use crate::proposer::Proposer;
+use crate::reconcile::{Action, ProposalKind, ReconcileConfig, Reconciler};
+use crate::runner::Runner;
+use crate::transport::NodeTransport;
+
+/// How often the loop wakes without other events: stagger timers, lease renewal, duties.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often gossip state is republished.
+const GOSSIP_EVERY: Duration = Duration::from_millis(500);
+/// How often the leader reviews ledger membership (learners and voters).
+const VOTERS_EVERY: Duration = Duration::from_secs(1);
+
+/// Everything the main loop reacts to.
+pub enum Event {
+    Action(falak_api::Action),
+    Task(TaskEvent),
+    Proposal {
+        kind: ProposalKind,
+        result: Result<Outcome, Arc<WriteError>>,
+        proposed_at: Instant,
+    },
+    /// A background job (self admission, voter change) finished.
+    Background {
+        what: &'static str,
+        result: Result<(), String>,
+    },
+    /// Fresh ledger membership (voters, learners, leader), read in the background.
+    LedgerView(LedgerView),
+}
+
+/// The ledger's membership as last read.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerView {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+/// What the runner reports about one task attempt.
+pub enum TaskEvent {
+    Started { task: TaskId, fencing: u64 },
+    Exited { task: TaskId, fencing: u64, report: TaskReport },
+}
+
+/// Internal events are unbounded: they are produced by this node's own bounded activity
+/// (running tasks, in-flight proposals), never directly by clients.
+pub type EventSender = mpsc::UnboundedSender<Event>;
+
+pub struct MainLoop {
+    pub(crate) id: NodeId,
+    pub(crate) config: NodeConfig,
+    pub(crate) record: NodeRecord,
+    pub(crate) ledger: Ledger,
+    pub(crate) proposer: Proposer,
+    pub(crate) reconciler: Reconciler,
+    pub(crate) runner: Runner,
+    pub(crate) membership: MembershipLink,
+    pub(crate) transport: NodeTransport,
+    pub(crate) events: EventBus,
+    pub(crate) metrics: Metrics,
+    pub(crate) observed: BTreeMap<NodeId, Observed>,
+    /// Node ids the transport accepts: admitted in the ledger, or bootstrap voters.
+    pub(crate) admitted: Arc<RwLock<BTreeSet<NodeId>>>,
+    pub(crate) tx: EventSender,
+    rx: mpsc::UnboundedReceiver<Event>,
+    actions: mpsc::Receiver<falak_api::Action>,
+    committed: broadcast::Receiver<Committed>,
+    pub(crate) self_admitted: bool,
+    admitting: bool,
+    voters_busy: bool,
+    gossip_version: u64,
+    pub(crate) last_gossip_state: Option<GossipState>,
+    pub(crate) ledger_view: LedgerView,
+    view_busy: bool,
+    last_gossip: Instant,
+    last_voters: Instant,
+}
+
+/// What the loop needs to start.
+pub struct MainLoopParts {
+    pub id: NodeId,
+    pub config: NodeConfig,
+    pub record: NodeRecord,
+    pub ledger: Ledger,
+    pub runner: Runner,
+    pub membership: MembershipLink,
+    pub transport: NodeTransport,
+    pub admitted: Arc<RwLock<BTreeSet<NodeId>>>,
+    pub actions: mpsc::Receiver<falak_api::Action>,
+}
+
+impl MainLoop {
+    pub fn new(parts: MainLoopParts) -> MainLoop {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let committed = parts.ledger.subscribe();
+        let lease_ms = parts.config.lease.as_millis() as u64;
+        let now = instant();
+        MainLoop {
+            id: parts.id,
+            proposer: Proposer::spawn(parts.ledger.clone()),
+            reconciler: Reconciler::new(parts.id, ReconcileConfig::with_lease(lease_ms)),
+            config: parts.config,
+            record: parts.record,
+            ledger: parts.ledger,
+            runner: parts.runner,
+            membership: parts.membership,
+            transport: parts.transport,
+            events: EventBus::new(),
+            metrics: Metrics::default(),
+            observed: BTreeMap::new(),
+            admitted: parts.admitted,
+            tx,
+            rx,
+            actions: parts.actions,
+            committed,
+            self_admitted: false,
+            admitting: false,
+            voters_busy: false,
+            // Versions only grow, across restarts too: start from the wall clock.
+            gossip_version: now_millis(),
+            last_gossip_state: None,
+            ledger_view: LedgerView::default(),
+            view_busy: false,
+            last_gossip: now,
+            last_voters: now,
+        }
+    }
+
+    /// Run until `shutdown` fires; then stop every running task.
+    pub async fn run(mut self, mut shutdown: broadcast::Receiver<()>) {
+        self.refresh_admitted();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut dirty = tokio::select! {
+                _ = shutdown.recv() => break,
+                Some(action) = self.actions.recv() => { self.handle_action(action); false }
+                Some(event) = self.rx.recv() => self.handle(event),
+                committed = self.committed.recv() => self.handle_committed(committed),
+                changed = self.membership.changed() => { if changed { self.refresh_observed() } else { false } }
+                _ = tick.tick() => self.on_tick(),
+            };
+            // Drain what else is ready so one reconcile covers the whole burst.
+            for _ in 0..4096 {
+                match self.committed.try_recv() {
+                    Ok(c) => dirty |= self.handle_committed(Ok(c)),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        dirty |= self.handle_committed(Err(broadcast::error::RecvError::Lagged(n)))
+                    }
+                    Err(_) => break,
+                }
+            }
+            while let Ok(event) = self.rx.try_recv() {
+                dirty |= self.handle(event);
+            }
+            if dirty {
+                self.reconcile();
+            }
+        }
+        self.runner.stop_all(Duration::from_secs(2)).await;
+    }
+
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Action(action) => {
+                self.handle_action(action);
+                false
+            }
+            Event::Task(TaskEvent::Started { task, fencing }) => {
+                self.metrics.tasks_started += 1;
+                self.reconciler.task_started(task, fencing);
+                true
+            }
+            Event::Task(TaskEvent::Exited { task, fencing, report }) => {
+                self.runner.forget(task, fencing);
+                self.reconciler.task_exited(task, fencing, report);
+                true
+            }
+            Event::Proposal { kind, result, proposed_at } => match result {
+                Ok(outcome) => {
+                    if kind == ProposalKind::LeaderDuty {
+                        self.reconciler.duty_settled();
+                    }
+                    if let (ProposalKind::Claim, Outcome::Claimed { .. }) = (kind, &outcome) {
+                        self.metrics.claim_latency.observe(proposed_at.elapsed().as_secs_f64());
+                    }
+                    false
+                }
+                Err(e) => {
+                    self.metrics.ledger_writes_failed += 1;
+                    tracing::debug!(?kind, error = %e, "proposal failed");
+                    self.reconciler.proposal_failed(kind);
+                    true
+                }
+            },
+            Event::LedgerView(view) => {
+                self.view_busy = false;
+                self.ledger_view = view;
+                false
+            }
+            Event::Background { what, result } => {
+                match what {
+                    "admit" => {
+                        self.admitting = false;
+                        self.self_admitted = result.is_ok();
+                    }
+                    "voters" => self.voters_busy = false,
+                    _ => {}
+                }
+                if let Err(e) = result {
+                    tracing::debug!(what, error = %e, "background work failed; will retry");
+                }
+                false
+            }
+        }
+    }
+
+    fn handle_committed(&mut self, committed: Result<Committed, broadcast::error::RecvError>) -> bool {
+        match committed {
+            Ok(Committed::Entry { applied, .. }) => {
+                let now = now_millis();
+                for event in &applied.events {
+                    self.note_event(event);
+                    let kind = event_kind(event);
+                    let data = serde_json::to_value(event).unwrap_or_default();
+                    self.events.publish(now, kind, data);
+                }
+                true
+            }
+            Ok(Committed::SnapshotInstalled { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.refresh_admitted();
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        }
+    }
+
+    fn note_event(&mut self, event: &LedgerEvent) {
+        match event {
+            LedgerEvent::ElectionWon { node, .. } if *node == self.id => self.metrics.elections_won += 1,
+            LedgerEvent::ClaimRejected { node, .. } if *node == self.id => self.metrics.claims_rejected += 1,
+            LedgerEvent::ResultRejected { .. } => self.metrics.results_rejected += 1,
+            LedgerEvent::NodeAdmitted { node, .. } => {
+                self.admitted.write().expect("admitted lock").insert(*node);
+                self.learn_peer(*node);
+            }
+            _ => {}
+        }
+    }
+
+    /// Record where an admitted node is reachable, for the transport and membership.
+    fn learn_peer(&mut self, node: NodeId) {
+        let addr = self.ledger.state().node(&node).map(|n| n.record.transport_addr.clone());
+        if let Some(addr) = addr.and_then(|a| a.parse().ok()) {
+            self.transport.set_peer_addr(node, addr);
+        }
+    }
+
+    fn refresh_admitted(&mut self) {
+        let ids: Vec<(NodeId, String)> =
+            self.ledger.state().nodes().map(|n| (n.record.id, n.record.transport_addr.clone())).collect();
+        {
+            let mut admitted = self.admitted.write().expect("admitted lock");
+            admitted.extend(ids.iter().map(|(id, _)| *id));
+        }
+        for (id, addr) in ids {
+            if let Ok(addr) = addr.parse() {
+                self.transport.set_peer_addr(id, addr);
+            }
+        }
+    }
+
+    fn refresh_observed(&mut self) -> bool {
+        let (observed, changes) = self.membership.snapshot();
+        self.observed = observed;
+        let now = now_millis();
+        for (node, health) in changes {
+            let name = self.ledger.state().node(&node).map_or_else(|| node.short(), |n| n.record.name.clone());
+            self.events.publish(
+                now,
+                "node_health",
+                serde_json::json!({ "node": node, "name": name, "state": health.name() }),
+            );
+        }
+        true
+    }
+
+    fn on_tick(&mut self) -> bool {
+        if !self.self_admitted && !self.admitting {
+            self.admit_self();
+        }
+        if self.last_gossip.elapsed() >= GOSSIP_EVERY {
+            self.last_gossip = instant();
+            self.publish_gossip();
+        }
+        if self.last_voters.elapsed() >= VOTERS_EVERY {
+            self.last_voters = instant();
+            if !self.voters_busy && self.ledger.leader() == Some(self.id) {
+                self.manage_voters();
+            }
+            if !self.view_busy {
+                self.refresh_ledger_view();
+            }
+        }
+        true
+    }
+
+    /// Propose this node's record; also how a restarted node updates its addresses.
+    fn admit_self(&mut self) {
+        self.admitting = true;
+        let proposer = self.proposer.clone();
+        let tx = self.tx.clone();
+        let command = Command::AdmitNode { record: self.record.clone(), now: now_millis() };
+        tokio::spawn(async move {
+            let result = match proposer.write(command).await {
+                Ok(Outcome::NodeAdmitted { .. }) => Ok(()),
+                Ok(other) => Err(format!("unexpected outcome {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tx.send(Event::Background { what: "admit", result });
+        });
+    }
+
+    fn publish_gossip(&mut self) {
+        self.gossip_version += 1;
+        let reserved = self.ledger.state().reserved(&self.id);
+        let free = self.config.capacity - reserved;
+        let rtt_micros =
+            self.transport.rtts().into_iter().map(|(id, d)| (id, d.as_micros().min(u32::MAX as u128) as u32)).collect();
+        let state = GossipState {
+            format: GOSSIP_FORMAT,
+            version: self.gossip_version,
+            free_cpu_millis: free.cpu_millis,
+            free_memory_bytes: free.memory_bytes,
+            running: self.reconciler.running() as u32,
+            queued: self.reconciler.starting() as u32,
+            rtt_micros,
+            api_url: self.record.api_url.clone(),
+        };
+        self.last_gossip_state = Some(state.clone());
+        self.membership.set_local_gossip(state);
+    }
+
+    fn refresh_ledger_view(&mut self) {
+        self.view_busy = true;
+        let ledger = self.ledger.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let metrics = ledger.metrics().await;
+            let _ = tx.send(Event::LedgerView(LedgerView { voters: metrics.voters, learners: metrics.learners }));
+        });
+    }
+
+    fn manage_voters(&mut self) {
+        self.voters_busy = true;
+        let ledger = self.ledger.clone();
+        let tx = self.tx.clone();
+        let observed = self.observed.clone();
+        let me = self.id;
+        tokio::spawn(async move {
+            let metrics = ledger.metrics().await;
+            let plan = {
+                let state = ledger.state();
+                crate::voters::plan(&state, &observed, &metrics.voters, &metrics.learners, me, now_millis())
+            };
+            let mut result = Ok(());
+            for (node, addr) in plan.add_learners {
+                if let Err(e) = ledger.add_learner(node, PeerInfo::new(addr)).await {
+                    result = Err(e.to_string());
+                }
+            }
+            if let Some(voters) = plan.voters {
+                tracing::info!(voters = ?voters, "changing ledger voters");
+                if let Err(e) = ledger.change_voters(voters).await {
+                    result = Err(e.to_string());
+                }
+            }
+            let _ = tx.send(Event::Background { what: "voters", result });
+        });
+    }
+
+    fn reconcile(&mut self) {
+        let is_leader = self.ledger.leader() == Some(self.id);
+        let now = now_millis();
+        let actions = {
+            let state = self.ledger.state();
+            self.reconciler.step(&state, &self.observed, is_leader, now)
+        };
+        for action in actions {
+            match action {
+                Action::Propose { command, kind } => self.propose(command, kind),
+                Action::Start(launch) => self.runner.start(launch, self.tx.clone()),
+                Action::Stop { task, fencing, reason } => {
+                    tracing::info!(%task, reason, "stopping task");
+                    self.runner.stop(task, fencing);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn propose(&mut self, command: Command, kind: ProposalKind) {
+        if kind == ProposalKind::Claim {
+            self.metrics.claims_proposed += 1;
+        }
+        let tx = self.tx.clone();
+        let proposed_at = instant();
+        self.proposer.propose(
+            command,
+            Some(Box::new(move |result| {
+                let _ = tx.send(Event::Proposal { kind, result, proposed_at });
+            })),
+        );
+    }
+}
+
+/// The SSE event name of a ledger event.
+pub fn event_kind(event: &LedgerEvent) -> &'static str {
+    match event {
+        LedgerEvent::NodeAdmitted { .. } => "node_admitted",
+        LedgerEvent::NodeOffline { .. } => "node_offline",
+        LedgerEvent::NodeOnline { .. } => "node_online",
+        LedgerEvent::CapsuleApplied { .. } => "capsule_applied",
+        LedgerEvent::JobSubmitted { .. } => "job_submitted",
+        LedgerEvent::JobFinished { .. } => "job_finished",
+        LedgerEvent::TaskState { .. } => "task_state",
+        LedgerEvent::ElectionWon { .. } => "election_won",
+        LedgerEvent::ClaimRejected { .. } => "claim_rejected",
+        LedgerEvent::ResultRejected { .. } => "result_rejected",
+        LedgerEvent::LeaseExpired { .. } => "lease_expired",
+        LedgerEvent::ServiceApplied { .. } => "service_applied",
+        LedgerEvent::ServiceRemoved { .. } => "service_removed",
+    }
+}

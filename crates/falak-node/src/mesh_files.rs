@@ -1,0 +1,222 @@
+//! The files that make a node a member of a mesh, kept in its data dir.
+//!
+//! ```text
+//! DATA_DIR/
+//!   node.key        Ed25519 private key (PKCS#8 PEM, 0600); its public key is the node id
+//!   node.crt        the node's certificate, issued by the mesh CA
+//!   ca.crt          the mesh CA certificate (trust root)
+//!   ca.key          the mesh CA key (0600), present on nodes that may admit joiners
+//!   mesh.secret     32-byte mesh secret, hex (0600): seals membership packets
+//!   bootstrap.json  the first voters, written by `falak up` (absent on joiners)
+//!   ledger/         the ledger (redb)
+//!   tasks/          one working directory per task attempt
+//! ```
+//!
+//! A node key is created on first start and reused on restart; certificates and the secret
+//! come from `falak up` (or, later, a join).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use falak_core::NodeId;
+use falak_transport::pki::{MeshCa, NodeCert, NodeKey};
+use serde::{Deserialize, Serialize};
+
+/// One bootstrap voter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapMember {
+    pub id: NodeId,
+    pub name: String,
+    pub transport_addr: String,
+    pub gossip_addr: String,
+}
+
+/// Who forms a new mesh: the first voters, known to each of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    pub mesh: String,
+    pub voters: Vec<BootstrapMember>,
+}
+
+/// Why the mesh files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshFilesError {
+    #[error("cannot {action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{path} is missing: this data dir does not belong to a mesh yet; start the mesh with `falak up` or join one with `falak node --join TOKEN`"
+    )]
+    Missing { path: PathBuf },
+}
+
+/// A node's loaded identity and trust material.
+pub struct MeshFiles {
+    pub dir: PathBuf,
+    pub key: NodeKey,
+    pub cert: NodeCert,
+    pub ca_cert_pem: String,
+    pub secret: [u8; 32],
+    pub bootstrap: Option<Bootstrap>,
+}
+
+impl MeshFiles {
+    pub fn id(&self) -> NodeId {
+        self.key.id()
+    }
+
+    /// Load the files, creating the node key if this is the node's first start.
+    pub fn load(dir: &Path) -> Result<MeshFiles, MeshFilesError> {
+        let key = load_or_create_key(dir)?;
+        let cert_text = read(&dir.join("node.crt"))?;
+        let cert = NodeCert::from_pem(&cert_text).map_err(|e| invalid(&dir.join("node.crt"), e))?;
+        let ca_cert_pem = read(&dir.join("ca.crt"))?;
+        let secret = parse_secret(&dir.join("mesh.secret"), &read(&dir.join("mesh.secret"))?)?;
+        let bootstrap_path = dir.join("bootstrap.json");
+        let bootstrap = if bootstrap_path.exists() {
+            let text = read(&bootstrap_path)?;
+            Some(serde_json::from_str(&text).map_err(|e| invalid(&bootstrap_path, e))?)
+        } else {
+            None
+        };
+        Ok(MeshFiles { dir: dir.to_owned(), key, cert, ca_cert_pem, secret, bootstrap })
+    }
+}
+
+/// The node key in `dir`, created (0600) on first start.
+pub fn load_or_create_key(dir: &Path) -> Result<NodeKey, MeshFilesError> {
+    let path = dir.join("node.key");
+    if path.exists() {
+        let text = read(&path)?;
+        return NodeKey::from_pem(&text).map_err(|e| invalid(&path, e));
+    }
+    fs::create_dir_all(dir).map_err(|source| MeshFilesError::Io { action: "create", path: dir.to_owned(), source })?;
+    let key = NodeKey::generate().map_err(|e| invalid(&path, e))?;
+    write_private(&path, key.to_pem().as_bytes())?;
+    Ok(key)
+}
+
+/// One node `falak up` provisions.
+pub struct LocalNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub transport_addr: String,
+    pub gossip_addr: String,
+}
+
+/// Create the trust root of a new local mesh and give every node its identity: a key, a
+/// certificate from a fresh mesh CA, the mesh secret, the CA (key included, so any node can
+/// admit joiners; see ADR 0003) and the bootstrap voters (the first three nodes).
+pub fn provision_local_mesh(
+    mesh: &str,
+    nodes: &[LocalNode],
+    secret: [u8; 32],
+    now: SystemTime,
+) -> Result<Vec<NodeId>, MeshFilesError> {
+    let ca = MeshCa::generate(mesh, now).map_err(|e| invalid(Path::new("mesh CA"), e))?;
+    let (ca_cert, ca_key) = (ca.cert_pem(), ca.key_pem());
+    let mut ids = Vec::new();
+    let mut voters = Vec::new();
+    for node in nodes {
+        let key = load_or_create_key(&node.dir)?;
+        let cert = ca.issue(key.id(), &node.name, now).map_err(|e| invalid(&node.dir.join("node.crt"), e))?;
+        write_public(&node.dir.join("node.crt"), cert.to_pem().as_bytes())?;
+        write_public(&node.dir.join("ca.crt"), ca_cert.as_bytes())?;
+        write_private(&node.dir.join("ca.key"), ca_key.as_bytes())?;
+        write_private(&node.dir.join("mesh.secret"), hex::encode(secret).as_bytes())?;
+        ids.push(key.id());
+        if voters.len() < 3 {
+            voters.push(BootstrapMember {
+                id: key.id(),
+                name: node.name.clone(),
+                transport_addr: node.transport_addr.clone(),
+                gossip_addr: node.gossip_addr.clone(),
+            });
+        }
+    }
+    let bootstrap = Bootstrap { mesh: mesh.to_owned(), voters };
+    let text = serde_json::to_string_pretty(&bootstrap).expect("bootstrap serializes");
+    for node in nodes {
+        write_public(&node.dir.join("bootstrap.json"), text.as_bytes())?;
+    }
+    Ok(ids)
+}
+
+fn parse_secret(path: &Path, text: &str) -> Result<[u8; 32], MeshFilesError> {
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret).map_err(|_| invalid(path, "expected 64 hex characters"))?;
+    Ok(secret)
+}
+
+fn read(path: &Path) -> Result<String, MeshFilesError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MeshFilesError::Missing { path: path.to_owned() }),
+        Err(source) => Err(MeshFilesError::Io { action: "read", path: path.to_owned(), source }),
+    }
+}
+
+fn invalid(path: &Path, reason: impl ToString) -> MeshFilesError {
+    MeshFilesError::Invalid { path: path.to_owned(), reason: reason.to_string() }
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), MeshFilesError> {
+    let io = |source| MeshFilesError::Io { action: "write", path: path.to_owned(), source };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io)?;
+    }
+    // Write then rename, so a crash never leaves a half-written key or certificate.
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), MeshFilesError> {
+    write_with_mode(path, bytes, 0o600)
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), MeshFilesError> {
+    write_with_mode(path, bytes, 0o644)
+}
+
+/// What a new node needs to join a mesh: where to reach it and the mesh secret. Whoever holds
+/// a join token can join; treat it like a password. (Expiry and single use come with the
+/// security issue.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub mesh: String,
+    /// API URL of a node that admits joiners.
+    pub api_url: String,
+    /// Membership address of a node to join through.
+    pub gossip_seed: String,
+    /// The mesh secret, hex.
+    pub secret: String,
+}
+
+/// The prefix of an encoded join token.
+pub const JOIN_TOKEN_PREFIX: &str = "falak-join-v1.";
+
+/// Why a join token does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("not a Falak join token ({0}); copy the whole `join_token` value from mesh.json")]
+pub struct JoinTokenError(String);
+
+impl JoinToken {
+    pub fn encode(&self) -> String {
+        format!("{JOIN_TOKEN_PREFIX}{}", hex::encode(serde_json::to_vec(self).expect("token serializes")))
+    }
+
+    pub fn decode(text: &str) -> Result<JoinToken, JoinTokenError> {
+        let body = text.trim().strip_prefix(JOIN_TOKEN_PREFIX).ok_or_else(|| JoinTokenError("wrong prefix".into()))?;
+        let bytes = hex::decode(body).map_err(|e| JoinTokenError(e.to_string()))?;
+        let token: JoinToken = serde_json::from_slice(&bytes).map_err(|e| JoinTokenError(e.to_string()))?;
+        parse_secret(Path::new("join token"), &token.secret).map_err(|e| JoinTokenError(e.to_string()))?;
+        Ok(token)
+    }
+}

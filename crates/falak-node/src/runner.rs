@@ -1,0 +1,125 @@
+//! Starts and stops task attempts through the executor and reports their lifecycle as events.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use falak_core::job::{LEDGER_TAIL_BYTES, TaskId, TaskReport};
+use falak_exec::{Executor, RunAs, Running, TaskSpec};
+
+use crate::main_loop::{Event, EventSender, TaskEvent};
+use crate::reconcile::TaskLaunch;
+
+/// How long a stopped task gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+struct Slot {
+    fencing: u64,
+    handle: Mutex<Option<Arc<dyn Running>>>,
+    stop_requested: AtomicBool,
+}
+
+/// The task attempts this node has started, by task.
+pub struct Runner {
+    executor: Arc<dyn Executor>,
+    tasks_dir: PathBuf,
+    run_as: Option<RunAs>,
+    slots: BTreeMap<TaskId, Arc<Slot>>,
+}
+
+impl Runner {
+    pub fn new(executor: Arc<dyn Executor>, tasks_dir: PathBuf, run_as: Option<RunAs>) -> Runner {
+        Runner { executor, tasks_dir, run_as, slots: BTreeMap::new() }
+    }
+
+    pub fn executor(&self) -> &Arc<dyn Executor> {
+        &self.executor
+    }
+
+    /// The working directory of one attempt; logs live there.
+    pub fn workdir(tasks_dir: &Path, task: TaskId, attempt: u32) -> PathBuf {
+        tasks_dir.join(format!("{task}.a{attempt}"))
+    }
+
+    pub fn tasks_dir(&self) -> &Path {
+        &self.tasks_dir
+    }
+
+    /// Start an attempt in the background; `Started` and `Exited` arrive as events.
+    pub fn start(&mut self, launch: TaskLaunch, tx: EventSender) {
+        let mut spec = TaskSpec::new(
+            launch.task.to_string(),
+            launch.attempt,
+            launch.command,
+            Self::workdir(&self.tasks_dir, launch.task, launch.attempt),
+        );
+        spec.env = launch.env;
+        spec.stdin = launch.stdin;
+        spec.timeout = launch.timeout_ms.map(Duration::from_millis);
+        spec.limits.cpu_millis = Some(launch.resources.cpu_millis);
+        spec.limits.memory_bytes = Some(launch.resources.memory_bytes);
+        spec.run_as = self.run_as;
+        spec.output_tail_bytes = LEDGER_TAIL_BYTES;
+        let slot = Arc::new(Slot {
+            fencing: launch.fencing,
+            handle: Mutex::new(None),
+            stop_requested: AtomicBool::new(false),
+        });
+        self.slots.insert(launch.task, slot.clone());
+        let executor = self.executor.clone();
+        let (task, fencing) = (launch.task, launch.fencing);
+        tokio::spawn(async move {
+            match executor.start(spec).await {
+                Ok(handle) => {
+                    *slot.handle.lock().expect("slot lock") = Some(handle.clone());
+                    let _ = tx.send(Event::Task(TaskEvent::Started { task, fencing }));
+                    let exit = if slot.stop_requested.load(Ordering::SeqCst) {
+                        handle.stop(STOP_GRACE).await
+                    } else {
+                        handle.wait().await
+                    };
+                    let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report: exit.to_report() }));
+                }
+                Err(e) => {
+                    tracing::warn!(%task, error = %e, "task failed to start");
+                    let report = TaskReport {
+                        exit_code: None,
+                        error: Some(format!("failed to start: {e}")),
+                        duration_ms: 0,
+                        stdout_tail: String::new(),
+                        stderr_tail: String::new(),
+                    };
+                    let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report }));
+                }
+            }
+        });
+    }
+
+    /// Stop an attempt (the whole process group); its `Exited` event follows.
+    pub fn stop(&mut self, task: TaskId, fencing: u64) {
+        let Some(slot) = self.slots.get(&task).filter(|s| s.fencing == fencing) else { return };
+        slot.stop_requested.store(true, Ordering::SeqCst);
+        if let Some(handle) = slot.handle.lock().expect("slot lock").clone() {
+            tokio::spawn(async move {
+                handle.stop(STOP_GRACE).await;
+            });
+        }
+    }
+
+    /// The attempt ended; drop its slot.
+    pub fn forget(&mut self, task: TaskId, fencing: u64) {
+        if self.slots.get(&task).is_some_and(|s| s.fencing == fencing) {
+            self.slots.remove(&task);
+        }
+    }
+
+    /// Stop everything (node shutdown) and wait for it.
+    pub async fn stop_all(&mut self, grace: Duration) {
+        let handles: Vec<Arc<dyn Running>> =
+            self.slots.values().filter_map(|s| s.handle.lock().expect("slot lock").clone()).collect();
+        futures_util::future::join_all(handles.iter().map(|h| h.stop(grace))).await;
+        self.slots.clear();
+    }
+}

@@ -1,0 +1,137 @@
+//! Three real daemons in one process on loopback: real QUIC, UDP membership, HTTP API, redb
+//! and processes. The multi-process tests (kill -9) live in the `falak` crate.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use falak_api::Client;
+use falak_api::job::JobSubmission;
+use falak_core::job::JobState;
+use falak_node::config::NodeConfigDocument;
+use falak_node::mesh_files::{LocalNode, provision_local_mesh};
+use tokio::sync::oneshot;
+
+pub const CAPSULE: &str = r#"name: hello
+kind: process
+command: ["/bin/sh", "-c", "echo task $FALAK_TASK_INDEX of $FALAK_TASK_COUNT"]
+resources: { cpu: 100m, memory: 32Mi }
+placement: { strategy: balanced, labels: {}, max_attempts: 3 }
+"#;
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+pub struct InProcessMesh {
+    pub clients: Vec<Client>,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessMesh {
+    pub async fn start(dir: &Path, n: usize) -> InProcessMesh {
+        let mut docs = Vec::new();
+        let mut locals = Vec::new();
+        for i in 0..n {
+            let name = format!("node-{}", i + 1);
+            let data_dir = dir.join(&name);
+            let (api, transport, gossip) = (free_tcp(), free_udp(), free_udp());
+            locals.push(LocalNode {
+                name: name.clone(),
+                dir: data_dir.clone(),
+                transport_addr: transport.to_string(),
+                gossip_addr: gossip.to_string(),
+            });
+            docs.push(NodeConfigDocument {
+                name: Some(name),
+                data_dir: Some(data_dir),
+                api_addr: Some(api),
+                transport_addr: Some(transport),
+                gossip_addr: Some(gossip),
+                lease: Some("2s".into()),
+                ..NodeConfigDocument::default()
+            });
+        }
+        provision_local_mesh("test", &locals, rand::random(), falak_node::clock::system_now()).unwrap();
+        let mut mesh = InProcessMesh { clients: vec![], stops: vec![], tasks: vec![] };
+        for doc in docs {
+            let config = doc.resolve(falak_core::resources::Resources::new(4000, 8 << 30)).unwrap();
+            mesh.clients.push(Client::new(&format!("http://{}", config.api_addr)).unwrap());
+            let (tx, rx) = oneshot::channel();
+            mesh.stops.push(tx);
+            mesh.tasks.push(tokio::spawn(async move {
+                falak_node::daemon::run(config, async move {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            }));
+        }
+        for client in &mesh.clients {
+            wait_ready(client).await;
+        }
+        mesh
+    }
+
+    pub async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(20), task).await.expect("node stops").unwrap();
+        }
+    }
+}
+
+pub async fn wait_ready(client: &Client) {
+    for _ in 0..300 {
+        if client.ready().await.is_ok_and(|r| r.ready) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} not ready in 30 s: {:?}", client.base_url(), client.ready().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_run_a_job_through_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 3).await;
+    let c = &mesh.clients;
+    c[1].apply_capsule_text(CAPSULE).await.unwrap();
+    let job = c[2]
+        .submit_job(&JobSubmission { capsule: "hello".into(), tasks: Some(30), ..JobSubmission::default() })
+        .await
+        .unwrap();
+    let mut info = job.clone();
+    for _ in 0..300 {
+        info = c[0].job(job.id).await.unwrap();
+        if info.state != JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(info.state, JobState::Completed, "{info:?}");
+    let text = c[1].job_result_text(job.id).await.unwrap();
+    assert!(text.starts_with("task 0 of 30\ntask 1 of 30\n"), "{text}");
+    let tasks = c[0].job_tasks(job.id).await.unwrap();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &tasks {
+        *per_node.entry(t.node.as_ref().map(|n| n.name.clone()).unwrap_or_default()).or_default() += 1;
+    }
+    assert!(per_node.len() >= 2, "balanced placement spreads 30 tasks: {per_node:?}");
+    // Logs of a task that ran on another node come through the node RPC.
+    let remote = tasks.iter().find(|t| t.node.as_ref().is_some_and(|n| n.name != "node-1")).unwrap();
+    let log = c[0].task_logs(remote.id, falak_api::task::LogStream::Stdout, None).await.unwrap();
+    assert_eq!(log, format!("task {} of 30\n", remote.id.index));
+    // Every node lists all three, each HEALTHY.
+    let nodes = c[2].nodes().await.unwrap();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    mesh.stop().await;
+}
