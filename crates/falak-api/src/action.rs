@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::event::EventSubscription;
 use crate::health::Readiness;
 use crate::job::JobInfo;
+use crate::join::{JoinRequest, JoinResponse};
 use crate::node::NodeInfo;
 use crate::service::ServiceInfo;
 use crate::task::{DecisionInfo, LogStream, TaskInfo};
@@ -76,6 +77,8 @@ pub enum Action {
     /// Recent events and a receiver for the ones that follow, taken at the same moment so none
     /// is missed or repeated.
     Subscribe { reply: Reply<EventSubscription> },
+    /// A new node asks to join: check its proof, issue its certificate, admit its record.
+    Join { request: JoinRequest, reply: Reply<JoinResponse> },
 }
 
 impl Action {
@@ -103,6 +106,7 @@ impl Action {
             Action::ListWorkloads { .. } => "list_workloads",
             Action::GetWorkload { .. } => "get_workload",
             Action::Subscribe { .. } => "subscribe",
+            Action::Join { .. } => "join",
         }
     }
 
@@ -134,6 +138,7 @@ impl Action {
             Action::ListWorkloads { reply } => send(reply, error),
             Action::GetWorkload { reply, .. } => send(reply, error),
             Action::Subscribe { reply } => send(reply, error),
+            Action::Join { reply, .. } => send(reply, error),
         }
     }
 
@@ -146,6 +151,7 @@ impl Action {
                 | Action::CancelJob { .. }
                 | Action::ApplyService { .. }
                 | Action::RemoveService { .. }
+                | Action::Join { .. }
         )
     }
 }

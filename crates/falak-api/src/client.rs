@@ -233,6 +233,13 @@ impl Client {
         self.json(self.request(Method::DELETE, &format!("/api/v1/workloads/{}", segment(id)))).await
     }
 
+    // Joining.
+
+    /// Ask this node to admit a new node (see [`crate::join`]).
+    pub async fn join(&self, request: &crate::join::JoinRequest) -> Result<crate::join::JoinResponse, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/join").json(request)).await
+    }
+
     // Events.
 
     /// The event stream: recent events, then (with `follow`) every new one until the

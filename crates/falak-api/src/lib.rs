@@ -17,6 +17,7 @@ mod error;
 pub mod event;
 pub mod health;
 pub mod job;
+pub mod join;
 pub mod node;
 pub mod openapi;
 mod routes;

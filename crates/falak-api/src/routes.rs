@@ -139,6 +139,9 @@ fn table() -> Vec<Route> {
         Route::new(M::GET, "/metrics", "Prometheus metrics", health::metrics).produces(health::METRICS_CONTENT_TYPE),
         Route::new(M::GET, "/api/v1/openapi.json", "this document", openapi::serve),
         Route::new(M::GET, "/api/v1/nodes", "nodes of the mesh", node::list),
+        Route::new(M::POST, "/api/v1/join", "a new node joins with a join-token proof", crate::join::join)
+            .body(&[JSON])
+            .created(),
         Route::new(M::POST, "/api/v1/capsules", "apply a capsule document (YAML or JSON)", capsule::apply)
             .body(SPEC_BODY)
             .created(),

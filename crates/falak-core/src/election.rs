@@ -111,7 +111,12 @@ impl Candidacy {
         now: Millis,
         config: &ElectionConfig,
     ) -> Vec<Command> {
-        let open: Vec<&crate::job::Task> = state.open_tasks().take(config.max_tasks_per_step).collect();
+        // A task waiting out a restart backoff is not up for election yet.
+        let open: Vec<&crate::job::Task> = state
+            .open_tasks()
+            .filter(|t| t.not_before.is_none_or(|at| at <= now))
+            .take(config.max_tasks_per_step)
+            .collect();
         let live: BTreeSet<(TaskId, u32)> = open.iter().map(|t| (t.id, t.attempt)).collect();
         self.seen.retain(|k, _| live.contains(k));
         self.proposed.retain(|k, at| live.contains(k) && now.saturating_sub(*at) < config.claim_retry_ms);

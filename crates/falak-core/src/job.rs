@@ -286,6 +286,31 @@ pub struct Task {
     /// The decision record of the latest won election.
     pub decision: Option<Decision>,
     pub updated_at: Millis,
+    /// No election before this time: a service replica that exited waits out its backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Millis>,
+    /// Consecutive exits of a service replica that ran shorter than [`RESTART_HEALTHY_RUN_MS`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quick_exits: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A service replica that exits is restarted after `RESTART_BACKOFF_BASE_MS × 2^(quick exits − 1)`,
+/// at most [`RESTART_BACKOFF_MAX_MS`].
+pub const RESTART_BACKOFF_BASE_MS: u64 = 250;
+pub const RESTART_BACKOFF_MAX_MS: u64 = 30_000;
+/// A replica that ran at least this long was healthy: its next restart is immediate.
+pub const RESTART_HEALTHY_RUN_MS: u64 = 10_000;
+
+/// The restart delay after `quick_exits` consecutive quick exits (0 after a healthy run).
+pub fn restart_backoff_ms(quick_exits: u32) -> u64 {
+    match quick_exits {
+        0 => 0,
+        n => RESTART_BACKOFF_BASE_MS.saturating_mul(1 << (n - 1).min(16)).min(RESTART_BACKOFF_MAX_MS),
+    }
 }
 
 /// A service as submitted.

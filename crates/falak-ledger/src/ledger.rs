@@ -55,6 +55,9 @@ pub struct Ledger {
     config: LedgerConfig,
     /// Lets [`Ledger::shutdown`] wait until raft's tasks have released the database file.
     database_closed: watch::Receiver<bool>,
+    /// Nodes to ask for the leader while this node knows none (a node that is not yet a member
+    /// of the ledger: a new node's first write finds the leader through them).
+    contacts: Arc<std::sync::RwLock<Vec<NodeId>>>,
 }
 
 /// Read access to the applied state, without copying it.
@@ -133,7 +136,7 @@ impl Ledger {
             .await
             .map_err(|e| OpenLedgerError::Raft(e.to_string()))?;
         tracing::info!(node = %id, dir = %dir.display(), "ledger opened");
-        Ok(Ledger { id, raft, replica, transport, config, database_closed })
+        Ok(Ledger { id, raft, replica, transport, config, database_closed, contacts: Arc::default() })
     }
 
     /// The handler to register on the transport for `Protocol::Ledger`.
@@ -296,6 +299,19 @@ impl Ledger {
         self.id
     }
 
+    /// Nodes to forward leader requests to while this node knows no leader; they answer with
+    /// the leader or take the request themselves.
+    pub fn set_contacts(&self, contacts: Vec<NodeId>) {
+        let contacts = contacts.into_iter().filter(|c| *c != self.id).collect();
+        *self.contacts.write().unwrap_or_else(std::sync::PoisonError::into_inner) = contacts;
+    }
+
+    /// The next contact to ask, round robin by attempt.
+    fn contact(&self, attempt: usize) -> Option<NodeId> {
+        let contacts = self.contacts.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (!contacts.is_empty()).then(|| contacts[attempt % contacts.len()])
+    }
+
     /// The underlying openraft handle, for the simulation harness and diagnostics.
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
@@ -330,7 +346,9 @@ impl Ledger {
         let frame = wire::encode(&LedgerRequest::Leader(op.clone()), &[])
             .map_err(|e| LeaderCallError::Encode(e.to_string()))?;
         let mut hint: Option<NodeId> = None;
+        let mut attempt = 0usize;
         loop {
+            attempt += 1;
             if self.raft.metrics().borrow().running_state.is_err() {
                 return Err(LeaderCallError::Shutdown);
             }
@@ -339,7 +357,7 @@ impl Ledger {
                 return Err(LeaderCallError::NoLeader(bound));
             }
             let followed_hint = hint.is_some();
-            let target = hint.take().or_else(|| self.leader());
+            let target = hint.take().or_else(|| self.leader()).or_else(|| self.contact(attempt));
             let reply = match target {
                 None => None,
                 Some(leader) if leader == self.id => {

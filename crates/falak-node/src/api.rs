@@ -212,6 +212,24 @@ impl MainLoop {
             Action::GetWorkload { workload, reply } => {
                 let _ = reply.send(WorkloadInfo::get(&self.ledger.state(), &workload));
             }
+            Action::Join { request, reply } => {
+                let Some(authority) = self.authority.clone() else {
+                    let _ = reply.send(Err(ApiError::invalid(
+                        "this node does not hold the mesh CA key, so it cannot admit nodes; join through a node `falak up` started",
+                    )));
+                    return;
+                };
+                let response = match authority.admit(&request, &self.ledger.state(), crate::clock::system_now()) {
+                    Ok(response) => response,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                tracing::info!(node = %request.record.id, name = %request.record.name, "admitting a joiner");
+                let command = Command::AdmitNode { record: request.record, now: now_millis() };
+                self.write_then(command, reply, move |_, _| Ok(response));
+            }
             Action::Subscribe { reply } => {
                 let (recent, live) = self.events.subscribe();
                 let _ = reply.send(Ok(EventSubscription { recent, live }));

@@ -68,27 +68,30 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     tracing::info!(node = %id, name = %config.name, "starting");
 
-    // Who may talk to us before the ledger says: ourselves and the bootstrap voters.
+    // Who may talk to us before the ledger says: ourselves and the nodes in bootstrap.json.
     let bootstrap_voters: Vec<_> = files.bootstrap.iter().flat_map(|b| b.voters.iter().cloned()).collect();
+    let contacts: Vec<_> = files.bootstrap.as_ref().map(|b| b.contacts()).unwrap_or_default();
     let admitted: Arc<RwLock<BTreeSet<NodeId>>> =
-        Arc::new(RwLock::new(bootstrap_voters.iter().map(|v| v.id).chain([id]).collect()));
+        Arc::new(RwLock::new(contacts.iter().map(|v| v.id).chain([id]).collect()));
 
     let quic =
         QuicTransport::bind(&files.key, &files.cert, &root, QuicConfig::new(config.transport_addr), admitted.clone())
             .map_err(|e| DaemonError::Transport { addr: config.transport_addr, reason: e.to_string() })?;
     let transport = NodeTransport::quic(quic);
-    for voter in &bootstrap_voters {
-        if let Ok(addr) = voter.transport_addr.parse() {
-            transport.set_peer_addr(voter.id, addr);
+    for contact in &contacts {
+        if let Ok(addr) = contact.transport_addr.parse() {
+            transport.set_peer_addr(contact.id, addr);
         }
     }
 
     let ledger_dir = config.data_dir.join("ledger");
     let mesh_name = files.bootstrap.as_ref().map_or_else(|| "falak".to_owned(), |b| b.mesh.clone());
+    let authority = crate::join::JoinAuthority::load(&config.data_dir, &mesh_name, files.secret)?.map(Arc::new);
     let ledger_config = LedgerConfig { cluster_name: mesh_name, ..LedgerConfig::default() };
     let ledger = Ledger::open(&ledger_dir, id, transport.dyn_transport(), ledger_config)
         .await
         .map_err(|e| DaemonError::Ledger { dir: ledger_dir.clone(), reason: e.to_string() })?;
+    ledger.set_contacts(contacts.iter().map(|c| c.id).collect());
     let dyn_transport = transport.dyn_transport();
     dyn_transport.serve(Protocol::Ledger, ledger.handler());
     let tasks_dir = config.data_dir.join("tasks");
@@ -103,7 +106,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             .map_err(|e| DaemonError::Ledger { dir: ledger_dir.clone(), reason: e.to_string() })?;
     }
 
-    let membership = start_membership(&config, id, files.secret, &bootstrap_voters)?;
+    let membership = start_membership(&config, id, files.secret, &contacts)?;
 
     let executor = Arc::new(ProcessExecutor::new(ProcessConfig::default()));
     let run_as = config.run_as.map(|(uid, gid)| RunAs { uid, gid });
@@ -147,6 +150,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         transport: transport.clone(),
         admitted,
         actions,
+        authority,
     });
     let main = tokio::spawn(main_loop.run(stop_tx.subscribe()));
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod host;
+pub mod join;
 pub mod main_loop;
 pub mod membership;
 pub mod mesh_files;

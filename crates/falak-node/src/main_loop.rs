@@ -86,6 +86,7 @@ pub struct MainLoop {
     pub(crate) observed: BTreeMap<NodeId, Observed>,
     /// Node ids the transport accepts: admitted in the ledger, or bootstrap voters.
     pub(crate) admitted: Arc<RwLock<BTreeSet<NodeId>>>,
+    pub(crate) authority: Option<Arc<crate::join::JoinAuthority>>,
     pub(crate) tx: EventSender,
     rx: mpsc::UnboundedReceiver<Event>,
     actions: mpsc::Receiver<falak_api::Action>,
@@ -112,6 +113,8 @@ pub struct MainLoopParts {
     pub transport: NodeTransport,
     pub admitted: Arc<RwLock<BTreeSet<NodeId>>>,
     pub actions: mpsc::Receiver<falak_api::Action>,
+    /// Present when this node holds the mesh CA key and so can admit joiners.
+    pub authority: Option<Arc<crate::join::JoinAuthority>>,
 }
 
 impl MainLoop {
@@ -134,6 +137,7 @@ impl MainLoop {
             metrics: Metrics::default(),
             observed: BTreeMap::new(),
             admitted: parts.admitted,
+            authority: parts.authority,
             tx,
             rx,
             actions: parts.actions,

@@ -34,11 +34,31 @@ pub struct BootstrapMember {
     pub gossip_addr: String,
 }
 
-/// Who forms a new mesh: the first voters, known to each of them.
+/// Who forms a new mesh and whom a node contacts first.
+///
+/// `voters` are the first ledger voters: the first of them initializes the ledger. `members`
+/// are the nodes provisioned together (or, for a joiner, the admitted nodes at join time):
+/// the transport admits them before the ledger does, and a node that is not yet a ledger member
+/// forwards its first write through them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bootstrap {
     pub mesh: String,
     pub voters: Vec<BootstrapMember>,
+    #[serde(default)]
+    pub members: Vec<BootstrapMember>,
+}
+
+impl Bootstrap {
+    /// Voters and members, each once.
+    pub fn contacts(&self) -> Vec<BootstrapMember> {
+        let mut all = self.voters.clone();
+        for m in &self.members {
+            if !all.iter().any(|v| v.id == m.id) {
+                all.push(m.clone());
+            }
+        }
+        all
+    }
 }
 
 /// Why the mesh files cannot be used.
@@ -120,7 +140,7 @@ pub fn provision_local_mesh(
     let ca = MeshCa::generate(mesh, now).map_err(|e| invalid(Path::new("mesh CA"), e))?;
     let (ca_cert, ca_key) = (ca.cert_pem(), ca.key_pem());
     let mut ids = Vec::new();
-    let mut voters = Vec::new();
+    let mut members = Vec::new();
     for node in nodes {
         let key = load_or_create_key(&node.dir)?;
         let cert = ca.issue(key.id(), &node.name, now).map_err(|e| invalid(&node.dir.join("node.crt"), e))?;
@@ -129,16 +149,15 @@ pub fn provision_local_mesh(
         write_private(&node.dir.join("ca.key"), ca_key.as_bytes())?;
         write_private(&node.dir.join("mesh.secret"), hex::encode(secret).as_bytes())?;
         ids.push(key.id());
-        if voters.len() < 3 {
-            voters.push(BootstrapMember {
-                id: key.id(),
-                name: node.name.clone(),
-                transport_addr: node.transport_addr.clone(),
-                gossip_addr: node.gossip_addr.clone(),
-            });
-        }
+        members.push(BootstrapMember {
+            id: key.id(),
+            name: node.name.clone(),
+            transport_addr: node.transport_addr.clone(),
+            gossip_addr: node.gossip_addr.clone(),
+        });
     }
-    let bootstrap = Bootstrap { mesh: mesh.to_owned(), voters };
+    let voters = members.iter().take(3).cloned().collect();
+    let bootstrap = Bootstrap { mesh: mesh.to_owned(), voters, members };
     let text = serde_json::to_string_pretty(&bootstrap).expect("bootstrap serializes");
     for node in nodes {
         write_public(&node.dir.join("bootstrap.json"), text.as_bytes())?;
@@ -206,6 +225,32 @@ pub const JOIN_TOKEN_PREFIX: &str = "falak-join-v1.";
 #[derive(Debug, thiserror::Error)]
 #[error("not a Falak join token ({0}); copy the whole `join_token` value from mesh.json")]
 pub struct JoinTokenError(String);
+
+impl JoinTokenError {
+    pub fn new(reason: impl Into<String>) -> Self {
+        JoinTokenError(reason.into())
+    }
+}
+
+/// Write what a join returned. `bootstrap.json` lists the admitted nodes to contact first (for
+/// transport admission and membership seeds); the joiner is never the first of them, so it
+/// never initializes a ledger of its own. The joiner gets no CA key (ADR 0003 gives it only to
+/// the nodes `falak up` provisions).
+pub fn write_joined(
+    dir: &Path,
+    cert_pem: &str,
+    ca_cert_pem: &str,
+    secret: &[u8; 32],
+    contacts: &Bootstrap,
+) -> Result<(), MeshFilesError> {
+    NodeCert::from_pem(cert_pem).map_err(|e| invalid(&dir.join("node.crt"), e))?;
+    write_public(&dir.join("ca.crt"), ca_cert_pem.as_bytes())?;
+    write_private(&dir.join("mesh.secret"), hex::encode(secret).as_bytes())?;
+    let text = serde_json::to_string_pretty(contacts).expect("bootstrap serializes");
+    write_public(&dir.join("bootstrap.json"), text.as_bytes())?;
+    // Last: node.crt marks the data dir as belonging to a mesh.
+    write_public(&dir.join("node.crt"), cert_pem.as_bytes())
+}
 
 impl JoinToken {
     pub fn encode(&self) -> String {

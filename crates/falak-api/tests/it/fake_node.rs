@@ -247,6 +247,9 @@ impl FakeNode {
             Action::GetWorkload { workload, reply } => {
                 let _ = reply.send(WorkloadInfo::get(&self.state, &workload));
             }
+            Action::Join { reply, .. } => {
+                let _ = reply.send(Err(ApiError::invalid("the fake node admits no one")));
+            }
             Action::Subscribe { reply } => {
                 let _ = reply.send(Ok(EventSubscription { recent: self.recent.clone(), live: self.bus.subscribe() }));
             }

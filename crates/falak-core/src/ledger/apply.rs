@@ -5,7 +5,8 @@ use super::{Applied, Command, FORMAT, LedgerEvent, Outcome, RejectCode, Rejectio
 use crate::capsule::{CapsuleVersion, Kind};
 use crate::job::{
     Claim, Job, JobId, JobRequest, JobState, LEDGER_TAIL_BYTES, MAX_INPUT_BYTES, MAX_REPLICAS, MAX_TASKS_PER_JOB,
-    ServiceRequest, Task, TaskId, TaskInputs, TaskReport, TaskResult, TaskState, WorkKind, tail,
+    RESTART_HEALTHY_RUN_MS, ServiceRequest, Task, TaskId, TaskInputs, TaskReport, TaskResult, TaskState, WorkKind,
+    restart_backoff_ms, tail,
 };
 use crate::node::{NodeEntry, NodeRecord};
 use crate::placement::Decision;
@@ -263,6 +264,8 @@ impl State {
             last_error: None,
             decision: None,
             updated_at: now,
+            not_before: None,
+            quick_exits: 0,
         };
         self.data.tasks.insert(id, task);
         self.open.insert(id);
@@ -509,6 +512,7 @@ impl State {
             if succeeded { n.completed += 1 } else { n.failed += 1 }
         }
         let job = &self.data.jobs[&id.job];
+        let is_service = job.kind == WorkKind::Service;
         let state = if succeeded && job.kind == WorkKind::Batch {
             TaskState::Completed
         } else if job.kind == WorkKind::Service || claim.attempt < job.max_attempts {
@@ -521,6 +525,16 @@ impl State {
                 result.report.error.clone().unwrap_or_else(|| format!("exited with {:?}", result.report.exit_code));
             self.release(id, &claim.node);
             let task = self.data.tasks.get_mut(&id).expect("task checked above");
+            if is_service {
+                // A replica that keeps exiting quickly is restarted ever more slowly.
+                task.quick_exits = if result.report.duration_ms < RESTART_HEALTHY_RUN_MS {
+                    task.quick_exits.saturating_add(1)
+                } else {
+                    0
+                };
+                let backoff = restart_backoff_ms(task.quick_exits);
+                task.not_before = (backoff > 0).then_some(now + backoff);
+            }
             task.result = Some(result);
             task.last_error = Some(error);
             self.retry(id, now, ev);

@@ -221,6 +221,43 @@ fn services_scale_up_and_down() {
 }
 
 #[test]
+fn a_replica_that_keeps_exiting_quickly_restarts_ever_more_slowly() {
+    use falak_core::election::{Candidacy, ElectionConfig};
+    use falak_core::job::{RESTART_HEALTHY_RUN_MS, ServiceRequest};
+    let mut s = mesh();
+    let request = ServiceRequest { name: "web".into(), capsule: "c".into(), version: None, replicas: 1 };
+    let out = s.apply(&Command::ApplyService { request, origin: node_id(1), now: 3 }).outcome;
+    let Outcome::ServiceApplied { job, .. } = out else { panic!("{out:?}") };
+    let id = TaskId { job, index: 0 };
+    let mut now = 10;
+    let mut waits = Vec::new();
+    for (attempt, ran_ms) in [(1, 5), (2, 5), (3, 5), (4, RESTART_HEALTHY_RUN_MS), (5, 5)] {
+        let f = fencing_of(&s.apply(&claim(id, attempt, node_id(1), now)).outcome);
+        let report = TaskReport { duration_ms: ran_ms, ..failed_report() };
+        s.apply(&Command::Finish { task: id, fencing: f, report, now });
+        let task = s.task(id).unwrap();
+        assert_eq!(task.state, TaskState::Retrying);
+        let wait = task.not_before.map_or(0, |at| at - now);
+        waits.push(wait);
+        now += wait;
+    }
+    // 250 ms, doubling per quick exit; a healthy run resets it.
+    assert_eq!(waits, [250, 500, 1000, 0, 250]);
+    // Candidacy leaves a task alone until its backoff is over.
+    let task = s.task(id).unwrap().clone();
+    let at = task.not_before.unwrap();
+    let mut candidacy = Candidacy::default();
+    let config = ElectionConfig::default();
+    let observed = std::collections::BTreeMap::new();
+    assert!(candidacy.step(&s, &observed, node_id(1), at - 1, &config).is_empty());
+    let mut claims = Vec::new();
+    for later in at..at + 5 * config.stagger_ms {
+        claims.extend(candidacy.step(&s, &observed, node_id(1), later, &config));
+    }
+    assert!(!claims.is_empty(), "elected once the backoff is over");
+}
+
+#[test]
 fn batches_apply_in_order_and_snapshots_round_trip() {
     let mut s = mesh();
     s.apply(&job("c", 2));

@@ -135,3 +135,76 @@ async fn three_daemons_run_a_job_through_any_node() {
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     mesh.stop().await;
 }
+
+fn token(dir: &Path, api: &Client) -> String {
+    let secret = std::fs::read_to_string(dir.join("node-1/mesh.secret")).unwrap();
+    falak_node::mesh_files::JoinToken {
+        mesh: "test".into(),
+        api_url: api.base_url().trim_end_matches('/').to_owned(),
+        gossip_seed: String::new(),
+        secret: secret.trim().to_owned(),
+    }
+    .encode()
+}
+
+fn joiner_config(dir: &Path, name: &str) -> falak_node::config::NodeConfig {
+    NodeConfigDocument {
+        name: Some(name.into()),
+        data_dir: Some(dir.join(name)),
+        api_addr: Some(free_tcp()),
+        transport_addr: Some(free_udp()),
+        gossip_addr: Some(free_udp()),
+        labels: [("role".to_owned(), "joiner".to_owned())].into(),
+        lease: Some("2s".into()),
+        ..NodeConfigDocument::default()
+    }
+    .resolve(falak_core::resources::Resources::new(4000, 8 << 30))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_with_a_token_and_runs_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 3).await;
+    let good = token(dir.path(), &mesh.clients[0]);
+
+    // A token of another mesh is refused, and nothing is written.
+    let mut wrong = falak_node::mesh_files::JoinToken::decode(&good).unwrap();
+    wrong.secret = "11".repeat(32);
+    let stranger = joiner_config(dir.path(), "stranger");
+    let error = falak_node::join::join(&stranger, &wrong.encode()).await.unwrap_err().to_string();
+    assert!(error.contains("does not match this mesh's secret"), "{error}");
+    assert!(!stranger.data_dir.join("node.crt").exists());
+
+    let config = joiner_config(dir.path(), "node-4");
+    falak_node::join::join(&config, &good).await.unwrap();
+    let client = Client::new(&format!("http://{}", config.api_addr)).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let node = tokio::spawn(falak_node::daemon::run(config, async move {
+        let _ = stopped.await;
+    }));
+    wait_ready(&client).await;
+    assert_eq!(mesh.clients[1].nodes().await.unwrap().len(), 4);
+
+    // Work that only the joiner fits runs there.
+    let pinned = CAPSULE.replace("name: hello", "name: pinned").replace("labels: {}", "labels: { role: joiner }");
+    client.apply_capsule_text(&pinned).await.unwrap();
+    let job = mesh.clients[2]
+        .submit_job(&JobSubmission { capsule: "pinned".into(), tasks: Some(4), ..JobSubmission::default() })
+        .await
+        .unwrap();
+    let mut info = job.clone();
+    for _ in 0..300 {
+        info = mesh.clients[0].job(job.id).await.unwrap();
+        if info.state != JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(info.state, JobState::Completed, "{info:?}");
+    let tasks = mesh.clients[0].job_tasks(job.id).await.unwrap();
+    assert!(tasks.iter().all(|t| t.node.as_ref().is_some_and(|n| n.name == "node-4")), "{tasks:?}");
+    let _ = stop.send(());
+    node.await.unwrap().unwrap();
+    mesh.stop().await;
+}

@@ -1,5 +1,8 @@
 //! falak-node integration tests: the seeded simulation (in-process, virtual time) and the
 //! daemon on loopback.
 
+#![allow(clippy::disallowed_methods, reason = "tests measure and bound real time")]
+
 mod daemon;
+mod inputs;
 mod sim;

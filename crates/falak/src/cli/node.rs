@@ -13,6 +13,10 @@ pub struct NodeArgs {
     /// Node config file (YAML); flags override it.
     #[arg(short = 'c', long = "config")]
     pub config: Option<PathBuf>,
+    /// Join an existing mesh with this join token (`join_token` in `mesh.json`); ignored when
+    /// the data dir already belongs to a mesh.
+    #[arg(long, env = "FALAK_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
     /// Node name.
     #[arg(long)]
     pub name: Option<String>,
@@ -70,6 +74,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     init_tracing();
     let doc = document(&args)?;
     let config = doc.resolve(falak_node::host::detect_capacity())?;
+    if let Some(token) = &args.join {
+        falak_node::join::join(&config, token).await.context("joining the mesh")?;
+    }
     let data_dir = config.data_dir.clone();
     falak_node::daemon::run(config, shutdown_signal())
         .await

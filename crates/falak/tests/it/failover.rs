@@ -197,3 +197,43 @@ async fn a_whole_mesh_restart_keeps_capsules_jobs_and_results() {
     let again = submit(&mesh.nodes[0].client, "hello", 5).await;
     assert_eq!(wait_job(&mesh.nodes[1].client, again.id, Duration::from_secs(30)).await.state, JobState::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_offline_past_the_grace_period_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four nodes: the first three vote, the fourth is a learner.
+    let mut mesh = Mesh::start(binary(), dir.path(), 4);
+    mesh.wait_ready(Duration::from_secs(30)).await;
+    let voters = |nodes: &[falak_api::node::NodeInfo]| -> Vec<String> {
+        let mut v: Vec<String> = nodes.iter().filter(|n| n.voter).map(|n| n.name.clone()).collect();
+        v.sort();
+        v
+    };
+    let c = mesh.nodes[3].client.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while voters(&c.nodes().await.unwrap()) != ["node-1", "node-2", "node-3"] {
+        assert!(Instant::now() < deadline, "voters never settled: {:?}", c.nodes().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // kill -9 a voter that is not the leader, so the replacement is the leader's doing.
+    let leader = mesh.leader().await;
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    mesh.kill9(victim);
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..4).filter(|i| *i != victim).map(|i| mesh.nodes[i].name.clone()).collect();
+        v.sort();
+        v
+    };
+    // OFFLINE after about a second, replaced after the 10 s grace.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = c.nodes().await.unwrap();
+        if voters(&nodes) == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "voter {} not replaced: {nodes:?}", mesh.nodes[victim].name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The new voter set commits writes.
+    mesh.nodes[3].client.apply_capsule_text(HELLO).await.unwrap();
+}

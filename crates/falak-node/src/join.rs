@@ -1,0 +1,139 @@
+//! Joining a mesh with a join token.
+//!
+//! The joiner ([`join`]) creates its key, proves to the node named in the token that it holds
+//! the mesh secret, and receives a certificate from the mesh CA plus the admitted nodes; it
+//! writes them to its data dir and starts like any node. The answering node
+//! ([`JoinAuthority::admit`]) checks the proof, issues the certificate and commits the joiner's
+//! record (`AdmitNode`), which opens the transport to it on every node; the ledger leader then
+//! adds it as a learner.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use falak_api::ApiError;
+use falak_api::join::{JoinPeer, JoinRequest, JoinResponse, join_proof};
+use falak_core::ledger::State;
+use falak_core::node::NodeRecord;
+use falak_transport::MeshCa;
+
+use crate::config::NodeConfig;
+use crate::mesh_files::{self, Bootstrap, BootstrapMember, JoinToken, MeshFilesError};
+
+/// What a node needs to admit joiners: the mesh secret and the CA.
+pub struct JoinAuthority {
+    pub mesh: String,
+    pub secret: [u8; 32],
+    pub ca: MeshCa,
+}
+
+impl JoinAuthority {
+    /// The authority of a node whose data dir holds `ca.key`; `None` when it does not.
+    pub fn load(dir: &Path, mesh: &str, secret: [u8; 32]) -> Result<Option<JoinAuthority>, MeshFilesError> {
+        let key_path = dir.join("ca.key");
+        if !key_path.exists() {
+            return Ok(None);
+        }
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| MeshFilesError::Io {
+                action: "read",
+                path: path.into(),
+                source,
+            })
+        };
+        let ca = MeshCa::from_pem(&read(&dir.join("ca.crt"))?, &read(&key_path)?)
+            .map_err(|e| MeshFilesError::Invalid { path: key_path.clone(), reason: e.to_string() })?;
+        Ok(Some(JoinAuthority { mesh: mesh.to_owned(), secret, ca }))
+    }
+
+    /// Check a join request and issue the joiner's certificate. The caller commits the record.
+    pub fn admit(&self, request: &JoinRequest, state: &State, now: SystemTime) -> Result<JoinResponse, ApiError> {
+        let expected = join_proof(&self.secret, &request.record.id);
+        if !constant_time_eq(expected.as_bytes(), request.proof.as_bytes()) {
+            return Err(ApiError::new(
+                falak_api::ErrorCode::Forbidden,
+                "the join proof does not match this mesh's secret: the join token is for another mesh or was mistyped",
+            ));
+        }
+        if let Some(existing) =
+            state.nodes().find(|n| n.record.name == request.record.name && n.record.id != request.record.id)
+        {
+            return Err(ApiError::conflict(format!(
+                "node name {} is taken by node {}; choose another name",
+                request.record.name,
+                existing.record.id.short()
+            )));
+        }
+        let cert = self
+            .ca
+            .issue(request.record.id, &request.record.name, now)
+            .map_err(|e| ApiError::invalid(format!("cannot issue a certificate: {e}")))?;
+        let peers = state
+            .nodes()
+            .map(|n| JoinPeer {
+                id: n.record.id,
+                name: n.record.name.clone(),
+                transport_addr: n.record.transport_addr.clone(),
+                gossip_addr: n.record.gossip_addr.clone(),
+            })
+            .collect();
+        Ok(JoinResponse { mesh: self.mesh.clone(), cert_pem: cert.to_pem(), ca_cert_pem: self.ca.cert_pem(), peers })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Token(#[from] mesh_files::JoinTokenError),
+    #[error(transparent)]
+    Files(#[from] MeshFilesError),
+    #[error("the node at {url} refused the join: {reason}")]
+    Refused { url: String, reason: String },
+}
+
+/// Join the mesh named by `token` unless the data dir already belongs to a mesh: get a
+/// certificate and the admitted nodes from the token's node and write the mesh files.
+pub async fn join(config: &NodeConfig, token: &str) -> Result<(), JoinError> {
+    let dir = &config.data_dir;
+    if dir.join("node.crt").exists() {
+        tracing::info!(dir = %dir.display(), "data dir already belongs to a mesh; --join ignored");
+        return Ok(());
+    }
+    let token = JoinToken::decode(token)?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(&token.secret, &mut secret).map_err(|e| mesh_files::JoinTokenError::new(e.to_string()))?;
+    let key = mesh_files::load_or_create_key(dir)?;
+    let record = NodeRecord {
+        id: key.id(),
+        name: config.name.clone(),
+        labels: config.labels.clone(),
+        capacity: config.capacity,
+        cost_per_hour: config.cost_per_hour,
+        transport_addr: config.transport_addr.to_string(),
+        gossip_addr: config.gossip_addr.to_string(),
+        api_url: format!("http://{}", config.api_addr),
+    };
+    let request = JoinRequest { proof: join_proof(&secret, &record.id), record };
+    let refused = |reason: String| JoinError::Refused { url: token.api_url.clone(), reason };
+    let client = falak_api::Client::new(&token.api_url).map_err(|e| refused(e.to_string()))?;
+    let response = client.join(&request).await.map_err(|e| refused(e.to_string()))?;
+    let peers: Vec<BootstrapMember> = response
+        .peers
+        .iter()
+        .map(|p| BootstrapMember {
+            id: p.id,
+            name: p.name.clone(),
+            transport_addr: p.transport_addr.clone(),
+            gossip_addr: p.gossip_addr.clone(),
+        })
+        .collect();
+    // No bootstrap voters: a joiner never initializes a ledger of its own.
+    let contacts = Bootstrap { mesh: response.mesh.clone(), voters: Vec::new(), members: peers };
+    mesh_files::write_joined(dir, &response.cert_pem, &response.ca_cert_pem, &secret, &contacts)?;
+    tracing::info!(mesh = %response.mesh, node = %key.id(), "joined; certificate issued");
+    Ok(())
+}
