@@ -208,3 +208,50 @@ async fn a_node_joins_with_a_token_and_runs_work() {
     node.await.unwrap().unwrap();
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_the_mesh_ca_is_not_enough_without_admission() {
+    use falak_transport::{
+        AdmitAll, MeshCa, MeshRoot, NodeCert, NodeKey, Protocol, QuicConfig, QuicTransport, Transport,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 2).await;
+    let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+    let ca = MeshCa::from_pem(&read("node-1/ca.crt"), &read("node-1/ca.key")).unwrap();
+    let root = MeshRoot::from_pem(&read("node-1/ca.crt")).unwrap();
+    let node1 = NodeKey::from_pem(&read("node-1/node.key")).unwrap().id();
+    let node1_addr: SocketAddr = {
+        let doc: serde_json::Value = serde_json::from_str(&read("node-1/bootstrap.json")).unwrap();
+        let me = doc["members"].as_array().unwrap().iter().find(|m| m["name"] == "node-1").unwrap().clone();
+        me["transport_addr"].as_str().unwrap().parse().unwrap()
+    };
+    let ask = |key: NodeKey, cert: NodeCert| {
+        let root = root.clone();
+        async move {
+            let transport =
+                QuicTransport::bind(&key, &cert, &root, QuicConfig::new(free_udp()), std::sync::Arc::new(AdmitAll))
+                    .unwrap();
+            transport.set_peer_addr(node1, node1_addr);
+            let answer = transport.request(node1, Protocol::Rpc, bytes::Bytes::from_static(b"{}")).await;
+            transport.shutdown().await;
+            answer
+        }
+    };
+    // A stranger with a genuine certificate from the mesh CA, never admitted: refused.
+    let stranger = NodeKey::generate().unwrap();
+    let cert = ca.issue(stranger.id(), "stranger", falak_node::clock::system_now()).unwrap();
+    let refused = ask(stranger, cert).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            falak_transport::TransportError::Refused { .. } | falak_transport::TransportError::Unreachable { .. }
+        ),
+        "{refused:?}"
+    );
+    // An admitted node's identity is served (the handler answers, here refusing the bad body).
+    let key2 = NodeKey::from_pem(&read("node-2/node.key")).unwrap();
+    let cert2 = NodeCert::from_pem(&read("node-2/node.crt")).unwrap();
+    let served = ask(key2, cert2).await.unwrap_err();
+    assert!(matches!(served, falak_transport::TransportError::Handler(_)), "{served:?}");
+    mesh.stop().await;
+}

@@ -170,3 +170,92 @@ async fn bad_input_gets_a_clear_error_and_leaves_the_node_working() {
     assert_eq!(done.state, JobState::Completed);
     mesh.stop().await;
 }
+
+const SLEEPER: &str = r#"name: sleeper
+kind: process
+command: ["/bin/sh", "-c", "echo $$ > pid; exec sleep 30"]
+resources: { cpu: 100m, memory: 16Mi }
+placement: { max_attempts: 1 }
+"#;
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn task_pids(dir: &std::path::Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in walk(dir) {
+        if entry.file_name().is_some_and(|n| n == "pid")
+            && let Ok(text) = std::fs::read_to_string(&entry)
+            && let Ok(pid) = text.trim().parse()
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_fail_tasks_and_cancel_kills_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let c = &mesh.clients[0];
+    c.apply_capsule_text(SLEEPER).await.unwrap();
+
+    // A per-task timeout ends the attempt; with one attempt the task FAILS and says why.
+    let timed = JobSubmission {
+        capsule: "sleeper".into(),
+        tasks: Some(1),
+        timeout: Some("1s".into()),
+        ..JobSubmission::default()
+    };
+    let job = c.submit_job(&timed).await.unwrap();
+    let done = eventually("the timed-out job ends", async || {
+        let j = c.job(job.id).await.ok()?;
+        (j.state != JobState::Running).then_some(j)
+    })
+    .await;
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let task = &c.job_tasks(job.id).await.unwrap()[0];
+    assert!(format!("{task:?}").contains("timed out"), "{task:?}");
+
+    // Cancel ends every task as CANCELLED and kills their processes.
+    let job = c
+        .submit_job(&JobSubmission { capsule: "sleeper".into(), tasks: Some(3), ..JobSubmission::default() })
+        .await
+        .unwrap();
+    let tasks_dir = dir.path().join("node-1/tasks");
+    eventually("three tasks running", async || {
+        let t = c.job_tasks(job.id).await.ok()?;
+        let pids = task_pids(&tasks_dir).into_iter().filter(|p| alive(*p)).count();
+        (t.iter().all(|t| t.state == TaskState::Running) && pids == 3).then_some(())
+    })
+    .await;
+    let cancelled = c.cancel_job(job.id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(c.job_tasks(job.id).await.unwrap().iter().all(|t| t.state == TaskState::Cancelled));
+    eventually("every task process is gone", async || {
+        task_pids(&tasks_dir).into_iter().all(|p| !alive(p)).then_some(())
+    })
+    .await;
+    // Cancelling twice or an unknown job is a clear error.
+    let error = c.cancel_job(falak_core::job::JobId(999)).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::NotFound));
+    mesh.stop().await;
+}
