@@ -92,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Node(args) => node::run(args).await,
         command => {
+            restore_sigpipe();
             let ctx = Context::new(&cli.global)?;
             match command {
                 Command::Nodes => nodes::run(&ctx).await,
@@ -103,6 +104,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Up(_) | Command::Node(_) => unreachable!("handled above"),
             }
         }
+    }
+}
+
+/// Let a client command die quietly when its output pipe closes (`falak job list | head`), as
+/// command-line tools do, instead of panicking on the write. Daemons (`node`, `up`) keep Rust's
+/// default of ignoring SIGPIPE: a peer closing a socket must never kill a node.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal disposition to its default before any thread writes to stdout.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
