@@ -110,7 +110,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     let executor = Arc::new(ProcessExecutor::new(ProcessConfig::default()));
     let run_as = config.run_as.map(|(uid, gid)| RunAs { uid, gid });
-    let runner = Runner::new(executor, tasks_dir, run_as);
+    // Attempts a previous run of this node left running (it was killed) were re-elected
+    // elsewhere long ago: stop them before taking new work.
+    let groups_dir = config.data_dir.join("groups");
+    let leftover_dir = groups_dir.clone();
+    let killed = tokio::task::spawn_blocking(move || crate::orphans::kill_leftovers(&leftover_dir)).await.unwrap_or(0);
+    if killed > 0 {
+        tracing::warn!(processes = killed, "killed task processes left by the previous run of this node");
+    }
+    let runner = Runner::new(executor, tasks_dir, groups_dir, run_as);
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await

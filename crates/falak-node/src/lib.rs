@@ -13,6 +13,7 @@ pub mod main_loop;
 pub mod membership;
 pub mod mesh_files;
 pub mod metrics;
+pub mod orphans;
 pub mod proposer;
 pub mod reconcile;
 pub mod runner;

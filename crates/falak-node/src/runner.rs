@@ -25,13 +25,15 @@ struct Slot {
 pub struct Runner {
     executor: Arc<dyn Executor>,
     tasks_dir: PathBuf,
+    /// Process groups of running attempts (see [`crate::orphans`]).
+    groups_dir: PathBuf,
     run_as: Option<RunAs>,
     slots: BTreeMap<TaskId, Arc<Slot>>,
 }
 
 impl Runner {
-    pub fn new(executor: Arc<dyn Executor>, tasks_dir: PathBuf, run_as: Option<RunAs>) -> Runner {
-        Runner { executor, tasks_dir, run_as, slots: BTreeMap::new() }
+    pub fn new(executor: Arc<dyn Executor>, tasks_dir: PathBuf, groups_dir: PathBuf, run_as: Option<RunAs>) -> Runner {
+        Runner { executor, tasks_dir, groups_dir, run_as, slots: BTreeMap::new() }
     }
 
     pub fn executor(&self) -> &Arc<dyn Executor> {
@@ -70,9 +72,14 @@ impl Runner {
         self.slots.insert(launch.task, slot.clone());
         let executor = self.executor.clone();
         let (task, fencing) = (launch.task, launch.fencing);
+        let groups_dir = self.groups_dir.clone();
+        let group_name = format!("{task}.a{}", launch.attempt);
         tokio::spawn(async move {
             match executor.start(spec).await {
                 Ok(handle) => {
+                    if let Some(pid) = handle.pid() {
+                        crate::orphans::record(&groups_dir, &group_name, pid);
+                    }
                     *slot.handle.lock().expect("slot lock") = Some(handle.clone());
                     let _ = tx.send(Event::Task(TaskEvent::Started { task, fencing }));
                     let exit = if slot.stop_requested.load(Ordering::SeqCst) {
@@ -80,6 +87,7 @@ impl Runner {
                     } else {
                         handle.wait().await
                     };
+                    crate::orphans::forget(&groups_dir, &group_name);
                     let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report: exit.to_report() }));
                 }
                 Err(e) => {

@@ -237,3 +237,52 @@ async fn a_voter_offline_past_the_grace_period_is_replaced() {
     // The new voter set commits writes.
     mesh.nodes[3].client.apply_capsule_text(HELLO).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_kills_the_task_processes_its_killed_run_left_behind() {
+    use falak_api::service::ServiceSubmission;
+    let dir = tempfile::tempdir().unwrap();
+    let mut mesh = Mesh::start(binary(), dir.path(), 3);
+    mesh.wait_ready(Duration::from_secs(30)).await;
+    let c = mesh.nodes[0].client.clone();
+    let server = "name: server\nkind: process\ncommand: [\"/bin/sh\", \"-c\", \"echo $$; exec sleep 60\"]\nresources: { cpu: 100m, memory: 16Mi }\n";
+    c.apply_capsule_text(server).await.unwrap();
+    let submission = ServiceSubmission { name: "web".into(), capsule: "server".into(), version: None, replicas: 3 };
+    c.apply_service(&submission).await.unwrap();
+    // A replica on a node other than node-1, and its process id from its stdout.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (victim, pid) = loop {
+        let service = c.service("web").await.unwrap();
+        let found = service.tasks.iter().find_map(|t| {
+            let node = t.node.as_ref().filter(|n| n.name != "node-1" && t.state == TaskState::Running)?;
+            let i = mesh.nodes.iter().position(|m| m.name == node.name)?;
+            let log = mesh.nodes[i].dir.join(format!("tasks/{}.a{}/stdout.log", t.id, t.attempt));
+            let pid: i32 = std::fs::read_to_string(log).ok()?.trim().parse().ok()?;
+            Some((i, pid))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no replica running off node-1: {service:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
+    mesh.kill9(victim);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(pid), "a task outlives its node's kill -9 (its own process group)");
+    mesh.spawn(victim);
+    mesh.wait_ready(Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the restarted node left process {pid} running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(mesh.nodes[victim].log().contains("killed task processes left by the previous run"));
+    // The service is whole again: three replicas running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.service("web").await.unwrap().running != 3 {
+        assert!(Instant::now() < deadline, "{:?}", c.service("web").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
