@@ -1,7 +1,7 @@
 //! `POST /api/v1/join`: a new node asks an existing one for its certificate and admission.
 //!
 //! The joiner holds a join token (mesh secret, a node's API URL and membership address). It
-//! proves it holds the secret by a keyed hash of its node id ([`join_proof`]); the secret itself
+//! proves it holds the secret by a keyed hash of its record ([`join_proof`]); the secret itself
 //! never crosses the wire. The answering node checks the proof, issues the joiner a certificate
 //! from the mesh CA for its node id, admits the joiner's record in the ledger, and answers with
 //! the certificate, the CA and the nodes to contact.
@@ -23,7 +23,7 @@ use crate::routes::{Body, Ctx};
 pub struct JoinRequest {
     /// The joiner's record: its node id (public key), name, addresses, labels and capacity.
     pub record: NodeRecord,
-    /// `join_proof(secret, record.id)`, hex.
+    /// `join_proof(secret, &record)`, hex.
     pub proof: String,
 }
 
@@ -49,10 +49,12 @@ pub struct JoinResponse {
 }
 
 /// The proof that a joiner holds the mesh secret: BLAKE3 keyed by a key derived from the
-/// secret, over the node id. Hex.
-pub fn join_proof(secret: &[u8; 32], node: &NodeId) -> String {
+/// secret, over the whole record (its JSON), so a captured proof admits nothing but that exact
+/// record. Hex.
+pub fn join_proof(secret: &[u8; 32], record: &NodeRecord) -> String {
     let key = blake3::derive_key("falak join v1", secret);
-    blake3::keyed_hash(&key, &node.0).to_hex().to_string()
+    let bytes = serde_json::to_vec(record).expect("a node record serializes");
+    blake3::keyed_hash(&key, &bytes).to_hex().to_string()
 }
 
 pub(crate) async fn join(State(ctx): State<Ctx>, body: Body) -> Result<(StatusCode, Json<JoinResponse>), ApiError> {

@@ -108,9 +108,10 @@ impl LogStream {
     }
 }
 
-/// Bytes of log returned when `max_bytes` is not given, and the most ever returned.
+/// Bytes of log returned when `max_bytes` is not given.
 pub const DEFAULT_LOG_BYTES: usize = 1 << 20;
-pub const MAX_LOG_BYTES: usize = 16 << 20;
+/// The largest `max_bytes` a request may ask for (it must fit one node-to-node message).
+pub const MAX_LOG_BYTES: usize = 8 << 20;
 
 /// A task's decision record, or what placement computes now for a task not yet elected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

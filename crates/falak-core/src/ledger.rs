@@ -88,6 +88,8 @@ pub enum Command {
     /// The claim holder reports how an attempt ended.
     Finish {
         task: TaskId,
+        /// The reporting node; it must hold the claim that `fencing` names.
+        node: NodeId,
         fencing: u64,
         report: TaskReport,
         now: Millis,

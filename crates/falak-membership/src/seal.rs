@@ -14,7 +14,9 @@
 //!
 //! There is no replay protection: a replayed packet carries the incarnations, generations and
 //! gossip versions of its time, which receivers already know or have superseded, so it
-//! changes nothing (see `docs/design/membership.md`).
+//! changes nothing, with one exception: a member foca has already forgotten (OFFLINE for longer
+//! than `forget_offline_after`) looks alive again until suspicion runs out (see
+//! `docs/design/membership.md`).
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};

@@ -35,8 +35,8 @@ use crate::main_loop::MainLoop;
 use crate::metrics::gauge_family;
 use crate::runner::Runner;
 
-/// The largest log tail one request returns.
-pub const MAX_LOG_BYTES: usize = 4 << 20;
+/// The largest log tail one request returns (the API refuses larger `max_bytes`).
+pub const MAX_LOG_BYTES: usize = falak_api::task::MAX_LOG_BYTES;
 
 /// A request of the node RPC protocol ([`Protocol::Rpc`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,11 +75,27 @@ async fn read_local_log(
         LogStream::Stderr => Stream::Stderr,
     };
     let max = max_bytes.min(MAX_LOG_BYTES);
-    let chunk = tokio::task::spawn_blocking(move || falak_exec::read_log(&workdir, stream, None, max))
+    let data = tokio::task::spawn_blocking(move || log_tail(&workdir, stream, max))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&chunk.data).into_owned())
+    Ok(String::from_utf8_lossy(&data).into_owned())
+}
+
+/// The last `max` bytes of a log, read in the executor's chunks.
+fn log_tail(workdir: &std::path::Path, stream: Stream, max: usize) -> Result<Vec<u8>, falak_exec::ReadLogError> {
+    let size = falak_exec::read_log(workdir, stream, Some(0), 0)?.size;
+    let mut offset = size.saturating_sub(max as u64);
+    let mut data = Vec::new();
+    while data.len() < max {
+        let chunk = falak_exec::read_log(workdir, stream, Some(offset), max - data.len())?;
+        if chunk.data.is_empty() {
+            break;
+        }
+        offset = chunk.next_offset;
+        data.extend_from_slice(&chunk.data);
+    }
+    Ok(data)
 }
 
 /// A failed write as the API reports it.

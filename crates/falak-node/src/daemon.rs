@@ -1,7 +1,7 @@
 //! Starting and stopping a node: the order in which its parts come up and go down.
 //!
 //! Up: mesh files (key, certificate, secret) → QUIC transport (admitting the ledger's nodes
-//! and the bootstrap voters) → ledger (initialized by the first bootstrap voter on a new mesh)
+//! and every node in `bootstrap.json`) → kill task processes a killed previous run left → ledger (initialized by the first bootstrap voter on a new mesh)
 //! → membership over UDP → executor and runner → HTTP API → main loop.
 //! Down (SIGTERM or Ctrl-C): the API stops taking requests, the main loop stops every running
 //! task (SIGTERM to its process group, SIGKILL after a grace), membership says goodbye, the
@@ -167,6 +167,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let _ = stop_tx.send(());
     let _ = main.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    // Say goodbye so peers mark this node OFFLINE at once rather than after suspicion.
+    membership.leave().await;
     if let Ok(handle) = Arc::try_unwrap(membership) {
         handle.shutdown().await;
     }
@@ -193,7 +195,11 @@ fn start_membership(
     // The generation grows with every start, so peers tell this run from the previous one.
     let identity = MemberIdentity::new(id, config.gossip_addr, now_millis());
     let rng = rand_chacha::ChaCha8Rng::from_entropy();
-    let core = Membership::new(identity, &falak_membership::MeshSecret(secret), MembershipConfig::lan(), rng)
+    let timing = match config.failure_detection {
+        crate::config::FailureDetection::Fast => MembershipConfig::lan(),
+        crate::config::FailureDetection::PauseTolerant => MembershipConfig::pause_tolerant(),
+    };
+    let core = Membership::new(identity, &falak_membership::MeshSecret(secret), timing, rng)
         .map_err(|e| DaemonError::Membership(e.to_string()))?;
     let handle = Arc::new(falak_membership::spawn(socket, core));
     let seeds: Vec<SocketAddr> = config

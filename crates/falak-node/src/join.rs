@@ -47,7 +47,7 @@ impl JoinAuthority {
 
     /// Check a join request and issue the joiner's certificate. The caller commits the record.
     pub fn admit(&self, request: &JoinRequest, state: &State, now: SystemTime) -> Result<JoinResponse, ApiError> {
-        let expected = join_proof(&self.secret, &request.record.id);
+        let expected = join_proof(&self.secret, &request.record);
         if !constant_time_eq(expected.as_bytes(), request.proof.as_bytes()) {
             return Err(ApiError::new(
                 falak_api::ErrorCode::Forbidden,
@@ -91,6 +91,8 @@ pub enum JoinError {
     Token(#[from] mesh_files::JoinTokenError),
     #[error(transparent)]
     Files(#[from] MeshFilesError),
+    #[error("{flag} {addr}: a joining node announces its addresses, so give each a concrete IP and port")]
+    Address { flag: &'static str, addr: std::net::SocketAddr },
     #[error("the node at {url} refused the join: {reason}")]
     Refused { url: String, reason: String },
 }
@@ -104,6 +106,15 @@ pub async fn join(config: &NodeConfig, token: &str) -> Result<(), JoinError> {
         return Ok(());
     }
     let token = JoinToken::decode(token)?;
+    for (flag, addr) in [
+        ("--api-addr", config.api_addr),
+        ("--transport-addr", config.transport_addr),
+        ("--gossip-addr", config.gossip_addr),
+    ] {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(JoinError::Address { flag, addr });
+        }
+    }
     let mut secret = [0u8; 32];
     hex::decode_to_slice(&token.secret, &mut secret).map_err(|e| mesh_files::JoinTokenError::new(e.to_string()))?;
     let key = mesh_files::load_or_create_key(dir)?;
@@ -117,7 +128,7 @@ pub async fn join(config: &NodeConfig, token: &str) -> Result<(), JoinError> {
         gossip_addr: config.gossip_addr.to_string(),
         api_url: format!("http://{}", config.api_addr),
     };
-    let request = JoinRequest { proof: join_proof(&secret, &record.id), record };
+    let request = JoinRequest { proof: join_proof(&secret, &record), record };
     let refused = |reason: String| JoinError::Refused { url: token.api_url.clone(), reason };
     let client = falak_api::Client::new(&token.api_url).map_err(|e| refused(e.to_string()))?;
     let response = client.join(&request).await.map_err(|e| refused(e.to_string()))?;

@@ -38,7 +38,6 @@ const VOTERS_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything the main loop reacts to.
 pub enum Event {
-    Action(falak_api::Action),
     Task(TaskEvent),
     Proposal {
         kind: ProposalKind,
@@ -63,8 +62,17 @@ pub struct LedgerView {
 
 /// What the runner reports about one task attempt.
 pub enum TaskEvent {
-    Started { task: TaskId, fencing: u64 },
-    Exited { task: TaskId, fencing: u64, report: TaskReport },
+    Started {
+        task: TaskId,
+        fencing: u64,
+    },
+    /// The attempt ended; `started` is false when it never got going (bad command, workdir).
+    Exited {
+        task: TaskId,
+        fencing: u64,
+        report: TaskReport,
+        started: bool,
+    },
 }
 
 /// Internal events are unbounded: they are produced by this node's own bounded activity
@@ -191,16 +199,15 @@ impl MainLoop {
 
     fn handle(&mut self, event: Event) -> bool {
         match event {
-            Event::Action(action) => {
-                self.handle_action(action);
-                false
-            }
             Event::Task(TaskEvent::Started { task, fencing }) => {
                 self.metrics.tasks_started += 1;
                 self.reconciler.task_started(task, fencing);
                 true
             }
-            Event::Task(TaskEvent::Exited { task, fencing, report }) => {
+            Event::Task(TaskEvent::Exited { task, fencing, report, started }) => {
+                if !started {
+                    self.metrics.tasks_failed_to_start += 1;
+                }
                 self.runner.forget(task, fencing);
                 self.reconciler.task_exited(task, fencing, report);
                 true
@@ -297,6 +304,7 @@ impl MainLoop {
                 self.transport.set_peer_addr(id, addr);
             }
         }
+        self.transport.recheck_admission();
     }
 
     fn refresh_observed(&mut self) -> bool {

@@ -2,7 +2,6 @@
 //! uses (per-node [`Observed`] health and gossip) plus the health changes since the last look.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use falak_core::NodeId;
@@ -68,18 +67,6 @@ impl MembershipLink {
         tokio::spawn(async move {
             if let Err(error) = handle.set_local_gossip(state).await {
                 tracing::debug!(%error, "gossip state not published");
-            }
-        });
-    }
-
-    /// Join through more seeds (known voters' membership addresses), in the background.
-    pub fn join(&self, seeds: Vec<SocketAddr>) {
-        let handle = self.handle.clone();
-        tokio::spawn(async move {
-            for seed in seeds {
-                if let Err(error) = handle.join(seed).await {
-                    tracing::debug!(%seed, %error, "membership join failed");
-                }
             }
         });
     }

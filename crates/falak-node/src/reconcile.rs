@@ -219,6 +219,7 @@ impl Reconciler {
                         out.push(Action::Propose {
                             command: Command::Finish {
                                 task: *task,
+                                node: me,
                                 fencing: local.fencing,
                                 report: report.clone(),
                                 now,
@@ -241,6 +242,7 @@ impl Reconciler {
                         out.push(Action::Propose {
                             command: Command::Finish {
                                 task: *task,
+                                node: me,
                                 fencing: local.fencing,
                                 report: report.clone(),
                                 now,

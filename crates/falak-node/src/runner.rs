@@ -88,7 +88,12 @@ impl Runner {
                         handle.wait().await
                     };
                     crate::orphans::forget(&groups_dir, &group_name);
-                    let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report: exit.to_report() }));
+                    let _ = tx.send(Event::Task(TaskEvent::Exited {
+                        task,
+                        fencing,
+                        report: exit.to_report(),
+                        started: true,
+                    }));
                 }
                 Err(e) => {
                     tracing::warn!(%task, error = %e, "task failed to start");
@@ -99,7 +104,7 @@ impl Runner {
                         stdout_tail: String::new(),
                         stderr_tail: String::new(),
                     };
-                    let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report }));
+                    let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report, started: false }));
                 }
             }
         });

@@ -134,7 +134,8 @@ impl FakeNode {
             stdout_tail: stdout.to_owned(),
             stderr_tail: format!("stderr of {task}\n"),
         };
-        self.write(|now| Command::Finish { task, fencing, report, now }).unwrap();
+        let node = self.state.task(task).and_then(|t| t.claim.as_ref()).map(|c| c.node).expect("claimed");
+        self.write(|now| Command::Finish { task, node, fencing, report, now }).unwrap();
     }
 
     fn handle(&mut self, action: Action) {

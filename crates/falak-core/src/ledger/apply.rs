@@ -45,7 +45,9 @@ impl State {
             }
             Command::Started { task, fencing, now } => self.started(*task, *fencing, *now, ev),
             Command::RenewLeases { node, leases, lease_ms, now } => self.renew(*node, leases, *lease_ms, *now),
-            Command::Finish { task, fencing, report, now } => self.finish(*task, *fencing, report, *now, ev),
+            Command::Finish { task, node, fencing, report, now } => {
+                self.finish(*task, *node, *fencing, report, *now, ev)
+            }
             Command::ExpireLeases { now } => self.expire(*now, ev),
         }
     }
@@ -485,6 +487,7 @@ impl State {
     fn finish(
         &mut self,
         id: TaskId,
+        node: NodeId,
         fencing: u64,
         report: &TaskReport,
         now: Millis,
@@ -493,11 +496,13 @@ impl State {
         let Some(task) = self.data.tasks.get(&id) else {
             return reject(RejectCode::NotFound, format!("task {id} not found"));
         };
-        let Some(claim) = task.claim.clone().filter(|c| c.fencing == fencing) else {
+        let Some(claim) = task.claim.clone().filter(|c| c.fencing == fencing && c.node == node) else {
             self.data.rejected_results += 1;
-            let reason =
-                format!("fencing token {fencing} is stale for task {id} (attempt {} is current)", task.attempt);
-            let node = self.fencing_owner(id, fencing).unwrap_or_default();
+            let reason = if task.claim.as_ref().is_some_and(|c| c.fencing == fencing) {
+                format!("node {} does not hold the claim on task {id} that fencing token {fencing} names", node.short())
+            } else {
+                format!("fencing token {fencing} is stale for task {id} (attempt {} is current)", task.attempt)
+            };
             ev.push(LedgerEvent::ResultRejected { task: id, node, fencing, reason: reason.clone() });
             return reject(RejectCode::Stale, reason);
         };
@@ -542,11 +547,6 @@ impl State {
             self.end_task(id, state, Some(result), None, now, ev);
         }
         Outcome::Finished { task: id, state }
-    }
-
-    /// The node that held `fencing` for `id`, if the decision record still names it.
-    fn fencing_owner(&self, id: TaskId, _fencing: u64) -> Option<NodeId> {
-        self.data.tasks.get(&id).and_then(|t| t.result.as_ref().map(|r| r.node))
     }
 
     fn expire(&mut self, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {

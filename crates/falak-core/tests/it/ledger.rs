@@ -105,10 +105,20 @@ fn fencing_tokens_strictly_increase_and_stale_results_are_rejected() {
     let f2 = fencing_of(&s.apply(&claim(t(1, 0), 2, node_id(2), 30)).outcome);
     assert!(f2 > f1);
     // The late result of attempt 1 is refused; the current one is accepted.
-    let late = s.apply(&Command::Finish { task: t(1, 0), fencing: f1, report: ok_report(), now: 40 });
+    let late = s.apply(&Command::Finish { task: t(1, 0), node: node_id(1), fencing: f1, report: ok_report(), now: 40 });
     assert_eq!(code(&late.outcome), RejectCode::Stale);
     assert_eq!(s.rejected_results(), 1);
-    let done = s.apply(&Command::Finish { task: t(1, 0), fencing: f2, report: ok_report(), now: 50 });
+    assert!(
+        matches!(late.events[0], LedgerEvent::ResultRejected { node, .. } if node == node_id(1)),
+        "the rejection names the stale holder: {:?}",
+        late.events
+    );
+    // A node that does not hold the claim cannot finish it, even with the current token.
+    let forged =
+        s.apply(&Command::Finish { task: t(1, 0), node: node_id(1), fencing: f2, report: ok_report(), now: 45 });
+    assert_eq!(code(&forged.outcome), RejectCode::Stale);
+    assert!(s.task(t(1, 0)).unwrap().result.is_none());
+    let done = s.apply(&Command::Finish { task: t(1, 0), node: node_id(2), fencing: f2, report: ok_report(), now: 50 });
     assert_eq!(done.outcome, Outcome::Finished { task: t(1, 0), state: TaskState::Completed });
     assert_eq!(s.job(JobId(1)).unwrap().state, JobState::Completed);
     assert_eq!(s.task(t(1, 0)).unwrap().result.as_ref().unwrap().node, node_id(2));
@@ -127,10 +137,12 @@ fn failures_retry_until_max_attempts_then_fail_the_job() {
     let mut s = mesh();
     s.apply(&job("c", 1)); // capsule c allows 2 attempts
     let f1 = fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(1), 10)).outcome);
-    let r1 = s.apply(&Command::Finish { task: t(1, 0), fencing: f1, report: failed_report(), now: 11 });
+    let r1 =
+        s.apply(&Command::Finish { task: t(1, 0), node: node_id(1), fencing: f1, report: failed_report(), now: 11 });
     assert_eq!(r1.outcome, Outcome::Finished { task: t(1, 0), state: TaskState::Retrying });
     let f2 = fencing_of(&s.apply(&claim(t(1, 0), 2, node_id(2), 12)).outcome);
-    let r2 = s.apply(&Command::Finish { task: t(1, 0), fencing: f2, report: failed_report(), now: 13 });
+    let r2 =
+        s.apply(&Command::Finish { task: t(1, 0), node: node_id(2), fencing: f2, report: failed_report(), now: 13 });
     assert_eq!(r2.outcome, Outcome::Finished { task: t(1, 0), state: TaskState::Failed });
     assert_eq!(s.job(JobId(1)).unwrap().state, JobState::Failed);
     assert_eq!(s.node(&node_id(1)).unwrap().failed, 1);
@@ -207,7 +219,13 @@ fn services_scale_up_and_down() {
     assert_eq!(s.open_count(), 3);
     let f = fencing_of(&s.apply(&claim(TaskId { job, index: 2 }, 1, node_id(1), 4)).outcome);
     // A replica that exits is re-opened, never failed.
-    let fin = s.apply(&Command::Finish { task: TaskId { job, index: 2 }, fencing: f, report: failed_report(), now: 5 });
+    let fin = s.apply(&Command::Finish {
+        task: TaskId { job, index: 2 },
+        node: node_id(1),
+        fencing: f,
+        report: failed_report(),
+        now: 5,
+    });
     assert_eq!(fin.outcome, Outcome::Finished { task: TaskId { job, index: 2 }, state: TaskState::Retrying });
     s.apply(&apply(1));
     assert_eq!(s.job_tasks(job).count(), 1);
@@ -234,7 +252,7 @@ fn a_replica_that_keeps_exiting_quickly_restarts_ever_more_slowly() {
     for (attempt, ran_ms) in [(1, 5), (2, 5), (3, 5), (4, RESTART_HEALTHY_RUN_MS), (5, 5)] {
         let f = fencing_of(&s.apply(&claim(id, attempt, node_id(1), now)).outcome);
         let report = TaskReport { duration_ms: ran_ms, ..failed_report() };
-        s.apply(&Command::Finish { task: id, fencing: f, report, now });
+        s.apply(&Command::Finish { task: id, node: node_id(1), fencing: f, report, now });
         let task = s.task(id).unwrap();
         assert_eq!(task.state, TaskState::Retrying);
         let wait = task.not_before.map_or(0, |at| at - now);
