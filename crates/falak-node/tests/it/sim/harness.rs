@@ -300,11 +300,20 @@ impl Sim {
             self.restart(i).await;
         }
         if self.rng.gen_bool(0.006) && self.cuts.is_empty() {
-            let i = self.rng.gen_range(0..n);
-            self.faults.push(format!("t={t} isolate n{i}"));
-            for j in (0..n).filter(|j| *j != i) {
-                self.network.cut(node_id(i), node_id(j));
-                self.cuts.insert((i.min(j), i.max(j)), t);
+            // Isolate one node, or split the mesh into two sides of two and three.
+            let mut side = vec![self.rng.gen_range(0..n)];
+            if self.rng.gen_bool(0.5) {
+                let other = (side[0] + self.rng.gen_range(1..n)) % n;
+                side.push(other);
+                self.faults.push(format!("t={t} partition n{}+n{other} | rest", side[0]));
+            } else {
+                self.faults.push(format!("t={t} isolate n{}", side[0]));
+            }
+            for &i in &side {
+                for j in (0..n).filter(|j| !side.contains(j)) {
+                    self.network.cut(node_id(i), node_id(j));
+                    self.cuts.insert((i.min(j), i.max(j)), t);
+                }
             }
         }
         if self.rng.gen_bool(0.008) && !self.cuts.is_empty() {
