@@ -398,7 +398,8 @@ impl MainLoop {
             let metrics = ledger.metrics().await;
             let plan = {
                 let state = ledger.state();
-                crate::voters::plan(&state, &observed, &metrics.voters, &metrics.learners, me, now_millis())
+                let members = crate::voters::Members::from_metrics(&metrics);
+                crate::voters::plan(&state, &observed, &members, me, now_millis())
             };
             let mut result = Ok(());
             for (node, addr) in plan.add_learners {
@@ -409,6 +410,12 @@ impl MainLoop {
             if let Some(voters) = plan.voters {
                 tracing::info!(voters = ?voters, "changing ledger voters");
                 if let Err(e) = ledger.change_voters(voters).await {
+                    result = Err(e.to_string());
+                }
+            }
+            if !plan.remove_learners.is_empty() {
+                tracing::info!(learners = ?plan.remove_learners, "dropping long-offline learners");
+                if let Err(e) = ledger.remove_learners(plan.remove_learners).await {
                     result = Err(e.to_string());
                 }
             }

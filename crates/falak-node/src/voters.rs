@@ -2,7 +2,9 @@
 //!
 //! Pure planning run by the ledger leader. Every admitted node replicates the log as a learner
 //! (ADR 0001); 3 of them vote (all of them when fewer), 5 once the mesh has 7 or more nodes. A
-//! voter that has been OFFLINE longer than the grace period is replaced by a healthy learner.
+//! voter that has been OFFLINE longer than the grace period is replaced by a healthy learner
+//! that has caught up with the log. A learner OFFLINE for much longer is dropped from the ledger
+//! membership (so the leader stops replicating to it); it is added again when it comes back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +15,10 @@ use falak_core::{Millis, NodeId};
 
 /// How long an offline voter keeps its seat before it is replaced.
 pub const VOTER_GRACE_MS: u64 = 10_000;
+/// How long an offline learner stays in the ledger membership.
+pub const LEARNER_GRACE_MS: u64 = 5 * 60_000;
+/// A learner further behind the leader's log than this many entries is not promoted yet.
+pub const MAX_PROMOTION_LAG: u64 = 256;
 
 /// Membership changes the leader should make.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -21,6 +27,32 @@ pub struct VoterPlan {
     pub add_learners: Vec<(NodeId, String)>,
     /// The new voter set, when it should change.
     pub voters: Option<BTreeSet<NodeId>>,
+    /// Learners offline past [`LEARNER_GRACE_MS`], to drop from the ledger membership.
+    pub remove_learners: BTreeSet<NodeId>,
+}
+
+/// The ledger's membership as the leader sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    /// Members more than [`MAX_PROMOTION_LAG`] entries behind the leader's log.
+    pub lagging: BTreeSet<NodeId>,
+}
+
+impl Members {
+    /// From the leader's metrics: who is a member and who lags.
+    pub fn from_metrics(metrics: &falak_ledger::LedgerMetrics) -> Members {
+        let last = metrics.last_log_index.unwrap_or(0);
+        let lagging = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(_, matched)| matched.unwrap_or(0) + MAX_PROMOTION_LAG < last)
+            .map(|(id, _)| *id)
+            .collect();
+        Members { voters: metrics.voters.clone(), learners: metrics.learners.clone(), lagging }
+    }
 }
 
 /// How many voters a mesh of `nodes` admitted nodes should have.
@@ -31,11 +63,11 @@ pub fn target_voters(nodes: usize) -> usize {
 pub fn plan(
     state: &State,
     observed: &BTreeMap<NodeId, Observed>,
-    voters: &BTreeSet<NodeId>,
-    learners: &BTreeSet<NodeId>,
+    members: &Members,
     me: NodeId,
     now: Millis,
 ) -> VoterPlan {
+    let (voters, learners) = (&members.voters, &members.learners);
     let healthy = |id: &NodeId| {
         *id == me
             || (state.node(id).is_some_and(|n| !n.offline)
@@ -54,14 +86,25 @@ pub fn plan(
     };
     let mut keep: BTreeSet<NodeId> = voters.iter().copied().filter(|id| *id == me || within_grace(id)).collect();
     keep.insert(me);
-    for candidate in learners.iter().filter(|id| healthy(id) && state.node(id).is_some()) {
+    for candidate in
+        learners.iter().filter(|id| healthy(id) && state.node(id).is_some() && !members.lagging.contains(id))
+    {
         if keep.len() >= target {
             break;
         }
         keep.insert(*candidate);
     }
+    let remove_learners = learners
+        .iter()
+        .filter(|id| !keep.contains(id))
+        .filter(|id| match state.node(id) {
+            None => true,
+            Some(n) => n.offline && n.offline_since.is_some_and(|since| now.saturating_sub(since) >= LEARNER_GRACE_MS),
+        })
+        .copied()
+        .collect();
     let voters = (keep != *voters && !keep.is_empty()).then_some(keep);
-    VoterPlan { add_learners, voters }
+    VoterPlan { add_learners, voters, remove_learners }
 }
 
 #[cfg(test)]
@@ -73,6 +116,10 @@ mod tests {
 
     fn id(n: u8) -> NodeId {
         NodeId([n; 32])
+    }
+
+    fn members(voters: &BTreeSet<NodeId>, learners: &BTreeSet<NodeId>) -> Members {
+        Members { voters: voters.clone(), learners: learners.clone(), lagging: BTreeSet::new() }
     }
 
     fn state(n: u8) -> State {
@@ -102,12 +149,16 @@ mod tests {
     fn new_nodes_become_learners_then_voters_up_to_three() {
         let s = state(4);
         let voters = BTreeSet::from([id(1)]);
-        let p = plan(&s, &BTreeMap::new(), &voters, &BTreeSet::new(), id(1), 0);
+        let p = plan(&s, &BTreeMap::new(), &members(&voters, &BTreeSet::new()), id(1), 0);
         assert_eq!(p.add_learners.len(), 3);
         assert_eq!(p.voters, None, "no learner has joined yet");
         let learners = BTreeSet::from([id(2), id(3), id(4)]);
-        let p = plan(&s, &BTreeMap::new(), &voters, &learners, id(1), 0);
+        let p = plan(&s, &BTreeMap::new(), &members(&voters, &learners), id(1), 0);
         assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(2), id(3)])));
+        // A learner that has not caught up is passed over.
+        let lagging = Members { lagging: BTreeSet::from([id(2)]), ..members(&voters, &learners) };
+        let p = plan(&s, &BTreeMap::new(), &lagging, id(1), 0);
+        assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(3), id(4)])));
     }
 
     #[test]
@@ -116,9 +167,23 @@ mod tests {
         s.apply(&Command::SetNodeOffline { node: id(3), offline: true, now: 1_000 });
         let voters = BTreeSet::from([id(1), id(2), id(3)]);
         let learners = BTreeSet::from([id(4)]);
-        assert_eq!(plan(&s, &BTreeMap::new(), &voters, &learners, id(1), 5_000).voters, None);
-        let p = plan(&s, &BTreeMap::new(), &voters, &learners, id(1), 1_000 + VOTER_GRACE_MS);
+        assert_eq!(plan(&s, &BTreeMap::new(), &members(&voters, &learners), id(1), 5_000).voters, None);
+        let p = plan(&s, &BTreeMap::new(), &members(&voters, &learners), id(1), 1_000 + VOTER_GRACE_MS);
         assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(2), id(4)])));
+        assert!(p.remove_learners.is_empty());
+    }
+
+    #[test]
+    fn a_long_dead_learner_leaves_the_ledger_membership() {
+        let mut s = state(4);
+        s.apply(&Command::SetNodeOffline { node: id(4), offline: true, now: 1_000 });
+        let voters = BTreeSet::from([id(1), id(2), id(3)]);
+        let learners = BTreeSet::from([id(4)]);
+        let m = members(&voters, &learners);
+        assert!(plan(&s, &BTreeMap::new(), &m, id(1), 1_000 + VOTER_GRACE_MS).remove_learners.is_empty());
+        let p = plan(&s, &BTreeMap::new(), &m, id(1), 1_000 + LEARNER_GRACE_MS);
+        assert_eq!(p.remove_learners, BTreeSet::from([id(4)]));
+        assert_eq!(p.voters, None);
     }
 
     #[test]
@@ -126,6 +191,6 @@ mod tests {
         let s = state(7);
         let voters = BTreeSet::from([id(1), id(2), id(3)]);
         let learners = (4..=7).map(id).collect();
-        assert_eq!(plan(&s, &BTreeMap::new(), &voters, &learners, id(1), 0).voters.map(|v| v.len()), Some(5));
+        assert_eq!(plan(&s, &BTreeMap::new(), &members(&voters, &learners), id(1), 0).voters.map(|v| v.len()), Some(5));
     }
 }
