@@ -6,7 +6,8 @@
 //! - `lint`: fmt check, clippy, layering.
 //! - `layering`: fail when a crate depends on a workspace crate its role forbids.
 //! - `fix`: `cargo fmt` and `cargo clippy --fix`.
-//! - `bench`: build release and run the benchmark harness (`falak bench`), see BENCHMARKS.md.
+//! - `bench [ARGS]`: build `falak` and `falak-bench` release and run
+//!   `target/release/falak-bench --falak target/release/falak ARGS`, see BENCHMARKS.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, ExitCode};
@@ -25,6 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "falak",
         &["falak-core", "falak-membership", "falak-transport", "falak-ledger", "falak-exec", "falak-api", "falak-node"],
     ),
+    ("falak-bench", &["falak-core", "falak-api", "falak-node"]),
     ("xtask", &[]),
 ];
 
@@ -86,11 +88,11 @@ fn fix() -> Result<(), String> {
 }
 
 fn bench() -> Result<(), String> {
-    cargo(&["build", "--release", "--bin", "falak"])?;
+    cargo(&["build", "--release", "-p", "falak", "-p", "falak-bench", "--bin", "falak", "--bin", "falak-bench"])?;
     let extra: Vec<String> = std::env::args().skip(2).collect();
-    let mut args = vec!["bench"];
+    let mut args = vec!["--falak", "target/release/falak"];
     args.extend(extra.iter().map(String::as_str));
-    run("target/release/falak", &args)
+    run("target/release/falak-bench", &args)
 }
 
 fn layering() -> Result<(), String> {

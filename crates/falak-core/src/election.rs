@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::gossip::GossipState;
 use crate::job::TaskId;
 use crate::ledger::{Command, State};
-use crate::placement::{Decision, Demand, Health, NodeView, solve};
+use crate::placement::{Decision, Demand, Health, NodeView, Ranking, Strategy, solve};
 use crate::{Millis, NodeId};
 
 /// Timing of elections.
@@ -29,6 +29,10 @@ pub struct ElectionConfig {
     pub max_tasks_per_step: usize,
     /// At most this many claims are proposed per step.
     pub max_claims_per_step: usize,
+    /// At most this many of this node's claims may be proposed and not yet settled (committed,
+    /// rejected or given up). Backpressure: a large job is claimed at the pace the ledger
+    /// commits, instead of flooding the log with claims that will time out and be retried.
+    pub max_claims_in_flight: usize,
 }
 
 impl Default for ElectionConfig {
@@ -38,7 +42,8 @@ impl Default for ElectionConfig {
             stagger_ms: 150,
             claim_retry_ms: 2_000,
             max_tasks_per_step: 2_000,
-            max_claims_per_step: 512,
+            max_claims_per_step: 256,
+            max_claims_in_flight: 256,
         }
     }
 }
@@ -85,6 +90,37 @@ pub fn node_views(state: &State, observed: &BTreeMap<NodeId, Observed>, me: Node
 }
 
 /// Round-trip time from `origin` to `node` as `origin` last gossiped it (0 to itself).
+/// What a task asks of placement: its job's resources and its capsule's placement policy.
+pub fn demand_of(state: &State, task: TaskId) -> Option<Demand> {
+    let job = state.job(task.job)?;
+    let capsule = state.capsule(&job.capsule, Some(job.version))?;
+    let policy = &capsule.spec.placement;
+    Some(Demand {
+        resources: job.resources,
+        labels: policy.labels.clone(),
+        prefer: policy.prefer.clone(),
+        strategy: policy.strategy,
+    })
+}
+
+/// How placement ranks the nodes for one task now, exactly as candidacy computes it (proximity
+/// measured from the job's origin). What `falak explain` shows for a task not yet elected.
+pub fn rank_task(
+    state: &State,
+    observed: &BTreeMap<NodeId, Observed>,
+    me: NodeId,
+    task: TaskId,
+) -> Option<(Strategy, Ranking)> {
+    let demand = demand_of(state, task)?;
+    let origin = state.job(task.job)?.origin;
+    let mut views = node_views(state, observed, me);
+    for v in &mut views {
+        v.rtt_micros = rtt_from(&origin, &v.id, observed);
+    }
+    let strategy = demand.strategy;
+    solve(&[(task, demand)], &views).pop().map(|ranking| (strategy, ranking))
+}
+
 fn rtt_from(origin: &NodeId, node: &NodeId, observed: &BTreeMap<NodeId, Observed>) -> Option<u32> {
     if origin == node {
         return Some(0);
@@ -126,18 +162,9 @@ impl Candidacy {
         let views = node_views(state, observed, me);
         let mut demands = Vec::with_capacity(open.len());
         for task in &open {
-            let Some(job) = state.job(task.id.job) else { continue };
-            let Some(capsule) = state.capsule(&job.capsule, Some(job.version)) else { continue };
-            let policy = &capsule.spec.placement;
-            demands.push((
-                task.id,
-                Demand {
-                    resources: job.resources,
-                    labels: policy.labels.clone(),
-                    prefer: policy.prefer.clone(),
-                    strategy: policy.strategy,
-                },
-            ));
+            if let Some(demand) = demand_of(state, task.id) {
+                demands.push((task.id, demand));
+            }
         }
         let mut claims = Vec::new();
         // Proximity is measured from each job's origin; group by origin so views are built once.
@@ -159,7 +186,7 @@ impl Candidacy {
                 if self.proposed.contains_key(&key) || now < first + rank as u64 * config.stagger_ms {
                     continue;
                 }
-                if claims.len() >= config.max_claims_per_step {
+                if claims.len() >= config.max_claims_per_step || self.proposed.len() >= config.max_claims_in_flight {
                     break;
                 }
                 self.proposed.insert(key, now);

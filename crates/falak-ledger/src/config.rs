@@ -51,7 +51,7 @@ impl Default for LedgerConfig {
             election_timeout_max: Duration::from_millis(200),
             snapshot_every: 5_000,
             logs_kept_after_snapshot: 1_000,
-            max_payload_entries: 256,
+            max_payload_entries: 8,
             snapshot_chunk_bytes: 1024 * 1024,
             install_snapshot_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(3),

@@ -403,7 +403,25 @@ impl Ledger {
         start: Instant,
     ) -> Result<Option<LeaderReply>, LeaderCallError> {
         let request = self.transport.request(leader, Protocol::Ledger, frame);
-        let reply = match tokio::time::timeout(remaining, request).await {
+        // A leader that died takes the request down with it silently (no answer until the
+        // connection idles out). Once this node hears from a new leader, stop waiting: the
+        // outcome is open (`Unconfirmed`), and the caller decides whether to retry.
+        let mut metrics = self.raft.metrics();
+        let leader_moved = async move {
+            loop {
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if metrics.borrow().current_leader.is_some_and(|now| now != leader) {
+                    return;
+                }
+            }
+        };
+        let reply = tokio::select! {
+            reply = tokio::time::timeout(remaining, request) => reply,
+            () = leader_moved => return Err(LeaderCallError::Unconfirmed { leader, waited: start.elapsed() }),
+        };
+        let reply = match reply {
             Err(_elapsed) => return Err(LeaderCallError::Unconfirmed { leader, waited: start.elapsed() }),
             Ok(Ok(reply)) => reply,
             Ok(Err(

@@ -19,10 +19,10 @@ use falak_api::task::{DecisionInfo, LogStream, TaskInfo};
 use falak_api::workload::WorkloadInfo;
 use falak_api::{Action, ApiError, EventSubscription};
 use falak_core::NodeId;
-use falak_core::election::{Observed, node_views};
+use falak_core::election::rank_task;
 use falak_core::job::{TaskId, TaskState};
 use falak_core::ledger::{Command, Outcome, State};
-use falak_core::placement::{Demand, Health, Ranking, Strategy, solve};
+use falak_core::placement::Health;
 use falak_exec::Stream;
 use falak_ledger::WriteError;
 use falak_transport::{Handler, Protocol, Transport};
@@ -116,27 +116,6 @@ fn accepted(result: Result<Outcome, Arc<WriteError>>) -> Result<Outcome, ApiErro
     }
 }
 
-/// What placement computes now for an open task, the way the node's candidacy does.
-pub fn live_ranking(
-    state: &State,
-    observed: &BTreeMap<NodeId, Observed>,
-    me: NodeId,
-    task: TaskId,
-) -> Option<(Strategy, Ranking)> {
-    let job = state.job(task.job)?;
-    let capsule = state.capsule(&job.capsule, Some(job.version))?;
-    let policy = &capsule.spec.placement;
-    let demand = Demand {
-        resources: job.resources,
-        labels: policy.labels.clone(),
-        prefer: policy.prefer.clone(),
-        strategy: policy.strategy,
-    };
-    let views = node_views(state, observed, me);
-    let ranking = solve(&[(task, demand)], &views).pop()?;
-    Some((policy.strategy, ranking))
-}
-
 impl MainLoop {
     pub(crate) fn handle_action(&mut self, action: Action) {
         match action {
@@ -194,7 +173,7 @@ impl MainLoop {
             Action::TaskLogs { task, stream, max_bytes, reply } => self.task_logs(task, stream, max_bytes, reply),
             Action::TaskDecision { task, reply } => {
                 let state = self.ledger.state();
-                let result = DecisionInfo::get(&state, task, |t| live_ranking(&state, &self.observed, self.id, t.id));
+                let result = DecisionInfo::get(&state, task, |t| rank_task(&state, &self.observed, self.id, t.id));
                 let _ = reply.send(result);
             }
             Action::ListServices { reply } => {

@@ -83,6 +83,22 @@ pub enum LoadConfigError {
     Value(SpecError),
 }
 
+impl NodeConfig {
+    /// What this node declares about itself in the ledger, reachable at `api_url`.
+    pub fn record(&self, id: falak_core::NodeId, api_url: String) -> falak_core::node::NodeRecord {
+        falak_core::node::NodeRecord {
+            id,
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            capacity: self.capacity,
+            cost_per_hour: self.cost_per_hour,
+            transport_addr: self.transport_addr.to_string(),
+            gossip_addr: self.gossip_addr.to_string(),
+            api_url,
+        }
+    }
+}
+
 impl NodeConfigDocument {
     pub fn load(path: &Path) -> Result<Self, LoadConfigError> {
         let text =

@@ -15,7 +15,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use falak_core::NodeId;
-use falak_core::node::NodeRecord;
 use falak_exec::{ProcessConfig, ProcessExecutor, RunAs};
 use falak_ledger::{Ledger, LedgerConfig, PeerInfo};
 use falak_membership::{MemberIdentity, Membership, MembershipConfig};
@@ -124,16 +123,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .await
         .map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
     let api_addr = listener.local_addr().map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
-    let record = NodeRecord {
-        id,
-        name: config.name.clone(),
-        labels: config.labels.clone(),
-        capacity: config.capacity,
-        cost_per_hour: config.cost_per_hour,
-        transport_addr: config.transport_addr.to_string(),
-        gossip_addr: config.gossip_addr.to_string(),
-        api_url: format!("http://{api_addr}"),
-    };
+    let record = config.record(id, format!("http://{api_addr}"));
     let (actions_tx, actions) = mpsc::channel(ACTION_QUEUE);
     let router = falak_api::router(actions_tx, falak_api::ApiConfig::default());
     let (stop_tx, _) = broadcast::channel::<()>(1);

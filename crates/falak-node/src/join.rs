@@ -13,7 +13,6 @@ use std::time::SystemTime;
 use falak_api::ApiError;
 use falak_api::join::{JoinPeer, JoinRequest, JoinResponse, join_proof};
 use falak_core::ledger::State;
-use falak_core::node::NodeRecord;
 use falak_transport::MeshCa;
 
 use crate::config::NodeConfig;
@@ -118,16 +117,7 @@ pub async fn join(config: &NodeConfig, token: &str) -> Result<(), JoinError> {
     let mut secret = [0u8; 32];
     hex::decode_to_slice(&token.secret, &mut secret).map_err(|e| mesh_files::JoinTokenError::new(e.to_string()))?;
     let key = mesh_files::load_or_create_key(dir)?;
-    let record = NodeRecord {
-        id: key.id(),
-        name: config.name.clone(),
-        labels: config.labels.clone(),
-        capacity: config.capacity,
-        cost_per_hour: config.cost_per_hour,
-        transport_addr: config.transport_addr.to_string(),
-        gossip_addr: config.gossip_addr.to_string(),
-        api_url: format!("http://{}", config.api_addr),
-    };
+    let record = config.record(key.id(), format!("http://{}", config.api_addr));
     let request = JoinRequest { proof: join_proof(&secret, &record), record };
     let refused = |reason: String| JoinError::Refused { url: token.api_url.clone(), reason };
     let client = falak_api::Client::new(&token.api_url).map_err(|e| refused(e.to_string()))?;

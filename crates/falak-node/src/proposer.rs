@@ -12,7 +12,7 @@ use falak_ledger::{Ledger, WriteError};
 use tokio::sync::{Semaphore, mpsc};
 
 /// The most commands in one batched entry.
-pub const MAX_BATCH: usize = 1024;
+pub const MAX_BATCH: usize = 64;
 /// The most batched writes in flight at once.
 pub const MAX_IN_FLIGHT: usize = 4;
 

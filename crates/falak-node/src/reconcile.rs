@@ -216,16 +216,7 @@ impl Reconciler {
                     }
                     Phase::Exited(report) if !local.finish_proposed => {
                         local.finish_proposed = true;
-                        out.push(Action::Propose {
-                            command: Command::Finish {
-                                task: *task,
-                                node: me,
-                                fencing: local.fencing,
-                                report: report.clone(),
-                                now,
-                            },
-                            kind: ProposalKind::Finish(*task),
-                        });
+                        out.push(report_finish(*task, me, local.fencing, report, now));
                     }
                     _ => {}
                 }
@@ -239,16 +230,7 @@ impl Reconciler {
                         // The attempt ended after the lease was lost: report it anyway so the
                         // ledger records (and rejects) the late result.
                         local.finish_proposed = true;
-                        out.push(Action::Propose {
-                            command: Command::Finish {
-                                task: *task,
-                                node: me,
-                                fencing: local.fencing,
-                                report: report.clone(),
-                                now,
-                            },
-                            kind: ProposalKind::Finish(*task),
-                        });
+                        out.push(report_finish(*task, me, local.fencing, report, now));
                     } else {
                         done.push(*task);
                     }
@@ -293,6 +275,14 @@ impl Reconciler {
             }
         }
         out
+    }
+}
+
+/// Report how an attempt ended.
+fn report_finish(task: TaskId, node: NodeId, fencing: u64, report: &TaskReport, now: Millis) -> Action {
+    Action::Propose {
+        command: Command::Finish { task, node, fencing, report: report.clone(), now },
+        kind: ProposalKind::Finish(task),
     }
 }
 

@@ -12,11 +12,10 @@ use falak_api::service::ServiceInfo;
 use falak_api::task::{DecisionInfo, TaskInfo};
 use falak_api::workload::WorkloadInfo;
 use falak_api::{Action, ApiConfig, ApiError, Client, EventRecord, EventSubscription};
-use falak_core::election::node_views;
 use falak_core::job::{TaskId, TaskReport};
 use falak_core::ledger::{Command, Outcome, State};
 use falak_core::node::NodeRecord;
-use falak_core::placement::{Decision, Demand, Health, Ranking, Strategy, solve};
+use falak_core::placement::{Decision, Health, Ranking, Strategy};
 use falak_core::resources::Resources;
 use falak_core::{Millis, NodeId};
 use tokio::sync::{broadcast, mpsc};
@@ -87,18 +86,7 @@ impl FakeNode {
 
     /// What placement computes now for a task, the way a node would.
     pub fn ranking(&self, task: TaskId) -> Option<(Strategy, Ranking)> {
-        let job = self.state.job(task.job)?;
-        let capsule = self.state.capsule(&job.capsule, Some(job.version))?;
-        let policy = &capsule.spec.placement;
-        let demand = Demand {
-            resources: job.resources,
-            labels: policy.labels.clone(),
-            prefer: policy.prefer.clone(),
-            strategy: policy.strategy,
-        };
-        let views = node_views(&self.state, &BTreeMap::new(), self.me);
-        let ranking = solve(&[(task, demand)], &views).pop()?;
-        Some((policy.strategy, ranking))
+        falak_core::election::rank_task(&self.state, &BTreeMap::new(), self.me, task)
     }
 
     /// Elect the best-ranked node for a task and start it; returns the fencing token.

@@ -1,0 +1,13 @@
+//! Falak's benchmark harness: meshes of real `falak node` processes on loopback, measured
+//! against the performance targets of DESIGN.md §6. See BENCHMARKS.md for the latest run.
+//!
+//! - [`mesh`]: provision, start, kill -9, pause and restart node processes.
+//! - [`benches`]: the benchmarks, each printing its samples, its floor and its verdict.
+//! - [`report`]: the summary table and the JSON report.
+
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
+
+pub mod benches;
+pub mod mesh;
+pub mod report;
+pub mod stats;
