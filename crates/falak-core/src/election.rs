@@ -41,7 +41,7 @@ impl Default for ElectionConfig {
             lease_ms: 5_000,
             stagger_ms: 150,
             claim_retry_ms: 2_000,
-            max_tasks_per_step: 2_000,
+            max_tasks_per_step: 256,
             max_claims_per_step: 256,
             max_claims_in_flight: 256,
         }

@@ -4,6 +4,10 @@
 //! entry would cost one fsync round per command; the proposer drains whatever is queued into one
 //! `Command::Batch` entry, keeping a few writes in flight so the queue never waits on one slow
 //! commit.
+//!
+//! Two queues: commands that keep running work alive or settle it (lease renewals, starts,
+//! results, leader duties, admissions) go before new claims and client writes, so a node
+//! busy claiming a large job never lets the leases of what it already runs expire.
 
 use std::sync::Arc;
 
@@ -27,21 +31,37 @@ struct Proposal {
 /// Handle to queue commands for the ledger.
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::UnboundedSender<Proposal>,
+    urgent: mpsc::UnboundedSender<Proposal>,
+    normal: mpsc::UnboundedSender<Proposal>,
+}
+
+/// Whether a command keeps running work alive or settles it (see the module docs).
+fn is_urgent(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Claim { .. }
+            | Command::SubmitJob { .. }
+            | Command::ApplyCapsule { .. }
+            | Command::CancelJob { .. }
+            | Command::ApplyService { .. }
+            | Command::RemoveService { .. }
+    )
 }
 
 impl Proposer {
     /// Start the worker; it stops when every handle is dropped.
     pub fn spawn(ledger: Ledger) -> Proposer {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(ledger, rx));
-        Proposer { tx }
+        let (urgent, urgent_rx) = mpsc::unbounded_channel();
+        let (normal, normal_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(ledger, urgent_rx, normal_rx));
+        Proposer { urgent, normal }
     }
 
     /// Queue a command; `reply` learns its outcome.
     pub fn propose(&self, command: Command, reply: Option<Reply>) {
         // A send fails only during shutdown, when outcomes no longer matter.
-        let _ = self.tx.send(Proposal { command, reply });
+        let queue = if is_urgent(&command) { &self.urgent } else { &self.normal };
+        let _ = queue.send(Proposal { command, reply });
     }
 
     /// Queue a command and wait for its outcome.
@@ -52,17 +72,30 @@ impl Proposer {
     }
 }
 
-async fn run(ledger: Ledger, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+async fn run(
+    ledger: Ledger,
+    mut urgent: mpsc::UnboundedReceiver<Proposal>,
+    mut normal: mpsc::UnboundedReceiver<Proposal>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    loop {
+        // Take a write slot first, so the batch is built from the freshest queue.
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let first = tokio::select! {
+            biased;
+            Some(p) = urgent.recv() => p,
+            Some(p) = normal.recv() => p,
+            else => return,
+        };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        for queue in [&mut urgent, &mut normal] {
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
             }
         }
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let ledger = ledger.clone();
         tokio::spawn(async move {
             let _permit = permit;
