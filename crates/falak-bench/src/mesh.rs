@@ -233,6 +233,24 @@ impl Mesh {
         Ok(())
     }
 
+    /// SIGTERM and wait (at most 20 s) for the node to exit; its exit status.
+    pub fn stop(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        self.signal(i, libc::SIGTERM)?;
+        let mut child = self.nodes[i].child.take().context("node not running")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not stop within 20 s after SIGTERM", self.nodes[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A client of a running node other than those in `except`.
     pub fn client_except(&self, except: &[usize]) -> Result<&Client> {
         let node = self.nodes.iter().enumerate().find(|(i, n)| !except.contains(i) && n.running());

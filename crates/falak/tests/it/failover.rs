@@ -107,7 +107,7 @@ async fn assert_completed_once(survivor: &Client, job: JobId) -> usize {
 }
 
 async fn started_mesh(dir: &std::path::Path) -> Mesh {
-    let mesh = Mesh::start(binary(), dir, 3);
+    let mut mesh = Mesh::start(binary(), dir, 3);
     mesh.wait_ready(Duration::from_secs(30)).await;
     mesh.nodes[0].client.apply_capsule_text(SLOW).await.unwrap();
     mesh
@@ -160,7 +160,7 @@ async fn a_paused_node_loses_its_leases_and_its_late_results_are_rejected() {
         if rejected > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "no late result was rejected:\n{}", mesh.nodes[victim].log());
+        assert!(Instant::now() < deadline, "no late result was rejected:\n{}", mesh.log(victim));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let metrics = survivor.metrics().await.unwrap();
@@ -180,7 +180,7 @@ async fn a_whole_mesh_restart_keeps_capsules_jobs_and_results() {
     let result_before = c.job_result_text(job.id).await.unwrap();
     for i in 0..3 {
         let status = mesh.stop(i);
-        assert!(status.success(), "{} exits cleanly on SIGTERM: {status}\n{}", mesh.nodes[i].name, mesh.nodes[i].log());
+        assert!(status.success(), "{} exits cleanly on SIGTERM: {status}\n{}", mesh.nodes[i].name, mesh.log(i));
     }
     for i in 0..3 {
         mesh.spawn(i);
@@ -278,7 +278,7 @@ async fn a_restarted_node_kills_the_task_processes_its_killed_run_left_behind() 
         assert!(Instant::now() < deadline, "the restarted node left process {pid} running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(mesh.nodes[victim].log().contains("killed task processes left by the previous run"));
+    assert!(mesh.log(victim).contains("killed task processes left by the previous run"));
     // The service is whole again: three replicas running.
     let deadline = Instant::now() + Duration::from_secs(20);
     while c.service("web").await.unwrap().running != 3 {
