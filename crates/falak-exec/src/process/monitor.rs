@@ -63,7 +63,10 @@ impl ProcessRunning {
             exit,
         });
         tracing::debug!(task = %running.task_id, attempt = running.attempt, pid, "task started");
-        tokio::spawn(monitor(monitored, pid, stop_rx, exit_tx));
+        // The guard is made here, not inside the task: a runtime shutting down before the task
+        // is first polled drops the future, and with it the guard, which kills the group.
+        let guard = KillGroupOnDrop { pgid: Some(pid) };
+        tokio::spawn(monitor(monitored, pid, stop_rx, exit_tx, guard));
         running
     }
 }
@@ -113,10 +116,10 @@ async fn monitor(
     pgid: u32,
     mut stop_rx: mpsc::UnboundedReceiver<Duration>,
     exit_tx: watch::Sender<Option<Exit>>,
+    mut guard: KillGroupOnDrop,
 ) {
-    // If the runtime drops this task (the node is shutting down), take the task down with it:
-    // a task nobody watches would run on unaccounted while its lease moves elsewhere.
-    let mut guard = KillGroupOnDrop { pgid: Some(pgid) };
+    // If the runtime drops this task (the node is shutting down), `guard` takes the task down
+    // with it: a task nobody watches would run on unaccounted while its lease moves elsewhere.
     let timeout = monitored.spec.timeout;
     let timeout_at = timeout.map(|t| tokio::time::Instant::now() + t);
     // Why we are ending the task, once we are; `None` while it runs on its own.
