@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use falak_core::ledger::{Command, State};
@@ -11,7 +10,7 @@ use falak_transport::{Protocol, Transport};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
-use crate::fake_transport::FakeNetwork;
+use falak_transport::MemoryNetwork;
 
 pub fn node(i: u8) -> NodeId {
     NodeId([i; 32])
@@ -24,7 +23,7 @@ pub fn test_config() -> LedgerConfig {
 }
 
 pub struct Cluster {
-    pub net: Arc<FakeNetwork>,
+    pub net: MemoryNetwork,
     pub config: LedgerConfig,
     dir: TempDir,
     live: BTreeMap<NodeId, Ledger>,
@@ -45,7 +44,7 @@ impl Cluster {
     }
 
     pub fn empty(config: LedgerConfig) -> Cluster {
-        Cluster { net: FakeNetwork::new(), config, dir: TempDir::new().expect("tempdir"), live: BTreeMap::new() }
+        Cluster { net: MemoryNetwork::new(), config, dir: TempDir::new().expect("tempdir"), live: BTreeMap::new() }
     }
 
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
@@ -54,7 +53,7 @@ impl Cluster {
 
     /// Open (or reopen) the node's ledger from its data dir and put it on the network.
     pub async fn start(&mut self, id: NodeId) -> Ledger {
-        self.net.revive(id);
+        self.net.restart(id);
         let transport = self.net.transport(id);
         let ledger =
             Ledger::open(&self.data_dir(id), id, transport.clone(), self.config.clone()).await.expect("open ledger");

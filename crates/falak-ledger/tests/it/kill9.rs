@@ -14,7 +14,7 @@ use falak_ledger::{Ledger, PeerInfo};
 use falak_core::ledger::State;
 
 use crate::cluster::{Cluster, node, noop, state_json, test_config};
-use crate::fake_transport::FakeNetwork;
+use falak_transport::MemoryNetwork;
 
 const DIR_VAR: &str = "FALAK_LEDGER_KILL9_DIR";
 const ACKS_BEFORE_KILL: u64 = 40;
@@ -23,7 +23,7 @@ const ACKS_BEFORE_KILL: u64 = 40;
 async fn kill9_child_writer() {
     let Some(dir) = std::env::var_os(DIR_VAR) else { return };
     let id = node(1);
-    let ledger = Ledger::open(dir.as_ref(), id, FakeNetwork::new().transport(id), test_config()).await.expect("open");
+    let ledger = Ledger::open(dir.as_ref(), id, MemoryNetwork::new().transport(id), test_config()).await.expect("open");
     ledger.initialize(BTreeMap::from([(id, PeerInfo::new("127.0.0.1:7001"))])).await.expect("initialize");
     for i in 0.. {
         ledger.write(noop(i)).await.expect("write");

@@ -2,7 +2,6 @@
 
 mod cluster;
 mod failover;
-mod fake_transport;
 mod hostile_input;
 mod kill9;
 mod membership;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use falak_ledger::{Ledger, OpenLedgerError};
 
 use crate::cluster::{Cluster, expected_state, node, noop, state_json, test_config};
-use crate::fake_transport::FakeNetwork;
+use falak_transport::MemoryNetwork;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_keeps_and_catches_up_every_acknowledged_write() {
@@ -87,7 +87,7 @@ async fn a_node_restarted_alone_reapplies_its_committed_log_before_hearing_from_
 async fn a_data_dir_of_another_node_is_refused() {
     let cluster = Cluster::empty(test_config());
     let dir = cluster.data_dir(node(1));
-    let net = FakeNetwork::new();
+    let net = MemoryNetwork::new();
     let first = Ledger::open(&dir, node(1), net.transport(node(1)), test_config()).await.expect("open");
     first.shutdown().await.expect("shutdown");
     let err = match Ledger::open(&dir, node(2), net.transport(node(2)), test_config()).await {
