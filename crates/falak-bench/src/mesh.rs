@@ -3,7 +3,6 @@
 //! it takes the binary's path, the nodes' capacity and lease, and reports failures as errors
 //! instead of panicking. Every node process is killed when the [`Mesh`] is dropped.
 
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +14,7 @@ use falak_core::NodeId;
 use falak_core::placement::Health;
 use falak_core::resources::Quantity;
 use falak_node::config::{CapacityDocument, FailureDetection, NodeConfigDocument};
-use falak_node::mesh_files::{LocalNode, load_or_create_key, provision_local_mesh};
+use falak_node::mesh_files::{load_or_create_key, provision_loopback};
 
 /// How each node of a mesh is configured.
 #[derive(Debug, Clone)]
@@ -36,14 +35,6 @@ impl MeshOptions {
     pub fn new(nodes: usize) -> MeshOptions {
         MeshOptions { nodes, cpu: "8".into(), memory: "8Gi".into(), lease: "2s".into(), failure_detection: None }
     }
-}
-
-fn free_tcp() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn free_udp() -> Result<SocketAddr> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// One node of the mesh, running or not.
@@ -84,35 +75,17 @@ pub struct Mesh {
 impl Mesh {
     /// Provision the nodes under `dir` and start them (not yet ready: see [`Mesh::wait_ready`]).
     pub fn start(binary: &Path, dir: &Path, options: &MeshOptions) -> Result<Mesh> {
-        let mut locals = Vec::new();
-        let mut docs = Vec::new();
-        for i in 0..options.nodes {
-            let name = format!("node-{}", i + 1);
-            let data_dir = dir.join(&name);
-            let (api, transport, gossip) = (free_tcp()?, free_udp()?, free_udp()?);
-            locals.push(LocalNode {
-                name: name.clone(),
-                dir: data_dir.clone(),
-                transport_addr: transport.to_string(),
-                gossip_addr: gossip.to_string(),
-            });
-            docs.push(NodeConfigDocument {
-                name: Some(name),
-                data_dir: Some(data_dir),
-                api_addr: Some(api),
-                transport_addr: Some(transport),
-                gossip_addr: Some(gossip),
-                capacity: Some(CapacityDocument {
-                    cpu: Some(Quantity::Text(options.cpu.clone())),
-                    memory: Some(Quantity::Text(options.memory.clone())),
-                    gpus: None,
-                }),
-                lease: Some(options.lease.clone()),
-                failure_detection: options.failure_detection,
-                ..NodeConfigDocument::default()
-            });
-        }
-        provision_local_mesh("bench", &locals, rand::random(), falak_node::clock::system_now())
+        let template = NodeConfigDocument {
+            capacity: Some(CapacityDocument {
+                cpu: Some(Quantity::Text(options.cpu.clone())),
+                memory: Some(Quantity::Text(options.memory.clone())),
+                gpus: None,
+            }),
+            lease: Some(options.lease.clone()),
+            failure_detection: options.failure_detection,
+            ..NodeConfigDocument::default()
+        };
+        let docs = provision_loopback("bench", dir, options.nodes, &template, falak_node::clock::system_now())
             .context("provisioning the mesh")?;
         let mut nodes = Vec::new();
         for doc in docs {

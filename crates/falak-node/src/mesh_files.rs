@@ -265,3 +265,49 @@ impl JoinToken {
         Ok(token)
     }
 }
+
+/// Provision `n` nodes `node-1..n` under `dir` on loopback, each on free ports, from
+/// `template` (its other fields: capacity, lease, labels...): creates the mesh's trust material
+/// and returns each node's config. For tests and benchmarks; `falak up` plans its own ports.
+pub fn provision_loopback(
+    mesh: &str,
+    dir: &Path,
+    n: usize,
+    template: &crate::config::NodeConfigDocument,
+    now: SystemTime,
+) -> Result<Vec<crate::config::NodeConfigDocument>, MeshFilesError> {
+    let io = |source| MeshFilesError::Io { action: "bind a free port on", path: PathBuf::from("127.0.0.1"), source };
+    // Hold every socket until all ports are chosen, so no two nodes get the same one.
+    let mut held_tcp = Vec::new();
+    let mut held_udp = Vec::new();
+    let mut docs = Vec::new();
+    let mut locals = Vec::new();
+    for i in 0..n {
+        let api = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+        let transport = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+        let gossip = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+        let name = format!("node-{}", i + 1);
+        let data_dir = dir.join(&name);
+        let (api_addr, transport_addr, gossip_addr) =
+            (api.local_addr().map_err(io)?, transport.local_addr().map_err(io)?, gossip.local_addr().map_err(io)?);
+        held_tcp.push(api);
+        held_udp.extend([transport, gossip]);
+        locals.push(LocalNode {
+            name: name.clone(),
+            dir: data_dir.clone(),
+            transport_addr: transport_addr.to_string(),
+            gossip_addr: gossip_addr.to_string(),
+        });
+        docs.push(crate::config::NodeConfigDocument {
+            name: Some(name),
+            data_dir: Some(data_dir),
+            api_addr: Some(api_addr),
+            transport_addr: Some(transport_addr),
+            gossip_addr: Some(gossip_addr),
+            ..template.clone()
+        });
+    }
+    drop((held_tcp, held_udp));
+    provision_local_mesh(mesh, &locals, rand::random(), now)?;
+    Ok(docs)
+}

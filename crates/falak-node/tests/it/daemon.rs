@@ -10,7 +10,7 @@ use falak_api::Client;
 use falak_api::job::JobSubmission;
 use falak_core::job::JobState;
 use falak_node::config::NodeConfigDocument;
-use falak_node::mesh_files::{LocalNode, provision_local_mesh};
+use falak_node::mesh_files::provision_loopback;
 use tokio::sync::oneshot;
 
 pub const CAPSULE: &str = r#"name: hello
@@ -36,29 +36,8 @@ pub struct InProcessMesh {
 
 impl InProcessMesh {
     pub async fn start(dir: &Path, n: usize) -> InProcessMesh {
-        let mut docs = Vec::new();
-        let mut locals = Vec::new();
-        for i in 0..n {
-            let name = format!("node-{}", i + 1);
-            let data_dir = dir.join(&name);
-            let (api, transport, gossip) = (free_tcp(), free_udp(), free_udp());
-            locals.push(LocalNode {
-                name: name.clone(),
-                dir: data_dir.clone(),
-                transport_addr: transport.to_string(),
-                gossip_addr: gossip.to_string(),
-            });
-            docs.push(NodeConfigDocument {
-                name: Some(name),
-                data_dir: Some(data_dir),
-                api_addr: Some(api),
-                transport_addr: Some(transport),
-                gossip_addr: Some(gossip),
-                lease: Some("2s".into()),
-                ..NodeConfigDocument::default()
-            });
-        }
-        provision_local_mesh("test", &locals, rand::random(), falak_node::clock::system_now()).unwrap();
+        let template = NodeConfigDocument { lease: Some("2s".into()), ..NodeConfigDocument::default() };
+        let docs = provision_loopback("test", dir, n, &template, falak_node::clock::system_now()).unwrap();
         let mut mesh = InProcessMesh { clients: vec![], stops: vec![], tasks: vec![] };
         for doc in docs {
             let config = doc.resolve(falak_core::resources::Resources::new(4000, 8 << 30)).unwrap();
