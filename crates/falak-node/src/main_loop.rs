@@ -44,13 +44,22 @@ pub enum Event {
         result: Result<Outcome, Arc<WriteError>>,
         proposed_at: Instant,
     },
-    /// A background job (self admission, voter change) finished.
+    /// A background job finished.
     Background {
-        what: &'static str,
+        what: Background,
         result: Result<(), String>,
     },
     /// Fresh ledger membership (voters, learners, leader), read in the background.
     LedgerView(LedgerView),
+}
+
+/// Work the loop hands to a spawned task, one at a time per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Background {
+    /// This node's own `AdmitNode`.
+    Admit,
+    /// The leader's voter and learner changes.
+    Voters,
 }
 
 /// The ledger's membership as last read.
@@ -236,15 +245,14 @@ impl MainLoop {
             }
             Event::Background { what, result } => {
                 match what {
-                    "admit" => {
+                    Background::Admit => {
                         self.admitting = false;
                         self.self_admitted = result.is_ok();
                     }
-                    "voters" => self.voters_busy = false,
-                    _ => {}
+                    Background::Voters => self.voters_busy = false,
                 }
                 if let Err(e) = result {
-                    tracing::debug!(what, error = %e, "background work failed; will retry");
+                    tracing::debug!(?what, error = %e, "background work failed; will retry");
                 }
                 false
             }
@@ -354,7 +362,7 @@ impl MainLoop {
                 Ok(other) => Err(format!("unexpected outcome {other:?}")),
                 Err(e) => Err(e.to_string()),
             };
-            let _ = tx.send(Event::Background { what: "admit", result });
+            let _ = tx.send(Event::Background { what: Background::Admit, result });
         });
     }
 
@@ -419,7 +427,7 @@ impl MainLoop {
                     result = Err(e.to_string());
                 }
             }
-            let _ = tx.send(Event::Background { what: "voters", result });
+            let _ = tx.send(Event::Background { what: Background::Voters, result });
         });
     }
 
