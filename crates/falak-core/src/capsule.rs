@@ -123,7 +123,13 @@ impl CapsuleDocument {
         validate_name("name", &self.name)?;
         match self.kind {
             Kind::Process => {}
-            Kind::Container | Kind::Function => {
+            Kind::Function => {
+                return Err(SpecError::new(
+                    "kind",
+                    "functions are deployed with `falak fn deploy -f FILE` (POST /api/v1/functions), not as capsules",
+                ));
+            }
+            Kind::Container => {
                 return Err(SpecError::new(
                     "kind",
                     format!(
@@ -174,7 +180,7 @@ impl CapsuleDocument {
 }
 
 impl ResourcesDocument {
-    fn validate(&self) -> Result<Resources, SpecError> {
+    pub(crate) fn validate(&self) -> Result<Resources, SpecError> {
         let cpu_millis = match &self.cpu {
             None => DEFAULT_CPU_MILLIS,
             Some(q) => parse_cpu(&q.as_text()).map_err(|e| SpecError::new("resources.cpu", e.to_string()))?,

@@ -6,6 +6,7 @@
 
 pub mod capsule;
 pub mod election;
+pub mod function;
 pub mod gossip;
 pub mod id;
 pub mod job;
@@ -15,7 +16,7 @@ pub mod placement;
 pub mod resources;
 pub mod spec;
 
-pub use id::NodeId;
+pub use id::{ArtifactId, NodeId};
 
 /// Milliseconds since the Unix epoch, as proposed by whichever node wrote the command.
 pub type Millis = u64;

@@ -1,0 +1,370 @@
+//! Functions: capsules invoked over HTTP through the gateway on every node.
+//!
+//! A user writes a [`FunctionDocument`] (`kind: function`); `falak fn deploy` bundles its
+//! `source` directory, stores the bundle as an artifact and sends the document with the
+//! bundle's content id in `artifact`. The ledger stores the validated [`FunctionSpec`] with the
+//! version it assigned.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ArtifactId;
+use crate::capsule::{Kind, ResourcesDocument, parse_duration};
+use crate::resources::Resources;
+use crate::spec::{SpecError, validate_name};
+
+/// How a function's instances run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// The Python runtime host shipped in the binary loads `handler` (`module.function`).
+    Python,
+    /// `command` serves HTTP on the Unix socket (`FALAK_SOCKET`) or port (`PORT`) it is given.
+    Http,
+    /// `command` runs once per request: body on stdin, response body on stdout.
+    Exec,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+            Runtime::Http => "http",
+            Runtime::Exec => "exec",
+        }
+    }
+}
+
+/// The most instances of one function the mesh runs at once.
+pub const MAX_INSTANCES: u32 = 1000;
+/// The most requests one instance serves at once.
+pub const MAX_CONCURRENCY: u32 = 1000;
+/// Default request timeout.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Default idle time before an instance above `min_instances` is stopped.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default number of observers that keep a function's snapshot ready.
+pub const DEFAULT_OBSERVERS: u32 = 2;
+/// The most observers a function may ask for.
+pub const MAX_OBSERVERS: u32 = 16;
+
+/// A function as a user writes it. Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDocument {
+    pub name: String,
+    pub kind: Kind,
+    pub runtime: Runtime,
+    /// Python: `module.function`, e.g. `main.handle`.
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// `http` and `exec`: the program and its arguments, run in the bundle directory.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// A directory or archive on the deployer's machine; `falak fn deploy` bundles it.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The bundle's content id, set by `falak fn deploy` (or by hand after uploading it).
+    #[serde(default)]
+    pub artifact: Option<ArtifactId>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub scaling: ScalingDocument,
+    /// Request timeout, e.g. `30s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Per instance.
+    #[serde(default)]
+    pub resources: ResourcesDocument,
+    /// `zygote` (default for python): instances fork from a pre-initialized process; `none`.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotPolicy>,
+    /// How many nodes keep the function prepared (artifact, dependencies, snapshot).
+    #[serde(default)]
+    pub observers: Option<u32>,
+    /// Labels a node must carry to run the function.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingDocument {
+    #[serde(default)]
+    pub min_instances: Option<u32>,
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+}
+
+/// How instances start pre-initialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotPolicy {
+    /// One pre-initialized process per deployment imports the code; instances fork from it.
+    Zygote,
+    /// Every instance starts from scratch.
+    None,
+}
+
+/// Scaling limits of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scaling {
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub concurrency: u32,
+    pub idle_timeout_ms: u64,
+}
+
+/// A validated function, as stored in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    pub name: String,
+    /// Assigned by the ledger on deploy.
+    pub version: u32,
+    pub runtime: Runtime,
+    pub handler: Option<String>,
+    pub command: Vec<String>,
+    pub artifact: ArtifactId,
+    pub env: BTreeMap<String, String>,
+    pub scaling: Scaling,
+    pub timeout_ms: u64,
+    pub resources: Resources,
+    pub snapshot: SnapshotPolicy,
+    pub observers: u32,
+    pub labels: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl FunctionSpec {
+    /// `name@version`, the deployment's identity on every node.
+    pub fn deployment(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+impl FunctionDocument {
+    /// Parse a YAML (or JSON) function document. `source` is allowed here (the CLI bundles it);
+    /// [`FunctionDocument::validate`] needs `artifact`.
+    pub fn parse(text: &str) -> Result<FunctionDocument, SpecError> {
+        let doc: FunctionDocument = crate::spec::from_yaml(text)?;
+        doc.check()?;
+        Ok(doc)
+    }
+
+    /// Every check that does not need the bundle.
+    pub fn check(&self) -> Result<(), SpecError> {
+        validate_name("name", &self.name)?;
+        if self.kind != Kind::Function {
+            return Err(SpecError::new(
+                "kind",
+                "a function document has `kind: function`; apply other kinds with `falak capsule apply`",
+            ));
+        }
+        match self.runtime {
+            Runtime::Python => {
+                let Some(handler) = &self.handler else {
+                    return Err(SpecError::new(
+                        "handler",
+                        "a python function needs a handler `module.function`, e.g. `main.handle`",
+                    ));
+                };
+                validate_handler(handler)?;
+                if !self.command.is_empty() {
+                    return Err(SpecError::new("command", "a python function runs its handler; leave command out"));
+                }
+            }
+            Runtime::Http | Runtime::Exec => {
+                if self.command.is_empty() {
+                    return Err(SpecError::new(
+                        "command",
+                        format!(
+                            "an {} function needs a command, e.g. [\"python3\", \"server.py\"]",
+                            self.runtime.name()
+                        ),
+                    ));
+                }
+                if self.handler.is_some() {
+                    return Err(SpecError::new("handler", "only python functions have a handler; use command"));
+                }
+                if self.command.len() > 4096 || self.command.iter().any(|a| a.contains('\0') || a.is_empty()) {
+                    return Err(SpecError::new("command", "at most 4096 arguments, none empty or containing NUL"));
+                }
+            }
+        }
+        if self.snapshot == Some(SnapshotPolicy::Zygote) && self.runtime != Runtime::Python {
+            return Err(SpecError::new("snapshot", "zygote snapshots are for python functions; use `none`"));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(SpecError::new(
+                    format!("env.{key}"),
+                    "environment names must be non-empty without '=' or NUL",
+                ));
+            }
+            if key.starts_with("FALAK_") {
+                return Err(SpecError::new(format!("env.{key}"), "names starting with FALAK_ are set by falak"));
+            }
+        }
+        self.scaling()?;
+        self.timeout_ms()?;
+        if let Some(n) = self.observers
+            && (n == 0 || n > MAX_OBSERVERS)
+        {
+            return Err(SpecError::new("observers", format!("must be between 1 and {MAX_OBSERVERS}, got {n}")));
+        }
+        Ok(())
+    }
+
+    fn scaling(&self) -> Result<Scaling, SpecError> {
+        let s = &self.scaling;
+        let max_instances = s.max_instances.unwrap_or(8);
+        let min_instances = s.min_instances.unwrap_or(0);
+        let concurrency = s.concurrency.unwrap_or(1);
+        if max_instances == 0 || max_instances > MAX_INSTANCES {
+            return Err(SpecError::new(
+                "scaling.max_instances",
+                format!("must be between 1 and {MAX_INSTANCES}, got {max_instances}"),
+            ));
+        }
+        if min_instances > max_instances {
+            return Err(SpecError::new(
+                "scaling.min_instances",
+                format!("{min_instances} is more than max_instances ({max_instances})"),
+            ));
+        }
+        if concurrency == 0 || concurrency > MAX_CONCURRENCY {
+            return Err(SpecError::new(
+                "scaling.concurrency",
+                format!("must be between 1 and {MAX_CONCURRENCY}, got {concurrency}"),
+            ));
+        }
+        let idle_timeout_ms = match &s.idle_timeout {
+            None => DEFAULT_IDLE_TIMEOUT_MS,
+            Some(t) => parse_duration("scaling.idle_timeout", t)?.as_millis() as u64,
+        };
+        Ok(Scaling { min_instances, max_instances, concurrency, idle_timeout_ms })
+    }
+
+    fn timeout_ms(&self) -> Result<u64, SpecError> {
+        match &self.timeout {
+            None => Ok(DEFAULT_TIMEOUT_MS),
+            Some(t) => Ok(parse_duration("timeout", t)?.as_millis() as u64),
+        }
+    }
+
+    /// Produce the stored spec; `version` is the one the ledger assigns.
+    pub fn validate(self, version: u32) -> Result<FunctionSpec, SpecError> {
+        self.check()?;
+        let Some(artifact) = self.artifact else {
+            return Err(SpecError::new(
+                "artifact",
+                "no bundle: deploy with `falak fn deploy -f FILE` (it bundles `source`), or upload the bundle \
+                 to POST /api/v1/artifacts and set `artifact` to the id it returns",
+            ));
+        };
+        let scaling = self.scaling()?;
+        let timeout_ms = self.timeout_ms()?;
+        let resources = self.resources.validate()?;
+        let snapshot = self.snapshot.unwrap_or(match self.runtime {
+            Runtime::Python => SnapshotPolicy::Zygote,
+            Runtime::Http | Runtime::Exec => SnapshotPolicy::None,
+        });
+        Ok(FunctionSpec {
+            name: self.name,
+            version,
+            runtime: self.runtime,
+            handler: self.handler,
+            command: self.command,
+            artifact,
+            env: self.env,
+            scaling,
+            timeout_ms,
+            resources,
+            snapshot,
+            observers: self.observers.unwrap_or(DEFAULT_OBSERVERS),
+            labels: self.labels,
+            tags: self.tags,
+        })
+    }
+}
+
+/// `module.function` with Python identifiers (the module may be dotted: `pkg.mod.handle`).
+fn validate_handler(handler: &str) -> Result<(), SpecError> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && !s.as_bytes()[0].is_ascii_digit()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let parts: Vec<&str> = handler.split('.').collect();
+    if handler.len() > 200 || parts.len() < 2 || !parts.iter().all(|p| ident(p)) {
+        return Err(SpecError::new(
+            "handler",
+            format!("{handler:?} is not `module.function` (Python identifiers), e.g. `main.handle`"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GREET: &str = r#"
+name: greet
+kind: function
+runtime: python
+handler: main.handle        # main.py defines handle(request) -> response
+source: ./greet             # bundled and stored by content id on deploy
+scaling: { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout: 60s }
+"#;
+
+    fn error_of(text: &str) -> String {
+        match FunctionDocument::parse(text) {
+            Ok(doc) => doc.validate(1).unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn readme_function_parses_and_needs_its_bundle() {
+        let doc = FunctionDocument::parse(GREET).unwrap();
+        assert_eq!(doc.source.as_deref(), Some("./greet"));
+        assert!(error_of(GREET).starts_with("field `artifact`: no bundle"));
+        let mut doc = doc;
+        doc.artifact = Some(ArtifactId([1; 32]));
+        let spec = doc.validate(3).unwrap();
+        assert_eq!(spec.deployment(), "greet@3");
+        assert_eq!(spec.scaling, Scaling { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout_ms: 60_000 });
+        assert_eq!(spec.snapshot, SnapshotPolicy::Zygote);
+        assert_eq!(spec.timeout_ms, DEFAULT_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        expect_test::expect!["field `handler`: a python function needs a handler `module.function`, e.g. `main.handle`"]
+            .assert_eq(&error_of("name: f\nkind: function\nruntime: python"));
+        expect_test::expect![[r#"field `handler`: "main" is not `module.function` (Python identifiers), e.g. `main.handle`"#]]
+            .assert_eq(&error_of("name: f\nkind: function\nruntime: python\nhandler: main"));
+        expect_test::expect![[r#"field `command`: an http function needs a command, e.g. ["python3", "server.py"]"#]]
+            .assert_eq(&error_of("name: f\nkind: function\nruntime: http"));
+        expect_test::expect!["field `scaling.min_instances`: 5 is more than max_instances (4)"].assert_eq(&error_of(
+            "name: f\nkind: function\nruntime: python\nhandler: m.h\nscaling: { min_instances: 5, max_instances: 4 }",
+        ));
+        expect_test::expect!["field `scaling.concurrency`: must be between 1 and 1000, got 0"].assert_eq(&error_of(
+            "name: f\nkind: function\nruntime: python\nhandler: m.h\nscaling: { concurrency: 0 }",
+        ));
+        expect_test::expect!["field `snapshot`: zygote snapshots are for python functions; use `none`"]
+            .assert_eq(&error_of("name: f\nkind: function\nruntime: exec\ncommand: [cat]\nsnapshot: zygote"));
+        assert!(error_of("name: f\nkind: function\nruntime: ruby").starts_with("field `runtime`"));
+        assert!(error_of("name: f\nkind: process\nruntime: python\nhandler: m.h").starts_with("field `kind`"));
+        assert!(error_of("name: f\nkind: function\nruntime: python\nhandler: m.h\nartifact: xyz").starts_with("field `artifact`"));
+    }
+}

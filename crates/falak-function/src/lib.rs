@@ -1,0 +1,1 @@
+//! The function host: runtime hosts, zygote snapshots, instances and the instance pool.
