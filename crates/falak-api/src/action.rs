@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
 use crate::error::ApiError;
 use crate::event::EventSubscription;
+use crate::function::FunctionAction;
 use crate::health::Readiness;
 use crate::job::JobInfo;
 use crate::join::{JoinRequest, JoinResponse};
@@ -79,6 +80,8 @@ pub enum Action {
     Subscribe { reply: Reply<EventSubscription> },
     /// A new node asks to join: check its proof, issue its certificate, admit its record.
     Join { request: JoinRequest, reply: Reply<JoinResponse> },
+    /// Deploy, list, show, remove functions; their instances, logs and asynchronous invocations.
+    Function(FunctionAction),
 }
 
 impl Action {
@@ -107,6 +110,7 @@ impl Action {
             Action::GetWorkload { .. } => "get_workload",
             Action::Subscribe { .. } => "subscribe",
             Action::Join { .. } => "join",
+            Action::Function(f) => f.name(),
         }
     }
 
@@ -139,6 +143,7 @@ impl Action {
             Action::GetWorkload { reply, .. } => send(reply, error),
             Action::Subscribe { reply } => send(reply, error),
             Action::Join { reply, .. } => send(reply, error),
+            Action::Function(f) => f.fail(error),
         }
     }
 
@@ -152,6 +157,6 @@ impl Action {
                 | Action::ApplyService { .. }
                 | Action::RemoveService { .. }
                 | Action::Join { .. }
-        )
+        ) || matches!(self, Action::Function(f) if f.is_write())
     }
 }

@@ -6,6 +6,7 @@ mod sse;
 use std::time::Duration;
 
 use falak_core::capsule::CapsuleDocument;
+use falak_core::function::FunctionDocument;
 use falak_core::job::{JobId, TaskId};
 use futures_util::{Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, header};
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::event::{EventItem, EventRecord, LAGGED};
+use crate::function::{ArtifactStored, FunctionDeployed, FunctionInfo, InstanceInfo, InvocationInfo};
 use crate::health::Readiness;
 use crate::job::{JobInfo, JobSubmission, TaskOutput};
 use crate::node::NodeInfo;
@@ -273,6 +275,93 @@ impl Client {
     }
 
     // Plumbing.
+
+    // Functions.
+
+    /// `POST /api/v1/artifacts`: store a bundle on the node; returns its content id.
+    pub async fn store_artifact(&self, bundle: Vec<u8>) -> Result<ArtifactStored, ClientError> {
+        let request = self
+            .request(Method::POST, "/api/v1/artifacts")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(bundle);
+        self.json(request).await
+    }
+
+    /// `POST /api/v1/functions`: deploy a function whose `artifact` is stored.
+    pub async fn deploy_function(&self, document: &FunctionDocument) -> Result<FunctionDeployed, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/functions").json(document)).await
+    }
+
+    pub async fn functions(&self) -> Result<Vec<FunctionInfo>, ClientError> {
+        self.json(self.get("/api/v1/functions")).await
+    }
+
+    pub async fn function(&self, name: &str) -> Result<FunctionInfo, ClientError> {
+        self.json(self.get(&format!("/api/v1/functions/{}", segment(name)))).await
+    }
+
+    pub async fn remove_function(&self, name: &str) -> Result<FunctionInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/v1/functions/{}", segment(name)))).await
+    }
+
+    pub async fn function_instances(&self, name: &str) -> Result<Vec<InstanceInfo>, ClientError> {
+        self.json(self.get(&format!("/api/v1/functions/{}/instances", segment(name)))).await
+    }
+
+    pub async fn function_logs(&self, name: &str, max_bytes: Option<usize>) -> Result<String, ClientError> {
+        let mut request = self.get(&format!("/api/v1/functions/{}/logs", segment(name)));
+        if let Some(max) = max_bytes {
+            request = request.query(&[("max_bytes", max)]);
+        }
+        self.text(request).await
+    }
+
+    /// `POST /api/v1/functions/{name}/invocations`: invoke asynchronously.
+    pub async fn invoke_async(
+        &self,
+        name: &str,
+        body: Vec<u8>,
+        callback: Option<&str>,
+        max_attempts: Option<u32>,
+    ) -> Result<InvocationInfo, ClientError> {
+        let mut request = self.request(Method::POST, &format!("/api/v1/functions/{}/invocations", segment(name)));
+        if let Some(url) = callback {
+            request = request.query(&[("callback", url)]);
+        }
+        if let Some(n) = max_attempts {
+            request = request.query(&[("max_attempts", n)]);
+        }
+        self.json(request.body(body)).await
+    }
+
+    pub async fn invocation(&self, name: &str, id: u64) -> Result<InvocationInfo, ClientError> {
+        self.json(self.get(&format!("/api/v1/functions/{}/invocations/{id}", segment(name)))).await
+    }
+
+    /// Invoke `name` through the gateway: `method /fn/{name}{path}` with `body`. Any status is
+    /// an answer (the function's own); only failing to get one is an error.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        method: Method,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<Response, ClientError> {
+        let path = if path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
+        let url = format!("{}/fn/{}{path}", self.base, segment(name));
+        let mut request = self.authorize(self.http.request(method, &url).timeout(REQUEST_TIMEOUT)).body(body);
+        for (k, v) in headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        request.send().await.map_err(|cause| {
+            if cause.is_connect() {
+                ClientError::Unreachable { url: self.base.clone(), cause }
+            } else {
+                ClientError::Request { url, cause }
+            }
+        })
+    }
 
     fn get(&self, path: &str) -> RequestBuilder {
         self.request(Method::GET, path)

@@ -35,6 +35,10 @@ pub enum ErrorCode {
     TooManyRequests,
     /// A bug or an unexpected failure inside the node (500).
     Internal,
+    /// A function instance failed while serving the request: it crashed or answered garbage (502).
+    BadGateway,
+    /// A function did not answer within its timeout (504).
+    Timeout,
 }
 
 impl ErrorCode {
@@ -50,6 +54,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -66,6 +72,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Internal => "internal",
+            ErrorCode::BadGateway => "bad_gateway",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -80,13 +88,15 @@ impl ErrorCode {
             409 => ErrorCode::Conflict,
             413 => ErrorCode::TooLarge,
             429 => ErrorCode::TooManyRequests,
+            502 => ErrorCode::BadGateway,
             503 => ErrorCode::Unavailable,
+            504 => ErrorCode::Timeout,
             _ => ErrorCode::Internal,
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::NotFound,
         ErrorCode::Conflict,
         ErrorCode::Invalid,
@@ -97,6 +107,8 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::TooManyRequests,
         ErrorCode::Internal,
+        ErrorCode::BadGateway,
+        ErrorCode::Timeout,
     ];
 }
 
@@ -147,6 +159,14 @@ impl ApiError {
 
     pub fn too_many_requests(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::TooManyRequests, message)
+    }
+
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadGateway, message)
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Timeout, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

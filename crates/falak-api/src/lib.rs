@@ -7,7 +7,7 @@
 //! types here depend only on `falak-core`. These are the only types that are JSON on the wire.
 //!
 //! One file per resource: [`node`], [`capsule`], [`job`], [`task`], [`service`], [`workload`],
-//! [`event`], [`health`]. Each holds its types, their constructors from committed state (so the
+//! [`function`] (with the invoke gateway), [`event`], [`health`]. Each holds its types, their constructors from committed state (so the
 //! node's answer to a read is one call) and its handlers.
 
 pub mod action;
@@ -15,6 +15,7 @@ pub mod capsule;
 pub mod client;
 mod error;
 pub mod event;
+pub mod function;
 pub mod health;
 pub mod job;
 pub mod join;
@@ -29,4 +30,5 @@ pub use action::{Action, Reply};
 pub use client::{Client, ClientError};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use event::{EventItem, EventRecord, EventSubscription};
-pub use routes::{ApiConfig, DEFAULT_BODY_LIMIT, RouteInfo, router, routes};
+pub use function::{FunctionAction, Gateway, NoGateway};
+pub use routes::{ApiConfig, DEFAULT_BODY_LIMIT, RouteInfo, router, router_with_gateway, routes};

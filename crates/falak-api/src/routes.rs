@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::action::{Action, Reply};
 use crate::error::{ApiError, ErrorCode, body_rejection};
-use crate::{capsule, event, health, job, node, openapi, service, task, workload};
+use crate::function::{Gateway, NoGateway};
+use crate::{capsule, event, function, health, job, node, openapi, service, task, workload};
 
 /// How the API behaves; the node builds it from its configuration.
 #[derive(Debug, Clone)]
@@ -54,13 +55,22 @@ impl Default for ApiConfig {
 /// Build the API router. The node receives every [`Action`] on the other end of `actions` and
 /// answers through the action's reply channel.
 pub fn router(actions: mpsc::Sender<Action>, config: ApiConfig) -> Router {
+    router_with_gateway(actions, config, Arc::new(NoGateway))
+}
+
+/// Build the API router with the node's function gateway serving `/fn/{name}/...`.
+pub fn router_with_gateway(actions: mpsc::Sender<Action>, config: ApiConfig, gateway: Arc<dyn Gateway>) -> Router {
     let body_limit = config.body_limit;
     let ctx = Ctx { actions, config: Arc::new(config) };
     let mut router = Router::new();
     for route in table() {
         router = router.route(route.info.path, route.handler);
     }
+    let to_gateway = move |request: Request| function::gateway(gateway.clone(), request);
     router
+        .route("/fn/{name}", axum::routing::any(to_gateway.clone()))
+        .route("/fn/{name}/", axum::routing::any(to_gateway.clone()))
+        .route("/fn/{name}/{*path}", axum::routing::any(to_gateway))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -124,6 +134,11 @@ impl Route {
         self
     }
 
+    fn accepted(mut self) -> Route {
+        self.info.status = 202;
+        self
+    }
+
     fn produces(mut self, content_type: &'static str) -> Route {
         self.info.produces = content_type;
         self
@@ -172,6 +187,38 @@ fn table() -> Vec<Route> {
             .created(),
         Route::new(M::GET, "/api/v1/workloads/{id}", "one workload", workload::show),
         Route::new(M::DELETE, "/api/v1/workloads/{id}", "remove a service or cancel a job", workload::remove),
+        Route::new(
+            M::POST,
+            "/api/v1/artifacts",
+            "store a bundle (tar or tar.gz) by content id",
+            function::store_artifact,
+        )
+        .body(&["application/octet-stream"])
+        .created(),
+        Route::new(M::GET, "/api/v1/functions", "functions", function::list),
+        Route::new(M::POST, "/api/v1/functions", "deploy a function (its bundle stored first)", function::deploy)
+            .body(SPEC_BODY)
+            .created(),
+        Route::new(M::GET, "/api/v1/functions/{name}", "one function", function::show),
+        Route::new(M::DELETE, "/api/v1/functions/{name}", "remove a function", function::remove),
+        Route::new(M::GET, "/api/v1/functions/{name}/instances", "its instances on every node", function::instances),
+        Route::new(M::GET, "/api/v1/functions/{name}/logs", "its output on every node", function::logs)
+            .query(&[("max_bytes", "at most this many trailing bytes per node")])
+            .produces(TEXT),
+        Route::new(M::POST, "/api/v1/functions/{name}/invocations", "invoke asynchronously", function::invoke_async)
+            .query(&[
+                ("path", "path after /fn/{name} (default /)"),
+                ("callback", "URL the result is POSTed to"),
+                ("max_attempts", "attempts before it fails (1-10, default 3)"),
+            ])
+            .body(&["*/*"])
+            .accepted(),
+        Route::new(
+            M::GET,
+            "/api/v1/functions/{name}/invocations/{id}",
+            "an asynchronous invocation and its result",
+            function::invocation,
+        ),
         Route::new(M::GET, "/api/v1/events", "the event stream (server-sent events)", event::stream)
             .query(&[
                 ("follow", "keep the stream open for new events (default true)"),

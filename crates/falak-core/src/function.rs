@@ -296,12 +296,122 @@ impl FunctionDocument {
     }
 }
 
+/// A function in the ledger: its current version and the instance slots the mesh holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionEntry {
+    pub spec: FunctionSpec,
+    pub deployed_at: crate::Millis,
+    /// Running instances (any version), each claimed by its node before it started.
+    pub instances: Vec<InstanceSlot>,
+}
+
+impl FunctionEntry {
+    pub fn instances_on(&self, node: &crate::NodeId) -> impl Iterator<Item = &InstanceSlot> {
+        self.instances.iter().filter(move |s| s.node == *node)
+    }
+}
+
+/// One instance's claim on the function's `max_instances` budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSlot {
+    pub node: crate::NodeId,
+    /// Unique per node (the node's pool assigns it).
+    pub instance: u64,
+    pub version: u32,
+    pub since: crate::Millis,
+}
+
+/// Identifies an asynchronous invocation.
+pub type InvocationId = u64;
+
+/// The largest request body an asynchronous invocation may carry (it is stored in the ledger).
+pub const MAX_ASYNC_BODY_BYTES: usize = 256 << 10;
+/// The largest response body kept for an asynchronous invocation; longer ones are cut.
+pub const MAX_ASYNC_RESULT_BYTES: usize = 1 << 20;
+/// The most attempts an asynchronous invocation may ask for.
+pub const MAX_INVOCATION_ATTEMPTS: u32 = 10;
+
+/// An HTTP request kept for later: what an asynchronous invocation replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRequest {
+    pub method: String,
+    /// Path after `/fn/{name}`, starting with `/`.
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    #[serde(with = "base64_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// An HTTP response kept as the result of an asynchronous invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    #[serde(with = "base64_bytes")]
+    pub body: Vec<u8>,
+    /// The body was longer than [`MAX_ASYNC_RESULT_BYTES`] and was cut.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Where an asynchronous invocation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InvocationState {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+/// An asynchronous invocation in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invocation {
+    pub id: InvocationId,
+    pub function: String,
+    pub request: StoredRequest,
+    /// POSTed the result when it is known.
+    pub callback: Option<String>,
+    pub max_attempts: u32,
+    /// The node that runs it; reassigned when that node goes OFFLINE.
+    pub owner: crate::NodeId,
+    pub state: InvocationState,
+    pub attempts: u32,
+    pub submitted_at: crate::Millis,
+    pub finished_at: Option<crate::Millis>,
+    pub response: Option<StoredResponse>,
+    /// Why the last attempt failed, when it did.
+    pub error: Option<String>,
+}
+
+/// Serialize bytes as base64 text in human-readable formats.
+pub mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.serialize_str(&STANDARD.encode(bytes)) } else { s.serialize_bytes(bytes) }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+        } else {
+            Ok(serde_bytes_vec(d)?)
+        }
+    }
+
+    fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Vec::<u8>::deserialize(d)
+    }
+}
+
 /// `module.function` with Python identifiers (the module may be dotted: `pkg.mod.handle`).
 fn validate_handler(handler: &str) -> Result<(), SpecError> {
     let ident = |s: &str| {
-        !s.is_empty()
-            && !s.as_bytes()[0].is_ascii_digit()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        !s.is_empty() && !s.as_bytes()[0].is_ascii_digit() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     };
     let parts: Vec<&str> = handler.split('.').collect();
     if handler.len() > 200 || parts.len() < 2 || !parts.iter().all(|p| ident(p)) {
@@ -342,17 +452,24 @@ scaling: { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout: 60s
         doc.artifact = Some(ArtifactId([1; 32]));
         let spec = doc.validate(3).unwrap();
         assert_eq!(spec.deployment(), "greet@3");
-        assert_eq!(spec.scaling, Scaling { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout_ms: 60_000 });
+        assert_eq!(
+            spec.scaling,
+            Scaling { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout_ms: 60_000 }
+        );
         assert_eq!(spec.snapshot, SnapshotPolicy::Zygote);
         assert_eq!(spec.timeout_ms, DEFAULT_TIMEOUT_MS);
     }
 
     #[test]
     fn errors_name_the_field() {
-        expect_test::expect!["field `handler`: a python function needs a handler `module.function`, e.g. `main.handle`"]
-            .assert_eq(&error_of("name: f\nkind: function\nruntime: python"));
-        expect_test::expect![[r#"field `handler`: "main" is not `module.function` (Python identifiers), e.g. `main.handle`"#]]
-            .assert_eq(&error_of("name: f\nkind: function\nruntime: python\nhandler: main"));
+        expect_test::expect![
+            "field `handler`: a python function needs a handler `module.function`, e.g. `main.handle`"
+        ]
+        .assert_eq(&error_of("name: f\nkind: function\nruntime: python"));
+        expect_test::expect![[
+            r#"field `handler`: "main" is not `module.function` (Python identifiers), e.g. `main.handle`"#
+        ]]
+        .assert_eq(&error_of("name: f\nkind: function\nruntime: python\nhandler: main"));
         expect_test::expect![[r#"field `command`: an http function needs a command, e.g. ["python3", "server.py"]"#]]
             .assert_eq(&error_of("name: f\nkind: function\nruntime: http"));
         expect_test::expect!["field `scaling.min_instances`: 5 is more than max_instances (4)"].assert_eq(&error_of(
@@ -365,6 +482,9 @@ scaling: { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout: 60s
             .assert_eq(&error_of("name: f\nkind: function\nruntime: exec\ncommand: [cat]\nsnapshot: zygote"));
         assert!(error_of("name: f\nkind: function\nruntime: ruby").starts_with("field `runtime`"));
         assert!(error_of("name: f\nkind: process\nruntime: python\nhandler: m.h").starts_with("field `kind`"));
-        assert!(error_of("name: f\nkind: function\nruntime: python\nhandler: m.h\nartifact: xyz").starts_with("field `artifact`"));
+        assert!(
+            error_of("name: f\nkind: function\nruntime: python\nhandler: m.h\nartifact: xyz")
+                .starts_with("field `artifact`")
+        );
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::NodeId;
 
 /// Current format version of [`GossipState`] on the wire.
-pub const GOSSIP_FORMAT: u8 = 1;
+pub const GOSSIP_FORMAT: u8 = 2;
 
 /// What a node tells the mesh about itself, piggybacked on membership traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -32,6 +32,22 @@ pub struct GossipState {
     pub rtt_micros: BTreeMap<NodeId, u32>,
     /// The node's API URL, so clients and peers can reach it.
     pub api_url: String,
+    /// Functions the node has prepared or runs, by name.
+    pub functions: BTreeMap<String, FunctionGossip>,
+}
+
+/// What a node tells the mesh about one function it serves or keeps ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FunctionGossip {
+    pub version: u32,
+    /// Instances running (any state but stopped).
+    pub instances: u32,
+    /// Requests its ready instances could take right now.
+    pub free_slots: u32,
+    /// The bundle and dependencies are prepared here.
+    pub prepared: bool,
+    /// A snapshot (zygote) is ready to fork instances from.
+    pub snapshot: bool,
 }
 
 impl GossipState {

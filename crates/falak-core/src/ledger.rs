@@ -6,11 +6,13 @@
 //! and serialization are identical on every replica.
 
 mod apply;
+mod functions;
 mod state;
 
 use serde::{Deserialize, Serialize};
 
 use crate::capsule::CapsuleSpec;
+use crate::function::{FunctionSpec, InvocationId, InvocationState, StoredRequest, StoredResponse};
 use crate::job::{JobId, JobRequest, JobState, ServiceRequest, TaskId, TaskReport, TaskState};
 use crate::node::NodeRecord;
 use crate::placement::Decision;
@@ -98,6 +100,49 @@ pub enum Command {
     ExpireLeases {
         now: Millis,
     },
+    /// Deploy a function; `spec.version` 0 means the next version.
+    DeployFunction {
+        spec: FunctionSpec,
+        now: Millis,
+    },
+    RemoveFunction {
+        name: String,
+        now: Millis,
+    },
+    /// A node claims one slot of a function's `max_instances` before it starts an instance.
+    ClaimInstance {
+        function: String,
+        version: u32,
+        node: NodeId,
+        instance: u64,
+        now: Millis,
+    },
+    /// A node gives back instance slots: the listed ones, or all of its slots when `all`.
+    ReleaseInstances {
+        node: NodeId,
+        function: String,
+        instances: Vec<u64>,
+        all: bool,
+        now: Millis,
+    },
+    /// Record an asynchronous invocation; `owner` runs it.
+    SubmitInvocation {
+        function: String,
+        request: StoredRequest,
+        callback: Option<String>,
+        max_attempts: u32,
+        owner: NodeId,
+        now: Millis,
+    },
+    /// The owner reports how an asynchronous invocation ended.
+    FinishInvocation {
+        id: InvocationId,
+        node: NodeId,
+        attempts: u32,
+        response: Option<StoredResponse>,
+        error: Option<String>,
+        now: Millis,
+    },
 }
 
 /// Why a command changed nothing.
@@ -135,6 +180,12 @@ pub enum Outcome {
     Renewed { renewed: u32, lost: Vec<TaskId> },
     Finished { task: TaskId, state: TaskState },
     Expired { tasks: Vec<TaskId> },
+    FunctionDeployed { name: String, version: u32, unchanged: bool },
+    FunctionRemoved { name: String },
+    InstanceClaimed { function: String, instance: u64 },
+    InstancesReleased { released: u32 },
+    InvocationSubmitted { id: InvocationId },
+    InvocationFinished { id: InvocationId, state: InvocationState },
     Batch(Vec<Outcome>),
     Rejected(Rejection),
 }
@@ -165,6 +216,11 @@ pub enum LedgerEvent {
     LeaseExpired { task: TaskId, attempt: u32, node: NodeId },
     ServiceApplied { name: String, replicas: u32 },
     ServiceRemoved { name: String },
+    FunctionDeployed { name: String, version: u32 },
+    FunctionRemoved { name: String },
+    InstanceClaimed { function: String, version: u32, node: NodeId, instance: u64 },
+    InstanceReleased { function: String, node: NodeId, instance: u64 },
+    InvocationFinished { id: InvocationId, function: String, state: InvocationState },
 }
 
 /// The result of applying one command.

@@ -1,1 +1,40 @@
 //! The function host: runtime hosts, zygote snapshots, instances and the instance pool.
+//!
+//! The node drives a deployment in three steps: [`prepare`] checks the bundle, builds the
+//! virtualenv and writes the Python runtime host into the work dir; [`Zygote::start`] (python)
+//! imports the handler once; [`Zygote::fork`] or [`spawn`] (cold) gives an [`Instance`] that
+//! answers HTTP requests over its Unix socket. `docs/design/runtime-host.md` is the protocol.
+//!
+//! **Boundary:** this crate starts processes and talks HTTP to them; it never reads the ledger
+//! and never decides how many instances run (that is [`pool`] and the node).
+
+mod client;
+mod error;
+mod exec;
+mod instance;
+pub mod pool;
+mod prepare;
+mod process;
+mod spawn;
+mod venv;
+mod zygote;
+
+pub use error::{InstanceError, PrepareError, StartError};
+pub use instance::{Instance, StartKind, StartTimings};
+pub use prepare::{DEFAULT_START_TIMEOUT, HostSpec, Prepared, prepare};
+pub use spawn::spawn;
+pub use zygote::Zygote;
+
+/// The error type of [`BoxBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Request and response bodies: streams of [`bytes::Bytes`], never buffered whole.
+pub type BoxBody = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
+/// The Python runtime host (`runtime/host.py`), shipped inside the binary.
+const RUNTIME_HOST: &str = include_str!("../runtime/host.py");
+
+/// The source of the Python runtime host that [`prepare`] writes into each work dir.
+pub fn runtime_host_source() -> &'static str {
+    RUNTIME_HOST
+}

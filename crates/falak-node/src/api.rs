@@ -43,12 +43,15 @@ pub const MAX_LOG_BYTES: usize = falak_api::task::MAX_LOG_BYTES;
 pub enum RpcRequest {
     /// The last `max_bytes` of one attempt's output on the receiving node.
     TaskLogs { task: TaskId, attempt: u32, stream: LogStream, max_bytes: usize },
+    /// Functions: instances and logs on the receiving node.
+    Function(crate::functions::rpc::FunctionRpc),
 }
 
-/// The node RPC handler: serves logs of attempts that ran here.
-pub fn rpc_handler(tasks_dir: PathBuf) -> Arc<dyn Handler> {
+/// The node RPC handler: serves logs of attempts that ran here, and function requests.
+pub fn rpc_handler(tasks_dir: PathBuf, functions: Arc<crate::functions::FunctionHost>) -> Arc<dyn Handler> {
     Arc::new(move |_from: NodeId, body: Bytes| -> BoxFuture<'static, Result<Bytes, String>> {
         let tasks_dir = tasks_dir.clone();
+        let functions = functions.clone();
         async move {
             let request: RpcRequest = serde_json::from_slice(&body).map_err(|e| format!("bad rpc request: {e}"))?;
             match request {
@@ -56,6 +59,7 @@ pub fn rpc_handler(tasks_dir: PathBuf) -> Arc<dyn Handler> {
                     let text = read_local_log(tasks_dir, task, attempt, stream, max_bytes).await?;
                     Ok(Bytes::from(text))
                 }
+                RpcRequest::Function(request) => functions.answer_rpc(request).await,
             }
         }
         .boxed()
@@ -229,6 +233,7 @@ impl MainLoop {
                 let (recent, live) = self.events.subscribe();
                 let _ = reply.send(Ok(EventSubscription { recent, live }));
             }
+            Action::Function(action) => self.functions.handle(action),
         }
     }
 
@@ -321,6 +326,7 @@ impl MainLoop {
             [(self.config.name.as_str(), leader)],
         );
         self.metrics.render_counters(&mut out);
+        self.functions.render_metrics(&mut out);
         out
     }
 

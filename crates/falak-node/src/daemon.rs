@@ -20,10 +20,12 @@ use falak_ledger::{Ledger, LedgerConfig, PeerInfo};
 use falak_membership::{MemberIdentity, Membership, MembershipConfig};
 use falak_transport::{MeshRoot, Protocol, QuicConfig, QuicTransport};
 use rand::SeedableRng;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::clock::now_millis;
 use crate::config::NodeConfig;
+use crate::functions::gateway::{GatewayHandle, NodeGateway};
+use crate::functions::{FunctionHost, FunctionHostParts};
 use crate::main_loop::{MainLoop, MainLoopParts};
 use crate::membership::MembershipLink;
 use crate::mesh_files::{MeshFiles, MeshFilesError};
@@ -50,6 +52,8 @@ pub enum DaemonError {
     Ledger { dir: PathBuf, reason: String },
     #[error("membership: {0}")]
     Membership(String),
+    #[error("functions: {0}")]
+    Functions(String),
 }
 
 /// Run a node until `shutdown` resolves, then stop it cleanly.
@@ -94,7 +98,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let dyn_transport = transport.dyn_transport();
     dyn_transport.serve(Protocol::Ledger, ledger.handler());
     let tasks_dir = config.data_dir.join("tasks");
-    dyn_transport.serve(Protocol::Rpc, crate::api::rpc_handler(tasks_dir.clone()));
     // The first bootstrap voter forms a new mesh; on a restart this does nothing.
     if bootstrap_voters.first().is_some_and(|v| v.id == id) {
         let voters: BTreeMap<NodeId, PeerInfo> =
@@ -117,15 +120,33 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if killed > 0 {
         tracing::warn!(processes = killed, "killed task processes left by the previous run of this node");
     }
-    let runner = Runner::new(executor, tasks_dir, groups_dir, run_as);
+    let runner = Runner::new(executor, tasks_dir.clone(), groups_dir, run_as);
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
     let api_addr = listener.local_addr().map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
     let record = config.record(id, format!("http://{api_addr}"));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (functions_stop, functions_stopping) = watch::channel(false);
+    let functions = FunctionHost::new(FunctionHostParts {
+        id,
+        node_name: config.name.clone(),
+        data_dir: config.data_dir.clone(),
+        api_url: record.api_url.clone(),
+        ledger: ledger.clone(),
+        transport: dyn_transport.clone(),
+        membership: membership.watch(),
+        events: events_tx.clone(),
+        stop: functions_stopping,
+    })
+    .map_err(|e| DaemonError::Functions(e.to_string()))?;
+    dyn_transport.serve(Protocol::Rpc, crate::api::rpc_handler(tasks_dir.clone(), functions.clone()));
+    dyn_transport.serve(Protocol::Artifact, functions.artifact_handler());
+    let functions_task = tokio::spawn(functions.clone().run());
     let (actions_tx, actions) = mpsc::channel(ACTION_QUEUE);
-    let router = falak_api::router(actions_tx, falak_api::ApiConfig::default());
+    let gateway = Arc::new(GatewayHandle(NodeGateway::new(functions.clone())));
+    let router = falak_api::router_with_gateway(actions_tx, falak_api::ApiConfig::default(), gateway);
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let mut api_stop = stop_tx.subscribe();
     let api = tokio::spawn(async move {
@@ -149,13 +170,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         admitted,
         actions,
         authority,
+        functions,
+        events: (events_tx, events_rx),
     });
     let main = tokio::spawn(main_loop.run(stop_tx.subscribe()));
 
     shutdown.await;
     tracing::info!("stopping: tasks first, then membership, ledger and transport");
     let _ = stop_tx.send(());
+    let _ = functions_stop.send(true);
     let _ = main.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), functions_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     // Say goodbye so peers mark this node OFFLINE at once rather than after suspicion.
     membership.leave().await;

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod functions;
 pub mod host;
 pub mod join;
 pub mod main_loop;

@@ -51,6 +51,11 @@ pub enum Event {
     },
     /// Fresh ledger membership (voters, learners, leader), read in the background.
     LedgerView(LedgerView),
+    /// Something for the event mesh from a part of the node that runs beside the loop.
+    Publish {
+        kind: &'static str,
+        data: serde_json::Value,
+    },
 }
 
 /// Work the loop hands to a spawned task, one at a time per kind.
@@ -104,6 +109,7 @@ pub struct MainLoop {
     /// Node ids the transport accepts: admitted in the ledger, or bootstrap voters.
     pub(crate) admitted: Arc<RwLock<BTreeSet<NodeId>>>,
     pub(crate) authority: Option<Arc<crate::join::JoinAuthority>>,
+    pub(crate) functions: Arc<crate::functions::FunctionHost>,
     pub(crate) tx: EventSender,
     rx: mpsc::UnboundedReceiver<Event>,
     actions: mpsc::Receiver<falak_api::Action>,
@@ -132,11 +138,14 @@ pub struct MainLoopParts {
     pub actions: mpsc::Receiver<falak_api::Action>,
     /// Present when this node holds the mesh CA key and so can admit joiners.
     pub authority: Option<Arc<crate::join::JoinAuthority>>,
+    pub functions: Arc<crate::functions::FunctionHost>,
+    /// The loop's event channel, made by the caller so parts beside the loop can send to it.
+    pub events: (EventSender, mpsc::UnboundedReceiver<Event>),
 }
 
 impl MainLoop {
     pub fn new(parts: MainLoopParts) -> MainLoop {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = parts.events;
         let committed = parts.ledger.subscribe();
         let lease_ms = parts.config.lease.as_millis() as u64;
         let now = instant();
@@ -155,6 +164,7 @@ impl MainLoop {
             observed: BTreeMap::new(),
             admitted: parts.admitted,
             authority: parts.authority,
+            functions: parts.functions,
             tx,
             rx,
             actions: parts.actions,
@@ -238,6 +248,10 @@ impl MainLoop {
                     true
                 }
             },
+            Event::Publish { kind, data } => {
+                self.events.publish(now_millis(), kind, data);
+                false
+            }
             Event::LedgerView(view) => {
                 self.view_busy = false;
                 self.ledger_view = view;
@@ -381,6 +395,7 @@ impl MainLoop {
             queued: self.reconciler.starting() as u32,
             rtt_micros,
             api_url: self.record.api_url.clone(),
+            functions: self.functions.gossip(),
         };
         self.last_gossip_state = Some(state.clone());
         self.membership.set_local_gossip(state);
@@ -481,5 +496,10 @@ pub fn event_kind(event: &LedgerEvent) -> &'static str {
         LedgerEvent::LeaseExpired { .. } => "lease_expired",
         LedgerEvent::ServiceApplied { .. } => "service_applied",
         LedgerEvent::ServiceRemoved { .. } => "service_removed",
+        LedgerEvent::FunctionDeployed { .. } => "function_deployed",
+        LedgerEvent::FunctionRemoved { .. } => "function_removed",
+        LedgerEvent::InstanceClaimed { .. } => "instance_claimed",
+        LedgerEvent::InstanceReleased { .. } => "instance_released",
+        LedgerEvent::InvocationFinished { .. } => "invocation_finished",
     }
 }

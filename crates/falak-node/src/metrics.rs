@@ -46,6 +46,20 @@ impl Histogram {
     }
 }
 
+impl Histogram {
+    /// The samples of one labelled series of a family whose HELP and TYPE are already written.
+    pub fn render_labeled(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {}\n{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
+            self.count, self.sum, self.count
+        );
+    }
+}
+
 /// Counters and histograms of one node.
 #[derive(Debug, Clone)]
 pub struct Metrics {

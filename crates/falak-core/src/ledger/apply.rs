@@ -49,6 +49,20 @@ impl State {
                 self.finish(*task, *node, *fencing, report, *now, ev)
             }
             Command::ExpireLeases { now } => self.expire(*now, ev),
+            Command::DeployFunction { spec, now } => self.deploy_function(spec, *now, ev),
+            Command::RemoveFunction { name, .. } => self.remove_function(name, ev),
+            Command::ClaimInstance { function, version, node, instance, now } => {
+                self.claim_instance(function, *version, *node, *instance, *now, ev)
+            }
+            Command::ReleaseInstances { node, function, instances, all, .. } => {
+                self.release_instances(*node, function, instances, *all, ev)
+            }
+            Command::SubmitInvocation { function, request, callback, max_attempts, owner, now } => {
+                self.submit_invocation(function, request, callback, *max_attempts, *owner, *now)
+            }
+            Command::FinishInvocation { id, node, attempts, response, error, now } => {
+                self.finish_invocation(*id, *node, *attempts, response, error, *now, ev)
+            }
         }
     }
 
@@ -89,6 +103,7 @@ impl State {
             for task in held {
                 self.lose_claim(task, format!("node {name} went OFFLINE"), now, ev);
             }
+            self.node_lost_functions(node, ev);
         } else {
             ev.push(LedgerEvent::NodeOnline { node });
         }
@@ -688,6 +703,12 @@ fn command_now(command: &Command) -> Option<Millis> {
         | Command::Started { now, .. }
         | Command::RenewLeases { now, .. }
         | Command::Finish { now, .. }
-        | Command::ExpireLeases { now } => Some(*now),
+        | Command::ExpireLeases { now }
+        | Command::DeployFunction { now, .. }
+        | Command::RemoveFunction { now, .. }
+        | Command::ClaimInstance { now, .. }
+        | Command::ReleaseInstances { now, .. }
+        | Command::SubmitInvocation { now, .. }
+        | Command::FinishInvocation { now, .. } => Some(*now),
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::capsule::CapsuleVersion;
+use crate::function::{FunctionEntry, Invocation, InvocationId};
 use crate::job::{Job, JobId, Task, TaskId};
 use crate::node::NodeEntry;
 use crate::resources::Resources;
@@ -40,6 +41,14 @@ pub struct StateData {
     pub fencing: u64,
     /// Results refused because their fencing token was stale.
     pub rejected_results: u64,
+    /// Functions by name.
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionEntry>,
+    /// Asynchronous invocations by id; finished ones beyond the retention are dropped oldest first.
+    #[serde(default)]
+    pub invocations: BTreeMap<InvocationId, Invocation>,
+    #[serde(default)]
+    pub next_invocation: InvocationId,
     #[serde(default, skip_serializing_if = "is_none_bug")]
     pub planted_bug: PlantedBug,
 }
@@ -190,6 +199,22 @@ impl State {
 
     pub fn services(&self) -> impl Iterator<Item = &Job> {
         self.data.services.values().filter_map(|id| self.data.jobs.get(id))
+    }
+
+    pub fn function(&self, name: &str) -> Option<&FunctionEntry> {
+        self.data.functions.get(name)
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = &FunctionEntry> {
+        self.data.functions.values()
+    }
+
+    pub fn invocation(&self, id: InvocationId) -> Option<&Invocation> {
+        self.data.invocations.get(&id)
+    }
+
+    pub fn invocations(&self) -> impl DoubleEndedIterator<Item = &Invocation> {
+        self.data.invocations.values()
     }
 
     pub fn rejected_results(&self) -> u64 {

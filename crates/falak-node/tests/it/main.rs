@@ -4,5 +4,6 @@
 #![allow(clippy::disallowed_methods, reason = "tests measure and bound real time")]
 
 mod daemon;
+mod functions;
 mod inputs;
 mod sim;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub mod capsule;
 pub mod events;
 pub mod explain;
+pub mod function;
 pub mod job;
 pub mod node;
 pub mod nodes;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Apply, list and remove services.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Deploy, invoke and inspect functions.
+    #[command(subcommand)]
+    Fn(function::FunctionCommand),
     /// Show a task's decision record: every candidate's gravity terms and why it won or lost.
     Explain(explain::ExplainArgs),
     /// Print the event stream.
@@ -99,6 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Capsule(command) => capsule::run(&ctx, command).await,
                 Command::Job(command) => job::run(&ctx, command).await,
                 Command::Service(command) => service::run(&ctx, command).await,
+                Command::Fn(command) => function::run(&ctx, command).await,
                 Command::Explain(args) => explain::run(&ctx, args).await,
                 Command::Events(args) => events::run(&ctx, args).await,
                 Command::Up(_) | Command::Node(_) => unreachable!("handled above"),

@@ -1,0 +1,371 @@
+//! Fetching artifacts from peers over [`Protocol::Artifact`].
+//!
+//! Wire (postcard): the client sends a [`ChunkRequest`] `{ version, id, offset, len }`; the
+//! server answers a [`ChunkReply`] header — `Chunk { total_size }`, `NotFound` or
+//! `Error { message }` — and, after a `Chunk` header, the chunk's bytes raw, up to
+//! [`CHUNK_BYTES`]. The client pulls chunks in order into a temporary file, hashing as it goes,
+//! and stores the blob only if its BLAKE3 hash is the id asked for.
+//!
+//! **Invariant:** the fetcher stores nothing whose hash differs from the requested id; a peer
+//! that sends wrong bytes is reported and the next peer is tried.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use falak_core::{ArtifactId, NodeId};
+use falak_transport::{Handler, Protocol, Transport, TransportError};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ArtifactStore, MAX_ARTIFACT_BYTES, PutError, ReadError};
+
+/// Largest chunk a server sends in one reply (4 MiB), well under the transport's 16 MiB limit.
+pub const CHUNK_BYTES: u64 = 4 << 20;
+/// The wire version this node speaks.
+const WIRE_VERSION: u8 = 1;
+/// A request is a few dozen bytes; anything longer is not one.
+const MAX_REQUEST_BYTES: usize = 128;
+
+/// Ask for `len` bytes of artifact `id` from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    pub version: u8,
+    pub id: ArtifactId,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The header of a reply; a `Chunk` header is followed by the chunk's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkReply {
+    Chunk { total_size: u64 },
+    NotFound,
+    Error { message: String },
+}
+
+/// Why a fetch failed. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("artifact {id} is not stored here and no peer was given to fetch it from")]
+    NoPeers { id: ArtifactId },
+    #[error("could not fetch artifact {id} from any peer: {}; retry with a peer that holds it", Attempts(failures))]
+    Unavailable { id: ArtifactId, failures: Vec<PeerFailure> },
+    #[error("storing fetched artifact {id} failed: {source}")]
+    Store {
+        id: ArtifactId,
+        #[source]
+        source: PutError,
+    },
+}
+
+/// One peer that did not deliver, and why.
+#[derive(Debug, Clone)]
+pub struct PeerFailure {
+    pub peer: NodeId,
+    pub error: PeerFetchError,
+}
+
+/// Why one peer did not deliver an artifact.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerFetchError {
+    #[error("does not have it")]
+    NotFound,
+    #[error("{0}")]
+    Transport(TransportError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("sent a malformed reply: {0}")]
+    Malformed(String),
+    #[error("claims {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("sent bytes hashing to {actual}, not the requested artifact")]
+    HashMismatch { actual: ArtifactId },
+}
+
+struct Attempts<'a>(&'a [PeerFailure]);
+
+impl fmt::Display for Attempts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, failure) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}peer {} {}", failure.peer.short(), failure.error)?;
+        }
+        Ok(())
+    }
+}
+
+/// A fetched (or already stored) artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub path: PathBuf,
+    /// The peer that served it; `None` when it was already stored before this fetcher ran.
+    pub source: Option<NodeId>,
+}
+
+/// The [`Protocol::Artifact`] handler: serves chunks of the blobs in `store`.
+pub fn serve(store: Arc<ArtifactStore>) -> impl Handler {
+    ArtifactServer { store }
+}
+
+struct ArtifactServer {
+    store: Arc<ArtifactStore>,
+}
+
+impl Handler for ArtifactServer {
+    fn handle(&self, _from: NodeId, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let answer = tokio::task::spawn_blocking(move || answer(&store, &body))
+                .await
+                .map_err(|e| format!("the artifact server failed: {e}"))?;
+            Ok(answer)
+        })
+    }
+}
+
+fn answer(store: &ArtifactStore, body: &[u8]) -> Bytes {
+    let error = |message: String| encode_reply(&ChunkReply::Error { message }, &[]);
+    if body.len() > MAX_REQUEST_BYTES {
+        return error(format!("request of {} bytes is not a chunk request", body.len()));
+    }
+    let request: ChunkRequest = match postcard::from_bytes(body) {
+        Ok(request) => request,
+        Err(e) => return error(format!("cannot decode the chunk request: {e}")),
+    };
+    if request.version != WIRE_VERSION {
+        return error(format!("unsupported request version {}; this node speaks {WIRE_VERSION}", request.version));
+    }
+    let id = request.id;
+    let read =
+        store.size(id).and_then(|size| Ok((size, store.read_range(id, request.offset, request.len.min(CHUNK_BYTES))?)));
+    match read {
+        Ok((total_size, bytes)) => encode_reply(&ChunkReply::Chunk { total_size }, &bytes),
+        Err(ReadError::NotFound(_)) => encode_reply(&ChunkReply::NotFound, &[]),
+        Err(e) => error(e.to_string()),
+    }
+}
+
+fn encode_reply(header: &ChunkReply, bytes: &[u8]) -> Bytes {
+    // Encoding a small enum into a Vec cannot fail.
+    let mut out = postcard::to_allocvec(header).unwrap_or_default();
+    out.extend_from_slice(bytes);
+    Bytes::from(out)
+}
+
+fn decode_reply(body: Bytes) -> Result<(ChunkReply, Bytes), String> {
+    let (header, rest) = postcard::take_from_bytes::<ChunkReply>(&body).map_err(|e| e.to_string())?;
+    let start = body.len() - rest.len();
+    Ok((header, body.slice(start..)))
+}
+
+/// Fetches artifacts from peers into the local store, one transfer per artifact at a time.
+pub struct Fetcher {
+    transport: Arc<dyn Transport>,
+    store: Arc<ArtifactStore>,
+    /// One lock per artifact being fetched: later fetches of the same id wait for the first
+    /// and then find it stored.
+    in_flight: Mutex<HashMap<ArtifactId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Which peer served each artifact this fetcher fetched.
+    sources: Mutex<HashMap<ArtifactId, NodeId>>,
+}
+
+impl Fetcher {
+    pub fn new(transport: Arc<dyn Transport>, store: Arc<ArtifactStore>) -> Fetcher {
+        Fetcher { transport, store, in_flight: Mutex::default(), sources: Mutex::default() }
+    }
+
+    /// The path of artifact `id`, fetching it from `peers` (in order) if it is not stored.
+    pub async fn fetch(&self, id: ArtifactId, peers: &[NodeId]) -> Result<PathBuf, FetchError> {
+        self.fetch_from(id, peers).await.map(|fetched| fetched.path)
+    }
+
+    /// Like [`Fetcher::fetch`], also saying which peer served the artifact.
+    pub async fn fetch_from(&self, id: ArtifactId, peers: &[NodeId]) -> Result<Fetched, FetchError> {
+        if let Some(path) = self.store.path(id) {
+            return Ok(Fetched { path, source: self.source(id) });
+        }
+        let flight = Flight::join(self, id);
+        let _turn = flight.lock.lock().await;
+        // A fetch that held the turn before us may have stored it.
+        if let Some(path) = self.store.path(id) {
+            return Ok(Fetched { path, source: self.source(id) });
+        }
+        self.transfer(id, peers).await
+    }
+
+    /// The peer that served `id` to this fetcher, if it fetched it.
+    pub fn source(&self, id: ArtifactId) -> Option<NodeId> {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner).get(&id).copied()
+    }
+
+    async fn transfer(&self, id: ArtifactId, peers: &[NodeId]) -> Result<Fetched, FetchError> {
+        if peers.is_empty() {
+            return Err(FetchError::NoPeers { id });
+        }
+        let mut failures = Vec::new();
+        for &peer in peers {
+            match self.fetch_one(id, peer).await {
+                Ok(()) => {
+                    tracing::info!(artifact = %id, peer = %peer.short(), "fetched artifact");
+                    self.sources.lock().unwrap_or_else(PoisonError::into_inner).insert(id, peer);
+                    return Ok(Fetched { path: self.store.blob_path(id), source: Some(peer) });
+                }
+                Err(Attempt::Peer(error)) => {
+                    tracing::warn!(artifact = %id, peer = %peer.short(), %error, "peer did not deliver artifact");
+                    failures.push(PeerFailure { peer, error });
+                }
+                Err(Attempt::Local(source)) => return Err(FetchError::Store { id, source }),
+            }
+        }
+        Err(FetchError::Unavailable { id, failures })
+    }
+
+    async fn fetch_one(&self, id: ArtifactId, peer: NodeId) -> Result<(), Attempt> {
+        let store = self.store.clone();
+        let mut writer = blocking(move || store.writer()).await?;
+        let mut total = None;
+        loop {
+            let offset = writer.written();
+            let request = ChunkRequest { version: WIRE_VERSION, id, offset, len: CHUNK_BYTES };
+            let body = Bytes::from(postcard::to_allocvec(&request).unwrap_or_default());
+            let reply =
+                self.transport.request(peer, Protocol::Artifact, body).await.map_err(PeerFetchError::Transport)?;
+            let (header, bytes) = decode_reply(reply).map_err(PeerFetchError::Malformed)?;
+            let total_size = match header {
+                ChunkReply::Chunk { total_size } => total_size,
+                ChunkReply::NotFound => return Err(PeerFetchError::NotFound.into()),
+                ChunkReply::Error { message } => return Err(PeerFetchError::Refused(message).into()),
+            };
+            check_chunk(*total.get_or_insert(total_size), total_size, offset, bytes.len() as u64)?;
+            writer = blocking(move || writer.write(&bytes).map(|()| writer)).await?;
+            if writer.written() == total_size {
+                break;
+            }
+        }
+        blocking(move || writer.commit_expecting(id)).await.map_err(|e| match e {
+            Attempt::Local(PutError::HashMismatch { actual, .. }) => PeerFetchError::HashMismatch { actual }.into(),
+            other => other,
+        })
+    }
+}
+
+/// Check one chunk against what the peer said before, so a lying peer cannot make us loop or
+/// write past the end.
+fn check_chunk(first_total: u64, total: u64, offset: u64, len: u64) -> Result<(), PeerFetchError> {
+    if total > MAX_ARTIFACT_BYTES {
+        return Err(PeerFetchError::TooLarge { size: total, limit: MAX_ARTIFACT_BYTES });
+    }
+    if total != first_total {
+        return Err(PeerFetchError::Malformed(format!("total size changed from {first_total} to {total}")));
+    }
+    if len > CHUNK_BYTES || offset + len > total {
+        return Err(PeerFetchError::Malformed(format!("chunk of {len} bytes at {offset} overruns {total} bytes")));
+    }
+    if len == 0 && offset < total {
+        return Err(PeerFetchError::Malformed(format!("empty chunk at {offset} of {total} bytes")));
+    }
+    Ok(())
+}
+
+/// How one attempt failed: the peer's fault (try the next) or ours (stop).
+enum Attempt {
+    Peer(PeerFetchError),
+    Local(PutError),
+}
+
+impl From<PeerFetchError> for Attempt {
+    fn from(e: PeerFetchError) -> Attempt {
+        Attempt::Peer(e)
+    }
+}
+
+impl From<PutError> for Attempt {
+    fn from(e: PutError) -> Attempt {
+        Attempt::Local(e)
+    }
+}
+
+/// Run blocking store IO off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, PutError> + Send + 'static) -> Result<T, Attempt> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Attempt::Local),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Attempt::Local(PutError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })),
+    }
+}
+
+/// This fetch's membership in the single flight for one artifact; leaving removes the lock
+/// once nobody else waits on it.
+struct Flight<'a> {
+    fetcher: &'a Fetcher,
+    id: ArtifactId,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Flight<'a> {
+    fn join(fetcher: &'a Fetcher, id: ArtifactId) -> Flight<'a> {
+        let mut in_flight = fetcher.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = in_flight.entry(id).or_default().clone();
+        Flight { fetcher, id, lock }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.fetcher.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        // Clones are made only under this lock, so the count is exact: the map's and ours.
+        if Arc::strong_count(&self.lock) == 2 {
+            in_flight.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(store: &ArtifactStore, request: &ChunkRequest) -> (ChunkReply, Bytes) {
+        decode_reply(answer(store, &postcard::to_allocvec(request).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn the_server_clamps_chunks_and_refuses_bad_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let bytes = vec![5u8; usize::try_from(CHUNK_BYTES).unwrap() + 10];
+        let id = store.put(&bytes).unwrap();
+        let request = ChunkRequest { version: WIRE_VERSION, id, offset: 0, len: u64::MAX };
+        let (header, chunk) = ask(&store, &request);
+        assert_eq!(header, ChunkReply::Chunk { total_size: CHUNK_BYTES + 10 });
+        assert_eq!(chunk.len() as u64, CHUNK_BYTES, "a chunk is clamped to CHUNK_BYTES");
+        let (_, tail) = ask(&store, &ChunkRequest { offset: CHUNK_BYTES, ..request.clone() });
+        assert_eq!(tail.len(), 10);
+
+        let (header, _) = ask(&store, &ChunkRequest { offset: CHUNK_BYTES + 11, ..request.clone() });
+        assert!(matches!(header, ChunkReply::Error { message } if message.contains("past the end")));
+        let (header, _) = ask(&store, &ChunkRequest { version: 9, ..request.clone() });
+        assert!(matches!(header, ChunkReply::Error { message } if message.contains("unsupported request version 9")));
+        let (header, _) = ask(&store, &ChunkRequest { id: ArtifactId([1; 32]), ..request });
+        assert_eq!(header, ChunkReply::NotFound);
+        let (header, _) = decode_reply(answer(&store, b"\xff\xff\xff")).unwrap();
+        assert!(matches!(header, ChunkReply::Error { message } if message.contains("cannot decode")));
+        let (header, _) = decode_reply(answer(&store, &[0; 1024])).unwrap();
+        assert!(matches!(header, ChunkReply::Error { .. }));
+    }
+
+    #[test]
+    fn a_lying_peer_cannot_overrun_or_stall_the_fetch() {
+        assert!(check_chunk(10, 10, 0, 10).is_ok());
+        assert!(check_chunk(0, 0, 0, 0).is_ok());
+        assert!(matches!(check_chunk(10, 12, 4, 4), Err(PeerFetchError::Malformed(m)) if m.contains("changed")));
+        assert!(matches!(check_chunk(10, 10, 8, 4), Err(PeerFetchError::Malformed(m)) if m.contains("overruns")));
+        assert!(matches!(check_chunk(10, 10, 4, 0), Err(PeerFetchError::Malformed(m)) if m.contains("empty")));
+        let huge = MAX_ARTIFACT_BYTES + 1;
+        assert!(matches!(check_chunk(huge, huge, 0, 1), Err(PeerFetchError::TooLarge { .. })));
+        let big = CHUNK_BYTES * 4;
+        assert!(matches!(check_chunk(big, big, 0, CHUNK_BYTES + 1), Err(PeerFetchError::Malformed(_))));
+    }
+}

@@ -1,0 +1,308 @@
+//! Preparing a deployment on this node: check the bundle, build its virtualenv, write the
+//! Python runtime host into the work dir. Everything an instance start would otherwise find
+//! out late is found here.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use falak_core::function::Runtime;
+
+use crate::error::PrepareError;
+use crate::process::INHERITED_ENV;
+use crate::venv;
+
+/// How long an instance or a zygote may take to become ready, unless
+/// [`Prepared::set_start_timeout`] says otherwise.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest socket name under the work dir (`i` + u64 + `.sock`), and the most bytes a
+/// Unix socket path may have (`sun_path` is 108 bytes including the NUL).
+const LONGEST_SOCKET_NAME: usize = "/i18446744073709551615.sock".len();
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The oldest Python the runtime host supports.
+const MIN_PYTHON: (u32, u32) = (3, 8);
+
+/// What one deployment needs on this node, built by the node from a `FunctionSpec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// The function's name.
+    pub function: String,
+    /// `name@version`.
+    pub deployment: String,
+    pub runtime: Runtime,
+    /// Python: `module.function`.
+    pub handler: Option<String>,
+    /// `http` and `exec`: program and arguments, run with the bundle as working directory.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// The unpacked bundle.
+    pub bundle_dir: PathBuf,
+    /// Per-deployment scratch dir on this node; the sockets live here, so keep it short.
+    pub work_dir: PathBuf,
+    /// Instances' and the zygote's stdout and stderr are appended here.
+    pub log_path: PathBuf,
+    /// The interpreter when the bundle has no requirements.txt (usually `python3`).
+    pub python: PathBuf,
+}
+
+/// A deployment ready to start: its spec (with absolute paths), the interpreter, the
+/// virtualenv and the runtime host script.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    spec: HostSpec,
+    interpreter: PathBuf,
+    venv: Option<PathBuf>,
+    host_script: Option<PathBuf>,
+    program: Option<PathBuf>,
+    start_timeout: Duration,
+}
+
+impl Prepared {
+    pub fn spec(&self) -> &HostSpec {
+        &self.spec
+    }
+
+    /// The Python that runs the handler: the virtualenv's, else the resolved `spec.python`.
+    /// For `http` and `exec` without a requirements.txt this is `spec.python` unchecked.
+    pub fn interpreter(&self) -> &Path {
+        &self.interpreter
+    }
+
+    /// The virtualenv built from the bundle's requirements.txt, if it has one.
+    pub fn venv(&self) -> Option<&Path> {
+        self.venv.as_deref()
+    }
+
+    /// The runtime host written into the work dir (python only).
+    pub fn host_script(&self) -> Option<&Path> {
+        self.host_script.as_deref()
+    }
+
+    /// The resolved program of `command` (`http` and `exec`).
+    pub fn program(&self) -> Option<&Path> {
+        self.program.as_deref()
+    }
+
+    pub fn start_timeout(&self) -> Duration {
+        self.start_timeout
+    }
+
+    /// How long instances and the zygote may take to become ready.
+    pub fn set_start_timeout(&mut self, timeout: Duration) {
+        self.start_timeout = timeout;
+    }
+
+    /// The socket of instance `instance`.
+    pub fn instance_socket(&self, instance: u64) -> PathBuf {
+        self.spec.work_dir.join(format!("i{instance}.sock"))
+    }
+
+    /// The environment every process of this deployment starts with: a few of the node's
+    /// variables ([`INHERITED_ENV`]), the virtualenv's `PATH`, the function's `env`, then
+    /// `FALAK_FUNCTION` and `FALAK_DEPLOYMENT`.
+    pub(crate) fn base_env(&self) -> BTreeMap<String, OsString> {
+        let mut env: BTreeMap<String, OsString> =
+            INHERITED_ENV.iter().filter_map(|key| Some((key.to_string(), std::env::var_os(key)?))).collect();
+        if let Some(venv) = &self.venv {
+            let mut path = venv.join("bin").into_os_string();
+            if let Some(inherited) = env.get("PATH") {
+                path.push(":");
+                path.push(inherited);
+            }
+            env.insert("PATH".into(), path);
+            env.insert("VIRTUAL_ENV".into(), venv.clone().into_os_string());
+        }
+        env.extend(self.spec.env.iter().map(|(k, v)| (k.clone(), OsString::from(v))));
+        env.insert("FALAK_FUNCTION".into(), self.spec.function.clone().into());
+        env.insert("FALAK_DEPLOYMENT".into(), self.spec.deployment.clone().into());
+        env
+    }
+
+    /// [`Prepared::base_env`] plus the instance's own variables.
+    pub(crate) fn instance_env(&self, instance: u64) -> BTreeMap<String, OsString> {
+        let mut env = self.base_env();
+        env.insert("FALAK_INSTANCE".into(), instance.to_string().into());
+        env.insert("FALAK_SOCKET".into(), self.instance_socket(instance).into_os_string());
+        env
+    }
+}
+
+/// Check the bundle, build the virtualenv (cached under `venv_cache` by the content of
+/// requirements.txt and the wheels dir) and write the runtime host into the work dir.
+pub async fn prepare(spec: HostSpec, venv_cache: &Path) -> Result<Prepared, PrepareError> {
+    let deployment = spec.deployment.clone();
+    let io_error = |what: &'static str, path: &Path| {
+        let deployment = deployment.clone();
+        let path = path.to_owned();
+        move |source| PrepareError::Io { deployment, what, path, source }
+    };
+    let mut spec = spec;
+    spec.bundle_dir = std::path::absolute(&spec.bundle_dir).map_err(io_error("reading", &spec.bundle_dir))?;
+    spec.work_dir = std::path::absolute(&spec.work_dir).map_err(io_error("reading", &spec.work_dir))?;
+    spec.log_path = std::path::absolute(&spec.log_path).map_err(io_error("reading", &spec.log_path))?;
+    let len = spec.work_dir.as_os_str().len();
+    if len + LONGEST_SOCKET_NAME > MAX_SOCKET_PATH {
+        return Err(PrepareError::WorkDirTooLong {
+            deployment,
+            path: spec.work_dir,
+            len,
+            max: MAX_SOCKET_PATH - LONGEST_SOCKET_NAME,
+        });
+    }
+    if !spec.bundle_dir.is_dir() {
+        return Err(io_error("reading the bundle dir", &spec.bundle_dir)(std::io::ErrorKind::NotFound.into()));
+    }
+    tokio::fs::create_dir_all(&spec.work_dir).await.map_err(io_error("creating the work dir", &spec.work_dir))?;
+    if let Some(parent) = spec.log_path.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(io_error("creating the log dir", parent))?;
+    }
+
+    let requirements = spec.bundle_dir.join("requirements.txt");
+    let needs_python = spec.runtime == Runtime::Python || requirements.is_file();
+    let mut prepared = Prepared {
+        interpreter: spec.python.clone(),
+        venv: None,
+        host_script: None,
+        program: None,
+        start_timeout: DEFAULT_START_TIMEOUT,
+        spec,
+    };
+    if needs_python {
+        let (python, version) = resolve_python(&prepared.spec).await?;
+        prepared.interpreter = python;
+        if requirements.is_file() {
+            let venv = venv::build(&prepared.spec, &prepared.interpreter, &version, venv_cache).await?;
+            prepared.interpreter = venv.join("bin").join("python");
+            prepared.venv = Some(venv);
+        }
+    }
+    match prepared.spec.runtime {
+        Runtime::Python => {
+            check_handler(&prepared.spec)?;
+            prepared.host_script = Some(write_host_script(&prepared.spec).await?);
+        }
+        Runtime::Http | Runtime::Exec => {
+            let Some(program) = prepared.spec.command.first() else {
+                return Err(PrepareError::NoCommand { deployment, runtime: prepared.spec.runtime.name() });
+            };
+            let path = prepared.base_env().get("PATH").cloned().unwrap_or_default();
+            prepared.program = Some(resolve_program(&deployment, program, &prepared.spec.bundle_dir, &path)?);
+        }
+    }
+    Ok(prepared)
+}
+
+/// The interpreter's real path (so that instances skip wrappers such as pyenv shims) and its
+/// `major.minor` version.
+async fn resolve_python(spec: &HostSpec) -> Result<(PathBuf, String), PrepareError> {
+    let failed = |detail: String| PrepareError::Python {
+        deployment: spec.deployment.clone(),
+        python: spec.python.clone(),
+        detail,
+    };
+    let output = tokio::process::Command::new(&spec.python)
+        .args(["-c", "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+    let (Some(executable), Some(version), true) = (lines.next(), lines.next(), output.status.success()) else {
+        return Err(failed(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())));
+    };
+    let parsed = version.split_once('.').and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)));
+    match parsed {
+        Some(v) if v >= MIN_PYTHON => {}
+        _ => return Err(failed(format!("it is Python {version}"))),
+    }
+    let executable = if executable.is_empty() { spec.python.clone() } else { PathBuf::from(executable) };
+    Ok((executable, version.to_owned()))
+}
+
+/// The handler's module must be in the bundle: `a.b.handle` is `a/b.py` or `a/b/__init__.py`.
+fn check_handler(spec: &HostSpec) -> Result<(), PrepareError> {
+    let handler = spec.handler.clone().unwrap_or_default();
+    let identifier = |s: &str| {
+        !s.is_empty() && !s.as_bytes()[0].is_ascii_digit() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let module = match handler.rsplit_once('.') {
+        Some((module, function)) if identifier(function) && module.split('.').all(identifier) => module,
+        _ => return Err(PrepareError::InvalidHandler { deployment: spec.deployment.clone(), handler }),
+    };
+    let relative: PathBuf = module.split('.').collect();
+    let looked_for =
+        vec![spec.bundle_dir.join(&relative).with_extension("py"), spec.bundle_dir.join(&relative).join("__init__.py")];
+    if looked_for.iter().any(|path| path.is_file()) {
+        return Ok(());
+    }
+    Err(PrepareError::MissingHandler { deployment: spec.deployment.clone(), handler, looked_for })
+}
+
+/// Write `host.py` into the work dir unless it is there already with the same content
+/// (through a temporary file, so a concurrent prepare never sees half a script).
+async fn write_host_script(spec: &HostSpec) -> Result<PathBuf, PrepareError> {
+    let path = spec.work_dir.join("host.py");
+    let source = crate::runtime_host_source();
+    if tokio::fs::read(&path).await.is_ok_and(|existing| existing == source.as_bytes()) {
+        return Ok(path);
+    }
+    let temporary = spec.work_dir.join(format!(".host.py.{}", std::process::id()));
+    let failed = |source| PrepareError::Io {
+        deployment: spec.deployment.clone(),
+        what: "writing the runtime host",
+        path: path.clone(),
+        source,
+    };
+    tokio::fs::write(&temporary, source).await.map_err(failed)?;
+    tokio::fs::rename(&temporary, &path).await.map_err(failed)?;
+    Ok(path)
+}
+
+/// `program` as exec would find it: a path with a `/` relative to the bundle, else on `PATH`.
+fn resolve_program(
+    deployment: &str,
+    program: &str,
+    bundle: &Path,
+    path: &std::ffi::OsStr,
+) -> Result<PathBuf, PrepareError> {
+    let missing = |hint: String| PrepareError::MissingProgram {
+        deployment: deployment.to_owned(),
+        program: program.to_owned(),
+        hint,
+    };
+    let executable = |candidate: &Path| {
+        std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        // `./server` is `<bundle>/server` (components, so that no `/./` shows in errors).
+        let candidate: PathBuf =
+            bundle.join(program).components().filter(|c| *c != std::path::Component::CurDir).collect();
+        if executable(&candidate) {
+            return Ok(candidate);
+        }
+        let hint = if candidate.is_file() {
+            format!("{} is not executable; mark it executable (chmod +x) before bundling", candidate.display())
+        } else {
+            format!("{} does not exist", candidate.display())
+        };
+        return Err(missing(hint));
+    }
+    for dir in std::env::split_paths(path) {
+        let candidate = bundle.join(dir).join(program);
+        if executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    let hint = if bundle.join(program).is_file() {
+        format!("it is not on PATH; to run the bundle's own {program}, write ./{program}")
+    } else {
+        "it is neither on PATH nor a path into the bundle; install it on the node or ship it in the bundle".to_owned()
+    };
+    Err(missing(hint))
+}

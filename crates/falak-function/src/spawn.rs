@@ -1,0 +1,236 @@
+//! Cold starts: a fresh python `serve` process, an `http` program, or an `exec` instance.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use falak_core::function::Runtime;
+use serde::Deserialize;
+use tokio::io::AsyncBufReadExt;
+use tokio::time::Instant;
+
+use crate::client::{Client, Target};
+use crate::error::StartError;
+use crate::exec::ExecRunner;
+use crate::instance::{Health, Ident, Instance, StartKind, StartTimings};
+use crate::prepare::Prepared;
+use crate::process::{Launch, Process, arg, launch};
+
+/// How often an `http` instance's socket and port are tried at first, and at most.
+const FIRST_PROBE: Duration = Duration::from_millis(1);
+const MAX_PROBE: Duration = Duration::from_millis(25);
+/// How long a process that closed its readiness pipe gets to exit before we say so anyway.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Start instance `instance` from scratch: python runs the runtime host's `serve` mode, `http`
+/// runs the command, `exec` makes an instance with no long-lived process. Resolves once the
+/// instance accepts requests.
+pub async fn spawn(prepared: &Prepared, instance: u64) -> Result<Instance, StartError> {
+    let spec = prepared.spec();
+    let ident = Ident { deployment: spec.deployment.clone(), instance, log_path: spec.log_path.clone() };
+    match spec.runtime {
+        Runtime::Python => spawn_python(prepared, ident).await,
+        Runtime::Http => spawn_http(prepared, ident).await,
+        Runtime::Exec => Ok(Instance::exec(ident, ExecRunner::new(prepared, instance))),
+    }
+}
+
+async fn spawn_python(prepared: &Prepared, ident: Ident) -> Result<Instance, StartError> {
+    let spec = prepared.spec();
+    let socket = prepared.instance_socket(ident.instance);
+    let host = host_script(prepared);
+    let args: Vec<OsString> = vec![
+        "-u".into(),
+        arg(&host),
+        "serve".into(),
+        "--bundle".into(),
+        arg(&spec.bundle_dir),
+        "--handler".into(),
+        spec.handler.clone().unwrap_or_default().into(),
+        "--socket".into(),
+        arg(&socket),
+    ];
+    let what = format!("instance {}", ident.instance);
+    let started = Instant::now();
+    let launched = launch(Launch {
+        program: prepared.interpreter(),
+        args,
+        cwd: &spec.bundle_dir,
+        env: prepared.instance_env(ident.instance),
+        log_path: &spec.log_path,
+        ready_pipe: true,
+        piped: false,
+    })
+    .map_err(|source| StartError::Spawn {
+        deployment: spec.deployment.clone(),
+        what: what.clone(),
+        program: prepared.interpreter().to_owned(),
+        source,
+    })?;
+    let spawned = Instant::now();
+    let process = launched.process;
+    wait_ready(prepared, &what, &process, launched.ready).await?;
+    let client = Client::new(Target::Unix(socket));
+    healthy(prepared, &ident, &process, &client, Health::Endpoint).await?;
+    let timings =
+        StartTimings { kind: StartKind::Cold, spawn_us: micros(spawned - started), init_us: micros(spawned.elapsed()) };
+    Ok(Instance::served(ident, timings, process, client, Health::Endpoint))
+}
+
+async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, StartError> {
+    let spec = prepared.spec();
+    let deployment = spec.deployment.clone();
+    let what = format!("instance {}", ident.instance);
+    let socket = prepared.instance_socket(ident.instance);
+    let _ = tokio::fs::remove_file(&socket).await;
+    let port = free_port().map_err(|source| StartError::Io {
+        deployment: deployment.clone(),
+        what: "finding a free port for PORT".to_owned(),
+        source,
+    })?;
+    let mut env = prepared.instance_env(ident.instance);
+    env.insert("PORT".into(), port.to_string().into());
+    let program = prepared.program().map(Path::to_owned).unwrap_or_else(|| spec.command.first().into_iter().collect());
+    let started = Instant::now();
+    let launched = launch(Launch {
+        program: &program,
+        args: spec.command.iter().skip(1).map(OsString::from).collect(),
+        cwd: &spec.bundle_dir,
+        env,
+        log_path: &spec.log_path,
+        ready_pipe: false,
+        piped: false,
+    })
+    .map_err(|source| StartError::Spawn {
+        deployment: deployment.clone(),
+        what: what.clone(),
+        program,
+        source,
+    })?;
+    let spawned = Instant::now();
+    let process = launched.process;
+    let deadline = spawned + prepared.start_timeout();
+    let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut probe = FIRST_PROBE;
+    let client = loop {
+        if let Ok(stream) = tokio::net::UnixStream::connect(&socket).await {
+            let client = Client::new(Target::Unix(socket));
+            let _ = client.adopt(stream).await;
+            break client;
+        }
+        if let Ok(stream) = tokio::net::TcpStream::connect(tcp).await {
+            let _ = stream.set_nodelay(true);
+            let client = Client::new(Target::Tcp(tcp));
+            let _ = client.adopt(stream).await;
+            break client;
+        }
+        if !process.is_alive() {
+            let status = tokio::time::timeout(EXIT_WAIT, process.exited()).await.map(|exit| exit.description);
+            let status = status.unwrap_or_else(|_| "exited".to_owned());
+            return Err(StartError::Exited { deployment, what, status, log: spec.log_path.clone() });
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::Timeout {
+                deployment,
+                what: format!("{what} (listening on FALAK_SOCKET {} or PORT {port})", socket.display()),
+                timeout: prepared.start_timeout(),
+                log: spec.log_path.clone(),
+            });
+        }
+        tokio::time::sleep(probe).await;
+        probe = (probe * 2).min(MAX_PROBE);
+    };
+    let timings =
+        StartTimings { kind: StartKind::Cold, spawn_us: micros(spawned - started), init_us: micros(spawned.elapsed()) };
+    Ok(Instance::served(ident, timings, process, client, Health::Connect))
+}
+
+/// What the python runtime host writes to `FALAK_READY_FD`.
+#[derive(Deserialize)]
+struct ReadyMessage {
+    #[serde(default)]
+    ready: bool,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Wait for the python runtime host's readiness line: ready, failed to load (the Python
+/// error), exited, or not within the start timeout.
+pub(crate) async fn wait_ready(
+    prepared: &Prepared,
+    what: &str,
+    process: &Process,
+    ready: Option<tokio::net::unix::pipe::Receiver>,
+) -> Result<(), StartError> {
+    let spec = prepared.spec();
+    let deployment = spec.deployment.clone();
+    let Some(ready) = ready else { return Ok(()) };
+    let mut reader = tokio::io::BufReader::new(ready);
+    let mut line = String::new();
+    let read = tokio::time::timeout(prepared.start_timeout(), reader.read_line(&mut line)).await;
+    match read {
+        Err(_) => Err(StartError::Timeout {
+            deployment,
+            what: what.to_owned(),
+            timeout: prepared.start_timeout(),
+            log: spec.log_path.clone(),
+        }),
+        Ok(Err(source)) => Err(StartError::Io { deployment, what: format!("reading {what}'s readiness"), source }),
+        Ok(Ok(0)) => {
+            let status = tokio::time::timeout(EXIT_WAIT, process.exited())
+                .await
+                .map(|exit| exit.description)
+                .unwrap_or_else(|_| "it closed its readiness pipe".to_owned());
+            Err(StartError::Exited { deployment, what: what.to_owned(), status, log: spec.log_path.clone() })
+        }
+        Ok(Ok(_)) => match serde_json::from_str::<ReadyMessage>(&line) {
+            Ok(ReadyMessage { error: Some(error), .. }) => Err(StartError::Load { deployment, error }),
+            Ok(ReadyMessage { ready: true, .. }) => Ok(()),
+            _ => Err(StartError::Io {
+                deployment,
+                what: format!("reading {what}'s readiness"),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected line {line:?}")),
+            }),
+        },
+    }
+}
+
+/// The first health check of a new instance, within the start timeout.
+pub(crate) async fn healthy(
+    prepared: &Prepared,
+    ident: &Ident,
+    process: &Process,
+    client: &std::sync::Arc<Client>,
+    health: Health,
+) -> Result<(), StartError> {
+    let spec = prepared.spec();
+    match tokio::time::timeout(prepared.start_timeout(), crate::instance::first_health(ident, process, client, health))
+        .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(StartError::Health {
+            deployment: spec.deployment.clone(),
+            instance: ident.instance,
+            source: Box::new(source),
+        }),
+        Err(_) => Err(StartError::Timeout {
+            deployment: spec.deployment.clone(),
+            what: format!("the first health check of instance {}", ident.instance),
+            timeout: prepared.start_timeout(),
+            log: spec.log_path.clone(),
+        }),
+    }
+}
+
+pub(crate) fn host_script(prepared: &Prepared) -> PathBuf {
+    prepared.host_script().map(Path::to_owned).unwrap_or_else(|| prepared.spec().work_dir.join("host.py"))
+}
+
+pub(crate) fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A port that was free a moment ago (the program binds it soon after).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}

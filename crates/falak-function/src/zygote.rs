@@ -1,0 +1,215 @@
+//! The zygote: one python process per deployment that imported the handler once and forks a
+//! pre-initialized instance per request for one. This is Falak's snapshot of a python function
+//! (CRIU cannot start on the kernels Falak targets; see docs/design/runtime-host.md).
+//!
+//! The control protocol is one JSON line each way on a Unix socket:
+//! `{"op":"fork","instance":7,"socket":"/…/i7.sock","env":{…}}` → `{"pid":1234}` or
+//! `{"error":"…"}`. The zygote binds the instance's socket before it forks, so the instance
+//! accepts connections as soon as the reply arrives.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use falak_core::function::Runtime;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::client::{Client, Target};
+use crate::error::StartError;
+use crate::instance::{Health, Ident, Instance, StartKind, StartTimings};
+use crate::prepare::Prepared;
+use crate::process::{Launch, Process, arg, launch};
+use crate::spawn::{healthy, host_script, micros, wait_ready};
+
+/// How long [`Zygote::stop`] waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Numbers the control sockets of the zygotes this node starts, so that a replacement zygote
+/// never takes over its predecessor's socket.
+static ZYGOTES: AtomicU64 = AtomicU64::new(0);
+
+/// A running zygote. Dropping it kills it, and with it (through `PR_SET_PDEATHSIG`) every
+/// instance forked from it.
+pub struct Zygote {
+    prepared: Prepared,
+    process: Process,
+    control_path: PathBuf,
+    /// `None` after a failed exchange (the stream may hold a late reply); the next fork
+    /// reconnects, as the zygote accepts any number of control connections.
+    control: Mutex<Option<BufReader<UnixStream>>>,
+}
+
+#[derive(Deserialize)]
+struct ForkReply {
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl Zygote {
+    /// Start the zygote: it imports the handler and resolves once it can fork. An import error
+    /// or a missing handler is [`StartError::Load`] with Python's error text.
+    pub async fn start(prepared: &Prepared) -> Result<Zygote, StartError> {
+        let spec = prepared.spec();
+        if spec.runtime != Runtime::Python {
+            return Err(StartError::NoZygote { deployment: spec.deployment.clone(), runtime: spec.runtime.name() });
+        }
+        let control_path = spec.work_dir.join(format!("z{}.ctl", ZYGOTES.fetch_add(1, Ordering::Relaxed)));
+        let args: Vec<OsString> = vec![
+            "-u".into(),
+            arg(&host_script(prepared)),
+            "zygote".into(),
+            "--bundle".into(),
+            arg(&spec.bundle_dir),
+            "--handler".into(),
+            spec.handler.clone().unwrap_or_default().into(),
+            "--control".into(),
+            arg(&control_path),
+        ];
+        let launched = launch(Launch {
+            program: prepared.interpreter(),
+            args,
+            cwd: &spec.bundle_dir,
+            env: prepared.base_env(),
+            log_path: &spec.log_path,
+            ready_pipe: true,
+            piped: false,
+        })
+        .map_err(|source| StartError::Spawn {
+            deployment: spec.deployment.clone(),
+            what: "the zygote".to_owned(),
+            program: prepared.interpreter().to_owned(),
+            source,
+        })?;
+        let process = launched.process;
+        wait_ready(prepared, "the zygote", &process, launched.ready).await?;
+        let control = UnixStream::connect(&control_path).await.map_err(|source| StartError::Io {
+            deployment: spec.deployment.clone(),
+            what: format!("connecting to the zygote's control socket {}", control_path.display()),
+            source,
+        })?;
+        Ok(Zygote {
+            prepared: prepared.clone(),
+            process,
+            control_path,
+            control: Mutex::new(Some(BufReader::new(control))),
+        })
+    }
+
+    /// Fork instance `instance` from the zygote; resolves when it has answered its first
+    /// health check (a few milliseconds: no interpreter start, no imports).
+    pub async fn fork(&self, instance: u64) -> Result<Instance, StartError> {
+        let spec = self.prepared.spec();
+        let ident = Ident { deployment: spec.deployment.clone(), instance, log_path: spec.log_path.clone() };
+        let socket = self.prepared.instance_socket(instance);
+        let started = Instant::now();
+        let pid = self.request_fork(instance, &socket).await?;
+        let process = Process::foreign(pid).map_err(|_| StartError::Exited {
+            deployment: spec.deployment.clone(),
+            what: format!("instance {instance}"),
+            status: "exited right after the fork".to_owned(),
+            log: spec.log_path.clone(),
+        })?;
+        let forked = Instant::now();
+        let client = Client::new(Target::Unix(socket));
+        healthy(&self.prepared, &ident, &process, &client, Health::Endpoint).await?;
+        let timings = StartTimings {
+            kind: StartKind::Fork,
+            spawn_us: micros(forked - started),
+            init_us: micros(forked.elapsed()),
+        };
+        Ok(Instance::served(ident, timings, process, client, Health::Endpoint))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.process.is_alive()
+    }
+
+    /// Resolves when the zygote has exited.
+    pub async fn exited(&self) {
+        self.process.exited().await;
+    }
+
+    /// Stop the zygote (SIGTERM, SIGKILL after a grace period). Its instances die with it.
+    pub async fn stop(&self) {
+        self.process.stop(STOP_GRACE).await;
+    }
+
+    async fn request_fork(&self, instance: u64, socket: &std::path::Path) -> Result<u32, StartError> {
+        let spec = self.prepared.spec();
+        let deployment = spec.deployment.clone();
+        let gone = || StartError::ZygoteExited {
+            deployment: deployment.clone(),
+            pid: self.process.pid(),
+            log: spec.log_path.clone(),
+        };
+        if !self.process.is_alive() {
+            return Err(gone());
+        }
+        let env: BTreeMap<&str, String> =
+            [("FALAK_INSTANCE", instance.to_string()), ("FALAK_SOCKET", socket.to_string_lossy().into_owned())].into();
+        let mut line =
+            serde_json::json!({ "op": "fork", "instance": instance, "socket": socket, "env": env }).to_string();
+        line.push('\n');
+        let mut guard = self.control.lock().await;
+        let exchange = async {
+            let control = match guard.take() {
+                Some(control) => control,
+                None => BufReader::new(UnixStream::connect(&self.control_path).await?),
+            };
+            let control = guard.insert(control);
+            control.get_mut().write_all(line.as_bytes()).await?;
+            let mut reply = String::new();
+            let read = control.read_line(&mut reply).await?;
+            Ok::<_, std::io::Error>((read, reply))
+        };
+        let exchanged = tokio::time::timeout(self.prepared.start_timeout(), exchange).await;
+        if !matches!(exchanged, Ok(Ok((1.., _)))) {
+            *guard = None;
+        }
+        drop(guard);
+        let (read, reply) = match exchanged {
+            Ok(Ok(exchanged)) => exchanged,
+            Ok(Err(_)) if !self.process.is_alive() => return Err(gone()),
+            Ok(Err(source)) => {
+                return Err(StartError::Io { deployment, what: "talking to the zygote".to_owned(), source });
+            }
+            Err(_) => {
+                return Err(StartError::Timeout {
+                    deployment,
+                    what: format!("the zygote's fork of instance {instance}"),
+                    timeout: self.prepared.start_timeout(),
+                    log: spec.log_path.clone(),
+                });
+            }
+        };
+        if read == 0 {
+            return Err(gone());
+        }
+        match serde_json::from_str::<ForkReply>(&reply) {
+            Ok(ForkReply { pid: Some(pid), .. }) => Ok(pid),
+            Ok(ForkReply { error: Some(error), .. }) => Err(StartError::Fork { deployment, instance, error }),
+            _ => Err(StartError::Fork { deployment, instance, error: format!("unexpected reply {reply:?}") }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Zygote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zygote")
+            .field("deployment", &self.prepared.spec().deployment)
+            .field("pid", &self.process.pid())
+            .finish()
+    }
+}

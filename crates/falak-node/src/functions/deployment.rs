@@ -1,0 +1,629 @@
+//! One function version on this node: its prepared bundle, its zygote, its instance pool and
+//! the driver that carries out the pool's actions.
+//!
+//! The pool ([`falak_function::pool::Pool`]) decides; this driver starts and stops processes,
+//! claims and releases instance slots in the ledger, and hands requests to instances. The warm
+//! path (a free slot on a ready instance) takes one short lock and no ledger write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use falak_api::ApiError;
+use falak_api::function::gateway_error;
+use falak_core::function::{FunctionSpec, SnapshotPolicy};
+use falak_core::ledger::{Command, Outcome, RejectCode};
+use falak_function::pool::{Action, InstanceId, Pool, PoolConfig, RejectReason, RequestId, StartFailure};
+use falak_function::{BoxBody, HostSpec, Instance, InstanceError, Prepared, Zygote};
+use http_body_util::BodyExt;
+use tokio::sync::{Notify, oneshot};
+
+use super::HostContext;
+use super::start::{Stages, StartInfo, StartLabel};
+use crate::clock::{instant, now_millis};
+
+/// How long a stopping instance gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a request may wait for a slot before it gets 429.
+const MAX_WAIT_MS: u64 = 5_000;
+/// How long an instance may take to start, including preparing the deployment on this node.
+const START_TIMEOUT_MS: u64 = 120_000;
+
+/// What a waiting request is told.
+enum Assignment {
+    Go { pool_id: InstanceId, instance: Arc<Instance>, fresh: Option<StartInfo> },
+    Reject { reason: RejectReason, retry_after_ms: Option<u64> },
+}
+
+/// One running instance as the driver knows it.
+struct Live {
+    instance: Arc<Instance>,
+    /// Node-wide id: the key of its slot in the ledger.
+    slot: u64,
+    /// How it started, handed to the first request it serves.
+    fresh: Option<StartInfo>,
+    stopping: bool,
+    label: StartLabel,
+}
+
+/// The prepared deployment, once prepared.
+#[derive(Default)]
+struct Prep {
+    prepared: Option<Arc<Prepared>>,
+    failed: Option<String>,
+}
+
+pub(crate) struct Deployment {
+    pub spec: FunctionSpec,
+    ctx: Arc<HostContext>,
+    prep: tokio::sync::Mutex<Prep>,
+    zygote: Mutex<Option<Arc<Zygote>>>,
+    pool: Mutex<Pool>,
+    live: Mutex<BTreeMap<InstanceId, Live>>,
+    /// Slots being claimed for starting instances, by pool id.
+    starting: Mutex<BTreeMap<InstanceId, u64>>,
+    waiters: Mutex<HashMap<RequestId, oneshot::Sender<Assignment>>>,
+    next_request: AtomicU64,
+    wake: Notify,
+    retired: AtomicBool,
+    prepared_flag: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Deployment {
+    pub fn new(ctx: Arc<HostContext>, spec: FunctionSpec, min_instances: u32) -> Arc<Deployment> {
+        let s = spec.scaling;
+        let slots = s.max_instances.saturating_mul(s.concurrency);
+        let config = PoolConfig {
+            min_instances,
+            max_instances: s.max_instances,
+            concurrency: s.concurrency,
+            idle_timeout_ms: s.idle_timeout_ms,
+            max_queue: slots.saturating_mul(4).clamp(16, 1024),
+            max_wait_ms: MAX_WAIT_MS.min(spec.timeout_ms),
+            start_timeout_ms: START_TIMEOUT_MS,
+        };
+        let deployment = Arc::new(Deployment {
+            spec,
+            ctx,
+            prep: tokio::sync::Mutex::new(Prep::default()),
+            zygote: Mutex::new(None),
+            pool: Mutex::new(Pool::new(config)),
+            live: Mutex::new(BTreeMap::new()),
+            starting: Mutex::new(BTreeMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            wake: Notify::new(),
+            retired: AtomicBool::new(false),
+            prepared_flag: AtomicBool::new(false),
+        });
+        tokio::spawn(deployment.clone().ticker());
+        deployment
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Free request slots on ready instances (for gossip and routing).
+    pub fn free_slots(&self) -> u32 {
+        lock(&self.pool).free_slots()
+    }
+
+    pub fn instance_count(&self) -> u32 {
+        lock(&self.pool).view().instances.len() as u32
+    }
+
+    pub fn is_prepared(&self) -> bool {
+        self.prepared_flag.load(Ordering::Relaxed)
+    }
+
+    pub fn has_snapshot(&self) -> bool {
+        lock(&self.zygote).as_ref().is_some_and(|z| z.is_alive())
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Retired and every instance gone.
+    pub fn is_drained(&self) -> bool {
+        self.is_retired() && lock(&self.pool).is_drained()
+    }
+
+    /// Instances for `falak fn instances`.
+    pub fn instances(&self) -> Vec<falak_api::function::InstanceInfo> {
+        let view = lock(&self.pool).view();
+        let live = lock(&self.live);
+        let now = now_millis();
+        view.instances
+            .iter()
+            .map(|i| {
+                let l = live.get(&i.id);
+                falak_api::function::InstanceInfo {
+                    node: self.ctx.id.to_string(),
+                    node_name: self.ctx.node_name.clone(),
+                    instance: l.map_or(0, |l| l.slot),
+                    version: self.spec.version,
+                    state: format!("{:?}", i.state).to_uppercase(),
+                    in_flight: i.in_flight,
+                    start: l.map_or("-", |l| l.label.name()).to_owned(),
+                    pid: l.and_then(|l| l.instance.pid()),
+                    age_ms: now.saturating_sub(i.since),
+                }
+            })
+            .collect()
+    }
+
+    /// Retire this version: reject waiting requests, stop instances once idle, then the zygote.
+    pub fn retire(self: &Arc<Self>) {
+        if self.retired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let actions = lock(&self.pool).drain(now_millis());
+        self.execute(actions);
+        self.wake.notify_one();
+    }
+
+    /// Prepare the deployment on this node (fetch, unpack, dependencies, zygote) if it is not.
+    /// Returns the stage timings of the work done now.
+    pub async fn ensure_prepared(self: &Arc<Self>) -> Result<(Arc<Prepared>, Stages), String> {
+        let mut prep = self.prep.lock().await;
+        if let Some(p) = &prep.prepared {
+            let mut stages = Stages::default();
+            if self.spec.snapshot == SnapshotPolicy::Zygote && !self.has_snapshot() {
+                let t = instant();
+                self.start_zygote(p).await?;
+                stages.push("snapshot", t.elapsed());
+            }
+            return Ok((p.clone(), stages));
+        }
+        if let Some(e) = &prep.failed {
+            return Err(e.clone());
+        }
+        let mut stages = Stages::default();
+        let result = self.prepare_now(&mut stages).await;
+        match result {
+            Ok(p) => {
+                let p = Arc::new(p);
+                prep.prepared = Some(p.clone());
+                self.prepared_flag.store(true, Ordering::Relaxed);
+                if self.spec.snapshot == SnapshotPolicy::Zygote {
+                    let t = instant();
+                    if let Err(e) = self.start_zygote(&p).await {
+                        prep.failed = Some(e.clone());
+                        return Err(e);
+                    }
+                    stages.push("snapshot", t.elapsed());
+                }
+                Ok((p, stages))
+            }
+            Err(e) => {
+                prep.failed = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    async fn prepare_now(&self, stages: &mut Stages) -> Result<Prepared, String> {
+        let t = instant();
+        let bundle_dir = self.ctx.bundle_dir(self.spec.artifact).await?;
+        stages.push("fetch", t.elapsed());
+        let t = instant();
+        let work_dir = self.ctx.deployment_dir(&self.spec);
+        std::fs::create_dir_all(&work_dir).map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
+        let spec = host_spec(&self.spec, bundle_dir, work_dir, &self.ctx.python);
+        let prepared = falak_function::prepare(spec, &self.ctx.venv_dir())
+            .await
+            .map_err(|e| format!("preparing {} on node {}: {e}", self.spec.deployment(), self.ctx.node_name))?;
+        stages.push("prepare", t.elapsed());
+        Ok(prepared)
+    }
+
+    async fn start_zygote(&self, prepared: &Prepared) -> Result<(), String> {
+        let zygote = Zygote::start(prepared)
+            .await
+            .map_err(|e| format!("starting {} on node {}: {e}", self.spec.deployment(), self.ctx.node_name))?;
+        self.ctx.record_group(&format!("fn-zygote-{}-{}", self.spec.name, self.spec.version), zygote.pid());
+        *lock(&self.zygote) = Some(Arc::new(zygote));
+        Ok(())
+    }
+
+    /// Serve one request with a local instance. `may_start`: this node was elected to start one
+    /// if none is free.
+    pub async fn serve(self: &Arc<Self>, request: http::Request<BoxBody>, may_start: bool, route: Stages) -> Response {
+        let rid = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(rid, tx);
+        let waited = instant();
+        let actions = lock(&self.pool).request(now_millis(), rid, may_start);
+        self.execute(actions);
+        self.wake.notify_one();
+        let assignment = match rx.await {
+            Ok(a) => a,
+            Err(_) => {
+                return gateway_error(
+                    ApiError::unavailable("the function's deployment was retired; retry"),
+                    Some(1000),
+                );
+            }
+        };
+        let (pool_id, instance, fresh) = match assignment {
+            Assignment::Go { pool_id, instance, fresh } => (pool_id, instance, fresh),
+            Assignment::Reject { reason, retry_after_ms } => return self.rejection(reason, retry_after_ms),
+        };
+        let finish = FinishGuard { deployment: self.clone(), request: rid };
+        let mut info = fresh.unwrap_or_else(|| StartInfo::warm(route.clone()));
+        if info.label != StartLabel::Warm {
+            info.stages.prepend(route);
+        }
+        let wait = waited.elapsed();
+        if wait > Duration::from_millis(1) && info.label == StartLabel::Warm {
+            info.stages.push("queue", wait);
+        }
+        let sent = instant();
+        let timeout = Duration::from_millis(self.spec.timeout_ms);
+        let result = tokio::time::timeout(timeout, instance.send(request)).await;
+        match result {
+            Err(_) => {
+                self.instance_broke(pool_id, "timed out");
+                drop(finish);
+                gateway_error(
+                    ApiError::timeout(format!(
+                        "function {} did not answer within its timeout of {} ms; the instance was replaced",
+                        self.spec.name, self.spec.timeout_ms
+                    )),
+                    None,
+                )
+            }
+            Ok(Err(e)) => {
+                let message = match &e {
+                    InstanceError::Crashed { .. } => {
+                        self.instance_broke(pool_id, "crashed");
+                        format!("function {}: the instance exited while serving the request ({e})", self.spec.name)
+                    }
+                    other => format!("function {}: {other}", self.spec.name),
+                };
+                drop(finish);
+                gateway_error(ApiError::bad_gateway(message), None)
+            }
+            Ok(Ok(response)) => {
+                info.stages.push("first_byte", sent.elapsed());
+                self.ctx.metrics_observe(&info);
+                let (mut parts, body) = response.into_parts();
+                if let Ok(v) = http::HeaderValue::from_str(&info.header()) {
+                    parts.headers.insert(falak_api::function::START_HEADER, v);
+                }
+                let body = GuardedBody { inner: body, _finish: finish };
+                Response::from_parts(parts, Body::new(body))
+            }
+        }
+    }
+
+    fn rejection(&self, reason: RejectReason, retry_after_ms: Option<u64>) -> Response {
+        let name = &self.spec.name;
+        let max = self.spec.scaling.max_instances;
+        match reason {
+            RejectReason::QueueFull => gateway_error(
+                ApiError::too_many_requests(format!(
+                    "function {name} is at capacity ({max} instances × {} concurrent requests, queue full); retry after the time in Retry-After",
+                    self.spec.scaling.concurrency
+                )),
+                retry_after_ms.or(Some(1000)),
+            ),
+            RejectReason::WaitedTooLong => gateway_error(
+                ApiError::too_many_requests(format!(
+                    "function {name} had no free instance within {MAX_WAIT_MS} ms; retry after the time in Retry-After"
+                )),
+                retry_after_ms.or(Some(1000)),
+            ),
+            RejectReason::StartFailed(message) => {
+                gateway_error(ApiError::bad_gateway(format!("function {name} could not start: {message}")), None)
+            }
+            RejectReason::Draining => gateway_error(
+                ApiError::unavailable(format!(
+                    "function {name} version {} is being replaced; retry",
+                    self.spec.version
+                )),
+                Some(1000),
+            ),
+        }
+    }
+
+    /// An instance failed a request (crash, timeout): forget it, stop it, let the pool replace it.
+    fn instance_broke(self: &Arc<Self>, pool_id: InstanceId, why: &str) {
+        let removed = lock(&self.live).remove(&pool_id);
+        let Some(live) = removed else { return };
+        tracing::warn!(function = %self.spec.name, instance = live.slot, why, "instance replaced");
+        self.ctx.publish(
+            "instance_failed",
+            serde_json::json!({"function": self.spec.name, "instance": live.slot, "node": self.ctx.id, "reason": why}),
+        );
+        let actions = lock(&self.pool).instance_failed(now_millis(), pool_id);
+        self.execute(actions);
+        let this = self.clone();
+        tokio::spawn(async move {
+            live.instance.stop(STOP_GRACE).await;
+            this.ctx.release_slot(&this.spec.name, live.slot);
+        });
+    }
+
+    /// Carry out the pool's decisions.
+    fn execute(self: &Arc<Self>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Dispatch { request, instance } => self.dispatch(request, instance),
+                Action::Reject { request, reason, retry_after_ms } => {
+                    if let Some(tx) = lock(&self.waiters).remove(&request) {
+                        let _ = tx.send(Assignment::Reject { reason, retry_after_ms });
+                    }
+                }
+                Action::Start { instance } => {
+                    tokio::spawn(self.clone().start(instance));
+                }
+                Action::Stop { instance } => {
+                    tokio::spawn(self.clone().stop(instance));
+                }
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, request: RequestId, pool_id: InstanceId) {
+        let go = {
+            let mut live = lock(&self.live);
+            live.get_mut(&pool_id).map(|l| (l.instance.clone(), l.fresh.take()))
+        };
+        let tx = lock(&self.waiters).remove(&request);
+        let delivered = match (go, tx) {
+            (Some((instance, fresh)), Some(tx)) => tx.send(Assignment::Go { pool_id, instance, fresh }).is_ok(),
+            _ => false,
+        };
+        if !delivered {
+            // The client went away while waiting (or the instance vanished): free the slot.
+            let actions = lock(&self.pool).finished(now_millis(), request);
+            self.execute(actions);
+        }
+    }
+
+    async fn start(self: Arc<Self>, pool_id: InstanceId) {
+        let slot = self.ctx.next_slot();
+        lock(&self.starting).insert(pool_id, slot);
+        let result = self.start_instance(pool_id, slot).await;
+        lock(&self.starting).remove(&pool_id);
+        let actions = match result {
+            Ok(()) => lock(&self.pool).started(now_millis(), pool_id),
+            Err(failure) => {
+                if let StartFailure::Error(message) = &failure {
+                    tracing::warn!(function = %self.spec.name, %message, "instance did not start");
+                    self.ctx.publish(
+                        "instance_start_failed",
+                        serde_json::json!({"function": self.spec.name, "node": self.ctx.id, "error": message}),
+                    );
+                }
+                lock(&self.pool).start_failed(now_millis(), pool_id, failure)
+            }
+        };
+        self.execute(actions);
+    }
+
+    async fn start_instance(self: &Arc<Self>, pool_id: InstanceId, slot: u64) -> Result<(), StartFailure> {
+        let mut stages = Stages::default();
+        let t = instant();
+        let claim = Command::ClaimInstance {
+            function: self.spec.name.clone(),
+            version: self.spec.version,
+            node: self.ctx.id,
+            instance: slot,
+            now: now_millis(),
+        };
+        match self.ctx.ledger.write(claim).await {
+            Ok(applied) => match applied.outcome {
+                Outcome::InstanceClaimed { .. } => {}
+                Outcome::Rejected(r) if r.code == RejectCode::NoFit && r.message.contains("max_instances") => {
+                    return Err(StartFailure::AtLimit);
+                }
+                Outcome::Rejected(r) => return Err(StartFailure::Error(r.message)),
+                other => return Err(StartFailure::Error(format!("unexpected ledger outcome {other:?}"))),
+            },
+            Err(e) => return Err(StartFailure::Error(format!("the ledger did not confirm the instance: {e}"))),
+        }
+        stages.push("claim", t.elapsed());
+        let release = |this: &Arc<Self>| this.ctx.release_slot(&this.spec.name, slot);
+        let had_snapshot = self.has_snapshot();
+        let (prepared, prep_stages) = match self.ensure_prepared().await {
+            Ok(p) => p,
+            Err(e) => {
+                release(self);
+                return Err(StartFailure::Error(e));
+            }
+        };
+        stages.extend(prep_stages);
+        let zygote = lock(&self.zygote).clone().filter(|z| z.is_alive());
+        let t = instant();
+        let (started, label) = match zygote {
+            Some(z) => {
+                let label = if had_snapshot { StartLabel::Snapshot } else { StartLabel::Cold };
+                (z.fork(slot).await, label)
+            }
+            None => (falak_function::spawn(&prepared, slot).await, StartLabel::Cold),
+        };
+        let instance = match started {
+            Ok(i) => Arc::new(i),
+            Err(e) => {
+                release(self);
+                return Err(StartFailure::Error(e.to_string()));
+            }
+        };
+        let timings = instance.timings();
+        if label == StartLabel::Snapshot {
+            stages.push("fork", t.elapsed());
+        } else {
+            stages.push("spawn", Duration::from_micros(timings.spawn_us));
+            stages.push("init", t.elapsed().saturating_sub(Duration::from_micros(timings.spawn_us)));
+        }
+        if let Some(pid) = instance.pid() {
+            self.ctx.record_group(&format!("fn-{slot}"), pid);
+        }
+        if self.is_retired() {
+            instance.stop(STOP_GRACE).await;
+            release(self);
+            return Err(StartFailure::Error("the deployment was retired while the instance started".into()));
+        }
+        let info = StartInfo { label, stages };
+        lock(&self.live)
+            .insert(pool_id, Live { instance: instance.clone(), slot, fresh: Some(info), stopping: false, label });
+        tokio::spawn(self.clone().watch_exit(pool_id, instance));
+        Ok(())
+    }
+
+    /// When an instance exits on its own, the pool replaces it.
+    async fn watch_exit(self: Arc<Self>, pool_id: InstanceId, instance: Arc<Instance>) {
+        instance.exited().await;
+        let unexpected =
+            lock(&self.live).get(&pool_id).is_some_and(|l| !l.stopping && Arc::ptr_eq(&l.instance, &instance));
+        if unexpected {
+            self.instance_broke(pool_id, "exited");
+        }
+    }
+
+    async fn stop(self: Arc<Self>, pool_id: InstanceId) {
+        let live = {
+            let mut live = lock(&self.live);
+            if let Some(l) = live.get_mut(&pool_id) {
+                l.stopping = true;
+            }
+            live.get(&pool_id).map(|l| (l.instance.clone(), l.slot))
+        };
+        if let Some((instance, slot)) = live {
+            instance.stop(STOP_GRACE).await;
+            lock(&self.live).remove(&pool_id);
+            self.ctx.release_slot(&self.spec.name, slot);
+        }
+        let actions = lock(&self.pool).stopped(now_millis(), pool_id);
+        self.execute(actions);
+    }
+
+    /// Runs the pool's timers; ends when a retired deployment has drained, stopping its zygote.
+    async fn ticker(self: Arc<Self>) {
+        loop {
+            let deadline = lock(&self.pool).next_deadline();
+            let wait = match deadline {
+                Some(at) => Duration::from_millis(at.saturating_sub(now_millis())),
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.ctx.stopping() => break,
+            }
+            let actions = lock(&self.pool).tick(now_millis());
+            self.execute(actions);
+            if self.is_retired() && lock(&self.pool).is_drained() {
+                break;
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Stop everything this deployment runs here.
+    async fn shutdown(&self) {
+        let live: Vec<(Arc<Instance>, u64)> = lock(&self.live).values().map(|l| (l.instance.clone(), l.slot)).collect();
+        for (instance, slot) in live {
+            instance.stop(STOP_GRACE).await;
+            self.ctx.release_slot(&self.spec.name, slot);
+        }
+        let zygote = lock(&self.zygote).take();
+        if let Some(z) = zygote {
+            z.stop().await;
+            self.ctx.forget_group(&format!("fn-zygote-{}-{}", self.spec.name, self.spec.version));
+        }
+    }
+}
+
+fn host_spec(
+    spec: &FunctionSpec,
+    bundle_dir: std::path::PathBuf,
+    work_dir: std::path::PathBuf,
+    python: &std::path::Path,
+) -> HostSpec {
+    HostSpec {
+        function: spec.name.clone(),
+        deployment: spec.deployment(),
+        runtime: spec.runtime,
+        handler: spec.handler.clone(),
+        command: spec.command.clone(),
+        env: spec.env.clone(),
+        bundle_dir,
+        log_path: work_dir.join("log"),
+        work_dir,
+        python: python.to_path_buf(),
+    }
+}
+
+/// Tells the pool a request finished when its response body is done or dropped.
+struct FinishGuard {
+    deployment: Arc<Deployment>,
+    request: RequestId,
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        let actions = lock(&self.deployment.pool).finished(now_millis(), self.request);
+        self.deployment.execute(actions);
+    }
+}
+
+/// A response body that finishes its request when it ends or is dropped.
+struct GuardedBody {
+    inner: BoxBody,
+    _finish: FinishGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = falak_function::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Turn an axum request into the function host's request type.
+pub(crate) fn to_host_request(request: axum::extract::Request) -> http::Request<BoxBody> {
+    request.map(|body| SyncBody(Mutex::new(body)).map_err(|e| Box::new(e) as falak_function::BoxError).boxed())
+}
+
+/// A request body that is `Sync` (the function host's body type asks for it; axum's is not).
+/// The mutex is never contended: polling takes `&mut self`.
+pub(crate) struct SyncBody<B>(pub Mutex<B>);
+
+impl<B: http_body::Body + Unpin> http_body::Body for SyncBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let inner = self.get_mut().0.get_mut().unwrap_or_else(PoisonError::into_inner);
+        std::pin::Pin::new(inner).poll_frame(cx)
+    }
+}

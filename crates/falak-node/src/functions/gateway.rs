@@ -1,0 +1,301 @@
+//! The invoke gateway: `/fn/{name}/{path}` on every node.
+//!
+//! Routing, in order: a ready local instance with a free slot (`warm`); a peer whose gossip
+//! says it has free slots, through the invoke proxy (`remote-warm`); else a start where the
+//! ranking below elects the node (a ready snapshot weighs most, then a prepared bundle, then
+//! this node to save a hop) and that node claims an instance slot in the ledger, starts the
+//! instance and serves the waiting request (`snapshot` or `cold`). When every slot of
+//! `max_instances` is taken, the request waits on a node that has instances (429 with
+//! Retry-After once the wait is over).
+//!
+//! The invoke proxy is HTTP from gateway to gateway (the peer's `api_url` from gossip) with
+//! the `falak-hop` header: the receiving node serves locally and never forwards again, starting
+//! an instance only when `falak-hop` says `start`. A peer that cannot be reached is skipped and
+//! avoided for a few seconds; the next candidate serves the request.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use falak_api::ApiError;
+use falak_api::function::{Gateway, MAX_INVOKE_BODY_BYTES, START_HEADER, declared_length, drain, gateway_error};
+use falak_core::NodeId;
+use falak_core::function::FunctionSpec;
+use falak_core::gossip::GossipState;
+use futures_util::TryStreamExt;
+use futures_util::future::BoxFuture;
+use http::header;
+
+use super::FunctionHost;
+use super::deployment::to_host_request;
+use super::start::{Stages, StartInfo, StartLabel};
+use crate::clock::instant;
+
+/// The header that marks a request proxied from another node's gateway.
+pub const HOP_HEADER: &str = "falak-hop";
+/// How long a peer that could not be reached is passed over.
+const AVOID_FOR: Duration = Duration::from_secs(3);
+
+/// The gateway the API serves at `/fn/...`.
+pub struct NodeGateway {
+    host: Arc<FunctionHost>,
+    http: reqwest::Client,
+    avoid: Mutex<BTreeMap<NodeId, std::time::Instant>>,
+}
+
+impl NodeGateway {
+    pub fn new(host: Arc<FunctionHost>) -> Arc<NodeGateway> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
+        Arc::new(NodeGateway { host, http, avoid: Mutex::new(BTreeMap::new()) })
+    }
+
+    fn avoided(&self, node: &NodeId) -> bool {
+        let mut avoid = self.avoid.lock().unwrap_or_else(PoisonError::into_inner);
+        match avoid.get(node) {
+            Some(until) if *until > instant() => true,
+            Some(_) => {
+                avoid.remove(node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn avoid(&self, node: NodeId) {
+        self.avoid.lock().unwrap_or_else(PoisonError::into_inner).insert(node, instant() + AVOID_FOR);
+    }
+
+    async fn route(self: Arc<Self>, name: String, request: Request) -> Response {
+        let t = instant();
+        let Some(entry) = self.host.ctx().ledger.state().function(&name).cloned() else {
+            return gateway_error(
+                ApiError::not_found(format!("no function named {name}; deploy it with `falak fn deploy`")),
+                None,
+            );
+        };
+        let spec = entry.spec;
+        if declared_length(request.headers()).is_some_and(|n| n > MAX_INVOKE_BODY_BYTES as u64) {
+            drain(request.into_body(), MAX_INVOKE_BODY_BYTES).await;
+            return too_large(&name);
+        }
+        // A proxied request is served here, never forwarded again.
+        if let Some(hop) = request.headers().get(HOP_HEADER).and_then(|v| v.to_str().ok()) {
+            let may_start = hop.ends_with("start");
+            let d = self.host.deployment_for(&spec);
+            return d.serve(limited(request), may_start, Stages::default()).await;
+        }
+        let local = self.host.local(&name).filter(|d| d.spec.version == spec.version);
+        if let Some(d) = local.as_ref().filter(|d| d.free_slots() > 0) {
+            let mut route = Stages::default();
+            route.push("route", t.elapsed());
+            return d.serve(limited(request), false, route).await;
+        }
+        let peers = self.host.ctx().peers();
+        let (parts, body) = request.into_parts();
+        let body = match axum::body::to_bytes(body, MAX_INVOKE_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(_) => return too_large(&name),
+        };
+        // A ready instance on a peer.
+        let mut warm: Vec<(u32, NodeId, String)> = peers
+            .iter()
+            .filter(|(id, _)| !self.avoided(id))
+            .filter_map(|(id, g)| {
+                let g = g.as_ref()?;
+                let f = g.functions.get(&name)?;
+                (f.version == spec.version && f.free_slots > 0 && !g.api_url.is_empty())
+                    .then(|| (f.free_slots, *id, g.api_url.clone()))
+            })
+            .collect();
+        warm.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, node, url) in warm {
+            let mut route = Stages::default();
+            route.push("route", t.elapsed());
+            match self.proxy(&url, &name, &parts, body.clone(), false, route).await {
+                Ok(response) => return response,
+                Err(_) => self.avoid(node),
+            }
+        }
+        // Start an instance (or wait for one when every slot is taken).
+        let slots_taken = self.host.ctx().ledger.state().function(&name).map_or(0, |f| f.instances.len() as u32);
+        let at_limit = slots_taken >= spec.scaling.max_instances;
+        let candidates = self.rank(&spec, &peers, at_limit);
+        for (node, url) in candidates {
+            let mut route = Stages::default();
+            route.push("route", t.elapsed());
+            if node == self.host.ctx().id {
+                let d = self.host.deployment_for(&spec);
+                let request = Request::from_parts(parts, Body::from(body));
+                return d.serve(to_host_request(request), !at_limit, route).await;
+            }
+            match self.proxy(&url, &name, &parts, body.clone(), !at_limit, route).await {
+                Ok(response) => return response,
+                Err(_) => self.avoid(node),
+            }
+        }
+        gateway_error(
+            ApiError::unavailable(format!("no node can run function {name} now (none healthy with its labels)")),
+            Some(1000),
+        )
+    }
+
+    /// The nodes to try for a start, best first: `(node, api_url)`; this node's url is empty.
+    fn rank(
+        &self,
+        spec: &FunctionSpec,
+        peers: &[(NodeId, Option<GossipState>)],
+        at_limit: bool,
+    ) -> Vec<(NodeId, String)> {
+        let me = self.host.ctx().id;
+        let state = self.host.ctx().ledger.state();
+        let labels_ok = |id: &NodeId| {
+            state.node(id).is_some_and(|n| spec.labels.iter().all(|(k, v)| n.record.labels.get(k) == Some(v)))
+        };
+        let local = self.host.local(&spec.name).filter(|d| d.spec.version == spec.version);
+        let mut scored: Vec<(i64, NodeId, String)> = Vec::new();
+        if labels_ok(&me) {
+            let (snapshot, prepared, instances) =
+                local.as_ref().map_or((false, false, 0), |d| (d.has_snapshot(), d.is_prepared(), d.instance_count()));
+            scored.push((score(snapshot, prepared, instances, true, at_limit), me, String::new()));
+        }
+        for (id, gossip) in peers {
+            if self.avoided(id) || !labels_ok(id) {
+                continue;
+            }
+            let Some(g) = gossip else { continue };
+            if g.api_url.is_empty() {
+                continue;
+            }
+            let f = g.functions.get(&spec.name).filter(|f| f.version == spec.version);
+            let (snapshot, prepared, instances) =
+                f.map_or((false, false, 0), |f| (f.snapshot, f.prepared, f.instances));
+            scored.push((score(snapshot, prepared, instances, false, at_limit), *id, g.api_url.clone()));
+        }
+        if at_limit {
+            // Only nodes with instances can serve; the others would be refused a slot.
+            scored.retain(|(s, _, _)| *s >= AT_LIMIT_BONUS);
+        }
+        scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.into_iter().map(|(_, id, url)| (id, url)).collect()
+    }
+
+    /// Send the request to a peer's gateway; an error means it could not be reached.
+    async fn proxy(
+        &self,
+        api_url: &str,
+        name: &str,
+        parts: &http::request::Parts,
+        body: bytes::Bytes,
+        may_start: bool,
+        route: Stages,
+    ) -> Result<Response, reqwest::Error> {
+        let t = instant();
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = format!("{api_url}/fn/{name}{path_and_query}");
+        let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut builder = self.http.request(method, &url);
+        for (key, value) in &parts.headers {
+            if key == header::HOST || key == header::CONTENT_LENGTH || key == header::CONNECTION {
+                continue;
+            }
+            builder = builder.header(key.as_str(), value.as_bytes());
+        }
+        let hop = if may_start { format!("{}; start", self.host.ctx().id.short()) } else { self.host.ctx().id.short() };
+        let response = builder.header(HOP_HEADER, hop).body(body).send().await?;
+        let status = response.status().as_u16();
+        let mut out = Response::builder().status(status);
+        let mut start = None;
+        for (key, value) in response.headers() {
+            if key.as_str() == START_HEADER {
+                start = value.to_str().ok().and_then(StartInfo::parse);
+                continue;
+            }
+            if key == header::CONNECTION || key == header::TRANSFER_ENCODING {
+                continue;
+            }
+            out = out.header(key.as_str(), value.as_bytes());
+        }
+        let proxied = t.elapsed();
+        let mut info = start.unwrap_or(StartInfo { label: StartLabel::Warm, stages: Stages::default() });
+        if info.label == StartLabel::Warm {
+            info.label = StartLabel::RemoteWarm;
+        }
+        let remote: Duration = info.stages.0.iter().map(|(_, d)| *d).sum();
+        info.stages.prepend(route);
+        info.stages.push("proxy", proxied.saturating_sub(remote));
+        self.host.ctx().metrics_observe(&info);
+        out = out.header(START_HEADER, info.header());
+        let stream = response.bytes_stream().map_err(|e| Box::new(e) as falak_function::BoxError);
+        Ok(out.body(Body::from_stream(stream)).unwrap_or_else(|e| {
+            gateway_error(ApiError::bad_gateway(format!("the peer's answer could not be relayed: {e}")), None)
+        }))
+    }
+}
+
+const AT_LIMIT_BONUS: i64 = 1000;
+
+/// A start candidate's score: a ready snapshot weighs most, then a prepared bundle, then being
+/// this node (one hop less). When every slot is taken only nodes with instances qualify.
+fn score(snapshot: bool, prepared: bool, instances: u32, is_self: bool, at_limit: bool) -> i64 {
+    let mut s = 0;
+    if snapshot {
+        s += 100;
+    }
+    if prepared {
+        s += 20;
+    }
+    if is_self {
+        s += 5;
+    }
+    if at_limit && instances > 0 {
+        s += AT_LIMIT_BONUS + i64::from(instances);
+    }
+    s
+}
+
+fn too_large(name: &str) -> Response {
+    gateway_error(
+        ApiError::too_large(format!(
+            "the request body is larger than the gateway's limit of {MAX_INVOKE_BODY_BYTES} bytes for function {name}"
+        )),
+        None,
+    )
+}
+
+/// The request with its body capped at the gateway's limit.
+fn limited(request: Request) -> http::Request<falak_function::BoxBody> {
+    use http_body_util::BodyExt;
+    request.map(|body| {
+        let body = super::deployment::SyncBody(std::sync::Mutex::new(body));
+        http_body_util::Limited::new(body, MAX_INVOKE_BODY_BYTES).map_err(|e| e as falak_function::BoxError).boxed()
+    })
+}
+
+/// What the API holds: a cheap handle on the node's gateway.
+pub struct GatewayHandle(pub Arc<NodeGateway>);
+
+impl Gateway for GatewayHandle {
+    fn invoke(&self, name: String, request: Request) -> BoxFuture<'static, Response> {
+        Box::pin(self.0.clone().route(name, request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::score;
+
+    #[test]
+    fn a_ready_snapshot_outweighs_everything_but_the_limit() {
+        assert!(score(true, true, 0, false, false) > score(false, true, 0, true, false));
+        assert!(score(false, true, 0, false, false) > score(false, false, 0, true, false));
+        assert!(score(false, false, 1, false, true) > score(true, true, 0, true, true));
+    }
+}

@@ -1,0 +1,167 @@
+//! Asynchronous invocations: recorded in the ledger, run by their owner node through the same
+//! gateway routing as synchronous ones, retried per the invocation's `max_attempts`, the result
+//! stored in the ledger and optionally POSTed to a callback URL. When the owner goes OFFLINE the
+//! ledger hands its pending invocations to another node, which runs them.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use falak_api::ApiError;
+use falak_api::function::{InvocationInfo, InvocationSubmission};
+use falak_core::function::{InvocationId, InvocationState, MAX_ASYNC_RESULT_BYTES, StoredRequest, StoredResponse};
+use falak_core::ledger::{Command, Outcome};
+
+use super::FunctionHost;
+use crate::clock::now_millis;
+
+/// Default attempts of an asynchronous invocation.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+
+/// Invocations this node is running now.
+#[derive(Default)]
+pub(crate) struct Running(Mutex<BTreeSet<InvocationId>>);
+
+impl Running {
+    fn begin(&self, id: InvocationId) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(id)
+    }
+
+    fn end(&self, id: InvocationId) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+}
+
+pub(crate) async fn submit(
+    host: &Arc<FunctionHost>,
+    name: &str,
+    submission: &InvocationSubmission,
+) -> Result<InvocationInfo, ApiError> {
+    let request = submission.stored_request()?;
+    let command = Command::SubmitInvocation {
+        function: name.to_owned(),
+        request,
+        callback: submission.callback.clone(),
+        max_attempts: submission.max_attempts.unwrap_or(DEFAULT_ATTEMPTS),
+        owner: host.ctx().id,
+        now: now_millis(),
+    };
+    let id = match host.ctx().ledger.write(command).await {
+        Ok(applied) => match applied.outcome {
+            Outcome::InvocationSubmitted { id } => id,
+            Outcome::Rejected(r) => return Err(r.into()),
+            other => return Err(ApiError::internal(format!("unexpected ledger outcome {other:?}"))),
+        },
+        Err(e) => return Err(ApiError::unavailable(format!("the ledger did not record the invocation: {e}"))),
+    };
+    run_owned(host);
+    let state = host.ctx().ledger.state();
+    state.invocation(id).map(InvocationInfo::of).ok_or_else(|| ApiError::internal("the invocation vanished"))
+}
+
+/// Start every pending invocation this node owns that is not running yet.
+pub(crate) fn run_owned(host: &Arc<FunctionHost>) {
+    let me = host.ctx().id;
+    let pending: Vec<_> = host
+        .ctx()
+        .ledger
+        .state()
+        .invocations()
+        .filter(|i| i.owner == me && i.state == InvocationState::Pending)
+        .map(|i| (i.id, i.function.clone(), i.request.clone(), i.callback.clone(), i.max_attempts))
+        .collect();
+    for (id, function, request, callback, max_attempts) in pending {
+        if !host.invocations.begin(id) {
+            continue;
+        }
+        let host = host.clone();
+        tokio::spawn(async move {
+            run_one(&host, id, &function, request, callback, max_attempts).await;
+            host.invocations.end(id);
+        });
+    }
+}
+
+async fn run_one(
+    host: &Arc<FunctionHost>,
+    id: InvocationId,
+    function: &str,
+    request: StoredRequest,
+    callback: Option<String>,
+    max_attempts: u32,
+) {
+    let mut attempts = 0;
+    let mut last: (Option<StoredResponse>, Option<String>) = (None, None);
+    while attempts < max_attempts {
+        attempts += 1;
+        last = match invoke_once(host, function, &request).await {
+            Ok(response) => (Some(response), None),
+            Err(e) => (None, Some(e)),
+        };
+        let retry = match &last {
+            (Some(r), _) => r.status >= 500 || r.status == 429,
+            (None, _) => true,
+        };
+        if !retry {
+            break;
+        }
+        if attempts < max_attempts {
+            tokio::time::sleep(Duration::from_millis(250 << attempts.min(6))).await;
+        }
+    }
+    let (response, error) = last;
+    let command = Command::FinishInvocation { id, node: host.ctx().id, attempts, response, error, now: now_millis() };
+    match host.ctx().ledger.write(command).await {
+        Ok(applied) => {
+            if let Outcome::InvocationFinished { .. } = applied.outcome
+                && let Some(url) = callback
+            {
+                let info = host.ctx().ledger.state().invocation(id).map(InvocationInfo::of);
+                if let Some(info) = info {
+                    post_callback(&url, &info).await;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(invocation = id, error = %e, "result not recorded; the invocation runs again"),
+    }
+}
+
+/// One attempt through the node's own gateway (the same routing as `/fn/{name}`).
+async fn invoke_once(
+    host: &Arc<FunctionHost>,
+    function: &str,
+    request: &StoredRequest,
+) -> Result<StoredResponse, String> {
+    let api_url = host.api_url();
+    let query = if request.query.is_empty() { String::new() } else { format!("?{}", request.query) };
+    let url = format!("{api_url}/fn/{function}{}{query}", request.path);
+    let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| e.to_string())?;
+    let client = reqwest::Client::new();
+    let mut builder = client.request(method, &url).timeout(Duration::from_secs(600));
+    for (k, v) in &request.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let response = builder.body(request.body.clone()).send().await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let mut body = response.bytes().await.map_err(|e| e.to_string())?.to_vec();
+    let truncated = body.len() > MAX_ASYNC_RESULT_BYTES;
+    body.truncate(MAX_ASYNC_RESULT_BYTES);
+    Ok(StoredResponse { status, headers, body, truncated })
+}
+
+async fn post_callback(url: &str, info: &InvocationInfo) {
+    let client = reqwest::Client::new();
+    for attempt in 0..3u32 {
+        match client.post(url).json(info).timeout(Duration::from_secs(10)).send().await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => tracing::warn!(%url, status = %r.status(), "callback refused"),
+            Err(e) => tracing::warn!(%url, error = %e, "callback failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+    }
+}

@@ -1,0 +1,623 @@
+//! Functions on this node: deployments kept in step with the ledger, the invoke gateway, the
+//! invoke proxy, asynchronous invocations and the function metrics.
+//!
+//! The function host runs beside the main loop rather than inside it: invocations are the data
+//! plane and must not queue behind ledger work. It reads committed state from the ledger,
+//! writes to it directly (instance slots, deployments, invocations), and hands events to the
+//! main loop, which publishes them.
+//!
+//! **Invariant:** a node starts an instance only after the ledger committed its slot claim, so
+//! a function never runs more than `max_instances` instances across the mesh (an OFFLINE node's
+//! slots are released by the ledger when the node is marked OFFLINE).
+//!
+//! Modules: [`deployment`] (one version on this node: prepare, zygote, pool driver),
+//! [`gateway`] (routing and the invoke proxy), [`start`] (start labels and stage timings),
+//! [`rpc`] (the node RPC messages of functions), [`invocations`] (asynchronous invocations).
+
+pub(crate) mod deployment;
+pub(crate) mod gateway;
+pub(crate) mod invocations;
+pub(crate) mod rpc;
+pub(crate) mod start;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use falak_api::ApiError;
+use falak_api::function::{
+    ArtifactStored, FunctionAction, FunctionDeployed, FunctionInfo, InvocationInfo, PrepareReport,
+};
+use falak_artifact::{ArtifactStore, Fetcher};
+use falak_core::function::{FunctionDocument, FunctionSpec, SnapshotPolicy};
+use falak_core::gossip::FunctionGossip;
+use falak_core::ledger::{Command, Outcome};
+use falak_core::placement::Health;
+use falak_core::{ArtifactId, NodeId};
+use falak_ledger::Ledger;
+use falak_membership::MembershipSnapshot;
+use falak_transport::Transport;
+use tokio::sync::watch;
+
+use self::deployment::Deployment;
+use self::start::{StartInfo, StartLabel};
+use crate::clock::{instant, now_millis};
+use crate::main_loop::{Event, EventSender};
+use crate::metrics::{Histogram, LATENCY_BOUNDS};
+
+/// How often deployments are reconciled with the ledger without other cause.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// At most this many functions are published in gossip (the busiest first).
+const MAX_GOSSIP_FUNCTIONS: usize = 32;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What every part of the function host shares.
+pub(crate) struct HostContext {
+    pub id: NodeId,
+    pub node_name: String,
+    pub api_url: String,
+    pub dir: PathBuf,
+    groups_dir: PathBuf,
+    pub python: PathBuf,
+    pub ledger: Ledger,
+    pub transport: Arc<dyn Transport>,
+    membership: watch::Receiver<Arc<MembershipSnapshot>>,
+    pub store: Arc<ArtifactStore>,
+    fetcher: Fetcher,
+    events: EventSender,
+    metrics: Mutex<FunctionMetrics>,
+    next_slot: AtomicU64,
+    stop: watch::Receiver<bool>,
+}
+
+impl HostContext {
+    pub fn deployment_dir(&self, spec: &FunctionSpec) -> PathBuf {
+        self.dir.join("deployments").join(format!("{}-{}", spec.name, spec.version))
+    }
+
+    pub fn venv_dir(&self) -> PathBuf {
+        self.dir.join("venvs")
+    }
+
+    /// A node-wide instance id, unique across restarts (it starts from the wall clock).
+    pub fn next_slot(&self) -> u64 {
+        self.next_slot.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn record_group(&self, name: &str, pid: u32) {
+        crate::orphans::record(&self.groups_dir, name, pid);
+    }
+
+    pub fn forget_group(&self, name: &str) {
+        crate::orphans::forget(&self.groups_dir, name);
+    }
+
+    pub fn publish(&self, kind: &'static str, data: serde_json::Value) {
+        let _ = self.events.send(Event::Publish { kind, data });
+    }
+
+    pub fn metrics_observe(&self, info: &StartInfo) {
+        lock(&self.metrics).observe(info);
+    }
+
+    /// Resolves when the node shuts down.
+    pub async fn stopping(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    /// Give an instance slot back to the ledger (in the background).
+    pub fn release_slot(&self, function: &str, slot: u64) {
+        self.forget_group(&format!("fn-{slot}"));
+        let ledger = self.ledger.clone();
+        let command = Command::ReleaseInstances {
+            node: self.id,
+            function: function.to_owned(),
+            instances: vec![slot],
+            all: false,
+            now: now_millis(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = ledger.write(command).await {
+                tracing::warn!(error = %e, slot, "instance slot not released; it is released when this node restarts or goes OFFLINE");
+            }
+        });
+    }
+
+    /// Healthy peers and what they gossip, this node excluded.
+    pub fn peers(&self) -> Vec<(NodeId, Option<falak_core::gossip::GossipState>)> {
+        let snapshot = self.membership.borrow().clone();
+        snapshot
+            .peers
+            .iter()
+            .filter(|p| p.id != self.id && crate::membership::health(p.health) == Health::Healthy)
+            .map(|p| (p.id, p.gossip.clone()))
+            .collect()
+    }
+
+    /// The unpacked bundle of `artifact`, fetched from a peer first if this node lacks it.
+    pub async fn bundle_dir(&self, artifact: ArtifactId) -> Result<PathBuf, String> {
+        let dest = self.dir.join("bundles").join(artifact.to_string());
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        if !self.store.contains(artifact) {
+            let mut peers: Vec<NodeId> = self.peers().into_iter().map(|(id, _)| id).collect();
+            // Peers that have prepared a function with this artifact first.
+            peers.sort_by_key(|id| *id);
+            self.fetcher.fetch(artifact, &peers).await.map_err(|e| e.to_string())?;
+        }
+        let store = self.store.clone();
+        let target = dest.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let bytes = store.read(artifact).map_err(|e| e.to_string())?;
+            falak_artifact::bundle::unpack(&bytes, &target).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(dest)
+    }
+}
+
+/// Histograms of invocations by start label and of start stages.
+struct FunctionMetrics {
+    by_label: BTreeMap<StartLabel, Histogram>,
+    by_stage: BTreeMap<&'static str, Histogram>,
+    invocations: BTreeMap<StartLabel, u64>,
+}
+
+impl FunctionMetrics {
+    fn new() -> Self {
+        FunctionMetrics { by_label: BTreeMap::new(), by_stage: BTreeMap::new(), invocations: BTreeMap::new() }
+    }
+
+    fn observe(&mut self, info: &StartInfo) {
+        *self.invocations.entry(info.label).or_default() += 1;
+        let total: Duration = info.stages.0.iter().map(|(_, d)| *d).sum();
+        self.by_label.entry(info.label).or_insert_with(|| Histogram::new(LATENCY_BOUNDS)).observe(total.as_secs_f64());
+        for (stage, took) in &info.stages.0 {
+            self.by_stage.entry(stage).or_insert_with(|| Histogram::new(LATENCY_BOUNDS)).observe(took.as_secs_f64());
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP falak_invocations_total Invocations answered by this node's gateway, by start label\n# TYPE falak_invocations_total counter"
+        );
+        for (label, n) in &self.invocations {
+            let _ = writeln!(out, "falak_invocations_total{{start=\"{}\"}} {n}", label.name());
+        }
+        let name = "falak_invocation_start_seconds";
+        let _ = writeln!(out, "# HELP {name} Time to the first response byte, by start label\n# TYPE {name} histogram");
+        for (label, h) in &self.by_label {
+            h.render_labeled(out, name, &format!("start=\"{}\"", label.name()));
+        }
+        let name = "falak_invocation_stage_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time spent in each start stage (route, claim, fetch, prepare, fork, spawn, init, first_byte)\n# TYPE {name} histogram"
+        );
+        for (stage, h) in &self.by_stage {
+            h.render_labeled(out, name, &format!("stage=\"{stage}\""));
+        }
+    }
+}
+
+/// Functions on this node.
+pub struct FunctionHost {
+    ctx: Arc<HostContext>,
+    /// The current version of each function this node has a deployment for.
+    deployments: Mutex<BTreeMap<String, Arc<Deployment>>>,
+    /// Old versions still draining.
+    retired: Mutex<Vec<Arc<Deployment>>>,
+    /// Functions this node observes (keeps prepared), for at-risk events.
+    observing: Mutex<BTreeSet<String>>,
+    invocations: invocations::Running,
+}
+
+/// What the function host needs from the node.
+pub struct FunctionHostParts {
+    pub id: NodeId,
+    pub node_name: String,
+    /// This node's API base URL (asynchronous invocations go through its own gateway).
+    pub api_url: String,
+    pub data_dir: PathBuf,
+    pub ledger: Ledger,
+    pub transport: Arc<dyn Transport>,
+    pub membership: watch::Receiver<Arc<MembershipSnapshot>>,
+    pub events: EventSender,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Why the function host could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the artifact store in {dir}: {reason}")]
+pub struct FunctionHostError {
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+impl FunctionHost {
+    pub fn new(parts: FunctionHostParts) -> Result<Arc<FunctionHost>, FunctionHostError> {
+        let dir = parts.data_dir.join("functions");
+        let store_dir = parts.data_dir.join("artifacts");
+        let store = Arc::new(
+            ArtifactStore::open(&store_dir)
+                .map_err(|e| FunctionHostError { dir: store_dir.clone(), reason: e.to_string() })?,
+        );
+        let fetcher = Fetcher::new(parts.transport.clone(), store.clone());
+        let python = std::env::var_os("FALAK_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+        let ctx = Arc::new(HostContext {
+            id: parts.id,
+            node_name: parts.node_name,
+            api_url: parts.api_url,
+            dir,
+            groups_dir: parts.data_dir.join("groups"),
+            python,
+            ledger: parts.ledger,
+            transport: parts.transport,
+            membership: parts.membership,
+            store,
+            fetcher,
+            events: parts.events,
+            metrics: Mutex::new(FunctionMetrics::new()),
+            next_slot: AtomicU64::new(now_millis().saturating_mul(1000)),
+            stop: parts.stop,
+        });
+        Ok(Arc::new(FunctionHost {
+            ctx,
+            deployments: Mutex::new(BTreeMap::new()),
+            retired: Mutex::new(Vec::new()),
+            observing: Mutex::new(BTreeSet::new()),
+            invocations: invocations::Running::default(),
+        }))
+    }
+
+    /// The artifact protocol handler: serve bundles this node holds.
+    pub fn artifact_handler(&self) -> Arc<dyn falak_transport::Handler> {
+        Arc::new(falak_artifact::serve(self.ctx.store.clone()))
+    }
+
+    /// Keep deployments in step with the ledger until the node stops.
+    pub async fn run(self: Arc<Self>) {
+        // Slots a previous run of this node held are stale: its instances died with it.
+        let release = Command::ReleaseInstances {
+            node: self.ctx.id,
+            function: String::new(),
+            instances: vec![],
+            all: true,
+            now: now_millis(),
+        };
+        let ledger = self.ctx.ledger.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                if ledger.write(release.clone()).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let mut committed = self.ctx.ledger.subscribe();
+        let mut membership = self.ctx.membership.clone();
+        let mut tick = tokio::time::interval(SYNC_EVERY);
+        loop {
+            tokio::select! {
+                _ = self.ctx.stopping() => break,
+                c = committed.recv() => {
+                    if matches!(c, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break; }
+                    // Coalesce a burst of commits into one pass.
+                    while committed.try_recv().is_ok() {}
+                }
+                _ = membership.changed() => {}
+                _ = tick.tick() => {}
+            }
+            self.sync();
+            invocations::run_owned(&self);
+        }
+        let all: Vec<Arc<Deployment>> = lock(&self.deployments).values().cloned().collect();
+        for d in all {
+            d.retire();
+        }
+    }
+
+    /// Bring local deployments in line with committed state and the orbit.
+    fn sync(self: &Arc<Self>) {
+        let functions: Vec<FunctionSpec> = self.ctx.ledger.state().functions().map(|f| f.spec.clone()).collect();
+        let live: BTreeSet<String> = functions.iter().map(|f| f.name.clone()).collect();
+        let peers = self.ctx.peers();
+        let mut deployments = lock(&self.deployments);
+        // Removed functions: retire.
+        let gone: Vec<String> = deployments.keys().filter(|n| !live.contains(*n)).cloned().collect();
+        for name in gone {
+            if let Some(d) = deployments.remove(&name) {
+                d.retire();
+                lock(&self.retired).push(d);
+            }
+        }
+        let mut observing = lock(&self.observing);
+        for spec in functions {
+            let orbit = orbit(&spec, self.ctx.id, &peers);
+            let observer = orbit.contains(&self.ctx.id);
+            let primary = orbit.first() == Some(&self.ctx.id);
+            let current = deployments.get(&spec.name).filter(|d| d.spec.version == spec.version).cloned();
+            let deployment = match current {
+                Some(d) => Some(d),
+                None => {
+                    if let Some(old) = deployments.remove(&spec.name) {
+                        old.retire();
+                        lock(&self.retired).push(old);
+                    }
+                    // Deploy a local copy when this node observes it; others on demand.
+                    if observer {
+                        let min = if primary { spec.scaling.min_instances } else { 0 };
+                        let d = Deployment::new(self.ctx.clone(), spec.clone(), min);
+                        deployments.insert(spec.name.clone(), d.clone());
+                        Some(d)
+                    } else {
+                        None
+                    }
+                }
+            };
+            if observer && !observing.contains(&spec.name) {
+                observing.insert(spec.name.clone());
+                let recruited = self
+                    .ctx
+                    .ledger
+                    .state()
+                    .function(&spec.name)
+                    .is_some_and(|f| now_millis().saturating_sub(f.deployed_at) > 5_000);
+                if recruited {
+                    self.ctx.publish(
+                        "function_at_risk",
+                        serde_json::json!({"function": spec.name, "observers": spec.observers, "recruited": self.ctx.id}),
+                    );
+                }
+                if let Some(d) = deployment.filter(|d| !d.is_prepared()) {
+                    let ctx = self.ctx.clone();
+                    tokio::spawn(async move {
+                        let t = instant();
+                        match d.ensure_prepared().await {
+                            Ok(_) => ctx.publish(
+                                "observer_warmed",
+                                serde_json::json!({"function": d.spec.name, "version": d.spec.version, "node": ctx.id, "ms": t.elapsed().as_millis() as u64, "snapshot": d.has_snapshot()}),
+                            ),
+                            Err(e) => ctx.publish(
+                                "function_prepare_failed",
+                                serde_json::json!({"function": d.spec.name, "version": d.spec.version, "node": ctx.id, "error": e}),
+                            ),
+                        }
+                    });
+                }
+            } else if !observer {
+                observing.remove(&spec.name);
+            }
+        }
+        lock(&self.retired).retain(|d| !d.is_drained());
+    }
+
+    /// The deployment of the current version of `spec`, created on demand.
+    pub(crate) fn deployment_for(&self, spec: &FunctionSpec) -> Arc<Deployment> {
+        let mut deployments = lock(&self.deployments);
+        if let Some(d) = deployments.get(&spec.name).filter(|d| d.spec.version == spec.version) {
+            return d.clone();
+        }
+        if let Some(old) = deployments.remove(&spec.name) {
+            old.retire();
+            lock(&self.retired).push(old);
+        }
+        let d = Deployment::new(self.ctx.clone(), spec.clone(), 0);
+        deployments.insert(spec.name.clone(), d.clone());
+        d
+    }
+
+    pub(crate) fn local(&self, name: &str) -> Option<Arc<Deployment>> {
+        lock(&self.deployments).get(name).cloned()
+    }
+
+    pub(crate) fn ctx(&self) -> &Arc<HostContext> {
+        &self.ctx
+    }
+
+    pub(crate) fn api_url(&self) -> String {
+        self.ctx.api_url.clone()
+    }
+
+    /// Current and draining deployments.
+    pub(crate) fn all_deployments(&self) -> Vec<Arc<Deployment>> {
+        let mut all: Vec<Arc<Deployment>> = lock(&self.deployments).values().cloned().collect();
+        all.extend(lock(&self.retired).iter().cloned());
+        all
+    }
+
+    /// What this node gossips about its functions.
+    pub fn gossip(&self) -> BTreeMap<String, FunctionGossip> {
+        let deployments = lock(&self.deployments);
+        let mut all: Vec<(String, FunctionGossip)> = deployments
+            .values()
+            .map(|d| {
+                (
+                    d.spec.name.clone(),
+                    FunctionGossip {
+                        version: d.spec.version,
+                        instances: d.instance_count(),
+                        free_slots: d.free_slots(),
+                        prepared: d.is_prepared(),
+                        snapshot: d.has_snapshot(),
+                    },
+                )
+            })
+            .collect();
+        all.sort_by_key(|(name, g)| (std::cmp::Reverse(g.instances), std::cmp::Reverse(g.snapshot), name.clone()));
+        all.truncate(MAX_GOSSIP_FUNCTIONS);
+        all.into_iter().collect()
+    }
+
+    /// Append the function metrics in Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        lock(&self.ctx.metrics).render(out);
+        let deployments = lock(&self.deployments);
+        let _ = writeln!(
+            out,
+            "# HELP falak_function_instances Instances of each function on this node\n# TYPE falak_function_instances gauge"
+        );
+        for d in deployments.values() {
+            let _ = writeln!(out, "falak_function_instances{{function=\"{}\"}} {}", d.spec.name, d.instance_count());
+        }
+    }
+
+    /// Answer one function-management action (called from the main loop; never blocks it).
+    pub fn handle(self: &Arc<Self>, action: FunctionAction) {
+        let this = self.clone();
+        tokio::spawn(async move { this.answer(action).await });
+    }
+
+    async fn answer(self: Arc<Self>, action: FunctionAction) {
+        match action {
+            FunctionAction::StoreArtifact { bytes, reply } => {
+                let _ = reply.send(self.store_artifact(bytes).await);
+            }
+            FunctionAction::Deploy { document, reply } => {
+                let _ = reply.send(self.deploy(*document).await);
+            }
+            FunctionAction::List { reply } => {
+                let state = self.ctx.ledger.state();
+                let _ = reply.send(Ok(state.functions().map(FunctionInfo::of).collect()));
+            }
+            FunctionAction::Get { name, reply } => {
+                let state = self.ctx.ledger.state();
+                let _ = reply.send(state.function(&name).map(FunctionInfo::of).ok_or_else(|| not_found(&name)));
+            }
+            FunctionAction::Remove { name, reply } => {
+                let info = self.ctx.ledger.state().function(&name).map(FunctionInfo::of);
+                let result = match info {
+                    None => Err(not_found(&name)),
+                    Some(info) => self
+                        .write(Command::RemoveFunction { name: name.clone(), now: now_millis() })
+                        .await
+                        .map(|_| info),
+                };
+                let _ = reply.send(result);
+            }
+            FunctionAction::Instances { name, reply } => {
+                let _ = reply.send(rpc::gather_instances(&self, &name).await);
+            }
+            FunctionAction::Logs { name, max_bytes, reply } => {
+                let _ = reply.send(rpc::gather_logs(&self, &name, max_bytes).await);
+            }
+            FunctionAction::Invoke { name, submission, reply } => {
+                let _ = reply.send(invocations::submit(&self, &name, &submission).await);
+            }
+            FunctionAction::GetInvocation { name, id, reply } => {
+                let state = self.ctx.ledger.state();
+                let result = state
+                    .invocation(id)
+                    .filter(|i| i.function == name)
+                    .map(InvocationInfo::of)
+                    .ok_or_else(|| ApiError::not_found(format!("function {name} has no invocation {id}")));
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn store_artifact(&self, bytes: bytes::Bytes) -> Result<ArtifactStored, ApiError> {
+        let store = self.ctx.store.clone();
+        tokio::task::spawn_blocking(move || {
+            falak_artifact::bundle::validate(&bytes)
+                .map_err(|e| ApiError::invalid(format!("the bundle is not usable: {e}")))?;
+            let id = ArtifactId(*blake3::hash(&bytes).as_bytes());
+            let existed = store.contains(id);
+            store.put(&bytes).map_err(|e| ApiError::internal(format!("cannot store the bundle: {e}")))?;
+            Ok(ArtifactStored { id, size: bytes.len() as u64, existed })
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
+    /// Validate, prepare here (so a broken bundle or dependency fails the deploy, not the first
+    /// request), then commit.
+    async fn deploy(self: &Arc<Self>, document: FunctionDocument) -> Result<FunctionDeployed, ApiError> {
+        let spec = document.validate(0)?;
+        if !self.ctx.store.contains(spec.artifact) {
+            return Err(ApiError::invalid(format!(
+                "bundle {} is not stored on this node; upload it first with POST /api/v1/artifacts (falak fn deploy does)",
+                spec.artifact
+            )));
+        }
+        let started = instant();
+        let trial = Deployment::new(self.ctx.clone(), FunctionSpec { version: 0, ..spec.clone() }, 0);
+        let prepared = trial.ensure_prepared().await;
+        let snapshot = trial.has_snapshot();
+        trial.retire();
+        let prepared = prepared.map_err(ApiError::invalid)?;
+        let dependencies = prepared.0.venv().is_some();
+        let millis = started.elapsed().as_millis() as u64;
+        let outcome = self.write(Command::DeployFunction { spec: spec.clone(), now: now_millis() }).await?;
+        match outcome {
+            Outcome::FunctionDeployed { name, version, unchanged } => Ok(FunctionDeployed {
+                name,
+                version,
+                unchanged,
+                artifact: spec.artifact,
+                prepare: PrepareReport {
+                    node: self.ctx.node_name.clone(),
+                    millis,
+                    dependencies,
+                    snapshot: snapshot || spec.snapshot == SnapshotPolicy::None,
+                },
+            }),
+            other => Err(ApiError::internal(format!("unexpected ledger outcome {other:?}"))),
+        }
+    }
+
+    async fn write(&self, command: Command) -> Result<Outcome, ApiError> {
+        match self.ctx.ledger.write(command).await {
+            Ok(applied) => match applied.outcome {
+                Outcome::Rejected(r) => Err(r.into()),
+                other => Ok(other),
+            },
+            Err(e) => Err(ApiError::unavailable(format!("the ledger did not commit the change: {e}"))),
+        }
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("no function named {name}; list them with `falak fn list`"))
+}
+
+/// The observers of a function: healthy nodes (this one included) that carry its labels,
+/// ranked by rendezvous hashing of the function name and node id, up to `observers`. Every node
+/// computes the same orbit from the same membership view; a lost observer is replaced by the
+/// next-ranked node.
+pub(crate) fn orbit(
+    spec: &FunctionSpec,
+    me: NodeId,
+    peers: &[(NodeId, Option<falak_core::gossip::GossipState>)],
+) -> Vec<NodeId> {
+    let mut nodes: Vec<NodeId> = peers.iter().map(|(id, _)| *id).chain([me]).collect();
+    nodes.sort();
+    nodes.dedup();
+    let mut ranked: Vec<(blake3::Hash, NodeId)> = nodes
+        .into_iter()
+        .map(|id| {
+            let mut h = blake3::Hasher::new();
+            h.update(spec.name.as_bytes());
+            h.update(&id.0);
+            (h.finalize(), id)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.as_bytes().cmp(a.0.as_bytes()));
+    ranked.into_iter().take(spec.observers as usize).map(|(_, id)| id).collect()
+}
+
+/// Where the function host keeps things under the node's data dir.
+pub fn functions_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("functions")
+}

@@ -1,0 +1,315 @@
+//! Functions against real daemons in one process: real Python runtime hosts, zygote snapshots,
+//! the gateway, scale to zero, a burst against `max_instances`, bad input, async invocations.
+//! Needs `python3` (and `python3 -m venv` for the dependency case), as CI installs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use falak_api::function::FunctionDeployed;
+use falak_api::{Client, ClientError, ErrorCode};
+use falak_core::function::{FunctionDocument, InvocationState};
+
+use crate::daemon::InProcessMesh;
+
+const MAIN_PY: &str = r#"
+import os, time
+time.sleep(0.3)   # imports that take 300 ms
+
+def handle(request):
+    if request.path == "/boom":
+        raise ValueError("boom: the handler raised")
+    if request.path == "/hang":
+        time.sleep(30)
+    if request.path == "/slow":
+        time.sleep(0.05)
+    if request.path == "/pid":
+        return str(os.getpid())
+    return {"hello": request.body.decode() or "world", "path": request.path}
+"#;
+
+async fn eventually<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..secs * 10 {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within {secs} s");
+}
+
+fn bundle(dir: &Path, files: &[(&str, &str)]) -> Vec<u8> {
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    falak_artifact::bundle::pack(dir).unwrap()
+}
+
+/// Store the bundle and deploy `yaml` with it.
+async fn deploy(client: &Client, yaml: &str, bundle: Vec<u8>) -> Result<FunctionDeployed, ClientError> {
+    let stored = client.store_artifact(bundle).await?;
+    let mut doc = FunctionDocument::parse(yaml).unwrap();
+    doc.artifact = Some(stored.id);
+    client.deploy_function(&doc).await
+}
+
+async fn invoke(client: &Client, name: &str, path: &str, body: &str) -> (u16, String, String) {
+    let response =
+        client.invoke(name, reqwest::Method::POST, path, &[], body.as_bytes().to_vec()).await.expect("an answer");
+    let status = response.status().as_u16();
+    let start = response.headers().get("falak-start").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (status, start, response.text().await.unwrap())
+}
+
+/// Wait until the node says a snapshot of `name` is ready (an `observer_warmed` event).
+async fn wait_warmed(client: &Client, name: &str) {
+    let url = format!("{}/api/v1/events?follow=false", client.base_url());
+    eventually("the observer's snapshot", 60, async || {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .any(|l| l.contains("observer_warmed") && l.contains(name) && l.contains("\"snapshot\":true"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_function_starts_from_a_snapshot_serves_warm_and_survives_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let client = &mesh.clients[0];
+    let yaml = "name: greet\nkind: function\nruntime: python\nhandler: main.handle\ntimeout: 2s\n\
+                scaling: { max_instances: 2, concurrency: 4, idle_timeout: 60s }";
+    let src = tempfile::tempdir().unwrap();
+    let deployed = deploy(client, yaml, bundle(src.path(), &[("main.py", MAIN_PY)])).await.unwrap();
+    assert_eq!((deployed.name.as_str(), deployed.version), ("greet", 1));
+    assert!(deployed.prepare.snapshot, "{deployed:?}");
+    wait_warmed(client, "greet").await;
+
+    let (status, start, body) = invoke(client, "greet", "/x", "falak").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(start.starts_with("snapshot;"), "first start forks from the zygote: {start}");
+    assert!(body.contains("\"hello\": \"falak\"") && body.contains("\"path\": \"/x\""), "{body}");
+    let (status, start, _) = invoke(client, "greet", "/", "").await;
+    assert_eq!(status, 200);
+    assert!(start.starts_with("warm;"), "{start}");
+
+    // The handler raises: 500 with its error text; the same instance keeps serving.
+    let (_, _, pid_before) = invoke(client, "greet", "/pid", "").await;
+    let (status, _, body) = invoke(client, "greet", "/boom", "").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("boom: the handler raised"), "{body}");
+    let (status, _, pid_after) = invoke(client, "greet", "/pid", "").await;
+    assert_eq!((status, &pid_after), (200, &pid_before));
+
+    // The handler hangs past the timeout: 504, and the instance is replaced.
+    let (status, _, body) = invoke(client, "greet", "/hang", "").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("timeout of 2000 ms"), "{body}");
+    let (status, _, pid_new) = invoke(client, "greet", "/pid", "").await;
+    assert_eq!(status, 200);
+    assert_ne!(pid_new, pid_before, "the hung instance was replaced");
+    let old: i32 = pid_before.trim().parse().unwrap();
+    eventually("the hung instance to exit", 10, async || (!Path::new(&format!("/proc/{old}")).exists()).then_some(()))
+        .await;
+
+    // Unknown function, oversize body.
+    let (status, _, body) = invoke(client, "nope", "/", "").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no function named nope"), "{body}");
+    let big = vec![b'x'; 10 << 20];
+    let response = client.invoke("greet", reqwest::Method::POST, "/", &[], big).await.unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert!(response.text().await.unwrap().contains("larger than the gateway's limit"));
+
+    // Instances and metrics say what happened.
+    let instances = client.function_instances("greet").await.unwrap();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let metrics = client.metrics().await.unwrap();
+    assert!(metrics.contains("falak_invocations_total{start=\"snapshot\"}"), "{metrics}");
+    assert!(metrics.contains("falak_invocation_stage_seconds_bucket{stage=\"fork\""), "{metrics}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_errors_name_what_is_wrong_and_deploy_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let client = &mesh.clients[0];
+    let yaml = "name: bad\nkind: function\nruntime: python\nhandler: main.handle";
+
+    // Not an archive.
+    let err = client.store_artifact(b"definitely not a tar archive".to_vec()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid), "{err}");
+    // An archive whose path escapes.
+    let mut evil = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    let name = b"../escape.py";
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header.set_cksum();
+    evil.append(&header, &b"x"[..]).unwrap();
+    let err = client.store_artifact(evil.into_inner().unwrap()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid), "{err}");
+    // Oversize upload.
+    let err = client.store_artifact(vec![0; 65 << 20]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TooLarge), "{err}");
+
+    // The handler attribute is missing: the deploy fails with Python's words.
+    let src = tempfile::tempdir().unwrap();
+    let err =
+        deploy(client, yaml, bundle(src.path(), &[("main.py", "def other(r):\n    return 'x'\n")])).await.unwrap_err();
+    assert!(err.to_string().contains("has no attribute 'handle'"), "{err}");
+    // The module is missing.
+    let src = tempfile::tempdir().unwrap();
+    let err = deploy(client, yaml, bundle(src.path(), &[("other.py", "x = 1\n")])).await.unwrap_err();
+    assert!(err.to_string().contains("main"), "{err}");
+    // The module fails to import.
+    let src = tempfile::tempdir().unwrap();
+    let err = deploy(client, yaml, bundle(src.path(), &[("main.py", "raise RuntimeError('import exploded')\n")]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("import exploded"), "{err}");
+    // A dependency cannot be installed (offline: an empty wheels dir).
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("wheels")).unwrap();
+    std::fs::write(src.path().join("wheels/.keep"), "").unwrap();
+    let files = [("main.py", "def handle(r):\n    return 'x'\n"), ("requirements.txt", "no-such-package-falak==1.0\n")];
+    let err = deploy(client, yaml, bundle(src.path(), &files)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid), "{err}");
+    assert!(err.to_string().contains("no-such-package-falak"), "{err}");
+    // A bundle the node never received.
+    let mut doc = FunctionDocument::parse(yaml).unwrap();
+    doc.artifact = Some(falak_core::ArtifactId([7; 32]));
+    let err = client.deploy_function(&doc).await.unwrap_err();
+    assert!(err.to_string().contains("upload it first"), "{err}");
+
+    // Nothing was deployed.
+    assert!(client.functions().await.unwrap().is_empty());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_instances_scale_to_zero_and_the_next_request_brings_one_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let client = &mesh.clients[0];
+    let yaml = "name: nap\nkind: function\nruntime: python\nhandler: main.handle\n\
+                scaling: { min_instances: 0, max_instances: 2, idle_timeout: 1s }";
+    let src = tempfile::tempdir().unwrap();
+    deploy(client, yaml, bundle(src.path(), &[("main.py", MAIN_PY)])).await.unwrap();
+    wait_warmed(client, "nap").await;
+    let (status, _, _) = invoke(client, "nap", "/", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(client.function("nap").await.unwrap().instances, 1);
+    eventually("scale to zero", 20, async || {
+        let info = client.function("nap").await.ok()?;
+        let local = client.function_instances("nap").await.ok()?;
+        (info.instances == 0 && local.is_empty()).then_some(())
+    })
+    .await;
+    let (status, start, _) = invoke(client, "nap", "/", "").await;
+    assert_eq!(status, 200);
+    assert!(start.starts_with("snapshot;"), "back from zero through the snapshot: {start}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_1000_requests_is_answered_within_max_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let client = mesh.clients[0].clone();
+    let yaml = "name: burst\nkind: function\nruntime: python\nhandler: main.handle\n\
+                scaling: { max_instances: 4, concurrency: 2, idle_timeout: 60s }";
+    let src = tempfile::tempdir().unwrap();
+    deploy(&client, yaml, bundle(src.path(), &[("main.py", MAIN_PY)])).await.unwrap();
+    wait_warmed(&client, "burst").await;
+
+    let most = Arc::new(AtomicU32::new(0));
+    let watching = tokio::spawn({
+        let (client, most) = (client.clone(), most.clone());
+        async move {
+            loop {
+                if let Ok(info) = client.function("burst").await {
+                    most.fetch_max(info.instances, Ordering::Relaxed);
+                }
+                if let Ok(list) = client.function_instances("burst").await {
+                    most.fetch_max(list.len() as u32, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let http = reqwest::Client::new();
+    let url = format!("{}/fn/burst/slow", client.base_url());
+    let requests = (0..1000).map(|_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http.post(&url).timeout(Duration::from_secs(60)).send().await.expect("an answer, not a hang");
+            let status = r.status().as_u16();
+            let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            (status, retry_after)
+        }
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(90), futures_util::future::join_all(requests))
+        .await
+        .expect("every request is answered");
+    watching.abort();
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let busy = answers.iter().filter(|(s, r)| *s == 429 && r.is_some_and(|r| r >= 1)).count();
+    assert_eq!(ok + busy, 1000, "only 200 or 429 with Retry-After: {:?}", &answers[..10]);
+    assert!(ok >= 8, "the instances served some: {ok}");
+    assert!(most.load(Ordering::Relaxed) <= 4, "never more than 4 instances: {}", most.load(Ordering::Relaxed));
+    assert!(client.function("burst").await.unwrap().instances <= 4);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_invocations_run_and_post_their_result_to_the_callback() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let client = &mesh.clients[0];
+    let yaml = "name: later\nkind: function\nruntime: python\nhandler: main.handle";
+    let src = tempfile::tempdir().unwrap();
+    deploy(client, yaml, bundle(src.path(), &[("main.py", MAIN_PY)])).await.unwrap();
+
+    // A callback receiver.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let app = axum::Router::new().route(
+        "/done",
+        axum::routing::post(move |body: String| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let callback = format!("http://{}/done", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let info = client.invoke_async("later", b"async".to_vec(), Some(&callback), Some(2)).await.unwrap();
+    assert_eq!(info.state, InvocationState::Pending);
+    let done = eventually("the invocation to finish", 30, async || {
+        let i = client.invocation("later", info.id).await.ok()?;
+        (i.state != InvocationState::Pending).then_some(i)
+    })
+    .await;
+    assert_eq!(done.state, InvocationState::Succeeded, "{done:?}");
+    assert_eq!(done.status, Some(200));
+    assert!(done.body.as_deref().unwrap_or("").contains("\"hello\": \"async\""), "{done:?}");
+    let posted = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    assert!(posted.contains("SUCCEEDED") && posted.contains(&format!("\"id\":{}", info.id)), "{posted}");
+    // Unknown ids and functions are clear errors.
+    let err = client.invocation("later", 999).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    let err = client.invoke_async("nope", vec![], None, None).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    mesh.stop().await;
+}
