@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 
 MAX_LINE = 65536
@@ -379,7 +380,13 @@ def serve(listener, handler):
     signal.signal(signal.SIGTERM, on_term)
     try:
         while True:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except OSError as e:
+                # Out of descriptors or memory for a moment: keep the instance, retry shortly.
+                sys.stderr.write("falak: accepting a connection failed: %s\n" % e)
+                time.sleep(0.05)
+                continue
             threading.Thread(target=serve_connection, args=(conn, handler, inflight), daemon=True).start()
     except Shutdown:
         listener.close()

@@ -22,7 +22,7 @@ use crate::process::{Launch, append_log, launch};
 use crate::{BoxBody, BoxError};
 
 /// The most stdout one request may produce; more is a 500.
-pub const MAX_EXEC_OUTPUT: usize = 64 << 20;
+const MAX_EXEC_OUTPUT: usize = 64 << 20;
 /// How much of stderr a failure's response carries.
 const STDERR_TAIL: usize = 8 << 10;
 /// How long `stop` waits for killed commands to go.

@@ -242,6 +242,7 @@ impl FakeNode {
             Action::Subscribe { reply } => {
                 let _ = reply.send(Ok(EventSubscription { recent: self.recent.clone(), live: self.bus.subscribe() }));
             }
+            Action::Function(action) => action.fail(ApiError::unavailable("the fake node runs no functions")),
         }
     }
 }

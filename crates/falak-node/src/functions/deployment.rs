@@ -32,6 +32,10 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 const MAX_WAIT_MS: u64 = 5_000;
 /// How long an instance may take to start, including preparing the deployment on this node.
 const START_TIMEOUT_MS: u64 = 120_000;
+/// How often idle instances are health-checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
+/// How long a health check may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a waiting request is told.
 enum Assignment {
@@ -175,9 +179,16 @@ impl Deployment {
     /// Prepare the deployment on this node (fetch, unpack, dependencies, zygote) if it is not.
     /// Returns the stage timings of the work done now.
     pub async fn ensure_prepared(self: &Arc<Self>) -> Result<(Arc<Prepared>, Stages), String> {
+        let waited = instant();
         let mut prep = self.prep.lock().await;
+        // Waiting for a preparation already under way (an observer warming its snapshot)
+        // counts as preparing.
+        let waited = waited.elapsed();
         if let Some(p) = &prep.prepared {
             let mut stages = Stages::default();
+            if waited > Duration::from_millis(1) {
+                stages.push("prepare", waited);
+            }
             if self.spec.snapshot == SnapshotPolicy::Zygote && !self.has_snapshot() {
                 let t = instant();
                 self.start_zygote(p).await?;
@@ -284,12 +295,17 @@ impl Deployment {
                 )
             }
             Ok(Err(e)) => {
-                let message = match &e {
-                    InstanceError::Crashed { .. } => {
-                        self.instance_broke(pool_id, "crashed");
-                        format!("function {}: the instance exited while serving the request ({e})", self.spec.name)
-                    }
-                    other => format!("function {}: {other}", self.spec.name),
+                // The exit watcher may have seen the crash first and stopped the instance.
+                let crashed =
+                    matches!(e, InstanceError::Crashed { .. } | InstanceError::Stopped { .. }) || !instance.is_alive();
+                let message = if crashed {
+                    self.instance_broke(pool_id, "crashed");
+                    format!(
+                        "function {}: the instance exited while serving the request; it is being replaced ({e})",
+                        self.spec.name
+                    )
+                } else {
+                    format!("function {}: {e}", self.spec.name)
                 };
                 drop(finish);
                 gateway_error(ApiError::bad_gateway(message), None)
@@ -510,14 +526,41 @@ impl Deployment {
         self.execute(actions);
     }
 
+    /// Check idle instances; one that fails is replaced like a crashed one.
+    fn check_health(self: &Arc<Self>) {
+        let idle: Vec<InstanceId> = lock(&self.pool)
+            .view()
+            .instances
+            .iter()
+            .filter(|i| i.state == falak_function::pool::InstanceState::Idle)
+            .map(|i| i.id)
+            .collect();
+        for pool_id in idle {
+            let Some(instance) = lock(&self.live).get(&pool_id).filter(|l| !l.stopping).map(|l| l.instance.clone())
+            else {
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let healthy = matches!(tokio::time::timeout(HEALTH_TIMEOUT, instance.health()).await, Ok(Ok(())));
+                let same = lock(&this.live).get(&pool_id).is_some_and(|l| Arc::ptr_eq(&l.instance, &instance));
+                if !healthy && same {
+                    this.instance_broke(pool_id, "failed its health check");
+                }
+            });
+        }
+    }
+
     /// Runs the pool's timers; ends when a retired deployment has drained, stopping its zygote.
     async fn ticker(self: Arc<Self>) {
+        let mut last_health = instant();
         loop {
             let deadline = lock(&self.pool).next_deadline();
             let wait = match deadline {
                 Some(at) => Duration::from_millis(at.saturating_sub(now_millis())),
                 None => Duration::from_secs(1),
-            };
+            }
+            .min(HEALTH_EVERY);
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -525,6 +568,10 @@ impl Deployment {
             }
             let actions = lock(&self.pool).tick(now_millis());
             self.execute(actions);
+            if last_health.elapsed() >= HEALTH_EVERY {
+                last_health = instant();
+                self.check_health();
+            }
             if self.is_retired() && lock(&self.pool).is_drained() {
                 break;
             }

@@ -50,6 +50,12 @@ use crate::metrics::{Histogram, LATENCY_BOUNDS};
 
 /// How often deployments are reconciled with the ledger without other cause.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How often unused artifacts are collected.
+const GC_EVERY: Duration = Duration::from_secs(60);
+/// An artifact no function uses is kept this long after its last use.
+const GC_MIN_UNUSED: Duration = Duration::from_secs(3600);
+/// Unused artifacts are also removed, least recently used first, while the store is larger.
+const GC_MAX_BYTES: u64 = 10 << 30;
 /// At most this many functions are published in gossip (the busiest first).
 const MAX_GOSSIP_FUNCTIONS: usize = 32;
 
@@ -308,6 +314,7 @@ impl FunctionHost {
         let mut committed = self.ctx.ledger.subscribe();
         let mut membership = self.ctx.membership.clone();
         let mut tick = tokio::time::interval(SYNC_EVERY);
+        let mut gc = tokio::time::interval(GC_EVERY);
         loop {
             tokio::select! {
                 _ = self.ctx.stopping() => break,
@@ -318,6 +325,7 @@ impl FunctionHost {
                 }
                 _ = membership.changed() => {}
                 _ = tick.tick() => {}
+                _ = gc.tick() => self.collect_garbage(),
             }
             self.sync();
             invocations::run_owned(&self);
@@ -328,9 +336,36 @@ impl FunctionHost {
         }
     }
 
+    /// Remove artifacts (and their unpacked bundles) no function in the ledger uses.
+    fn collect_garbage(&self) {
+        let keep: BTreeSet<ArtifactId> = self.ctx.ledger.state().functions().map(|f| f.spec.artifact).collect();
+        let store = self.ctx.store.clone();
+        let bundles = self.ctx.dir.join("bundles");
+        tokio::task::spawn_blocking(move || {
+            match store.gc(&keep, crate::clock::system_now(), GC_MIN_UNUSED, GC_MAX_BYTES) {
+                Ok(report) if report.freed_bytes > 0 => tracing::info!(?report, "artifacts collected"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "artifact collection failed"),
+            }
+            let Ok(entries) = std::fs::read_dir(&bundles) else { return };
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_str().and_then(|n| n.parse::<ArtifactId>().ok());
+                if id.is_some_and(|id| !keep.contains(&id) && !store.contains(id)) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        });
+    }
+
     /// Bring local deployments in line with committed state and the orbit.
     fn sync(self: &Arc<Self>) {
-        let functions: Vec<FunctionSpec> = self.ctx.ledger.state().functions().map(|f| f.spec.clone()).collect();
+        let (functions, labels): (Vec<FunctionSpec>, BTreeMap<NodeId, BTreeMap<String, String>>) = {
+            let state = self.ctx.ledger.state();
+            (
+                state.functions().map(|f| f.spec.clone()).collect(),
+                state.nodes().filter(|n| !n.offline).map(|n| (n.record.id, n.record.labels.clone())).collect(),
+            )
+        };
         let live: BTreeSet<String> = functions.iter().map(|f| f.name.clone()).collect();
         let peers = self.ctx.peers();
         let mut deployments = lock(&self.deployments);
@@ -344,7 +379,9 @@ impl FunctionHost {
         }
         let mut observing = lock(&self.observing);
         for spec in functions {
-            let orbit = orbit(&spec, self.ctx.id, &peers);
+            let fits =
+                |id: &NodeId| labels.get(id).is_some_and(|l| spec.labels.iter().all(|(k, v)| l.get(k) == Some(v)));
+            let orbit = orbit(&spec, self.ctx.id, &peers, fits);
             let observer = orbit.contains(&self.ctx.id);
             let primary = orbit.first() == Some(&self.ctx.id);
             let current = deployments.get(&spec.name).filter(|d| d.spec.version == spec.version).cloned();
@@ -600,8 +637,9 @@ pub(crate) fn orbit(
     spec: &FunctionSpec,
     me: NodeId,
     peers: &[(NodeId, Option<falak_core::gossip::GossipState>)],
+    fits: impl Fn(&NodeId) -> bool,
 ) -> Vec<NodeId> {
-    let mut nodes: Vec<NodeId> = peers.iter().map(|(id, _)| *id).chain([me]).collect();
+    let mut nodes: Vec<NodeId> = peers.iter().map(|(id, _)| *id).chain([me]).filter(|id| fits(id)).collect();
     nodes.sort();
     nodes.dedup();
     let mut ranked: Vec<(blake3::Hash, NodeId)> = nodes

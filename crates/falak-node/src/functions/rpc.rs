@@ -55,11 +55,11 @@ impl FunctionHost {
             versions.sort();
             let mut out = String::new();
             for (version, path) in versions {
-                if let Ok(tail) = file_tail(&path, max_bytes) {
-                    if !tail.is_empty() {
-                        out.push_str(&format!("--- {function} version {version}\n"));
-                        out.push_str(&String::from_utf8_lossy(&tail));
-                    }
+                if let Ok(tail) = file_tail(&path, max_bytes)
+                    && !tail.is_empty()
+                {
+                    out.push_str(&format!("--- {function} version {version}\n"));
+                    out.push_str(&String::from_utf8_lossy(&tail));
                 }
             }
             out

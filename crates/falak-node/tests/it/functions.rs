@@ -26,6 +26,8 @@ def handle(request):
         time.sleep(0.05)
     if request.path == "/pid":
         return str(os.getpid())
+    if request.path == "/crash":
+        os._exit(3)
     return {"hello": request.body.decode() or "world", "path": request.path}
 "#;
 
@@ -115,6 +117,14 @@ async fn python_function_starts_from_a_snapshot_serves_warm_and_survives_bad_req
     let old: i32 = pid_before.trim().parse().unwrap();
     eventually("the hung instance to exit", 10, async || (!Path::new(&format!("/proc/{old}")).exists()).then_some(()))
         .await;
+
+    // The instance dies mid-request: 502 saying so, and a new instance serves the next one.
+    let (status, _, body) = invoke(client, "greet", "/crash", "").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("exited while serving"), "{body}");
+    let (status, _, pid_after_crash) = invoke(client, "greet", "/pid", "").await;
+    assert_eq!(status, 200);
+    assert_ne!(pid_after_crash, pid_new);
 
     // Unknown function, oversize body.
     let (status, _, body) = invoke(client, "nope", "/", "").await;
@@ -311,5 +321,50 @@ async fn async_invocations_run_and_post_their_result_to_the_callback() {
     assert_eq!(err.code(), Some(ErrorCode::NotFound));
     let err = client.invoke_async("nope", vec![], None, None).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    mesh.stop().await;
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_retires_the_old_snapshot_and_exec_functions_answer_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let client = &mesh.clients[0];
+    let yaml = "name: ver\nkind: function\nruntime: python\nhandler: main.handle";
+    let src = tempfile::tempdir().unwrap();
+    deploy(client, yaml, bundle(src.path(), &[("main.py", MAIN_PY)])).await.unwrap();
+    wait_warmed(client, "ver").await;
+    assert_eq!(invoke(client, "ver", "/", "").await.0, 200);
+    assert!(processes_mentioning("deployments/ver-1/") > 0, "version 1 runs");
+    let src2 = tempfile::tempdir().unwrap();
+    let v2 = MAIN_PY.replace("hello", "hi");
+    let deployed = deploy(client, yaml, bundle(src2.path(), &[("main.py", &v2)])).await.unwrap();
+    assert_eq!(deployed.version, 2);
+    eventually("version 1's zygote and instance to stop", 30, async || {
+        (processes_mentioning("deployments/ver-1/") == 0).then_some(())
+    })
+    .await;
+    let (status, _, body) = invoke(client, "ver", "/", "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"hi\""), "version 2 answers: {body}");
+
+    // An exec function: one process per request, body on stdin, answer on stdout.
+    let yaml = "name: upper\nkind: function\nruntime: exec\ncommand: [\"tr\", \"a-z\", \"A-Z\"]";
+    let src = tempfile::tempdir().unwrap();
+    deploy(client, yaml, bundle(src.path(), &[("README", "tr does the work\n")])).await.unwrap();
+    let (status, _, body) = invoke(client, "upper", "/", "shout").await;
+    assert_eq!((status, body.as_str()), (200, "SHOUT"));
     mesh.stop().await;
 }

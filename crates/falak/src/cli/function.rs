@@ -58,6 +58,7 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct InvokeArgs {
+    /// The function to invoke.
     pub name: String,
     /// The request body: TEXT, @FILE, or `-` for standard input.
     #[arg(short = 'd', long, value_name = "DATA", value_parser = parse_data)]

@@ -594,9 +594,9 @@ async fn run_mesh(
     write_atomic(&mesh_file, text.as_bytes(), 0o600)?;
     print!("{}", render_endpoints(&record, &mesh_file, cli_finds(&mesh_file)));
     if demo {
-        // TODO(issue 3): also deploy a function and invoke it.
+        let clients: Vec<Client> = nodes.iter().map(|n| n.client.clone()).collect();
         let result = tokio::select! {
-            result = run_demo(&nodes[0].client) => Some(result),
+            result = async { run_demo(&clients[0]).await?; run_function_demo(&clients, root).await } => Some(result),
             signal = signals.recv() => {
                 println!("{signal}: stopping the mesh");
                 None
@@ -998,6 +998,61 @@ async fn run_demo(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+const DEMO_FUNCTION: &str = r#"name: greet
+kind: function
+runtime: python
+handler: main.handle
+scaling: { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout: 60s }
+"#;
+
+const DEMO_HANDLER: &str = r#"import time
+time.sleep(0.3)  # stands for imports that take 300 ms; the zygote pays it once
+
+def handle(request):
+    who = request.body.decode() or "world"
+    return {"hello": who}
+"#;
+
+/// Deploy the `greet` Python function and invoke it through each node: the first start forks
+/// from the snapshot, the rest are warm or served by a peer's instance.
+async fn run_function_demo(clients: &[Client], root: &Path) -> anyhow::Result<()> {
+    let client = &clients[0];
+    let dir = root.join("demo-greet");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::write(dir.join("main.py"), DEMO_HANDLER).context("cannot write the demo function")?;
+    let bundle = falak_artifact::bundle::pack(&dir).context("cannot bundle the demo function")?;
+    let stored = client.store_artifact(bundle).await.context("cannot upload the demo function's bundle")?;
+    let mut document = falak_core::function::FunctionDocument::parse(DEMO_FUNCTION).context("the demo function")?;
+    document.artifact = Some(stored.id);
+    let deployed = client.deploy_function(&document).await.context("cannot deploy function greet")?;
+    println!(
+        "demo: deployed function greet version {} (prepared on {} in {} ms)",
+        deployed.version, deployed.prepare.node, deployed.prepare.millis
+    );
+    // Give the observers a moment to warm their snapshots.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (i, node) in clients.iter().enumerate().chain(clients.iter().enumerate()) {
+        let response = node
+            .invoke("greet", reqwest::Method::POST, "/", &[], format!("node-{}", i + 1).into_bytes())
+            .await
+            .context("cannot invoke greet")?;
+        let status = response.status();
+        let start = response
+            .headers()
+            .get(falak_api::function::START_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let body = response.text().await.unwrap_or_default();
+        println!("demo: POST {}/fn/greet -> {} {}  [{start}]", node.base_url(), status.as_u16(), body.trim());
+        if !status.is_success() {
+            bail!("function greet answered {status}: {body}");
+        }
+    }
+    println!("demo: try `curl -d you {}/fn/greet`, `falak fn list`, `falak fn instances greet`", client.base_url());
+    Ok(())
+}
+
 async fn poll_job(client: &Client, job: JobId) -> anyhow::Result<falak_api::job::JobInfo> {
     loop {
         let info = client.job(job).await.with_context(|| format!("cannot read job {job}"))?;
@@ -1273,6 +1328,12 @@ mod tests {
         assert_eq!(log_tail(&path, 5).unwrap(), "last\n");
         fs::write(&path, "").unwrap();
         assert_eq!(log_tail(&path, 5).unwrap(), "");
+    }
+
+    #[test]
+    fn the_demo_function_is_valid() {
+        let doc = falak_core::function::FunctionDocument::parse(DEMO_FUNCTION).unwrap();
+        assert_eq!(doc.name, "greet");
     }
 
     #[test]

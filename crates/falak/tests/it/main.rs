@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods, reason = "tests measure and bound real time")]
 
 mod failover;
+mod functions;
 mod procs;
 mod up;
 
