@@ -32,8 +32,8 @@ pub struct GossipState {
     pub rtt_micros: BTreeMap<NodeId, u32>,
     /// The node's API URL, so clients and peers can reach it.
     pub api_url: String,
-    /// Functions the node has prepared or runs, by name.
-    pub functions: BTreeMap<String, FunctionGossip>,
+    /// Functions the node has prepared or runs, busiest first (as many as fit a datagram).
+    pub functions: Vec<(String, FunctionGossip)>,
 }
 
 /// What a node tells the mesh about one function it serves or keeps ready.
@@ -51,6 +51,11 @@ pub struct FunctionGossip {
 }
 
 impl GossipState {
+    /// What the node says about function `name`.
+    pub fn function(&self, name: &str) -> Option<&FunctionGossip> {
+        self.functions.iter().find(|(n, _)| n == name).map(|(_, f)| f)
+    }
+
     /// Whether `other` should replace `self` in a receiver's view.
     pub fn is_superseded_by(&self, other: &GossipState) -> bool {
         other.version > self.version

@@ -24,6 +24,12 @@ pub const GOSSIP_UPDATE_FORMAT: u8 = 1;
 /// (two identities) and the broadcast's length prefix.
 pub const MAX_GOSSIP_BYTES: usize = 1024;
 
+/// Whether `state`, published by `node`, fits in one gossip update ([`MAX_GOSSIP_BYTES`]).
+pub fn gossip_fits(node: NodeId, state: &GossipState) -> bool {
+    let update = GossipUpdate { format: GOSSIP_UPDATE_FORMAT, node, generation: u64::MAX, state: state.clone() };
+    update.encode().is_ok_and(|bytes| bytes.len() <= MAX_GOSSIP_BYTES)
+}
+
 /// One node's gossip state as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipUpdate {
@@ -244,5 +250,24 @@ mod tests {
         let mut bytes = update(1, 1, 1).encode().expect("encodes");
         bytes.push(0);
         assert!(matches!(GossipUpdate::decode(&bytes), Err(GossipDecodeError::TrailingBytes(1))));
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use falak_core::gossip::FunctionGossip;
+
+    use super::*;
+
+    #[test]
+    fn a_state_fits_until_its_functions_overflow_a_datagram() {
+        let node = NodeId([1; 32]);
+        let mut state = GossipState { format: GOSSIP_FORMAT, version: 1, ..GossipState::default() };
+        state.functions.push(("a".repeat(63), FunctionGossip::default()));
+        assert!(gossip_fits(node, &state));
+        for i in 0..40 {
+            state.functions.push((format!("{i}{}", "f".repeat(60)), FunctionGossip::default()));
+        }
+        assert!(!gossip_fits(node, &state));
     }
 }

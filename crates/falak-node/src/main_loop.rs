@@ -397,6 +397,11 @@ impl MainLoop {
             api_url: self.record.api_url.clone(),
             functions: self.functions.gossip(),
         };
+        let mut state = state;
+        // Functions are listed busiest first; drop from the end until the update fits a datagram.
+        while !state.functions.is_empty() && !falak_membership::gossip::gossip_fits(self.id, &state) {
+            state.functions.pop();
+        }
         self.last_gossip_state = Some(state.clone());
         self.membership.set_local_gossip(state);
     }

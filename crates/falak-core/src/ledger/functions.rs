@@ -114,7 +114,8 @@ impl State {
             return Outcome::InstanceClaimed { function: function.to_owned(), instance };
         }
         let max = entry.spec.scaling.max_instances;
-        if entry.instances.len() as u64 >= u64::from(max) {
+        let skip = self.data.planted_bug == super::PlantedBug::SkipInstanceLimit;
+        if entry.instances.len() as u64 >= u64::from(max) && !skip {
             return reject(RejectCode::NoFit, format!("function {function} is at its max_instances ({max})"));
         }
         entry.instances.push(InstanceSlot { node, instance, version, since: now });

@@ -19,6 +19,8 @@ pub enum PlantedBug {
     None,
     /// Accept a claim even when the task attempt is already claimed.
     SkipAttemptCheck,
+    /// Accept an instance slot claim even beyond the function's `max_instances`.
+    SkipInstanceLimit,
 }
 
 /// Everything the ledger stores; serialized whole into snapshots.

@@ -110,7 +110,7 @@ impl NodeGateway {
             .filter(|(id, _)| !self.avoided(id))
             .filter_map(|(id, g)| {
                 let g = g.as_ref()?;
-                let f = g.functions.get(&name)?;
+                let f = g.function(&name)?;
                 (f.version == spec.version && f.free_slots > 0 && !g.api_url.is_empty())
                     .then(|| (f.free_slots, *id, g.api_url.clone()))
             })
@@ -174,7 +174,7 @@ impl NodeGateway {
             if g.api_url.is_empty() {
                 continue;
             }
-            let f = g.functions.get(&spec.name).filter(|f| f.version == spec.version);
+            let f = g.function(&spec.name).filter(|f| f.version == spec.version);
             let (snapshot, prepared, instances) =
                 f.map_or((false, false, 0), |f| (f.snapshot, f.prepared, f.instances));
             scored.push((score(snapshot, prepared, instances, false, at_limit), *id, g.api_url.clone()));

@@ -475,7 +475,7 @@ impl FunctionHost {
     }
 
     /// What this node gossips about its functions.
-    pub fn gossip(&self) -> BTreeMap<String, FunctionGossip> {
+    pub fn gossip(&self) -> Vec<(String, FunctionGossip)> {
         let deployments = lock(&self.deployments);
         let mut all: Vec<(String, FunctionGossip)> = deployments
             .values()
@@ -494,7 +494,7 @@ impl FunctionHost {
             .collect();
         all.sort_by_key(|(name, g)| (std::cmp::Reverse(g.instances), std::cmp::Reverse(g.snapshot), name.clone()));
         all.truncate(MAX_GOSSIP_FUNCTIONS);
-        all.into_iter().collect()
+        all
     }
 
     /// Append the function metrics in Prometheus text.

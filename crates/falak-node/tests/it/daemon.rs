@@ -58,6 +58,15 @@ impl InProcessMesh {
         mesh
     }
 
+    /// Stop node `i` (a clean shutdown: it says goodbye to its peers).
+    pub async fn stop_node(&mut self, i: usize) {
+        let (tx, _) = oneshot::channel();
+        let stop = std::mem::replace(&mut self.stops[i], tx);
+        let _ = stop.send(());
+        let task = std::mem::replace(&mut self.tasks[i], tokio::spawn(async {}));
+        tokio::time::timeout(Duration::from_secs(20), task).await.expect("node stops").unwrap();
+    }
+
     pub async fn stop(self) {
         for stop in self.stops {
             let _ = stop.send(());

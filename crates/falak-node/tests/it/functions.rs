@@ -368,3 +368,49 @@ async fn a_new_version_retires_the_old_snapshot_and_exec_functions_answer_per_re
     assert_eq!((status, body.as_str()), (200, "SHOUT"));
     mesh.stop().await;
 }
+
+/// The kinds of `name`'s function events a node published itself.
+async fn events_of(client: &Client, kind: &str, name: &str) -> usize {
+    let url = format!("{}/api/v1/events?follow=false", client.base_url());
+    let Ok(text) = reqwest::get(&url).await.and_then(|r| r.error_for_status()) else { return 0 };
+    let text = text.text().await.unwrap_or_default();
+    text.lines().filter(|l| l.contains(kind) && l.contains(&format!("\"function\":\"{name}\""))).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_observer_puts_the_function_at_risk_and_another_node_is_recruited_and_warmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mesh = InProcessMesh::start(dir.path(), 3).await;
+    let yaml = "name: orbit\nkind: function\nruntime: python\nhandler: main.handle\nobservers: 2";
+    let src = tempfile::tempdir().unwrap();
+    deploy(&mesh.clients[0], yaml, bundle(src.path(), &[("main.py", MAIN_PY)])).await.unwrap();
+    // Two observers warm their snapshots; the third node does not.
+    let mut observers = Vec::new();
+    eventually("two observers warmed", 60, async || {
+        observers.clear();
+        for (i, c) in mesh.clients.iter().enumerate() {
+            if events_of(c, "observer_warmed", "orbit").await > 0 {
+                observers.push(i);
+            }
+        }
+        (observers.len() == 2).then_some(())
+    })
+    .await;
+    let outsider = (0..3).find(|i| !observers.contains(i)).unwrap();
+    // Let the deployment age past the recruitment grace, then lose an observer.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let lost = *observers.iter().find(|i| **i != 0).unwrap_or(&observers[0]);
+    mesh.stop_node(lost).await;
+    let client = mesh.clients[outsider].clone();
+    eventually("the outsider recruited and warmed", 60, async || {
+        let at_risk = events_of(&client, "function_at_risk", "orbit").await;
+        let warmed = events_of(&client, "observer_warmed", "orbit").await;
+        (at_risk > 0 && warmed > 0).then_some(())
+    })
+    .await;
+    // The recruited node serves from its snapshot.
+    let (status, start, _) = invoke(&client, "orbit", "/", "").await;
+    assert_eq!(status, 200);
+    assert!(start.starts_with("snapshot;") || start.starts_with("remote-warm;"), "{start}");
+    mesh.stop().await;
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use falak_core::capsule::CapsuleDocument;
 use falak_core::election::Observed;
 use falak_core::job::{Delivery, JobId, JobRequest, TaskId, TaskInputs, TaskReport};
-use falak_core::ledger::{Command, Outcome, State};
+use falak_core::ledger::{Command, Outcome, PlantedBug, State};
 use falak_core::node::NodeRecord;
 use falak_core::placement::Health;
 use falak_core::resources::Resources;
@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::completion;
 use super::convergence::Convergence;
+use super::instance_slots::{self, InstanceSlots};
 use super::single_claim::SingleClaim;
 
 /// The shape of one simulated run.
@@ -36,8 +37,9 @@ pub struct SimConfig {
     pub settle_ms: u64,
     pub jobs: usize,
     pub tasks_per_job: u32,
-    /// Skip the state machine's attempt check and let every candidate claim at once.
-    pub planted_bug: bool,
+    /// A deliberately broken check in the state machine (tests of the checkers only). With
+    /// `SkipAttemptCheck` every candidate also claims at once.
+    pub planted_bug: PlantedBug,
     pub step_ms: u64,
 }
 
@@ -50,7 +52,7 @@ impl Default for SimConfig {
             settle_ms: 40_000,
             jobs: 3,
             tasks_per_job: 6,
-            planted_bug: false,
+            planted_bug: PlantedBug::None,
             step_ms: 20,
         }
     }
@@ -73,6 +75,7 @@ const LEASE_MS: u64 = 2_000;
 struct Checker {
     single: SingleClaim,
     convergence: Convergence,
+    slots: InstanceSlots,
     violations: Vec<String>,
 }
 
@@ -191,6 +194,7 @@ impl Sim {
                 next_submit += submit_every;
             }
             self.inject_faults().await;
+            self.churn_instances();
             self.step_all();
             tokio::time::sleep(Duration::from_millis(self.config.step_ms)).await;
         }
@@ -220,6 +224,7 @@ impl Sim {
         let mut violations = Vec::new();
         if let Some(ledger) = self.nodes.iter().find_map(|n| n.ledger.as_ref()) {
             completion::check(&ledger.state(), &acknowledged, &mut violations);
+            instance_slots::check(&ledger.state(), &mut violations);
         }
         self.converge(&mut violations).await;
         for node in &mut self.nodes {
@@ -250,7 +255,35 @@ impl Sim {
         let text = "name: work\nkind: process\ncommand: [/bin/true]\nresources: { cpu: 500m, memory: 64Mi }\nplacement: { max_attempts: 3 }";
         let spec = CapsuleDocument::parse(text).map_err(|e| e.to_string())?;
         retry(|| ledger.write(Command::ApplyCapsule { spec: spec.clone(), now })).await?;
+        let text = format!(
+            "name: f\nkind: function\nruntime: python\nhandler: main.handle\nscaling: {{ max_instances: {} }}",
+            instance_slots::MAX_INSTANCES
+        );
+        let mut doc = falak_core::function::FunctionDocument::parse(&text).map_err(|e| e.to_string())?;
+        doc.artifact = Some(falak_core::ArtifactId([1; 32]));
+        let function = doc.validate(0).map_err(|e| e.to_string())?;
+        retry(|| ledger.write(Command::DeployFunction { spec: function.clone(), now })).await?;
         Ok(())
+    }
+
+    /// Nodes claim and release instance slots of `f` at seeded moments.
+    fn churn_instances(&mut self) {
+        let alive: Vec<usize> = (0..self.nodes.len()).filter(|i| !self.crashed.contains_key(i)).collect();
+        if alive.is_empty() || !self.rng.gen_bool(0.08) {
+            return;
+        }
+        let via = alive[self.rng.gen_range(0..alive.len())];
+        let Some(ledger) = self.nodes[via].ledger.clone() else { return };
+        let now = self.now();
+        let command = if self.rng.gen_bool(0.6) {
+            let instance = self.rng.gen_range(0..1_000_000);
+            Command::ClaimInstance { function: "f".into(), version: 1, node: node_id(via), instance, now }
+        } else {
+            Command::ReleaseInstances { node: node_id(via), function: "f".into(), instances: vec![], all: true, now }
+        };
+        tokio::spawn(async move {
+            let _ = ledger.write(command).await;
+        });
     }
 
     fn submit_job(&mut self) {
@@ -327,7 +360,7 @@ impl Sim {
         let planted = self.config.planted_bug;
         let node = &mut self.nodes[i];
         let transport = self.network.transport(node.id);
-        let config = LedgerConfig { planted_bug: planted_bug(planted), ..LedgerConfig::default() };
+        let config = LedgerConfig { planted_bug: planted, ..LedgerConfig::default() };
         let ledger = Ledger::open(&node.dir, node.id, transport.clone() as Arc<dyn Transport>, config)
             .await
             .expect("open ledger");
@@ -343,14 +376,17 @@ impl Sim {
                 match rx.recv().await {
                     Ok(Committed::Entry { index: log, applied }) => {
                         let mut c = checker.lock().expect("lock");
-                        let Checker { single, convergence, violations } = &mut *c;
+                        let Checker { single, convergence, slots, violations } = &mut *c;
                         convergence.observe(index, log, &applied, violations);
+                        slots.observe(index, &applied, violations);
                         for event in &applied.events {
                             single.observe(event, violations);
                         }
                     }
                     Ok(Committed::SnapshotInstalled { .. })
-                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        checker.lock().expect("lock").slots.snapshot_installed(index);
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
@@ -493,14 +529,10 @@ impl Sim {
 
 fn reconcile_config(config: &SimConfig) -> ReconcileConfig {
     let mut c = ReconcileConfig::with_lease(LEASE_MS);
-    if config.planted_bug {
+    if config.planted_bug == PlantedBug::SkipAttemptCheck {
         c.election.stagger_ms = 0;
     }
     c
-}
-
-fn planted_bug(on: bool) -> falak_core::ledger::PlantedBug {
-    if on { falak_core::ledger::PlantedBug::SkipAttemptCheck } else { falak_core::ledger::PlantedBug::None }
 }
 
 /// Retry a ledger call for a few virtual seconds while a leader is elected.

@@ -9,7 +9,9 @@
 //!
 //! Checked invariants (one file each): no task attempt ever has two valid claims
 //! (`single_claim.rs`); committed state never diverges across replicas (`convergence.rs`);
-//! every acknowledged job reaches a terminal state after healing (`completion.rs`).
+//! every acknowledged job reaches a terminal state after healing (`completion.rs`); a function
+//! never holds more instance slots than its `max_instances`, and an OFFLINE node none
+//! (`instance_slots.rs`).
 //!
 //! Replay a seed: `FALAK_SIM_SEED=123 cargo nextest run -p falak-node sim::replay`.
 //! Determinism caveat: the fault schedule, job submissions and task durations are a pure
@@ -19,6 +21,7 @@
 mod completion;
 mod convergence;
 mod harness;
+mod instance_slots;
 mod single_claim;
 
 pub use harness::{SimConfig, run_seed};
@@ -84,10 +87,22 @@ fn replay() {
 /// candidate claiming at once, some seed must produce two valid claims for one attempt.
 #[test]
 fn planted_bug_is_caught() {
-    let config = SimConfig { planted_bug: true, ..SimConfig::default() };
+    let config = SimConfig { planted_bug: falak_core::ledger::PlantedBug::SkipAttemptCheck, ..SimConfig::default() };
     let caught = (0..20).find(|seed| {
         let report = run_seed(*seed, &config);
         report.violations.iter().any(|v| v.contains("two valid claims"))
     });
     assert!(caught.is_some(), "no seed in 0..20 exposed the planted bug: the single-claim checker is blind");
+}
+
+/// The slot checker is not blind: with the state machine's `max_instances` check skipped,
+/// some seed must show a function holding more slots than its limit.
+#[test]
+fn planted_instance_limit_bug_is_caught() {
+    let config = SimConfig { planted_bug: falak_core::ledger::PlantedBug::SkipInstanceLimit, ..SimConfig::default() };
+    let caught = (0..20).find(|seed| {
+        let report = run_seed(*seed, &config);
+        report.violations.iter().any(|v| v.contains("instance slots"))
+    });
+    assert!(caught.is_some(), "no seed in 0..20 exposed the planted instance-limit bug");
 }
