@@ -73,6 +73,16 @@ pub const BENCHES: &[Bench] = &[
     Bench { name: "pause-false-positives", rows: &[("pause-false-positives", "0 under 1.5 s pauses")] },
     Bench { name: "kill-to-rerun", rows: &[("kill-to-rerun", "p50 ≤ 2.5 s")] },
     Bench { name: "leader-failover", rows: &[("leader-failover", "p50 ≤ 500 ms")] },
+    Bench {
+        name: "functions",
+        rows: &[
+            ("fn-snapshot-start", "p50 ≤ 10 ms"),
+            ("fn-snapshot-vs-cold", "≥ 30× faster than cold"),
+            ("gateway-overhead-one-cpu", "≤ 150 µs added p50"),
+            ("gateway-overhead-two-cpus", "≤ 150 µs added p50"),
+            ("fn-requests-per-second", "≥ 20,000/s per node"),
+        ],
+    },
 ];
 
 /// Run benchmark `name`; a failure becomes an ERROR row per row it would have reported.
@@ -85,6 +95,7 @@ pub async fn run(ctx: &Ctx, bench: &Bench) -> Vec<Row> {
         "pause-false-positives" => pause_false_positives(ctx).await,
         "kill-to-rerun" => kill_to_rerun(ctx).await,
         "leader-failover" => leader_failover(ctx).await,
+        "functions" => crate::functions::functions(ctx).await,
         other => Err(anyhow!("unknown benchmark {other}")),
     };
     match result {
@@ -94,12 +105,12 @@ pub async fn run(ctx: &Ctx, bench: &Bench) -> Vec<Row> {
 }
 
 impl Ctx {
-    fn pick(&self, full: usize, quick: usize) -> usize {
+    pub(crate) fn pick(&self, full: usize, quick: usize) -> usize {
         if self.quick { quick } else { full }
     }
 
     /// A fresh mesh of `nodes` nodes, ready and every node HEALTHY everywhere.
-    async fn mesh(&self, bench: &str, nodes: usize) -> Result<Mesh> {
+    pub(crate) async fn mesh(&self, bench: &str, nodes: usize) -> Result<Mesh> {
         let started = Instant::now();
         let options = MeshOptions { failure_detection: self.failure_detection, ..MeshOptions::new(nodes) };
         let mut mesh = Mesh::start(&self.falak, &self.root.join(bench), &options)
@@ -114,7 +125,11 @@ impl Ctx {
 }
 
 /// `fut`, or an error naming `what` when it takes longer than `limit`.
-async fn within<T>(limit: Duration, what: impl Into<String>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+pub(crate) async fn within<T>(
+    limit: Duration,
+    what: impl Into<String>,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
     match tokio::time::timeout(limit, fut).await {
         Ok(result) => result,
         Err(_) => Err(anyhow!("{}: timed out after {limit:?}", what.into())),
@@ -126,7 +141,7 @@ fn wall_ns() -> i128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
 }
 
-fn sleep_ms(ms: u64) -> tokio::time::Sleep {
+pub(crate) fn sleep_ms(ms: u64) -> tokio::time::Sleep {
     tokio::time::sleep(Duration::from_millis(ms))
 }
 
@@ -178,7 +193,7 @@ async fn http_floor(clients: &[Client], n: usize) -> Result<Samples> {
     Ok(samples)
 }
 
-fn latency_text(s: &Samples) -> String {
+pub(crate) fn latency_text(s: &Samples) -> String {
     format!("p50 {}, p99 {} (n={})", fmt_secs(s.p50()), fmt_secs(s.p99()), s.len())
 }
 

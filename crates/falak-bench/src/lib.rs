@@ -3,11 +3,13 @@
 //!
 //! - [`mesh`]: provision, start, kill -9, pause and restart node processes.
 //! - [`benches`]: the benchmarks, each printing its samples, its floor and its verdict.
+//! - [`functions`]: the functions group (starts, gateway overhead, requests/s) and `serve-noop`.
 //! - [`report`]: the summary table and the JSON report.
 
 #![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
 pub mod benches;
+pub mod functions;
 pub mod mesh;
 pub mod report;
 pub mod stats;

@@ -1,5 +1,6 @@
 //! `falak-bench --falak target/release/falak [--only NAME] [--quick] [--json FILE]`: run the
 //! benchmarks against meshes of real node processes and print a verdict per target.
+//! `falak-bench serve-noop` (hidden) is the no-op HTTP server the functions benchmark deploys.
 
 #![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
@@ -22,7 +23,7 @@ struct Args {
     falak: PathBuf,
     /// Run only this benchmark (repeatable): idle-rss, submit-to-running, claims-per-second
     /// (also noop-tasks-per-second), kill-to-offline, pause-false-positives, kill-to-rerun,
-    /// leader-failover.
+    /// leader-failover, functions (or one of its rows, e.g. fn-snapshot-start).
     #[arg(long)]
     only: Vec<String>,
     /// Fewer samples and trials: a smoke run, not numbers to quote.
@@ -87,8 +88,15 @@ async fn run_all(args: &Args, benches: &[&'static Bench], root: PathBuf) -> Resu
     Ok(rows)
 }
 
+fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "serve-noop") {
+        return falak_bench::functions::serve_noop();
+    }
+    harness()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
+async fn harness() -> ExitCode {
     let args = Args::parse();
     if args.list {
         for b in BENCHES {

@@ -144,9 +144,10 @@ pub struct FunctionSpec {
 }
 
 impl FunctionSpec {
-    /// `name@version`, the deployment's identity on every node.
+    /// `name@version`, the deployment's identity on every node (`name@new` before the ledger
+    /// has assigned a version).
     pub fn deployment(&self) -> String {
-        format!("{}@{}", self.name, self.version)
+        if self.version == 0 { format!("{}@new", self.name) } else { format!("{}@{}", self.name, self.version) }
     }
 }
 

@@ -117,7 +117,8 @@ pub enum Command {
         instance: u64,
         now: Millis,
     },
-    /// A node gives back instance slots: the listed ones, or all of its slots when `all`.
+    /// A node gives back instance slots: the listed ones, and with `all` every slot it claimed
+    /// before `now` (a restarted node's stale slots, never those of instances it starts meanwhile).
     ReleaseInstances {
         node: NodeId,
         function: String,

@@ -54,8 +54,8 @@ impl State {
             Command::ClaimInstance { function, version, node, instance, now } => {
                 self.claim_instance(function, *version, *node, *instance, *now, ev)
             }
-            Command::ReleaseInstances { node, function, instances, all, .. } => {
-                self.release_instances(*node, function, instances, *all, ev)
+            Command::ReleaseInstances { node, function, instances, all, now } => {
+                self.release_instances(*node, function, instances, *all, Some(*now), ev)
             }
             Command::SubmitInvocation { function, request, callback, max_attempts, owner, now } => {
                 self.submit_invocation(function, request, callback, *max_attempts, *owner, *now)

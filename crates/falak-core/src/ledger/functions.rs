@@ -129,6 +129,7 @@ impl State {
         function: &str,
         instances: &[u64],
         all: bool,
+        before: Option<Millis>,
         ev: &mut Vec<LedgerEvent>,
     ) -> Outcome {
         let mut released = 0;
@@ -137,7 +138,8 @@ impl State {
                 continue;
             }
             entry.instances.retain(|s| {
-                let gone = s.node == node && (all || instances.contains(&s.instance));
+                let listed = instances.contains(&s.instance);
+                let gone = s.node == node && (listed || all && before.is_none_or(|t| s.since < t));
                 if gone {
                     released += 1;
                     ev.push(LedgerEvent::InstanceReleased { function: name.clone(), node, instance: s.instance });
@@ -150,7 +152,7 @@ impl State {
 
     /// A node went OFFLINE: its instance slots are free again and its pending invocations move.
     pub(super) fn node_lost_functions(&mut self, node: NodeId, ev: &mut Vec<LedgerEvent>) {
-        self.release_instances(node, "", &[], true, ev);
+        self.release_instances(node, "", &[], true, None, ev);
         let heir = self.data.nodes.iter().find(|(id, n)| **id != node && !n.offline).map(|(id, _)| *id);
         if let Some(heir) = heir {
             for invocation in self.data.invocations.values_mut() {
@@ -360,6 +362,18 @@ mod tests {
         });
         assert!(matches!(claim(&mut state, 3, 1, 1), Outcome::InstanceClaimed { .. }));
         assert_eq!(state.function("greet").unwrap().instances.len(), 2);
+        // A restarted node's "release all" takes only slots claimed before it (claims above
+        // were made at t=5), never those of instances it started meanwhile.
+        let release_all = |now| Command::ReleaseInstances {
+            node: node(3),
+            function: String::new(),
+            instances: vec![],
+            all: true,
+            now,
+        };
+        assert_eq!(state.apply(&release_all(5)).outcome, Outcome::InstancesReleased { released: 0 });
+        assert_eq!(state.apply(&release_all(6)).outcome, Outcome::InstancesReleased { released: 1 });
+        assert_eq!(state.function("greet").unwrap().instances.len(), 1);
     }
 
     #[test]

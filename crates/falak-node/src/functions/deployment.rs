@@ -73,6 +73,8 @@ pub(crate) struct Deployment {
     waiters: Mutex<HashMap<RequestId, oneshot::Sender<Assignment>>>,
     next_request: AtomicU64,
     wake: Notify,
+    /// When the ticker plans to wake next (ms since the epoch).
+    wake_at: AtomicU64,
     retired: AtomicBool,
     prepared_flag: AtomicBool,
 }
@@ -105,6 +107,7 @@ impl Deployment {
             waiters: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             wake: Notify::new(),
+            wake_at: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             prepared_flag: AtomicBool::new(false),
         });
@@ -171,7 +174,7 @@ impl Deployment {
         if self.retired.swap(true, Ordering::SeqCst) {
             return;
         }
-        let actions = lock(&self.pool).drain(now_millis());
+        let actions = self.feed(|pool, now| pool.drain(now));
         self.execute(actions);
         self.wake.notify_one();
     }
@@ -228,9 +231,12 @@ impl Deployment {
         let bundle_dir = self.ctx.bundle_dir(self.spec.artifact).await?;
         stages.push("fetch", t.elapsed());
         let t = instant();
-        let work_dir = self.ctx.deployment_dir(&self.spec);
-        std::fs::create_dir_all(&work_dir).map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
-        let spec = host_spec(&self.spec, bundle_dir, work_dir, &self.ctx.python);
+        let deployment_dir = self.ctx.deployment_dir(&self.spec);
+        let work_dir = self.ctx.socket_dir(&self.spec);
+        for dir in [&deployment_dir, &work_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let spec = host_spec(&self.spec, bundle_dir, work_dir, deployment_dir.join("log"), &self.ctx.python);
         let prepared = falak_function::prepare(spec, &self.ctx.venv_dir())
             .await
             .map_err(|e| format!("preparing {} on node {}: {e}", self.spec.deployment(), self.ctx.node_name))?;
@@ -254,9 +260,8 @@ impl Deployment {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(rid, tx);
         let waited = instant();
-        let actions = lock(&self.pool).request(now_millis(), rid, may_start);
+        let actions = self.feed(|pool, now| pool.request(now, rid, may_start));
         self.execute(actions);
-        self.wake.notify_one();
         let assignment = match rx.await {
             Ok(a) => a,
             Err(_) => {
@@ -323,6 +328,23 @@ impl Deployment {
         }
     }
 
+    /// Give the pool one input. When its next deadline moves earlier than the ticker's planned
+    /// wake-up (an instance just went idle, a request started waiting), wake the ticker.
+    fn feed(&self, input: impl FnOnce(&mut Pool, falak_core::Millis) -> Vec<Action>) -> Vec<Action> {
+        let (actions, deadline) = {
+            let mut pool = lock(&self.pool);
+            let actions = input(&mut pool, now_millis());
+            (actions, pool.next_deadline())
+        };
+        if let Some(at) = deadline
+            && at < self.wake_at.load(Ordering::Relaxed)
+        {
+            self.wake_at.store(at, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+        actions
+    }
+
     fn rejection(&self, reason: RejectReason, retry_after_ms: Option<u64>) -> Response {
         let name = &self.spec.name;
         let max = self.spec.scaling.max_instances;
@@ -362,7 +384,7 @@ impl Deployment {
             "instance_failed",
             serde_json::json!({"function": self.spec.name, "instance": live.slot, "node": self.ctx.id, "reason": why}),
         );
-        let actions = lock(&self.pool).instance_failed(now_millis(), pool_id);
+        let actions = self.feed(|pool, now| pool.instance_failed(now, pool_id));
         self.execute(actions);
         let this = self.clone();
         tokio::spawn(async move {
@@ -403,7 +425,7 @@ impl Deployment {
         };
         if !delivered {
             // The client went away while waiting (or the instance vanished): free the slot.
-            let actions = lock(&self.pool).finished(now_millis(), request);
+            let actions = self.feed(|pool, now| pool.finished(now, request));
             self.execute(actions);
         }
     }
@@ -414,7 +436,7 @@ impl Deployment {
         let result = self.start_instance(pool_id, slot).await;
         lock(&self.starting).remove(&pool_id);
         let actions = match result {
-            Ok(()) => lock(&self.pool).started(now_millis(), pool_id),
+            Ok(()) => self.feed(|pool, now| pool.started(now, pool_id)),
             Err(failure) => {
                 if let StartFailure::Error(message) = &failure {
                     tracing::warn!(function = %self.spec.name, %message, "instance did not start");
@@ -423,7 +445,7 @@ impl Deployment {
                         serde_json::json!({"function": self.spec.name, "node": self.ctx.id, "error": message}),
                     );
                 }
-                lock(&self.pool).start_failed(now_millis(), pool_id, failure)
+                self.feed(|pool, now| pool.start_failed(now, pool_id, failure))
             }
         };
         self.execute(actions);
@@ -522,7 +544,7 @@ impl Deployment {
             lock(&self.live).remove(&pool_id);
             self.ctx.release_slot(&self.spec.name, slot);
         }
-        let actions = lock(&self.pool).stopped(now_millis(), pool_id);
+        let actions = self.feed(|pool, now| pool.stopped(now, pool_id));
         self.execute(actions);
     }
 
@@ -556,11 +578,13 @@ impl Deployment {
         let mut last_health = instant();
         loop {
             let deadline = lock(&self.pool).next_deadline();
+            let now = now_millis();
             let wait = match deadline {
-                Some(at) => Duration::from_millis(at.saturating_sub(now_millis())),
+                Some(at) => Duration::from_millis(at.saturating_sub(now)),
                 None => Duration::from_secs(1),
             }
             .min(HEALTH_EVERY);
+            self.wake_at.store(now + wait.as_millis() as u64, Ordering::Relaxed);
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -598,6 +622,7 @@ fn host_spec(
     spec: &FunctionSpec,
     bundle_dir: std::path::PathBuf,
     work_dir: std::path::PathBuf,
+    log_path: std::path::PathBuf,
     python: &std::path::Path,
 ) -> HostSpec {
     HostSpec {
@@ -608,7 +633,7 @@ fn host_spec(
         command: spec.command.clone(),
         env: spec.env.clone(),
         bundle_dir,
-        log_path: work_dir.join("log"),
+        log_path,
         work_dir,
         python: python.to_path_buf(),
     }
@@ -622,7 +647,7 @@ struct FinishGuard {
 
 impl Drop for FinishGuard {
     fn drop(&mut self) {
-        let actions = lock(&self.deployment.pool).finished(now_millis(), self.request);
+        let actions = self.deployment.feed(|pool, now| pool.finished(now, self.request));
         self.deployment.execute(actions);
     }
 }

@@ -75,28 +75,33 @@ impl NodeGateway {
 
     async fn route(self: Arc<Self>, name: String, request: Request) -> Response {
         let t = instant();
-        let Some(entry) = self.host.ctx().ledger.state().function(&name).cloned() else {
+        // Only the version is read on the warm path; the spec is cloned when it is needed.
+        let Some(version) = self.host.ctx().ledger.state().function(&name).map(|f| f.spec.version) else {
             return gateway_error(
                 ApiError::not_found(format!("no function named {name}; deploy it with `falak fn deploy`")),
                 None,
             );
         };
-        let spec = entry.spec;
         if declared_length(request.headers()).is_some_and(|n| n > MAX_INVOKE_BODY_BYTES as u64) {
             drain(request.into_body(), MAX_INVOKE_BODY_BYTES).await;
             return too_large(&name);
         }
-        // A proxied request is served here, never forwarded again.
-        if let Some(hop) = request.headers().get(HOP_HEADER).and_then(|v| v.to_str().ok()) {
-            let may_start = hop.ends_with("start");
+        let local = self.host.local(&name).filter(|d| d.spec.version == version);
+        let hop = request.headers().get(HOP_HEADER).and_then(|v| v.to_str().ok()).map(|h| h.ends_with("start"));
+        if let Some(d) = local.as_ref().filter(|d| hop.is_some() || d.free_slots() > 0) {
+            // A proxied request is served here, never forwarded again.
+            let mut route = Stages::default();
+            if hop.is_none() {
+                route.push("route", t.elapsed());
+            }
+            return d.serve(limited(request), hop.unwrap_or(false), route).await;
+        }
+        let Some(spec) = self.host.ctx().ledger.state().function(&name).map(|f| f.spec.clone()) else {
+            return gateway_error(ApiError::not_found(format!("function {name} was just removed")), None);
+        };
+        if let Some(may_start) = hop {
             let d = self.host.deployment_for(&spec);
             return d.serve(limited(request), may_start, Stages::default()).await;
-        }
-        let local = self.host.local(&name).filter(|d| d.spec.version == spec.version);
-        if let Some(d) = local.as_ref().filter(|d| d.free_slots() > 0) {
-            let mut route = Stages::default();
-            route.push("route", t.elapsed());
-            return d.serve(limited(request), false, route).await;
         }
         let peers = self.host.ctx().peers();
         let (parts, body) = request.into_parts();

@@ -87,6 +87,24 @@ impl HostContext {
         self.dir.join("deployments").join(format!("{}-{}", spec.name, spec.version))
     }
 
+    /// Where a deployment's instance sockets live: a short path, because a Unix socket path is
+    /// at most 108 bytes. Under the data dir when that is short enough, else under the system's
+    /// temporary directory (owner-only).
+    pub fn socket_dir(&self, spec: &FunctionSpec) -> PathBuf {
+        let key = blake3::hash(format!("{}@{}", spec.name, spec.version).as_bytes()).to_hex();
+        let key = &key.as_str()[..10];
+        let under_data = self.dir.join("w").join(key);
+        if under_data.as_os_str().len() <= 64 {
+            return under_data;
+        }
+        let base = std::env::temp_dir().join(format!("falak-{}", self.id.short()));
+        if std::fs::create_dir_all(&base).is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700));
+        }
+        base.join(key)
+    }
+
     pub fn venv_dir(&self) -> PathBuf {
         self.dir.join("venvs")
     }

@@ -324,15 +324,15 @@ async fn async_invocations_run_and_post_their_result_to_the_callback() {
     mesh.stop().await;
 }
 
-/// Processes whose command line mentions `needle`.
+/// Processes whose environment mentions `needle`.
 fn processes_mentioning(needle: &str) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
     entries
         .flatten()
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
         .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
         })
         .count()
 }
@@ -347,13 +347,13 @@ async fn a_new_version_retires_the_old_snapshot_and_exec_functions_answer_per_re
     deploy(client, yaml, bundle(src.path(), &[("main.py", MAIN_PY)])).await.unwrap();
     wait_warmed(client, "ver").await;
     assert_eq!(invoke(client, "ver", "/", "").await.0, 200);
-    assert!(processes_mentioning("deployments/ver-1/") > 0, "version 1 runs");
+    assert!(processes_mentioning("FALAK_DEPLOYMENT=ver@1\0") > 0, "version 1 runs");
     let src2 = tempfile::tempdir().unwrap();
     let v2 = MAIN_PY.replace("hello", "hi");
     let deployed = deploy(client, yaml, bundle(src2.path(), &[("main.py", &v2)])).await.unwrap();
     assert_eq!(deployed.version, 2);
     eventually("version 1's zygote and instance to stop", 30, async || {
-        (processes_mentioning("deployments/ver-1/") == 0).then_some(())
+        (processes_mentioning("FALAK_DEPLOYMENT=ver@1\0") == 0).then_some(())
     })
     .await;
     let (status, _, body) = invoke(client, "ver", "/", "").await;
