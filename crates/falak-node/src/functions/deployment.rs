@@ -58,8 +58,13 @@ struct Live {
 #[derive(Default)]
 struct Prep {
     prepared: Option<Arc<Prepared>>,
-    failed: Option<String>,
+    /// The last failure and when it happened; tried again after [`PREPARE_RETRY`] (a peer or
+    /// the package index may have been unreachable).
+    failed: Option<(String, std::time::Instant)>,
 }
+
+/// How long a failed preparation is remembered before the next start tries again.
+const PREPARE_RETRY: Duration = Duration::from_secs(10);
 
 pub(crate) struct Deployment {
     pub spec: FunctionSpec,
@@ -77,6 +82,9 @@ pub(crate) struct Deployment {
     wake_at: AtomicU64,
     retired: AtomicBool,
     prepared_flag: AtomicBool,
+    warming: AtomicBool,
+    /// When preparing last failed (ms since the epoch; 0 when it never did).
+    failed_at: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +118,8 @@ impl Deployment {
             wake_at: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             prepared_flag: AtomicBool::new(false),
+            warming: AtomicBool::new(false),
+            failed_at: AtomicU64::new(0),
         });
         tokio::spawn(deployment.clone().ticker());
         deployment
@@ -130,6 +140,24 @@ impl Deployment {
 
     pub fn is_prepared(&self) -> bool {
         self.prepared_flag.load(Ordering::Relaxed)
+    }
+
+    /// Whether an observer should (re)warm it: not prepared, or its zygote is gone.
+    pub fn needs_warming(&self) -> bool {
+        let failed_at = self.failed_at.load(Ordering::Relaxed);
+        let retry_ms = PREPARE_RETRY.as_millis() as u64;
+        !self.is_retired()
+            && now_millis().saturating_sub(failed_at) >= retry_ms
+            && (!self.is_prepared() || self.spec.snapshot == SnapshotPolicy::Zygote && !self.has_snapshot())
+    }
+
+    /// Claim the one warming run at a time; `false` when one is under way.
+    pub fn begin_warming(&self) -> bool {
+        !self.warming.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn end_warming(&self) {
+        self.warming.store(false, Ordering::SeqCst);
     }
 
     pub fn has_snapshot(&self) -> bool {
@@ -199,7 +227,9 @@ impl Deployment {
             }
             return Ok((p.clone(), stages));
         }
-        if let Some(e) = &prep.failed {
+        if let Some((e, at)) = &prep.failed
+            && at.elapsed() < PREPARE_RETRY
+        {
             return Err(e.clone());
         }
         let mut stages = Stages::default();
@@ -212,7 +242,8 @@ impl Deployment {
                 if self.spec.snapshot == SnapshotPolicy::Zygote {
                     let t = instant();
                     if let Err(e) = self.start_zygote(&p).await {
-                        prep.failed = Some(e.clone());
+                        prep.failed = Some((e.clone(), instant()));
+                        self.failed_at.store(now_millis(), Ordering::Relaxed);
                         return Err(e);
                     }
                     stages.push("snapshot", t.elapsed());
@@ -220,7 +251,8 @@ impl Deployment {
                 Ok((p, stages))
             }
             Err(e) => {
-                prep.failed = Some(e.clone());
+                prep.failed = Some((e.clone(), instant()));
+                self.failed_at.store(now_millis(), Ordering::Relaxed);
                 Err(e)
             }
         }

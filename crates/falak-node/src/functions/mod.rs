@@ -435,24 +435,27 @@ impl FunctionHost {
                         serde_json::json!({"function": spec.name, "observers": spec.observers, "recruited": self.ctx.id}),
                     );
                 }
-                if let Some(d) = deployment.filter(|d| !d.is_prepared()) {
-                    let ctx = self.ctx.clone();
-                    tokio::spawn(async move {
-                        let t = instant();
-                        match d.ensure_prepared().await {
-                            Ok(_) => ctx.publish(
-                                "observer_warmed",
-                                serde_json::json!({"function": d.spec.name, "version": d.spec.version, "node": ctx.id, "ms": t.elapsed().as_millis() as u64, "snapshot": d.has_snapshot()}),
-                            ),
-                            Err(e) => ctx.publish(
-                                "function_prepare_failed",
-                                serde_json::json!({"function": d.spec.name, "version": d.spec.version, "node": ctx.id, "error": e}),
-                            ),
-                        }
-                    });
-                }
             } else if !observer {
                 observing.remove(&spec.name);
+            }
+            // Observers keep the deployment prepared and its snapshot ready (again after a
+            // zygote died or a preparation failed).
+            if let Some(d) = deployment.filter(|d| observer && d.needs_warming() && d.begin_warming()) {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    let t = instant();
+                    match d.ensure_prepared().await {
+                        Ok(_) => ctx.publish(
+                            "observer_warmed",
+                            serde_json::json!({"function": d.spec.name, "version": d.spec.version, "node": ctx.id, "ms": t.elapsed().as_millis() as u64, "snapshot": d.has_snapshot()}),
+                        ),
+                        Err(e) => ctx.publish(
+                            "function_prepare_failed",
+                            serde_json::json!({"function": d.spec.name, "version": d.spec.version, "node": ctx.id, "error": e}),
+                        ),
+                    }
+                    d.end_warming();
+                });
             }
         }
         lock(&self.retired).retain(|d| !d.is_drained());

@@ -330,10 +330,7 @@ fn processes_mentioning(needle: &str) -> usize {
     entries
         .flatten()
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
-        .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
+        .filter(|e| std::fs::read(e.path().join("environ")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle)))
         .count()
 }
 
