@@ -148,17 +148,7 @@ impl CapsuleDocument {
         if self.command.len() > 4096 || self.command.iter().any(|a| a.contains('\0')) {
             return Err(SpecError::new("command", "at most 4096 arguments, none containing NUL"));
         }
-        for key in self.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(SpecError::new(
-                    format!("env.{key}"),
-                    "environment names must be non-empty without '=' or NUL",
-                ));
-            }
-            if key.starts_with("FALAK_") {
-                return Err(SpecError::new(format!("env.{key}"), "names starting with FALAK_ are set by falak"));
-            }
-        }
+        crate::spec::validate_env(&self.env)?;
         let resources = self.resources.validate()?;
         let placement = self.placement.validate()?;
         let timeout_ms = match &self.timeout {

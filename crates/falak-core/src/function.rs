@@ -203,17 +203,7 @@ impl FunctionDocument {
         if self.snapshot == Some(SnapshotPolicy::Zygote) && self.runtime != Runtime::Python {
             return Err(SpecError::new("snapshot", "zygote snapshots are for python functions; use `none`"));
         }
-        for key in self.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(SpecError::new(
-                    format!("env.{key}"),
-                    "environment names must be non-empty without '=' or NUL",
-                ));
-            }
-            if key.starts_with("FALAK_") {
-                return Err(SpecError::new(format!("env.{key}"), "names starting with FALAK_ are set by falak"));
-            }
-        }
+        crate::spec::validate_env(&self.env)?;
         self.scaling()?;
         self.timeout_ms()?;
         if let Some(n) = self.observers

@@ -70,3 +70,17 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
         ))
     }
 }
+
+/// Environment variable names a user may set: non-empty, without `=` or NUL, and not
+/// `FALAK_*` (falak sets those).
+pub fn validate_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), SpecError> {
+    for key in env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(SpecError::new(format!("env.{key}"), "environment names must be non-empty without '=' or NUL"));
+        }
+        if key.starts_with("FALAK_") {
+            return Err(SpecError::new(format!("env.{key}"), "names starting with FALAK_ are set by falak"));
+        }
+    }
+    Ok(())
+}
