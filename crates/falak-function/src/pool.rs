@@ -29,7 +29,8 @@
 //! - **Scale down**: [`Pool::tick`] stops an instance that has had nothing in flight for
 //!   `idle_timeout_ms`, least recently used first, as long as more than `min_instances` stay.
 //! - **Waiting**: a request that has waited `max_wait_ms` is rejected by the next tick with
-//!   [`RejectReason::WaitedTooLong`]. A request waits only while something can serve it: a
+//!   [`RejectReason::WaitedTooLong`], unless an instance is starting (then requests wait for
+//!   the start to succeed, fail or time out). A request waits only while something can serve it: a
 //!   starting or ready instance, or a start that waits only for a stopping instance to go.
 //!   Otherwise it is rejected at once, with the reason of the last start failure during the
 //!   start backoff, else [`RejectReason::QueueFull`].
@@ -368,7 +369,12 @@ impl Pool {
         }
 
         let retry_after = self.retry_after_ms();
+        // A request waiting for an instance that is still starting waits for that start (its
+        // success, failure or `start_timeout_ms`), not for `max_wait_ms`: a slow cold start
+        // must not turn the request that caused it into a 429.
+        let starting = self.instances.values().any(|i| i.phase == Phase::Starting);
         while let Some(w) = self.queue.front()
+            && !starting
             && now >= w.arrived.saturating_add(self.config.max_wait_ms)
         {
             let request = w.request;
@@ -479,7 +485,8 @@ impl Pool {
     /// The earliest time [`Pool::tick`] has something to do, so the driver can sleep until then.
     /// After `tick(now)` it is `None` or later than `now`.
     pub fn next_deadline(&self) -> Option<Millis> {
-        let waits = self.queue.front().map(|w| w.arrived.saturating_add(self.config.max_wait_ms));
+        let starting = self.instances.values().any(|i| i.phase == Phase::Starting);
+        let waits = self.queue.front().filter(|_| !starting).map(|w| w.arrived.saturating_add(self.config.max_wait_ms));
         let starts = self
             .instances
             .values()

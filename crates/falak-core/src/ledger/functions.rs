@@ -249,7 +249,8 @@ impl State {
             r.body.truncate(MAX_ASYNC_RESULT_BYTES);
             r.truncated = true;
         }
-        let ok = error.is_none() && response.as_ref().is_some_and(|r| r.status < 500);
+        // A 4xx is the function's (or the gateway's) refusal: the invocation failed.
+        let ok = error.is_none() && response.as_ref().is_some_and(|r| r.status < 400);
         invocation.state = if ok { InvocationState::Succeeded } else { InvocationState::Failed };
         invocation.attempts = attempts;
         invocation.response = response;

@@ -423,6 +423,23 @@ fn a_start_past_start_timeout_is_stopped_and_failed() {
 }
 
 #[test]
+fn requests_wait_for_a_starting_instance_past_max_wait() {
+    check(
+        PoolConfig { max_instances: 1, concurrency: 1, start_timeout_ms: 60_000, ..CONFIG },
+        "
+        0 request 1
+        6000 tick
+        7000 started 1
+        ",
+        expect![[r#"
+            0 request 1 => start #1
+            6000 tick
+            7000 started 1 => r1→#1
+        "#]],
+    );
+}
+
+#[test]
 fn requests_waiting_past_max_wait_are_rejected_by_tick() {
     check(
         PoolConfig { max_instances: 1, concurrency: 1, ..CONFIG },
@@ -848,9 +865,10 @@ mod invariants {
                 Op::Tick => {
                     let actions = self.pool.tick(self.now);
                     self.record(actions);
+                    let starting = self.pool.view().instances.iter().any(|i| i.state == InstanceState::Starting);
                     for (request, arrived) in &self.waiting {
                         assert!(
-                            arrived + self.config.max_wait_ms > self.now,
+                            starting || arrived + self.config.max_wait_ms > self.now,
                             "request {request} from {arrived} still waits at {}",
                             self.now
                         );

@@ -39,8 +39,18 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a waiting request is told.
 enum Assignment {
-    Go { pool_id: InstanceId, instance: Arc<Instance>, fresh: Option<StartInfo> },
-    Reject { reason: RejectReason, retry_after_ms: Option<u64> },
+    /// `finish` tells the pool the request is done when dropped, wherever that happens (also
+    /// when the waiting client went away and the assignment is never read).
+    Go {
+        pool_id: InstanceId,
+        instance: Arc<Instance>,
+        fresh: Option<StartInfo>,
+        finish: FinishGuard,
+    },
+    Reject {
+        reason: RejectReason,
+        retry_after_ms: Option<u64>,
+    },
 }
 
 /// One running instance as the driver knows it.
@@ -73,8 +83,8 @@ pub(crate) struct Deployment {
     zygote: Mutex<Option<Arc<Zygote>>>,
     pool: Mutex<Pool>,
     live: Mutex<BTreeMap<InstanceId, Live>>,
-    /// Slots being claimed for starting instances, by pool id.
-    starting: Mutex<BTreeMap<InstanceId, u64>>,
+    /// Starting instances by pool id: the slot they claim and whether the pool stopped them.
+    starting: Mutex<BTreeMap<InstanceId, (u64, Arc<AtomicBool>)>>,
     waiters: Mutex<HashMap<RequestId, oneshot::Sender<Assignment>>>,
     next_request: AtomicU64,
     wake: Notify,
@@ -212,6 +222,9 @@ impl Deployment {
     pub async fn ensure_prepared(self: &Arc<Self>) -> Result<(Arc<Prepared>, Stages), String> {
         let waited = instant();
         let mut prep = self.prep.lock().await;
+        if self.is_retired() {
+            return Err(format!("{} was retired", self.spec.deployment()));
+        }
         // Waiting for a preparation already under way (an observer warming its snapshot)
         // counts as preparing.
         let waited = waited.elapsed();
@@ -222,7 +235,10 @@ impl Deployment {
             }
             if self.spec.snapshot == SnapshotPolicy::Zygote && !self.has_snapshot() {
                 let t = instant();
-                self.start_zygote(p).await?;
+                if let Err(e) = self.start_zygote(p).await {
+                    self.failed_at.store(now_millis(), Ordering::Relaxed);
+                    return Err(e);
+                }
                 stages.push("snapshot", t.elapsed());
             }
             return Ok((p.clone(), stages));
@@ -303,11 +319,10 @@ impl Deployment {
                 );
             }
         };
-        let (pool_id, instance, fresh) = match assignment {
-            Assignment::Go { pool_id, instance, fresh } => (pool_id, instance, fresh),
+        let (pool_id, instance, fresh, finish) = match assignment {
+            Assignment::Go { pool_id, instance, fresh, finish } => (pool_id, instance, fresh, finish),
             Assignment::Reject { reason, retry_after_ms } => return self.rejection(reason, retry_after_ms),
         };
-        let finish = FinishGuard { deployment: self.clone(), request: rid };
         let mut info = fresh.unwrap_or_else(|| StartInfo::warm(route.clone()));
         if info.label != StartLabel::Warm {
             info.stages.prepend(route);
@@ -446,41 +461,57 @@ impl Deployment {
     }
 
     fn dispatch(self: &Arc<Self>, request: RequestId, pool_id: InstanceId) {
+        // From here on the guard answers `finished` exactly once, whether the waiter gets the
+        // assignment, has gone away, or the instance vanished.
+        let finish = FinishGuard { deployment: self.clone(), request };
         let go = {
             let mut live = lock(&self.live);
             live.get_mut(&pool_id).map(|l| (l.instance.clone(), l.fresh.take()))
         };
         let tx = lock(&self.waiters).remove(&request);
-        let delivered = match (go, tx) {
-            (Some((instance, fresh)), Some(tx)) => tx.send(Assignment::Go { pool_id, instance, fresh }).is_ok(),
-            _ => false,
-        };
-        if !delivered {
-            // The client went away while waiting (or the instance vanished): free the slot.
-            let actions = self.feed(|pool, now| pool.finished(now, request));
-            self.execute(actions);
+        if let (Some((instance, fresh)), Some(tx)) = (go, tx) {
+            let _ = tx.send(Assignment::Go { pool_id, instance, fresh, finish });
         }
     }
 
     async fn start(self: Arc<Self>, pool_id: InstanceId) {
         let slot = self.ctx.next_slot();
-        lock(&self.starting).insert(pool_id, slot);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        lock(&self.starting).insert(pool_id, (slot, cancelled.clone()));
         let result = self.start_instance(pool_id, slot).await;
         lock(&self.starting).remove(&pool_id);
-        let actions = match result {
-            Ok(()) => self.feed(|pool, now| pool.started(now, pool_id)),
-            Err(failure) => {
-                if let StartFailure::Error(message) = &failure {
-                    tracing::warn!(function = %self.spec.name, %message, "instance did not start");
-                    self.ctx.publish(
-                        "instance_start_failed",
-                        serde_json::json!({"function": self.spec.name, "node": self.ctx.id, "error": message}),
-                    );
+        let actions = if cancelled.load(Ordering::SeqCst) {
+            // The pool stopped this instance while it started: undo the start, then answer the
+            // stop (the pool waits for `stopped`).
+            let live = lock(&self.live).remove(&pool_id);
+            if let Some(live) = live {
+                live.instance.stop(STOP_GRACE).await;
+                self.ctx.release_slot(&self.spec.name, live.slot);
+            }
+            self.feed(|pool, now| pool.stopped(now, pool_id))
+        } else {
+            match result {
+                Ok(()) => self.feed(|pool, now| pool.started(now, pool_id)),
+                Err(failure) => {
+                    if let StartFailure::Error(message) = &failure {
+                        tracing::warn!(function = %self.spec.name, %message, "instance did not start");
+                        self.ctx.publish(
+                            "instance_start_failed",
+                            serde_json::json!({"function": self.spec.name, "node": self.ctx.id, "error": message}),
+                        );
+                    }
+                    self.feed(|pool, now| pool.start_failed(now, pool_id, failure))
                 }
-                self.feed(|pool, now| pool.start_failed(now, pool_id, failure))
             }
         };
         self.execute(actions);
+    }
+
+    /// The ledger slots this deployment's instances hold or are claiming.
+    pub fn slots(&self) -> Vec<u64> {
+        let mut slots: Vec<u64> = lock(&self.live).values().map(|l| l.slot).collect();
+        slots.extend(lock(&self.starting).values().map(|(slot, _)| *slot));
+        slots
     }
 
     async fn start_instance(self: &Arc<Self>, pool_id: InstanceId, slot: u64) -> Result<(), StartFailure> {
@@ -502,7 +533,11 @@ impl Deployment {
                 Outcome::Rejected(r) => return Err(StartFailure::Error(r.message)),
                 other => return Err(StartFailure::Error(format!("unexpected ledger outcome {other:?}"))),
             },
-            Err(e) => return Err(StartFailure::Error(format!("the ledger did not confirm the instance: {e}"))),
+            Err(e) => {
+                // The claim may still commit later; give it back in case it does.
+                self.ctx.release_slot(&self.spec.name, slot);
+                return Err(StartFailure::Error(format!("the ledger did not confirm the instance: {e}")));
+            }
         }
         stages.push("claim", t.elapsed());
         let release = |this: &Arc<Self>| this.ctx.release_slot(&this.spec.name, slot);
@@ -564,6 +599,11 @@ impl Deployment {
     }
 
     async fn stop(self: Arc<Self>, pool_id: InstanceId) {
+        // A start under way finishes first; it sees the flag and answers `stopped` itself.
+        if let Some((_, cancelled)) = lock(&self.starting).get(&pool_id) {
+            cancelled.store(true, Ordering::SeqCst);
+            return;
+        }
         let live = {
             let mut live = lock(&self.live);
             if let Some(l) = live.get_mut(&pool_id) {

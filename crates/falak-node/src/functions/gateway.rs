@@ -121,12 +121,17 @@ impl NodeGateway {
             })
             .collect();
         warm.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        // A peer that turned out busy (its gossip was stale) answers 429 at once; keep that
+        // answer in case nothing else can serve.
+        let mut busy = None;
         for (_, node, url) in warm {
             let mut route = Stages::default();
             route.push("route", t.elapsed());
-            match self.proxy(&url, &name, &parts, body.clone(), false, route).await {
+            match self.proxy(&url, &name, &parts, body.clone(), false, route, spec.timeout_ms).await {
+                Ok(response) if response.status() == http::StatusCode::TOO_MANY_REQUESTS => busy = Some(response),
                 Ok(response) => return response,
-                Err(_) => self.avoid(node),
+                Err(ProxyError::Unreachable) => self.avoid(node),
+                Err(ProxyError::Failed(response)) => return response,
             }
         }
         // Start an instance (or wait for one when every slot is taken).
@@ -141,10 +146,23 @@ impl NodeGateway {
                 let request = Request::from_parts(parts, Body::from(body));
                 return d.serve(to_host_request(request), !at_limit, route).await;
             }
-            match self.proxy(&url, &name, &parts, body.clone(), !at_limit, route).await {
+            match self.proxy(&url, &name, &parts, body.clone(), !at_limit, route, spec.timeout_ms).await {
                 Ok(response) => return response,
-                Err(_) => self.avoid(node),
+                Err(ProxyError::Unreachable) => self.avoid(node),
+                Err(ProxyError::Failed(response)) => return response,
             }
+        }
+        if let Some(response) = busy {
+            return response;
+        }
+        if at_limit {
+            let max = spec.scaling.max_instances;
+            return gateway_error(
+                ApiError::too_many_requests(format!(
+                    "function {name} is at its max_instances ({max}) and no reachable node has a free instance; retry after the time in Retry-After"
+                )),
+                Some(1000),
+            );
         }
         gateway_error(
             ApiError::unavailable(format!("no node can run function {name} now (none healthy with its labels)")),
@@ -160,10 +178,16 @@ impl NodeGateway {
         at_limit: bool,
     ) -> Vec<(NodeId, String)> {
         let me = self.host.ctx().id;
-        let state = self.host.ctx().ledger.state();
-        let labels_ok = |id: &NodeId| {
-            state.node(id).is_some_and(|n| spec.labels.iter().all(|(k, v)| n.record.labels.get(k) == Some(v)))
+        // Copy what is needed and let go of the ledger's lock before touching deployments.
+        let fitting: std::collections::BTreeSet<NodeId> = {
+            let state = self.host.ctx().ledger.state();
+            state
+                .nodes()
+                .filter(|n| spec.labels.iter().all(|(k, v)| n.record.labels.get(k) == Some(v)))
+                .map(|n| n.record.id)
+                .collect()
         };
+        let labels_ok = |id: &NodeId| fitting.contains(id);
         let local = self.host.local(&spec.name).filter(|d| d.spec.version == spec.version);
         let mut scored: Vec<(i64, NodeId, String)> = Vec::new();
         if labels_ok(&me) {
@@ -201,7 +225,8 @@ impl NodeGateway {
         body: bytes::Bytes,
         may_start: bool,
         route: Stages,
-    ) -> Result<Response, reqwest::Error> {
+        timeout_ms: u64,
+    ) -> Result<Response, ProxyError> {
         let t = instant();
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let url = format!("{api_url}/fn/{name}{path_and_query}");
@@ -214,7 +239,23 @@ impl NodeGateway {
             builder = builder.header(key.as_str(), value.as_bytes());
         }
         let hop = if may_start { format!("{}; start", self.host.ctx().id.short()) } else { self.host.ctx().id.short() };
-        let response = builder.header(HOP_HEADER, hop).body(body).send().await?;
+        // The peer answers within the function's timeout (then its own 504), plus a margin.
+        let limit = Duration::from_millis(timeout_ms.saturating_add(PROXY_MARGIN_MS));
+        let response = match builder.header(HOP_HEADER, hop).timeout(limit).body(body).send().await {
+            Ok(r) => r,
+            // Nothing was sent: another node may serve the request.
+            Err(e) if e.is_connect() => return Err(ProxyError::Unreachable),
+            // The request may have reached the function: never run it a second time.
+            Err(e) => {
+                let message = if e.is_timeout() {
+                    format!("the node serving function {name} did not answer within {} ms", limit.as_millis())
+                } else {
+                    format!("the node serving function {name} failed mid-request: {e}")
+                };
+                let error = if e.is_timeout() { ApiError::timeout(message) } else { ApiError::bad_gateway(message) };
+                return Err(ProxyError::Failed(gateway_error(error, None)));
+            }
+        };
         let status = response.status().as_u16();
         let mut out = Response::builder().status(status);
         let mut start = None;
@@ -246,6 +287,16 @@ impl NodeGateway {
 }
 
 const AT_LIMIT_BONUS: i64 = 1000;
+/// How much longer than the function's timeout the proxy waits for a peer's answer.
+const PROXY_MARGIN_MS: u64 = 5_000;
+
+/// Why the invoke proxy did not relay an answer.
+enum ProxyError {
+    /// The peer could not be reached; nothing was sent.
+    Unreachable,
+    /// The request was sent and then failed; this is the answer to give.
+    Failed(Response),
+}
 
 /// A start candidate's score: a ready snapshot weighs most, then a prepared bundle, then being
 /// this node (one hop less). When every slot is taken only nodes with instances qualify.

@@ -102,6 +102,11 @@ async fn run_one(
             (Some(r), _) => r.status >= 500 || r.status == 429,
             (None, _) => true,
         };
+        // The function was removed meanwhile: no attempt can succeed.
+        if host.ctx().ledger.state().function(function).is_none() {
+            last.1.get_or_insert_with(|| format!("function {function} was removed"));
+            break;
+        }
         if !retry {
             break;
         }
@@ -111,8 +116,22 @@ async fn run_one(
     }
     let (response, error) = last;
     let command = Command::FinishInvocation { id, node: host.ctx().id, attempts, response, error, now: now_millis() };
-    match host.ctx().ledger.write(command).await {
-        Ok(applied) => {
+    // Recording the result is retried: dropping it would run the invocation again.
+    let mut recorded = None;
+    for attempt in 0..6u32 {
+        match host.ctx().ledger.write(command.clone()).await {
+            Ok(applied) => {
+                recorded = Some(applied);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(invocation = id, error = %e, attempt, "result not recorded yet");
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            }
+        }
+    }
+    match recorded {
+        Some(applied) => {
             if let Outcome::InvocationFinished { .. } = applied.outcome
                 && let Some(url) = callback
             {
@@ -122,7 +141,7 @@ async fn run_one(
                 }
             }
         }
-        Err(e) => tracing::warn!(invocation = id, error = %e, "result not recorded; the invocation runs again"),
+        None => tracing::warn!(invocation = id, "result not recorded; the invocation runs again"),
     }
 }
 
@@ -136,21 +155,32 @@ async fn invoke_once(
     let query = if request.query.is_empty() { String::new() } else { format!("?{}", request.query) };
     let url = format!("{api_url}/fn/{function}{}{query}", request.path);
     let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| e.to_string())?;
+    // The gateway answers within the function's timeout (504 after it); a margin on top.
+    let timeout_ms = host.ctx().ledger.state().function(function).map_or(60_000, |f| f.spec.timeout_ms);
     let client = reqwest::Client::new();
-    let mut builder = client.request(method, &url).timeout(Duration::from_secs(600));
+    let mut builder = client.request(method, &url).timeout(Duration::from_millis(timeout_ms.saturating_add(30_000)));
     for (k, v) in &request.headers {
         builder = builder.header(k.as_str(), v.as_str());
     }
-    let response = builder.body(request.body.clone()).send().await.map_err(|e| e.to_string())?;
+    let mut response = builder.body(request.body.clone()).send().await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let headers = response
         .headers()
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    let mut body = response.bytes().await.map_err(|e| e.to_string())?.to_vec();
-    let truncated = body.len() > MAX_ASYNC_RESULT_BYTES;
-    body.truncate(MAX_ASYNC_RESULT_BYTES);
+    // Keep at most the stored limit; read no further than that.
+    let mut body = Vec::new();
+    let mut truncated = false;
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        let room = MAX_ASYNC_RESULT_BYTES - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            truncated = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(StoredResponse { status, headers, body, truncated })
 }
 

@@ -50,6 +50,9 @@ use crate::metrics::{Histogram, LATENCY_BOUNDS};
 
 /// How often deployments are reconciled with the ledger without other cause.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// A slot without an instance is released once it is this old (a claim commits before its
+/// instance is recorded as starting only in the window of one ledger write).
+const SLOT_GRACE_MS: u64 = 10_000;
 /// How often unused artifacts are collected.
 const GC_EVERY: Duration = Duration::from_secs(60);
 /// An artifact no function uses is kept this long after its last use.
@@ -136,21 +139,30 @@ impl HostContext {
         let _ = stop.wait_for(|s| *s).await;
     }
 
-    /// Give an instance slot back to the ledger (in the background).
+    /// Give an instance slot back to the ledger (in the background, retried with backoff while
+    /// the ledger cannot commit; the slot reconciliation catches what still slips through).
     pub fn release_slot(&self, function: &str, slot: u64) {
         self.forget_group(&format!("fn-{slot}"));
         let ledger = self.ledger.clone();
-        let command = Command::ReleaseInstances {
-            node: self.id,
-            function: function.to_owned(),
-            instances: vec![slot],
-            all: false,
-            now: now_millis(),
-        };
+        let (node, function) = (self.id, function.to_owned());
         tokio::spawn(async move {
-            if let Err(e) = ledger.write(command).await {
-                tracing::warn!(error = %e, slot, "instance slot not released; it is released when this node restarts or goes OFFLINE");
+            for attempt in 0..8u32 {
+                let command = Command::ReleaseInstances {
+                    node,
+                    function: function.clone(),
+                    instances: vec![slot],
+                    all: false,
+                    now: now_millis(),
+                };
+                match ledger.write(command).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, slot, attempt, "instance slot not released yet");
+                        tokio::time::sleep(Duration::from_millis(250 << attempt.min(5))).await;
+                    }
+                }
             }
+            tracing::warn!(slot, "instance slot not released; the slot reconciliation will release it");
         });
     }
 
@@ -342,7 +354,7 @@ impl FunctionHost {
                     while committed.try_recv().is_ok() {}
                 }
                 _ = membership.changed() => {}
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.reconcile_slots(),
                 _ = gc.tick() => self.collect_garbage(),
             }
             self.sync();
@@ -351,6 +363,26 @@ impl FunctionHost {
         let all: Vec<Arc<Deployment>> = lock(&self.deployments).values().cloned().collect();
         for d in all {
             d.retire();
+        }
+    }
+
+    /// Release ledger slots this node holds without an instance behind them (a release that
+    /// never committed, a claim that committed after it timed out).
+    fn reconcile_slots(&self) {
+        let held: BTreeSet<u64> = self.all_deployments().iter().flat_map(|d| d.slots()).collect();
+        let now = now_millis();
+        let stale: Vec<(String, u64)> = {
+            let state = self.ctx.ledger.state();
+            state
+                .functions()
+                .flat_map(|f| f.instances_on(&self.ctx.id).map(move |s| (f.spec.name.clone(), s.instance, s.since)))
+                .filter(|(_, slot, since)| !held.contains(slot) && now.saturating_sub(*since) > SLOT_GRACE_MS)
+                .map(|(name, slot, _)| (name, slot))
+                .collect()
+        };
+        for (function, slot) in stale {
+            tracing::info!(%function, slot, "releasing an instance slot with no instance behind it");
+            self.ctx.release_slot(&function, slot);
         }
     }
 
@@ -377,13 +409,17 @@ impl FunctionHost {
 
     /// Bring local deployments in line with committed state and the orbit.
     fn sync(self: &Arc<Self>) {
-        let (functions, labels): (Vec<FunctionSpec>, BTreeMap<NodeId, BTreeMap<String, String>>) = {
+        // Read committed state first and let go of its lock before taking `deployments`: the
+        // gateway takes them in the same order.
+        let (entries, labels): (Vec<(FunctionSpec, u64)>, BTreeMap<NodeId, BTreeMap<String, String>>) = {
             let state = self.ctx.ledger.state();
             (
-                state.functions().map(|f| f.spec.clone()).collect(),
+                state.functions().map(|f| (f.spec.clone(), f.deployed_at)).collect(),
                 state.nodes().filter(|n| !n.offline).map(|n| (n.record.id, n.record.labels.clone())).collect(),
             )
         };
+        let deployed_at: BTreeMap<String, u64> = entries.iter().map(|(f, at)| (f.name.clone(), *at)).collect();
+        let functions: Vec<FunctionSpec> = entries.into_iter().map(|(f, _)| f).collect();
         let live: BTreeSet<String> = functions.iter().map(|f| f.name.clone()).collect();
         let peers = self.ctx.peers();
         let mut deployments = lock(&self.deployments);
@@ -423,12 +459,7 @@ impl FunctionHost {
             };
             if observer && !observing.contains(&spec.name) {
                 observing.insert(spec.name.clone());
-                let recruited = self
-                    .ctx
-                    .ledger
-                    .state()
-                    .function(&spec.name)
-                    .is_some_and(|f| now_millis().saturating_sub(f.deployed_at) > 5_000);
+                let recruited = deployed_at.get(&spec.name).is_some_and(|at| now_millis().saturating_sub(*at) > 5_000);
                 if recruited {
                     self.ctx.publish(
                         "function_at_risk",
@@ -464,7 +495,8 @@ impl FunctionHost {
     /// The deployment of the current version of `spec`, created on demand.
     pub(crate) fn deployment_for(&self, spec: &FunctionSpec) -> Arc<Deployment> {
         let mut deployments = lock(&self.deployments);
-        if let Some(d) = deployments.get(&spec.name).filter(|d| d.spec.version == spec.version) {
+        // The current version, or a newer one the caller's spec predates: serve with it.
+        if let Some(d) = deployments.get(&spec.name).filter(|d| d.spec.version >= spec.version) {
             return d.clone();
         }
         if let Some(old) = deployments.remove(&spec.name) {
