@@ -127,7 +127,7 @@ impl NodeGateway {
         for (_, node, url) in warm {
             let mut route = Stages::default();
             route.push("route", t.elapsed());
-            match self.proxy(&url, &name, &parts, body.clone(), false, route, spec.timeout_ms).await {
+            match self.proxy(&url, &spec, &parts, body.clone(), false, route).await {
                 Ok(response) if response.status() == http::StatusCode::TOO_MANY_REQUESTS => busy = Some(response),
                 Ok(response) => return response,
                 Err(ProxyError::Unreachable) => self.avoid(node),
@@ -146,7 +146,7 @@ impl NodeGateway {
                 let request = Request::from_parts(parts, Body::from(body));
                 return d.serve(to_host_request(request), !at_limit, route).await;
             }
-            match self.proxy(&url, &name, &parts, body.clone(), !at_limit, route, spec.timeout_ms).await {
+            match self.proxy(&url, &spec, &parts, body.clone(), !at_limit, route).await {
                 Ok(response) => return response,
                 Err(ProxyError::Unreachable) => self.avoid(node),
                 Err(ProxyError::Failed(response)) => return response,
@@ -220,13 +220,13 @@ impl NodeGateway {
     async fn proxy(
         &self,
         api_url: &str,
-        name: &str,
+        spec: &FunctionSpec,
         parts: &http::request::Parts,
         body: bytes::Bytes,
         may_start: bool,
         route: Stages,
-        timeout_ms: u64,
     ) -> Result<Response, ProxyError> {
+        let (name, timeout_ms) = (spec.name.as_str(), spec.timeout_ms);
         let t = instant();
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let url = format!("{api_url}/fn/{name}{path_and_query}");

@@ -62,6 +62,9 @@ const GC_MAX_BYTES: u64 = 10 << 30;
 /// At most this many functions are published in gossip (the busiest first).
 const MAX_GOSSIP_FUNCTIONS: usize = 32;
 
+/// Each admitted node's labels.
+type NodeLabels = BTreeMap<NodeId, BTreeMap<String, String>>;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -411,7 +414,7 @@ impl FunctionHost {
     fn sync(self: &Arc<Self>) {
         // Read committed state first and let go of its lock before taking `deployments`: the
         // gateway takes them in the same order.
-        let (entries, labels): (Vec<(FunctionSpec, u64)>, BTreeMap<NodeId, BTreeMap<String, String>>) = {
+        let (entries, labels): (Vec<(FunctionSpec, u64)>, NodeLabels) = {
             let state = self.ctx.ledger.state();
             (
                 state.functions().map(|f| (f.spec.clone(), f.deployed_at)).collect(),
