@@ -53,6 +53,8 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// A slot without an instance is released once it is this old (a claim commits before its
 /// instance is recorded as starting only in the window of one ledger write).
 const SLOT_GRACE_MS: u64 = 10_000;
+/// How long a deploy waits for an observer's snapshot of the new version before answering.
+const READY_WAIT: Duration = Duration::from_secs(10);
 /// How often unused artifacts are collected.
 const GC_EVERY: Duration = Duration::from_secs(60);
 /// An artifact no function uses is kept this long after its last use.
@@ -654,19 +656,44 @@ impl FunctionHost {
         let millis = started.elapsed().as_millis() as u64;
         let outcome = self.write(Command::DeployFunction { spec: spec.clone(), now: now_millis() }).await?;
         match outcome {
-            Outcome::FunctionDeployed { name, version, unchanged } => Ok(FunctionDeployed {
-                name,
-                version,
-                unchanged,
-                artifact: spec.artifact,
-                prepare: PrepareReport {
-                    node: self.ctx.node_name.clone(),
-                    millis,
-                    dependencies,
-                    snapshot: snapshot || spec.snapshot == SnapshotPolicy::None,
-                },
-            }),
+            Outcome::FunctionDeployed { name, version, unchanged } => {
+                // Answer once an observer has the new version's snapshot ready, so the first
+                // request starts from it (bounded: observers keep warming after the answer).
+                if spec.snapshot == SnapshotPolicy::Zygote {
+                    self.wait_for_snapshot(&name, version, READY_WAIT).await;
+                }
+                Ok(FunctionDeployed {
+                    name,
+                    version,
+                    unchanged,
+                    artifact: spec.artifact,
+                    prepare: PrepareReport {
+                        node: self.ctx.node_name.clone(),
+                        millis,
+                        dependencies,
+                        snapshot: snapshot || spec.snapshot == SnapshotPolicy::None,
+                    },
+                })
+            }
             other => Err(ApiError::internal(format!("unexpected ledger outcome {other:?}"))),
+        }
+    }
+
+    /// Wait until this node or a peer (by gossip) has a snapshot of `name@version`, or `limit`.
+    async fn wait_for_snapshot(&self, name: &str, version: u32, limit: Duration) -> bool {
+        let deadline = instant() + limit;
+        loop {
+            let local = self.local(name).is_some_and(|d| d.spec.version == version && d.has_snapshot());
+            let remote = self.ctx.peers().iter().any(|(_, g)| {
+                g.as_ref().and_then(|g| g.function(name)).is_some_and(|f| f.version == version && f.snapshot)
+            });
+            if local || remote {
+                return true;
+            }
+            if instant() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
