@@ -1,8 +1,8 @@
 //! Functions in the ledger: deployments, instance slots and asynchronous invocations.
 //!
 //! **Invariant:** a function never holds more instance slots than its `max_instances`; a node
-//! claims a slot (and the claim commits) before it starts an instance, and gives it back when
-//! the instance stops. An OFFLINE node's slots are released and its pending invocations move to
+//! claims a slot (and the claim commits) before an instance serves, and gives it back when the
+//! instance stops. An OFFLINE node's slots are released and its pending invocations move to
 //! another node, chosen deterministically (the lowest admitted node id that is not offline).
 
 use super::{LedgerEvent, Outcome, RejectCode, Rejection, State};

@@ -515,32 +515,44 @@ impl Deployment {
     }
 
     async fn start_instance(self: &Arc<Self>, pool_id: InstanceId, slot: u64) -> Result<(), StartFailure> {
+        let release = |this: &Arc<Self>| this.ctx.release_slot(&this.spec.name, slot);
+        // A snapshot start forks while the slot claim commits: the instance exists a few
+        // milliseconds early but serves only once the claim has committed, and is stopped at
+        // once when the claim is refused.
+        let ready = lock(&self.zygote).clone().filter(|z| z.is_alive());
+        if let Some(zygote) = ready {
+            let claim = async {
+                let t = instant();
+                (self.claim(slot).await, t.elapsed())
+            };
+            let fork = async {
+                let t = instant();
+                (zygote.fork(slot).await, t.elapsed())
+            };
+            let ((claimed, claim_took), (forked, fork_took)) = tokio::join!(claim, fork);
+            let mut stages = Stages::default();
+            stages.push("claim", claim_took);
+            stages.push("fork", fork_took);
+            return match (claimed, forked) {
+                (Ok(()), Ok(instance)) => {
+                    self.admit(pool_id, slot, Arc::new(instance), StartLabel::Snapshot, stages).await
+                }
+                (Ok(()), Err(e)) => {
+                    release(self);
+                    Err(StartFailure::Error(e.to_string()))
+                }
+                (Err(failure), Ok(instance)) => {
+                    instance.stop(STOP_GRACE).await;
+                    Err(failure)
+                }
+                (Err(failure), Err(_)) => Err(failure),
+            };
+        }
+        // Otherwise claim first, so that no preparation is spent when the mesh is at its limit.
         let mut stages = Stages::default();
         let t = instant();
-        let claim = Command::ClaimInstance {
-            function: self.spec.name.clone(),
-            version: self.spec.version,
-            node: self.ctx.id,
-            instance: slot,
-            now: now_millis(),
-        };
-        match self.ctx.ledger.write(claim).await {
-            Ok(applied) => match applied.outcome {
-                Outcome::InstanceClaimed { .. } => {}
-                Outcome::Rejected(r) if r.code == RejectCode::NoFit && r.message.contains("max_instances") => {
-                    return Err(StartFailure::AtLimit);
-                }
-                Outcome::Rejected(r) => return Err(StartFailure::Error(r.message)),
-                other => return Err(StartFailure::Error(format!("unexpected ledger outcome {other:?}"))),
-            },
-            Err(e) => {
-                // The claim may still commit later; give it back in case it does.
-                self.ctx.release_slot(&self.spec.name, slot);
-                return Err(StartFailure::Error(format!("the ledger did not confirm the instance: {e}")));
-            }
-        }
+        self.claim(slot).await?;
         stages.push("claim", t.elapsed());
-        let release = |this: &Arc<Self>| this.ctx.release_slot(&this.spec.name, slot);
         let had_snapshot = self.has_snapshot();
         let (prepared, prep_stages) = match self.ensure_prepared().await {
             Ok(p) => p,
@@ -567,18 +579,57 @@ impl Deployment {
             }
         };
         let timings = instance.timings();
-        if label == StartLabel::Snapshot {
+        if label == StartLabel::Snapshot || timings.kind == falak_function::StartKind::Fork {
             stages.push("fork", t.elapsed());
         } else {
             stages.push("spawn", Duration::from_micros(timings.spawn_us));
             stages.push("init", t.elapsed().saturating_sub(Duration::from_micros(timings.spawn_us)));
         }
+        self.admit(pool_id, slot, instance, label, stages).await
+    }
+
+    /// Commit this node's claim on one of the function's instance slots.
+    async fn claim(&self, slot: u64) -> Result<(), StartFailure> {
+        let claim = Command::ClaimInstance {
+            function: self.spec.name.clone(),
+            version: self.spec.version,
+            node: self.ctx.id,
+            instance: slot,
+            now: now_millis(),
+        };
+        match self.ctx.ledger.write(claim).await {
+            Ok(applied) => match applied.outcome {
+                Outcome::InstanceClaimed { .. } => Ok(()),
+                Outcome::Rejected(r) if r.code == RejectCode::NoFit && r.message.contains("max_instances") => {
+                    Err(StartFailure::AtLimit)
+                }
+                Outcome::Rejected(r) => Err(StartFailure::Error(r.message)),
+                other => Err(StartFailure::Error(format!("unexpected ledger outcome {other:?}"))),
+            },
+            Err(e) => {
+                // The claim may still commit later; give it back in case it does.
+                self.ctx.release_slot(&self.spec.name, slot);
+                Err(StartFailure::Error(format!("the ledger did not confirm the instance: {e}")))
+            }
+        }
+    }
+
+    /// A started instance with a committed slot joins the live set (unless the deployment was
+    /// retired meanwhile).
+    async fn admit(
+        self: &Arc<Self>,
+        pool_id: InstanceId,
+        slot: u64,
+        instance: Arc<Instance>,
+        label: StartLabel,
+        stages: Stages,
+    ) -> Result<(), StartFailure> {
         if let Some(pid) = instance.pid() {
             self.ctx.record_group(&format!("fn-{slot}"), pid);
         }
         if self.is_retired() {
             instance.stop(STOP_GRACE).await;
-            release(self);
+            self.ctx.release_slot(&self.spec.name, slot);
             return Err(StartFailure::Error("the deployment was retired while the instance started".into()));
         }
         let info = StartInfo { label, stages };

@@ -6,8 +6,9 @@
 //! writes to it directly (instance slots, deployments, invocations), and hands events to the
 //! main loop, which publishes them.
 //!
-//! **Invariant:** a node starts an instance only after the ledger committed its slot claim, so
-//! a function never runs more than `max_instances` instances across the mesh (an OFFLINE node's
+//! **Invariant:** an instance serves only after the ledger committed its slot claim (a snapshot
+//! start forks while the claim commits and stops the instance if it is refused), so a function
+//! never serves from more than `max_instances` instances across the mesh (an OFFLINE node's
 //! slots are released by the ledger when the node is marked OFFLINE).
 //!
 //! Modules: [`deployment`] (one version on this node: prepare, zygote, pool driver),
