@@ -241,6 +241,17 @@ impl Pool {
         &self.config
     }
 
+    /// Change `min_instances` (the node keeping the function's floor changed): instances start
+    /// at once up to the new floor, or idle out down to it.
+    pub fn set_min_instances(&mut self, now: Millis, min_instances: u32) -> Vec<Action> {
+        self.config.min_instances = min_instances.min(self.config.max_instances);
+        let mut out = Vec::new();
+        if !self.draining {
+            self.settle(now, &mut out);
+        }
+        out
+    }
+
     /// A new request. With `may_start` false it only uses instances that are ready or starting,
     /// or waits for them; it never causes a start.
     pub fn request(&mut self, now: Millis, request: RequestId, may_start: bool) -> Vec<Action> {

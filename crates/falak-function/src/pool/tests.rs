@@ -423,6 +423,20 @@ fn a_start_past_start_timeout_is_stopped_and_failed() {
 }
 
 #[test]
+fn raising_min_instances_starts_instances_and_lowering_it_lets_them_idle_out() {
+    let mut pool = Pool::new(PoolConfig { min_instances: 0, max_instances: 4, ..CONFIG });
+    let starts = pool.set_min_instances(0, 2);
+    assert_eq!(starts, vec![Action::Start { instance: 1 }, Action::Start { instance: 2 }]);
+    pool.started(10, 1);
+    pool.started(10, 2);
+    assert!(pool.set_min_instances(20, 0).is_empty());
+    let idle = CONFIG.idle_timeout_ms;
+    let stops = pool.tick(20 + idle);
+    assert_eq!(stops.len(), 2, "{stops:?}");
+    assert!(stops.iter().all(|a| matches!(a, Action::Stop { .. })));
+}
+
+#[test]
 fn requests_wait_for_a_starting_instance_past_max_wait() {
     check(
         PoolConfig { max_instances: 1, concurrency: 1, start_timeout_ms: 60_000, ..CONFIG },

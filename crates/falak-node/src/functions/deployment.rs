@@ -44,7 +44,9 @@ enum Assignment {
     Go {
         pool_id: InstanceId,
         instance: Arc<Instance>,
-        fresh: Option<StartInfo>,
+        /// How the instance started, with when it became ready: the start is the request's
+        /// only if the request was already waiting then.
+        fresh: Option<(StartInfo, std::time::Instant)>,
         finish: FinishGuard,
     },
     Reject {
@@ -58,8 +60,8 @@ struct Live {
     instance: Arc<Instance>,
     /// Node-wide id: the key of its slot in the ledger.
     slot: u64,
-    /// How it started, handed to the first request it serves.
-    fresh: Option<StartInfo>,
+    /// How it started and when it became ready, handed to the first request it serves.
+    fresh: Option<(StartInfo, std::time::Instant)>,
     stopping: bool,
     label: StartLabel,
 }
@@ -150,6 +152,15 @@ impl Deployment {
 
     pub fn is_prepared(&self) -> bool {
         self.prepared_flag.load(Ordering::Relaxed)
+    }
+
+    /// Keep `min` instances here (the first-ranked observer keeps the function's floor).
+    pub fn set_min_instances(self: &Arc<Self>, min: u32) {
+        if lock(&self.pool).config().min_instances == min.min(self.spec.scaling.max_instances) {
+            return;
+        }
+        let actions = self.feed(|pool, now| pool.set_min_instances(now, min));
+        self.execute(actions);
     }
 
     /// Whether an observer should (re)warm it: not prepared, or its zygote is gone.
@@ -323,6 +334,9 @@ impl Deployment {
             Assignment::Go { pool_id, instance, fresh, finish } => (pool_id, instance, fresh, finish),
             Assignment::Reject { reason, retry_after_ms } => return self.rejection(reason, retry_after_ms),
         };
+        // A request that arrived after the instance was ready (one kept for min_instances)
+        // found it warm.
+        let fresh = fresh.filter(|(_, ready)| waited <= *ready).map(|(info, _)| info);
         let mut info = fresh.unwrap_or_else(|| StartInfo::warm(route.clone()));
         if info.label != StartLabel::Warm {
             info.stages.prepend(route);
@@ -633,8 +647,8 @@ impl Deployment {
             return Err(StartFailure::Error("the deployment was retired while the instance started".into()));
         }
         let info = StartInfo { label, stages };
-        lock(&self.live)
-            .insert(pool_id, Live { instance: instance.clone(), slot, fresh: Some(info), stopping: false, label });
+        let fresh = Some((info, instant()));
+        lock(&self.live).insert(pool_id, Live { instance: instance.clone(), slot, fresh, stopping: false, label });
         tokio::spawn(self.clone().watch_exit(pool_id, instance));
         Ok(())
     }

@@ -463,6 +463,10 @@ impl FunctionHost {
                     }
                 }
             };
+            // The first-ranked observer keeps the floor; it moves with the orbit.
+            if let Some(d) = &deployment {
+                d.set_min_instances(if primary { spec.scaling.min_instances } else { 0 });
+            }
             if observer && !observing.contains(&spec.name) {
                 observing.insert(spec.name.clone());
                 let recruited = deployed_at.get(&spec.name).is_some_and(|at| now_millis().saturating_sub(*at) > 5_000);

@@ -411,3 +411,27 @@ async fn a_lost_observer_puts_the_function_at_risk_and_another_node_is_recruited
     assert!(start.starts_with("snapshot;") || start.starts_with("remote-warm;"), "{start}");
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_instances_are_kept_running_without_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let client = &mesh.clients[0];
+    let yaml = "name: floor\nkind: function\nruntime: python\nhandler: main.handle\n\
+                scaling: { min_instances: 1, max_instances: 2, idle_timeout: 1s }";
+    let src = tempfile::tempdir().unwrap();
+    deploy(client, yaml, bundle(src.path(), &[("main.py", MAIN_PY)])).await.unwrap();
+    eventually("the floor instance", 30, async || {
+        let list = client.function_instances("floor").await.ok()?;
+        (list.len() == 1 && list[0].state == "IDLE").then_some(())
+    })
+    .await;
+    // Past the idle timeout it is still there: min_instances is a floor.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(client.function_instances("floor").await.unwrap().len(), 1);
+    assert_eq!(client.function("floor").await.unwrap().instances, 1);
+    let (status, start, _) = invoke(client, "floor", "/", "").await;
+    assert_eq!(status, 200);
+    assert!(start.starts_with("warm;"), "{start}");
+    mesh.stop().await;
+}
