@@ -40,6 +40,12 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::output::{Table, duration, or_dash};
 
+mod demo;
+mod record;
+
+use demo::{run_demo, run_function_demo};
+use record::{cli_finds, mesh_record, render_endpoints, write_atomic};
+
 /// Run a local mesh on loopback in the foreground.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -850,229 +856,6 @@ fn clean_up(root: &Path, setups: &[NodeSetup]) {
     println!("removed the mesh data in {} (cleanup: true)", root.display());
 }
 
-// mesh.json.
-
-/// `DATA_DIR/mesh.json`: the running mesh, for the CLI and for people.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct MeshRecord {
-    name: String,
-    /// The `falak up` process.
-    pid: u32,
-    nodes: Vec<MeshRecordNode>,
-    /// Lets another machine's node join (`falak node --join TOKEN`); holds the mesh secret.
-    join_token: String,
-    /// The mesh CA certificate.
-    ca_cert: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct MeshRecordNode {
-    name: String,
-    /// The node id: its public key, hex.
-    id: String,
-    pid: u32,
-    api_url: String,
-    transport_addr: String,
-    gossip_addr: String,
-    data_dir: PathBuf,
-    log: PathBuf,
-}
-
-fn mesh_record(mesh: &str, setups: &[NodeSetup], pids: &[u32], up_pid: u32) -> anyhow::Result<MeshRecord> {
-    let first = setups.first().context("a mesh has at least one node")?;
-    let mut nodes = Vec::new();
-    for (setup, pid) in setups.iter().zip(pids) {
-        let key = mesh_files::load_or_create_key(&setup.dir)
-            .with_context(|| format!("cannot read the key of node {}", setup.name))?;
-        nodes.push(MeshRecordNode {
-            name: setup.name.clone(),
-            id: key.id().to_string(),
-            pid: *pid,
-            api_url: setup.api_url(),
-            transport_addr: setup.transport.to_string(),
-            gossip_addr: setup.gossip.to_string(),
-            data_dir: setup.dir.clone(),
-            log: setup.log_path(),
-        });
-    }
-    let secret_path = first.dir.join("mesh.secret");
-    let secret = fs::read_to_string(&secret_path).with_context(|| format!("cannot read {}", secret_path.display()))?;
-    let token = JoinToken {
-        mesh: mesh.to_owned(),
-        api_url: first.api_url(),
-        gossip_seed: first.gossip.to_string(),
-        secret: secret.trim().to_owned(),
-    };
-    Ok(MeshRecord {
-        name: mesh.to_owned(),
-        pid: up_pid,
-        nodes,
-        join_token: token.encode(),
-        ca_cert: first.dir.join("ca.crt"),
-    })
-}
-
-/// Write then rename, so readers never see half a file.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Whether plain `falak` commands run from here find this mesh file.
-fn cli_finds(mesh_file: &Path) -> bool {
-    std::path::absolute(super::MESH_FILE).is_ok_and(|default| default == mesh_file)
-}
-
-/// The endpoints and what to try next.
-fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_it: bool) -> String {
-    let mut table = Table::new(&["NAME", "API", "PID", "LOG"]);
-    for node in &record.nodes {
-        table.row(vec![node.name.clone(), node.api_url.clone(), node.pid.to_string(), node.log.display().to_string()]);
-    }
-    let mut out = format!("\nmesh {} is up: {}\n", record.name, count(record.nodes.len()));
-    out.push_str(&table.render());
-    out.push_str(&format!("mesh file: {} (node ids, join token, CA)\n\ntry:\n", mesh_file.display()));
-    if !cli_finds_it && let Some(first) = record.nodes.first() {
-        out.push_str(&format!("  export FALAK_API={}\n", first.api_url));
-    }
-    out.push_str("  falak nodes\n");
-    out.push_str("  falak capsule apply -f capsule.yaml\n");
-    out.push_str("  falak job submit CAPSULE --tasks 12 --wait\n");
-    out.push_str("Ctrl-C stops the mesh.\n");
-    out
-}
-
-// The demo.
-
-const DEMO_CAPSULE: &str = r#"name: hello
-kind: process
-command: ["/bin/sh", "-c", "echo task $FALAK_TASK_INDEX of $FALAK_TASK_COUNT"]
-resources: { cpu: 100m, memory: 32Mi }
-placement: { strategy: balanced, labels: {}, max_attempts: 3 }
-"#;
-const DEMO_TASKS: u32 = 12;
-const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
-const DEMO_POLL: Duration = Duration::from_millis(200);
-
-/// Apply the `hello` capsule, run it as 12 tasks, print the result and where tasks ran.
-async fn run_demo(client: &Client) -> anyhow::Result<()> {
-    match client.apply_capsule_text(DEMO_CAPSULE).await {
-        Ok(applied) if applied.unchanged => {
-            println!("demo: capsule {} version {} is already applied", applied.name, applied.version);
-        }
-        Ok(applied) => println!("demo: applied capsule {} version {}", applied.name, applied.version),
-        Err(error) if error.code() == Some(ErrorCode::Conflict) => {
-            println!("demo: capsule hello already exists ({error})");
-        }
-        Err(error) => return Err(error).context("cannot apply capsule hello"),
-    }
-    let submission = JobSubmission { capsule: "hello".to_owned(), tasks: Some(DEMO_TASKS), ..JobSubmission::default() };
-    let job = client.submit_job(&submission).await.context("cannot submit the demo job")?;
-    println!("demo: submitted job {}: {} tasks of {} v{}", job.id, job.tasks, job.capsule, job.version);
-    let info = match tokio::time::timeout(DEMO_TIMEOUT, poll_job(client, job.id)).await {
-        Ok(info) => info?,
-        Err(_) => {
-            bail!("job {} did not finish within {}s; see `falak job status {}`", job.id, DEMO_TIMEOUT.as_secs(), job.id)
-        }
-    };
-    let tasks = client.job_tasks(job.id).await.with_context(|| format!("cannot list the tasks of job {}", job.id))?;
-    let result =
-        client.job_result_text(job.id).await.with_context(|| format!("cannot fetch the result of job {}", job.id))?;
-    println!("demo: job {} {} in {}; its result:", info.id, info.state.name(), or_dash(info.duration_ms.map(duration)));
-    print!("{result}");
-    if !result.is_empty() && !result.ends_with('\n') {
-        println!();
-    }
-    println!("demo: tasks per node: {}", tasks_per_node(&tasks));
-    if info.state != JobState::Completed {
-        bail!("demo job {} ended {}; see `falak job status {}`", info.id, info.state.name(), info.id);
-    }
-    Ok(())
-}
-
-const DEMO_FUNCTION: &str = r#"name: greet
-kind: function
-runtime: python
-handler: main.handle
-scaling: { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout: 60s }
-"#;
-
-const DEMO_HANDLER: &str = r#"import time
-time.sleep(0.3)  # stands for imports that take 300 ms; the zygote pays it once
-
-def handle(request):
-    who = request.body.decode() or "world"
-    return {"hello": who}
-"#;
-
-/// Deploy the `greet` Python function and invoke it through each node: the first start forks
-/// from the snapshot, the rest are warm or served by a peer's instance.
-async fn run_function_demo(clients: &[Client], root: &Path) -> anyhow::Result<()> {
-    let client = &clients[0];
-    let dir = root.join("demo-greet");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    fs::write(dir.join("main.py"), DEMO_HANDLER).context("cannot write the demo function")?;
-    let bundle = falak_artifact::bundle::pack(&dir).context("cannot bundle the demo function")?;
-    let stored = client.store_artifact(bundle).await.context("cannot upload the demo function's bundle")?;
-    let mut document = falak_core::function::FunctionDocument::parse(DEMO_FUNCTION).context("the demo function")?;
-    document.artifact = Some(stored.id);
-    let deployed = client.deploy_function(&document).await.context("cannot deploy function greet")?;
-    println!(
-        "demo: deployed function greet version {} (prepared on {} in {} ms)",
-        deployed.version, deployed.prepare.node, deployed.prepare.millis
-    );
-    // Give the observers a moment to warm their snapshots.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for (i, node) in clients.iter().enumerate().chain(clients.iter().enumerate()) {
-        let response = node
-            .invoke("greet", reqwest::Method::POST, "/", &[], format!("node-{}", i + 1).into_bytes())
-            .await
-            .context("cannot invoke greet")?;
-        let status = response.status();
-        let start = response
-            .headers()
-            .get(falak_api::function::START_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned();
-        let body = response.text().await.unwrap_or_default();
-        println!("demo: POST {}/fn/greet -> {} {}  [{start}]", node.base_url(), status.as_u16(), body.trim());
-        if !status.is_success() {
-            bail!("function greet answered {status}: {body}");
-        }
-    }
-    println!("demo: try `curl -d you {}/fn/greet`, `falak fn list`, `falak fn instances greet`", client.base_url());
-    Ok(())
-}
-
-async fn poll_job(client: &Client, job: JobId) -> anyhow::Result<falak_api::job::JobInfo> {
-    loop {
-        let info = client.job(job).await.with_context(|| format!("cannot read job {job}"))?;
-        if info.state != JobState::Running {
-            return Ok(info);
-        }
-        tokio::time::sleep(DEMO_POLL).await;
-    }
-}
-
-/// `node-1 4, node-2 4, node-3 4`: how many tasks each node ran, by node name.
-fn tasks_per_node(tasks: &[TaskInfo]) -> String {
-    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
-    for task in tasks {
-        *counts.entry(task.node.as_ref().map_or("(none)", |n| n.name.as_str())).or_default() += 1;
-    }
-    let parts: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
-    if parts.is_empty() { "no tasks".to_owned() } else { parts.join(", ") }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -1082,6 +865,7 @@ mod tests {
     use falak_core::job::{TaskId, TaskState};
     use falak_core::resources::Resources;
 
+    use super::demo::{DEMO_CAPSULE, DEMO_FUNCTION, tasks_per_node};
     use super::*;
 
     fn args() -> UpArgs {

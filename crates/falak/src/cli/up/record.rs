@@ -1,0 +1,101 @@
+//! `mesh.json`: what a running `falak up` records for the CLI and for the next `falak up`.
+
+use super::*;
+
+/// `DATA_DIR/mesh.json`: the running mesh, for the CLI and for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct MeshRecord {
+    name: String,
+    /// The `falak up` process.
+    pid: u32,
+    nodes: Vec<MeshRecordNode>,
+    /// Lets another machine's node join (`falak node --join TOKEN`); holds the mesh secret.
+    join_token: String,
+    /// The mesh CA certificate.
+    ca_cert: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct MeshRecordNode {
+    name: String,
+    /// The node id: its public key, hex.
+    id: String,
+    pid: u32,
+    api_url: String,
+    transport_addr: String,
+    gossip_addr: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+pub(super) fn mesh_record(mesh: &str, setups: &[NodeSetup], pids: &[u32], up_pid: u32) -> anyhow::Result<MeshRecord> {
+    let first = setups.first().context("a mesh has at least one node")?;
+    let mut nodes = Vec::new();
+    for (setup, pid) in setups.iter().zip(pids) {
+        let key = mesh_files::load_or_create_key(&setup.dir)
+            .with_context(|| format!("cannot read the key of node {}", setup.name))?;
+        nodes.push(MeshRecordNode {
+            name: setup.name.clone(),
+            id: key.id().to_string(),
+            pid: *pid,
+            api_url: setup.api_url(),
+            transport_addr: setup.transport.to_string(),
+            gossip_addr: setup.gossip.to_string(),
+            data_dir: setup.dir.clone(),
+            log: setup.log_path(),
+        });
+    }
+    let secret_path = first.dir.join("mesh.secret");
+    let secret = fs::read_to_string(&secret_path).with_context(|| format!("cannot read {}", secret_path.display()))?;
+    let token = JoinToken {
+        mesh: mesh.to_owned(),
+        api_url: first.api_url(),
+        gossip_seed: first.gossip.to_string(),
+        secret: secret.trim().to_owned(),
+    };
+    Ok(MeshRecord {
+        name: mesh.to_owned(),
+        pid: up_pid,
+        nodes,
+        join_token: token.encode(),
+        ca_cert: first.dir.join("ca.crt"),
+    })
+}
+
+/// Write then rename, so readers never see half a file.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Whether plain `falak` commands run from here find this mesh file.
+pub(super) fn cli_finds(mesh_file: &Path) -> bool {
+    std::path::absolute(crate::cli::MESH_FILE).is_ok_and(|default| default == mesh_file)
+}
+
+/// The endpoints and what to try next.
+pub(super) fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_it: bool) -> String {
+    let mut table = Table::new(&["NAME", "API", "PID", "LOG"]);
+    for node in &record.nodes {
+        table.row(vec![node.name.clone(), node.api_url.clone(), node.pid.to_string(), node.log.display().to_string()]);
+    }
+    let mut out = format!("\nmesh {} is up: {}\n", record.name, count(record.nodes.len()));
+    out.push_str(&table.render());
+    out.push_str(&format!("mesh file: {} (node ids, join token, CA)\n\ntry:\n", mesh_file.display()));
+    if !cli_finds_it && let Some(first) = record.nodes.first() {
+        out.push_str(&format!("  export FALAK_API={}\n", first.api_url));
+    }
+    out.push_str("  falak nodes\n");
+    out.push_str("  falak capsule apply -f capsule.yaml\n");
+    out.push_str("  falak job submit CAPSULE --tasks 12 --wait\n");
+    out.push_str("Ctrl-C stops the mesh.\n");
+    out
+}
