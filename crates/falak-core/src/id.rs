@@ -5,6 +5,38 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Display as 64 lowercase hex characters; serialize as that text in human-readable formats
+/// and as the 32 bytes otherwise; deserialize through the type's `FromStr`.
+macro_rules! hex_id {
+    ($id:ident) => {
+        impl fmt::Display for $id {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl Serialize for $id {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() { s.serialize_str(&self.to_string()) } else { self.0.serialize(s) }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $id {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    Ok($id(<[u8; 32]>::deserialize(d)?))
+                }
+            }
+        }
+    };
+}
+
+hex_id!(NodeId);
+hex_id!(ArtifactId);
+
 /// A node's identity: its Ed25519 public key (32 bytes).
 ///
 /// Displayed and serialized as 64 lowercase hex characters; [`NodeId::short`] gives the first
@@ -20,12 +52,6 @@ impl NodeId {
 
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -49,23 +75,6 @@ impl FromStr for NodeId {
     }
 }
 
-impl Serialize for NodeId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&self.to_string()) } else { self.0.serialize(s) }
-    }
-}
-
-impl<'de> Deserialize<'de> for NodeId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            s.parse().map_err(serde::de::Error::custom)
-        } else {
-            Ok(NodeId(<[u8; 32]>::deserialize(d)?))
-        }
-    }
-}
-
 /// A content id: the BLAKE3 hash of an artifact's bytes (a code bundle, a rootfs, ...).
 ///
 /// Displayed and serialized as 64 lowercase hex characters, like [`NodeId`].
@@ -76,12 +85,6 @@ impl ArtifactId {
     /// The first 12 hex characters, for humans.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..6])
-    }
-}
-
-impl fmt::Display for ArtifactId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -105,23 +108,6 @@ impl FromStr for ArtifactId {
         }
         hex::decode_to_slice(s, &mut out).map_err(|_| ParseArtifactIdError(s.chars().take(80).collect()))?;
         Ok(ArtifactId(out))
-    }
-}
-
-impl Serialize for ArtifactId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&self.to_string()) } else { self.0.serialize(s) }
-    }
-}
-
-impl<'de> Deserialize<'de> for ArtifactId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            s.parse().map_err(serde::de::Error::custom)
-        } else {
-            Ok(ArtifactId(<[u8; 32]>::deserialize(d)?))
-        }
     }
 }
 

@@ -35,26 +35,23 @@ impl Histogram {
 
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-            self.count, self.sum, self.count
-        );
+        self.render_labeled(out, name, "");
     }
-}
 
-impl Histogram {
-    /// The samples of one labelled series of a family whose HELP and TYPE are already written.
+    /// The samples of one series of a family whose HELP and TYPE are already written; `labels`
+    /// is `key="value",...` or empty.
     pub fn render_labeled(&self, out: &mut String, name: &str, labels: &str) {
+        let (bucket, total) = if labels.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("{labels},"), format!("{{{labels}}}"))
+        };
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+            let _ = writeln!(out, "{name}_bucket{{{bucket}le=\"{bound}\"}} {count}");
         }
         let _ = writeln!(
             out,
-            "{name}_bucket{{{labels},le=\"+Inf\"}} {}\n{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
+            "{name}_bucket{{{bucket}le=\"+Inf\"}} {}\n{name}_sum{total} {}\n{name}_count{total} {}",
             self.count, self.sum, self.count
         );
     }

@@ -22,8 +22,8 @@ use falak_function::{BoxBody, HostSpec, Instance, InstanceError, Prepared, Zygot
 use http_body_util::BodyExt;
 use tokio::sync::{Notify, oneshot};
 
-use super::HostContext;
 use super::start::{Stages, StartInfo, StartLabel};
+use super::{HostContext, lock};
 use crate::clock::{instant, now_millis};
 
 /// How long a stopping instance gets between SIGTERM and SIGKILL.
@@ -97,10 +97,6 @@ pub(crate) struct Deployment {
     warming: AtomicBool,
     /// When preparing last failed (ms since the epoch; 0 when it never did).
     failed_at: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Deployment {

@@ -14,7 +14,7 @@
 //! avoided for a few seconds; the next candidate serves the request.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -29,9 +29,9 @@ use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use http::header;
 
-use super::FunctionHost;
 use super::deployment::to_host_request;
 use super::start::{Stages, StartInfo, StartLabel};
+use super::{FunctionHost, lock};
 use crate::clock::instant;
 
 /// The header that marks a request proxied from another node's gateway.
@@ -58,7 +58,7 @@ impl NodeGateway {
     }
 
     fn avoided(&self, node: &NodeId) -> bool {
-        let mut avoid = self.avoid.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut avoid = lock(&self.avoid);
         match avoid.get(node) {
             Some(until) if *until > instant() => true,
             Some(_) => {
@@ -70,7 +70,7 @@ impl NodeGateway {
     }
 
     fn avoid(&self, node: NodeId) {
-        self.avoid.lock().unwrap_or_else(PoisonError::into_inner).insert(node, instant() + AVOID_FOR);
+        lock(&self.avoid).insert(node, instant() + AVOID_FOR);
     }
 
     async fn route(self: Arc<Self>, name: String, request: Request) -> Response {

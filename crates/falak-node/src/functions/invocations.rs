@@ -4,7 +4,7 @@
 //! ledger hands its pending invocations to another node, which runs them.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use falak_api::ApiError;
@@ -12,7 +12,7 @@ use falak_api::function::{InvocationInfo, InvocationSubmission};
 use falak_core::function::{InvocationId, InvocationState, MAX_ASYNC_RESULT_BYTES, StoredRequest, StoredResponse};
 use falak_core::ledger::{Command, Outcome};
 
-use super::FunctionHost;
+use super::{FunctionHost, lock};
 use crate::clock::now_millis;
 
 /// Default attempts of an asynchronous invocation.
@@ -24,11 +24,11 @@ pub(crate) struct Running(Mutex<BTreeSet<InvocationId>>);
 
 impl Running {
     fn begin(&self, id: InvocationId) -> bool {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(id)
+        lock(&self.0).insert(id)
     }
 
     fn end(&self, id: InvocationId) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        lock(&self.0).remove(&id);
     }
 }
 

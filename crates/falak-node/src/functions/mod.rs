@@ -68,7 +68,8 @@ const MAX_GOSSIP_FUNCTIONS: usize = 32;
 /// Each admitted node's labels.
 type NodeLabels = BTreeMap<NodeId, BTreeMap<String, String>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Lock a mutex; a poisoned one still answers (every critical section leaves it consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -355,9 +356,24 @@ impl FunctionHost {
             tokio::select! {
                 _ = self.ctx.stopping() => break,
                 c = committed.recv() => {
-                    if matches!(c, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break; }
-                    // Coalesce a burst of commits into one pass.
-                    while committed.try_recv().is_ok() {}
+                    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+                    let mut relevant = match c {
+                        Ok(c) => concerns_functions(&c),
+                        Err(RecvError::Lagged(_)) => true,
+                        Err(RecvError::Closed) => break,
+                    };
+                    // Coalesce a burst of commits into one pass, and skip bursts that change
+                    // nothing this host looks at (task traffic): the tick catches up anyway.
+                    loop {
+                        match committed.try_recv() {
+                            Ok(c) => relevant |= concerns_functions(&c),
+                            Err(TryRecvError::Lagged(_)) => relevant = true,
+                            Err(_) => break,
+                        }
+                    }
+                    if !relevant {
+                        continue;
+                    }
                 }
                 _ = membership.changed() => {}
                 _ = tick.tick() => self.reconcile_slots(),
@@ -715,6 +731,25 @@ impl FunctionHost {
 
 fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("no function named {name}; list them with `falak fn list`"))
+}
+
+/// Whether a committed entry changes what `FunctionHost::sync` and the invocation runner read:
+/// functions, and which nodes are admitted and online (orbits, invocation owners).
+fn concerns_functions(committed: &falak_ledger::Committed) -> bool {
+    use falak_core::ledger::LedgerEvent as E;
+    match committed {
+        falak_ledger::Committed::SnapshotInstalled { .. } => true,
+        falak_ledger::Committed::Entry { applied, .. } => applied.events.iter().any(|e| {
+            matches!(
+                e,
+                E::FunctionDeployed { .. }
+                    | E::FunctionRemoved { .. }
+                    | E::NodeAdmitted { .. }
+                    | E::NodeOffline { .. }
+                    | E::NodeOnline { .. }
+            )
+        }),
+    }
 }
 
 /// The observers of a function: healthy nodes (this one included) that carry its labels,
