@@ -8,6 +8,12 @@
 //! - `fix`: `cargo fmt` and `cargo clippy --fix`.
 //! - `bench [ARGS]`: build `falak` and `falak-bench` release and run
 //!   `target/release/falak-bench --falak target/release/falak ARGS`, see BENCHMARKS.md.
+//! - `fuzz [--seconds N] [--jobs J] [--sanitizer S] [TARGET...]`: build the cargo-fuzz targets
+//!   in `fuzz/` and run each (all by default) for N seconds (60) on a copy of its committed
+//!   corpus, J at a time (the number of cores); fails if any target crashes. See
+//!   `fuzz/README.md`.
+
+mod fuzz;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, ExitCode};
@@ -19,9 +25,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("falak-membership", &["falak-core"]),
     ("falak-transport", &["falak-core"]),
     ("falak-ledger", &["falak-core", "falak-transport"]),
-    ("falak-exec", &["falak-core"]),
+    ("falak-sandbox", &[]),
+    ("falak-exec", &["falak-core", "falak-sandbox"]),
     ("falak-artifact", &["falak-core", "falak-transport"]),
-    ("falak-function", &["falak-core"]),
+    ("falak-function", &["falak-core", "falak-sandbox"]),
     ("falak-api", &["falak-core"]),
     (
         "falak-node",
@@ -30,6 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "falak-membership",
             "falak-transport",
             "falak-ledger",
+            "falak-sandbox",
             "falak-exec",
             "falak-artifact",
             "falak-function",
@@ -43,6 +51,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "falak-membership",
             "falak-transport",
             "falak-ledger",
+            "falak-sandbox",
             "falak-exec",
             "falak-artifact",
             "falak-function",
@@ -67,7 +76,8 @@ fn main() -> ExitCode {
         "layering" => layering(),
         "fix" => fix(),
         "bench" => bench(),
-        other => Err(format!("unknown task {other:?}; use check, test, lint, layering, fix or bench")),
+        "fuzz" => fuzz::run(std::env::args().skip(2).collect()),
+        other => Err(format!("unknown task {other:?}; use check, test, lint, layering, fix, bench or fuzz")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,11 +9,14 @@
 //! (`JobInfo::get`, `TaskInfo::of_job`, `DecisionInfo::get`, ...), so the node's handler for a
 //! read is usually one line.
 
+use falak_core::access::TokenId;
 use falak_core::capsule::CapsuleSpec;
 use falak_core::job::{JobId, JobRequest, ServiceRequest, TaskId};
+use falak_core::signing::{DeployerId, SpecSignature};
 use tokio::sync::oneshot;
 
 use crate::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
+use crate::deployer::{DeployerInfo, TrustDeployer};
 use crate::error::ApiError;
 use crate::event::EventSubscription;
 use crate::function::FunctionAction;
@@ -23,6 +26,7 @@ use crate::join::{JoinRequest, JoinResponse};
 use crate::node::NodeInfo;
 use crate::service::ServiceInfo;
 use crate::task::{DecisionInfo, LogStream, TaskInfo};
+use crate::token::{CreateToken, CreatedToken, TokenInfo};
 use crate::workload::{WorkloadInfo, WorkloadRef};
 
 /// Where the node sends its answer to one action.
@@ -39,7 +43,8 @@ pub enum Action {
     /// Every admitted node with its health and gossip state (`NodeInfo::new`).
     ListNodes { reply: Reply<Vec<NodeInfo>> },
     /// Write a validated capsule spec to the ledger; answer once committed.
-    ApplyCapsule { spec: CapsuleSpec, reply: Reply<CapsuleApplied> },
+    /// `signature` is the deployer's, over `spec.unversioned()`; the node checks it.
+    ApplyCapsule { spec: CapsuleSpec, signature: Option<SpecSignature>, reply: Reply<CapsuleApplied> },
     /// `CapsuleSummary::list`.
     ListCapsules { reply: Reply<Vec<CapsuleSummary>> },
     /// `CapsuleInfo::get`.
@@ -82,6 +87,18 @@ pub enum Action {
     Join { request: JoinRequest, reply: Reply<JoinResponse> },
     /// Deploy, list, show, remove functions; their instances, logs and asynchronous invocations.
     Function(FunctionAction),
+    /// Make a token, commit its record (hash only) and answer with the whole token once.
+    CreateToken { request: CreateToken, reply: Reply<CreatedToken> },
+    /// `TokenInfo::new` for every token.
+    ListTokens { reply: Reply<Vec<TokenInfo>> },
+    /// Write `RevokeToken`; answer with the token's record once committed.
+    RevokeToken { id: TokenId, reply: Reply<TokenInfo> },
+    /// `DeployerInfo::new` for every deployer key.
+    ListDeployers { reply: Reply<Vec<DeployerInfo>> },
+    /// Write `TrustDeployer`; answer once committed.
+    TrustDeployer { request: TrustDeployer, reply: Reply<DeployerInfo> },
+    /// Write `RevokeDeployer`; answer once committed.
+    RevokeDeployer { id: DeployerId, reply: Reply<DeployerInfo> },
 }
 
 impl Action {
@@ -111,6 +128,12 @@ impl Action {
             Action::Subscribe { .. } => "subscribe",
             Action::Join { .. } => "join",
             Action::Function(f) => f.name(),
+            Action::CreateToken { .. } => "create_token",
+            Action::ListTokens { .. } => "list_tokens",
+            Action::RevokeToken { .. } => "revoke_token",
+            Action::ListDeployers { .. } => "list_deployers",
+            Action::TrustDeployer { .. } => "trust_deployer",
+            Action::RevokeDeployer { .. } => "revoke_deployer",
         }
     }
 
@@ -144,6 +167,12 @@ impl Action {
             Action::Subscribe { reply } => send(reply, error),
             Action::Join { reply, .. } => send(reply, error),
             Action::Function(f) => f.fail(error),
+            Action::CreateToken { reply, .. } => send(reply, error),
+            Action::ListTokens { reply } => send(reply, error),
+            Action::RevokeToken { reply, .. } => send(reply, error),
+            Action::ListDeployers { reply } => send(reply, error),
+            Action::TrustDeployer { reply, .. } => send(reply, error),
+            Action::RevokeDeployer { reply, .. } => send(reply, error),
         }
     }
 
@@ -157,6 +186,10 @@ impl Action {
                 | Action::ApplyService { .. }
                 | Action::RemoveService { .. }
                 | Action::Join { .. }
+                | Action::CreateToken { .. }
+                | Action::RevokeToken { .. }
+                | Action::TrustDeployer { .. }
+                | Action::RevokeDeployer { .. }
         ) || matches!(self, Action::Function(f) if f.is_write())
     }
 }

@@ -74,10 +74,15 @@ impl CapsuleInfo {
 }
 
 /// `201` with the new version, `200` when the document was already stored.
-pub(crate) async fn apply(State(ctx): State<Ctx>, body: Body) -> Result<(StatusCode, Json<CapsuleApplied>), ApiError> {
+pub(crate) async fn apply(
+    State(ctx): State<Ctx>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<CapsuleApplied>), ApiError> {
+    let signature = crate::routes::signature(&headers)?;
     let document: CapsuleDocument = body.parse()?;
     let spec = document.validate()?;
-    let applied = ctx.ask(|reply| Action::ApplyCapsule { spec, reply }).await?;
+    let applied = ctx.ask(|reply| Action::ApplyCapsule { spec, signature, reply }).await?;
     let status = if applied.unchanged { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(applied)))
 }

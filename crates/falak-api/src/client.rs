@@ -5,14 +5,17 @@ mod sse;
 
 use std::time::Duration;
 
+use falak_core::access::TokenId;
 use falak_core::capsule::CapsuleDocument;
 use falak_core::function::FunctionDocument;
 use falak_core::job::{JobId, TaskId};
+use falak_core::signing::{DeployerId, DeployerKey, SIGNATURE_HEADER, SpecKind};
 use futures_util::{Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, header};
 use serde::de::DeserializeOwned;
 
 use crate::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
+use crate::deployer::{DeployerInfo, TrustDeployer};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::event::{EventItem, EventRecord, LAGGED};
 use crate::function::{ArtifactStored, FunctionDeployed, FunctionInfo, InstanceInfo, InvocationInfo};
@@ -21,6 +24,7 @@ use crate::job::{JobInfo, JobSubmission, TaskOutput};
 use crate::node::NodeInfo;
 use crate::service::{ServiceInfo, ServiceSubmission};
 use crate::task::{DecisionInfo, LogStream, TaskInfo};
+use crate::token::{CreateToken, CreatedToken, TokenInfo};
 use crate::workload::{WorkloadInfo, WorkloadRequest};
 
 /// How long one ordinary request may take; event streams have no limit.
@@ -42,8 +46,11 @@ pub enum ClientError {
     /// The answer was not what the API promises.
     #[error("unexpected answer from {url}: {message}")]
     Decode { url: String, message: String },
-    #[error("{0:?} is not an API URL; use e.g. http://127.0.0.1:7070")]
+    #[error("{0:?} is not an API URL; use e.g. https://127.0.0.1:7070")]
     InvalidUrl(String),
+    /// The CA certificate to trust is not a PEM certificate.
+    #[error("the mesh CA certificate is not valid: {0}")]
+    BadCa(String),
 }
 
 impl ClientError {
@@ -62,27 +69,66 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// Signs capsules and functions before they are sent.
+    deployer: Option<std::sync::Arc<DeployerKey>>,
+}
+
+/// An HTTP client that trusts `ca_pem` (the mesh CA) and nothing else for HTTPS; with `None`,
+/// plain HTTP only (an `https://` URL then fails the handshake, naming the missing CA).
+pub fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).tls_built_in_root_certs(false);
+    if let Some(pem) = ca_pem {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| ClientError::BadCa(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ClientError::BadCa("it holds no PEM certificate; give the mesh's ca.crt".into()));
+        }
+        for ca in certs {
+            builder = builder.add_root_certificate(ca);
+        }
+    }
+    builder.build().map_err(|e| ClientError::BadCa(e.to_string()))
 }
 
 impl Client {
-    /// A client for the API at `base_url` (`http://127.0.0.1:7070`).
+    /// A client for the API at `base_url` (`https://127.0.0.1:7070`); see [`Client::with_ca`].
     pub fn new(base_url: &str) -> Result<Client, ClientError> {
         let base = base_url.trim().trim_end_matches('/').to_owned();
-        let valid = reqwest::Url::parse(&base).is_ok_and(|u| u.scheme() == "http" && u.host().is_some());
+        let valid = reqwest::Url::parse(&base)
+            .is_ok_and(|u| (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some());
         if !valid {
             return Err(ClientError::InvalidUrl(base_url.to_owned()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|cause| ClientError::Request { url: base.clone(), cause })?;
-        Ok(Client { http, base, token: None })
+        Ok(Client { http: http_client(None)?, base, token: None, deployer: None })
+    }
+
+    /// Sign capsules and functions with `key` (a deployer key the mesh trusts).
+    pub fn with_deployer(mut self, key: Option<std::sync::Arc<DeployerKey>>) -> Client {
+        self.deployer = key;
+        self
+    }
+
+    /// Trust `ca_pem`, the mesh CA certificate (`ca.crt`), for the node's HTTPS.
+    pub fn with_ca(mut self, ca_pem: &str) -> Result<Client, ClientError> {
+        self.http = http_client(Some(ca_pem))?;
+        Ok(self)
     }
 
     /// Send `token` as a bearer token with every request.
     pub fn with_token(mut self, token: Option<String>) -> Client {
         self.token = token.filter(|t| !t.is_empty());
         self
+    }
+
+    /// The HTTP client underneath (it trusts the mesh CA), for requests the typed methods do
+    /// not make.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The bearer token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn base_url(&self) -> &str {
@@ -111,6 +157,35 @@ impl Client {
         self.json(self.get("/api/v1/openapi.json")).await
     }
 
+    // Tokens.
+
+    /// Create an API token; the answer holds the only copy of it.
+    pub async fn create_token(&self, request: &CreateToken) -> Result<CreatedToken, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/tokens").json(request)).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.json(self.get("/api/v1/tokens")).await
+    }
+
+    pub async fn revoke_token(&self, id: TokenId) -> Result<TokenInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/v1/tokens/{id}"))).await
+    }
+
+    // Deployer keys.
+
+    pub async fn deployers(&self) -> Result<Vec<DeployerInfo>, ClientError> {
+        self.json(self.get("/api/v1/deployers")).await
+    }
+
+    pub async fn trust_deployer(&self, request: &TrustDeployer) -> Result<DeployerInfo, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/deployers").json(request)).await
+    }
+
+    pub async fn revoke_deployer(&self, id: DeployerId) -> Result<DeployerInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/v1/deployers/{id}"))).await
+    }
+
     // Nodes and capsules.
 
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
@@ -119,12 +194,16 @@ impl Client {
 
     /// Apply a capsule document given as a value.
     pub async fn apply_capsule(&self, document: &CapsuleDocument) -> Result<CapsuleApplied, ClientError> {
-        self.json(self.request(Method::POST, "/api/v1/capsules").json(document)).await
+        let signed = document.clone().validate().ok().map(|spec| spec.unversioned());
+        let request = self.request(Method::POST, "/api/v1/capsules").json(document);
+        self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
     }
 
     /// Apply a capsule document as written (YAML or JSON text); errors name the field.
     pub async fn apply_capsule_text(&self, text: &str) -> Result<CapsuleApplied, ClientError> {
-        self.json(self.yaml(Method::POST, "/api/v1/capsules", text)).await
+        let signed = CapsuleDocument::parse(text).ok().map(|spec| spec.unversioned());
+        let request = self.yaml(Method::POST, "/api/v1/capsules", text);
+        self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
     }
 
     pub async fn capsules(&self) -> Result<Vec<CapsuleSummary>, ClientError> {
@@ -289,7 +368,9 @@ impl Client {
 
     /// `POST /api/v1/functions`: deploy a function whose `artifact` is stored.
     pub async fn deploy_function(&self, document: &FunctionDocument) -> Result<FunctionDeployed, ClientError> {
-        self.json(self.request(Method::POST, "/api/v1/functions").json(document)).await
+        let signed = document.clone().validate(0).ok().map(|spec| spec.unversioned());
+        let request = self.request(Method::POST, "/api/v1/functions").json(document);
+        self.json(self.sign(request, SpecKind::Function, signed.as_ref())).await
     }
 
     pub async fn functions(&self) -> Result<Vec<FunctionInfo>, ClientError> {
@@ -369,6 +450,16 @@ impl Client {
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.authorize(self.http.request(method, format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT))
+    }
+
+    /// Add the deployer's signature of `spec` (the validated, unversioned spec) when this
+    /// client has a deployer key. A document that does not validate here goes unsigned: the
+    /// node answers with what is wrong with it.
+    fn sign<T: serde::Serialize>(&self, request: RequestBuilder, kind: SpecKind, spec: Option<&T>) -> RequestBuilder {
+        match (&self.deployer, spec) {
+            (Some(key), Some(spec)) => request.header(SIGNATURE_HEADER, key.sign(kind, spec).encode()),
+            _ => request,
+        }
     }
 
     fn yaml(&self, method: Method, path: &str, text: &str) -> RequestBuilder {
@@ -455,6 +546,8 @@ mod tests {
         assert!(Client::new("http://127.0.0.1:7070/").is_ok());
         assert_eq!(Client::new("http://127.0.0.1:7070/").unwrap().base_url(), "http://127.0.0.1:7070");
         assert!(matches!(Client::new("127.0.0.1:7070"), Err(ClientError::InvalidUrl(_))));
-        assert!(matches!(Client::new("https://x"), Err(ClientError::InvalidUrl(_))));
+        assert!(Client::new("https://x:1").is_ok());
+        assert!(matches!(Client::new("ftp://x"), Err(ClientError::InvalidUrl(_))));
+        assert!(matches!(Client::new("http://x").unwrap().with_ca("not pem"), Err(ClientError::BadCa(_))));
     }
 }

@@ -184,6 +184,7 @@ impl From<RejectCode> for ErrorCode {
             RejectCode::NotFound => ErrorCode::NotFound,
             RejectCode::Conflict | RejectCode::Stale | RejectCode::NoFit => ErrorCode::Conflict,
             RejectCode::Invalid => ErrorCode::Invalid,
+            RejectCode::Forbidden => ErrorCode::Forbidden,
         }
     }
 }

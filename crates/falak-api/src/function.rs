@@ -42,6 +42,8 @@ pub enum FunctionAction {
     /// Deploy a function whose bundle is already stored.
     Deploy {
         document: Box<FunctionDocument>,
+        /// The deployer's signature of the validated spec, unversioned.
+        signature: Option<falak_core::signing::SpecSignature>,
         reply: Reply<FunctionDeployed>,
     },
     List {
@@ -401,12 +403,14 @@ pub(crate) async fn store_artifact(
 
 pub(crate) async fn deploy(
     State(ctx): State<Ctx>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<FunctionDeployed>), ApiError> {
+    let signature = crate::routes::signature(&headers)?;
     let document: FunctionDocument = body.parse()?;
     document.check()?;
     let document = Box::new(document);
-    let deployed = ctx.ask(|reply| Action::Function(FunctionAction::Deploy { document, reply })).await?;
+    let deployed = ctx.ask(|reply| Action::Function(FunctionAction::Deploy { document, signature, reply })).await?;
     Ok((StatusCode::CREATED, Json(deployed)))
 }
 

@@ -11,8 +11,10 @@
 //! node's answer to a read is one call) and its handlers.
 
 pub mod action;
+pub mod auth;
 pub mod capsule;
 pub mod client;
+pub mod deployer;
 mod error;
 pub mod event;
 pub mod function;
@@ -21,12 +23,14 @@ pub mod job;
 pub mod join;
 pub mod node;
 pub mod openapi;
-mod routes;
+pub mod routes;
 pub mod service;
 pub mod task;
+pub mod token;
 pub mod workload;
 
 pub use action::{Action, Reply};
+pub use auth::{Access, Authenticator, Principal};
 pub use client::{Client, ClientError};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use event::{EventItem, EventRecord, EventSubscription};

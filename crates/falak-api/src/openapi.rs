@@ -7,6 +7,7 @@
 use axum::Json;
 use serde_json::{Map, Value, json};
 
+use crate::auth::{Access, access_for};
 use crate::error::ErrorCode;
 use crate::routes::{RouteInfo, routes};
 
@@ -26,7 +27,15 @@ pub fn document() -> Value {
             "description": "Every node serves this API. Errors are `{ \"error\": { \"code\", \"message\" } }`.",
         },
         "paths": paths,
+        "security": [{ "bearer": [] }],
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`falak-token-v1.<id>.<secret>`; `falak token create` makes one. Each operation lists the roles it allows in `x-falak-roles`.",
+                },
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -73,6 +82,12 @@ fn operation(route: &RouteInfo) -> Value {
         let content: Map<String, Value> = route.body.iter().map(|t| ((*t).to_owned(), json!({}))).collect();
         op["requestBody"] = json!({ "required": true, "content": content });
     }
+    match access_for(route.method.as_str(), route.path) {
+        Some(Access::Roles(roles)) => {
+            op["x-falak-roles"] = json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>());
+        }
+        Some(Access::Open | Access::JoinProof) | None => op["security"] = json!([]),
+    }
     op
 }
 
@@ -108,6 +123,15 @@ mod tests {
             assert!(op.is_object(), "{} {} missing", route.method, route.path);
             assert!(ids.insert(op["operationId"].as_str().unwrap().to_owned()), "duplicate operation id");
         }
+    }
+
+    #[test]
+    fn every_operation_names_its_roles_or_is_open() {
+        let doc = document();
+        let healthz = &doc["paths"]["/healthz"]["get"];
+        assert_eq!(healthz["security"], json!([]));
+        let submit = &doc["paths"]["/api/v1/jobs"]["post"];
+        assert_eq!(submit["x-falak-roles"], json!(["admin", "deploy"]));
     }
 
     #[test]

@@ -21,9 +21,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::action::{Action, Reply};
+use crate::auth::{Authenticator, Guard, RateLimiter, access_for};
 use crate::error::{ApiError, ErrorCode, body_rejection};
 use crate::function::{Gateway, NoGateway};
-use crate::{capsule, event, function, health, job, node, openapi, service, task, workload};
+use crate::{capsule, deployer, event, function, health, job, node, openapi, service, task, token, workload};
 
 /// How the API behaves; the node builds it from its configuration.
 #[derive(Debug, Clone)]
@@ -53,29 +54,48 @@ impl Default for ApiConfig {
 }
 
 /// Build the API router. The node receives every [`Action`] on the other end of `actions` and
-/// answers through the action's reply channel.
-pub fn router(actions: mpsc::Sender<Action>, config: ApiConfig) -> Router {
-    router_with_gateway(actions, config, Arc::new(NoGateway))
+/// answers through the action's reply channel; `auth` checks bearer tokens.
+pub fn router(actions: mpsc::Sender<Action>, config: ApiConfig, auth: Arc<dyn Authenticator>) -> Router {
+    router_with_gateway(actions, config, Arc::new(NoGateway), auth)
 }
 
 /// Build the API router with the node's function gateway serving `/fn/{name}/...`.
-pub fn router_with_gateway(actions: mpsc::Sender<Action>, config: ApiConfig, gateway: Arc<dyn Gateway>) -> Router {
+///
+/// # Panics
+/// When a route has no row in [`crate::auth::AUTHORIZATION`]: no route is served unguarded.
+pub fn router_with_gateway(
+    actions: mpsc::Sender<Action>,
+    config: ApiConfig,
+    gateway: Arc<dyn Gateway>,
+    auth: Arc<dyn Authenticator>,
+) -> Router {
     let body_limit = config.body_limit;
     let ctx = Ctx { actions, config: Arc::new(config) };
+    let limiter = Arc::new(RateLimiter::default());
+    let guarded = |method: &str, path: &str, handler: MethodRouter<Ctx>| {
+        let Some(access) = access_for(method, path) else {
+            panic!("{method} {path} has no row in the authorization table (auth::AUTHORIZATION)")
+        };
+        let guard = Guard { access, authenticator: auth.clone(), limiter: limiter.clone() };
+        handler.layer(axum::middleware::from_fn_with_state(guard, crate::auth::guard))
+    };
     let mut router = Router::new();
     for route in table() {
-        router = router.route(route.info.path, route.handler);
+        router = router.route(route.info.path, guarded(route.info.method.as_str(), route.info.path, route.handler));
     }
     let to_gateway = move |request: Request| function::gateway(gateway.clone(), request);
+    for path in GATEWAY_PATHS {
+        router = router.route(path, guarded("ANY", path, axum::routing::any(to_gateway.clone())));
+    }
     router
-        .route("/fn/{name}", axum::routing::any(to_gateway.clone()))
-        .route("/fn/{name}/", axum::routing::any(to_gateway.clone()))
-        .route("/fn/{name}/{*path}", axum::routing::any(to_gateway))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(ctx)
 }
+
+/// The paths the function gateway serves, every method.
+pub const GATEWAY_PATHS: [&str; 3] = ["/fn/{name}", "/fn/{name}/", "/fn/{name}/{*path}"];
 
 /// What the OpenAPI document and tests know about one route.
 #[derive(Debug, Clone)]
@@ -225,6 +245,14 @@ fn table() -> Vec<Route> {
                 ("since", "only events with a higher sequence number (also `Last-Event-ID`)"),
             ])
             .produces("text/event-stream"),
+        Route::new(M::POST, "/api/v1/tokens", "create an API token; the answer is the only copy", token::create)
+            .body(&[JSON])
+            .created(),
+        Route::new(M::GET, "/api/v1/tokens", "API tokens (never their secrets)", token::list),
+        Route::new(M::DELETE, "/api/v1/tokens/{id}", "revoke an API token", token::revoke),
+        Route::new(M::GET, "/api/v1/deployers", "deployer keys trusted to sign specs", deployer::list),
+        Route::new(M::POST, "/api/v1/deployers", "trust a deployer key", deployer::trust).body(&[JSON]).created(),
+        Route::new(M::DELETE, "/api/v1/deployers/{id}", "revoke a deployer key", deployer::revoke),
     ]
 }
 
@@ -327,6 +355,15 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         Ok(ApiPath(Path::<T>::from_request_parts(parts, state).await?.0))
     }
+}
+
+/// The spec signature a request carries in `falak-signature`, if any.
+pub(crate) fn signature(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<falak_core::signing::SpecSignature>, ApiError> {
+    let Some(value) = headers.get(falak_core::signing::SIGNATURE_HEADER) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::invalid("falak-signature is not ASCII"))?;
+    text.parse().map(Some).map_err(|e: String| ApiError::invalid(e))
 }
 
 /// Parse an id from a path segment into `invalid` with the id type's message.

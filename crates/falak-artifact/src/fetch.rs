@@ -27,7 +27,9 @@ pub const CHUNK_BYTES: u64 = 4 << 20;
 /// The wire version this node speaks.
 const WIRE_VERSION: u8 = 1;
 /// A request is a few dozen bytes; anything longer is not one.
-const MAX_REQUEST_BYTES: usize = 128;
+pub const MAX_REQUEST_BYTES: usize = 128;
+/// The longest error message a reply may carry; a longer one is a malformed reply.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 64 << 10;
 
 /// Ask for `len` bytes of artifact `id` from `offset`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +38,31 @@ pub struct ChunkRequest {
     pub id: ArtifactId,
     pub offset: u64,
     pub len: u64,
+}
+
+impl ChunkRequest {
+    /// Encodes the request as the fetcher sends it.
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of integers and a fixed-size id always encodes.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a request as the server reads it: at most [`MAX_REQUEST_BYTES`], nothing after
+    /// it, and this node's wire version.
+    pub fn decode(body: &[u8]) -> Result<ChunkRequest, String> {
+        if body.len() > MAX_REQUEST_BYTES {
+            return Err(format!(
+                "request of {} bytes is not a chunk request (at most {MAX_REQUEST_BYTES})",
+                body.len()
+            ));
+        }
+        let request: ChunkRequest =
+            postcard::from_bytes(body).map_err(|e| format!("cannot decode the chunk request: {e}"))?;
+        if request.version != WIRE_VERSION {
+            return Err(format!("unsupported request version {}; this node speaks {WIRE_VERSION}", request.version));
+        }
+        Ok(request)
+    }
 }
 
 /// The header of a reply; a `Chunk` header is followed by the chunk's bytes.
@@ -128,16 +155,10 @@ impl Handler for ArtifactServer {
 
 fn answer(store: &ArtifactStore, body: &[u8]) -> Bytes {
     let error = |message: String| encode_reply(&ChunkReply::Error { message }, &[]);
-    if body.len() > MAX_REQUEST_BYTES {
-        return error(format!("request of {} bytes is not a chunk request", body.len()));
-    }
-    let request: ChunkRequest = match postcard::from_bytes(body) {
+    let request = match ChunkRequest::decode(body) {
         Ok(request) => request,
-        Err(e) => return error(format!("cannot decode the chunk request: {e}")),
+        Err(message) => return error(message),
     };
-    if request.version != WIRE_VERSION {
-        return error(format!("unsupported request version {}; this node speaks {WIRE_VERSION}", request.version));
-    }
     let id = request.id;
     let read =
         store.size(id).and_then(|size| Ok((size, store.read_range(id, request.offset, request.len.min(CHUNK_BYTES))?)));
@@ -148,17 +169,33 @@ fn answer(store: &ArtifactStore, body: &[u8]) -> Bytes {
     }
 }
 
-fn encode_reply(header: &ChunkReply, bytes: &[u8]) -> Bytes {
+/// Encodes a reply: the header, then (after a `Chunk` header) the chunk's bytes.
+pub fn encode_reply(header: &ChunkReply, bytes: &[u8]) -> Bytes {
     // Encoding a small enum into a Vec cannot fail.
     let mut out = postcard::to_allocvec(header).unwrap_or_default();
     out.extend_from_slice(bytes);
     Bytes::from(out)
 }
 
-fn decode_reply(body: Bytes) -> Result<(ChunkReply, Bytes), String> {
+/// Decodes a reply as the fetcher reads it: a header, then the chunk (at most [`CHUNK_BYTES`])
+/// after a `Chunk` header and nothing after any other. The reply as a whole is bounded by the
+/// transport's message limit; an error message by [`MAX_ERROR_MESSAGE_BYTES`].
+pub fn decode_reply(body: Bytes) -> Result<(ChunkReply, Bytes), String> {
     let (header, rest) = postcard::take_from_bytes::<ChunkReply>(&body).map_err(|e| e.to_string())?;
     let start = body.len() - rest.len();
-    Ok((header, body.slice(start..)))
+    let tail = body.slice(start..);
+    match &header {
+        ChunkReply::Chunk { .. } if tail.len() as u64 > CHUNK_BYTES => {
+            Err(format!("chunk of {} bytes is over the limit of {CHUNK_BYTES} bytes", tail.len()))
+        }
+        ChunkReply::Chunk { .. } => Ok((header, tail)),
+        ChunkReply::Error { message } if message.len() > MAX_ERROR_MESSAGE_BYTES => Err(format!(
+            "error message of {} bytes is over the limit of {MAX_ERROR_MESSAGE_BYTES} bytes",
+            message.len()
+        )),
+        _ if !tail.is_empty() => Err(format!("{} unexpected bytes after the reply", tail.len())),
+        _ => Ok((header, tail)),
+    }
 }
 
 /// Fetches artifacts from peers into the local store, one transfer per artifact at a time.
@@ -230,7 +267,7 @@ impl Fetcher {
         loop {
             let offset = writer.written();
             let request = ChunkRequest { version: WIRE_VERSION, id, offset, len: CHUNK_BYTES };
-            let body = Bytes::from(postcard::to_allocvec(&request).unwrap_or_default());
+            let body = Bytes::from(request.encode());
             let reply =
                 self.transport.request(peer, Protocol::Artifact, body).await.map_err(PeerFetchError::Transport)?;
             let (header, bytes) = decode_reply(reply).map_err(PeerFetchError::Malformed)?;
@@ -354,6 +391,20 @@ mod tests {
         assert!(matches!(header, ChunkReply::Error { message } if message.contains("cannot decode")));
         let (header, _) = decode_reply(answer(&store, &[0; 1024])).unwrap();
         assert!(matches!(header, ChunkReply::Error { .. }));
+    }
+
+    #[test]
+    fn replies_over_their_limits_or_with_trailing_bytes_are_malformed() {
+        let chunk = vec![0u8; usize::try_from(CHUNK_BYTES).unwrap() + 1];
+        let e = decode_reply(encode_reply(&ChunkReply::Chunk { total_size: CHUNK_BYTES + 1 }, &chunk)).unwrap_err();
+        assert_eq!(e, format!("chunk of {} bytes is over the limit of {CHUNK_BYTES} bytes", CHUNK_BYTES + 1));
+        let message = "m".repeat(MAX_ERROR_MESSAGE_BYTES + 1);
+        let e = decode_reply(encode_reply(&ChunkReply::Error { message }, &[])).unwrap_err();
+        assert_eq!(e, format!("error message of 65537 bytes is over the limit of {MAX_ERROR_MESSAGE_BYTES} bytes"));
+        let e = decode_reply(encode_reply(&ChunkReply::NotFound, b"xy")).unwrap_err();
+        assert_eq!(e, "2 unexpected bytes after the reply");
+        let e = ChunkRequest::decode(&[0; MAX_REQUEST_BYTES + 1]).unwrap_err();
+        assert_eq!(e, "request of 129 bytes is not a chunk request (at most 128)");
     }
 
     #[test]

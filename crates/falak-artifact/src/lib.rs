@@ -15,7 +15,10 @@ pub mod fetch;
 pub mod store;
 
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, UnpackReport, pack, unpack, validate};
-pub use fetch::{CHUNK_BYTES, FetchError, Fetched, Fetcher, PeerFailure, PeerFetchError, serve};
+pub use fetch::{
+    CHUNK_BYTES, ChunkReply, ChunkRequest, FetchError, Fetched, Fetcher, PeerFailure, PeerFetchError, decode_reply,
+    encode_reply, serve,
+};
 pub use store::{
     ArtifactStore, BlobInfo, BlobWriter, GcReport, ListError, MAX_ARTIFACT_BYTES, OpenStoreError, PutError, ReadError,
     VerifyError,

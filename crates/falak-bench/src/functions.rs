@@ -286,8 +286,7 @@ fn seed_start(python: &Path, host: &Path, module: &Path) -> Result<Duration> {
             .with_context(|| format!("spawning {}", python.display()))?,
     );
     loop {
-        if let Ok(stream) = TcpStream::connect(addr) {
-            let mut conn = SyncConn::new(stream)?;
+        if let Ok(mut conn) = SyncConn::connect(addr, None) {
             let response = conn.round_trip(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
             let took = t0.elapsed();
             if response.status != 200 {
@@ -645,21 +644,43 @@ fn parse_response(buf: &[u8]) -> Result<Option<Response>> {
     Ok(Some(Response { len: head + body, status, start }))
 }
 
-/// A blocking keep-alive HTTP/1.1 connection that sends one request at a time.
+/// A client TLS configuration trusting only the mesh CA `ca_pem`: node gateways are HTTPS.
+pub(crate) fn tls_config(ca_pem: &str) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).context("the mesh CA")?)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
+/// A blocking keep-alive HTTP/1.1 connection (HTTPS when given a TLS configuration) that sends
+/// one request at a time.
 struct SyncConn {
-    stream: TcpStream,
+    stream: Box<dyn ReadWrite>,
     buf: Vec<u8>,
 }
 
 impl SyncConn {
-    fn new(stream: TcpStream) -> Result<SyncConn> {
+    fn connect(addr: SocketAddr, tls: Option<&std::sync::Arc<rustls::ClientConfig>>) -> Result<SyncConn> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let stream: Box<dyn ReadWrite> = match tls {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::from(addr.ip());
+                let connection = rustls::ClientConnection::new(config.clone(), name)?;
+                Box::new(rustls::StreamOwned::new(connection, stream))
+            }
+            None => Box::new(stream),
+        };
         Ok(SyncConn { stream, buf: Vec::with_capacity(4096) })
-    }
-
-    fn connect(addr: SocketAddr) -> Result<SyncConn> {
-        SyncConn::new(TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?)
     }
 
     fn round_trip(&mut self, request: &[u8]) -> Result<Response> {
@@ -680,7 +701,11 @@ impl SyncConn {
 }
 
 /// One request at a time on an async keep-alive connection.
-async fn round_trip(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, request: &[u8]) -> Result<Response> {
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    request: &[u8],
+) -> Result<Response> {
     stream.write_all(request).await?;
     loop {
         if let Some(response) = parse_response(buf)? {
@@ -734,7 +759,7 @@ fn pin_process(pid: i32, cpus: &[usize]) -> Result<()> {
 }
 
 fn api_addr(api: &str) -> Result<SocketAddr> {
-    api.trim_start_matches("http://").trim_end_matches('/').parse().with_context(|| format!("api address {api:?}"))
+    api.trim_start_matches("https://").trim_end_matches('/').parse().with_context(|| format!("api address {api:?}"))
 }
 
 /// Sequential requests alternating between the gateway and the direct server, on one
@@ -746,6 +771,8 @@ struct Alternated {
 }
 
 fn alternate(
+    auth: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
     gateway: SocketAddr,
     direct: SocketAddr,
     n: usize,
@@ -755,10 +782,10 @@ fn alternate(
     if let Some(cpu) = client_cpu {
         set_affinity(0, &[cpu]).context("pinning the client thread")?;
     }
-    let via_gateway = format!("GET /fn/{NOOP}/ HTTP/1.1\r\nHost: {gateway}\r\n\r\n").into_bytes();
+    let via_gateway = format!("GET /fn/{NOOP}/ HTTP/1.1\r\nHost: {gateway}\r\n{auth}\r\n").into_bytes();
     let to_direct = format!("GET / HTTP/1.1\r\nHost: {direct}\r\n\r\n").into_bytes();
-    let mut g = SyncConn::connect(gateway)?;
-    let mut d = SyncConn::connect(direct)?;
+    let mut g = SyncConn::connect(gateway, Some(tls))?;
+    let mut d = SyncConn::connect(direct, None)?;
     let mut out = Alternated { gateway: Samples::new(), direct: Samples::new(), not_warm: 0 };
     for i in 0..warmup + n {
         let t0 = Instant::now();
@@ -797,26 +824,48 @@ struct Throughput {
     not_warm: usize,
 }
 
-async fn throughput(addr: SocketAddr, request: Vec<u8>, conns: usize, duration: Duration) -> Result<Throughput> {
+/// Requests back to back on one connection until `deadline`: latencies, not-200s, not-warm.
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &[u8],
+    deadline: Instant,
+) -> Result<(Vec<f64>, usize, usize)> {
+    let mut buf = Vec::with_capacity(4096);
+    let (mut latencies, mut not_ok, mut not_warm) = (Vec::with_capacity(1 << 16), 0usize, 0usize);
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let response = round_trip(&mut stream, &mut buf, request).await?;
+        latencies.push(t0.elapsed().as_secs_f64());
+        not_ok += usize::from(response.status != 200);
+        not_warm += usize::from(response.start.as_deref().is_some_and(|s| !s.starts_with("warm")));
+    }
+    Ok((latencies, not_ok, not_warm))
+}
+
+async fn throughput(
+    addr: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    request: Vec<u8>,
+    conns: usize,
+    duration: Duration,
+) -> Result<Throughput> {
     let request: std::sync::Arc<[u8]> = request.into();
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let request = request.clone();
+        let (request, tls) = (request.clone(), tls.clone());
         tasks.push(tokio::spawn(async move {
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let mut buf = Vec::with_capacity(4096);
-            let (mut latencies, mut not_ok, mut not_warm) = (Vec::with_capacity(1 << 16), 0usize, 0usize);
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                let response = round_trip(&mut stream, &mut buf, &request).await?;
-                latencies.push(t0.elapsed().as_secs_f64());
-                not_ok += usize::from(response.status != 200);
-                not_warm += usize::from(response.start.as_deref().is_some_and(|s| !s.starts_with("warm")));
+            match tls {
+                Some(config) => {
+                    let name = rustls::pki_types::ServerName::from(addr.ip());
+                    let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await?;
+                    drive(tls, &request, deadline).await
+                }
+                None => drive(stream, &request, deadline).await,
             }
-            anyhow::Ok((latencies, not_ok, not_warm))
         }));
     }
     let mut out = Throughput { requests: 0, elapsed: 0.0, latency: Samples::new(), not_ok: 0, not_warm: 0 };
@@ -835,6 +884,10 @@ async fn throughput(addr: SocketAddr, request: Vec<u8>, conns: usize, duration: 
 
 async fn gateway(ctx: &Ctx, mesh: &Mesh) -> Result<Vec<Row>> {
     let node = &mesh.nodes[0];
+    // Every gateway request carries the admin token (unlimited rate), as a real client's would.
+    let auth = format!("Authorization: Bearer {}\r\n", mesh.token);
+    // The gateway is HTTPS: the TLS cost is part of what it adds over the plain direct server.
+    let tls = tls_config(&mesh.ca)?;
     let client = &node.client;
     let exe = std::env::current_exe().context("this binary's path")?;
     let exe = exe.to_str().context("this binary's path is not UTF-8")?;
@@ -850,8 +903,11 @@ async fn gateway(ctx: &Ctx, mesh: &Mesh) -> Result<Vec<Row>> {
     .await?;
     let gateway_addr = api_addr(&node.api)?;
     // First request starts the instance.
+    let (first_auth, first_tls) = (auth.clone(), tls.clone());
     let first = tokio::task::spawn_blocking(move || -> Result<Response> {
-        SyncConn::connect(gateway_addr)?.round_trip(format!("GET /fn/{NOOP}/ HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        let auth = first_auth;
+        SyncConn::connect(gateway_addr, Some(&first_tls))?
+            .round_trip(format!("GET /fn/{NOOP}/ HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes())
     })
     .await??;
     println!(
@@ -914,9 +970,10 @@ async fn gateway(ctx: &Ctx, mesh: &Mesh) -> Result<Vec<Row>> {
                 }
             }
             let client_cpu = pins.map(|(c, _)| c);
+            let (auth, tls) = (auth.clone(), tls.clone());
             let measured = tokio::task::spawn_blocking(move || {
                 // A thread of its own, so that no pooled blocking thread keeps the pinning.
-                std::thread::spawn(move || alternate(gateway_addr, direct_addr, n, warmup, client_cpu))
+                std::thread::spawn(move || alternate(&auth, &tls, gateway_addr, direct_addr, n, warmup, client_cpu))
                     .join()
                     .map_err(|_| anyhow!("the client thread panicked"))?
             })
@@ -990,12 +1047,13 @@ async fn gateway(ctx: &Ctx, mesh: &Mesh) -> Result<Vec<Row>> {
         "  requests/s: {CONNECTIONS} keep-alive connections sending GETs back to back for {}, unpinned; the client (this harness, 2 tokio workers) shares the machine",
         fmt_secs(duration.as_secs_f64())
     );
-    let via_gateway = format!("GET /fn/{NOOP}/ HTTP/1.1\r\nHost: {gateway_addr}\r\n\r\n").into_bytes();
+    let via_gateway = format!("GET /fn/{NOOP}/ HTTP/1.1\r\nHost: {gateway_addr}\r\n{auth}\r\n").into_bytes();
     let to_direct = format!("GET / HTTP/1.1\r\nHost: {direct_addr}\r\n\r\n").into_bytes();
     let rps = async {
-        throughput(gateway_addr, via_gateway.clone(), CONNECTIONS, Duration::from_millis(500)).await?; // warm-up
-        let g = throughput(gateway_addr, via_gateway, CONNECTIONS, duration).await?;
-        let d = throughput(direct_addr, to_direct, CONNECTIONS, duration).await?;
+        let warm_up = Duration::from_millis(500);
+        throughput(gateway_addr, Some(tls.clone()), via_gateway.clone(), CONNECTIONS, warm_up).await?;
+        let g = throughput(gateway_addr, Some(tls.clone()), via_gateway, CONNECTIONS, duration).await?;
+        let d = throughput(direct_addr, None, to_direct, CONNECTIONS, duration).await?;
         anyhow::Ok((g, d))
     }
     .await;

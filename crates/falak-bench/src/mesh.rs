@@ -70,6 +70,26 @@ pub struct Mesh {
     pub dir: PathBuf,
     pub nodes: Vec<Node>,
     binary: PathBuf,
+    /// The admin token every node client sends.
+    pub token: String,
+    /// The mesh CA certificate (PEM) the clients trust.
+    pub ca: String,
+}
+
+impl Mesh {
+    /// A plain HTTP client that sends the admin token with every request.
+    pub fn http(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {}", self.token).parse().expect("a token is a valid header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        let ca = reqwest::Certificate::from_pem(self.ca.as_bytes()).expect("the mesh CA is a PEM certificate");
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .expect("an HTTP client")
+    }
 }
 
 impl Mesh {
@@ -85,25 +105,31 @@ impl Mesh {
             failure_detection: options.failure_detection,
             ..NodeConfigDocument::default()
         };
-        let docs = provision_loopback("bench", dir, options.nodes, &template, falak_node::clock::system_now())
+        let provisioned = provision_loopback("bench", dir, options.nodes, &template, falak_node::clock::system_now())
             .context("provisioning the mesh")?;
+        let token = provisioned.admin_token.encode();
+        let ca = provisioned.ca_cert_pem.clone();
+        let deployer = std::sync::Arc::new(provisioned.deployer);
         let mut nodes = Vec::new();
-        for doc in docs {
+        for doc in provisioned.nodes {
             let dir = doc.data_dir.clone().context("data dir")?;
             let config = dir.join("node.yaml");
             std::fs::write(&config, yaml_serde::to_string(&doc)?).with_context(|| format!("writing {config:?}"))?;
-            let api = format!("http://{}", doc.api_addr.context("api addr")?);
+            let api = format!("https://{}", doc.api_addr.context("api addr")?);
             nodes.push(Node {
                 name: doc.name.clone().context("name")?,
                 id: load_or_create_key(&dir)?.id(),
                 dir,
                 config,
-                client: Client::new(&api)?,
+                client: Client::new(&api)?
+                    .with_ca(&ca)?
+                    .with_token(Some(token.clone()))
+                    .with_deployer(Some(deployer.clone())),
                 api,
                 child: None,
             });
         }
-        let mut mesh = Mesh { dir: dir.to_owned(), nodes, binary: binary.to_owned() };
+        let mut mesh = Mesh { dir: dir.to_owned(), nodes, binary: binary.to_owned(), token, ca };
         for i in 0..options.nodes {
             mesh.spawn(i)?;
         }

@@ -23,6 +23,18 @@ pub enum Kind {
     Function,
 }
 
+/// Which network a workload sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Its own network namespace with only loopback: no way out, and the node's API, transport
+    /// and gossip ports are out of reach. The default, as in Bacalhau.
+    #[default]
+    None,
+    /// The node's network, for workloads that must reach or serve other hosts.
+    Host,
+}
+
 /// A capsule as a user writes it (YAML or JSON). Unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +57,9 @@ pub struct CapsuleDocument {
     pub timeout: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// `none` (default: loopback only) or `host`.
+    #[serde(default)]
+    pub network: Option<NetworkMode>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +100,8 @@ pub struct CapsuleSpec {
     pub placement: PlacementPolicy,
     pub timeout_ms: Option<u64>,
     pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: NetworkMode,
 }
 
 /// Where and how hard to try placing a capsule's tasks.
@@ -165,6 +182,7 @@ impl CapsuleDocument {
             placement,
             timeout_ms,
             tags: self.tags,
+            network: self.network.unwrap_or_default(),
         })
     }
 }
@@ -235,6 +253,16 @@ pub struct CapsuleVersion {
     pub version: u32,
     pub spec: CapsuleSpec,
     pub created_at: crate::Millis,
+    /// The deployer's signature of `spec.unversioned()`.
+    #[serde(default)]
+    pub signature: Option<crate::signing::SpecSignature>,
+}
+
+impl CapsuleSpec {
+    /// The spec as it is signed: without its version, which the ledger may assign.
+    pub fn unversioned(&self) -> CapsuleSpec {
+        CapsuleSpec { version: None, ..self.clone() }
+    }
 }
 
 #[cfg(test)]

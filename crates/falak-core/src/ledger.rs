@@ -5,17 +5,20 @@
 //! `now`), no randomness and does no IO. Collections are ordered (`BTreeMap`) so that iteration
 //! and serialization are identical on every replica.
 
+mod access;
 mod apply;
 mod functions;
 mod state;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{TokenId, TokenRecord};
 use crate::capsule::CapsuleSpec;
 use crate::function::{FunctionSpec, InvocationId, InvocationState, StoredRequest, StoredResponse};
 use crate::job::{JobId, JobRequest, JobState, ServiceRequest, TaskId, TaskReport, TaskState};
 use crate::node::NodeRecord;
 use crate::placement::Decision;
+use crate::signing::{DeployerId, DeployerRecord, SpecSignature};
 use crate::{Millis, NodeId};
 
 pub use state::{PlantedBug, State, StateData};
@@ -45,6 +48,9 @@ pub enum Command {
     },
     ApplyCapsule {
         spec: CapsuleSpec,
+        /// A deployer's signature of `spec.unversioned()`; required.
+        #[serde(default)]
+        signature: Option<SpecSignature>,
         now: Millis,
     },
     SubmitJob {
@@ -103,6 +109,9 @@ pub enum Command {
     /// Deploy a function; `spec.version` 0 means the next version.
     DeployFunction {
         spec: FunctionSpec,
+        /// A deployer's signature of `spec.unversioned()`; required.
+        #[serde(default)]
+        signature: Option<SpecSignature>,
         now: Millis,
     },
     RemoveFunction {
@@ -144,6 +153,40 @@ pub enum Command {
         error: Option<String>,
         now: Millis,
     },
+    /// Record a new API token (its hash only). Creating an id that exists changes nothing.
+    CreateToken {
+        record: TokenRecord,
+        now: Millis,
+    },
+    /// Revoke an API token for good.
+    RevokeToken {
+        id: TokenId,
+        now: Millis,
+    },
+    /// Trust a deployer key to sign capsules and functions. Adding a known key changes nothing.
+    TrustDeployer {
+        record: DeployerRecord,
+        now: Millis,
+    },
+    /// Stop trusting a deployer key, for good: specs it signed are no longer run.
+    RevokeDeployer {
+        id: DeployerId,
+        now: Millis,
+    },
+}
+
+impl Command {
+    /// `ApplyCapsule` with `spec` signed by `key`.
+    pub fn signed_capsule(spec: CapsuleSpec, key: &crate::signing::DeployerKey, now: Millis) -> Command {
+        let signature = Some(key.sign(crate::signing::SpecKind::Capsule, &spec.unversioned()));
+        Command::ApplyCapsule { spec, signature, now }
+    }
+
+    /// `DeployFunction` with `spec` signed by `key`.
+    pub fn signed_function(spec: FunctionSpec, key: &crate::signing::DeployerKey, now: Millis) -> Command {
+        let signature = Some(key.sign(crate::signing::SpecKind::Function, &spec.unversioned()));
+        Command::DeployFunction { spec, signature, now }
+    }
 }
 
 /// Why a command changed nothing.
@@ -157,6 +200,9 @@ pub enum RejectCode {
     Stale,
     /// The node cannot take the task (capacity, labels, offline).
     NoFit,
+    /// The command's credentials are not good enough: an unsigned spec, an untrusted or revoked
+    /// deployer key, a signature that does not match.
+    Forbidden,
 }
 
 /// A command refused by the state machine; state is unchanged.
@@ -187,6 +233,10 @@ pub enum Outcome {
     InstancesReleased { released: u32 },
     InvocationSubmitted { id: InvocationId },
     InvocationFinished { id: InvocationId, state: InvocationState },
+    TokenCreated { id: TokenId, unchanged: bool },
+    TokenRevoked { id: TokenId },
+    DeployerTrusted { id: DeployerId, unchanged: bool },
+    DeployerRevoked { id: DeployerId },
     Batch(Vec<Outcome>),
     Rejected(Rejection),
 }
@@ -222,6 +272,10 @@ pub enum LedgerEvent {
     InstanceClaimed { function: String, version: u32, node: NodeId, instance: u64 },
     InstanceReleased { function: String, node: NodeId, instance: u64 },
     InvocationFinished { id: InvocationId, function: String, state: InvocationState },
+    TokenCreated { id: TokenId, name: String, role: crate::access::Role },
+    TokenRevoked { id: TokenId, name: String },
+    DeployerTrusted { id: DeployerId, name: String },
+    DeployerRevoked { id: DeployerId, name: String },
 }
 
 /// The result of applying one command.

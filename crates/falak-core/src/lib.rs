@@ -4,6 +4,7 @@
 //! randomness. Time enters only as `now` values (milliseconds since the Unix epoch) carried by
 //! the caller or by committed ledger commands.
 
+pub mod access;
 pub mod capsule;
 pub mod election;
 pub mod function;
@@ -14,6 +15,7 @@ pub mod ledger;
 pub mod node;
 pub mod placement;
 pub mod resources;
+pub mod signing;
 pub mod spec;
 
 pub use id::{ArtifactId, NodeId};

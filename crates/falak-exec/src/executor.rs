@@ -114,6 +114,11 @@ pub enum StartError {
     Files { task_id: String, path: PathBuf, source: io::Error },
     #[error("cannot set up the sandbox of task {task_id}: {source}")]
     Sandbox { task_id: String, source: SandboxError },
+    /// The task asked for no network, and this node cannot give it a network namespace.
+    #[error(
+        "cannot start task {task_id} without network: this node cannot create network namespaces (it needs root or CAP_SYS_ADMIN); run the node as root, or give the task the host's network"
+    )]
+    Network { task_id: String },
     #[error("cannot start task {task_id}: command {program:?}: {source}")]
     Spawn { task_id: String, program: String, source: io::Error },
     /// A backend-specific failure (a scripted failure in the fake, later runc's error).

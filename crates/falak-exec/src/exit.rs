@@ -29,6 +29,9 @@ pub enum ExitReason {
     TimedOut(Duration),
     /// [`Running::stop`](crate::Running::stop) ended it.
     Stopped,
+    /// The kernel killed the task (some of its processes, the main one among them) because
+    /// its cgroup went over its memory limit, in bytes.
+    MemoryLimit { limit_bytes: u64 },
     /// The task never ran. The process executor reports start failures as a
     /// [`StartError`](crate::StartError) instead; backends that learn of a failure only after
     /// `start` returned (a container whose init fails) report it here.
@@ -67,6 +70,9 @@ impl Exit {
             ExitReason::Exited => self.signal.map(|s| format!("killed by signal {}", signal_name(s))),
             ExitReason::TimedOut(after) => Some(format!("timed out after {} and was killed", humantime_secs(*after))),
             ExitReason::Stopped => Some("stopped by the node".to_owned()),
+            ExitReason::MemoryLimit { limit_bytes } => {
+                Some(format!("killed by its memory limit ({limit_bytes} bytes)"))
+            }
             ExitReason::FailedToStart(message) => Some(format!("failed to start: {message}")),
             ExitReason::Lost(message) => Some(format!("lost: {message}")),
         }
@@ -89,7 +95,8 @@ impl Exit {
 pub struct Stats {
     /// Since the task started (up to its exit, once it has exited).
     pub elapsed: Duration,
-    /// Resident memory summed over the task's live processes, when the executor can see them.
+    /// Memory in use: charged to the task's cgroup when it has one (page cache included),
+    /// else resident memory summed over its process group; `None` when the executor cannot see.
     pub rss_bytes: Option<u64>,
     /// How many live processes the task has (0 once it has exited).
     pub processes: Option<u32>,
@@ -145,6 +152,10 @@ mod tests {
             "timed out after 250ms and was killed"
         );
         assert_eq!(Exit::failed_to_start("no such file").error().unwrap(), "failed to start: no such file");
+        assert_eq!(
+            exit(ExitReason::MemoryLimit { limit_bytes: 64 << 20 }, None, Some(9)).error().unwrap(),
+            "killed by its memory limit (67108864 bytes)"
+        );
     }
 
     #[test]

@@ -6,15 +6,17 @@
 //! [`Exit`], [`Running::stop`] it, or read its [`Running::stats`]; [`Executor::read_log`]
 //! reads the attempt's `stdout.log` / `stderr.log` while it runs and after.
 //!
-//! - [`ProcessExecutor`] runs an attempt as a sandboxed host process group (its own user,
-//!   no_new_privs, rlimits, a private working directory, only stdio descriptors).
+//! - [`ProcessExecutor`] runs an attempt as a sandboxed host process group: its own user,
+//!   no_new_privs, rlimits, a seccomp filter, Landlock, its own network namespace and cgroup,
+//!   a private working directory, only stdio descriptors (`falak_sandbox` does the
+//!   confining; [`ProcessConfig::sandboxed`] detects what the host allows).
 //! - [`fake::RecordingExecutor`] runs nothing: it records calls and ends attempts as scripted,
 //!   on `tokio::time`, for the node's and the simulation's tests.
 //! - Container (runc) and function-host executors implement the same trait later; the
-//!   [`Sandbox`] seam is where cgroups plug into the process executor.
+//!   [`Sandbox`] seam is where per-attempt isolation (cgroups) plugs into the process executor.
 //!
 //! **Boundary:** this crate knows nothing of Raft, gossip or the ledger; it depends only on
-//! `falak-core`'s vocabulary. Linux only: it relies on `/proc`, `prctl` and Linux rlimits.
+//! `falak-core`'s vocabulary and `falak-sandbox`. Linux only: it relies on `/proc`, `prctl` and Linux rlimits.
 //! See `docs/design/executor.md`.
 
 mod clock;
@@ -28,7 +30,8 @@ mod task;
 
 pub use executor::{Executor, PrepareError, Running, StartError};
 pub use exit::{Exit, ExitReason, Stats, signal_name};
+pub use falak_sandbox::{CgroupVersion, Controller, LookupUserError, NOBODY, Network, RunAs, SandboxReport};
 pub use log::{LogChunk, MAX_LOG_READ_BYTES, ReadLogError, Stream, read_log};
-pub use process::{DEFAULT_PATH, ProcessConfig, ProcessExecutor};
-pub use sandbox::{NoSandbox, Sandbox, SandboxError, SandboxSetup};
-pub use task::{InvalidSpecError, Limits, LookupUserError, MAX_OUTPUT_TAIL_BYTES, NOBODY, RunAs, TaskSpec};
+pub use process::{DEFAULT_PATH, ProcessConfig, ProcessExecutor, TMP_DIR};
+pub use sandbox::{CgroupSandbox, NoSandbox, Sandbox, SandboxError, SandboxGroup, SandboxSetup};
+pub use task::{DEFAULT_MAX_PIDS, InvalidSpecError, Limits, MAX_OUTPUT_TAIL_BYTES, TaskSpec};

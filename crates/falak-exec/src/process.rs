@@ -1,58 +1,102 @@
 //! `ProcessExecutor`: a task attempt as a host process group, sandboxed by default.
 //!
-//! Each attempt runs in its own session and process group, in a private working directory,
-//! as an unprivileged user when the node is root, with no_new_privs, rlimits, a cleared
-//! environment and only stdin, stdout and stderr open. Output goes to files in the working
-//! directory. Timeout, stop, and the end of the main process kill the whole group, so a task
-//! leaves nothing running behind it. `docs/design/executor.md` lists the defaults and what is
-//! left for later.
+//! Each attempt runs in its own session and process group and (with [`CgroupSandbox`]) its
+//! own cgroup, in a private working directory, as an unprivileged user when the node is root,
+//! with no_new_privs, rlimits, the workload seccomp filter, Landlock where the kernel has it,
+//! its own network namespace unless the spec asks for the host's, a cleared environment and
+//! only stdin, stdout and stderr open. The child's side is a `falak_sandbox::Confinement`.
+//! Output goes to files in the working directory. Timeout, stop, and the end of the main
+//! process kill the whole group and cgroup, so a task leaves nothing running behind it.
+//! `docs/design/executor.md` lists the defaults and what happens where the host lacks one.
 
-mod child;
 mod monitor;
 mod procfs;
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use falak_sandbox::{Confinement, HostSandbox, LandlockRuleset, Network, Rlimit, RunAs, SandboxReport, SeccompFilter};
 use futures_util::future::BoxFuture;
 
 use crate::executor::{Executor, PrepareError, Running, StartError};
 use crate::log::{LogChunk, ReadLogError, Stream, read_log};
-use crate::sandbox::{NoSandbox, Sandbox};
-use crate::task::{RunAs, TaskSpec};
-use child::ChildSetup;
+use crate::sandbox::{CgroupSandbox, NoSandbox, Sandbox, SandboxError};
+use crate::task::{Limits, TaskSpec};
 
 /// `PATH` for tasks that do not set their own: the usual system directories, no working
 /// directory and nothing user-writable.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The name of the directory, inside each attempt's working directory, that is its `TMPDIR`:
+/// with Landlock the task may write nowhere else, `/tmp` included.
+pub const TMP_DIR: &str = "tmp";
+
 /// The process executor's node-wide settings.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
-    /// The user for specs without `run_as`. [`ProcessConfig::default`] sets nobody when the
-    /// node runs as root and `None` (the node's own user) otherwise.
+    /// The user for specs without `run_as`: nobody when the node runs as root and `None`
+    /// (the node's own user) otherwise.
     pub default_run_as: Option<RunAs>,
     /// `PATH` in the task's environment unless its spec sets one.
     pub path: String,
     /// After a timeout, how long the task has between SIGTERM and SIGKILL.
     pub timeout_grace: Duration,
+    /// Per-attempt isolation: [`CgroupSandbox`] where the host allows, else [`NoSandbox`].
     pub sandbox: Arc<dyn Sandbox>,
+    /// The system-call filter installed last before `exec`; `None` runs tasks unfiltered.
+    pub seccomp: Option<Arc<SeccompFilter>>,
+    /// Restrict writes to the working directory with Landlock (where the kernel has it).
+    pub landlock: bool,
+    /// Whether this node can give a task a network namespace; when it cannot, a task with
+    /// [`Network::None`] fails to start instead of running on the host's network.
+    pub network_namespaces: bool,
 }
 
-impl Default for ProcessConfig {
-    fn default() -> Self {
+impl ProcessConfig {
+    /// The node's configuration: every confinement this host allows, with one cgroup per
+    /// attempt under `falak/<cgroup_scope>` (a name unique to the node on this host, such as
+    /// its id). Returns what is enforced, for the node to log and expose; each missing piece
+    /// was logged as a warning. Blocking (it probes the host and makes the node's cgroup).
+    pub fn sandboxed(cgroup_scope: &str) -> (ProcessConfig, SandboxReport) {
+        let host = HostSandbox::detect(Some(cgroup_scope));
+        (ProcessConfig::from_host(&host), host.report)
+    }
+
+    /// Everything but cgroups: tasks get no memory, cpu or pids limit and a process that
+    /// leaves the task's process group escapes stop. For tests and hosts that refuse cgroups;
+    /// a node uses [`ProcessConfig::sandboxed`]. Blocking (it probes the host).
+    pub fn without_cgroups() -> ProcessConfig {
+        ProcessConfig::from_host(&HostSandbox::detect(None))
+    }
+
+    /// The configuration for what `host` allows.
+    pub fn from_host(host: &HostSandbox) -> ProcessConfig {
+        let sandbox: Arc<dyn Sandbox> = match &host.cgroups {
+            Some(cgroups) => Arc::new(CgroupSandbox::new(cgroups.clone())),
+            None => Arc::new(NoSandbox),
+        };
         ProcessConfig {
             default_run_as: RunAs::default_for_node(),
             path: DEFAULT_PATH.to_owned(),
             timeout_grace: Duration::from_secs(5),
-            sandbox: Arc::new(NoSandbox),
+            sandbox,
+            seccomp: host.seccomp.clone(),
+            landlock: host.landlock_abi.is_some(),
+            network_namespaces: host.network_namespaces,
         }
+    }
+}
+
+/// [`ProcessConfig::without_cgroups`]: kept so callers that predate cgroups still build;
+/// a node should use [`ProcessConfig::sandboxed`].
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig::without_cgroups()
     }
 }
 
@@ -112,16 +156,45 @@ impl ProcessExecutor {
             files.stderr.try_clone().map_err(files_error)?,
         );
 
+        if spec.network == Network::None && !self.config.network_namespaces {
+            return Err(StartError::Network { task_id: spec.task_id.clone() });
+        }
+        let landlock = if self.config.landlock {
+            let workdir = spec.workdir.clone();
+            let ruleset = tokio::task::spawn_blocking(move || LandlockRuleset::for_workdir(&workdir)).await;
+            let ruleset = ruleset
+                .unwrap_or_else(|e| Err(falak_sandbox::LandlockError { path: String::new(), message: e.to_string() }));
+            ruleset.map_err(|e| StartError::Sandbox {
+                task_id: spec.task_id.clone(),
+                source: SandboxError {
+                    what: "prepare Landlock for",
+                    path: spec.workdir.clone(),
+                    source: io::Error::other(e.message),
+                },
+            })?
+        } else {
+            None
+        };
+
         // From here on a failure must tear the sandbox down again.
         let sandbox = self.config.sandbox.clone();
-        let setup = sandbox.setup(&spec).map_err(|source| {
-            sandbox.teardown(&spec);
-            StartError::Sandbox { task_id: spec.task_id.clone(), source }
-        })?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let node_is_root = unsafe { libc::geteuid() } == 0;
-        let child_setup =
-            ChildSetup::new(&spec.limits, switch_to, setup.join.as_ref().map(AsRawFd::as_raw_fd), node_is_root);
+        let setup = {
+            let (sandbox, spec) = (sandbox.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || sandbox.setup(&spec)).await
+        };
+        let setup = setup
+            .unwrap_or_else(|e| {
+                Err(SandboxError { what: "set up", path: spec.workdir.clone(), source: io::Error::other(e) })
+            })
+            .map_err(|source| StartError::Sandbox { task_id: spec.task_id.clone(), source })?;
+        let group = setup.group;
+        let confinement = Confinement::new()
+            .rlimits(&rlimits(&spec.limits))
+            .join_cgroups(setup.join)
+            .network(spec.network)
+            .run_as(switch_to)
+            .landlock(landlock)
+            .seccomp(self.config.seccomp.clone());
 
         let path = spec.env.get("PATH").cloned().unwrap_or_else(|| self.config.path.clone());
         let mut command = tokio::process::Command::new(spec.program());
@@ -130,6 +203,7 @@ impl ProcessExecutor {
             .env_clear()
             .env("PATH", &path)
             .env("HOME", &spec.workdir)
+            .env("TMPDIR", spec.workdir.join(TMP_DIR))
             .env("FALAK_TASK_ID", &spec.task_id)
             .env("FALAK_ATTEMPT", spec.attempt.to_string())
             .envs(&spec.env)
@@ -139,21 +213,21 @@ impl ProcessExecutor {
             .stderr(stderr)
             .kill_on_drop(false);
         // SAFETY: `apply` makes only async-signal-safe system calls and allocates nothing
-        // (see `child.rs`), which is what may run between fork and exec.
-        unsafe { command.pre_exec(move || child_setup.apply()) };
+        // (see `falak_sandbox::confinement`), which is what may run between fork and exec.
+        unsafe { command.pre_exec(move || confinement.apply()) };
 
         // Nothing below awaits, so a caller that drops the `start` future either gets no
         // process or a monitored one: never an orphan.
         let started = crate::clock::monotonic_now();
         let spawned = command.spawn();
-        // The child holds its own copies now; close the node's copies of its stdio and the
-        // sandbox's join file.
+        // The child holds its own copies now; close the node's copies of its stdio, the
+        // cgroup join files and the Landlock ruleset (all owned by the hook).
         drop(command);
-        drop(setup);
         let child = match spawned {
             Ok(child) => child,
             Err(source) => {
-                sandbox.teardown(&spec);
+                let teardown = group.clone();
+                let _ = tokio::task::spawn_blocking(move || teardown.teardown()).await;
                 return Err(spawn_error(&spec, &path, switch_to, source));
             }
         };
@@ -163,7 +237,7 @@ impl ProcessExecutor {
             started,
             logs: [files.stdout, files.stderr],
             timeout_grace: self.config.timeout_grace,
-            sandbox,
+            group,
         });
         Ok(running)
     }
@@ -217,7 +291,32 @@ fn make_workdir(path: &Path, owner: Option<RunAs>) -> io::Result<()> {
     if let Some(user) = owner {
         std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))?;
     }
+    // The task's TMPDIR. In a reused directory the task may have put anything at this name;
+    // leave it as it is rather than follow it.
+    let tmp = path.join(TMP_DIR);
+    match fs::DirBuilder::new().mode(0o700).create(&tmp) {
+        Ok(()) => {
+            if let Some(user) = owner {
+                std::os::unix::fs::lchown(&tmp, Some(user.uid), Some(user.gid))?;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
     Ok(())
+}
+
+/// The rlimits for `limits`: core dumps always off (they could fill the disk and would hold
+/// the task's memory in a file), the rest as the spec says.
+fn rlimits(limits: &Limits) -> Vec<(Rlimit, u64)> {
+    let wanted = [
+        (Rlimit::Core, Some(0)),
+        (Rlimit::OpenFiles, limits.max_open_files),
+        (Rlimit::Processes, limits.max_processes),
+        (Rlimit::FileSize, limits.max_file_bytes),
+        (Rlimit::AddressSpace, limits.address_space_bytes),
+    ];
+    wanted.into_iter().filter_map(|(limit, value)| Some((limit, value?))).collect()
 }
 
 /// The node's handles on the attempt's stdin and log files.
@@ -279,5 +378,18 @@ fn spawn_error(spec: &TaskSpec, path: &str, switch_to: Option<RunAs>, source: io
             StartError::PermissionDenied { task_id, program, uid }
         }
         _ => StartError::Spawn { task_id, program, source },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_dumps_are_always_off_and_unset_limits_are_left_alone() {
+        let limits = Limits { max_open_files: None, ..Limits::default() };
+        assert_eq!(rlimits(&limits), vec![(Rlimit::Core, 0)]);
+        let limits = Limits { max_file_bytes: Some(10), ..Limits::default() };
+        assert_eq!(rlimits(&limits), vec![(Rlimit::Core, 0), (Rlimit::OpenFiles, 1024), (Rlimit::FileSize, 10)]);
     }
 }

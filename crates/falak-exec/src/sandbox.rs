@@ -1,56 +1,176 @@
 //! The seam where resource isolation beyond rlimits plugs into the process executor.
 //!
-//! Today only [`NoSandbox`] exists. A cgroup v2 implementation (a later issue) creates one
-//! cgroup per attempt with `cpu.max` and `memory.max` from [`Limits`](crate::Limits), hands
-//! back its `cgroup.procs` so the child joins it before `exec` (no window in which an early
-//! `fork` escapes), and on teardown kills whatever is left with `cgroup.kill` and removes it.
+//! [`CgroupSandbox`] gives each attempt its own cgroup (`falak_sandbox::cgroup`): memory, cpu
+//! and pids limits from [`Limits`](crate::Limits), the child joins it before `exec` (no window
+//! in which an early `fork` escapes), stop and cleanup kill everything in it — also processes
+//! that left the process group — and the exit says when the kernel killed the task for its
+//! memory limit. [`NoSandbox`] is for hosts without usable cgroups and for tests.
 
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use falak_sandbox::{CgroupLimits, Cgroups, WorkloadCgroup};
 
 use crate::task::TaskSpec;
 
-/// Isolation around one task attempt, set up before its process starts and torn down after
-/// its process group is gone.
+/// Isolation around one task attempt, set up before its process starts.
 pub trait Sandbox: Send + Sync + fmt::Debug {
-    /// Prepare isolation for `spec`. Called in the node before the task's process exists; an
-    /// error fails the start and the executor calls [`Sandbox::teardown`].
+    /// Prepare isolation for `spec`. Called in the node before the task's process exists; on
+    /// an error nothing is left behind and the task is not started. Blocking.
     fn setup(&self, spec: &TaskSpec) -> Result<SandboxSetup, SandboxError>;
-
-    /// Release what `setup` made: kill what is left in it, remove it. Called once the task's
-    /// main process has been reaped and its process group killed. Must tolerate a `setup` that
-    /// failed half way.
-    fn teardown(&self, spec: &TaskSpec);
 }
 
-/// What the child process must do, before `exec`, to enter the sandbox.
-#[derive(Debug, Default)]
+/// What the child process must do, before `exec`, to enter the sandbox, and the handle on it.
+#[derive(Debug)]
 pub struct SandboxSetup {
-    /// A file, open for writing, to which the child writes `0` before `exec` — a cgroup's
-    /// `cgroup.procs`, so the task starts inside it. Closed in the node after the start.
-    pub join: Option<OwnedFd>,
+    /// Files, open for writing, to which the child writes `0` before `exec` — every
+    /// `cgroup.procs` of the attempt's cgroup, so the task starts inside it. Closed in the node
+    /// after the start.
+    pub join: Vec<OwnedFd>,
+    pub group: Arc<dyn SandboxGroup>,
+}
+
+/// Every process of one attempt, as the sandbox sees them. Methods block (they read and write
+/// control files); the monitor calls them off the async threads.
+pub trait SandboxGroup: Send + Sync + fmt::Debug {
+    /// SIGKILL every process of the attempt, including those that left its process group.
+    fn kill(&self);
+
+    /// The memory limit, when the kernel killed a process of the attempt for going over it.
+    fn memory_kill(&self) -> Option<u64>;
+
+    /// `(live processes, memory in use)`, when the sandbox counts them.
+    fn usage(&self) -> Option<(u32, Option<u64>)>;
+
+    /// Kill what is left and remove the group. Called after the main process was reaped (or
+    /// when its start failed); later calls do nothing.
+    fn teardown(&self);
 }
 
 /// Why a sandbox could not be set up; the task was not started.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} at {path}: {source}")]
+#[error("{what} {path}: {source}")]
 pub struct SandboxError {
     pub what: &'static str,
     pub path: PathBuf,
     pub source: io::Error,
 }
 
-/// No isolation beyond what the process executor always applies (its own user, process group,
-/// rlimits, no_new_privs, a private working directory, only stdio file descriptors).
+/// No isolation beyond what the process executor applies to every task (see
+/// `docs/design/executor.md`): no cgroup, so no memory, cpu or pids limit, and a process that
+/// leaves the task's process group escapes stop and cleanup.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoSandbox;
 
 impl Sandbox for NoSandbox {
     fn setup(&self, _spec: &TaskSpec) -> Result<SandboxSetup, SandboxError> {
-        Ok(SandboxSetup::default())
+        Ok(SandboxSetup { join: Vec::new(), group: Arc::new(NoGroup) })
+    }
+}
+
+#[derive(Debug)]
+struct NoGroup;
+
+impl SandboxGroup for NoGroup {
+    fn kill(&self) {}
+    fn memory_kill(&self) -> Option<u64> {
+        None
+    }
+    fn usage(&self) -> Option<(u32, Option<u64>)> {
+        None
+    }
+    fn teardown(&self) {}
+}
+
+/// One cgroup per attempt under the node's scope.
+#[derive(Debug, Clone)]
+pub struct CgroupSandbox {
+    cgroups: Cgroups,
+}
+
+impl CgroupSandbox {
+    pub fn new(cgroups: Cgroups) -> CgroupSandbox {
+        CgroupSandbox { cgroups }
     }
 
-    fn teardown(&self, _spec: &TaskSpec) {}
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    /// The name of `spec`'s cgroup under the node's scope: task, attempt and a hash of the
+    /// working directory, so two executors sharing a scope (tests) never collide.
+    pub fn cgroup_name(spec: &TaskSpec) -> String {
+        // FNV-1a: stable across runs and builds, which `DefaultHasher` does not promise.
+        let hash = spec
+            .workdir
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        falak_sandbox::cgroup::sanitize_name(&format!("{}-{}-{:08x}", spec.task_id, spec.attempt, hash as u32))
+    }
+}
+
+impl Sandbox for CgroupSandbox {
+    fn setup(&self, spec: &TaskSpec) -> Result<SandboxSetup, SandboxError> {
+        let limits = CgroupLimits {
+            memory_bytes: spec.limits.memory_bytes,
+            cpu_millis: spec.limits.cpu_millis,
+            max_pids: spec.limits.max_pids,
+        };
+        let error = |e: falak_sandbox::CgroupError| SandboxError { what: e.what, path: e.path, source: e.source };
+        let cgroup = self.cgroups.create(&Self::cgroup_name(spec), &limits).map_err(error)?;
+        let join = match cgroup.join_files() {
+            Ok(join) => join,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(error(e));
+            }
+        };
+        Ok(SandboxSetup { join, group: Arc::new(CgroupGroup { cgroup, removed: AtomicBool::new(false) }) })
+    }
+}
+
+/// Removes its cgroup on `teardown`, or when dropped without one: a `start` future dropped
+/// between the setup and the fork must not leave the cgroup behind.
+#[derive(Debug)]
+struct CgroupGroup {
+    cgroup: WorkloadCgroup,
+    removed: AtomicBool,
+}
+
+impl SandboxGroup for CgroupGroup {
+    fn kill(&self) {
+        if let Err(error) = self.cgroup.kill_all() {
+            tracing::warn!(%error, "cannot kill every process of a task's cgroup");
+        }
+    }
+
+    fn memory_kill(&self) -> Option<u64> {
+        self.cgroup.memory_kill()
+    }
+
+    fn usage(&self) -> Option<(u32, Option<u64>)> {
+        let usage = self.cgroup.usage();
+        Some((usage.processes, usage.memory_bytes))
+    }
+
+    fn teardown(&self) {
+        if self.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(error) = self.cgroup.remove() {
+            tracing::warn!(%error, "cannot remove a task's cgroup");
+        }
+    }
+}
+
+impl Drop for CgroupGroup {
+    fn drop(&mut self) {
+        self.teardown();
+    }
 }

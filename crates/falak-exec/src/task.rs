@@ -1,12 +1,14 @@
 //! What the node asks an executor to run: one task attempt, its limits and its user.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use falak_core::job::LEDGER_TAIL_BYTES;
+use falak_sandbox::{Network, RunAs};
+
+/// [`Limits::max_pids`] unless the spec sets it.
+pub const DEFAULT_MAX_PIDS: u64 = 1024;
 
 /// The largest `output_tail_bytes` a spec may ask for: tails live in memory and in the ledger.
 pub const MAX_OUTPUT_TAIL_BYTES: usize = 1 << 20;
@@ -38,13 +40,19 @@ pub struct TaskSpec {
     pub limits: Limits,
     /// The user to run as; `None` means the executor's default (see `ProcessConfig`).
     pub run_as: Option<RunAs>,
+    /// The network the task sees. [`Network::None`] (the default) is a namespace of its own
+    /// with only a loopback interface: the task reaches nothing outside, in particular not the
+    /// node's own API, RPC and gossip ports, even on `127.0.0.1`. [`Network::Host`] shares the
+    /// node's network. A node that cannot create network namespaces refuses to start a task
+    /// with `None` rather than run it on the host's network.
+    pub network: Network,
     /// How many bytes of the end of stdout and of stderr `Exit` carries.
     pub output_tail_bytes: usize,
 }
 
 impl TaskSpec {
     /// A spec with an empty environment, no stdin, no timeout, default limits, the executor's
-    /// default user and tails as large as the ledger keeps.
+    /// default user, no network and tails as large as the ledger keeps.
     pub fn new(task_id: impl Into<String>, attempt: u32, command: Vec<String>, workdir: impl Into<PathBuf>) -> Self {
         TaskSpec {
             task_id: task_id.into(),
@@ -56,6 +64,7 @@ impl TaskSpec {
             timeout: None,
             limits: Limits::default(),
             run_as: None,
+            network: Network::None,
             output_tail_bytes: LEDGER_TAIL_BYTES,
         }
     }
@@ -106,17 +115,25 @@ pub struct InvalidSpecError {
 
 /// Resource limits for one attempt. `None` means "not limited by this executor".
 ///
-/// The process executor enforces the rlimit-backed fields itself. `cpu_millis` and
-/// `memory_bytes` are what the task reserved in the ledger; they are handed to the
-/// [`Sandbox`](crate::Sandbox) (cgroups, later) and are **not** turned into rlimits: there is
-/// no rlimit for a CPU share, and `RLIMIT_AS` caps address space, not memory, which breaks
-/// runtimes that reserve large virtual ranges (Go, the JVM, V8, wasm engines).
+/// The process executor enforces the rlimit-backed fields itself. `cpu_millis`,
+/// `memory_bytes` and `max_pids` go to the [`Sandbox`](crate::Sandbox), which turns them into
+/// the attempt's cgroup limits; they are **not** turned into rlimits: there is no rlimit for a
+/// CPU share, and `RLIMIT_AS` caps address space, not memory, which breaks runtimes that
+/// reserve large virtual ranges (Go, the JVM, V8, wasm engines). Without a cgroup sandbox they
+/// are not enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// CPU in millicores (1000 = one core), for the sandbox.
+    /// CPU in millicores (1000 = one core): the cgroup's CPU quota (`cpu.max`, or v1
+    /// `cpu.cfs_quota_us` per 100 ms period).
     pub cpu_millis: Option<u64>,
-    /// Memory in bytes, for the sandbox.
+    /// Memory in bytes: the cgroup's memory limit, swap included (`memory.max` and
+    /// `memory.swap.max = 0`, or v1 `memory.limit_in_bytes`/`memory.memsw.limit_in_bytes`).
+    /// Going over it gets the task killed, and the exit says so
+    /// ([`ExitReason::MemoryLimit`](crate::ExitReason::MemoryLimit)).
     pub memory_bytes: Option<u64>,
+    /// The cgroup's `pids.max`: processes *and threads* of this task together. Default 1024,
+    /// enough for thread-pooled runtimes, low enough that a fork bomb stops at it.
+    pub max_pids: Option<u64>,
     /// `RLIMIT_NOFILE`: open file descriptors per process. Default 1024.
     pub max_open_files: Option<u64>,
     /// `RLIMIT_NPROC`: processes of the task's *user* (all tasks sharing that user count
@@ -134,85 +151,13 @@ impl Default for Limits {
         Limits {
             cpu_millis: None,
             memory_bytes: None,
+            max_pids: Some(DEFAULT_MAX_PIDS),
             max_open_files: Some(1024),
             max_processes: None,
             max_file_bytes: None,
             address_space_bytes: None,
         }
     }
-}
-
-/// The user and group a task runs as. Supplementary groups are always dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RunAs {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// The uid and gid of `nobody`/`nogroup` on Linux, used when the user database has no `nobody`.
-pub const NOBODY: RunAs = RunAs { uid: 65534, gid: 65534 };
-
-impl RunAs {
-    /// The user tasks run as by default: `nobody` (with its primary group, `nogroup` on
-    /// Debian), falling back to uid/gid 65534 when the user database does not list it.
-    ///
-    /// When the node runs as root, tasks run as nobody:nogroup by default; when it does not,
-    /// they run as the node's own user (see [`RunAs::default_for_node`]).
-    pub fn unprivileged_default() -> RunAs {
-        RunAs::lookup("nobody").unwrap_or(NOBODY)
-    }
-
-    /// The default for a node running as the current process's user: nobody when root,
-    /// otherwise `None` (an unprivileged node cannot switch users, so tasks run as the node's
-    /// user).
-    pub fn default_for_node() -> Option<RunAs> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        (euid == 0).then(RunAs::unprivileged_default)
-    }
-
-    /// Resolve a user name through the system's user database (NSS), taking the user's
-    /// primary group.
-    pub fn lookup(name: &str) -> Result<RunAs, LookupUserError> {
-        let not_found = || LookupUserError::NotFound { name: name.to_owned() };
-        let c_name = CString::new(name).map_err(|_| not_found())?;
-        let mut buffer = vec![0u8; 4096];
-        loop {
-            // SAFETY: `passwd` is a C struct of integers and pointers, for which all-zero is a
-            // valid value; getpwnam_r overwrites it.
-            let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
-            let mut found: *mut libc::passwd = std::ptr::null_mut();
-            // SAFETY: every pointer is valid for the duration of the call, `c_name` is
-            // NUL-terminated and `buffer.len()` is the true size of `buffer`. We read only the
-            // integer fields of `passwd` afterwards, so its pointers into `buffer` never outlive it.
-            let rc = unsafe {
-                libc::getpwnam_r(c_name.as_ptr(), &mut passwd, buffer.as_mut_ptr().cast(), buffer.len(), &mut found)
-            };
-            if rc == libc::ERANGE && buffer.len() < (1 << 20) {
-                buffer.resize(buffer.len() * 2, 0);
-                continue;
-            }
-            if rc != 0 {
-                return Err(LookupUserError::Database {
-                    name: name.to_owned(),
-                    source: io::Error::from_raw_os_error(rc),
-                });
-            }
-            if found.is_null() {
-                return Err(not_found());
-            }
-            return Ok(RunAs { uid: passwd.pw_uid, gid: passwd.pw_gid });
-        }
-    }
-}
-
-/// Why a user name did not resolve.
-#[derive(Debug, thiserror::Error)]
-pub enum LookupUserError {
-    #[error("user {name:?} does not exist; create it or configure another task user")]
-    NotFound { name: String },
-    #[error("cannot look up user {name:?} in the user database: {source}")]
-    Database { name: String, source: io::Error },
 }
 
 #[cfg(test)]
@@ -243,12 +188,5 @@ mod tests {
 
         let nul = spec(&["echo", "a\0b"]).validate().unwrap_err();
         assert!(nul.to_string().contains("NUL"));
-    }
-
-    #[test]
-    fn nobody_resolves_to_65534() {
-        assert_eq!(RunAs::unprivileged_default(), NOBODY);
-        assert_eq!(RunAs::lookup("root").unwrap(), RunAs { uid: 0, gid: 0 });
-        assert!(matches!(RunAs::lookup("no-such-user-falak"), Err(LookupUserError::NotFound { .. })));
     }
 }

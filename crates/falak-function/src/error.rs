@@ -33,6 +33,8 @@ pub enum PrepareError {
         path.display()
     )]
     WorkDirTooLong { deployment: String, path: PathBuf, len: usize, max: usize },
+    #[error("{deployment}: the instance user (uid {uid}) cannot reach {what} {}: {hint}", path.display())]
+    Unreachable { deployment: String, what: &'static str, path: PathBuf, uid: u32, hint: String },
     #[error("{deployment}: {what} {}: {source}", path.display())]
     Io { deployment: String, what: &'static str, path: PathBuf, source: io::Error },
 }
@@ -58,16 +60,25 @@ pub enum StartError {
     Health { deployment: String, instance: u64, source: Box<InstanceError> },
     #[error("{deployment}: {what}: {source}")]
     Io { deployment: String, what: String, source: io::Error },
+    #[error("{deployment}: cannot confine {what}: {step}: {source}")]
+    Sandbox { deployment: String, what: String, step: String, source: io::Error },
 }
 
 /// A request to an instance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error(
-        "instance {instance} of {deployment} exited, so the request got no (complete) response; its output is in {}",
+        "instance {instance} of {deployment} {}, so the request got no (complete) response; its output is in {}",
+        exit_words(*memory_limit),
         log.display()
     )]
-    Crashed { deployment: String, instance: u64, log: PathBuf },
+    Crashed {
+        deployment: String,
+        instance: u64,
+        log: PathBuf,
+        /// Set when the kernel killed it for going over its cgroup's memory limit.
+        memory_limit: Option<u64>,
+    },
     #[error("instance {instance} of {deployment} is stopped; send to another instance")]
     Stopped { deployment: String, instance: u64 },
     #[error("connecting to instance {instance} of {deployment} at {target} failed: {source}")]
@@ -80,4 +91,12 @@ pub enum InstanceError {
     Exec { deployment: String, instance: u64, program: PathBuf, source: io::Error },
     #[error("instance {instance} of {deployment}: reading the request body failed: {source}")]
     RequestBody { deployment: String, instance: u64, source: BoxError },
+}
+
+/// How a process ended, in words: "exited", or "was killed by its memory limit (N bytes)".
+pub(crate) fn exit_words(memory_limit: Option<u64>) -> String {
+    match memory_limit {
+        Some(bytes) => format!("was killed by its memory limit ({bytes} bytes)"),
+        None => "exited".to_owned(),
+    }
 }

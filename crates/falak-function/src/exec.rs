@@ -2,11 +2,17 @@
 //! its stdin and its stdout becomes the response body: exit 0 is 200, anything else 500 with
 //! the end of its stderr. The response is buffered (its status depends on the exit code); use
 //! the `http` runtime to stream responses.
+//!
+//! Each command is launched confined ([`crate::sandbox`]) in a cgroup of its own with the
+//! deployment's per-instance limits, removed (with anything the command left running) when it
+//! exits; a command the kernel killed for its memory limit is a 500 that says so. The commands
+//! of one instance share its tmp dir.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +25,7 @@ use crate::error::InstanceError;
 use crate::instance::Ident;
 use crate::prepare::Prepared;
 use crate::process::{Launch, append_log, launch};
+use crate::sandbox::{Enclosure, Needs, enclose};
 use crate::{BoxBody, BoxError};
 
 /// The most stdout one request may produce; more is a 500.
@@ -37,28 +44,39 @@ struct State {
 }
 
 pub(crate) struct ExecRunner {
+    prepared: Prepared,
+    instance: u64,
     program: PathBuf,
     args: Vec<String>,
     cwd: PathBuf,
     env: BTreeMap<String, OsString>,
     log_path: PathBuf,
     state: watch::Sender<State>,
+    /// Numbers the commands (their cgroups' names).
+    commands: AtomicU64,
+    /// The instance's tmp dir, which its commands share.
+    tmp: Enclosure,
 }
 
 impl ExecRunner {
-    pub fn new(prepared: &Prepared, instance: u64) -> ExecRunner {
+    pub fn new(prepared: &Prepared, instance: u64, tmp: Enclosure) -> ExecRunner {
         let spec = prepared.spec();
         let program =
             prepared.program().map(Path::to_owned).unwrap_or_else(|| spec.command.first().into_iter().collect());
         let mut env = prepared.base_env();
         env.insert("FALAK_INSTANCE".into(), instance.to_string().into());
+        env.extend(prepared.tmp_env(&prepared.tmp_dir(&format!("i{instance}"))));
         ExecRunner {
+            prepared: prepared.clone(),
+            instance,
             program,
             args: spec.command.iter().skip(1).cloned().collect(),
             cwd: spec.bundle_dir.clone(),
             env,
             log_path: spec.log_path.clone(),
             state: watch::Sender::new(State::default()),
+            commands: AtomicU64::new(0),
+            tmp,
         }
     }
 
@@ -71,7 +89,8 @@ impl ExecRunner {
         let _ = self.state.subscribe().wait_for(|s| s.stopped && s.running.is_empty()).await;
     }
 
-    /// SIGTERM every running command's group, SIGKILL after `grace`; refuse new requests.
+    /// SIGTERM every running command's group, SIGKILL after `grace`; refuse new requests;
+    /// remove the instance's tmp dir.
     pub async fn stop(&self, grace: Duration) {
         self.state.send_modify(|s| s.stopped = true);
         self.signal_all(libc::SIGTERM);
@@ -80,6 +99,7 @@ impl ExecRunner {
             self.signal_all(libc::SIGKILL);
             let _ = tokio::time::timeout(KILL_WAIT, state.wait_for(|s| s.running.is_empty())).await;
         }
+        self.tmp.teardown().await;
     }
 
     fn signal_all(&self, signal: libc::c_int) {
@@ -122,6 +142,13 @@ impl ExecRunner {
         if self.is_stopped() {
             return Err(InstanceError::Stopped { deployment: ident.deployment.clone(), instance: ident.instance });
         }
+        let number = self.commands.fetch_add(1, Ordering::Relaxed);
+        let (what, name) =
+            (format!("instance {} command {number}", self.instance), format!("i{}-c{number}", self.instance));
+        let sandbox = &self.prepared.spec().sandbox;
+        let mut made = enclose(&self.prepared, &what, &name, Needs::COMMAND)
+            .await
+            .map_err(|e| exec_error(std::io::Error::other(e.to_string())))?;
         let launched = launch(Launch {
             program: &self.program,
             args: self.args.iter().map(OsString::from).collect(),
@@ -130,8 +157,11 @@ impl ExecRunner {
             log_path: &self.log_path,
             ready_pipe: false,
             piped: true,
+            confinement: made.confinement(sandbox, sandbox.network(self.prepared.spec().runtime)),
         })
         .map_err(exec_error)?;
+        // Dropped (the request abandoned) or torn down below, it kills what the command left.
+        let enclosure = made.enclosure;
         let process = launched.process;
         let Some((mut stdin, stdout, stderr)) = launched.stdio else {
             return Err(exec_error(std::io::Error::other("the command's standard streams were not piped")));
@@ -165,6 +195,8 @@ impl ExecRunner {
             process.signal(libc::SIGKILL);
         }
         let exit = process.exited().await;
+        let memory_kill = enclosure.memory_kill();
+        enclosure.teardown().await;
         if !errors.is_empty() {
             append_log(&self.log_path, &errors);
         }
@@ -174,9 +206,14 @@ impl ExecRunner {
         let response = match output.map_err(exec_error)? {
             Some(stdout) if exit.success => Response::builder().status(StatusCode::OK).body(full(stdout.into())),
             stdout => {
-                let mut text = match stdout {
-                    Some(_) => format!("{} exited with {}", self.program.display(), exit.description),
-                    None => format!("{} wrote more than {MAX_EXEC_OUTPUT} bytes to stdout", self.program.display()),
+                let mut text = match (stdout, memory_kill) {
+                    (_, Some(limit)) => {
+                        format!("{} {}", self.program.display(), crate::error::exit_words(Some(limit)))
+                    }
+                    (Some(_), None) => format!("{} exited with {}", self.program.display(), exit.description),
+                    (None, None) => {
+                        format!("{} wrote more than {MAX_EXEC_OUTPUT} bytes to stdout", self.program.display())
+                    }
                 }
                 .into_bytes();
                 if !errors.is_empty() {

@@ -13,6 +13,7 @@ use crate::client::{Client, SendError};
 use crate::error::InstanceError;
 use crate::exec::ExecRunner;
 use crate::process::Process;
+use crate::sandbox::Enclosure;
 
 /// How long a failed request waits for the instance's exit before calling the failure a
 /// protocol error rather than a crash. Only failures wait, never a good request.
@@ -59,11 +60,17 @@ pub(crate) enum Health {
 }
 
 enum Kind {
-    Served { process: Process, client: Arc<Client>, health: Health },
-    Exec(ExecRunner),
+    Served {
+        process: Process,
+        client: Arc<Client>,
+        health: Health,
+        enclosure: Enclosure,
+    },
+    /// Boxed: it carries the deployment's whole preparation.
+    Exec(Box<ExecRunner>),
 }
 
-/// A running instance of a deployment. Dropping it kills its process group.
+/// A running instance of a deployment. Dropping it kills its process group and its cgroup.
 pub struct Instance {
     ident: Ident,
     timings: StartTimings,
@@ -78,13 +85,15 @@ impl Instance {
         process: Process,
         client: Arc<Client>,
         health: Health,
+        enclosure: Enclosure,
     ) -> Instance {
-        Instance { ident, timings, kind: Kind::Served { process, client, health }, stopped: AtomicBool::new(false) }
+        let kind = Kind::Served { process, client, health, enclosure };
+        Instance { ident, timings, kind, stopped: AtomicBool::new(false) }
     }
 
     pub(crate) fn exec(ident: Ident, runner: ExecRunner) -> Instance {
         let timings = StartTimings { kind: StartKind::Exec, spawn_us: 0, init_us: 0 };
-        Instance { ident, timings, kind: Kind::Exec(runner), stopped: AtomicBool::new(false) }
+        Instance { ident, timings, kind: Kind::Exec(Box::new(runner)), stopped: AtomicBool::new(false) }
     }
 
     pub fn id(&self) -> u64 {
@@ -110,6 +119,16 @@ impl Instance {
 
     pub fn timings(&self) -> StartTimings {
         self.timings
+    }
+
+    /// The memory limit, when the kernel killed the instance for going over it (its cgroup's
+    /// `oom_kill` count); `None` otherwise, and always for `exec`, whose commands each report
+    /// their own in the response.
+    pub fn memory_kill(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Served { enclosure, .. } => enclosure.memory_kill(),
+            Kind::Exec(_) => None,
+        }
     }
 
     /// Where the instance listens, e.g. `unix:/…/i3.sock` or `tcp:127.0.0.1:4100`; `exec` for
@@ -148,7 +167,7 @@ impl Instance {
         if self.stopped.load(Ordering::Acquire) {
             return Err(self.stopped_error());
         }
-        let Kind::Served { process, client, health } = &self.kind else { return Ok(()) };
+        let Kind::Served { process, client, health, .. } = &self.kind else { return Ok(()) };
         if !process.is_alive() {
             return Err(self.crashed());
         }
@@ -186,11 +205,15 @@ impl Instance {
     }
 
     /// SIGTERM the process group (the python host then finishes its in-flight requests and
-    /// exits), SIGKILL it after `grace`; resolves when the process has exited.
+    /// exits), SIGKILL it after `grace`; resolves when the process has exited and its cgroup
+    /// (with anything left in it) and tmp dir are gone.
     pub async fn stop(&self, grace: Duration) {
         self.stopped.store(true, Ordering::Release);
         match &self.kind {
-            Kind::Served { process, .. } => process.stop(grace).await,
+            Kind::Served { process, enclosure, .. } => {
+                process.stop(grace).await;
+                enclosure.teardown().await;
+            }
             Kind::Exec(runner) => runner.stop(grace).await,
         }
     }
@@ -214,6 +237,7 @@ impl Instance {
             deployment: self.ident.deployment.clone(),
             instance: self.ident.instance,
             log: self.ident.log_path.clone(),
+            memory_limit: self.memory_kill(),
         }
     }
 
@@ -257,6 +281,7 @@ pub(crate) async fn first_health(
             deployment: ident.deployment.clone(),
             instance: ident.instance,
             log: ident.log_path.clone(),
+            memory_limit: None,
         });
     }
     match health {

@@ -4,6 +4,8 @@
 //! virtualenv and writes the Python runtime host into the work dir; [`Zygote::start`] (python)
 //! imports the handler once; [`Zygote::fork`] or [`spawn`] (cold) gives an [`Instance`] that
 //! answers HTTP requests over its Unix socket. `docs/design/runtime-host.md` is the protocol.
+//! Every process is confined as [`InstanceSandbox`] says (the process executor's defaults:
+//! unprivileged user, seccomp, Landlock, network namespace, cgroup per instance, rlimits).
 //!
 //! **Boundary:** this crate starts processes and talks HTTP to them; it never reads the ledger
 //! and never decides how many instances run (that is [`pool`] and the node).
@@ -15,13 +17,16 @@ mod instance;
 pub mod pool;
 mod prepare;
 mod process;
+mod sandbox;
 mod spawn;
 mod venv;
 mod zygote;
 
 pub use error::{InstanceError, PrepareError, StartError};
+pub use falak_sandbox::{CgroupLimits, HostSandbox, Network, RunAs};
 pub use instance::{Instance, StartKind, StartTimings};
 pub use prepare::{DEFAULT_START_TIMEOUT, HostSpec, Prepared, prepare};
+pub use sandbox::{DEFAULT_MAX_PIDS, DEFAULT_RLIMITS, InstanceSandbox, unreachable_by};
 pub use spawn::spawn;
 pub use zygote::Zygote;
 

@@ -1,33 +1,41 @@
 //! Preparing a deployment on this node: check the bundle, build its virtualenv, write the
-//! Python runtime host into the work dir. Everything an instance start would otherwise find
-//! out late is found here.
+//! Python runtime host into the work dir, make the `run/` dir the instances may write. Everything
+//! an instance start would otherwise find out late is found here — including, when instances
+//! run as another user, whether that user can reach the bundle, the interpreter and the
+//! runtime host.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use falak_core::function::Runtime;
+use falak_sandbox::{CgroupLimits, RunAs};
 
 use crate::error::PrepareError;
 use crate::process::INHERITED_ENV;
+use crate::sandbox::{InstanceSandbox, blocking_directory, private_dir, user_may_access};
 use crate::venv;
 
 /// How long an instance or a zygote may take to become ready, unless
 /// [`Prepared::set_start_timeout`] says otherwise.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The longest socket name under the work dir (`i` + u64 + `.sock`), and the most bytes a
+/// The directory under the work dir that instances may write: sockets and tmp dirs.
+pub(crate) const RUN_DIR: &str = "run";
+
+/// The longest socket path under the work dir (`run/i` + u64 + `.sock`), and the most bytes a
 /// Unix socket path may have (`sun_path` is 108 bytes including the NUL).
-const LONGEST_SOCKET_NAME: usize = "/i18446744073709551615.sock".len();
+const LONGEST_SOCKET_NAME: usize = "/run/i18446744073709551615.sock".len();
 const MAX_SOCKET_PATH: usize = 107;
 
 /// The oldest Python the runtime host supports.
 const MIN_PYTHON: (u32, u32) = (3, 8);
 
 /// What one deployment needs on this node, built by the node from a `FunctionSpec`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HostSpec {
     /// The function's name.
     pub function: String,
@@ -41,12 +49,20 @@ pub struct HostSpec {
     pub env: BTreeMap<String, String>,
     /// The unpacked bundle.
     pub bundle_dir: PathBuf,
-    /// Per-deployment scratch dir on this node; the sockets live here, so keep it short.
+    /// Per-deployment dir on this node (the node's, `0711`): `host.py` and `run/`, where the
+    /// sockets live, so keep it short.
     pub work_dir: PathBuf,
     /// Instances' and the zygote's stdout and stderr are appended here.
     pub log_path: PathBuf,
-    /// The interpreter when the bundle has no requirements.txt (usually `python3`).
+    /// The interpreter when the bundle has no requirements.txt (usually `python3`). A bare
+    /// name is looked up on the node's `PATH`; when instances run as another user, the first
+    /// match that user can run is taken.
     pub python: PathBuf,
+    /// Each process's cgroup limits: the function's per-instance resources. The zygote gets
+    /// the same, and every instance forked from it its own.
+    pub limits: CgroupLimits,
+    /// How the processes are confined.
+    pub sandbox: InstanceSandbox,
 }
 
 /// A deployment ready to start: its spec (with absolute paths), the interpreter, the
@@ -96,9 +112,20 @@ impl Prepared {
         self.start_timeout = timeout;
     }
 
+    /// The only directory the deployment's processes may write (Landlock): their sockets and
+    /// tmp dirs. Owned by the instance user, mode `0700`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.spec.work_dir.join(RUN_DIR)
+    }
+
     /// The socket of instance `instance`.
     pub fn instance_socket(&self, instance: u64) -> PathBuf {
-        self.spec.work_dir.join(format!("i{instance}.sock"))
+        self.run_dir().join(format!("i{instance}.sock"))
+    }
+
+    /// The private temporary dir of a process tree: `i7` → `run/i7.tmp`.
+    pub(crate) fn tmp_dir(&self, name: &str) -> PathBuf {
+        self.run_dir().join(format!("{name}.tmp"))
     }
 
     /// The environment every process of this deployment starts with: a few of the node's
@@ -129,6 +156,16 @@ impl Prepared {
         env.insert("FALAK_SOCKET".into(), self.instance_socket(instance).into_os_string());
         env
     }
+
+    /// `TMPDIR` (and `HOME`, when the process runs as another user than the node's, whose
+    /// home it could not use) pointing at the private tmp dir `tmp`.
+    pub(crate) fn tmp_env(&self, tmp: &Path) -> [(String, OsString); 2] {
+        let home = match (&self.spec.sandbox.run_as, std::env::var_os("HOME")) {
+            (None, Some(home)) => home,
+            _ => tmp.as_os_str().to_owned(),
+        };
+        [("TMPDIR".into(), tmp.as_os_str().to_owned()), ("HOME".into(), home)]
+    }
 }
 
 /// Check the bundle, build the virtualenv (cached under `venv_cache` by the content of
@@ -156,7 +193,7 @@ pub async fn prepare(spec: HostSpec, venv_cache: &Path) -> Result<Prepared, Prep
     if !spec.bundle_dir.is_dir() {
         return Err(io_error("reading the bundle dir", &spec.bundle_dir)(std::io::ErrorKind::NotFound.into()));
     }
-    tokio::fs::create_dir_all(&spec.work_dir).await.map_err(io_error("creating the work dir", &spec.work_dir))?;
+    make_work_dir(&spec).await.map_err(io_error("creating the work dir", &spec.work_dir))?;
     if let Some(parent) = spec.log_path.parent() {
         tokio::fs::create_dir_all(parent).await.map_err(io_error("creating the log dir", parent))?;
     }
@@ -176,6 +213,8 @@ pub async fn prepare(spec: HostSpec, venv_cache: &Path) -> Result<Prepared, Prep
         prepared.interpreter = python;
         if requirements.is_file() {
             let venv = venv::build(&prepared.spec, &prepared.interpreter, &version, venv_cache).await?;
+            // The venv's own `bin/python` is a link to the interpreter, which the instance
+            // user can run; its files are the node's, readable by all (`venv::build`).
             prepared.interpreter = venv.join("bin").join("python");
             prepared.venv = Some(venv);
         }
@@ -190,39 +229,152 @@ pub async fn prepare(spec: HostSpec, venv_cache: &Path) -> Result<Prepared, Prep
                 return Err(PrepareError::NoCommand { deployment, runtime: prepared.spec.runtime.name() });
             };
             let path = prepared.base_env().get("PATH").cloned().unwrap_or_default();
-            prepared.program = Some(resolve_program(&deployment, program, &prepared.spec.bundle_dir, &path)?);
+            let user = prepared.spec.sandbox.run_as;
+            let bundle = prepared.spec.bundle_dir.clone();
+            let (name, program) = (deployment.clone(), program.clone());
+            let resolved = tokio::task::spawn_blocking(move || resolve_program(&name, &program, &bundle, &path, user))
+                .await
+                .unwrap_or_else(|e| Err(io_error("resolving the program in", &prepared.spec.bundle_dir)(e.into())))?;
+            prepared.program = Some(resolved);
         }
     }
+    check_reachable(&prepared).await?;
     Ok(prepared)
 }
 
+/// The work dir, the node's (`0711`: the instance user may pass, not list), and its `run/`
+/// dir, the instance user's (`0700`).
+async fn make_work_dir(spec: &HostSpec) -> std::io::Result<()> {
+    let (work_dir, user) = (spec.work_dir.clone(), spec.sandbox.run_as);
+    let made = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&work_dir)?;
+        std::fs::set_permissions(&work_dir, std::fs::Permissions::from_mode(0o711))?;
+        private_dir(&work_dir.join(RUN_DIR), user, 0o700)
+    });
+    made.await.unwrap_or_else(|e| Err(e.into()))
+}
+
+/// When instances run as another user: every path they open by name must be reachable by
+/// that user (its parents searchable), or the start would fail later with a bare "permission
+/// denied". Names the directory in the way.
+async fn check_reachable(prepared: &Prepared) -> Result<(), PrepareError> {
+    let Some(user) = prepared.spec.sandbox.run_as else { return Ok(()) };
+    let spec = &prepared.spec;
+    let mut needed: Vec<(PathBuf, libc::c_int, &'static str)> = vec![
+        (spec.bundle_dir.clone(), libc::R_OK | libc::X_OK, "the bundle"),
+        (prepared.run_dir(), libc::R_OK | libc::W_OK | libc::X_OK, "the run dir"),
+    ];
+    if let Some(host) = &prepared.host_script {
+        needed.push((host.clone(), libc::R_OK, "the runtime host"));
+    }
+    if let Some(venv) = &prepared.venv {
+        needed.push((venv.clone(), libc::R_OK | libc::X_OK, "the virtualenv"));
+    }
+    if spec.runtime == Runtime::Python || prepared.venv.is_some() {
+        needed.push((prepared.interpreter.clone(), libc::X_OK, "the interpreter"));
+    }
+    if let Some(program) = &prepared.program {
+        needed.push((program.clone(), libc::X_OK, "the program"));
+    }
+    let checked = tokio::task::spawn_blocking(move || {
+        for (path, mode, what) in needed {
+            if let Err(source) = user_may_access(user, &path, mode) {
+                return Err((path, what, source));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| Err((spec.bundle_dir.clone(), "the bundle", e.into())));
+    checked.map_err(|(path, what, source)| PrepareError::Unreachable {
+        deployment: spec.deployment.clone(),
+        what,
+        uid: user.uid,
+        hint: blocking_directory(user, &path).map_or_else(
+            || source.to_string(),
+            |dir| format!("{source}: {dir}; make every directory above it searchable by that user (chmod o+x)"),
+        ),
+        path,
+    })
+}
+
 /// The interpreter's real path (so that instances skip wrappers such as pyenv shims) and its
-/// `major.minor` version.
+/// `major.minor` version, as the instance user sees them. When instances run as another user,
+/// a bare name is looked up on `PATH` and a match that user may not run is passed over.
 async fn resolve_python(spec: &HostSpec) -> Result<(PathBuf, String), PrepareError> {
     let failed = |detail: String| PrepareError::Python {
         deployment: spec.deployment.clone(),
         python: spec.python.clone(),
         detail,
     };
-    let output = tokio::process::Command::new(&spec.python)
-        .args(["-c", "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])"])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let mut lines = stdout.lines();
-    let (Some(executable), Some(version), true) = (lines.next(), lines.next(), output.status.success()) else {
-        return Err(failed(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())));
+    let user = spec.sandbox.run_as;
+    let bare = !spec.python.as_os_str().as_encoded_bytes().contains(&b'/');
+    let candidates: Vec<PathBuf> = match user {
+        Some(_) if bare => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path).map(|dir| dir.join(&spec.python)).filter(|c| c.is_file()).collect()
+        }
+        _ => vec![spec.python.clone()],
     };
-    let parsed = version.split_once('.').and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)));
-    match parsed {
-        Some(v) if v >= MIN_PYTHON => {}
-        _ => return Err(failed(format!("it is Python {version}"))),
+    let mut refused = Vec::new();
+    for candidate in &candidates {
+        let mut command = tokio::process::Command::new(candidate);
+        command
+            .args(["-c", "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(user) = user {
+            become_user(command.as_std_mut(), user);
+        }
+        let output = match command.output().await {
+            Ok(output) => output,
+            Err(e) if user.is_some() && e.kind() == std::io::ErrorKind::PermissionDenied => {
+                refused.push(candidate.display().to_string());
+                continue;
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut lines = stdout.lines();
+        let (Some(executable), Some(version), true) = (lines.next(), lines.next(), output.status.success()) else {
+            return Err(failed(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())));
+        };
+        let parsed =
+            version.split_once('.').and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)));
+        match parsed {
+            Some(v) if v >= MIN_PYTHON => {}
+            _ => return Err(failed(format!("it is Python {version}"))),
+        }
+        let executable = if executable.is_empty() { candidate.clone() } else { PathBuf::from(executable) };
+        return Ok((executable, version.to_owned()));
     }
-    let executable = if executable.is_empty() { spec.python.clone() } else { PathBuf::from(executable) };
-    Ok((executable, version.to_owned()))
+    Err(failed(match (user, refused.is_empty()) {
+        (Some(user), false) => format!(
+            "the instance user (uid {}) may not run {}; install python3 where it can (e.g. /usr/bin) or set FALAK_PYTHON",
+            user.uid,
+            refused.join(", ")
+        ),
+        _ => "not found on PATH".to_owned(),
+    }))
+}
+
+/// Make `command` run as `user` (the node is root): supplementary groups dropped, then the
+/// group and the user.
+fn become_user(command: &mut std::process::Command, user: RunAs) {
+    // SAFETY: raw system calls on integers, async-signal-safe, as between fork and exec they
+    // must be.
+    unsafe {
+        command.pre_exec(move || {
+            let none: *const libc::gid_t = std::ptr::null();
+            if libc::syscall(libc::SYS_setgroups, 0 as libc::size_t, none) != 0
+                || libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) != 0
+                || libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
 }
 
 /// The handler's module must be in the bundle: `a.b.handle` is `a/b.py` or `a/b/__init__.py`.
@@ -260,16 +412,20 @@ async fn write_host_script(spec: &HostSpec) -> Result<PathBuf, PrepareError> {
         source,
     };
     tokio::fs::write(&temporary, source).await.map_err(failed)?;
+    // Read by the instance user, written by nobody but the node.
+    tokio::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644)).await.map_err(failed)?;
     tokio::fs::rename(&temporary, &path).await.map_err(failed)?;
     Ok(path)
 }
 
-/// `program` as exec would find it: a path with a `/` relative to the bundle, else on `PATH`.
+/// `program` as exec would find it: a path with a `/` relative to the bundle, else on `PATH`
+/// (passing over matches the instance user, when it is another, may not run). Blocking.
 fn resolve_program(
     deployment: &str,
     program: &str,
     bundle: &Path,
     path: &std::ffi::OsStr,
+    user: Option<RunAs>,
 ) -> Result<PathBuf, PrepareError> {
     let missing = |hint: String| PrepareError::MissingProgram {
         deployment: deployment.to_owned(),
@@ -279,6 +435,7 @@ fn resolve_program(
     let executable = |candidate: &Path| {
         std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
+    let runnable = |candidate: &Path| user.is_none_or(|user| user_may_access(user, candidate, libc::X_OK).is_ok());
     if program.contains('/') {
         // `./server` is `<bundle>/server` (components, so that no `/./` shows in errors).
         let candidate: PathBuf =
@@ -295,7 +452,7 @@ fn resolve_program(
     }
     for dir in std::env::split_paths(path) {
         let candidate = bundle.join(dir).join(program);
-        if executable(&candidate) {
+        if executable(&candidate) && runnable(&candidate) {
             return Ok(candidate);
         }
     }

@@ -1,5 +1,6 @@
-//! Processes of the function host: launching one in its own process group that dies with the
-//! node, and watching any process (ours or a zygote's child) through a pidfd.
+//! Processes of the function host: launching one confined (its own session and process group,
+//! dying with the node, and whatever else its [`Confinement`] says), and watching any process
+//! (ours or a zygote's child) through a pidfd.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits. `launch` forks on
 //! the calling thread, so call it from a tokio worker (any `async fn` of this crate), never from
@@ -15,6 +16,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use falak_sandbox::Confinement;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
@@ -32,6 +34,9 @@ pub(crate) struct Launch<'a> {
     pub ready_pipe: bool,
     /// Pipe stdin, stdout and stderr instead of null and the log.
     pub piped: bool,
+    /// What the child does to itself before `exec` (see [`crate::sandbox`]). `launch` adds
+    /// the parent-death signal and lets the readiness pipe through.
+    pub confinement: Confinement,
 }
 
 /// A launched process and, when asked for, the read end of its readiness pipe.
@@ -42,8 +47,12 @@ pub(crate) struct Launched {
     pub stdio: Option<(tokio::process::ChildStdin, tokio::process::ChildStdout, tokio::process::ChildStderr)>,
 }
 
-/// Start a process in its own process group, with `PR_SET_PDEATHSIG(SIGKILL)`, stdin null and
-/// stdout and stderr appended to the log (unless piped). The environment is exactly `env`.
+/// Start a confined process in a session (and process group) of its own, with
+/// `PR_SET_PDEATHSIG(SIGKILL)`, stdin null and stdout and stderr appended to the log (unless
+/// piped). The environment is exactly `env`.
+///
+/// A new session rather than only a process group: without a controlling terminal, the
+/// process cannot push input into the terminal the node was started from (`TIOCSTI`).
 pub(crate) fn launch(launch: Launch<'_>) -> io::Result<Launched> {
     let mut command = tokio::process::Command::new(launch.program);
     command.args(&launch.args).current_dir(launch.cwd).env_clear().envs(&launch.env).kill_on_drop(false);
@@ -56,21 +65,24 @@ pub(crate) fn launch(launch: Launch<'_>) -> io::Result<Launched> {
         let log = OpenOptions::new().create(true).append(true).open(launch.log_path)?;
         command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     }
+    let mut confinement = launch.confinement.parent_death_signal(libc::SIGKILL, std::process::id() as libc::pid_t);
     let (ready_read, ready_write) = if launch.ready_pipe {
         let (read, write) = pipe()?;
         command.env("FALAK_READY_FD", write.as_raw_fd().to_string());
+        confinement = confinement.keep_fd(write.as_raw_fd());
         (Some(read), Some(write))
     } else {
         (None, None)
     };
-    let setup =
-        ChildSetup { parent: std::process::id() as libc::pid_t, keep: ready_write.as_ref().map(|fd| fd.as_raw_fd()) };
-    // SAFETY: `ChildSetup::apply` makes only async-signal-safe system calls and allocates
-    // nothing, as the code between fork and exec must.
-    unsafe { command.pre_exec(move || setup.apply()) };
-    let mut child = command.spawn()?;
-    // The child has its copy; ours must go so that EOF on the pipe means the child is gone.
+    // SAFETY: `Confinement::apply` makes only async-signal-safe system calls and allocates
+    // nothing (see `falak_sandbox::confinement`), as the code between fork and exec must.
+    unsafe { command.pre_exec(move || confinement.apply()) };
+    let spawned = command.spawn();
+    // The child has its copies; ours must go: the pipe's (so that EOF on it means the child is
+    // gone), the cgroup join files' and the Landlock ruleset's (owned by the hook).
+    drop(command);
     drop(ready_write);
+    let mut child = spawned?;
     let stdio = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
         (Some(stdin), Some(stdout), Some(stderr)) => Some((stdin, stdout, stderr)),
         _ => None,
@@ -87,34 +99,6 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-#[derive(Clone, Copy)]
-struct ChildSetup {
-    parent: libc::pid_t,
-    keep: Option<RawFd>,
-}
-
-impl ChildSetup {
-    /// Runs in the child between fork and exec.
-    fn apply(&self) -> io::Result<()> {
-        // SAFETY (whole block): plain system calls on integers owned by this struct; none
-        // allocates or takes a lock, so all are safe between fork and exec.
-        unsafe {
-            // Its own process group (id = its pid), so stop reaches everything it starts.
-            check(libc::setpgid(0, 0))?;
-            let (sigkill, zero): (libc::c_ulong, libc::c_ulong) = (libc::SIGKILL as libc::c_ulong, 0);
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, sigkill, zero, zero, zero))?;
-            // The node may have died between fork and prctl: then nobody would kill us.
-            if libc::getppid() != self.parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if let Some(fd) = self.keep {
-                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
-            }
-        }
-        Ok(())
-    }
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {

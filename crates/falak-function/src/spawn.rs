@@ -15,6 +15,7 @@ use crate::exec::ExecRunner;
 use crate::instance::{Health, Ident, Instance, StartKind, StartTimings};
 use crate::prepare::Prepared;
 use crate::process::{Launch, Process, arg, launch};
+use crate::sandbox::{Enclosure, Needs, enclose};
 
 /// How often an `http` instance's socket and port are tried at first, and at most.
 const FIRST_PROBE: Duration = Duration::from_millis(1);
@@ -31,7 +32,10 @@ pub async fn spawn(prepared: &Prepared, instance: u64) -> Result<Instance, Start
     match spec.runtime {
         Runtime::Python => spawn_python(prepared, ident).await,
         Runtime::Http => spawn_http(prepared, ident).await,
-        Runtime::Exec => Ok(Instance::exec(ident, ExecRunner::new(prepared, instance))),
+        Runtime::Exec => {
+            let made = enclose(prepared, &format!("instance {instance}"), &format!("i{instance}"), Needs::TMP).await?;
+            Ok(Instance::exec(ident, ExecRunner::new(prepared, instance, made.enclosure)))
+        }
     }
 }
 
@@ -51,15 +55,20 @@ async fn spawn_python(prepared: &Prepared, ident: Ident) -> Result<Instance, Sta
         arg(&socket),
     ];
     let what = format!("instance {}", ident.instance);
+    let name = format!("i{}", ident.instance);
     let started = Instant::now();
+    let mut made = enclose(prepared, &what, &name, Needs::LAUNCH).await?;
+    let mut env = prepared.instance_env(ident.instance);
+    env.extend(prepared.tmp_env(&prepared.tmp_dir(&name)));
     let launched = launch(Launch {
         program: prepared.interpreter(),
         args,
         cwd: &spec.bundle_dir,
-        env: prepared.instance_env(ident.instance),
+        env,
         log_path: &spec.log_path,
         ready_pipe: true,
         piped: false,
+        confinement: made.confinement(&spec.sandbox, spec.sandbox.network(spec.runtime)),
     })
     .map_err(|source| StartError::Spawn {
         deployment: spec.deployment.clone(),
@@ -69,12 +78,13 @@ async fn spawn_python(prepared: &Prepared, ident: Ident) -> Result<Instance, Sta
     })?;
     let spawned = Instant::now();
     let process = launched.process;
-    wait_ready(prepared, &what, &process, launched.ready).await?;
+    let enclosure = made.enclosure;
+    wait_ready(prepared, &what, &process, launched.ready, &enclosure).await?;
     let client = Client::new(Target::Unix(socket));
     healthy(prepared, &ident, &process, &client, Health::Endpoint).await?;
     let timings =
         StartTimings { kind: StartKind::Cold, spawn_us: micros(spawned - started), init_us: micros(spawned.elapsed()) };
-    Ok(Instance::served(ident, timings, process, client, Health::Endpoint))
+    Ok(Instance::served(ident, timings, process, client, Health::Endpoint, enclosure))
 }
 
 async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, StartError> {
@@ -88,10 +98,13 @@ async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, Start
         what: "finding a free port for PORT".to_owned(),
         source,
     })?;
+    let name = format!("i{}", ident.instance);
     let mut env = prepared.instance_env(ident.instance);
     env.insert("PORT".into(), port.to_string().into());
+    env.extend(prepared.tmp_env(&prepared.tmp_dir(&name)));
     let program = prepared.program().map(Path::to_owned).unwrap_or_else(|| spec.command.first().into_iter().collect());
     let started = Instant::now();
+    let mut made = enclose(prepared, &what, &name, Needs::LAUNCH).await?;
     let launched = launch(Launch {
         program: &program,
         args: spec.command.iter().skip(1).map(OsString::from).collect(),
@@ -100,6 +113,8 @@ async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, Start
         log_path: &spec.log_path,
         ready_pipe: false,
         piped: false,
+        // The node may reach the program on 127.0.0.1:$PORT: see `InstanceSandbox::network`.
+        confinement: made.confinement(&spec.sandbox, spec.sandbox.network(spec.runtime)),
     })
     .map_err(|source| StartError::Spawn {
         deployment: deployment.clone(),
@@ -109,6 +124,7 @@ async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, Start
     })?;
     let spawned = Instant::now();
     let process = launched.process;
+    let enclosure = made.enclosure;
     let deadline = spawned + prepared.start_timeout();
     let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut probe = FIRST_PROBE;
@@ -125,8 +141,7 @@ async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, Start
             break client;
         }
         if !process.is_alive() {
-            let status = tokio::time::timeout(EXIT_WAIT, process.exited()).await.map(|exit| exit.description);
-            let status = status.unwrap_or_else(|_| "exited".to_owned());
+            let status = exit_status(&process, &enclosure, "exited").await;
             return Err(StartError::Exited { deployment, what, status, log: spec.log_path.clone() });
         }
         if Instant::now() >= deadline {
@@ -142,7 +157,18 @@ async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, Start
     };
     let timings =
         StartTimings { kind: StartKind::Cold, spawn_us: micros(spawned - started), init_us: micros(spawned.elapsed()) };
-    Ok(Instance::served(ident, timings, process, client, Health::Connect))
+    Ok(Instance::served(ident, timings, process, client, Health::Connect, enclosure))
+}
+
+/// How a process that exited during its start ended: its exit status, or its memory limit
+/// when that killed it.
+/// `still_running` says what happened when it does not exit within [`EXIT_WAIT`].
+async fn exit_status(process: &Process, enclosure: &Enclosure, still_running: &str) -> String {
+    let status = tokio::time::timeout(EXIT_WAIT, process.exited()).await.map(|exit| exit.description);
+    match enclosure.memory_kill() {
+        Some(limit) => crate::error::exit_words(Some(limit)),
+        None => status.unwrap_or_else(|_| still_running.to_owned()),
+    }
 }
 
 /// What the python runtime host writes to `FALAK_READY_FD`.
@@ -161,6 +187,7 @@ pub(crate) async fn wait_ready(
     what: &str,
     process: &Process,
     ready: Option<tokio::net::unix::pipe::Receiver>,
+    enclosure: &Enclosure,
 ) -> Result<(), StartError> {
     let spec = prepared.spec();
     let deployment = spec.deployment.clone();
@@ -177,10 +204,7 @@ pub(crate) async fn wait_ready(
         }),
         Ok(Err(source)) => Err(StartError::Io { deployment, what: format!("reading {what}'s readiness"), source }),
         Ok(Ok(0)) => {
-            let status = tokio::time::timeout(EXIT_WAIT, process.exited())
-                .await
-                .map(|exit| exit.description)
-                .unwrap_or_else(|_| "it closed its readiness pipe".to_owned());
+            let status = exit_status(process, enclosure, "it closed its readiness pipe").await;
             Err(StartError::Exited { deployment, what: what.to_owned(), status, log: spec.log_path.clone() })
         }
         Ok(Ok(_)) => match serde_json::from_str::<ReadyMessage>(&line) {

@@ -3,7 +3,10 @@
 //! The cache key hashes the interpreter, requirements.txt and the names and sizes in the
 //! bundle's `wheels/` dir, so deployments with the same dependencies share one virtualenv.
 //! A virtualenv is built in a temporary dir and renamed into place only when pip succeeded, so
-//! the cache never holds half a virtualenv; a failed build leaves nothing behind.
+//! the cache never holds half a virtualenv; a failed build leaves nothing behind. The node
+//! builds it (as root, when it is), and the instance user only reads it: every directory is
+//! made `0755` and every file readable by all (and writable only by the node), whatever the
+//! node's umask.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -105,6 +108,14 @@ async fn build_in(
     })
     .await?;
     retarget_scripts(building, target).await;
+    let root = building.to_owned();
+    let opened = tokio::task::spawn_blocking(move || open_for_reading(&root)).await;
+    opened.unwrap_or_else(|e| Err(e.into())).map_err(|source| PrepareError::Io {
+        deployment: spec.deployment.clone(),
+        what: "making readable",
+        path: building.to_owned(),
+        source,
+    })?;
     let marker = building.join(COMPLETE_MARKER);
     tokio::fs::write(&marker, b"").await.map_err(|source| PrepareError::Io {
         deployment: spec.deployment.clone(),
@@ -168,4 +179,23 @@ async fn retarget_scripts(building: &Path, target: &Path) {
             let _ = tokio::fs::write(&path, text.replace(from, to)).await;
         }
     }
+}
+
+/// Make the tree under `dir` readable (and its directories and executables searchable and
+/// runnable) by every user, writable only by its owner. Symlinks are left alone. Blocking.
+fn open_for_reading(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    set(dir, 0o755)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            open_for_reading(&entry.path())?;
+        } else if kind.is_file() {
+            let mode = entry.metadata()?.permissions().mode();
+            set(&entry.path(), if mode & 0o100 != 0 { 0o755 } else { 0o644 })?;
+        }
+    }
+    Ok(())
 }

@@ -6,6 +6,12 @@
 //! `{"op":"fork","instance":7,"socket":"/…/i7.sock","env":{…}}` → `{"pid":1234}` or
 //! `{"error":"…"}`. The zygote binds the instance's socket before it forks, so the instance
 //! accepts connections as soon as the reply arrives.
+//!
+//! The zygote is launched confined ([`crate::sandbox`]); a forked instance inherits its user,
+//! network namespace, Landlock domain and seccomp filter, and the node moves it into a cgroup
+//! of its own (its tmp dir and cgroup are made before the fork request) before the first
+//! health check, so its requests — the first user code it runs — are counted there. Pages it
+//! shares with the zygote stay charged to the zygote.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -25,6 +31,7 @@ use crate::error::StartError;
 use crate::instance::{Health, Ident, Instance, StartKind, StartTimings};
 use crate::prepare::Prepared;
 use crate::process::{Launch, Process, arg, launch};
+use crate::sandbox::{Enclosure, Needs, enclose};
 use crate::spawn::{healthy, host_script, micros, wait_ready};
 
 /// How long [`Zygote::stop`] waits after SIGTERM before SIGKILL.
@@ -39,6 +46,7 @@ static ZYGOTES: AtomicU64 = AtomicU64::new(0);
 pub struct Zygote {
     prepared: Prepared,
     process: Process,
+    enclosure: Enclosure,
     control_path: PathBuf,
     /// `None` after a failed exchange (the stream may hold a late reply); the next fork
     /// reconnects, as the zygote accepts any number of control connections.
@@ -61,7 +69,12 @@ impl Zygote {
         if spec.runtime != Runtime::Python {
             return Err(StartError::NoZygote { deployment: spec.deployment.clone(), runtime: spec.runtime.name() });
         }
-        let control_path = spec.work_dir.join(format!("z{}.ctl", ZYGOTES.fetch_add(1, Ordering::Relaxed)));
+        let name = format!("z{}", ZYGOTES.fetch_add(1, Ordering::Relaxed));
+        let control_path = prepared.run_dir().join(format!("{name}.ctl"));
+        let mut made = enclose(prepared, "the zygote", &name, Needs::LAUNCH).await?;
+        let confinement = made.confinement(&spec.sandbox, spec.sandbox.network(spec.runtime));
+        let mut env = prepared.base_env();
+        env.extend(prepared.tmp_env(&prepared.tmp_dir(&name)));
         let args: Vec<OsString> = vec![
             "-u".into(),
             arg(&host_script(prepared)),
@@ -77,10 +90,11 @@ impl Zygote {
             program: prepared.interpreter(),
             args,
             cwd: &spec.bundle_dir,
-            env: prepared.base_env(),
+            env,
             log_path: &spec.log_path,
             ready_pipe: true,
             piped: false,
+            confinement,
         })
         .map_err(|source| StartError::Spawn {
             deployment: spec.deployment.clone(),
@@ -89,7 +103,8 @@ impl Zygote {
             source,
         })?;
         let process = launched.process;
-        wait_ready(prepared, "the zygote", &process, launched.ready).await?;
+        let enclosure = made.enclosure;
+        wait_ready(prepared, "the zygote", &process, launched.ready, &enclosure).await?;
         let control = UnixStream::connect(&control_path).await.map_err(|source| StartError::Io {
             deployment: spec.deployment.clone(),
             what: format!("connecting to the zygote's control socket {}", control_path.display()),
@@ -98,6 +113,7 @@ impl Zygote {
         Ok(Zygote {
             prepared: prepared.clone(),
             process,
+            enclosure,
             control_path,
             control: Mutex::new(Some(BufReader::new(control))),
         })
@@ -109,14 +125,45 @@ impl Zygote {
         let spec = self.prepared.spec();
         let ident = Ident { deployment: spec.deployment.clone(), instance, log_path: spec.log_path.clone() };
         let socket = self.prepared.instance_socket(instance);
+        let what = format!("instance {instance}");
+        let name = format!("i{instance}");
         let started = Instant::now();
-        let pid = self.request_fork(instance, &socket).await?;
-        let process = Process::foreign(pid).map_err(|_| StartError::Exited {
+        let made = enclose(&self.prepared, &what, &name, Needs::FORK).await?;
+        let tmp_env = self.prepared.tmp_env(&self.prepared.tmp_dir(&name));
+        let pid = self.request_fork(instance, &socket, tmp_env).await?;
+        let exited = |status: &str| StartError::Exited {
             deployment: spec.deployment.clone(),
-            what: format!("instance {instance}"),
-            status: "exited right after the fork".to_owned(),
+            what: what.clone(),
+            status: status.to_owned(),
             log: spec.log_path.clone(),
-        })?;
+        };
+        let process = Process::foreign(pid).map_err(|_| exited("exited right after the fork"))?;
+        // Into its own cgroup before it serves anything: the node's health check is the first
+        // request, so user code in the instance runs only inside it. (By pid: cgroupfs takes
+        // no pidfd. A child that died already fails the move or shows dead on its pidfd, and
+        // the start fails; its pid cannot be reused before the zygote reaps it.)
+        let enclosure = made.enclosure;
+        let adopted = tokio::task::spawn_blocking(move || {
+            let adopted = enclosure.adopt(pid);
+            (enclosure, adopted)
+        })
+        .await;
+        let enclosure = match adopted {
+            Ok((enclosure, Ok(()))) => enclosure,
+            Ok((_, Err(_))) | Err(_) if !process.is_alive() => return Err(exited("exited right after the fork")),
+            Ok((_, Err(source))) => {
+                return Err(StartError::Sandbox {
+                    deployment: spec.deployment.clone(),
+                    what,
+                    step: "moving it into its cgroup".to_owned(),
+                    source,
+                });
+            }
+            Err(e) => {
+                let step = "moving it into its cgroup".to_owned();
+                return Err(StartError::Sandbox { deployment: spec.deployment.clone(), what, step, source: e.into() });
+            }
+        };
         let forked = Instant::now();
         let client = Client::new(Target::Unix(socket));
         healthy(&self.prepared, &ident, &process, &client, Health::Endpoint).await?;
@@ -125,7 +172,7 @@ impl Zygote {
             spawn_us: micros(forked - started),
             init_us: micros(forked.elapsed()),
         };
-        Ok(Instance::served(ident, timings, process, client, Health::Endpoint))
+        Ok(Instance::served(ident, timings, process, client, Health::Endpoint, enclosure))
     }
 
     pub fn pid(&self) -> u32 {
@@ -141,12 +188,19 @@ impl Zygote {
         self.process.exited().await;
     }
 
-    /// Stop the zygote (SIGTERM, SIGKILL after a grace period). Its instances die with it.
+    /// Stop the zygote (SIGTERM, SIGKILL after a grace period) and remove its cgroup. Its
+    /// instances die with it.
     pub async fn stop(&self) {
         self.process.stop(STOP_GRACE).await;
+        self.enclosure.teardown().await;
     }
 
-    async fn request_fork(&self, instance: u64, socket: &std::path::Path) -> Result<u32, StartError> {
+    async fn request_fork(
+        &self,
+        instance: u64,
+        socket: &std::path::Path,
+        tmp_env: [(String, OsString); 2],
+    ) -> Result<u32, StartError> {
         let spec = self.prepared.spec();
         let deployment = spec.deployment.clone();
         let gone = || StartError::ZygoteExited {
@@ -157,8 +211,12 @@ impl Zygote {
         if !self.process.is_alive() {
             return Err(gone());
         }
-        let env: BTreeMap<&str, String> =
-            [("FALAK_INSTANCE", instance.to_string()), ("FALAK_SOCKET", socket.to_string_lossy().into_owned())].into();
+        let mut env: BTreeMap<String, String> = [
+            ("FALAK_INSTANCE".to_owned(), instance.to_string()),
+            ("FALAK_SOCKET".to_owned(), socket.to_string_lossy().into_owned()),
+        ]
+        .into();
+        env.extend(tmp_env.into_iter().map(|(k, v)| (k, v.to_string_lossy().into_owned())));
         let mut line =
             serde_json::json!({ "op": "fork", "instance": instance, "socket": socket, "env": env }).to_string();
         line.push('\n');

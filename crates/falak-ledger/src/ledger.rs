@@ -58,6 +58,8 @@ pub struct Ledger {
     /// Nodes to ask for the leader while this node knows none (a node that is not yet a member
     /// of the ledger: a new node's first write finds the leader through them).
     contacts: Arc<std::sync::RwLock<Vec<NodeId>>>,
+    /// The snapshot being received from a leader, shared by every handler of this ledger.
+    receiving: crate::server::SharedReceiving,
 }
 
 /// Read access to the applied state, without copying it.
@@ -136,12 +138,25 @@ impl Ledger {
             .await
             .map_err(|e| OpenLedgerError::Raft(e.to_string()))?;
         tracing::info!(node = %id, dir = %dir.display(), "ledger opened");
-        Ok(Ledger { id, raft, replica, transport, config, database_closed, contacts: Arc::default() })
+        Ok(Ledger {
+            id,
+            raft,
+            replica,
+            transport,
+            config,
+            database_closed,
+            contacts: Arc::default(),
+            receiving: Arc::default(),
+        })
     }
 
     /// The handler to register on the transport for `Protocol::Ledger`.
     pub fn handler(&self) -> Arc<dyn Handler> {
-        Arc::new(LedgerServer { raft: self.raft.clone(), write_timeout: self.config.write_timeout })
+        Arc::new(LedgerServer {
+            raft: self.raft.clone(),
+            write_timeout: self.config.write_timeout,
+            receiving: self.receiving.clone(),
+        })
     }
 
     /// Bootstrap a new mesh with these voters (this node must be one of them).

@@ -20,6 +20,8 @@
 mod codec;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ledger;
 mod log_store;
 mod network;
@@ -40,6 +42,7 @@ pub use falak_core::ledger::State;
 pub use crate::config::LedgerConfig;
 pub use crate::error::{ChangeMembershipError, InitializeError, OpenLedgerError, ShutdownError, WriteError};
 pub use crate::ledger::{Ledger, LedgerMetrics, Role, StateGuard};
+pub use crate::server::{MAX_BATCH_DEPTH, MAX_COMMAND_BYTES, MAX_SNAPSHOT_BYTES};
 pub use crate::state_machine::Committed;
 // The storage halves on their own, for openraft's storage test suite and the simulation
 // harness; the node uses only `Ledger`.

@@ -91,8 +91,8 @@ impl<C: LedgerTypes> Replica<C> {
 
 /// The snapshot payload: the whole state, versioned by the record format.
 #[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
-    state: State,
+pub(crate) struct SnapshotPayload {
+    pub(crate) state: State,
 }
 
 /// The state-machine half of the ledger storage.

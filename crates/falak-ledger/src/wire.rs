@@ -41,6 +41,7 @@ pub(crate) struct SnapshotChunk {
 }
 
 /// Operations that must run on the leader.
+#[allow(clippy::large_enum_variant, reason = "one per forwarded operation, moved once; never stored in bulk")]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderRequest {
     Write(Command),

@@ -49,7 +49,15 @@ impl GossipUpdate {
     }
 
     /// Decodes one update, refusing trailing bytes so one buffer means one update.
+    ///
+    /// Bounded: nothing over [`MAX_GOSSIP_BYTES`] is decoded, and postcard reads every length
+    /// prefix against the bytes actually left (a `Vec` of 2^60 elements in 20 bytes fails at
+    /// the end of the input, having reserved at most what serde's cautious size hint allows),
+    /// so an update costs memory in proportion to its size. Nesting is fixed by the type.
     pub fn decode(data: &[u8]) -> Result<Self, GossipDecodeError> {
+        if data.len() > MAX_GOSSIP_BYTES {
+            return Err(GossipDecodeError::TooLarge { size: data.len(), limit: MAX_GOSSIP_BYTES });
+        }
         let (update, rest) = postcard::take_from_bytes::<GossipUpdate>(data)?;
         if !rest.is_empty() {
             return Err(GossipDecodeError::TrailingBytes(rest.len()));
@@ -65,6 +73,8 @@ pub enum GossipDecodeError {
     Postcard(#[from] postcard::Error),
     #[error("gossip update is followed by {0} unexpected bytes")]
     TrailingBytes(usize),
+    #[error("gossip update of {size} bytes is larger than the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
 }
 
 /// Identifies one update in foca's dissemination backlog.
@@ -243,6 +253,25 @@ mod tests {
         assert!(new.invalidates(&old));
         assert!(!old.invalidates(&new));
         assert!(!update(2, 5, 5).key().invalidates(&old));
+    }
+
+    #[test]
+    fn decode_refuses_updates_over_the_size_limit_before_decoding() {
+        let bytes = vec![0u8; MAX_GOSSIP_BYTES + 1];
+        assert!(matches!(
+            GossipUpdate::decode(&bytes),
+            Err(GossipDecodeError::TooLarge { size, limit: MAX_GOSSIP_BYTES }) if size == MAX_GOSSIP_BYTES + 1
+        ));
+    }
+
+    #[test]
+    fn a_huge_length_prefix_fails_at_the_end_of_the_input() {
+        // format, node, generation, then a state whose `rtt_micros` claims 2^63 entries.
+        let mut bytes = update(1, 1, 1).encode().expect("encodes");
+        let state_at = 1 + 32 + 1;
+        bytes.truncate(state_at + 1 + 1 + 1 + 1 + 1 + 1);
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(matches!(GossipUpdate::decode(&bytes), Err(GossipDecodeError::Postcard(_))));
     }
 
     #[test]

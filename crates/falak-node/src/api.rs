@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use falak_api::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
+use falak_api::deployer::DeployerInfo;
 use falak_api::health::Readiness;
 use falak_api::job::JobInfo;
 use falak_api::node::{NodeInfo, NodeLive};
 use falak_api::service::ServiceInfo;
 use falak_api::task::{DecisionInfo, LogStream, TaskInfo};
+use falak_api::token::{CreatedToken, TokenInfo};
 use falak_api::workload::WorkloadInfo;
 use falak_api::{Action, ApiError, EventSubscription};
 use falak_core::NodeId;
@@ -132,8 +134,17 @@ impl MainLoop {
             Action::ListNodes { reply } => {
                 let _ = reply.send(Ok(self.node_infos()));
             }
-            Action::ApplyCapsule { spec, reply } => {
-                let command = Command::ApplyCapsule { spec, now: now_millis() };
+            Action::ApplyCapsule { spec, signature, reply } => {
+                let checked = self.ledger.state().check_signature(
+                    falak_core::signing::SpecKind::Capsule,
+                    &spec.unversioned(),
+                    signature.as_ref(),
+                );
+                if let Err(refused) = checked {
+                    let _ = reply.send(Err(ApiError::new(falak_api::ErrorCode::Forbidden, refused.to_string())));
+                    return;
+                }
+                let command = Command::ApplyCapsule { spec, signature, now: now_millis() };
                 self.write_then(command, reply, |_, outcome| match outcome {
                     Outcome::CapsuleApplied { name, version, unchanged } => {
                         Ok(CapsuleApplied { name, version, unchanged })
@@ -234,6 +245,62 @@ impl MainLoop {
                 let _ = reply.send(Ok(EventSubscription { recent, live }));
             }
             Action::Function(action) => self.functions.handle(action),
+            Action::CreateToken { request, reply } => {
+                let token = crate::access::random_token();
+                let now = now_millis();
+                let record = falak_core::access::TokenRecord {
+                    id: token.id,
+                    name: request.name.trim().to_owned(),
+                    role: request.role,
+                    hash: token.hash(),
+                    created_at: now,
+                    expires_at: request.ttl_seconds.map(|ttl| now.saturating_add(ttl.saturating_mul(1000))),
+                    rate_limit: request.rate_limit,
+                    revoked_at: None,
+                };
+                tracing::info!(token = %token.id, name = %record.name, role = %record.role, "creating an API token");
+                let command = Command::CreateToken { record, now };
+                self.write_then(command, reply, move |state, _| match state.token(&token.id) {
+                    Some(record) => Ok(CreatedToken { token: token.encode(), info: TokenInfo::new(record, now) }),
+                    None => Err(ApiError::internal("the token was committed but is not in the ledger")),
+                });
+            }
+            Action::ListTokens { reply } => {
+                let now = now_millis();
+                let _ = reply.send(Ok(self.ledger.state().tokens().map(|r| TokenInfo::new(r, now)).collect()));
+            }
+            Action::ListDeployers { reply } => {
+                let _ = reply.send(Ok(self.ledger.state().deployers().map(DeployerInfo::new).collect()));
+            }
+            Action::TrustDeployer { request, reply } => {
+                let id = request.public_key;
+                let record = falak_core::signing::DeployerRecord {
+                    id,
+                    name: request.name.trim().to_owned(),
+                    added_at: now_millis(),
+                    revoked_at: None,
+                };
+                tracing::info!(deployer = %id.short(), name = %record.name, "trusting a deployer key");
+                let command = Command::TrustDeployer { record, now: now_millis() };
+                self.write_then(command, reply, move |state, _| match state.deployer(&id) {
+                    Some(record) => Ok(DeployerInfo::new(record)),
+                    None => Err(ApiError::internal("the deployer key was committed but is not in the ledger")),
+                });
+            }
+            Action::RevokeDeployer { id, reply } => {
+                let command = Command::RevokeDeployer { id, now: now_millis() };
+                self.write_then(command, reply, move |state, _| match state.deployer(&id) {
+                    Some(record) => Ok(DeployerInfo::new(record)),
+                    None => Err(ApiError::not_found(format!("no deployer key {id}"))),
+                });
+            }
+            Action::RevokeToken { id, reply } => {
+                let command = Command::RevokeToken { id, now: now_millis() };
+                self.write_then(command, reply, move |state, _| match state.token(&id) {
+                    Some(record) => Ok(TokenInfo::new(record, now_millis())),
+                    None => Err(ApiError::not_found(format!("no token {id}"))),
+                });
+            }
         }
     }
 
@@ -255,12 +322,22 @@ impl MainLoop {
         );
     }
 
+    /// Whether this replica holds the credentials the mesh was provisioned with, so that what
+    /// they authorize (signed specs above all) is accepted by every replica.
+    fn bootstrap_committed(&self) -> bool {
+        let state = self.ledger.state();
+        let (tokens, deployers) = &self.bootstrap_credentials;
+        tokens.iter().all(|t| state.token(t).is_some()) && deployers.iter().all(|d| state.deployer(d).is_some())
+    }
+
     fn readiness(&self) -> Readiness {
         let leader = self.ledger.leader();
         let reason = if !self.self_admitted {
             Some("this node is not admitted to the ledger yet (waiting for a leader to commit it)".to_owned())
         } else if leader.is_none() {
             Some("no ledger leader is known (election in progress or no quorum)".to_owned())
+        } else if !self.bootstrap_committed() {
+            Some("the mesh's first admin token and deployer key are not committed yet".to_owned())
         } else {
             None
         };

@@ -54,11 +54,14 @@ pub enum DaemonError {
     Membership(String),
     #[error("functions: {0}")]
     Functions(String),
+    #[error("probing the workload sandbox failed: {0}")]
+    Sandbox(String),
 }
 
 /// Run a node until `shutdown` resolves, then stop it cleanly.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let files = MeshFiles::load(&config.data_dir)?;
+    let mut files = MeshFiles::load(&config.data_dir)?;
+    ensure_api_names(&config, &mut files)?;
     let id = files.id();
     let ca_path = config.data_dir.join("ca.crt");
     let root = MeshRoot::from_pem(&files.ca_cert_pem)
@@ -73,6 +76,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     // Who may talk to us before the ledger says: ourselves and the nodes in bootstrap.json.
     let bootstrap_voters: Vec<_> = files.bootstrap.iter().flat_map(|b| b.voters.iter().cloned()).collect();
+    let bootstrap_tokens: Vec<_> = files.bootstrap.iter().flat_map(|b| b.tokens.iter().cloned()).collect();
     let contacts: Vec<_> = files.bootstrap.as_ref().map(|b| b.contacts()).unwrap_or_default();
     let admitted: Arc<RwLock<BTreeSet<NodeId>>> =
         Arc::new(RwLock::new(contacts.iter().map(|v| v.id).chain([id]).collect()));
@@ -107,10 +111,28 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             .await
             .map_err(|e| DaemonError::Ledger { dir: ledger_dir.clone(), reason: e.to_string() })?;
     }
+    // Every provisioned node commits the mesh's first credentials (idempotent), so they land
+    // even if the node that formed the ledger died right after.
+    let deployers = files.bootstrap.iter().flat_map(|b| b.deployers.iter().cloned()).collect();
+    crate::access::commit_bootstrap(ledger.clone(), bootstrap_tokens.clone(), deployers);
 
     let membership = start_membership(&config, id, files.secret, &contacts)?;
 
-    let executor = Arc::new(ProcessExecutor::new(ProcessConfig::default()));
+    // What the host allows workloads to be confined with; each node its own cgroup scope (local
+    // meshes run several nodes on one host), emptied of what a killed run of this node left.
+    let scope = format!("node-{}", id.short());
+    let host = tokio::task::spawn_blocking(move || {
+        let host = falak_sandbox::HostSandbox::detect(Some(&scope));
+        let left = host.cgroups.as_ref().map_or(0, |c| c.remove_leftovers());
+        (host, left)
+    })
+    .await;
+    let (host, left) = host.map_err(|e| DaemonError::Sandbox(e.to_string()))?;
+    if left > 0 {
+        tracing::warn!(cgroups = left, "removed workload cgroups the previous run of this node left");
+    }
+    tracing::info!(sandbox = %host.report, "workload sandbox");
+    let executor = Arc::new(ProcessExecutor::new(ProcessConfig::from_host(&host)));
     let run_as = config.run_as.map(|(uid, gid)| RunAs { uid, gid });
     // Attempts a previous run of this node left running (it was killed) were re-elected
     // elsewhere long ago: stop them before taking new work.
@@ -126,7 +148,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .await
         .map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
     let api_addr = listener.local_addr().map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
-    let record = config.record(id, format!("http://{api_addr}"));
+    let record = config.record(id, format!("https://{api_addr}"));
+    let tls = falak_transport::https::server_config(&files.key, &files.cert)
+        .map_err(|e| DaemonError::Trust { path: config.data_dir.join("node.crt"), reason: e.to_string() })?;
+    let listener = crate::https::TlsListener::new(listener, tls)
+        .map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (functions_stop, functions_stopping) = watch::channel(false);
     let functions = FunctionHost::new(FunctionHostParts {
@@ -134,6 +160,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         node_name: config.name.clone(),
         data_dir: config.data_dir.clone(),
         api_url: record.api_url.clone(),
+        secret: files.secret,
+        ca_cert_pem: files.ca_cert_pem.clone(),
         ledger: ledger.clone(),
         transport: dyn_transport.clone(),
         membership: membership.watch(),
@@ -146,7 +174,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let functions_task = tokio::spawn(functions.clone().run());
     let (actions_tx, actions) = mpsc::channel(ACTION_QUEUE);
     let gateway = Arc::new(GatewayHandle(NodeGateway::new(functions.clone())));
-    let router = falak_api::router_with_gateway(actions_tx, falak_api::ApiConfig::default(), gateway);
+    let auth = crate::access::start(&ledger, bootstrap_tokens, files.secret, functions_stop.subscribe());
+    let router = falak_api::router_with_gateway(actions_tx, falak_api::ApiConfig::default(), gateway, auth);
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let mut api_stop = stop_tx.subscribe();
     let api = tokio::spawn(async move {
@@ -170,6 +199,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         admitted,
         actions,
         authority,
+        bootstrap_credentials: (
+            files.bootstrap.iter().flat_map(|b| b.tokens.iter().map(|t| t.id)).collect(),
+            files.bootstrap.iter().flat_map(|b| b.deployers.iter().map(|d| d.id)).collect(),
+        ),
         functions,
         events: (events_tx, events_rx),
     });
@@ -191,7 +224,51 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracing::warn!(error = %e, "ledger shutdown");
     }
     transport.shutdown().await;
+    // The tasks are gone (the main loop stopped them): remove this node's cgroup scope.
+    if let Some(cgroups) = host.cgroups.clone() {
+        let removed = tokio::task::spawn_blocking(move || cgroups.remove_scope()).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(error = %e, "cannot remove the workload cgroup scope");
+        }
+    }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The hosts a node's certificate must name for clients of its HTTPS API: the API address's IP,
+/// or loopback and `localhost` when it listens on every address.
+pub fn api_hosts(addr: std::net::SocketAddr) -> Vec<String> {
+    if addr.ip().is_unspecified() {
+        vec!["127.0.0.1".to_owned(), "localhost".to_owned()]
+    } else {
+        vec![addr.ip().to_string()]
+    }
+}
+
+/// Make sure the node's certificate names its API hosts: reissue it with the mesh CA when this
+/// node holds the CA key (a node provisioned before HTTPS, or whose API address changed),
+/// otherwise say what to do.
+fn ensure_api_names(config: &NodeConfig, files: &mut MeshFiles) -> Result<(), DaemonError> {
+    let hosts = api_hosts(config.api_addr);
+    if hosts.iter().all(|h| files.cert.names_host(h)) {
+        return Ok(());
+    }
+    let path = config.data_dir.join("node.crt");
+    let trust = |reason: String| DaemonError::Trust { path: path.clone(), reason };
+    let key_path = config.data_dir.join("ca.key");
+    let Ok(key_pem) = std::fs::read_to_string(&key_path) else {
+        return Err(trust(format!(
+            "it does not name the API host {} and this node has no CA key to reissue it; join again with a new join token, or start the node with the API address it joined with",
+            hosts.join(", ")
+        )));
+    };
+    let ca = falak_transport::MeshCa::from_pem(&files.ca_cert_pem, &key_pem).map_err(|e| trust(e.to_string()))?;
+    let cert = ca
+        .issue_for_hosts(files.id(), &config.name, &hosts, crate::clock::system_now())
+        .map_err(|e| trust(e.to_string()))?;
+    crate::mesh_files::write_node_cert(&config.data_dir, &cert)?;
+    tracing::info!(hosts = %hosts.join(", "), "reissued the node certificate for the API's hosts");
+    files.cert = cert;
     Ok(())
 }
 

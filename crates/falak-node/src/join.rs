@@ -62,9 +62,22 @@ impl JoinAuthority {
                 existing.record.id.short()
             )));
         }
+        // The names the joiner's certificate needs for its API: the same rule its daemon checks
+        // at start (`daemon::api_hosts`).
+        let addr = reqwest::Url::parse(&request.record.api_url)
+            .ok()
+            .and_then(|u| u.socket_addrs(|| None).ok())
+            .and_then(|addrs| addrs.into_iter().next());
+        let Some(addr) = addr else {
+            return Err(ApiError::invalid(format!(
+                "record.api_url {:?} is not an https://IP:PORT address",
+                request.record.api_url
+            )));
+        };
+        let hosts = crate::daemon::api_hosts(addr);
         let cert = self
             .ca
-            .issue(request.record.id, &request.record.name, now)
+            .issue_for_hosts(request.record.id, &request.record.name, &hosts, now)
             .map_err(|e| ApiError::invalid(format!("cannot issue a certificate: {e}")))?;
         let peers = state
             .nodes()
@@ -117,10 +130,18 @@ pub async fn join(config: &NodeConfig, token: &str) -> Result<(), JoinError> {
     let mut secret = [0u8; 32];
     hex::decode_to_slice(&token.secret, &mut secret).map_err(|e| mesh_files::JoinTokenError::new(e.to_string()))?;
     let key = mesh_files::load_or_create_key(dir)?;
-    let record = config.record(key.id(), format!("http://{}", config.api_addr));
+    let record = config.record(key.id(), format!("https://{}", config.api_addr));
     let request = JoinRequest { proof: join_proof(&secret, &record), record };
     let refused = |reason: String| JoinError::Refused { url: token.api_url.clone(), reason };
-    let client = falak_api::Client::new(&token.api_url).map_err(|e| refused(e.to_string()))?;
+    if token.ca_cert.trim().is_empty() {
+        return Err(mesh_files::JoinTokenError::new(
+            "it carries no mesh CA certificate (it was made by an older falak); copy a new `join_token` from mesh.json",
+        )
+        .into());
+    }
+    let client = falak_api::Client::new(&token.api_url)
+        .and_then(|c| c.with_ca(&token.ca_cert))
+        .map_err(|e| refused(e.to_string()))?;
     let response = client.join(&request).await.map_err(|e| refused(e.to_string()))?;
     let peers: Vec<BootstrapMember> = response
         .peers
@@ -133,7 +154,13 @@ pub async fn join(config: &NodeConfig, token: &str) -> Result<(), JoinError> {
         })
         .collect();
     // No bootstrap voters: a joiner never initializes a ledger of its own.
-    let contacts = Bootstrap { mesh: response.mesh.clone(), voters: Vec::new(), members: peers };
+    let contacts = Bootstrap {
+        mesh: response.mesh.clone(),
+        voters: Vec::new(),
+        members: peers,
+        tokens: Vec::new(),
+        deployers: Vec::new(),
+    };
     mesh_files::write_joined(dir, &response.cert_pem, &response.ca_cert_pem, &secret, &contacts)?;
     tracing::info!(mesh = %response.mesh, node = %key.id(), "joined; certificate issued");
     Ok(())

@@ -1,6 +1,7 @@
 //! The Falak node daemon: the main loop, the transport, the one clock, workers, metrics and
 //! configuration.
 
+pub mod access;
 pub mod api;
 pub mod clock;
 pub mod cluster;
@@ -9,6 +10,7 @@ pub mod daemon;
 pub mod events;
 pub mod functions;
 pub mod host;
+pub mod https;
 pub mod join;
 pub mod main_loop;
 pub mod membership;

@@ -109,6 +109,8 @@ pub struct MainLoop {
     /// Node ids the transport accepts: admitted in the ledger, or bootstrap voters.
     pub(crate) admitted: Arc<RwLock<BTreeSet<NodeId>>>,
     pub(crate) authority: Option<Arc<crate::join::JoinAuthority>>,
+    /// The credentials in this node's `bootstrap.json`: it is not ready before its replica holds them.
+    pub(crate) bootstrap_credentials: (Vec<falak_core::access::TokenId>, Vec<falak_core::signing::DeployerId>),
     pub(crate) functions: Arc<crate::functions::FunctionHost>,
     pub(crate) tx: EventSender,
     rx: mpsc::UnboundedReceiver<Event>,
@@ -138,6 +140,9 @@ pub struct MainLoopParts {
     pub actions: mpsc::Receiver<falak_api::Action>,
     /// Present when this node holds the mesh CA key and so can admit joiners.
     pub authority: Option<Arc<crate::join::JoinAuthority>>,
+    /// The admin token and deployer key ids the mesh was provisioned with (from
+    /// `bootstrap.json`; empty on joiners).
+    pub bootstrap_credentials: (Vec<falak_core::access::TokenId>, Vec<falak_core::signing::DeployerId>),
     pub functions: Arc<crate::functions::FunctionHost>,
     /// The loop's event channel, made by the caller so parts beside the loop can send to it.
     pub events: (EventSender, mpsc::UnboundedReceiver<Event>),
@@ -164,6 +169,7 @@ impl MainLoop {
             observed: BTreeMap::new(),
             admitted: parts.admitted,
             authority: parts.authority,
+            bootstrap_credentials: parts.bootstrap_credentials,
             functions: parts.functions,
             tx,
             rx,
@@ -460,7 +466,7 @@ impl MainLoop {
         };
         for action in actions {
             match action {
-                Action::Propose { command, kind } => self.propose(command, kind),
+                Action::Propose { command, kind } => self.propose(*command, kind),
                 Action::Start(launch) => self.runner.start(launch, self.tx.clone()),
                 Action::Stop { task, fencing, reason } => {
                     tracing::info!(%task, reason, "stopping task");
@@ -506,5 +512,9 @@ pub fn event_kind(event: &LedgerEvent) -> &'static str {
         LedgerEvent::InstanceClaimed { .. } => "instance_claimed",
         LedgerEvent::InstanceReleased { .. } => "instance_released",
         LedgerEvent::InvocationFinished { .. } => "invocation_finished",
+        LedgerEvent::TokenCreated { .. } => "token_created",
+        LedgerEvent::TokenRevoked { .. } => "token_revoked",
+        LedgerEvent::DeployerTrusted { .. } => "deployer_trusted",
+        LedgerEvent::DeployerRevoked { .. } => "deployer_revoked",
     }
 }

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use falak_core::NodeId;
+use falak_core::access::{Role, Token, TokenRecord};
+use falak_core::signing::{DeployerKey, DeployerRecord};
 use falak_transport::pki::{MeshCa, NodeCert, NodeKey};
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +48,13 @@ pub struct Bootstrap {
     pub voters: Vec<BootstrapMember>,
     #[serde(default)]
     pub members: Vec<BootstrapMember>,
+    /// API tokens made with the mesh (the first admin token), hashes only: accepted by these
+    /// nodes at once and committed to the ledger by the node that forms it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenRecord>,
+    /// Deployer keys trusted from the start (the one `falak up` makes): committed like tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployers: Vec<DeployerRecord>,
 }
 
 impl Bootstrap {
@@ -128,15 +137,27 @@ pub struct LocalNode {
     pub gossip_addr: String,
 }
 
+/// What provisioning a mesh made.
+#[derive(Debug)]
+pub struct Provisioned {
+    pub ids: Vec<NodeId>,
+    /// The mesh's first admin token; only its hash is in the nodes' files.
+    pub admin_token: Token,
+    /// The mesh's first deployer key; only its public half is in the nodes' files.
+    pub deployer: DeployerKey,
+    pub ca_cert_pem: String,
+}
+
 /// Create the trust root of a new local mesh and give every node its identity: a key, a
 /// certificate from a fresh mesh CA, the mesh secret, the CA (key included, so any node can
-/// admit joiners; see ADR 0003) and the bootstrap voters (the first three nodes).
+/// admit joiners; see ADR 0003), the bootstrap voters (the first three nodes) and the first
+/// admin token (its hash; the token itself is returned for the caller to hand to the user).
 pub fn provision_local_mesh(
     mesh: &str,
     nodes: &[LocalNode],
     secret: [u8; 32],
     now: SystemTime,
-) -> Result<Vec<NodeId>, MeshFilesError> {
+) -> Result<Provisioned, MeshFilesError> {
     let ca = MeshCa::generate(mesh, now).map_err(|e| invalid(Path::new("mesh CA"), e))?;
     let (ca_cert, ca_key) = (ca.cert_pem(), ca.key_pem());
     let mut ids = Vec::new();
@@ -157,12 +178,53 @@ pub fn provision_local_mesh(
         });
     }
     let voters = members.iter().take(3).cloned().collect();
-    let bootstrap = Bootstrap { mesh: mesh.to_owned(), voters, members };
+    let admin_token = crate::access::random_token();
+    let created_at = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let admin = TokenRecord {
+        id: admin_token.id,
+        name: "admin".into(),
+        role: Role::Admin,
+        hash: admin_token.hash(),
+        created_at,
+        expires_at: None,
+        rate_limit: Some(0),
+        revoked_at: None,
+    };
+    let deployer = DeployerKey::from_seed(rand::random());
+    let trusted = DeployerRecord { id: deployer.id(), name: "admin".into(), added_at: created_at, revoked_at: None };
+    let bootstrap = Bootstrap { mesh: mesh.to_owned(), voters, members, tokens: vec![admin], deployers: vec![trusted] };
     let text = serde_json::to_string_pretty(&bootstrap).expect("bootstrap serializes");
     for node in nodes {
         write_public(&node.dir.join("bootstrap.json"), text.as_bytes())?;
     }
-    Ok(ids)
+    Ok(Provisioned { ids, admin_token, deployer, ca_cert_pem: ca_cert })
+}
+
+/// Where `falak up` writes what a user needs to reach its mesh, under the mesh's data dir:
+/// `admin.token` and `deployer.key` (0600) and `ca.crt`.
+pub const CREDENTIALS_DIR: &str = "credentials";
+
+/// Write the admin token and deployer key (owner-only) and the CA certificate to
+/// `dir/credentials/`.
+pub fn write_credentials(
+    dir: &Path,
+    token: &Token,
+    deployer: &DeployerKey,
+    ca_cert_pem: &str,
+) -> Result<PathBuf, MeshFilesError> {
+    let creds = dir.join(CREDENTIALS_DIR);
+    let io = |source| MeshFilesError::Io { action: "create", path: creds.clone(), source };
+    fs::create_dir_all(&creds).map_err(io)?;
+    fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
+    write_private(&creds.join("admin.token"), format!("{}\n", token.encode()).as_bytes())?;
+    write_private(&creds.join("deployer.key"), deployer.to_pem().as_bytes())?;
+    write_public(&creds.join("ca.crt"), ca_cert_pem.as_bytes())?;
+    Ok(creds)
+}
+
+/// Replace the node's certificate (reissued for new API hosts).
+pub fn write_node_cert(dir: &Path, cert: &NodeCert) -> Result<(), MeshFilesError> {
+    write_public(&dir.join("node.crt"), cert.to_pem().as_bytes())
 }
 
 fn parse_secret(path: &Path, text: &str) -> Result<[u8; 32], MeshFilesError> {
@@ -216,7 +278,13 @@ pub struct JoinToken {
     pub gossip_seed: String,
     /// The mesh secret, hex.
     pub secret: String,
+    /// The mesh CA certificate (PEM), which the joiner trusts for the node's HTTPS API.
+    #[serde(default)]
+    pub ca_cert: String,
 }
+
+/// The longest join token accepted.
+pub const MAX_JOIN_TOKEN_BYTES: usize = 64 << 10;
 
 /// The prefix of an encoded join token.
 pub const JOIN_TOKEN_PREFIX: &str = "falak-join-v1.";
@@ -258,6 +326,10 @@ impl JoinToken {
     }
 
     pub fn decode(text: &str) -> Result<JoinToken, JoinTokenError> {
+        // A real token is a few kilobytes (most of it the CA certificate).
+        if text.len() > MAX_JOIN_TOKEN_BYTES {
+            return Err(JoinTokenError(format!("longer than {MAX_JOIN_TOKEN_BYTES} bytes")));
+        }
         let body = text.trim().strip_prefix(JOIN_TOKEN_PREFIX).ok_or_else(|| JoinTokenError("wrong prefix".into()))?;
         let bytes = hex::decode(body).map_err(|e| JoinTokenError(e.to_string()))?;
         let token: JoinToken = serde_json::from_slice(&bytes).map_err(|e| JoinTokenError(e.to_string()))?;
@@ -275,7 +347,7 @@ pub fn provision_loopback(
     n: usize,
     template: &crate::config::NodeConfigDocument,
     now: SystemTime,
-) -> Result<Vec<crate::config::NodeConfigDocument>, MeshFilesError> {
+) -> Result<LoopbackMesh, MeshFilesError> {
     let io = |source| MeshFilesError::Io { action: "bind a free port on", path: PathBuf::from("127.0.0.1"), source };
     // Hold every socket until all ports are chosen, so no two nodes get the same one.
     let mut held_tcp = Vec::new();
@@ -308,6 +380,21 @@ pub fn provision_loopback(
         });
     }
     drop((held_tcp, held_udp));
-    provision_local_mesh(mesh, &locals, rand::random(), now)?;
-    Ok(docs)
+    let provisioned = provision_local_mesh(mesh, &locals, rand::random(), now)?;
+    Ok(LoopbackMesh {
+        nodes: docs,
+        admin_token: provisioned.admin_token,
+        deployer: provisioned.deployer,
+        ca_cert_pem: provisioned.ca_cert_pem,
+    })
+}
+
+/// A mesh [`provision_loopback`] made: each node's config and the admin token.
+#[derive(Debug)]
+pub struct LoopbackMesh {
+    pub nodes: Vec<crate::config::NodeConfigDocument>,
+    pub admin_token: Token,
+    pub deployer: DeployerKey,
+    /// The mesh CA certificate (PEM) clients of the nodes' HTTPS API trust.
+    pub ca_cert_pem: String,
 }

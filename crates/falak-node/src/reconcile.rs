@@ -12,6 +12,7 @@ use falak_core::election::{Candidacy, ElectionConfig, Observed, leader_duties};
 use falak_core::job::{Delivery, JobState, TaskId, TaskReport, TaskState};
 use falak_core::ledger::{Command, State};
 use falak_core::resources::Resources;
+use falak_core::signing::SpecKind;
 use falak_core::{Millis, NodeId};
 
 /// Everything an executor needs to start one task attempt.
@@ -25,13 +26,18 @@ pub struct TaskLaunch {
     pub stdin: Option<Vec<u8>>,
     pub timeout_ms: Option<u64>,
     pub resources: Resources,
+    pub network: falak_core::capsule::NetworkMode,
+    /// Why the capsule must not run although its claim committed: its signature no longer
+    /// verifies against the keys the ledger trusts (the key was revoked, the stored spec was
+    /// changed). The runner reports the attempt failed without starting anything.
+    pub refused: Option<String>,
 }
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Queue this command for the ledger. `kind` says what to call back on failure.
-    Propose { command: Command, kind: ProposalKind },
+    Propose { command: Box<Command>, kind: ProposalKind },
     /// Start a task attempt; report `Started`/`Exited` back.
     Start(TaskLaunch),
     /// Stop a running attempt (the whole process group).
@@ -210,7 +216,7 @@ impl Reconciler {
                     {
                         local.started_proposed = true;
                         out.push(Action::Propose {
-                            command: Command::Started { task: *task, fencing: local.fencing, now },
+                            command: Box::new(Command::Started { task: *task, fencing: local.fencing, now }),
                             kind: ProposalKind::Started(*task),
                         });
                     }
@@ -252,13 +258,18 @@ impl Reconciler {
             self.last_renew = now;
             let leases = mine.iter().map(|(t, f, _)| (*t, *f)).collect();
             out.push(Action::Propose {
-                command: Command::RenewLeases { node: me, leases, lease_ms: self.config.election.lease_ms, now },
+                command: Box::new(Command::RenewLeases {
+                    node: me,
+                    leases,
+                    lease_ms: self.config.election.lease_ms,
+                    now,
+                }),
                 kind: ProposalKind::Renew,
             });
         }
         // 4. Elections.
         for command in self.candidacy.step(state, observed, me, now, &self.config.election) {
-            out.push(Action::Propose { command, kind: ProposalKind::Claim });
+            out.push(Action::Propose { command: Box::new(command), kind: ProposalKind::Claim });
         }
         // 5. Leader duties.
         if is_leader && !self.duties_in_flight && now.saturating_sub(self.last_duties) >= self.config.duties_every_ms {
@@ -271,7 +282,7 @@ impl Reconciler {
                 } else {
                     Command::Batch(duties)
                 };
-                out.push(Action::Propose { command, kind: ProposalKind::LeaderDuty });
+                out.push(Action::Propose { command: Box::new(command), kind: ProposalKind::LeaderDuty });
             }
         }
         out
@@ -281,7 +292,7 @@ impl Reconciler {
 /// Report how an attempt ended.
 fn report_finish(task: TaskId, node: NodeId, fencing: u64, report: &TaskReport, now: Millis) -> Action {
     Action::Propose {
-        command: Command::Finish { task, node, fencing, report: report.clone(), now },
+        command: Box::new(Command::Finish { task, node, fencing, report: report.clone(), now }),
         kind: ProposalKind::Finish(task),
     }
 }
@@ -330,5 +341,10 @@ pub fn launch_for(state: &State, task: TaskId, fencing: u64, attempt: u32) -> Op
         stdin: t.input.as_ref().map(|i| format!("{i}\n").into_bytes()),
         timeout_ms: job.timeout_ms,
         resources: job.resources,
+        network: capsule.spec.network,
+        refused: state
+            .check_signature(SpecKind::Capsule, &capsule.spec.unversioned(), capsule.signature.as_ref())
+            .err()
+            .map(|e| format!("not run: {e}")),
     })
 }

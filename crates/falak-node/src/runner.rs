@@ -51,6 +51,19 @@ impl Runner {
 
     /// Start an attempt in the background; `Started` and `Exited` arrive as events.
     pub fn start(&mut self, launch: TaskLaunch, tx: EventSender) {
+        if let Some(reason) = launch.refused {
+            tracing::warn!(task = %launch.task, %reason, "task refused");
+            let report = TaskReport {
+                exit_code: None,
+                error: Some(reason),
+                duration_ms: 0,
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
+            };
+            let (task, fencing) = (launch.task, launch.fencing);
+            let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report, started: false }));
+            return;
+        }
         let mut spec = TaskSpec::new(
             launch.task.to_string(),
             launch.attempt,
@@ -63,6 +76,10 @@ impl Runner {
         spec.limits.cpu_millis = Some(launch.resources.cpu_millis);
         spec.limits.memory_bytes = Some(launch.resources.memory_bytes);
         spec.run_as = self.run_as;
+        spec.network = match launch.network {
+            falak_core::capsule::NetworkMode::None => falak_exec::Network::None,
+            falak_core::capsule::NetworkMode::Host => falak_exec::Network::Host,
+        };
         spec.output_tail_bytes = LEDGER_TAIL_BYTES;
         let slot = Arc::new(Slot {
             fencing: launch.fencing,

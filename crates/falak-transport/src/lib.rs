@@ -26,6 +26,7 @@ use futures_util::future::BoxFuture;
 
 pub use falak_core::NodeId;
 
+pub mod https;
 pub mod memory;
 pub mod pki;
 pub mod quic;

@@ -239,10 +239,31 @@ impl MeshCa {
     /// `now` for [`NODE_CERT_VALIDITY`]. The node proves it holds the private key in every TLS
     /// handshake, so the CA needs only the public key.
     pub fn issue(&self, node: NodeId, node_name: &str, now: SystemTime) -> Result<NodeCert, IssueError> {
+        self.issue_for_hosts(node, node_name, &[], now)
+    }
+
+    /// [`MeshCa::issue`], also naming `hosts` (IP addresses or DNS names): the names clients use
+    /// to reach the node's HTTPS API, which serves the same certificate.
+    pub fn issue_for_hosts(
+        &self,
+        node: NodeId,
+        node_name: &str,
+        hosts: &[String],
+        now: SystemTime,
+    ) -> Result<NodeCert, IssueError> {
         check_name(node_name)?;
-        let san = MESH_SERVER_NAME.try_into().map_err(|e: rcgen::Error| IssueError::Signing(e.to_string()))?;
+        let signing = |e: rcgen::Error| IssueError::Signing(e.to_string());
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::DnsName(san)];
+        params.subject_alt_names = vec![SanType::DnsName(MESH_SERVER_NAME.try_into().map_err(signing)?)];
+        for host in hosts {
+            let san = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(host.as_str().try_into().map_err(signing)?),
+            };
+            if !params.subject_alt_names.contains(&san) {
+                params.subject_alt_names.push(san);
+            }
+        }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node.to_string());
         dn.push(DnType::OrganizationalUnitName, node_name);
@@ -295,6 +316,13 @@ impl NodeCert {
     /// The node the certificate names (its public key).
     pub fn node_id(&self) -> NodeId {
         self.id
+    }
+
+    /// Whether the certificate names `host` (an IP address or DNS name) for TLS clients.
+    pub fn names_host(&self, host: &str) -> bool {
+        let Ok(cert) = webpki::EndEntityCert::try_from(&self.der) else { return false };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(host) else { return false };
+        cert.verify_is_valid_for_subject_name(&name).is_ok()
     }
 }
 

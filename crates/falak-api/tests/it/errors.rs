@@ -185,8 +185,9 @@ async fn a_busy_or_gone_node_is_unavailable_not_a_hang() {
         queue_wait: Duration::from_millis(50),
         ..ApiConfig::default()
     };
-    let base = serve(falak_api::router(tx, config.clone())).await;
-    let client = falak_api::Client::new(&base).unwrap();
+    let (auth, token) = falak_api::auth::one_token_for_tests(falak_core::access::Role::Admin);
+    let base = serve(falak_api::router(tx, config.clone(), auth)).await;
+    let client = falak_api::Client::new(&base).unwrap().with_token(Some(token));
     let (first, second) = tokio::join!(client.nodes(), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         client.nodes().await

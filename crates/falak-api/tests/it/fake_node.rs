@@ -43,6 +43,7 @@ impl FakeNode {
         let (bus, _) = broadcast::channel(EVENT_CAPACITY);
         let mut fake =
             FakeNode { state: State::default(), now: 1_000, me: node_id(1), ready: true, seq: 0, recent: vec![], bus };
+        fake.state.apply(&falak_core::signing::deployer_for_tests().1);
         fake.admit(1, "node-a", Resources::new(4000, 8 << 30), &[("zone", "a")]);
         fake.admit(2, "node-b", Resources::new(1000, 1 << 30), &[("zone", "b")]);
         fake
@@ -156,11 +157,14 @@ impl FakeNode {
                     .collect();
                 let _ = reply.send(Ok(nodes));
             }
-            Action::ApplyCapsule { spec, reply } => {
-                let result = self.write(|now| Command::ApplyCapsule { spec, now }).map(|outcome| match outcome {
-                    Outcome::CapsuleApplied { name, version, unchanged } => CapsuleApplied { name, version, unchanged },
-                    other => panic!("unexpected {other:?}"),
-                });
+            Action::ApplyCapsule { spec, signature, reply } => {
+                let result =
+                    self.write(|now| Command::ApplyCapsule { spec, signature, now }).map(|outcome| match outcome {
+                        Outcome::CapsuleApplied { name, version, unchanged } => {
+                            CapsuleApplied { name, version, unchanged }
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    });
                 let _ = reply.send(result);
             }
             Action::ListCapsules { reply } => {
@@ -243,6 +247,14 @@ impl FakeNode {
                 let _ = reply.send(Ok(EventSubscription { recent: self.recent.clone(), live: self.bus.subscribe() }));
             }
             Action::Function(action) => action.fail(ApiError::unavailable("the fake node runs no functions")),
+            action @ (Action::CreateToken { .. }
+            | Action::ListTokens { .. }
+            | Action::RevokeToken { .. }
+            | Action::ListDeployers { .. }
+            | Action::TrustDeployer { .. }
+            | Action::RevokeDeployer { .. }) => {
+                action.fail(ApiError::unavailable("the fake node keeps no credentials"))
+            }
         }
     }
 }
@@ -252,6 +264,8 @@ pub struct Harness {
     pub client: Client,
     pub base: String,
     fake: Arc<Mutex<FakeNode>>,
+    /// The admin token `client` sends.
+    pub token: String,
 }
 
 impl Harness {
@@ -259,9 +273,12 @@ impl Harness {
         self.fake.lock().unwrap()
     }
 
-    /// A plain HTTP client for requests the typed client would never send.
+    /// A plain HTTP client for requests the typed client would never send; it sends the
+    /// harness's admin token.
     pub fn raw(&self) -> reqwest::Client {
-        reqwest::Client::new()
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", self.token).parse().unwrap());
+        reqwest::Client::builder().default_headers(headers).build().unwrap()
     }
 }
 
@@ -278,8 +295,11 @@ pub async fn spawn_with(config: ApiConfig) -> Harness {
             loop_fake.lock().unwrap().handle(action);
         }
     });
-    let base = serve(falak_api::router(tx, config)).await;
-    Harness { client: Client::new(&base).unwrap(), base, fake }
+    let (auth, token) = falak_api::auth::one_token_for_tests(falak_core::access::Role::Admin);
+    let base = serve(falak_api::router(tx, config, auth)).await;
+    let deployer = std::sync::Arc::new(falak_core::signing::deployer_for_tests().0);
+    let client = Client::new(&base).unwrap().with_token(Some(token.clone())).with_deployer(Some(deployer));
+    Harness { client, base, fake, token }
 }
 
 /// Serve a router on a free loopback port; returns its base URL.

@@ -4,3 +4,4 @@
 mod bundle;
 mod fetch;
 mod store;
+mod tamper;

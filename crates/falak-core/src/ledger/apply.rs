@@ -35,7 +35,7 @@ impl State {
             Command::Batch(commands) => Outcome::Batch(commands.iter().map(|c| self.apply_one(c, ev)).collect()),
             Command::AdmitNode { record, now } => self.admit_node(record, *now, ev),
             Command::SetNodeOffline { node, offline, now } => self.set_node_offline(*node, *offline, *now, ev),
-            Command::ApplyCapsule { spec, now } => self.apply_capsule(spec, *now, ev),
+            Command::ApplyCapsule { spec, signature, now } => self.apply_capsule(spec, signature.as_ref(), *now, ev),
             Command::SubmitJob { request, origin, now } => self.submit_job(request, *origin, *now, ev),
             Command::CancelJob { job, now } => self.cancel_job(*job, *now, ev),
             Command::ApplyService { request, origin, now } => self.apply_service(request, *origin, *now, ev),
@@ -49,7 +49,9 @@ impl State {
                 self.finish(*task, *node, *fencing, report, *now, ev)
             }
             Command::ExpireLeases { now } => self.expire(*now, ev),
-            Command::DeployFunction { spec, now } => self.deploy_function(spec, *now, ev),
+            Command::DeployFunction { spec, signature, now } => {
+                self.deploy_function(spec, signature.as_ref(), *now, ev)
+            }
             Command::RemoveFunction { name, .. } => self.remove_function(name, ev),
             Command::ClaimInstance { function, version, node, instance, now } => {
                 self.claim_instance(function, *version, *node, *instance, *now, ev)
@@ -63,6 +65,10 @@ impl State {
             Command::FinishInvocation { id, node, attempts, response, error, now } => {
                 self.finish_invocation(*id, *node, *attempts, response, error, *now, ev)
             }
+            Command::CreateToken { record, .. } => self.create_token(record, ev),
+            Command::RevokeToken { id, now } => self.revoke_token(*id, *now, ev),
+            Command::TrustDeployer { record, .. } => self.trust_deployer(record, ev),
+            Command::RevokeDeployer { id, now } => self.revoke_deployer(*id, *now, ev),
         }
     }
 
@@ -110,7 +116,16 @@ impl State {
         Outcome::Done
     }
 
-    fn apply_capsule(&mut self, spec: &crate::capsule::CapsuleSpec, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+    fn apply_capsule(
+        &mut self,
+        spec: &crate::capsule::CapsuleSpec,
+        signature: Option<&crate::signing::SpecSignature>,
+        now: Millis,
+        ev: &mut Vec<LedgerEvent>,
+    ) -> Outcome {
+        if let Err(refused) = self.check_signature(crate::signing::SpecKind::Capsule, &spec.unversioned(), signature) {
+            return reject(RejectCode::Forbidden, refused.to_string());
+        }
         let versions = self.data.capsules.entry(spec.name.clone()).or_default();
         let same_content = |stored: &CapsuleVersion| {
             let mut a = stored.spec.clone();
@@ -121,8 +136,11 @@ impl State {
         };
         let version = match spec.version {
             Some(v) => {
-                if let Some(existing) = versions.iter().find(|c| c.version == v) {
+                if let Some(existing) = versions.iter_mut().find(|c| c.version == v) {
                     if same_content(existing) {
+                        // Signed again (by a new key, after the old one was revoked): keep the
+                        // newer signature, which was verified above.
+                        existing.signature = signature.cloned();
                         return Outcome::CapsuleApplied { name: spec.name.clone(), version: v, unchanged: true };
                     }
                     return reject(
@@ -145,7 +163,8 @@ impl State {
                 v
             }
             None => {
-                if let Some(latest) = versions.last().filter(|l| same_content(l)) {
+                if let Some(latest) = versions.last_mut().filter(|l| same_content(l)) {
+                    latest.signature = signature.cloned();
                     return Outcome::CapsuleApplied {
                         name: spec.name.clone(),
                         version: latest.version,
@@ -157,7 +176,7 @@ impl State {
         };
         let mut stored = spec.clone();
         stored.version = Some(version);
-        versions.push(CapsuleVersion { version, spec: stored, created_at: now });
+        versions.push(CapsuleVersion { version, spec: stored, created_at: now, signature: signature.cloned() });
         ev.push(LedgerEvent::CapsuleApplied { name: spec.name.clone(), version });
         Outcome::CapsuleApplied { name: spec.name.clone(), version, unchanged: false }
     }
@@ -709,6 +728,10 @@ fn command_now(command: &Command) -> Option<Millis> {
         | Command::ClaimInstance { now, .. }
         | Command::ReleaseInstances { now, .. }
         | Command::SubmitInvocation { now, .. }
-        | Command::FinishInvocation { now, .. } => Some(*now),
+        | Command::FinishInvocation { now, .. }
+        | Command::CreateToken { now, .. }
+        | Command::RevokeToken { now, .. }
+        | Command::TrustDeployer { now, .. }
+        | Command::RevokeDeployer { now, .. } => Some(*now),
     }
 }

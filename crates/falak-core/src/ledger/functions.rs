@@ -20,7 +20,16 @@ fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
 }
 
 impl State {
-    pub(super) fn deploy_function(&mut self, spec: &FunctionSpec, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+    pub(super) fn deploy_function(
+        &mut self,
+        spec: &FunctionSpec,
+        signature: Option<&crate::signing::SpecSignature>,
+        now: Millis,
+        ev: &mut Vec<LedgerEvent>,
+    ) -> Outcome {
+        if let Err(refused) = self.check_signature(crate::signing::SpecKind::Function, &spec.unversioned(), signature) {
+            return reject(RejectCode::Forbidden, refused.to_string());
+        }
         let current = self.data.functions.get(&spec.name);
         let same_content = |stored: &FunctionSpec| {
             let mut a = stored.clone();
@@ -30,11 +39,16 @@ impl State {
         if let Some(entry) = current {
             if spec.version == 0 && same_content(&entry.spec) || spec.version == entry.spec.version {
                 if same_content(&entry.spec) {
-                    return Outcome::FunctionDeployed {
-                        name: spec.name.clone(),
-                        version: entry.spec.version,
-                        unchanged: true,
-                    };
+                    let version = entry.spec.version;
+                    // Signed again (by a new key, after the old one was revoked): keep the newer
+                    // signature, verified above, and tell the nodes, which may have refused it.
+                    if entry.signature.as_ref() != signature {
+                        if let Some(entry) = self.data.functions.get_mut(&spec.name) {
+                            entry.signature = signature.cloned();
+                        }
+                        ev.push(LedgerEvent::FunctionDeployed { name: spec.name.clone(), version });
+                    }
+                    return Outcome::FunctionDeployed { name: spec.name.clone(), version, unchanged: true };
                 }
                 return reject(
                     RejectCode::Conflict,
@@ -62,7 +76,8 @@ impl State {
         let mut stored = spec.clone();
         stored.version = version;
         let instances = current.map(|e| e.instances.clone()).unwrap_or_default();
-        self.data.functions.insert(spec.name.clone(), FunctionEntry { spec: stored, deployed_at: now, instances });
+        let entry = FunctionEntry { spec: stored, deployed_at: now, instances, signature: signature.cloned() };
+        self.data.functions.insert(spec.name.clone(), entry);
         ev.push(LedgerEvent::FunctionDeployed { name: spec.name.clone(), version });
         Outcome::FunctionDeployed { name: spec.name.clone(), version, unchanged: false }
     }
@@ -298,6 +313,7 @@ mod tests {
 
     fn state_with_nodes() -> State {
         let mut state = State::default();
+        state.apply(&crate::signing::deployer_for_tests().1);
         for n in 1..=3 {
             let record = NodeRecord {
                 id: node(n),
@@ -332,11 +348,11 @@ mod tests {
     #[test]
     fn deploy_assigns_versions_and_is_idempotent() {
         let mut state = state_with_nodes();
-        let out = state.apply(&Command::DeployFunction { spec: spec(4), now: 2 }).outcome;
+        let out = state.apply(&Command::signed_function(spec(4), &crate::signing::deployer_for_tests().0, 2)).outcome;
         assert_eq!(out, Outcome::FunctionDeployed { name: "greet".into(), version: 1, unchanged: false });
-        let out = state.apply(&Command::DeployFunction { spec: spec(4), now: 3 }).outcome;
+        let out = state.apply(&Command::signed_function(spec(4), &crate::signing::deployer_for_tests().0, 3)).outcome;
         assert_eq!(out, Outcome::FunctionDeployed { name: "greet".into(), version: 1, unchanged: true });
-        let out = state.apply(&Command::DeployFunction { spec: spec(5), now: 4 }).outcome;
+        let out = state.apply(&Command::signed_function(spec(5), &crate::signing::deployer_for_tests().0, 4)).outcome;
         assert_eq!(out, Outcome::FunctionDeployed { name: "greet".into(), version: 2, unchanged: false });
         assert_eq!(state.function("greet").unwrap().spec.runtime, Runtime::Python);
     }
@@ -344,7 +360,7 @@ mod tests {
     #[test]
     fn instance_slots_never_exceed_max_instances() {
         let mut state = state_with_nodes();
-        state.apply(&Command::DeployFunction { spec: spec(2), now: 2 });
+        state.apply(&Command::signed_function(spec(2), &crate::signing::deployer_for_tests().0, 2));
         assert!(matches!(claim(&mut state, 1, 1, 1), Outcome::InstanceClaimed { .. }));
         assert!(matches!(claim(&mut state, 2, 1, 1), Outcome::InstanceClaimed { .. }));
         // The same claim again is idempotent; a third instance is refused.
@@ -380,7 +396,7 @@ mod tests {
     #[test]
     fn an_offline_node_loses_its_slots_and_its_invocations_move() {
         let mut state = state_with_nodes();
-        state.apply(&Command::DeployFunction { spec: spec(1), now: 2 });
+        state.apply(&Command::signed_function(spec(1), &crate::signing::deployer_for_tests().0, 2));
         assert!(matches!(claim(&mut state, 2, 1, 1), Outcome::InstanceClaimed { .. }));
         let request = StoredRequest {
             method: "POST".into(),
@@ -427,7 +443,7 @@ mod tests {
     #[test]
     fn oversize_async_bodies_are_refused() {
         let mut state = state_with_nodes();
-        state.apply(&Command::DeployFunction { spec: spec(1), now: 2 });
+        state.apply(&Command::signed_function(spec(1), &crate::signing::deployer_for_tests().0, 2));
         let request = StoredRequest {
             method: "POST".into(),
             path: "/".into(),

@@ -51,6 +51,12 @@ pub struct StateData {
     pub invocations: BTreeMap<InvocationId, Invocation>,
     #[serde(default)]
     pub next_invocation: InvocationId,
+    /// Deployer keys trusted to sign specs, revoked ones included.
+    #[serde(default)]
+    pub deployers: BTreeMap<crate::signing::DeployerId, crate::signing::DeployerRecord>,
+    /// API tokens by id (hashes only), revoked ones included.
+    #[serde(default)]
+    pub tokens: BTreeMap<crate::access::TokenId, crate::access::TokenRecord>,
     #[serde(default, skip_serializing_if = "is_none_bug")]
     pub planted_bug: PlantedBug,
 }

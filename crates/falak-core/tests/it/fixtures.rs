@@ -31,7 +31,7 @@ pub fn capsule(name: &str, cpu: &str, attempts: u32) -> Command {
     let text = format!(
         "name: {name}\nkind: process\ncommand: [/bin/true]\nresources: {{ cpu: {cpu}, memory: 32Mi }}\nplacement: {{ max_attempts: {attempts} }}"
     );
-    Command::ApplyCapsule { spec: CapsuleDocument::parse(&text).unwrap(), now: 1 }
+    Command::signed_capsule(CapsuleDocument::parse(&text).unwrap(), &falak_core::signing::deployer_for_tests().0, 1)
 }
 
 pub fn job(capsule: &str, tasks: u32) -> Command {
@@ -60,6 +60,7 @@ pub fn claim(task: TaskId, attempt: u32, node: NodeId, now: u64) -> Command {
 /// A state with three 2-core nodes, a capsule `c` and nothing else.
 pub fn mesh() -> State {
     let mut s = State::default();
+    s.apply(&falak_core::signing::deployer_for_tests().1);
     for n in 1..=3 {
         s.apply(&Command::AdmitNode { record: record(n, Resources::new(2000, 4 << 30)), now: 0 });
     }

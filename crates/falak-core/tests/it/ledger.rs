@@ -67,6 +67,7 @@ fn first_valid_claim_wins_and_the_second_is_stale() {
 #[test]
 fn planted_bug_lets_a_second_claim_through() {
     let mut s = State::with_planted_bug(PlantedBug::SkipAttemptCheck);
+    s.apply(&falak_core::signing::deployer_for_tests().1);
     for n in 1..=2 {
         s.apply(&Command::AdmitNode {
             record: record(n, falak_core::resources::Resources::new(2000, 4 << 30)),
@@ -197,9 +198,9 @@ fn capsule_versions_are_immutable() {
         Outcome::CapsuleApplied { name: "c".into(), version: 2, unchanged: false }
     );
     // Explicit duplicate version with other content: conflict.
-    let Command::ApplyCapsule { mut spec, now } = capsule("c", "2", 2) else { unreachable!() };
-    spec.version = Some(1);
-    let out = s.apply(&Command::ApplyCapsule { spec, now }).outcome;
+    let Command::ApplyCapsule { mut spec, signature, now } = capsule("c", "2", 2) else { unreachable!() };
+    spec.version = Some(1); // the version is not signed: the ledger may assign it
+    let out = s.apply(&Command::ApplyCapsule { spec, signature, now }).outcome;
     assert_eq!(code(&out), RejectCode::Conflict);
     assert!(out.rejection().unwrap().message.contains("immutable"));
     assert_eq!(s.capsule_versions("c").unwrap().len(), 2);

@@ -21,7 +21,7 @@ use crate::clock::monotonic_now;
 use crate::executor::{ExitWatch, Running};
 use crate::exit::{Exit, ExitReason, Stats};
 use crate::log::tail_text;
-use crate::sandbox::Sandbox;
+use crate::sandbox::SandboxGroup;
 use crate::task::TaskSpec;
 
 /// What the monitor takes over from `start`.
@@ -33,7 +33,8 @@ pub(super) struct Monitored {
     /// task's output if the task unlinked or replaced the files.
     pub logs: [File; 2],
     pub timeout_grace: Duration,
-    pub sandbox: Arc<dyn Sandbox>,
+    /// Every process of the attempt, as its sandbox (cgroup) sees them.
+    pub group: Arc<dyn SandboxGroup>,
 }
 
 /// The handle `ProcessExecutor::start` returns.
@@ -46,6 +47,7 @@ pub(super) struct ProcessRunning {
     /// Stop requests, by grace period.
     stop: mpsc::UnboundedSender<Duration>,
     exit: ExitWatch,
+    group: Arc<dyn SandboxGroup>,
 }
 
 impl ProcessRunning {
@@ -61,11 +63,12 @@ impl ProcessRunning {
             started: monitored.started,
             stop: stop_tx,
             exit,
+            group: monitored.group.clone(),
         });
         tracing::debug!(task = %running.task_id, attempt = running.attempt, pid, "task started");
         // The guard is made here, not inside the task: a runtime shutting down before the task
         // is first polled drops the future, and with it the guard, which kills the group.
-        let guard = KillGroupOnDrop { pgid: Some(pid) };
+        let guard = KillGroupOnDrop { pgid: Some(pid), group: Some(monitored.group.clone()) };
         tokio::spawn(monitor(monitored, pid, stop_rx, exit_tx, guard));
         running
     }
@@ -104,9 +107,17 @@ impl Running for ProcessRunning {
                 return Stats { elapsed: exit.duration, rss_bytes: None, processes: Some(0) };
             }
             let elapsed = monotonic_now().saturating_duration_since(self.started);
-            let pgid = self.pid;
-            let usage = tokio::task::spawn_blocking(move || procfs::group_usage(pgid)).await.ok();
-            Stats { elapsed, rss_bytes: usage.map(|u| u.rss_bytes), processes: usage.map(|u| u.processes) }
+            let (pgid, group) = (self.pid, self.group.clone());
+            let usage = tokio::task::spawn_blocking(move || {
+                // The cgroup counts every process, also those that left the process group.
+                group.usage().unwrap_or_else(|| {
+                    let usage = procfs::group_usage(pgid);
+                    (usage.processes, Some(usage.rss_bytes))
+                })
+            })
+            .await
+            .ok();
+            Stats { elapsed, rss_bytes: usage.and_then(|u| u.1), processes: usage.map(|u| u.0) }
         })
     }
 }
@@ -135,6 +146,9 @@ async fn monitor(
             }
             () = sleep_until(kill_at.unwrap_or_else(far_future)), if kill_at.is_some() => {
                 signal_group(pgid, libc::SIGKILL);
+                // And whatever left the group: the cgroup holds it still.
+                let group = monitored.group.clone();
+                tokio::task::spawn_blocking(move || group.kill());
                 kill_at = None;
             }
             request = stop_rx.recv(), if stop_open => match request {
@@ -150,24 +164,34 @@ async fn monitor(
     // The main process is gone, but what it started may not be: a task leaves nothing behind.
     // While any member lives the kernel cannot reuse the group id, so this reaches only the
     // task's processes; if none is left, reuse would need the pid counter to wrap around in
-    // the microseconds since the reap. (The cgroup sandbox will make this exact.)
+    // the microseconds since the reap. The cgroup's teardown below reaches the rest, also
+    // processes that left the group.
     signal_group(pgid, libc::SIGKILL);
     guard.pgid = None;
     let duration = monotonic_now().saturating_duration_since(monitored.started);
 
-    let Monitored { spec, logs, sandbox, .. } = monitored;
+    let Monitored { spec, logs, group, .. } = monitored;
+    guard.group = None;
     let tail_bytes = spec.output_tail_bytes;
-    let task_id = spec.task_id.clone();
+    let task_id = spec.task_id;
     let finished = tokio::task::spawn_blocking(move || {
-        sandbox.teardown(&spec);
+        // Read before the teardown removes the counters.
+        let memory_kill = group.memory_kill();
+        group.teardown();
         let [stdout, stderr] = logs;
-        (tail_or_note(&stdout, tail_bytes), tail_or_note(&stderr, tail_bytes))
+        (memory_kill, tail_or_note(&stdout, tail_bytes), tail_or_note(&stderr, tail_bytes))
     })
     .await;
-    let (stdout_tail, stderr_tail) = finished.unwrap_or_default();
+    let (memory_kill, stdout_tail, stderr_tail) = finished.unwrap_or_default();
     let exit = match status {
         Ok(status) => Exit {
-            reason: ending.unwrap_or(ExitReason::Exited),
+            // The kernel's OOM killer sends SIGKILL: without this the task's record would only
+            // say "killed by signal SIGKILL".
+            reason: match (ending, memory_kill) {
+                (Some(ending), _) => ending,
+                (None, Some(limit_bytes)) if !status.success() => ExitReason::MemoryLimit { limit_bytes },
+                (None, _) => ExitReason::Exited,
+            },
             code: status.code(),
             signal: status.signal(),
             duration,
@@ -183,15 +207,20 @@ async fn monitor(
     exit_tx.send_replace(Some(exit));
 }
 
-/// Kills the group when dropped while still armed.
+/// Kills the group, and tears its sandbox down, when dropped while still armed.
 struct KillGroupOnDrop {
     pgid: Option<u32>,
+    group: Option<Arc<dyn SandboxGroup>>,
 }
 
 impl Drop for KillGroupOnDrop {
     fn drop(&mut self) {
         if let Some(pgid) = self.pgid {
             signal_group(pgid, libc::SIGKILL);
+        }
+        // Blocking, but only while the runtime shuts down, and briefly: a few control files.
+        if let Some(group) = self.group.take() {
+            group.teardown();
         }
     }
 }

@@ -12,17 +12,28 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use falak_exec::{Exit, ProcessConfig, ProcessExecutor, Running, TaskSpec};
+use falak_exec::{Exit, ProcessConfig, ProcessExecutor, Running, SandboxReport, TaskSpec};
 use tempfile::TempDir;
+
+/// The cgroup scope the tests' executors share; each attempt's cgroup name hashes its
+/// working directory, so concurrent tests never collide.
+pub const CGROUP_SCOPE: &str = "falak-exec-tests";
 
 /// `sh -c script`.
 pub fn sh(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.into()]
 }
 
-/// A process executor with a short timeout grace, so timeout tests stay fast.
+/// A process executor as a node makes it (every confinement the host allows), with a short
+/// timeout grace so timeout tests stay fast.
 pub fn executor() -> ProcessExecutor {
-    ProcessExecutor::new(ProcessConfig { timeout_grace: Duration::from_millis(300), ..ProcessConfig::default() })
+    sandboxed().0
+}
+
+/// [`executor`] and what its sandbox enforces.
+pub fn sandboxed() -> (ProcessExecutor, SandboxReport) {
+    let (config, report) = ProcessConfig::sandboxed(CGROUP_SCOPE);
+    (ProcessExecutor::new(ProcessConfig { timeout_grace: Duration::from_millis(300), ..config }), report)
 }
 
 /// A spec whose working directory is `<dir>/<task_id>/1`.

@@ -17,7 +17,7 @@ async fn echo_sees_its_env_and_stdin_and_nothing_else() {
     let workdir = spec.workdir.display();
     let expected = format!(
         "hello falak\nfrom stdin\nFALAK_ATTEMPT=1\nFALAK_TASK_ID=j1-t0\nGREETING=hello falak\nHOME={workdir}\n\
-         PATH={}\nPWD={workdir}\n",
+         PATH={}\nPWD={workdir}\nTMPDIR={workdir}/tmp\n",
         falak_exec::DEFAULT_PATH
     );
     assert_eq!(exit.stdout_tail, expected);

@@ -6,6 +6,7 @@ mod exec;
 mod http;
 mod prepare;
 mod python;
+mod sandbox;
 mod support;
 
 /// The node holds these in `Arc`s across tasks and spawns their futures.

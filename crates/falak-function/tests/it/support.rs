@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use falak_core::function::Runtime;
-use falak_function::{BoxBody, HostSpec, Instance, Prepared, prepare};
+use falak_function::{BoxBody, CgroupLimits, HostSpec, Instance, InstanceSandbox, Prepared, prepare};
 use http_body_util::{BodyExt, Full};
 use tempfile::TempDir;
 
@@ -56,6 +56,8 @@ impl Fixture {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
+    /// The spec of a deployment of the bundle, unconfined (the protocol tests); the sandbox
+    /// tests set `sandbox` and `limits`.
     pub fn spec(&self, runtime: Runtime) -> HostSpec {
         HostSpec {
             function: "greet".into(),
@@ -68,6 +70,8 @@ impl Fixture {
             work_dir: self.work_dir(),
             log_path: self.log(),
             python: PathBuf::from("python3"),
+            limits: CgroupLimits::default(),
+            sandbox: InstanceSandbox::unconfined(),
         }
     }
 

@@ -18,7 +18,9 @@ use falak_api::function::gateway_error;
 use falak_core::function::{FunctionSpec, SnapshotPolicy};
 use falak_core::ledger::{Command, Outcome, RejectCode};
 use falak_function::pool::{Action, InstanceId, Pool, PoolConfig, RejectReason, RequestId, StartFailure};
-use falak_function::{BoxBody, HostSpec, Instance, InstanceError, Prepared, Zygote};
+use falak_function::{
+    BoxBody, CgroupLimits, DEFAULT_MAX_PIDS, HostSpec, Instance, InstanceError, InstanceSandbox, Prepared, Zygote,
+};
 use http_body_util::BodyExt;
 use tokio::sync::{Notify, oneshot};
 
@@ -97,6 +99,8 @@ pub(crate) struct Deployment {
     warming: AtomicBool,
     /// When preparing last failed (ms since the epoch; 0 when it never did).
     failed_at: AtomicU64,
+    /// Set once every process of the deployment has been stopped (see [`Deployment::shutdown`]).
+    shut_down: tokio::sync::OnceCell<()>,
 }
 
 impl Deployment {
@@ -128,6 +132,7 @@ impl Deployment {
             prepared_flag: AtomicBool::new(false),
             warming: AtomicBool::new(false),
             failed_at: AtomicU64::new(0),
+            shut_down: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(deployment.clone().ticker());
         deployment
@@ -286,12 +291,14 @@ impl Deployment {
         let bundle_dir = self.ctx.bundle_dir(self.spec.artifact).await?;
         stages.push("fetch", t.elapsed());
         let t = instant();
+        let sandbox = self.ctx.sandbox().await?.clone();
+        // The log's dir is the node's alone; `prepare` makes the work dir (the instances').
         let deployment_dir = self.ctx.deployment_dir(&self.spec);
         let work_dir = self.ctx.socket_dir(&self.spec);
-        for dir in [&deployment_dir, &work_dir] {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let spec = host_spec(&self.spec, bundle_dir, work_dir, deployment_dir.join("log"), &self.ctx.python);
+        std::fs::create_dir_all(&deployment_dir)
+            .map_err(|e| format!("cannot create {}: {e}", deployment_dir.display()))?;
+        let log = deployment_dir.join("log");
+        let spec = host_spec(&self.spec, bundle_dir, work_dir, log, &self.ctx.python, sandbox);
         let prepared = falak_function::prepare(spec, &self.ctx.venv_dir())
             .await
             .map_err(|e| format!("preparing {} on node {}: {e}", self.spec.deployment(), self.ctx.node_name))?;
@@ -304,7 +311,14 @@ impl Deployment {
             .await
             .map_err(|e| format!("starting {} on node {}: {e}", self.spec.deployment(), self.ctx.node_name))?;
         self.ctx.record_group(&format!("fn-zygote-{}-{}", self.spec.name, self.spec.version), zygote.pid());
-        *lock(&self.zygote) = Some(Arc::new(zygote));
+        let zygote = Arc::new(zygote);
+        *lock(&self.zygote) = Some(zygote.clone());
+        // Retired meanwhile: nothing will fork from it, and `shutdown` may already have looked
+        // for a zygote to stop.
+        if self.is_retired() {
+            lock(&self.zygote).take();
+            zygote.stop().await;
+        }
         Ok(())
     }
 
@@ -360,7 +374,14 @@ impl Deployment {
                 // The exit watcher may have seen the crash first and stopped the instance.
                 let crashed =
                     matches!(e, InstanceError::Crashed { .. } | InstanceError::Stopped { .. }) || !instance.is_alive();
-                let message = if crashed {
+                let message = if let (true, Some(limit)) = (crashed, instance.memory_kill()) {
+                    self.instance_broke(pool_id, "crashed");
+                    format!(
+                        "function {}: the instance was killed by its memory limit ({limit} bytes) while serving the \
+                         request; it is being replaced; give the function more memory (resources.memory) if it needs it",
+                        self.spec.name
+                    )
+                } else if crashed {
                     self.instance_broke(pool_id, "crashed");
                     format!(
                         "function {}: the instance exited while serving the request; it is being replaced ({e})",
@@ -433,9 +454,12 @@ impl Deployment {
     }
 
     /// An instance failed a request (crash, timeout): forget it, stop it, let the pool replace it.
+    /// One the kernel killed for its memory limit is reported as such, whatever `why` says.
     fn instance_broke(self: &Arc<Self>, pool_id: InstanceId, why: &str) {
         let removed = lock(&self.live).remove(&pool_id);
         let Some(live) = removed else { return };
+        let memory = live.instance.memory_kill().map(|limit| format!("killed by its memory limit ({limit} bytes)"));
+        let why = memory.as_deref().unwrap_or(why);
         tracing::warn!(function = %self.spec.name, instance = live.slot, why, "instance replaced");
         self.ctx.publish(
             "instance_failed",
@@ -736,13 +760,20 @@ impl Deployment {
         self.shutdown().await;
     }
 
-    /// Stop everything this deployment runs here.
-    async fn shutdown(&self) {
+    /// Stop everything this deployment runs here — instances (at once, each with its grace
+    /// period), then the zygote — with their cgroups. Once: a second caller (the ticker and a
+    /// stopping node) waits for the first.
+    pub(crate) async fn shutdown(&self) {
+        self.shut_down.get_or_init(|| self.stop_processes()).await;
+    }
+
+    async fn stop_processes(&self) {
         let live: Vec<(Arc<Instance>, u64)> = lock(&self.live).values().map(|l| (l.instance.clone(), l.slot)).collect();
-        for (instance, slot) in live {
+        let stops = live.into_iter().map(|(instance, slot)| async move {
             instance.stop(STOP_GRACE).await;
             self.ctx.release_slot(&self.spec.name, slot);
-        }
+        });
+        futures_util::future::join_all(stops).await;
         let zygote = lock(&self.zygote).take();
         if let Some(z) = zygote {
             z.stop().await;
@@ -757,6 +788,7 @@ fn host_spec(
     work_dir: std::path::PathBuf,
     log_path: std::path::PathBuf,
     python: &std::path::Path,
+    sandbox: InstanceSandbox,
 ) -> HostSpec {
     HostSpec {
         function: spec.name.clone(),
@@ -769,6 +801,21 @@ fn host_spec(
         log_path,
         work_dir,
         python: python.to_path_buf(),
+        limits: instance_limits(spec),
+        sandbox,
+    }
+}
+
+/// The cgroup limits of each process of `spec`: its per-instance resources. The zygote gets
+/// the same, and each instance forked from it its own, so a node holds at most
+/// `max_instances + 1` times `resources.memory` for a function (less: the pages instances
+/// share with the zygote count once, in the zygote's).
+fn instance_limits(spec: &FunctionSpec) -> CgroupLimits {
+    let positive = |n: u64| (n > 0).then_some(n);
+    CgroupLimits {
+        memory_bytes: positive(spec.resources.memory_bytes),
+        cpu_millis: positive(spec.resources.cpu_millis),
+        max_pids: Some(DEFAULT_MAX_PIDS),
     }
 }
 

@@ -48,12 +48,24 @@ pub struct NodeGateway {
 
 impl NodeGateway {
     pub fn new(host: Arc<FunctionHost>) -> Arc<NodeGateway> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
+            .tls_built_in_root_certs(false);
+        // Peers' gateways are HTTPS with certificates from the mesh CA.
+        match reqwest::Certificate::from_pem(host.ctx().ca_cert_pem.as_bytes()) {
+            Ok(ca) => http = http.add_root_certificate(ca),
+            Err(e) => {
+                tracing::error!(error = %e, "the mesh CA certificate is unreadable; the invoke proxy cannot reach peers")
+            }
+        }
+        // Fail closed: a client that cannot trust the mesh CA must not fall back to one that
+        // trusts anything else; proxying then fails (and the request is served or started here).
+        let http = http.build().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot build the invoke proxy's HTTPS client");
+            reqwest::Client::builder().tls_built_in_root_certs(false).https_only(true).build().unwrap_or_default()
+        });
         Arc::new(NodeGateway { host, http, avoid: Mutex::new(BTreeMap::new()) })
     }
 
@@ -73,8 +85,16 @@ impl NodeGateway {
         lock(&self.avoid).insert(node, instant() + AVOID_FOR);
     }
 
-    async fn route(self: Arc<Self>, name: String, request: Request) -> Response {
+    async fn route(self: Arc<Self>, name: String, mut request: Request) -> Response {
         let t = instant();
+        // The credentials that authorized this request stop here, on every path (served here,
+        // started here, proxied): a function's code never sees a Falak token or a node's hop
+        // credential, and only a request from another node may steer routing with `falak-hop`.
+        let from_peer = request.extensions().get::<falak_api::Principal>().is_some_and(|p| p.hop);
+        strip_credentials(request.headers_mut());
+        if !from_peer {
+            request.headers_mut().remove(HOP_HEADER);
+        }
         // Only the version is read on the warm path; the spec is cloned when it is needed.
         let Some(version) = self.host.ctx().ledger.state().function(&name).map(|f| f.spec.version) else {
             return gateway_error(
@@ -82,6 +102,9 @@ impl NodeGateway {
                 None,
             );
         };
+        if let Some(reason) = self.host.refused(&name) {
+            return gateway_error(ApiError::new(falak_api::ErrorCode::Forbidden, reason), None);
+        }
         if declared_length(request.headers()).is_some_and(|n| n > MAX_INVOKE_BODY_BYTES as u64) {
             drain(request.into_body(), MAX_INVOKE_BODY_BYTES).await;
             return too_large(&name);
@@ -116,7 +139,7 @@ impl NodeGateway {
             .filter_map(|(id, g)| {
                 let g = g.as_ref()?;
                 let f = g.function(&name)?;
-                (f.version == spec.version && f.free_slots > 0 && !g.api_url.is_empty())
+                (f.version == spec.version && f.free_slots > 0 && g.api_url.starts_with("https://"))
                     .then(|| (f.free_slots, *id, g.api_url.clone()))
             })
             .collect();
@@ -200,7 +223,8 @@ impl NodeGateway {
                 continue;
             }
             let Some(g) = gossip else { continue };
-            if g.api_url.is_empty() {
+            // Only HTTPS peers: the hop credential never travels in the clear.
+            if !g.api_url.starts_with("https://") {
                 continue;
             }
             let f = g.function(&spec.name).filter(|f| f.version == spec.version);
@@ -231,9 +255,13 @@ impl NodeGateway {
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let url = format!("{api_url}/fn/{name}{path_and_query}");
         let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-        let mut builder = self.http.request(method, &url);
+        // The caller was authorized here; the peer trusts this node's credential instead, and
+        // the caller's Falak token goes no further.
+        let mut builder =
+            self.http.request(method, &url).header(falak_api::auth::HOP_HEADER_AUTH, self.host.ctx().hop_credential());
         for (key, value) in &parts.headers {
-            if key == header::HOST || key == header::CONTENT_LENGTH || key == header::CONNECTION {
+            // The caller's credentials were taken out on entry; its `falak-hop` never travels.
+            if key == header::HOST || key == header::CONTENT_LENGTH || key == header::CONNECTION || key == HOP_HEADER {
                 continue;
             }
             builder = builder.header(key.as_str(), value.as_bytes());
@@ -327,6 +355,16 @@ fn too_large(name: &str) -> Response {
 }
 
 /// The request with its body capped at the gateway's limit.
+/// Take out what authorized a request: a Falak bearer token (another `Authorization` scheme,
+/// the function's own, stays) and a node's hop credential.
+fn strip_credentials(headers: &mut http::HeaderMap) {
+    if falak_api::auth::bearer(headers).is_some_and(|t| t.is_ok()) {
+        headers.remove(http::header::AUTHORIZATION);
+    }
+    headers.remove(falak_api::auth::HOP_HEADER_AUTH);
+}
+
+/// The request as an instance gets it: the body bounded (credentials were taken out on entry).
 fn limited(request: Request) -> http::Request<falak_function::BoxBody> {
     use http_body_util::BodyExt;
     request.map(|body| {

@@ -157,8 +157,11 @@ async fn invoke_once(
     let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| e.to_string())?;
     // The gateway answers within the function's timeout (504 after it); a margin on top.
     let timeout_ms = host.ctx().ledger.state().function(function).map_or(60_000, |f| f.spec.timeout_ms);
-    let client = reqwest::Client::new();
-    let mut builder = client.request(method, &url).timeout(Duration::from_millis(timeout_ms.saturating_add(30_000)));
+    let client = falak_api::client::http_client(Some(&host.ctx().ca_cert_pem)).map_err(|e| e.to_string())?;
+    let mut builder = client
+        .request(method, &url)
+        .header(falak_api::auth::HOP_HEADER_AUTH, host.ctx().hop_credential())
+        .timeout(Duration::from_millis(timeout_ms.saturating_add(30_000)));
     for (k, v) in &request.headers {
         builder = builder.header(k.as_str(), v.as_str());
     }

@@ -38,6 +38,7 @@ use falak_core::gossip::FunctionGossip;
 use falak_core::ledger::{Command, Outcome};
 use falak_core::placement::Health;
 use falak_core::{ArtifactId, NodeId};
+use falak_function::{HostSandbox, InstanceSandbox};
 use falak_ledger::Ledger;
 use falak_membership::MembershipSnapshot;
 use falak_transport::Transport;
@@ -64,6 +65,9 @@ const GC_MIN_UNUSED: Duration = Duration::from_secs(3600);
 const GC_MAX_BYTES: u64 = 10 << 30;
 /// At most this many functions are published in gossip (the busiest first).
 const MAX_GOSSIP_FUNCTIONS: usize = 32;
+/// How long a stopping node waits for its function processes to stop before killing their
+/// cgroups (within the daemon's 5 s for the function host).
+const STOP_WAIT: Duration = Duration::from_secs(4);
 
 /// Each admitted node's labels.
 type NodeLabels = BTreeMap<NodeId, BTreeMap<String, String>>;
@@ -78,6 +82,8 @@ pub(crate) struct HostContext {
     pub id: NodeId,
     pub node_name: String,
     pub api_url: String,
+    secret: [u8; 32],
+    pub ca_cert_pem: String,
     pub dir: PathBuf,
     groups_dir: PathBuf,
     pub python: PathBuf,
@@ -90,16 +96,27 @@ pub(crate) struct HostContext {
     metrics: Mutex<FunctionMetrics>,
     next_slot: AtomicU64,
     stop: watch::Receiver<bool>,
+    /// How instances are confined, found on first use (see [`HostContext::sandbox`]).
+    sandbox: tokio::sync::OnceCell<InstanceSandbox>,
 }
 
+/// Directories the instance user must pass through: it may search them, not list them.
+const PASSABLE: u32 = 0o711;
+/// Directories only the node reads (deployment logs).
+const NODE_ONLY: u32 = 0o700;
+
 impl HostContext {
+    /// The node's own files of a deployment (its log), under `deployments/`, which only the
+    /// node may enter: instances never open the log by name, they inherit it as stdout.
     pub fn deployment_dir(&self, spec: &FunctionSpec) -> PathBuf {
         self.dir.join("deployments").join(format!("{}-{}", spec.name, spec.version))
     }
 
-    /// Where a deployment's instance sockets live: a short path, because a Unix socket path is
-    /// at most 108 bytes. Under the data dir when that is short enough, else under the system's
-    /// temporary directory (owner-only).
+    /// A deployment's work dir (`host.py` and `run/`, where the instance sockets live): a
+    /// short path, because a Unix socket path is at most 108 bytes. Under the data dir when
+    /// that is short enough, else under the system's temporary directory, in a directory of
+    /// the node's that instances may pass through (`0711`). The work dir itself and `run/` are
+    /// made by `falak_function::prepare`.
     pub fn socket_dir(&self, spec: &FunctionSpec) -> PathBuf {
         let key = blake3::hash(format!("{}@{}", spec.name, spec.version).as_bytes()).to_hex();
         let key = &key.as_str()[..10];
@@ -108,15 +125,61 @@ impl HostContext {
             return under_data;
         }
         let base = std::env::temp_dir().join(format!("falak-{}", self.id.short()));
-        if std::fs::create_dir_all(&base).is_ok() {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700));
+        match owned_dir(&base, PASSABLE) {
+            Ok(()) => base.join(key),
+            Err(e) => {
+                // Someone else's directory in a shared /tmp must not hold our sockets: the long
+                // path fails the preparation with a clear error instead.
+                tracing::warn!(dir = %base.display(), error = %e, "cannot use the short socket dir");
+                under_data
+            }
         }
-        base.join(key)
     }
 
+    /// The `falak-hop-auth` value for a request this node forwards to a gateway now.
+    pub fn hop_credential(&self) -> String {
+        falak_core::access::HopCredential::new(&self.secret, self.id, now_millis()).encode()
+    }
+
+    /// The virtualenv cache (`0711`; each virtualenv in it readable by all, see
+    /// `falak_function`'s `venv`).
     pub fn venv_dir(&self) -> PathBuf {
         self.dir.join("venvs")
+    }
+
+    /// The unpacked bundles (`0711`; each bundle `0755` dirs and `0644`/`0755` files, owned by
+    /// the node, as `falak_artifact::bundle::unpack` writes them): instances read them.
+    fn bundles_dir(&self) -> PathBuf {
+        self.dir.join("bundles")
+    }
+
+    /// How this node's function processes are confined: everything the host allows
+    /// ([`InstanceSandbox::from_host`]: nobody when root, seccomp, Landlock, network
+    /// namespaces, cgroups under a scope of the function host's own, `node-<id>-fn`). Probed
+    /// once, on first use (`FunctionHost::run` asks at startup); the probe also removes the
+    /// cgroups a crashed previous run left and makes the function dirs with the modes the
+    /// instance user needs.
+    pub async fn sandbox(&self) -> Result<&InstanceSandbox, String> {
+        self.sandbox
+            .get_or_try_init(|| async {
+                let scope = self.cgroup_scope();
+                let dirs = [
+                    (self.dir.clone(), PASSABLE),
+                    (self.bundles_dir(), PASSABLE),
+                    (self.venv_dir(), PASSABLE),
+                    (self.dir.join("w"), PASSABLE),
+                    (self.dir.join("deployments"), NODE_ONLY),
+                ];
+                tokio::task::spawn_blocking(move || probe_sandbox(&scope, &dirs))
+                    .await
+                    .map_err(|e| format!("probing the function sandbox failed: {e}"))
+            })
+            .await
+    }
+
+    /// The cgroup scope of this node's function processes (beside the tasks' `node-<id>`).
+    fn cgroup_scope(&self) -> String {
+        format!("node-{}-fn", self.id.short())
     }
 
     /// A node-wide instance id, unique across restarts (it starts from the wall clock).
@@ -186,7 +249,7 @@ impl HostContext {
 
     /// The unpacked bundle of `artifact`, fetched from a peer first if this node lacks it.
     pub async fn bundle_dir(&self, artifact: ArtifactId) -> Result<PathBuf, String> {
-        let dest = self.dir.join("bundles").join(artifact.to_string());
+        let dest = self.bundles_dir().join(artifact.to_string());
         if dest.is_dir() {
             return Ok(dest);
         }
@@ -263,6 +326,9 @@ pub struct FunctionHost {
     retired: Mutex<Vec<Arc<Deployment>>>,
     /// Functions this node observes (keeps prepared), for at-risk events.
     observing: Mutex<BTreeSet<String>>,
+    /// Functions whose signature no longer verifies (their key was revoked, the stored spec
+    /// changed), with why: never prepared or served here.
+    refused: Mutex<BTreeMap<String, String>>,
     invocations: invocations::Running,
 }
 
@@ -272,6 +338,10 @@ pub struct FunctionHostParts {
     pub node_name: String,
     /// This node's API base URL (asynchronous invocations go through its own gateway).
     pub api_url: String,
+    /// The mesh secret, for the credential forwarded invocations carry.
+    pub secret: [u8; 32],
+    /// The mesh CA certificate (PEM): peers' HTTPS gateways are trusted through it.
+    pub ca_cert_pem: String,
     pub data_dir: PathBuf,
     pub ledger: Ledger,
     pub transport: Arc<dyn Transport>,
@@ -302,6 +372,8 @@ impl FunctionHost {
             id: parts.id,
             node_name: parts.node_name,
             api_url: parts.api_url,
+            secret: parts.secret,
+            ca_cert_pem: parts.ca_cert_pem,
             dir,
             groups_dir: parts.data_dir.join("groups"),
             python,
@@ -314,12 +386,14 @@ impl FunctionHost {
             metrics: Mutex::new(FunctionMetrics::new()),
             next_slot: AtomicU64::new(now_millis().saturating_mul(1000)),
             stop: parts.stop,
+            sandbox: tokio::sync::OnceCell::new(),
         });
         Ok(Arc::new(FunctionHost {
             ctx,
             deployments: Mutex::new(BTreeMap::new()),
             retired: Mutex::new(Vec::new()),
             observing: Mutex::new(BTreeSet::new()),
+            refused: Mutex::new(BTreeMap::new()),
             invocations: invocations::Running::default(),
         }))
     }
@@ -329,8 +403,14 @@ impl FunctionHost {
         Arc::new(falak_artifact::serve(self.ctx.store.clone()))
     }
 
-    /// Keep deployments in step with the ledger until the node stops.
+    /// Keep deployments in step with the ledger until the node stops; then stop every
+    /// function process of this node (instances, zygotes, their cgroups).
     pub async fn run(self: Arc<Self>) {
+        // Probe the sandbox now: its warnings belong to startup, and the leftovers of a
+        // crashed run go before anything new starts.
+        if let Err(e) = self.ctx.sandbox().await {
+            tracing::error!(error = %e, "function instances cannot start on this node");
+        }
         // Slots a previous run of this node held are stale: its instances died with it.
         let release = Command::ReleaseInstances {
             node: self.ctx.id,
@@ -383,8 +463,26 @@ impl FunctionHost {
             invocations::run_owned(&self);
         }
         let all: Vec<Arc<Deployment>> = lock(&self.deployments).values().cloned().collect();
-        for d in all {
+        for d in &all {
             d.retire();
+        }
+        self.stop_all().await;
+    }
+
+    /// Stop every deployment's processes (bounded), then remove the function host's cgroup
+    /// scope, which kills whatever a stop did not reach.
+    async fn stop_all(&self) {
+        let all = self.all_deployments();
+        let stopped = futures_util::future::join_all(all.iter().map(|d| d.shutdown()));
+        if tokio::time::timeout(STOP_WAIT, stopped).await.is_err() {
+            tracing::warn!("function instances did not all stop in time; their cgroups are killed");
+        }
+        let cgroups = self.ctx.sandbox.get().and_then(|s| s.cgroups.clone());
+        if let Some(cgroups) = cgroups {
+            let removed = tokio::task::spawn_blocking(move || cgroups.remove_scope()).await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!(error = %e, "cannot remove the function host's cgroup scope");
+            }
         }
     }
 
@@ -433,13 +531,32 @@ impl FunctionHost {
     fn sync(self: &Arc<Self>) {
         // Read committed state first and let go of its lock before taking `deployments`: the
         // gateway takes them in the same order.
-        let (entries, labels): (Vec<(FunctionSpec, u64)>, NodeLabels) = {
+        let (entries, labels, refused): (Vec<(FunctionSpec, u64)>, NodeLabels, BTreeMap<String, String>) = {
             let state = self.ctx.ledger.state();
-            (
-                state.functions().map(|f| (f.spec.clone(), f.deployed_at)).collect(),
-                state.nodes().filter(|n| !n.offline).map(|n| (n.record.id, n.record.labels.clone())).collect(),
-            )
+            // Every node verifies a function's signature before it prepares or serves it.
+            let mut refused = BTreeMap::new();
+            let verified = state.functions().filter(|f| {
+                let check = state.check_signature(
+                    falak_core::signing::SpecKind::Function,
+                    &f.spec.unversioned(),
+                    f.signature.as_ref(),
+                );
+                check.map_err(|e| refused.insert(f.spec.name.clone(), e.to_string())).is_ok()
+            });
+            let entries = verified.map(|f| (f.spec.clone(), f.deployed_at)).collect();
+            let labels = state.nodes().filter(|n| !n.offline).map(|n| (n.record.id, n.record.labels.clone())).collect();
+            (entries, labels, refused)
         };
+        {
+            let mut known = lock(&self.refused);
+            for (name, reason) in &refused {
+                if known.get(name) != Some(reason) {
+                    tracing::warn!(function = %name, %reason, "function refused");
+                    self.ctx.publish("function_refused", serde_json::json!({"function": name, "reason": reason}));
+                }
+            }
+            *known = refused;
+        }
         let deployed_at: BTreeMap<String, u64> = entries.iter().map(|(f, at)| (f.name.clone(), *at)).collect();
         let functions: Vec<FunctionSpec> = entries.into_iter().map(|(f, _)| f).collect();
         let live: BTreeSet<String> = functions.iter().map(|f| f.name.clone()).collect();
@@ -534,6 +651,11 @@ impl FunctionHost {
         d
     }
 
+    /// Why `name` is not served here, when its signature does not verify.
+    pub(crate) fn refused(&self, name: &str) -> Option<String> {
+        lock(&self.refused).get(name).cloned()
+    }
+
     pub(crate) fn local(&self, name: &str) -> Option<Arc<Deployment>> {
         lock(&self.deployments).get(name).cloned()
     }
@@ -600,8 +722,8 @@ impl FunctionHost {
             FunctionAction::StoreArtifact { bytes, reply } => {
                 let _ = reply.send(self.store_artifact(bytes).await);
             }
-            FunctionAction::Deploy { document, reply } => {
-                let _ = reply.send(self.deploy(*document).await);
+            FunctionAction::Deploy { document, signature, reply } => {
+                let _ = reply.send(self.deploy(*document, signature).await);
             }
             FunctionAction::List { reply } => {
                 let state = self.ctx.ledger.state();
@@ -659,8 +781,21 @@ impl FunctionHost {
 
     /// Validate, prepare here (so a broken bundle or dependency fails the deploy, not the first
     /// request), then commit.
-    async fn deploy(self: &Arc<Self>, document: FunctionDocument) -> Result<FunctionDeployed, ApiError> {
+    async fn deploy(
+        self: &Arc<Self>,
+        document: FunctionDocument,
+        signature: Option<falak_core::signing::SpecSignature>,
+    ) -> Result<FunctionDeployed, ApiError> {
         let spec = document.validate(0)?;
+        // Verified before anything is prepared.
+        let checked = self.ctx.ledger.state().check_signature(
+            falak_core::signing::SpecKind::Function,
+            &spec.unversioned(),
+            signature.as_ref(),
+        );
+        if let Err(refused) = checked {
+            return Err(ApiError::new(falak_api::ErrorCode::Forbidden, refused.to_string()));
+        }
         if !self.ctx.store.contains(spec.artifact) {
             return Err(ApiError::invalid(format!(
                 "bundle {} is not stored on this node; upload it first with POST /api/v1/artifacts (falak fn deploy does)",
@@ -675,7 +810,7 @@ impl FunctionHost {
         let prepared = prepared.map_err(ApiError::invalid)?;
         let dependencies = prepared.0.venv().is_some();
         let millis = started.elapsed().as_millis() as u64;
-        let outcome = self.write(Command::DeployFunction { spec: spec.clone(), now: now_millis() }).await?;
+        let outcome = self.write(Command::DeployFunction { spec: spec.clone(), signature, now: now_millis() }).await?;
         match outcome {
             Outcome::FunctionDeployed { name, version, unchanged } => {
                 // Answer once an observer has the new version's snapshot ready, so the first
@@ -781,4 +916,52 @@ pub(crate) fn orbit(
 /// Where the function host keeps things under the node's data dir.
 pub fn functions_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("functions")
+}
+
+/// Probe what confines function processes (a cgroup scope of their own), remove the cgroups a
+/// crashed run left in it, and make the function dirs with their modes. Warns, at startup,
+/// when instances will not be able to reach the dirs. Blocking.
+fn probe_sandbox(scope: &str, dirs: &[(PathBuf, u32)]) -> InstanceSandbox {
+    let host = HostSandbox::detect(Some(scope));
+    if let Some(cgroups) = &host.cgroups {
+        let left = cgroups.remove_leftovers();
+        if left > 0 {
+            tracing::warn!(cgroups = left, "removed function cgroups the previous run of this node left");
+        }
+    }
+    let sandbox = InstanceSandbox::from_host(&host);
+    if !host.network_namespaces {
+        tracing::warn!("function instances share the node's network: this host cannot make network namespaces");
+    }
+    for (dir, mode) in dirs {
+        if let Err(e) = owned_dir(dir, *mode) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make a function dir");
+        }
+    }
+    if let (Some(user), Some((functions, _))) = (sandbox.run_as, dirs.first())
+        && let Some(blocked) = falak_function::unreachable_by(user, functions)
+    {
+        tracing::warn!(
+            "function instances run as uid {} but cannot reach {}: {blocked}; every deployment will fail to prepare \
+             until every directory above it is searchable by that user (chmod o+x)",
+            user.uid,
+            functions.display()
+        );
+    }
+    tracing::info!(sandbox = ?sandbox, "function sandbox");
+    sandbox
+}
+
+/// Make `dir` (and its parents) and give it `mode`; it must be a directory of this process's
+/// user, not a symlink. Blocking.
+fn owned_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(std::io::Error::other(format!("{} is not a directory of uid {me}", dir.display())));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }

@@ -29,6 +29,8 @@ impl FunctionHost {
                 serde_json::to_vec(&instances).map(bytes::Bytes::from).map_err(|e| e.to_string())
             }
             FunctionRpc::Logs { function, max_bytes } => {
+                // A peer's request is bounded like the API's: never more than the log limit.
+                let max_bytes = max_bytes.min(falak_api::task::MAX_LOG_BYTES);
                 Ok(bytes::Bytes::from(self.local_logs(&function, max_bytes).await))
             }
         }

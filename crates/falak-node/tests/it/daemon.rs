@@ -30,6 +30,12 @@ fn free_udp() -> SocketAddr {
 
 pub struct InProcessMesh {
     pub clients: Vec<Client>,
+    /// The admin token every client sends.
+    pub token: String,
+    /// The mesh CA certificate every client trusts.
+    pub ca: String,
+    /// The deployer key every client signs with.
+    pub deployer: std::sync::Arc<falak_core::signing::DeployerKey>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -37,11 +43,22 @@ pub struct InProcessMesh {
 impl InProcessMesh {
     pub async fn start(dir: &Path, n: usize) -> InProcessMesh {
         let template = NodeConfigDocument { lease: Some("2s".into()), ..NodeConfigDocument::default() };
-        let docs = provision_loopback("test", dir, n, &template, falak_node::clock::system_now()).unwrap();
-        let mut mesh = InProcessMesh { clients: vec![], stops: vec![], tasks: vec![] };
-        for doc in docs {
+        let provisioned = provision_loopback("test", dir, n, &template, falak_node::clock::system_now()).unwrap();
+        let token = provisioned.admin_token.encode();
+        let ca = provisioned.ca_cert_pem.clone();
+        let deployer = std::sync::Arc::new(provisioned.deployer);
+        let mut mesh = InProcessMesh {
+            clients: vec![],
+            token: token.clone(),
+            ca: ca.clone(),
+            deployer: deployer.clone(),
+            stops: vec![],
+            tasks: vec![],
+        };
+        for doc in provisioned.nodes {
             let config = doc.resolve(falak_core::resources::Resources::new(4000, 8 << 30)).unwrap();
-            mesh.clients.push(Client::new(&format!("http://{}", config.api_addr)).unwrap());
+            let client = Client::new(&format!("https://{}", config.api_addr)).unwrap().with_ca(&ca).unwrap();
+            mesh.clients.push(client.with_token(Some(token.clone())).with_deployer(Some(deployer.clone())));
             let (tx, rx) = oneshot::channel();
             mesh.stops.push(tx);
             mesh.tasks.push(tokio::spawn(async move {
@@ -75,6 +92,36 @@ impl InProcessMesh {
             tokio::time::timeout(Duration::from_secs(20), task).await.expect("node stops").unwrap();
         }
     }
+}
+
+/// A plain HTTP client that trusts the mesh CA `ca` and sends `token` with every request.
+pub fn http_with_token(ca: &str, token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// A TLS connection to a node's API at `addr` (`127.0.0.1:PORT`), trusting the mesh CA `ca`:
+/// for tests that write HTTP by hand.
+pub async fn tls_connect(addr: &str, ca: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let host = addr.rsplit_once(':').unwrap().0.to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap()
 }
 
 pub async fn wait_ready(client: &Client) {
@@ -131,6 +178,7 @@ fn token(dir: &Path, api: &Client) -> String {
         api_url: api.base_url().trim_end_matches('/').to_owned(),
         gossip_seed: String::new(),
         secret: secret.trim().to_owned(),
+        ca_cert: std::fs::read_to_string(dir.join("node-1/ca.crt")).unwrap(),
     }
     .encode()
 }
@@ -166,7 +214,12 @@ async fn a_node_joins_with_a_token_and_runs_work() {
 
     let config = joiner_config(dir.path(), "node-4");
     falak_node::join::join(&config, &good).await.unwrap();
-    let client = Client::new(&format!("http://{}", config.api_addr)).unwrap();
+    let client = Client::new(&format!("https://{}", config.api_addr))
+        .unwrap()
+        .with_ca(&mesh.ca)
+        .unwrap()
+        .with_token(Some(mesh.token.clone()))
+        .with_deployer(Some(mesh.deployer.clone()));
     let (stop, stopped) = oneshot::channel::<()>();
     let node = tokio::spawn(falak_node::daemon::run(config, async move {
         let _ = stopped.await;

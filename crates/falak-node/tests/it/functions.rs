@@ -28,8 +28,20 @@ def handle(request):
         return str(os.getpid())
     if request.path == "/crash":
         os._exit(3)
+    if request.path == "/headers":
+        return sorted(request.headers)
     return {"hello": request.body.decode() or "world", "path": request.path}
 "#;
+
+/// The parent of the nodes' data dirs. A root node runs function instances as nobody, who must
+/// pass through every directory above the bundles and sockets (the node refuses a deployment
+/// it cannot reach, naming the directory): make it `0711` whatever the umask.
+fn data_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
+}
 
 async fn eventually<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     for _ in 0..secs * 10 {
@@ -70,7 +82,7 @@ async fn invoke(client: &Client, name: &str, path: &str, body: &str) -> (u16, St
 async fn wait_warmed(client: &Client, name: &str) {
     let url = format!("{}/api/v1/events?follow=false", client.base_url());
     eventually("the observer's snapshot", 60, async || {
-        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let text = client.http().get(&url).bearer_auth(client.token()?).send().await.ok()?.text().await.ok()?;
         text.lines()
             .any(|l| l.contains("observer_warmed") && l.contains(name) && l.contains("\"snapshot\":true"))
             .then_some(())
@@ -80,7 +92,7 @@ async fn wait_warmed(client: &Client, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_function_starts_from_a_snapshot_serves_warm_and_survives_bad_requests() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let mesh = InProcessMesh::start(dir.path(), 1).await;
     let client = &mesh.clients[0];
     let yaml = "name: greet\nkind: function\nruntime: python\nhandler: main.handle\ntimeout: 2s\n\
@@ -91,13 +103,20 @@ async fn python_function_starts_from_a_snapshot_serves_warm_and_survives_bad_req
     assert!(deployed.prepare.snapshot, "{deployed:?}");
     wait_warmed(client, "greet").await;
 
+    // The caller's Falak token authorized the call; the function never sees it, on the path
+    // that starts an instance as on the warm one.
+    let (status, start, names) = invoke(client, "greet", "/headers", "").await;
+    assert_eq!(status, 200, "{names}");
+    assert!(start.starts_with("snapshot;"), "first start forks from the zygote: {start}");
+    assert!(names.contains("\"host\"") && !names.contains("authorization"), "{names}");
+    assert!(!names.contains("falak-hop"), "{names}");
     let (status, start, body) = invoke(client, "greet", "/x", "falak").await;
     assert_eq!(status, 200, "{body}");
-    assert!(start.starts_with("snapshot;"), "first start forks from the zygote: {start}");
-    assert!(body.contains("\"hello\": \"falak\"") && body.contains("\"path\": \"/x\""), "{body}");
-    let (status, start, _) = invoke(client, "greet", "/", "").await;
-    assert_eq!(status, 200);
     assert!(start.starts_with("warm;"), "{start}");
+    assert!(body.contains("\"hello\": \"falak\"") && body.contains("\"path\": \"/x\""), "{body}");
+    let (status, _, names) = invoke(client, "greet", "/headers", "").await;
+    assert_eq!(status, 200);
+    assert!(!names.contains("authorization") && !names.contains("falak-hop"), "{names}");
 
     // The handler raises: 500 with its error text; the same instance keeps serving.
     let (_, _, pid_before) = invoke(client, "greet", "/pid", "").await;
@@ -146,7 +165,7 @@ async fn python_function_starts_from_a_snapshot_serves_warm_and_survives_bad_req
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_errors_name_what_is_wrong_and_deploy_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let mesh = InProcessMesh::start(dir.path(), 1).await;
     let client = &mesh.clients[0];
     let yaml = "name: bad\nkind: function\nruntime: python\nhandler: main.handle";
@@ -206,7 +225,7 @@ async fn deploy_errors_name_what_is_wrong_and_deploy_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_instances_scale_to_zero_and_the_next_request_brings_one_back() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let mesh = InProcessMesh::start(dir.path(), 1).await;
     let client = &mesh.clients[0];
     let yaml = "name: nap\nkind: function\nruntime: python\nhandler: main.handle\n\
@@ -231,7 +250,7 @@ async fn idle_instances_scale_to_zero_and_the_next_request_brings_one_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_1000_requests_is_answered_within_max_instances() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let mesh = InProcessMesh::start(dir.path(), 1).await;
     let client = mesh.clients[0].clone();
     let yaml = "name: burst\nkind: function\nruntime: python\nhandler: main.handle\n\
@@ -255,7 +274,7 @@ async fn a_burst_of_1000_requests_is_answered_within_max_instances() {
             }
         }
     });
-    let http = reqwest::Client::new();
+    let http = crate::daemon::http_with_token(&mesh.ca, &mesh.token);
     let url = format!("{}/fn/burst/slow", client.base_url());
     let requests = (0..1000).map(|_| {
         let (http, url) = (http.clone(), url.clone());
@@ -281,7 +300,7 @@ async fn a_burst_of_1000_requests_is_answered_within_max_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_invocations_run_and_post_their_result_to_the_callback() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let mesh = InProcessMesh::start(dir.path(), 1).await;
     let client = &mesh.clients[0];
     let yaml = "name: later\nkind: function\nruntime: python\nhandler: main.handle";
@@ -336,7 +355,7 @@ fn processes_mentioning(needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_retires_the_old_snapshot_and_exec_functions_answer_per_request() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let mesh = InProcessMesh::start(dir.path(), 1).await;
     let client = &mesh.clients[0];
     let yaml = "name: ver\nkind: function\nruntime: python\nhandler: main.handle";
@@ -369,14 +388,16 @@ async fn a_new_version_retires_the_old_snapshot_and_exec_functions_answer_per_re
 /// The kinds of `name`'s function events a node published itself.
 async fn events_of(client: &Client, kind: &str, name: &str) -> usize {
     let url = format!("{}/api/v1/events?follow=false", client.base_url());
-    let Ok(text) = reqwest::get(&url).await.and_then(|r| r.error_for_status()) else { return 0 };
+    let token = client.token().unwrap_or_default();
+    let sent = client.http().get(&url).bearer_auth(token).send().await;
+    let Ok(text) = sent.and_then(|r| r.error_for_status()) else { return 0 };
     let text = text.text().await.unwrap_or_default();
     text.lines().filter(|l| l.contains(kind) && l.contains(&format!("\"function\":\"{name}\""))).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_observer_puts_the_function_at_risk_and_another_node_is_recruited_and_warmed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let mut mesh = InProcessMesh::start(dir.path(), 3).await;
     let yaml = "name: orbit\nkind: function\nruntime: python\nhandler: main.handle\nobservers: 2";
     let src = tempfile::tempdir().unwrap();
@@ -414,7 +435,7 @@ async fn a_lost_observer_puts_the_function_at_risk_and_another_node_is_recruited
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_instances_are_kept_running_without_requests() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = data_dir();
     let mesh = InProcessMesh::start(dir.path(), 1).await;
     let client = &mesh.clients[0];
     let yaml = "name: floor\nkind: function\nruntime: python\nhandler: main.handle\n\
@@ -433,5 +454,136 @@ async fn min_instances_are_kept_running_without_requests() {
     let (status, start, _) = invoke(client, "floor", "/", "").await;
     assert_eq!(status, 200);
     assert!(start.starts_with("warm;"), "{start}");
+    mesh.stop().await;
+}
+
+/// What a sandboxed function may do, asked from inside it.
+const SANDBOX_PY: &str = r#"
+import ctypes, errno, os, socket
+
+def attempt(action):
+    try:
+        action()
+        return "ok"
+    except OSError as e:
+        return "%s: %s" % (type(e).__name__, errno.errorcode.get(e.errno, e.errno))
+
+def write(path):
+    def go():
+        with open(path, "w") as f:
+            f.write("x")
+    return go
+
+def handle(request):
+    args = request.args
+    if request.path == "/ids":
+        return {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
+    if request.path == "/write":
+        return {
+            "bundle": attempt(write(os.path.join(os.getcwd(), "planted.py"))),
+            "etc": attempt(write("/etc/falak-function-probe")),
+            "tmp": attempt(write("/tmp/falak-function-probe-%d" % os.getpid())),
+            "own_tmp": attempt(write(os.path.join(os.environ["TMPDIR"], "scratch"))),
+        }
+    if request.path == "/io_uring_setup":
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.syscall(int(args["nr"]), 1, ctypes.create_string_buffer(256))
+        return [rc, ctypes.get_errno()]
+    if request.path == "/connect":
+        return {"connect": attempt(lambda: socket.create_connection(("127.0.0.1", int(args["port"])), timeout=2).close())}
+    if request.path == "/hog":
+        return str(len(bytearray(int(args["bytes"]))))
+    return str(os.getpid())
+"#;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root: a root node runs function instances as nobody, in cgroups and network namespaces of \
+         their own, and the test checks exactly that; run it as root (CI does)"
+    );
+}
+
+/// A one-node mesh with `SANDBOX_PY` deployed as `probe` (`extra` YAML lines appended), warm.
+async fn sandboxed_probe(dir: &Path, extra: &str) -> InProcessMesh {
+    require_root();
+    let mesh = InProcessMesh::start(dir, 1).await;
+    let yaml = format!("name: probe\nkind: function\nruntime: python\nhandler: main.handle\ntimeout: 10s\n{extra}");
+    let src = tempfile::tempdir().unwrap();
+    deploy(&mesh.clients[0], &yaml, bundle(src.path(), &[("main.py", SANDBOX_PY)])).await.unwrap();
+    wait_warmed(&mesh.clients[0], "probe").await;
+    mesh
+}
+
+async fn probe(client: &Client, path: &str) -> serde_json::Value {
+    let (status, _, body) = invoke(client, "probe", path, "").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_a_function_runs_as_nobody_and_cannot_write_outside_its_directory() {
+    let dir = data_dir();
+    let mesh = sandboxed_probe(dir.path(), "").await;
+    let client = &mesh.clients[0];
+    let ids = probe(client, "/ids").await;
+    assert_ne!(ids["uid"], 0, "{ids}");
+    assert_eq!(ids, serde_json::json!({"uid": 65534, "gid": 65534, "groups": []}));
+    let writes = probe(client, "/write").await;
+    assert_eq!(writes["bundle"], "PermissionError: EACCES", "its own code is read-only: {writes}");
+    assert_eq!(writes["etc"], "PermissionError: EACCES", "{writes}");
+    // /tmp is writable by everyone: Landlock (this kernel has it) keeps the function out.
+    assert_eq!(writes["tmp"], "PermissionError: EACCES", "{writes}");
+    assert_eq!(writes["own_tmp"], "ok", "its own TMPDIR is writable: {writes}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_a_function_cannot_set_up_io_uring() {
+    let dir = data_dir();
+    let mesh = sandboxed_probe(dir.path(), "").await;
+    let reply = probe(&mesh.clients[0], &format!("/io_uring_setup?nr={}", libc::SYS_io_uring_setup)).await;
+    assert_eq!(reply, serde_json::json!([-1, libc::EPERM]), "the seccomp filter refuses io_uring_setup");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_a_function_cannot_reach_ports_on_the_node_s_loopback() {
+    let dir = data_dir();
+    let mesh = sandboxed_probe(dir.path(), "").await;
+    let client = &mesh.clients[0];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let api_port = reqwest::Url::parse(client.base_url()).unwrap().port().expect("the API's port");
+    for port in [port, api_port] {
+        let reply = probe(client, &format!("/connect?port={port}")).await;
+        let refused = serde_json::json!({"connect": "ConnectionRefusedError: ECONNREFUSED"});
+        assert_eq!(reply, refused, "port {port}: the function has a network namespace of its own");
+    }
+    assert!(listener.accept().is_err(), "nothing connected to the test's port");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_an_instance_over_its_memory_limit_is_killed_and_a_new_one_serves_the_next_request() {
+    let dir = data_dir();
+    let mesh = sandboxed_probe(dir.path(), "resources: { memory: 64Mi }\nscaling: { max_instances: 2 }").await;
+    let client = &mesh.clients[0];
+    let (status, _, first) = invoke(client, "probe", "/pid", "").await;
+    assert_eq!(status, 200, "{first}");
+    let (status, _, body) = invoke(client, "probe", &format!("/hog?bytes={}", 1u64 << 30), "").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("killed by its memory limit (67108864 bytes)"), "the answer names the limit: {body}");
+    let (status, start, next) = invoke(client, "probe", "/pid", "").await;
+    assert_eq!(status, 200, "{next}");
+    assert_ne!(next, first, "a new instance serves the next request ({start})");
+    assert!(start.starts_with("snapshot;"), "forked from the zygote, which the kill spared: {start}");
+    let failed = eventually("the instance_failed event", 10, async || {
+        (events_of(client, "killed by its memory limit (67108864 bytes)", "probe").await > 0).then_some(())
+    });
+    failed.await;
     mesh.stop().await;
 }

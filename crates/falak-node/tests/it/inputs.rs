@@ -78,12 +78,13 @@ async fn a_service_keeps_its_replicas_running_scales_and_is_removed() {
 
 /// POST a body by hand, so that a server answering before reading it all (413) is seen rather
 /// than reported as a broken pipe.
-async fn post_raw(client: &Client, path: &str, body: &[u8]) -> String {
+async fn post_raw(client: &Client, ca: &str, path: &str, body: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = client.base_url().trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let addr = client.base_url().trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let mut stream = crate::daemon::tls_connect(&addr, ca).await;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/yaml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: application/yaml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        client.token().unwrap_or_default(),
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -94,8 +95,10 @@ async fn post_raw(client: &Client, path: &str, body: &[u8]) -> String {
 }
 
 async fn post(client: &Client, path: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = client
+        .http()
         .post(format!("{}{path}", client.base_url()))
+        .bearer_auth(client.token().unwrap_or_default())
         .header("content-type", content_type)
         .body(body)
         .send()
@@ -130,7 +133,7 @@ async fn bad_input_gets_a_clear_error_and_leaves_the_node_working() {
         assert!(message.contains(&needle.to_lowercase()), "{what}: {message}");
     }
     // A 10 MB body is refused before it is parsed.
-    let answer = post_raw(c, "/api/v1/capsules", &vec![b'a'; 10 << 20]).await;
+    let answer = post_raw(c, &mesh.ca, "/api/v1/capsules", &vec![b'a'; 10 << 20]).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.300}");
     assert!(answer.contains("too_large"), "{answer:.300}");
 

@@ -9,6 +9,13 @@ mod server;
 mod tls;
 mod wire;
 
+/// The request/reply framing decoded from memory, for the fuzz targets (`fuzz/`) and tests; the
+/// transport itself reads frames from QUIC streams with the same checks.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::wire::in_memory::*;
+}
+
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@
 
 mod memory;
 mod quic;
+mod tamper;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

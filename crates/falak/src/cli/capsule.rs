@@ -125,7 +125,7 @@ mod tests {
         .unwrap();
         let info = CapsuleInfo {
             name: "hello".into(),
-            versions: vec![CapsuleVersion { version: 1, spec: spec.clone(), created_at: 0 }],
+            versions: vec![CapsuleVersion { version: 1, spec: spec.clone(), created_at: 0, signature: None }],
         };
         expect_test::expect![[r#"
             hello version 1 (applied 1970-01-01T00:00:00Z)

@@ -744,7 +744,7 @@ mod tests {
                             existed: false,
                         }));
                     }
-                    Action::Function(FunctionAction::Deploy { document, reply }) => {
+                    Action::Function(FunctionAction::Deploy { document, reply, .. }) => {
                         assert_eq!((document.source.as_deref(), document.artifact), (None, stored));
                         let _ = reply.send(Ok(FunctionDeployed {
                             name: document.name.clone(),
@@ -763,7 +763,8 @@ mod tests {
                 }
             }
         });
-        let router = falak_api::router(tx, ApiConfig::default());
+        let (auth, _) = falak_api::auth::one_token_for_tests(falak_core::access::Role::Admin);
+        let router = falak_api::router(tx, ApiConfig::default(), auth);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
@@ -775,7 +776,8 @@ mod tests {
     }
 
     fn context(url: &str) -> Context {
-        Context { client: Client::new(url).unwrap(), output: Format::Json }
+        let (_, token) = falak_api::auth::one_token_for_tests(falak_core::access::Role::Admin);
+        Context { client: Client::new(url).unwrap().with_token(Some(token)), output: Format::Json }
     }
 
     /// Deploy `yaml` written to `fn.yaml` in `dir`; the error text when it fails.

@@ -11,6 +11,7 @@ use falak_api::Client;
 use serde::Deserialize;
 
 pub mod capsule;
+pub mod deployer;
 pub mod events;
 pub mod explain;
 pub mod function;
@@ -19,6 +20,7 @@ pub mod node;
 pub mod nodes;
 pub mod output;
 pub mod service;
+pub mod token;
 pub mod up;
 
 use output::Format;
@@ -36,12 +38,21 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// API URL of any node [default: the first node in ./.falak/mesh.json, else http://127.0.0.1:7070]
+    /// API URL of any node [default: the first node in ./.falak/mesh.json, else https://127.0.0.1:7070]
     #[arg(long, global = true, env = "FALAK_API", value_name = "URL")]
     pub api: Option<String>,
-    /// Bearer token sent with every request.
+    /// Bearer token sent with every request [default: the admin token of the mesh in
+    /// ./.falak/mesh.json]
     #[arg(long, global = true, env = "FALAK_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// The mesh CA certificate to trust for the nodes' HTTPS [default: the one named in
+    /// ./.falak/mesh.json]
+    #[arg(long, global = true, env = "FALAK_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// The deployer key (Ed25519 PEM) that signs capsules and functions [default: the one named
+    /// in ./.falak/mesh.json]
+    #[arg(long, global = true, env = "FALAK_DEPLOYER_KEY", value_name = "FILE")]
+    pub deployer_key: Option<std::path::PathBuf>,
     /// How to print answers.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -71,6 +82,17 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Print the event stream.
     Events(events::EventsArgs),
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// List, trust and revoke the deployer keys that sign capsules and functions.
+    #[command(subcommand)]
+    Deployer(deployer::DeployerCommand),
+    /// Make a new deployer key pair in FILE (0600) and print its public key; no mesh needed.
+    DeployerKey {
+        /// Where to write the private key (must not exist).
+        file: std::path::PathBuf,
+    },
 }
 
 /// What a command that talks to a node needs.
@@ -82,7 +104,17 @@ pub struct Context {
 impl Context {
     fn new(global: &Global) -> anyhow::Result<Context> {
         let url = resolve_api(global.api.as_deref(), Path::new(MESH_FILE))?;
-        let client = Client::new(&url)?.with_token(global.token.clone());
+        let token = resolve_token(global.token.as_deref(), Path::new(MESH_FILE))?;
+        let mut client = Client::new(&url)?
+            .with_token(token)
+            .with_deployer(resolve_deployer(global.deployer_key.as_deref(), Path::new(MESH_FILE))?);
+        if let Some(ca) = resolve_ca(global.ca.as_deref(), Path::new(MESH_FILE))? {
+            client = client.with_ca(&ca)?;
+        } else if url.starts_with("https://") {
+            anyhow::bail!(
+                "{url} is HTTPS and no mesh CA certificate is known; pass --ca FILE (a node's ca.crt, or credentials/ca.crt from `falak up`) or set FALAK_CA"
+            );
+        }
         Ok(Context { client, output: global.output })
     }
 
@@ -95,6 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Node(args) => node::run(args).await,
+        Command::DeployerKey { file } => deployer::new_key(&file),
         command => {
             restore_sigpipe();
             let ctx = Context::new(&cli.global)?;
@@ -106,7 +139,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Fn(command) => function::run(&ctx, command).await,
                 Command::Explain(args) => explain::run(&ctx, args).await,
                 Command::Events(args) => events::run(&ctx, args).await,
-                Command::Up(_) | Command::Node(_) => unreachable!("handled above"),
+                Command::Token(command) => token::run(&ctx, command).await,
+                Command::Deployer(command) => deployer::run(&ctx, command).await,
+                Command::Up(_) | Command::Node(_) | Command::DeployerKey { .. } => unreachable!("handled above"),
             }
         }
     }
@@ -125,13 +160,22 @@ fn restore_sigpipe() {
 /// Where `falak up` records the local mesh it runs.
 pub const MESH_FILE: &str = ".falak/mesh.json";
 /// The API URL used when nothing else names one.
-pub const DEFAULT_API: &str = "http://127.0.0.1:7070";
+pub const DEFAULT_API: &str = "https://127.0.0.1:7070";
 
 /// The part of `mesh.json` the CLI reads.
 #[derive(Debug, Deserialize)]
 struct MeshFile {
     #[serde(default)]
     nodes: Vec<MeshNode>,
+    /// The admin token `falak up` wrote.
+    #[serde(default)]
+    token_file: Option<std::path::PathBuf>,
+    /// The mesh CA certificate.
+    #[serde(default)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// The deployer key `falak up` wrote.
+    #[serde(default)]
+    deployer_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +200,58 @@ pub fn resolve_api(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<Strin
         Some(url) => Ok(url),
         None => anyhow::bail!("{} lists no node with an api_url; pass --api URL", mesh_file.display()),
     }
+}
+
+/// The deployer key: `--deployer-key`/`FALAK_DEPLOYER_KEY`, else the one the mesh file names,
+/// else none (capsules and functions then go unsigned and the node says so).
+pub fn resolve_deployer(
+    flag: Option<&Path>,
+    mesh_file: &Path,
+) -> anyhow::Result<Option<std::sync::Arc<falak_core::signing::DeployerKey>>> {
+    let path = match flag {
+        Some(path) => path.to_owned(),
+        None => {
+            let Ok(text) = std::fs::read_to_string(mesh_file) else { return Ok(None) };
+            let Ok(mesh) = serde_json::from_str::<MeshFile>(&text) else { return Ok(None) };
+            let Some(path) = mesh.deployer_key_file else { return Ok(None) };
+            path
+        }
+    };
+    let pem =
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read the deployer key {}", path.display()))?;
+    let key = falak_core::signing::DeployerKey::from_pem(&pem).with_context(|| path.display().to_string())?;
+    Ok(Some(std::sync::Arc::new(key)))
+}
+
+/// The mesh CA certificate (PEM): `--ca`/`FALAK_CA`, else the one the mesh file names, else
+/// none.
+pub fn resolve_ca(flag: Option<&Path>, mesh_file: &Path) -> anyhow::Result<Option<String>> {
+    let path = match flag {
+        Some(path) => path.to_owned(),
+        None => {
+            let Ok(text) = std::fs::read_to_string(mesh_file) else { return Ok(None) };
+            let Ok(mesh) = serde_json::from_str::<MeshFile>(&text) else { return Ok(None) };
+            let Some(path) = mesh.ca_cert else { return Ok(None) };
+            path
+        }
+    };
+    let pem = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the mesh CA certificate {}", path.display()))?;
+    Ok(Some(pem))
+}
+
+/// The bearer token: `--token`/`FALAK_TOKEN`, else the admin token named by the mesh file when
+/// it exists, else none (the node will answer `401` and say how to get one).
+pub fn resolve_token(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<Option<String>> {
+    if let Some(token) = flag.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(Some(token.to_owned()));
+    }
+    let Ok(text) = std::fs::read_to_string(mesh_file) else { return Ok(None) };
+    let Ok(mesh) = serde_json::from_str::<MeshFile>(&text) else { return Ok(None) };
+    let Some(path) = mesh.token_file else { return Ok(None) };
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the token file {} named in {}", path.display(), mesh_file.display()))?;
+    Ok(Some(token.trim().to_owned()).filter(|t| !t.is_empty()))
 }
 
 #[cfg(test)]

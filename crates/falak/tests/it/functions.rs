@@ -43,7 +43,7 @@ async fn the_next_request_is_answered_elsewhere_when_the_node_with_the_only_inst
     client.deploy_function(&doc).await.unwrap();
 
     // The first request through C starts the instance on C.
-    let http = reqwest::Client::new();
+    let http = mesh.http();
     let c_api = mesh.nodes[c].api.clone();
     let b_api = mesh.nodes[b].api.clone();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -27,7 +27,8 @@ async fn falak(args: &[&str], dir: &std::path::Path) -> Output {
         .args(args)
         .current_dir(dir)
         .env_remove("FALAK_API")
-        .env_remove("FALAK_TOKEN")
+        // The token the fake nodes accept.
+        .env("FALAK_TOKEN", falak_api::auth::one_token_for_tests(falak_core::access::Role::Admin).1)
         .output()
         .await
         .unwrap()
@@ -100,7 +101,8 @@ fn spawn_fake(final_state: JobState) -> String {
             }
         }
     });
-    let router = falak_api::router(tx, ApiConfig::default());
+    let (auth, _) = falak_api::auth::one_token_for_tests(falak_core::access::Role::Admin);
+    let router = falak_api::router(tx, ApiConfig::default(), auth);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     listener.set_nonblocking(true).unwrap();

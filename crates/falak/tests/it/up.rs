@@ -115,7 +115,13 @@ async fn up_starts_a_ready_mesh_and_stops_on_sigterm() {
     let nodes = mesh["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3, "{mesh:#}");
     for node in nodes {
-        let client = Client::new(node["api_url"].as_str().unwrap()).unwrap();
+        let token = std::fs::read_to_string(mesh["token_file"].as_str().unwrap()).unwrap();
+        let ca = std::fs::read_to_string(mesh["ca_cert"].as_str().unwrap()).unwrap();
+        let client = Client::new(node["api_url"].as_str().unwrap())
+            .unwrap()
+            .with_ca(&ca)
+            .unwrap()
+            .with_token(Some(token.trim().to_owned()));
         let readiness = client.ready().await.unwrap_or_else(|e| panic!("{}: {e}\n{}", node["name"], up.output()));
         assert!(readiness.ready, "{readiness:?}");
         assert!(alive(node["pid"].as_u64().unwrap()));

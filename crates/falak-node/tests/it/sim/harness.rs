@@ -252,9 +252,11 @@ impl Sim {
         for i in 0..self.config.nodes {
             retry(|| ledger.write(Command::AdmitNode { record: record(i), now })).await?;
         }
+        let (key, trust) = falak_core::signing::deployer_for_tests();
+        retry(|| ledger.write(trust.clone())).await?;
         let text = "name: work\nkind: process\ncommand: [/bin/true]\nresources: { cpu: 500m, memory: 64Mi }\nplacement: { max_attempts: 3 }";
         let spec = CapsuleDocument::parse(text).map_err(|e| e.to_string())?;
-        retry(|| ledger.write(Command::ApplyCapsule { spec: spec.clone(), now })).await?;
+        retry(|| ledger.write(Command::signed_capsule(spec.clone(), &key, now))).await?;
         let text = format!(
             "name: f\nkind: function\nruntime: python\nhandler: main.handle\nscaling: {{ max_instances: {} }}",
             instance_slots::MAX_INSTANCES
@@ -262,7 +264,7 @@ impl Sim {
         let mut doc = falak_core::function::FunctionDocument::parse(&text).map_err(|e| e.to_string())?;
         doc.artifact = Some(falak_core::ArtifactId([1; 32]));
         let function = doc.validate(0).map_err(|e| e.to_string())?;
-        retry(|| ledger.write(Command::DeployFunction { spec: function.clone(), now })).await?;
+        retry(|| ledger.write(Command::signed_function(function.clone(), &key, now))).await?;
         Ok(())
     }
 
@@ -472,7 +474,7 @@ impl Sim {
                     Action::Propose { command, kind } => {
                         let failed = node.failed.clone();
                         proposer.propose(
-                            command,
+                            *command,
                             Some(Box::new(move |result| {
                                 if result.is_err() || matches!(kind, ProposalKind::LeaderDuty) {
                                     failed.lock().expect("lock").push(kind);

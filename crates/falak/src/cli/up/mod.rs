@@ -242,7 +242,7 @@ impl NodeSetup {
     }
 
     fn api_url(&self) -> String {
-        format!("http://{}", self.api)
+        format!("https://{}", self.api)
     }
 }
 
@@ -294,13 +294,13 @@ fn prepare(plan: &ClusterPlan, root: &Path, base_port: Option<u16>) -> anyhow::R
     }
     let ports = assign_ports(plan.ports, plan.nodes.len())?;
     let setups = node_setups(plan, root, &ports);
-    provision(&plan.name, &setups)?;
+    provision(&plan.name, root, &setups)?;
     println!("provisioned mesh {} in {}: {}, a new CA and mesh secret", plan.name, root.display(), count(setups.len()));
     Ok(setups)
 }
 
 /// Write every node.yaml, then the mesh files (keys, certificates, secret, bootstrap voters).
-fn provision(mesh: &str, setups: &[NodeSetup]) -> anyhow::Result<()> {
+fn provision(mesh: &str, root: &Path, setups: &[NodeSetup]) -> anyhow::Result<()> {
     for setup in setups {
         write_node_config(setup)?;
     }
@@ -314,8 +314,10 @@ fn provision(mesh: &str, setups: &[NodeSetup]) -> anyhow::Result<()> {
         })
         .collect();
     let secret: [u8; 32] = rand::random();
-    mesh_files::provision_local_mesh(mesh, &nodes, secret, falak_node::clock::system_now())
+    let provisioned = mesh_files::provision_local_mesh(mesh, &nodes, secret, falak_node::clock::system_now())
         .with_context(|| format!("cannot provision mesh {mesh}"))?;
+    mesh_files::write_credentials(root, &provisioned.admin_token, &provisioned.deployer, &provisioned.ca_cert_pem)
+        .with_context(|| format!("cannot write the credentials of mesh {mesh}"))?;
     Ok(())
 }
 
@@ -558,8 +560,16 @@ async fn run_mesh(
     demo: bool,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the falak binary to start nodes with")?;
+    let token = read_admin_token(root)?;
+    let ca_path = root.join(mesh_files::CREDENTIALS_DIR).join("ca.crt");
+    let ca = fs::read_to_string(&ca_path).with_context(|| format!("cannot read the mesh CA {}", ca_path.display()))?;
+    let key_path = root.join(mesh_files::CREDENTIALS_DIR).join("deployer.key");
+    let key = fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
+    let deployer = std::sync::Arc::new(
+        falak_core::signing::DeployerKey::from_pem(&key).with_context(|| key_path.display().to_string())?,
+    );
     for setup in setups {
-        let node = spawn_node(&exe, setup)?;
+        let node = spawn_node(&exe, setup, &token, &ca, &deployer)?;
         println!("started {} (pid {}), log {}", node.name, node.pid, node.log.display());
         nodes.push(node);
     }
@@ -594,7 +604,7 @@ async fn run_mesh(
         }
     }
     let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
-    let record = mesh_record(mesh, setups, &pids, std::process::id())?;
+    let record = mesh_record(mesh, root, setups, &pids, std::process::id())?;
     let mesh_file = root.join(MESH_JSON);
     let text = serde_json::to_string_pretty(&record).context("cannot render mesh.json")? + "\n";
     write_atomic(&mesh_file, text.as_bytes(), 0o600)?;
@@ -616,7 +626,22 @@ async fn run_mesh(
     supervise(nodes, signals, root).await
 }
 
-fn spawn_node(exe: &Path, setup: &NodeSetup) -> anyhow::Result<RunningNode> {
+/// The admin token `falak up` wrote when it provisioned the mesh in `root`.
+fn read_admin_token(root: &Path) -> anyhow::Result<String> {
+    let path = root.join(mesh_files::CREDENTIALS_DIR).join("admin.token");
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!("cannot read the admin token {}; a mesh provisioned before tokens existed must be provisioned again (remove {})", path.display(), root.display())
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+fn spawn_node(
+    exe: &Path,
+    setup: &NodeSetup,
+    token: &str,
+    ca: &str,
+    deployer: &std::sync::Arc<falak_core::signing::DeployerKey>,
+) -> anyhow::Result<RunningNode> {
     let log_path = setup.log_path();
     let mut log = fs::OpenOptions::new()
         .create(true)
@@ -646,7 +671,10 @@ fn spawn_node(exe: &Path, setup: &NodeSetup) -> anyhow::Result<RunningNode> {
             format!("cannot start node {} ({} node -c {})", setup.name, exe.display(), setup.config_path().display())
         })?;
     let pid = child.id().with_context(|| format!("node {} exited as it started", setup.name))?;
-    let client = Client::new(&setup.api_url())?;
+    let client = Client::new(&setup.api_url())?
+        .with_ca(ca)?
+        .with_token(Some(token.to_owned()))
+        .with_deployer(Some(deployer.clone()));
     Ok(RunningNode { name: setup.name.clone(), pid, log: log_path, child, client, exited: None })
 }
 
@@ -1027,7 +1055,7 @@ mod tests {
         let root = dir.path().join("data");
         let (plan, setups) = test_plan(&root, 2);
         prepare(&plan, &root, None).unwrap();
-        let record = mesh_record("local", &setups, &[11, 12], 10).unwrap();
+        let record = mesh_record("local", &root, &setups, &[11, 12], 10).unwrap();
         let path = root.join(MESH_JSON);
         write_atomic(&path, serde_json::to_string_pretty(&record).unwrap().as_bytes(), 0o600).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
@@ -1038,7 +1066,7 @@ mod tests {
         let node = &json["nodes"][1];
         assert_eq!(node["name"], "node-2");
         assert_eq!(node["pid"], 12);
-        assert_eq!(node["api_url"], "http://127.0.0.1:20001");
+        assert_eq!(node["api_url"], "https://127.0.0.1:20001");
         assert_eq!(node["transport_addr"], "127.0.0.1:20101");
         assert_eq!(node["gossip_addr"], "127.0.0.1:20201");
         assert_eq!(node["data_dir"], root.join("node-2").to_str().unwrap());
@@ -1049,15 +1077,21 @@ mod tests {
 
         let token = JoinToken::decode(json["join_token"].as_str().unwrap()).unwrap();
         assert_eq!(token.mesh, "local");
-        assert_eq!(token.api_url, "http://127.0.0.1:20000");
+        assert_eq!(token.api_url, "https://127.0.0.1:20000");
         assert_eq!(token.gossip_seed, "127.0.0.1:20200");
         assert_eq!(token.secret, fs::read_to_string(root.join("node-1/mesh.secret")).unwrap().trim());
 
         // The CLI finds the first node's API in it.
-        assert_eq!(super::super::resolve_api(None, &path).unwrap(), "http://127.0.0.1:20000");
+        assert_eq!(super::super::resolve_api(None, &path).unwrap(), "https://127.0.0.1:20000");
         let text = render_endpoints(&record, &path, false);
-        assert!(text.contains("mesh local is up: 2 nodes\nNAME    API                     PID  LOG\n"), "{text}");
-        assert!(text.contains("  export FALAK_API=http://127.0.0.1:20000\n  falak nodes\n"), "{text}");
+        assert!(text.contains("mesh local is up: 2 nodes\nNAME    API                      PID  LOG\n"), "{text}");
+        assert!(text.contains("  export FALAK_API=https://127.0.0.1:20000\n  export FALAK_TOKEN=$(cat "), "{text}");
+        assert!(text.contains("credentials/admin.token)\n  falak nodes\n"), "{text}");
+        assert_eq!(json["token_file"], root.join("credentials/admin.token").to_str().unwrap());
+        let token = super::super::resolve_token(None, &path).unwrap().expect("the CLI finds the admin token");
+        assert!(token.starts_with("falak-token-v1."), "{token}");
+        let mode = fs::metadata(root.join("credentials/admin.token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the admin token is owner-only");
         assert!(!render_endpoints(&record, &path, true).contains("export"));
     }
 

@@ -13,6 +13,10 @@ pub(super) struct MeshRecord {
     join_token: String,
     /// The mesh CA certificate.
     ca_cert: PathBuf,
+    /// The admin token (0600), which the CLI sends when no `--token` is given.
+    token_file: PathBuf,
+    /// The deployer key (0600) the CLI signs capsules and functions with.
+    deployer_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,7 +32,13 @@ pub(super) struct MeshRecordNode {
     log: PathBuf,
 }
 
-pub(super) fn mesh_record(mesh: &str, setups: &[NodeSetup], pids: &[u32], up_pid: u32) -> anyhow::Result<MeshRecord> {
+pub(super) fn mesh_record(
+    mesh: &str,
+    root: &Path,
+    setups: &[NodeSetup],
+    pids: &[u32],
+    up_pid: u32,
+) -> anyhow::Result<MeshRecord> {
     let first = setups.first().context("a mesh has at least one node")?;
     let mut nodes = Vec::new();
     for (setup, pid) in setups.iter().zip(pids) {
@@ -47,11 +57,14 @@ pub(super) fn mesh_record(mesh: &str, setups: &[NodeSetup], pids: &[u32], up_pid
     }
     let secret_path = first.dir.join("mesh.secret");
     let secret = fs::read_to_string(&secret_path).with_context(|| format!("cannot read {}", secret_path.display()))?;
+    let ca_path = first.dir.join("ca.crt");
+    let ca_cert = fs::read_to_string(&ca_path).with_context(|| format!("cannot read {}", ca_path.display()))?;
     let token = JoinToken {
         mesh: mesh.to_owned(),
         api_url: first.api_url(),
         gossip_seed: first.gossip.to_string(),
         secret: secret.trim().to_owned(),
+        ca_cert,
     };
     Ok(MeshRecord {
         name: mesh.to_owned(),
@@ -59,6 +72,8 @@ pub(super) fn mesh_record(mesh: &str, setups: &[NodeSetup], pids: &[u32], up_pid
         nodes,
         join_token: token.encode(),
         ca_cert: first.dir.join("ca.crt"),
+        token_file: root.join(mesh_files::CREDENTIALS_DIR).join("admin.token"),
+        deployer_key_file: root.join(mesh_files::CREDENTIALS_DIR).join("deployer.key"),
     })
 }
 
@@ -92,6 +107,7 @@ pub(super) fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_
     out.push_str(&format!("mesh file: {} (node ids, join token, CA)\n\ntry:\n", mesh_file.display()));
     if !cli_finds_it && let Some(first) = record.nodes.first() {
         out.push_str(&format!("  export FALAK_API={}\n", first.api_url));
+        out.push_str(&format!("  export FALAK_TOKEN=$(cat {})\n", record.token_file.display()));
     }
     out.push_str("  falak nodes\n");
     out.push_str("  falak capsule apply -f capsule.yaml\n");

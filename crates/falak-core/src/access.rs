@@ -1,0 +1,354 @@
+//! Who may use the API: roles and bearer tokens.
+//!
+//! A token is `falak-token-v1.<id>.<secret>`: `id` (16 hex characters) names the token in the
+//! ledger, lists and revocations; `secret` (64 hex characters, 256 random bits) proves
+//! possession. The ledger stores only [`TokenHash`] — a BLAKE3 keyed hash of the secret — so
+//! neither a replica's disk, a snapshot nor an API answer ever holds a usable token.
+//!
+//! **Invariant:** a request is allowed only when its token's record exists, is not revoked, has
+//! not expired at `now`, its hash matches, and its role is among the roles the route allows.
+//! [`TokenRecord::check`] is that decision, pure and clock-free.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Millis;
+
+/// What a token may do. Each API route lists the roles it allows (`falak-api`'s route table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including tokens, node admission and revocation.
+    Admin,
+    /// Apply capsules, submit and cancel jobs, deploy functions, invoke them; read everything.
+    Deploy,
+    /// Invoke functions (the gateway and asynchronous invocations) and read their results.
+    Invoke,
+    /// Read state, logs, events and metrics; change nothing.
+    Read,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Deploy, Role::Invoke, Role::Read];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Deploy => "deploy",
+            Role::Invoke => "invoke",
+            Role::Read => "read",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a role; use admin, deploy, invoke or read"))
+    }
+}
+
+/// The public half of a token: names it in the ledger. 8 random bytes, 16 hex characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct TokenId(pub [u8; 8]);
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl FromStr for TokenId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TokenId, String> {
+        let mut id = [0u8; 8];
+        hex::decode_to_slice(s, &mut id).map_err(|_| format!("{s:?} is not a token id (16 hex characters)"))?;
+        Ok(TokenId(id))
+    }
+}
+
+impl Serialize for TokenId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The BLAKE3 keyed hash of a token's secret, as the ledger keeps it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// The hash of `secret`. Keyed by a fixed context so these hashes are useless elsewhere.
+    pub fn of(secret: &[u8; 32]) -> TokenHash {
+        let key = blake3::derive_key("falak api token v1", b"");
+        TokenHash(*blake3::keyed_hash(&key, secret).as_bytes())
+    }
+
+    /// Constant-time comparison (through `blake3::Hash`'s `PartialEq`).
+    fn matches(&self, other: &TokenHash) -> bool {
+        blake3::Hash::from_bytes(self.0) == blake3::Hash::from_bytes(other.0)
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({}…)", hex::encode(&self.0[..4]))
+    }
+}
+
+impl Serialize for TokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&text, &mut hash).map_err(serde::de::Error::custom)?;
+        Ok(TokenHash(hash))
+    }
+}
+
+/// The prefix of every bearer token.
+pub const TOKEN_PREFIX: &str = "falak-token-v1.";
+
+/// A whole bearer token, as the client holds it. `Debug` never prints the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: TokenId,
+    pub secret: [u8; 32],
+}
+
+impl Token {
+    /// A token from 40 random bytes (the caller draws them: this crate has no randomness).
+    pub fn from_random(random: [u8; 40]) -> Token {
+        let mut id = [0u8; 8];
+        let mut secret = [0u8; 32];
+        id.copy_from_slice(&random[..8]);
+        secret.copy_from_slice(&random[8..]);
+        Token { id: TokenId(id), secret }
+    }
+
+    /// The text the client sends: `falak-token-v1.<id>.<secret>`.
+    pub fn encode(&self) -> String {
+        format!("{TOKEN_PREFIX}{}.{}", self.id, hex::encode(self.secret))
+    }
+
+    pub fn hash(&self) -> TokenHash {
+        TokenHash::of(&self.secret)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({}, secret hidden)", self.id)
+    }
+}
+
+/// Why a bearer token's text is not a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the bearer token is malformed ({0}); a Falak token looks like falak-token-v1.<16 hex>.<64 hex>")]
+pub struct MalformedToken(&'static str);
+
+impl FromStr for Token {
+    type Err = MalformedToken;
+
+    fn from_str(text: &str) -> Result<Token, MalformedToken> {
+        let body = text.trim().strip_prefix(TOKEN_PREFIX).ok_or(MalformedToken("wrong prefix"))?;
+        let (id, secret) = body.split_once('.').ok_or(MalformedToken("no secret part"))?;
+        let id: TokenId = id.parse().map_err(|_| MalformedToken("bad id"))?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(secret, &mut bytes).map_err(|_| MalformedToken("bad secret"))?;
+        Ok(Token { id, secret: bytes })
+    }
+}
+
+/// A token as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    /// What it is for, e.g. `ci-deployer`; shown in lists.
+    pub name: String,
+    pub role: Role,
+    pub hash: TokenHash,
+    pub created_at: Millis,
+    /// Refused from this moment on; `None`: no expiry.
+    pub expires_at: Option<Millis>,
+    /// Requests per second one node accepts with this token (burst twice that); `None`: the
+    /// node's default.
+    pub rate_limit: Option<u32>,
+    /// When it was revoked; a revoked token is refused for good.
+    pub revoked_at: Option<Millis>,
+}
+
+/// Why a token is refused. Each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefused {
+    #[error("the token is not known to this mesh; ask an admin for a token (`falak token create`)")]
+    Unknown,
+    #[error("the token {id} was revoked; ask an admin for a new one")]
+    Revoked { id: TokenId },
+    #[error("the token {id} expired; ask an admin for a new one")]
+    Expired { id: TokenId },
+}
+
+impl TokenRecord {
+    /// Whether `token` is this record's token, valid at `now`.
+    pub fn check(&self, token: &Token, now: Millis) -> Result<Role, TokenRefused> {
+        if self.id != token.id || !self.hash.matches(&token.hash()) {
+            return Err(TokenRefused::Unknown);
+        }
+        if self.revoked_at.is_some() {
+            return Err(TokenRefused::Revoked { id: self.id });
+        }
+        if self.expires_at.is_some_and(|at| now >= at) {
+            return Err(TokenRefused::Expired { id: self.id });
+        }
+        Ok(self.role)
+    }
+}
+
+/// How long a [`HopCredential`] is accepted around the moment it was made, either way.
+pub const HOP_CREDENTIAL_WINDOW_MS: Millis = 60_000;
+
+/// What one node sends another's gateway when it forwards an invocation (the invoke proxy, an
+/// asynchronous invocation's attempt): the sending node, the time, and a keyed hash of both
+/// under a key derived from the mesh secret. Only mesh members hold the secret; the API's TLS
+/// keeps the credential from being read on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopCredential {
+    pub node: crate::NodeId,
+    pub at: Millis,
+    mac: [u8; 32],
+}
+
+fn hop_mac(secret: &[u8; 32], node: &crate::NodeId, at: Millis) -> [u8; 32] {
+    let key = blake3::derive_key("falak hop v1", secret);
+    let mut message = [0u8; 40];
+    message[..32].copy_from_slice(node.as_bytes());
+    message[32..].copy_from_slice(&at.to_be_bytes());
+    *blake3::keyed_hash(&key, &message).as_bytes()
+}
+
+impl HopCredential {
+    pub fn new(secret: &[u8; 32], node: crate::NodeId, at: Millis) -> HopCredential {
+        HopCredential { node, at, mac: hop_mac(secret, &node, at) }
+    }
+
+    /// `<node hex>.<at>.<mac hex>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.node, self.at, hex::encode(self.mac))
+    }
+
+    /// Parse and check against `secret` at `now`; `None` for anything but a genuine, fresh one.
+    pub fn verify(text: &str, secret: &[u8; 32], now: Millis) -> Option<HopCredential> {
+        let mut parts = text.trim().split('.');
+        let node: crate::NodeId = parts.next()?.parse().ok()?;
+        let at: Millis = parts.next()?.parse().ok()?;
+        let mut mac = [0u8; 32];
+        hex::decode_to_slice(parts.next()?, &mut mac).ok()?;
+        if parts.next().is_some() || now.abs_diff(at) > HOP_CREDENTIAL_WINDOW_MS {
+            return None;
+        }
+        let expected = blake3::Hash::from_bytes(hop_mac(secret, &node, at));
+        (expected == blake3::Hash::from_bytes(mac)).then_some(HopCredential { node, at, mac })
+    }
+}
+
+/// The longest token name.
+pub const MAX_TOKEN_NAME: usize = 64;
+/// The most tokens a mesh keeps (revoked ones included, until they are purged).
+pub const MAX_TOKENS: usize = 10_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(token: &Token) -> TokenRecord {
+        TokenRecord {
+            id: token.id,
+            name: "ci".into(),
+            role: Role::Deploy,
+            hash: token.hash(),
+            created_at: 1_000,
+            expires_at: Some(5_000),
+            rate_limit: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_token_round_trips_through_its_text_and_hides_its_secret() {
+        let token = Token::from_random([7; 40]);
+        let text = token.encode();
+        assert!(text.starts_with("falak-token-v1.0707070707070707."), "{text}");
+        assert_eq!(text.parse::<Token>().unwrap(), token);
+        assert!(!format!("{token:?}").contains("0707070707070707070707"), "Debug shows the secret");
+        for bad in ["", "falak-token-v1.", "falak-token-v1.zz.00", "bearer x", &text[..text.len() - 2]] {
+            assert!(bad.parse::<Token>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn check_accepts_only_the_right_live_token() {
+        let token = Token::from_random([1; 40]);
+        let rec = record(&token);
+        assert_eq!(rec.check(&token, 4_999), Ok(Role::Deploy));
+        assert_eq!(rec.check(&token, 5_000), Err(TokenRefused::Expired { id: token.id }));
+        let forged = Token { id: token.id, secret: [2; 32] };
+        assert_eq!(rec.check(&forged, 2_000), Err(TokenRefused::Unknown));
+        let revoked = TokenRecord { revoked_at: Some(3_000), ..rec };
+        assert_eq!(revoked.check(&token, 2_000), Err(TokenRefused::Revoked { id: token.id }));
+    }
+
+    #[test]
+    fn the_stored_hash_is_not_the_secret() {
+        let token = Token::from_random([9; 40]);
+        let json = serde_json::to_string(&record(&token)).unwrap();
+        assert!(!json.contains(&hex::encode(token.secret)), "{json}");
+    }
+
+    #[test]
+    fn a_hop_credential_needs_the_secret_and_is_fresh() {
+        let secret = [4u8; 32];
+        let node = crate::NodeId([8; 32]);
+        let text = HopCredential::new(&secret, node, 100_000).encode();
+        assert_eq!(HopCredential::verify(&text, &secret, 130_000).map(|c| c.node), Some(node));
+        assert!(HopCredential::verify(&text, &[5u8; 32], 100_000).is_none(), "another mesh's secret");
+        assert!(HopCredential::verify(&text, &secret, 161_000).is_none(), "too old");
+        assert!(HopCredential::verify(&text, &secret, 39_000).is_none(), "from the future");
+        let other = crate::NodeId([9; 32]);
+        let forged = text.replacen(&node.to_string(), &other.to_string(), 1);
+        assert!(HopCredential::verify(&forged, &secret, 100_000).is_none(), "another node's name");
+        assert!(HopCredential::verify("x.y.z", &secret, 0).is_none());
+    }
+
+    #[test]
+    fn roles_parse_by_name() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("root".parse::<Role>().unwrap_err().contains("admin, deploy, invoke or read"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Credentials in the ledger: API tokens (created with their hash only, revoked for good) and
+//! the deployer keys trusted to sign specs.
+//!
+//! **Invariant:** a revoked token stays revoked: creating a token whose id exists changes
+//! nothing, so replaying a bootstrap token after its revocation cannot bring it back.
+
+use super::{LedgerEvent, Outcome, RejectCode, Rejection, State};
+use crate::Millis;
+use crate::access::{MAX_TOKEN_NAME, MAX_TOKENS, TokenId, TokenRecord};
+use crate::signing::{
+    DeployerId, DeployerRecord, MAX_DEPLOYER_NAME, MAX_DEPLOYERS, SignatureRefused, SpecKind, SpecSignature,
+};
+
+fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
+    Outcome::Rejected(Rejection { code, message: message.into() })
+}
+
+impl State {
+    pub fn token(&self, id: &TokenId) -> Option<&TokenRecord> {
+        self.data.tokens.get(id)
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.data.tokens.values()
+    }
+
+    pub(super) fn create_token(&mut self, record: &TokenRecord, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        if let Some(existing) = self.data.tokens.get(&record.id) {
+            if existing.hash == record.hash {
+                return Outcome::TokenCreated { id: record.id, unchanged: true };
+            }
+            return reject(RejectCode::Conflict, format!("token id {} is taken; create the token again", record.id));
+        }
+        if record.name.is_empty() || record.name.len() > MAX_TOKEN_NAME || record.name.chars().any(char::is_control) {
+            return reject(
+                RejectCode::Invalid,
+                format!("a token name must be 1 to {MAX_TOKEN_NAME} printable characters"),
+            );
+        }
+        if record.revoked_at.is_some() {
+            return reject(RejectCode::Invalid, "a new token cannot be revoked already");
+        }
+        if self.data.tokens.len() >= MAX_TOKENS {
+            return reject(
+                RejectCode::Invalid,
+                format!("the mesh holds {MAX_TOKENS} tokens, the most it keeps; revoke unused ones first"),
+            );
+        }
+        self.data.tokens.insert(record.id, record.clone());
+        ev.push(LedgerEvent::TokenCreated { id: record.id, name: record.name.clone(), role: record.role });
+        Outcome::TokenCreated { id: record.id, unchanged: false }
+    }
+
+    pub fn deployer(&self, id: &DeployerId) -> Option<&DeployerRecord> {
+        self.data.deployers.get(id)
+    }
+
+    pub fn deployers(&self) -> impl Iterator<Item = &DeployerRecord> {
+        self.data.deployers.values()
+    }
+
+    /// Whether `signature` is a trusted, unrevoked deployer's signature of `signed`.
+    pub fn check_signature<T: serde::Serialize>(
+        &self,
+        kind: SpecKind,
+        signed: &T,
+        signature: Option<&SpecSignature>,
+    ) -> Result<(), SignatureRefused> {
+        crate::signing::check(kind, signed, signature, |id| self.data.deployers.get(id))
+    }
+
+    pub(super) fn trust_deployer(&mut self, record: &DeployerRecord, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        if self.data.deployers.contains_key(&record.id) {
+            return Outcome::DeployerTrusted { id: record.id, unchanged: true };
+        }
+        if record.name.is_empty() || record.name.len() > MAX_DEPLOYER_NAME || record.name.chars().any(char::is_control)
+        {
+            return reject(
+                RejectCode::Invalid,
+                format!("a deployer name must be 1 to {MAX_DEPLOYER_NAME} printable characters"),
+            );
+        }
+        if record.revoked_at.is_some() {
+            return reject(RejectCode::Invalid, "a new deployer key cannot be revoked already");
+        }
+        if self.data.deployers.len() >= MAX_DEPLOYERS {
+            return reject(
+                RejectCode::Invalid,
+                format!("the mesh trusts {MAX_DEPLOYERS} deployer keys, the most it keeps"),
+            );
+        }
+        self.data.deployers.insert(record.id, record.clone());
+        ev.push(LedgerEvent::DeployerTrusted { id: record.id, name: record.name.clone() });
+        Outcome::DeployerTrusted { id: record.id, unchanged: false }
+    }
+
+    pub(super) fn revoke_deployer(&mut self, id: DeployerId, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        let Some(record) = self.data.deployers.get_mut(&id) else {
+            return reject(RejectCode::NotFound, format!("no deployer key {id}; `falak deployer list` shows them"));
+        };
+        if record.revoked_at.is_none() {
+            record.revoked_at = Some(now);
+            ev.push(LedgerEvent::DeployerRevoked { id, name: record.name.clone() });
+        }
+        Outcome::DeployerRevoked { id }
+    }
+
+    pub(super) fn revoke_token(&mut self, id: TokenId, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        let Some(record) = self.data.tokens.get_mut(&id) else {
+            return reject(RejectCode::NotFound, format!("no token {id}; `falak token list` shows the tokens"));
+        };
+        if record.revoked_at.is_none() {
+            record.revoked_at = Some(now);
+            ev.push(LedgerEvent::TokenRevoked { id, name: record.name.clone() });
+        }
+        Outcome::TokenRevoked { id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{Role, Token};
+    use crate::ledger::Command;
+
+    fn record(seed: u8) -> (Token, TokenRecord) {
+        let token = Token::from_random([seed; 40]);
+        let record = TokenRecord {
+            id: token.id,
+            name: format!("t{seed}"),
+            role: Role::Read,
+            hash: token.hash(),
+            created_at: 1,
+            expires_at: None,
+            rate_limit: None,
+            revoked_at: None,
+        };
+        (token, record)
+    }
+
+    #[test]
+    fn a_revoked_token_is_not_brought_back_by_creating_it_again() {
+        let mut state = State::default();
+        let (token, rec) = record(1);
+        let created = state.apply(&Command::CreateToken { record: rec.clone(), now: 1 });
+        assert_eq!(created.outcome, Outcome::TokenCreated { id: token.id, unchanged: false });
+        let revoked = state.apply(&Command::RevokeToken { id: token.id, now: 5 });
+        assert_eq!(revoked.outcome, Outcome::TokenRevoked { id: token.id });
+        assert_eq!(revoked.events, vec![LedgerEvent::TokenRevoked { id: token.id, name: "t1".into() }]);
+        let again = state.apply(&Command::CreateToken { record: rec, now: 6 });
+        assert_eq!(again.outcome, Outcome::TokenCreated { id: token.id, unchanged: true });
+        assert_eq!(state.token(&token.id).unwrap().revoked_at, Some(5));
+        assert!(state.token(&token.id).unwrap().check(&token, 7).is_err());
+    }
+
+    #[test]
+    fn only_specs_signed_by_a_trusted_unrevoked_key_are_committed() {
+        use crate::capsule::CapsuleDocument;
+        use crate::signing::{DeployerKey, deployer_for_tests};
+        let mut state = State::default();
+        let (key, trust) = deployer_for_tests();
+        state.apply(&trust);
+        let spec = CapsuleDocument::parse("name: c\nkind: process\ncommand: [/bin/true]\n").unwrap();
+        let refused = |state: &mut State, command: Command, says: &str| {
+            let applied = state.apply(&command);
+            let rejection = applied.outcome.rejection().cloned().expect("refused");
+            assert_eq!(rejection.code, RejectCode::Forbidden);
+            assert!(rejection.message.contains(says), "{}", rejection.message);
+            assert!(applied.events.is_empty());
+        };
+        refused(&mut state, Command::ApplyCapsule { spec: spec.clone(), signature: None, now: 1 }, "not signed");
+        let stranger = DeployerKey::from_seed([1; 32]);
+        refused(&mut state, Command::signed_capsule(spec.clone(), &stranger, 1), "does not trust");
+        let Command::ApplyCapsule { signature, .. } = Command::signed_capsule(spec.clone(), &key, 1) else {
+            unreachable!()
+        };
+        let mut tampered = spec.clone();
+        tampered.command = vec!["/bin/false".into()];
+        refused(&mut state, Command::ApplyCapsule { spec: tampered, signature, now: 1 }, "changed after it was signed");
+        assert!(state.capsule_versions("c").is_none(), "nothing was committed");
+        let applied = state.apply(&Command::signed_capsule(spec.clone(), &key, 2));
+        assert!(applied.outcome.rejection().is_none(), "{:?}", applied.outcome);
+        state.apply(&Command::RevokeDeployer { id: key.id(), now: 3 });
+        let mut v2 = spec.clone();
+        v2.command = vec!["/bin/echo".into()];
+        refused(&mut state, Command::signed_capsule(v2, &key, 4), "was revoked");
+        // The same spec signed again by a newly trusted key takes the new signature.
+        let rotated = DeployerKey::from_seed([2; 32]);
+        let record =
+            crate::signing::DeployerRecord { id: rotated.id(), name: "new".into(), added_at: 5, revoked_at: None };
+        state.apply(&Command::TrustDeployer { record, now: 5 });
+        let again = state.apply(&Command::signed_capsule(spec, &rotated, 6));
+        assert!(matches!(again.outcome, Outcome::CapsuleApplied { unchanged: true, .. }), "{:?}", again.outcome);
+        let stored = &state.capsule_versions("c").unwrap()[0];
+        assert_eq!(stored.signature.as_ref().map(|s| s.key), Some(rotated.id()));
+        // Trusting a revoked key again changes nothing.
+        state.apply(&trust);
+        assert!(state.deployer(&key.id()).unwrap().revoked_at.is_some());
+    }
+
+    #[test]
+    fn bad_tokens_are_rejected_and_change_nothing() {
+        let mut state = State::default();
+        let (_, rec) = record(2);
+        state.apply(&Command::CreateToken { record: rec.clone(), now: 1 });
+        let before = state.clone();
+        let (_, other) = record(3);
+        let cases = [
+            TokenRecord { hash: other.hash, ..rec.clone() },
+            TokenRecord { name: String::new(), ..other.clone() },
+            TokenRecord { name: "x".repeat(65), ..other.clone() },
+            TokenRecord { revoked_at: Some(1), ..other },
+        ];
+        for case in cases {
+            let applied = state.apply(&Command::CreateToken { record: case.clone(), now: 2 });
+            assert!(applied.outcome.rejection().is_some(), "{case:?} accepted");
+            assert!(applied.events.is_empty());
+        }
+        let unknown = state.apply(&Command::RevokeToken { id: TokenId([9; 8]), now: 3 });
+        assert_eq!(unknown.outcome.rejection().unwrap().code, RejectCode::NotFound);
+        assert_eq!(state.data.tokens, before.data.tokens);
+    }
+}

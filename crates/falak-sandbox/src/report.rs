@@ -1,0 +1,134 @@
+//! What this host lets the sandbox enforce, found once at startup.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::cgroup::{CgroupVersion, Cgroups, Controller};
+use crate::seccomp::SeccompFilter;
+use crate::{landlock, network};
+
+/// The confinement tools this host offers, ready to build each workload's
+/// [`Confinement`](crate::Confinement) from.
+#[derive(Debug, Clone)]
+pub struct HostSandbox {
+    /// The compiled workload filter (`None` only if it failed to compile, which is a bug).
+    pub seccomp: Option<Arc<SeccompFilter>>,
+    /// The node's cgroup scope, when any controller is usable.
+    pub cgroups: Option<Cgroups>,
+    /// The kernel's Landlock ABI, when it has Landlock.
+    pub landlock_abi: Option<u32>,
+    /// Whether the node may give workloads a network namespace of their own.
+    pub network_namespaces: bool,
+    /// Whether the node is root, and so can run workloads as another user.
+    pub can_switch_users: bool,
+    pub report: SandboxReport,
+}
+
+/// What is enforced on this host, for the node to log and expose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxReport {
+    pub seccomp: bool,
+    pub cgroups: Option<CgroupVersion>,
+    /// The controllers in use (on v1 the freezer too).
+    pub cgroup_controllers: Vec<Controller>,
+    /// The kernel's Landlock ABI version, when Landlock is enforced.
+    pub landlock: Option<u32>,
+    pub network_namespaces: bool,
+    /// Whether workloads run as another user than the node's (the node is root).
+    pub unprivileged_user: bool,
+    /// What the host does not allow, in words, each worth a warning.
+    pub missing: Vec<String>,
+}
+
+impl HostSandbox {
+    /// Probe the host. With `cgroup_scope`, find or make the node's cgroup scope (a name
+    /// unique to the node on this host, e.g. its id); without, use no cgroups. Blocking (it
+    /// forks a probe and writes under `/sys/fs/cgroup`); call it once at startup. Logs a
+    /// warning for each missing piece.
+    pub fn detect(cgroup_scope: Option<&str>) -> HostSandbox {
+        let mut missing = Vec::new();
+        let seccomp = match SeccompFilter::workload_default() {
+            Ok(filter) => Some(Arc::new(filter)),
+            Err(e) => {
+                missing.push(format!("seccomp: {e}"));
+                None
+            }
+        };
+        let cgroups = match cgroup_scope.map(Cgroups::detect) {
+            Some(Ok(cgroups)) => {
+                for controller in cgroups.missing() {
+                    missing.push(format!(
+                        "cgroups: the {controller} controller is not available to the node, so workloads' {controller} is not limited"
+                    ));
+                }
+                Some(cgroups)
+            }
+            Some(Err(e)) => {
+                missing.push(format!(
+                    "cgroups: {e}; workloads run without memory, cpu and pids limits, and a process that leaves its process group escapes stop"
+                ));
+                None
+            }
+            None => None,
+        };
+        let landlock_abi = landlock::abi_version();
+        if landlock_abi.is_none() {
+            missing.push(
+                "Landlock: unsupported by this kernel; workloads are kept out of other files by their user and file permissions only"
+                    .into(),
+            );
+        }
+        let network_namespaces = match network::probe_namespaces() {
+            Ok(()) => true,
+            Err(e) => {
+                missing.push(format!(
+                    "network namespaces: cannot create one ({e}); workloads with network \"none\" will fail to start"
+                ));
+                false
+            }
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let can_switch_users = unsafe { libc::geteuid() } == 0;
+        if !can_switch_users {
+            missing.push("user: the node is not root, so workloads run as the node's own user".into());
+        }
+        for line in &missing {
+            tracing::warn!("sandbox: {line}");
+        }
+        let report = SandboxReport {
+            seccomp: seccomp.is_some(),
+            cgroups: cgroups.as_ref().map(Cgroups::version),
+            cgroup_controllers: cgroups.as_ref().map(Cgroups::controllers).unwrap_or_default(),
+            landlock: landlock_abi,
+            network_namespaces,
+            unprivileged_user: can_switch_users,
+            missing,
+        };
+        tracing::info!("sandbox: {report}");
+        HostSandbox { seccomp, cgroups, landlock_abi, network_namespaces, can_switch_users, report }
+    }
+}
+
+impl fmt::Display for SandboxReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        write!(f, "seccomp {}, cgroups ", on(self.seccomp))?;
+        match self.cgroups {
+            Some(version) => {
+                let names: Vec<&str> = self.cgroup_controllers.iter().map(|c| c.name()).collect();
+                write!(f, "{version} ({})", names.join(" "))?;
+            }
+            None => f.write_str("off")?,
+        }
+        match self.landlock {
+            Some(abi) => write!(f, ", Landlock ABI {abi}")?,
+            None => f.write_str(", Landlock unsupported")?,
+        }
+        write!(
+            f,
+            ", network namespaces {}, unprivileged user {}",
+            on(self.network_namespaces),
+            on(self.unprivileged_user)
+        )
+    }
+}
