@@ -43,7 +43,7 @@ pub enum Action {
     /// Every admitted node with its health and gossip state (`NodeInfo::new`).
     ListNodes { reply: Reply<Vec<NodeInfo>> },
     /// Write a validated capsule spec to the ledger; answer once committed.
-    /// `signature` is the deployer's, over `spec.unversioned()`; the node checks it.
+    /// `signature` is the deployer's, over `spec.signed_form()`; the node checks it.
     ApplyCapsule { spec: CapsuleSpec, signature: Option<SpecSignature>, reply: Reply<CapsuleApplied> },
     /// `CapsuleSummary::list`.
     ListCapsules { reply: Reply<Vec<CapsuleSummary>> },

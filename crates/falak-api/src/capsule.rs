@@ -67,7 +67,11 @@ impl CapsuleSummary {
 impl CapsuleInfo {
     pub fn get(state: &LedgerState, name: &str) -> Result<CapsuleInfo, ApiError> {
         match state.capsule_versions(name) {
-            Some(versions) => Ok(CapsuleInfo { name: name.to_owned(), versions: versions.to_vec() }),
+            // Secret values never leave the ledger: shown as `redacted`.
+            Some(versions) => Ok(CapsuleInfo {
+                name: name.to_owned(),
+                versions: versions.iter().map(|v| CapsuleVersion { spec: v.spec.redacted(), ..v.clone() }).collect(),
+            }),
             None => Err(ApiError::not_found(format!("capsule {name} not found"))),
         }
     }

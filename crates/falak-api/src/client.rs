@@ -194,14 +194,14 @@ impl Client {
 
     /// Apply a capsule document given as a value.
     pub async fn apply_capsule(&self, document: &CapsuleDocument) -> Result<CapsuleApplied, ClientError> {
-        let signed = document.clone().validate().ok().map(|spec| spec.unversioned());
+        let signed = document.clone().validate().ok().map(|spec| spec.signed_form());
         let request = self.request(Method::POST, "/api/v1/capsules").json(document);
         self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
     }
 
     /// Apply a capsule document as written (YAML or JSON text); errors name the field.
     pub async fn apply_capsule_text(&self, text: &str) -> Result<CapsuleApplied, ClientError> {
-        let signed = CapsuleDocument::parse(text).ok().map(|spec| spec.unversioned());
+        let signed = CapsuleDocument::parse(text).ok().map(|spec| spec.signed_form());
         let request = self.yaml(Method::POST, "/api/v1/capsules", text);
         self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
     }
@@ -368,7 +368,7 @@ impl Client {
 
     /// `POST /api/v1/functions`: deploy a function whose `artifact` is stored.
     pub async fn deploy_function(&self, document: &FunctionDocument) -> Result<FunctionDeployed, ClientError> {
-        let signed = document.clone().validate(0).ok().map(|spec| spec.unversioned());
+        let signed = document.clone().validate(0).ok().map(|spec| spec.signed_form());
         let request = self.request(Method::POST, "/api/v1/functions").json(document);
         self.json(self.sign(request, SpecKind::Function, signed.as_ref())).await
     }

@@ -60,6 +60,10 @@ pub struct CapsuleDocument {
     /// `none` (default: loopback only) or `host`.
     #[serde(default)]
     pub network: Option<NetworkMode>,
+    /// Environment variables whose values are secret: sealed before they are stored, never
+    /// shown (`crate::secret`).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +106,9 @@ pub struct CapsuleSpec {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub network: NetworkMode,
+    /// Secret environment variables: plain only on the way to the node that seals them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, crate::secret::SecretValue>,
 }
 
 /// Where and how hard to try placing a capsule's tasks.
@@ -166,6 +173,18 @@ impl CapsuleDocument {
             return Err(SpecError::new("command", "at most 4096 arguments, none containing NUL"));
         }
         crate::spec::validate_env(&self.env)?;
+        crate::spec::validate_env(&self.secrets)?;
+        for (name, value) in &self.secrets {
+            if self.env.contains_key(name) {
+                return Err(SpecError::new(format!("secrets.{name}"), "is also in env; name each variable once"));
+            }
+            if value.len() > crate::secret::MAX_SECRET_BYTES || value.contains('\0') {
+                return Err(SpecError::new(
+                    format!("secrets.{name}"),
+                    format!("at most {} bytes, no NUL", crate::secret::MAX_SECRET_BYTES),
+                ));
+            }
+        }
         let resources = self.resources.validate()?;
         let placement = self.placement.validate()?;
         let timeout_ms = match &self.timeout {
@@ -183,6 +202,7 @@ impl CapsuleDocument {
             timeout_ms,
             tags: self.tags,
             network: self.network.unwrap_or_default(),
+            secrets: self.secrets.into_iter().map(|(k, v)| (k, crate::secret::SecretValue::Plain(v))).collect(),
         })
     }
 }
@@ -253,15 +273,30 @@ pub struct CapsuleVersion {
     pub version: u32,
     pub spec: CapsuleSpec,
     pub created_at: crate::Millis,
-    /// The deployer's signature of `spec.unversioned()`.
+    /// The deployer's signature of `spec.signed_form()`.
     #[serde(default)]
     pub signature: Option<crate::signing::SpecSignature>,
 }
 
 impl CapsuleSpec {
-    /// The spec as it is signed: without its version, which the ledger may assign.
-    pub fn unversioned(&self) -> CapsuleSpec {
-        CapsuleSpec { version: None, ..self.clone() }
+    /// The spec as it is signed: without its version, which the ledger may assign, and with
+    /// its secrets' names but not their values (the CLI signs them plain, the node seals them).
+    pub fn signed_form(&self) -> CapsuleSpec {
+        CapsuleSpec { version: None, secrets: self.redacted_secrets(), ..self.clone() }
+    }
+
+    /// The spec as API answers show it: secret values replaced by `Redacted`.
+    pub fn redacted(&self) -> CapsuleSpec {
+        CapsuleSpec { secrets: self.redacted_secrets(), ..self.clone() }
+    }
+
+    fn redacted_secrets(&self) -> BTreeMap<String, crate::secret::SecretValue> {
+        self.secrets.keys().map(|k| (k.clone(), crate::secret::SecretValue::Redacted)).collect()
+    }
+
+    /// Whether every secret is sealed (what the ledger accepts).
+    pub fn secrets_sealed(&self) -> bool {
+        self.secrets.values().all(|v| matches!(v, crate::secret::SecretValue::Sealed(_)))
     }
 }
 

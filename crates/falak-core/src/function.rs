@@ -294,14 +294,14 @@ pub struct FunctionEntry {
     pub deployed_at: crate::Millis,
     /// Running instances (any version), each claimed by its node before it started.
     pub instances: Vec<InstanceSlot>,
-    /// The deployer's signature of `spec.unversioned()`.
+    /// The deployer's signature of `spec.signed_form()`.
     #[serde(default)]
     pub signature: Option<crate::signing::SpecSignature>,
 }
 
 impl FunctionSpec {
     /// The spec as it is signed: without its version, which the ledger may assign.
-    pub fn unversioned(&self) -> FunctionSpec {
+    pub fn signed_form(&self) -> FunctionSpec {
         FunctionSpec { version: 0, ..self.clone() }
     }
 }

@@ -48,7 +48,7 @@ pub enum Command {
     },
     ApplyCapsule {
         spec: CapsuleSpec,
-        /// A deployer's signature of `spec.unversioned()`; required.
+        /// A deployer's signature of `spec.signed_form()`; required.
         #[serde(default)]
         signature: Option<SpecSignature>,
         now: Millis,
@@ -109,7 +109,7 @@ pub enum Command {
     /// Deploy a function; `spec.version` 0 means the next version.
     DeployFunction {
         spec: FunctionSpec,
-        /// A deployer's signature of `spec.unversioned()`; required.
+        /// A deployer's signature of `spec.signed_form()`; required.
         #[serde(default)]
         signature: Option<SpecSignature>,
         now: Millis,
@@ -178,13 +178,13 @@ pub enum Command {
 impl Command {
     /// `ApplyCapsule` with `spec` signed by `key`.
     pub fn signed_capsule(spec: CapsuleSpec, key: &crate::signing::DeployerKey, now: Millis) -> Command {
-        let signature = Some(key.sign(crate::signing::SpecKind::Capsule, &spec.unversioned()));
+        let signature = Some(key.sign(crate::signing::SpecKind::Capsule, &spec.signed_form()));
         Command::ApplyCapsule { spec, signature, now }
     }
 
     /// `DeployFunction` with `spec` signed by `key`.
     pub fn signed_function(spec: FunctionSpec, key: &crate::signing::DeployerKey, now: Millis) -> Command {
-        let signature = Some(key.sign(crate::signing::SpecKind::Function, &spec.unversioned()));
+        let signature = Some(key.sign(crate::signing::SpecKind::Function, &spec.signed_form()));
         Command::DeployFunction { spec, signature, now }
     }
 }

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod node;
 pub mod placement;
 pub mod resources;
+pub mod secret;
 pub mod signing;
 pub mod spec;
 

@@ -137,12 +137,25 @@ impl MainLoop {
             Action::ApplyCapsule { spec, signature, reply } => {
                 let checked = self.ledger.state().check_signature(
                     falak_core::signing::SpecKind::Capsule,
-                    &spec.unversioned(),
+                    &spec.signed_form(),
                     signature.as_ref(),
                 );
                 if let Err(refused) = checked {
                     let _ = reply.send(Err(ApiError::new(falak_api::ErrorCode::Forbidden, refused.to_string())));
                     return;
+                }
+                // Secrets are sealed here, before anything is written: the ledger never sees them plain.
+                let mut spec = spec;
+                let owner = spec.name.clone();
+                for (name, value) in spec.secrets.iter_mut() {
+                    if let falak_core::secret::SecretValue::Plain(plain) = value {
+                        *value = falak_core::secret::SecretValue::Sealed(self.secrets.seal(
+                            &owner,
+                            name,
+                            plain,
+                            rand::random(),
+                        ));
+                    }
                 }
                 let command = Command::ApplyCapsule { spec, signature, now: now_millis() };
                 self.write_then(command, reply, |_, outcome| match outcome {
@@ -403,6 +416,20 @@ impl MainLoop {
             [(self.config.name.as_str(), leader)],
         );
         self.metrics.render_counters(&mut out);
+        let m = self.membership.handle().stats();
+        crate::metrics::counter_family(
+            &mut out,
+            "falak_membership_packets_dropped_total",
+            "Membership datagrams dropped unread, by why: bad_seal is another mesh's key, tampering or noise.",
+            "reason",
+            [
+                ("bad_seal", m.dropped_bad_seal),
+                ("oversized", m.dropped_oversized),
+                ("truncated", m.dropped_truncated),
+                ("unknown_format", m.dropped_unknown_format),
+                ("malformed", m.dropped_malformed),
+            ],
+        );
         self.functions.render_metrics(&mut out);
         out
     }

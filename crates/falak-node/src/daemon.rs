@@ -142,7 +142,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if killed > 0 {
         tracing::warn!(processes = killed, "killed task processes left by the previous run of this node");
     }
-    let runner = Runner::new(executor, tasks_dir.clone(), groups_dir, run_as);
+    let runner = Runner::new(
+        executor,
+        tasks_dir.clone(),
+        groups_dir,
+        run_as,
+        falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
@@ -199,6 +205,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         admitted,
         actions,
         authority,
+        secrets: falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
         bootstrap_credentials: (
             files.bootstrap.iter().flat_map(|b| b.tokens.iter().map(|t| t.id)).collect(),
             files.bootstrap.iter().flat_map(|b| b.deployers.iter().map(|d| d.id)).collect(),

@@ -109,6 +109,7 @@ pub struct MainLoop {
     /// Node ids the transport accepts: admitted in the ledger, or bootstrap voters.
     pub(crate) admitted: Arc<RwLock<BTreeSet<NodeId>>>,
     pub(crate) authority: Option<Arc<crate::join::JoinAuthority>>,
+    pub(crate) secrets: falak_core::secret::SecretKey,
     /// The credentials in this node's `bootstrap.json`: it is not ready before its replica holds them.
     pub(crate) bootstrap_credentials: (Vec<falak_core::access::TokenId>, Vec<falak_core::signing::DeployerId>),
     pub(crate) functions: Arc<crate::functions::FunctionHost>,
@@ -140,6 +141,8 @@ pub struct MainLoopParts {
     pub actions: mpsc::Receiver<falak_api::Action>,
     /// Present when this node holds the mesh CA key and so can admit joiners.
     pub authority: Option<Arc<crate::join::JoinAuthority>>,
+    /// Seals the secrets of capsules this node receives.
+    pub secrets: falak_core::secret::SecretKey,
     /// The admin token and deployer key ids the mesh was provisioned with (from
     /// `bootstrap.json`; empty on joiners).
     pub bootstrap_credentials: (Vec<falak_core::access::TokenId>, Vec<falak_core::signing::DeployerId>),
@@ -169,6 +172,7 @@ impl MainLoop {
             observed: BTreeMap::new(),
             admitted: parts.admitted,
             authority: parts.authority,
+            secrets: parts.secrets,
             bootstrap_credentials: parts.bootstrap_credentials,
             functions: parts.functions,
             tx,

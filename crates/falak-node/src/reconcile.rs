@@ -27,6 +27,10 @@ pub struct TaskLaunch {
     pub timeout_ms: Option<u64>,
     pub resources: Resources,
     pub network: falak_core::capsule::NetworkMode,
+    /// The capsule's sealed secrets, opened by the runner into the task's environment, and the
+    /// capsule they belong to (part of what each is sealed to).
+    pub secrets: BTreeMap<String, falak_core::secret::SealedSecret>,
+    pub capsule: String,
     /// Why the capsule must not run although its claim committed: its signature no longer
     /// verifies against the keys the ledger trusts (the key was revoked, the stored spec was
     /// changed). The runner reports the attempt failed without starting anything.
@@ -342,8 +346,18 @@ pub fn launch_for(state: &State, task: TaskId, fencing: u64, attempt: u32) -> Op
         timeout_ms: job.timeout_ms,
         resources: job.resources,
         network: capsule.spec.network,
+        secrets: capsule
+            .spec
+            .secrets
+            .iter()
+            .filter_map(|(k, v)| match v {
+                falak_core::secret::SecretValue::Sealed(s) => Some((k.clone(), s.clone())),
+                _ => None,
+            })
+            .collect(),
+        capsule: capsule.spec.name.clone(),
         refused: state
-            .check_signature(SpecKind::Capsule, &capsule.spec.unversioned(), capsule.signature.as_ref())
+            .check_signature(SpecKind::Capsule, &capsule.spec.signed_form(), capsule.signature.as_ref())
             .err()
             .map(|e| format!("not run: {e}")),
     })

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use falak_core::job::{LEDGER_TAIL_BYTES, TaskId, TaskReport};
+use falak_core::secret::SecretKey;
 use falak_exec::{Executor, RunAs, Running, TaskSpec};
 
 use crate::main_loop::{Event, EventSender, TaskEvent};
@@ -28,12 +29,20 @@ pub struct Runner {
     /// Process groups of running attempts (see [`crate::orphans`]).
     groups_dir: PathBuf,
     run_as: Option<RunAs>,
+    /// Opens the capsules' sealed secrets.
+    secrets: SecretKey,
     slots: BTreeMap<TaskId, Arc<Slot>>,
 }
 
 impl Runner {
-    pub fn new(executor: Arc<dyn Executor>, tasks_dir: PathBuf, groups_dir: PathBuf, run_as: Option<RunAs>) -> Runner {
-        Runner { executor, tasks_dir, groups_dir, run_as, slots: BTreeMap::new() }
+    pub fn new(
+        executor: Arc<dyn Executor>,
+        tasks_dir: PathBuf,
+        groups_dir: PathBuf,
+        run_as: Option<RunAs>,
+        secrets: SecretKey,
+    ) -> Runner {
+        Runner { executor, tasks_dir, groups_dir, run_as, secrets, slots: BTreeMap::new() }
     }
 
     pub fn executor(&self) -> &Arc<dyn Executor> {
@@ -50,7 +59,18 @@ impl Runner {
     }
 
     /// Start an attempt in the background; `Started` and `Exited` arrive as events.
-    pub fn start(&mut self, launch: TaskLaunch, tx: EventSender) {
+    pub fn start(&mut self, mut launch: TaskLaunch, tx: EventSender) {
+        // Secrets join the environment here, in the node that runs the task, and nowhere else.
+        for (name, sealed) in std::mem::take(&mut launch.secrets) {
+            match self.secrets.open(&launch.capsule, &name, &sealed) {
+                Ok(value) => {
+                    launch.env.insert(name, value);
+                }
+                Err(e) => {
+                    launch.refused.get_or_insert_with(|| format!("not run: {e}"));
+                }
+            }
+        }
         if let Some(reason) = launch.refused {
             tracing::warn!(task = %launch.task, %reason, "task refused");
             let report = TaskReport {

@@ -69,7 +69,7 @@ async fn capsules_apply_list_show() {
         .post(format!("{}/api/v1/capsules", h.base))
         .header("content-type", "text/yaml")
         .header(falak_core::signing::SIGNATURE_HEADER, {
-            let spec = CapsuleDocument::parse(HELLO).unwrap().unversioned();
+            let spec = CapsuleDocument::parse(HELLO).unwrap().signed_form();
             falak_core::signing::deployer_for_tests().0.sign(falak_core::signing::SpecKind::Capsule, &spec).encode()
         })
         .body(HELLO)

@@ -199,6 +199,32 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_secret_never_reaches_the_ledger() {
+        use crate::capsule::CapsuleDocument;
+        use crate::secret::{SecretKey, SecretValue};
+        use crate::signing::deployer_for_tests;
+        let mut state = State::default();
+        let (key, trust) = deployer_for_tests();
+        state.apply(&trust);
+        let text = "name: c\nkind: process\ncommand: [/bin/true]\nsecrets: { TOKEN: hunter2 }\n";
+        let plain = CapsuleDocument::parse(text).unwrap();
+        let applied = state.apply(&Command::signed_capsule(plain.clone(), &key, 1));
+        assert_eq!(applied.outcome.rejection().map(|r| r.code), Some(RejectCode::Invalid));
+        assert!(state.capsule_versions("c").is_none());
+        // Sealed by the node after the CLI signed the plain spec: the signature still holds.
+        let Command::ApplyCapsule { signature, .. } = Command::signed_capsule(plain.clone(), &key, 1) else {
+            unreachable!()
+        };
+        let mut sealed = plain;
+        let sealer = SecretKey::from_mesh_secret(&[3; 32]);
+        sealed.secrets.insert("TOKEN".into(), SecretValue::Sealed(sealer.seal("c", "TOKEN", "hunter2", [1; 24])));
+        let applied = state.apply(&Command::ApplyCapsule { spec: sealed, signature, now: 2 });
+        assert!(applied.outcome.rejection().is_none(), "{:?}", applied.outcome);
+        let json = serde_json::to_string(&state.data).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+    }
+
+    #[test]
     fn bad_tokens_are_rejected_and_change_nothing() {
         let mut state = State::default();
         let (_, rec) = record(2);

@@ -123,8 +123,14 @@ impl State {
         now: Millis,
         ev: &mut Vec<LedgerEvent>,
     ) -> Outcome {
-        if let Err(refused) = self.check_signature(crate::signing::SpecKind::Capsule, &spec.unversioned(), signature) {
+        if let Err(refused) = self.check_signature(crate::signing::SpecKind::Capsule, &spec.signed_form(), signature) {
             return reject(RejectCode::Forbidden, refused.to_string());
+        }
+        if !spec.secrets_sealed() {
+            return reject(
+                RejectCode::Invalid,
+                "a capsule's secrets must be sealed by the node before they are committed; nothing was stored",
+            );
         }
         let versions = self.data.capsules.entry(spec.name.clone()).or_default();
         let same_content = |stored: &CapsuleVersion| {

@@ -27,7 +27,7 @@ impl State {
         now: Millis,
         ev: &mut Vec<LedgerEvent>,
     ) -> Outcome {
-        if let Err(refused) = self.check_signature(crate::signing::SpecKind::Function, &spec.unversioned(), signature) {
+        if let Err(refused) = self.check_signature(crate::signing::SpecKind::Function, &spec.signed_form(), signature) {
             return reject(RejectCode::Forbidden, refused.to_string());
         }
         let current = self.data.functions.get(&spec.name);

@@ -112,8 +112,9 @@ async fn stop_kills_the_whole_group_and_escalates() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(&dir, "j1-t0", sh("trap '' TERM; sleep 1000 & echo $! > grandchild.pid; echo ready; sleep 1000"));
     let running = start(spec.clone()).await;
-    // Wait until the background child exists, so the test checks a real grandchild.
-    while !spec.workdir.join("grandchild.pid").exists() {
+    // Wait until the background child exists and the task said so, so the test checks a real
+    // grandchild.
+    while !std::fs::read_to_string(spec.workdir.join("stdout.log")).is_ok_and(|t| t == "ready\n") {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let exit = running.stop(Duration::from_millis(200)).await;
@@ -199,7 +200,9 @@ fn shutting_down_the_runtime_kills_running_tasks() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (running, grandchild) = runtime.block_on(async {
         let running = start(spec.clone()).await;
-        while !spec.workdir.join("grandchild.pid").exists() {
+        // The shell creates the file before it writes the pid: wait for the whole line.
+        let pid_file = spec.workdir.join("grandchild.pid");
+        while !std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n')) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         (running, read_pid(&spec.workdir, "grandchild.pid"))

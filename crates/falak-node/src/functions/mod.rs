@@ -538,7 +538,7 @@ impl FunctionHost {
             let verified = state.functions().filter(|f| {
                 let check = state.check_signature(
                     falak_core::signing::SpecKind::Function,
-                    &f.spec.unversioned(),
+                    &f.spec.signed_form(),
                     f.signature.as_ref(),
                 );
                 check.map_err(|e| refused.insert(f.spec.name.clone(), e.to_string())).is_ok()
@@ -790,7 +790,7 @@ impl FunctionHost {
         // Verified before anything is prepared.
         let checked = self.ctx.ledger.state().check_signature(
             falak_core::signing::SpecKind::Function,
-            &spec.unversioned(),
+            &spec.signed_form(),
             signature.as_ref(),
         );
         if let Err(refused) = checked {

@@ -135,3 +135,85 @@ async fn capsules_run_only_when_signed_by_a_trusted_unrevoked_key() {
     assert!(error.to_string().contains("was revoked"), "{error}");
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_reach_the_task_and_appear_nowhere_else() {
+    use falak_api::job::JobSubmission;
+    use falak_core::job::JobState;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 2).await;
+    let c = &mesh.clients;
+    let value = format!("s3cr3t-{:016x}", rand::random::<u64>());
+    // The task prints the value reversed: proof it had it, without the value in any output.
+    let capsule = format!(
+        "name: vault\nkind: process\ncommand: [python3, -c, \"import os; print(os.environ['API_KEY'][::-1])\"]\n\
+         secrets: {{ API_KEY: {value} }}\nresources: {{ cpu: 100m, memory: 64Mi }}\n"
+    );
+    let reversed: String = value.chars().rev().collect();
+    c[0].apply_capsule_text(&capsule).await.unwrap();
+    let job = c[1]
+        .submit_job(&JobSubmission { capsule: "vault".into(), tasks: Some(2), ..JobSubmission::default() })
+        .await
+        .unwrap();
+    let mut info = c[0].job(job.id).await.unwrap();
+    for _ in 0..200 {
+        if info.state != JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info = c[0].job(job.id).await.unwrap();
+    }
+    assert_eq!(info.state, JobState::Completed, "{info:?}");
+    let result = c[0].job_result_text(job.id).await.unwrap();
+    assert_eq!(result, format!("{reversed}\n{reversed}\n"), "the task saw the secret");
+
+    // What the API shows, the events, and every file the nodes wrote (ledger, logs): no value.
+    let shown = serde_json::to_string(&c[1].capsule("vault").await.unwrap()).unwrap();
+    assert!(shown.contains("API_KEY") && shown.contains("redacted"), "{shown}");
+    let events_url = format!("{}/api/v1/events?follow=false", c[0].base_url());
+    let events = c[0].http().get(&events_url).bearer_auth(&mesh.token).send().await.unwrap().text().await.unwrap();
+    let tasks = serde_json::to_string(&c[0].job_tasks(job.id).await.unwrap()).unwrap();
+    for (what, text) in [("capsule", &shown), ("events", &events), ("tasks", &tasks)] {
+        assert!(!text.contains(&value), "the secret is in the {what}: {text}");
+    }
+    mesh.stop().await;
+    let mut stack = vec![dir.path().to_owned()];
+    let mut files = 0;
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).unwrap().flatten() {
+            let (path, kind) = (entry.path(), entry.file_type().unwrap());
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                files += 1;
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
+                assert!(!found, "the secret is on disk in {}", path.display());
+            }
+        }
+    }
+    assert!(files > 10, "only {files} files searched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_packets_sealed_with_another_key_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let bootstrap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("node-1/bootstrap.json")).unwrap()).unwrap();
+    let gossip: std::net::SocketAddr = bootstrap["members"][0]["gossip_addr"].as_str().unwrap().parse().unwrap();
+    // A datagram in the seal's format, sealed with some other key (here: random bytes).
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..5 {
+        let mut packet = vec![1u8];
+        packet.extend((0..200).map(|_| rand::random::<u8>()));
+        socket.send_to(&packet, gossip).await.unwrap();
+    }
+    within_seconds("the node counts the forged packets", async || {
+        let metrics = mesh.clients[0].metrics().await.unwrap();
+        metrics.lines().any(|l| l == "falak_membership_packets_dropped_total{reason=\"bad_seal\"} 5")
+    })
+    .await;
+    mesh.stop().await;
+}
