@@ -123,8 +123,8 @@ pub struct InvalidSpecError {
 /// are not enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// CPU in millicores (1000 = one core): the cgroup's CPU quota (`cpu.max`, or v1
-    /// `cpu.cfs_quota_us` per 100 ms period).
+    /// CPU in millicores (1000 = one core): the cgroup's CPU share when CPUs are contended
+    /// (`cpu.weight`, or v1 `cpu.shares`), not a cap: an idle CPU is not withheld.
     pub cpu_millis: Option<u64>,
     /// Memory in bytes: the cgroup's memory limit, swap included (`memory.max` and
     /// `memory.swap.max = 0`, or v1 `memory.limit_in_bytes`/`memory.memsw.limit_in_bytes`).

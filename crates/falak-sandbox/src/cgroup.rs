@@ -15,9 +15,9 @@
 //! cgroups and says so.
 //!
 //! **Limits** (from [`CgroupLimits`]): v2 `memory.max`, `memory.swap.max = 0` and
-//! `memory.oom.group = 1` when present, `cpu.max`, `pids.max`; v1 `memory.limit_in_bytes`,
-//! `memory.memsw.limit_in_bytes` when swap accounting is on, `cpu.cfs_quota_us` over a 100 ms
-//! `cpu.cfs_period_us`, `pids.max`.
+//! `memory.oom.group = 1` when present, `cpu.weight`, `pids.max`; v1 `memory.limit_in_bytes`,
+//! `memory.memsw.limit_in_bytes` when swap accounting is on, `cpu.shares`, `pids.max`. CPU is a
+//! proportional share, not a cap (see `plan::cpu_weight`).
 //!
 //! **Joining.** [`WorkloadCgroup::join_files`] opens every `cgroup.procs`; the child writes
 //! `0` to each before `exec`, so there is no moment in which the workload runs, or forks,

@@ -436,10 +436,10 @@ async fn privileged_the_task_starts_inside_its_cgroup_with_its_limits() {
     let v2 = cgroup_dir(&spec, Controller::Memory).join("memory.max").exists();
     if v2 {
         assert_eq!(read(Controller::Memory, "memory.max"), "134217728");
-        assert_eq!(read(Controller::Cpu, "cpu.max"), "25000 100000");
+        assert_eq!(read(Controller::Cpu, "cpu.weight"), "25");
     } else {
         assert_eq!(read(Controller::Memory, "memory.limit_in_bytes"), "134217728");
-        assert_eq!(read(Controller::Cpu, "cpu.cfs_quota_us"), "25000");
+        assert_eq!(read(Controller::Cpu, "cpu.shares"), "256");
     }
     assert_eq!(read(Controller::Pids, "pids.max"), falak_exec::DEFAULT_MAX_PIDS.to_string());
     // The main process is listed in every controller's cgroup: it joined before exec.

@@ -137,7 +137,7 @@ pub(crate) fn limit_writes(
                 }
             }
             if let Some(millis) = limits.cpu_millis {
-                writes.push((Controller::Cpu, "cpu.max", format!("{} {CPU_PERIOD_US}", cpu_quota_us(millis))));
+                writes.push((Controller::Cpu, "cpu.weight", cpu_weight(millis).to_string()));
             }
             if let Some(pids) = limits.max_pids {
                 writes.push((Controller::Pids, "pids.max", pids.to_string()));
@@ -152,8 +152,7 @@ pub(crate) fn limit_writes(
                 }
             }
             if let Some(millis) = limits.cpu_millis {
-                writes.push((Controller::Cpu, "cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
-                writes.push((Controller::Cpu, "cpu.cfs_quota_us", cpu_quota_us(millis).to_string()));
+                writes.push((Controller::Cpu, "cpu.shares", cpu_shares(millis).to_string()));
             }
             if let Some(pids) = limits.max_pids {
                 writes.push((Controller::Pids, "pids.max", pids.to_string()));
@@ -163,12 +162,18 @@ pub(crate) fn limit_writes(
     writes
 }
 
-/// The CFS period: 100 ms, the kernel's default.
-pub(crate) const CPU_PERIOD_US: u64 = 100_000;
+/// CPU is a *share*, not a cap: a workload's `cpu` is what placement reserves for it and its
+/// weight when CPUs are contended, but an idle CPU is not withheld from it (Nomad's and
+/// Kubernetes' request semantics). A hard quota throttled a 100m Python function to a tenth of
+/// a core even on an idle node. v2 `cpu.weight`: 100 per core (the kernel's default weight is
+/// one core's), 1 to 10,000.
+fn cpu_weight(millis: u64) -> u64 {
+    (millis / 10).clamp(1, 10_000)
+}
 
-/// Quota per period for `millis` thousandths of a core; the kernel's minimum is 1 ms.
-fn cpu_quota_us(millis: u64) -> u64 {
-    (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
+/// v1 `cpu.shares`: 1,024 per core (the kernel's default), at least 2.
+fn cpu_shares(millis: u64) -> u64 {
+    (millis.saturating_mul(1024) / 1000).max(2)
 }
 
 /// Optional control files, found in the node's parent cgroup at detection.
@@ -253,16 +258,15 @@ mod tests {
         };
         assert_eq!(
             show(limit_writes(CgroupVersion::V2, &all, &limits)),
-            "memory.max=67108864 memory.swap.max=0 memory.oom.group=1 cpu.max=50000 100000 pids.max=64"
+            "memory.max=67108864 memory.swap.max=0 memory.oom.group=1 cpu.weight=50 pids.max=64"
         );
         assert_eq!(
             show(limit_writes(CgroupVersion::V1, &all, &limits)),
-            "memory.limit_in_bytes=67108864 memory.memsw.limit_in_bytes=67108864 cpu.cfs_period_us=100000 \
-             cpu.cfs_quota_us=50000 pids.max=64"
+            "memory.limit_in_bytes=67108864 memory.memsw.limit_in_bytes=67108864 cpu.shares=512 pids.max=64"
         );
         let none = Features::default();
         let tiny = CgroupLimits { memory_bytes: Some(1), cpu_millis: Some(1), max_pids: None };
-        assert_eq!(show(limit_writes(CgroupVersion::V2, &none, &tiny)), "memory.max=1 cpu.max=1000 100000");
+        assert_eq!(show(limit_writes(CgroupVersion::V2, &none, &tiny)), "memory.max=1 cpu.weight=1");
         assert_eq!(show(limit_writes(CgroupVersion::V1, &none, &CgroupLimits::default())), "");
     }
 

@@ -32,8 +32,7 @@ fn v1_limits_land_in_each_controller_s_directory() {
     assert_eq!(dir(Controller::Memory), root.path().join("memory/falak/node-1/j1-t0_1"));
     assert_eq!(read(&dir(Controller::Memory).join("memory.limit_in_bytes")), "67108864");
     assert_eq!(read(&dir(Controller::Memory).join("memory.memsw.limit_in_bytes")), "67108864");
-    assert_eq!(read(&dir(Controller::Cpu).join("cpu.cfs_quota_us")), "25000");
-    assert_eq!(read(&dir(Controller::Cpu).join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read(&dir(Controller::Cpu).join("cpu.shares")), "256");
     assert_eq!(read(&dir(Controller::Pids).join("pids.max")), "64");
     assert!(dir(Controller::Cpu).join("pids.max").metadata().is_err(), "each file only where it belongs");
 
