@@ -211,16 +211,7 @@ impl<C: Fn() -> Millis + Send + Sync + 'static> Authenticator for TableAuthentic
 /// for tests of the API against fake nodes.
 pub fn one_token_for_tests(role: Role) -> (Arc<dyn Authenticator>, String) {
     let token = Token::from_random([0x5a; 40]);
-    let record = TokenRecord {
-        id: token.id,
-        name: "test".into(),
-        role,
-        hash: token.hash(),
-        created_at: 0,
-        expires_at: None,
-        rate_limit: Some(0),
-        revoked_at: None,
-    };
+    let record = TokenRecord::new(&token, "test", role, 0, None, Some(0));
     let auth = TableAuthenticator::new(TokenTable::new([record], None), || 0);
     (Arc::new(auth), token.encode())
 }

@@ -214,6 +214,27 @@ pub enum TokenRefused {
 }
 
 impl TokenRecord {
+    /// The record of a new `token` (its hash, never its secret), not revoked.
+    pub fn new(
+        token: &Token,
+        name: impl Into<String>,
+        role: Role,
+        created_at: Millis,
+        expires_at: Option<Millis>,
+        rate_limit: Option<u32>,
+    ) -> TokenRecord {
+        TokenRecord {
+            id: token.id,
+            name: name.into(),
+            role,
+            hash: token.hash(),
+            created_at,
+            expires_at,
+            rate_limit,
+            revoked_at: None,
+        }
+    }
+
     /// Whether `token` is this record's token, valid at `now`.
     pub fn check(&self, token: &Token, now: Millis) -> Result<Role, TokenRefused> {
         if self.id != token.id || !self.hash.matches(&token.hash()) {

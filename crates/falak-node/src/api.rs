@@ -261,16 +261,15 @@ impl MainLoop {
             Action::CreateToken { request, reply } => {
                 let token = crate::access::random_token();
                 let now = now_millis();
-                let record = falak_core::access::TokenRecord {
-                    id: token.id,
-                    name: request.name.trim().to_owned(),
-                    role: request.role,
-                    hash: token.hash(),
-                    created_at: now,
-                    expires_at: request.ttl_seconds.map(|ttl| now.saturating_add(ttl.saturating_mul(1000))),
-                    rate_limit: request.rate_limit,
-                    revoked_at: None,
-                };
+                let expires_at = request.ttl_seconds.map(|ttl| now.saturating_add(ttl.saturating_mul(1000)));
+                let record = falak_core::access::TokenRecord::new(
+                    &token,
+                    request.name.trim(),
+                    request.role,
+                    now,
+                    expires_at,
+                    request.rate_limit,
+                );
                 tracing::info!(token = %token.id, name = %record.name, role = %record.role, "creating an API token");
                 let command = Command::CreateToken { record, now };
                 self.write_then(command, reply, move |state, _| match state.token(&token.id) {

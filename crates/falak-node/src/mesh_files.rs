@@ -180,16 +180,7 @@ pub fn provision_local_mesh(
     let voters = members.iter().take(3).cloned().collect();
     let admin_token = crate::access::random_token();
     let created_at = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let admin = TokenRecord {
-        id: admin_token.id,
-        name: "admin".into(),
-        role: Role::Admin,
-        hash: admin_token.hash(),
-        created_at,
-        expires_at: None,
-        rate_limit: Some(0),
-        revoked_at: None,
-    };
+    let admin = TokenRecord::new(&admin_token, "admin", Role::Admin, created_at, None, Some(0));
     let deployer = DeployerKey::from_seed(rand::random());
     let trusted = DeployerRecord { id: deployer.id(), name: "admin".into(), added_at: created_at, revoked_at: None };
     let bootstrap = Bootstrap { mesh: mesh.to_owned(), voters, members, tokens: vec![admin], deployers: vec![trusted] };

@@ -73,13 +73,7 @@ impl Runner {
         }
         if let Some(reason) = launch.refused {
             tracing::warn!(task = %launch.task, %reason, "task refused");
-            let report = TaskReport {
-                exit_code: None,
-                error: Some(reason),
-                duration_ms: 0,
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
-            };
+            let report = not_started(reason);
             let (task, fencing) = (launch.task, launch.fencing);
             let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report, started: false }));
             return;
@@ -134,13 +128,7 @@ impl Runner {
                 }
                 Err(e) => {
                     tracing::warn!(%task, error = %e, "task failed to start");
-                    let report = TaskReport {
-                        exit_code: None,
-                        error: Some(format!("failed to start: {e}")),
-                        duration_ms: 0,
-                        stdout_tail: String::new(),
-                        stderr_tail: String::new(),
-                    };
+                    let report = not_started(format!("failed to start: {e}"));
                     let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report, started: false }));
                 }
             }
@@ -171,5 +159,16 @@ impl Runner {
             self.slots.values().filter_map(|s| s.handle.lock().expect("slot lock").clone()).collect();
         futures_util::future::join_all(handles.iter().map(|h| h.stop(grace))).await;
         self.slots.clear();
+    }
+}
+
+/// The report of an attempt that never started, saying why.
+fn not_started(error: String) -> TaskReport {
+    TaskReport {
+        exit_code: None,
+        error: Some(error),
+        duration_ms: 0,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
     }
 }

@@ -14,6 +14,19 @@ fn with(client: &Client, token: &str) -> Client {
     client.clone().with_token(Some(token.to_owned()))
 }
 
+/// The job once it is no longer running (at most 20 s).
+async fn finished(client: &Client, job: falak_core::job::JobId) -> falak_api::job::JobInfo {
+    let mut info = client.job(job).await.unwrap();
+    for _ in 0..200 {
+        if info.state != falak_core::job::JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info = client.job(job).await.unwrap();
+    }
+    info
+}
+
 /// Poll until `check` holds or 10 s pass.
 async fn within_seconds(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..100 {
@@ -119,14 +132,7 @@ async fn capsules_run_only_when_signed_by_a_trusted_unrevoked_key() {
         .submit_job(&JobSubmission { capsule: "hello".into(), tasks: Some(2), ..JobSubmission::default() })
         .await
         .unwrap();
-    let mut info = c[0].job(job.id).await.unwrap();
-    for _ in 0..200 {
-        if info.state != JobState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        info = c[0].job(job.id).await.unwrap();
-    }
+    let info = finished(&c[0], job.id).await;
     assert_eq!(info.state, JobState::Failed, "{info:?}");
     let tasks = c[0].job_tasks(job.id).await.unwrap();
     let error = tasks[0].error.clone().unwrap_or_default();
@@ -156,14 +162,7 @@ async fn secret_values_reach_the_task_and_appear_nowhere_else() {
         .submit_job(&JobSubmission { capsule: "vault".into(), tasks: Some(2), ..JobSubmission::default() })
         .await
         .unwrap();
-    let mut info = c[0].job(job.id).await.unwrap();
-    for _ in 0..200 {
-        if info.state != JobState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        info = c[0].job(job.id).await.unwrap();
-    }
+    let info = finished(&c[0], job.id).await;
     assert_eq!(info.state, JobState::Completed, "{info:?}");
     let result = c[0].job_result_text(job.id).await.unwrap();
     assert_eq!(result, format!("{reversed}\n{reversed}\n"), "the task saw the secret");
