@@ -1,4 +1,4 @@
-//! Join tokens (`falak-join-v1.<hex json>`), pasted by operators: decode, and a decoded token
+//! Join tokens (`falak-join-v2.<hex json>`), pasted by operators: decode, and a decoded token
 //! encodes to a token that decodes to the same.
 #![no_main]
 

@@ -22,7 +22,7 @@ use crate::event::EventSubscription;
 use crate::function::FunctionAction;
 use crate::health::Readiness;
 use crate::job::JobInfo;
-use crate::join::{JoinRequest, JoinResponse};
+use crate::join::{CreateJoinToken, CreatedJoinToken, JoinRequest, JoinResponse, RevokedNodeInfo};
 use crate::node::NodeInfo;
 use crate::service::ServiceInfo;
 use crate::task::{DecisionInfo, LogStream, TaskInfo};
@@ -83,8 +83,12 @@ pub enum Action {
     /// Recent events and a receiver for the ones that follow, taken at the same moment so none
     /// is missed or repeated.
     Subscribe { reply: Reply<EventSubscription> },
-    /// A new node asks to join: check its proof, issue its certificate, admit its record.
+    /// A new node asks to join: check its ticket, commit `JoinNode`, issue its certificate.
     Join { request: JoinRequest, reply: Reply<JoinResponse> },
+    /// Make a join ticket, commit its record (hash only), answer with the whole join token once.
+    CreateJoinToken { request: CreateJoinToken, reply: Reply<CreatedJoinToken> },
+    /// Write `RevokeNode` for the node with this id or name; answer once committed.
+    RevokeNode { node: String, reply: Reply<RevokedNodeInfo> },
     /// Deploy, list, show, remove functions; their instances, logs and asynchronous invocations.
     Function(FunctionAction),
     /// Make a token, commit its record (hash only) and answer with the whole token once.
@@ -127,6 +131,8 @@ impl Action {
             Action::GetWorkload { .. } => "get_workload",
             Action::Subscribe { .. } => "subscribe",
             Action::Join { .. } => "join",
+            Action::CreateJoinToken { .. } => "create_join_token",
+            Action::RevokeNode { .. } => "revoke_node",
             Action::Function(f) => f.name(),
             Action::CreateToken { .. } => "create_token",
             Action::ListTokens { .. } => "list_tokens",
@@ -166,6 +172,8 @@ impl Action {
             Action::GetWorkload { reply, .. } => send(reply, error),
             Action::Subscribe { reply } => send(reply, error),
             Action::Join { reply, .. } => send(reply, error),
+            Action::CreateJoinToken { reply, .. } => send(reply, error),
+            Action::RevokeNode { reply, .. } => send(reply, error),
             Action::Function(f) => f.fail(error),
             Action::CreateToken { reply, .. } => send(reply, error),
             Action::ListTokens { reply } => send(reply, error),
@@ -186,6 +194,8 @@ impl Action {
                 | Action::ApplyService { .. }
                 | Action::RemoveService { .. }
                 | Action::Join { .. }
+                | Action::CreateJoinToken { .. }
+                | Action::RevokeNode { .. }
                 | Action::CreateToken { .. }
                 | Action::RevokeToken { .. }
                 | Action::TrustDeployer { .. }

@@ -3,8 +3,8 @@
 //!
 //! Every route the API serves has one row in [`AUTHORIZATION`]; building the router panics on a
 //! route without a row, and a test fails on a row without a route, so the table is the whole
-//! truth. Only `/healthz` is open. `POST /api/v1/join` carries its own credential (the proof
-//! made from a join token) in its body.
+//! truth. Only `/healthz` is open. `POST /api/v1/join` carries its own credential (the ticket
+//! of a join token) in its body.
 //!
 //! A request's token is checked by the node's [`Authenticator`] (committed token records and
 //! the node's clock); the answer is `401 unauthorized` for a missing, malformed, unknown,
@@ -30,8 +30,9 @@ use crate::error::{ApiError, ErrorCode};
 pub enum Access {
     /// No credentials: `/healthz` only.
     Open,
-    /// The request body carries a proof made with a join token (`POST /api/v1/join`).
-    JoinProof,
+    /// The request body carries the ticket of a join token (`POST /api/v1/join`), which the
+    /// node checks against the ledger.
+    JoinTicket,
     /// A bearer token with one of these roles.
     Roles(&'static [Role]),
 }
@@ -67,7 +68,9 @@ pub const AUTHORIZATION: &[Grant] = &[
     grant("GET", "/metrics", READ),
     grant("GET", "/api/v1/openapi.json", ANY),
     grant("GET", "/api/v1/nodes", READ),
-    grant("POST", "/api/v1/join", Access::JoinProof),
+    grant("DELETE", "/api/v1/nodes/{node}", ADMIN),
+    grant("POST", "/api/v1/join", Access::JoinTicket),
+    grant("POST", "/api/v1/join-tokens", ADMIN),
     grant("POST", "/api/v1/capsules", DEPLOY),
     grant("GET", "/api/v1/capsules", READ),
     grant("GET", "/api/v1/capsules/{name}", READ),
@@ -277,7 +280,7 @@ fn unauthorized(error: ApiError) -> Response {
 /// The middleware in front of every route: check the token, its role and its rate.
 pub(crate) async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
     let roles = match guard.access {
-        Access::Open | Access::JoinProof => return next.run(request).await,
+        Access::Open | Access::JoinTicket => return next.run(request).await,
         Access::Roles(roles) => roles,
     };
     if roles.contains(&Role::Invoke)

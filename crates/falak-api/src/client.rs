@@ -321,6 +321,19 @@ impl Client {
         self.json(self.request(Method::POST, "/api/v1/join").json(request)).await
     }
 
+    /// Make a join token (admin).
+    pub async fn create_join_token(
+        &self,
+        request: &crate::join::CreateJoinToken,
+    ) -> Result<crate::join::CreatedJoinToken, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/join-tokens").json(request)).await
+    }
+
+    /// Revoke a node, named by id or name (admin).
+    pub async fn revoke_node(&self, node: &str) -> Result<crate::join::RevokedNodeInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/v1/nodes/{}", segment(node)))).await
+    }
+
     // Events.
 
     /// The event stream: recent events, then (with `follow`) every new one until the

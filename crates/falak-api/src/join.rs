@@ -1,21 +1,25 @@
-//! `POST /api/v1/join`: a new node asks an existing one for its certificate and admission.
+//! Admission: `POST /api/v1/join-tokens` (admin) makes a join token; `POST /api/v1/join` lets a
+//! new node in with one; `DELETE /api/v1/nodes/{node}` revokes a node.
 //!
-//! The joiner holds a join token (mesh secret, a node's API URL and membership address). It
-//! proves it holds the secret by a keyed hash of its record ([`join_proof`]); the secret itself
-//! never crosses the wire. The answering node checks the proof, issues the joiner a certificate
-//! from the mesh CA for its node id, admits the joiner's record in the ledger, and answers with
-//! the certificate, the CA and the nodes to contact.
+//! A join token (made by the node, see `falak-node`'s `mesh_files::JoinToken`) names a node
+//! that holds the mesh CA key, trusts the CA, and carries a **join ticket**: an id and a 256-bit
+//! secret of which the ledger keeps only the hash, valid for a number of nodes until it expires.
+//! The joiner sends its record and the ticket over HTTPS (it trusts only the mesh CA); the
+//! answering node checks the ticket against its replica, commits `JoinNode` (which uses one of
+//! the ticket's uses atomically, on every replica), and answers with the joiner's certificate,
+//! the CA, the mesh secret and the nodes to contact. The mesh secret never travels in a token.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use falak_core::NodeId;
+use falak_core::access::{MAX_TICKET_USES, TOKEN_PREFIX, Token, TokenId};
 use falak_core::node::NodeRecord;
+use falak_core::{Millis, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 use crate::error::ApiError;
-use crate::routes::{Body, Ctx};
+use crate::routes::{ApiPath, Body, Ctx};
 
 /// The body of `POST /api/v1/join`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,8 +27,22 @@ use crate::routes::{Body, Ctx};
 pub struct JoinRequest {
     /// The joiner's record: its node id (public key), name, addresses, labels and capacity.
     pub record: NodeRecord,
-    /// `join_proof(secret, &record)`, hex.
-    pub proof: String,
+    /// The join ticket from the join token: `<16 hex id>.<64 hex secret>`.
+    pub ticket: String,
+}
+
+impl JoinRequest {
+    /// The ticket as a token (id and secret).
+    pub fn ticket(&self) -> Result<Token, ApiError> {
+        format!("{TOKEN_PREFIX}{}", self.ticket)
+            .parse::<Token>()
+            .map_err(|_| ApiError::invalid("ticket: not a join ticket (<16 hex>.<64 hex>); copy the whole join token"))
+    }
+}
+
+/// The ticket text a join token carries for `token`.
+pub fn ticket_text(token: &Token) -> String {
+    token.encode().trim_start_matches(TOKEN_PREFIX).to_owned()
 }
 
 /// A member the joiner should know about.
@@ -44,22 +62,89 @@ pub struct JoinResponse {
     pub cert_pem: String,
     /// The mesh CA certificate (PEM).
     pub ca_cert_pem: String,
+    /// The mesh secret (hex): seals membership packets and derives the hop and secrets keys.
+    pub secret: String,
     /// Admitted nodes, for transport admission and membership seeds.
     pub peers: Vec<JoinPeer>,
 }
 
-/// The proof that a joiner holds the mesh secret: BLAKE3 keyed by a key derived from the
-/// secret, over the whole record (its JSON), so a captured proof admits nothing but that exact
-/// record. Hex.
-pub fn join_proof(secret: &[u8; 32], record: &NodeRecord) -> String {
-    let key = blake3::derive_key("falak join v1", secret);
-    let bytes = serde_json::to_vec(record).expect("a node record serializes");
-    blake3::keyed_hash(&key, &bytes).to_hex().to_string()
+/// The longest `ttl_seconds` of a join token: thirty days.
+pub const MAX_JOIN_TTL_SECONDS: u64 = 30 * 24 * 3600;
+/// How long a join token lasts when no `ttl_seconds` is given: one hour.
+pub const DEFAULT_JOIN_TTL_SECONDS: u64 = 3600;
+
+/// The body of `POST /api/v1/join-tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinToken {
+    /// Refused this many seconds after creation; absent: one hour.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// How many nodes it admits; absent: one.
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+impl CreateJoinToken {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        match self.ttl_seconds {
+            Some(0) => return Err(ApiError::invalid("ttl_seconds: must be at least 1")),
+            Some(t) if t > MAX_JOIN_TTL_SECONDS => {
+                return Err(ApiError::invalid(format!("ttl_seconds: at most {MAX_JOIN_TTL_SECONDS} (thirty days)")));
+            }
+            _ => {}
+        }
+        match self.uses {
+            Some(u) if u == 0 || u > MAX_TICKET_USES => {
+                Err(ApiError::invalid(format!("uses: a join token admits 1 to {MAX_TICKET_USES} nodes")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The answer to making a join token: the only time it is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedJoinToken {
+    /// `falak-join-v2.…`: give it to `falak node --join`. Treat it like a password until it is
+    /// used up or expires.
+    pub join_token: String,
+    /// The ticket's id, as events name it.
+    pub id: TokenId,
+    pub uses: u32,
+    pub expires_at: Millis,
+}
+
+/// The answer to revoking a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedNodeInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub revoked_at: Millis,
 }
 
 pub(crate) async fn join(State(ctx): State<Ctx>, body: Body) -> Result<(StatusCode, Json<JoinResponse>), ApiError> {
     let request: JoinRequest = body.parse()?;
     falak_core::spec::validate_name("record.name", &request.record.name)?;
+    request.ticket()?;
     let response = ctx.ask(|reply| Action::Join { request, reply }).await?;
     Ok((StatusCode::CREATED, Json(response)))
+}
+
+pub(crate) async fn create_token(
+    State(ctx): State<Ctx>,
+    body: Body,
+) -> Result<(StatusCode, Json<CreatedJoinToken>), ApiError> {
+    let request: CreateJoinToken = body.parse()?;
+    request.validate()?;
+    let created = ctx.ask(|reply| Action::CreateJoinToken { request, reply }).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `node` is a node id (64 hex) or a node name.
+pub(crate) async fn revoke(
+    State(ctx): State<Ctx>,
+    ApiPath(node): ApiPath<String>,
+) -> Result<Json<RevokedNodeInfo>, ApiError> {
+    ctx.ask(|reply| Action::RevokeNode { node, reply }).await.map(Json)
 }

@@ -49,9 +49,14 @@ pub struct NodeRef {
 }
 
 impl NodeRef {
-    /// The node's name from committed state, or its short id when the ledger does not know it.
+    /// The node's name from committed state (revoked nodes included), or its short id when the
+    /// ledger does not know it.
     pub fn lookup(state: &LedgerState, id: NodeId) -> NodeRef {
-        let name = state.node(&id).map_or_else(|| id.short(), |n| n.record.name.clone());
+        let name = match (state.node(&id), state.revoked_node(&id)) {
+            (Some(n), _) => n.record.name.clone(),
+            (None, Some(r)) => r.name.clone(),
+            (None, None) => id.short(),
+        };
         NodeRef { id, name }
     }
 }

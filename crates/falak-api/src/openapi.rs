@@ -86,7 +86,7 @@ fn operation(route: &RouteInfo) -> Value {
         Some(Access::Roles(roles)) => {
             op["x-falak-roles"] = json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>());
         }
-        Some(Access::Open | Access::JoinProof) | None => op["security"] = json!([]),
+        Some(Access::Open | Access::JoinTicket) | None => op["security"] = json!([]),
     }
     op
 }

@@ -174,9 +174,18 @@ fn table() -> Vec<Route> {
         Route::new(M::GET, "/metrics", "Prometheus metrics", health::metrics).produces(health::METRICS_CONTENT_TYPE),
         Route::new(M::GET, "/api/v1/openapi.json", "this document", openapi::serve),
         Route::new(M::GET, "/api/v1/nodes", "nodes of the mesh", node::list),
-        Route::new(M::POST, "/api/v1/join", "a new node joins with a join-token proof", crate::join::join)
+        Route::new(M::DELETE, "/api/v1/nodes/{node}", "revoke a node (id or name) for good", crate::join::revoke),
+        Route::new(M::POST, "/api/v1/join", "a new node joins with the ticket of a join token", crate::join::join)
             .body(&[JSON])
             .created(),
+        Route::new(
+            M::POST,
+            "/api/v1/join-tokens",
+            "make a join token; the answer is the only copy",
+            crate::join::create_token,
+        )
+        .body(&[JSON])
+        .created(),
         Route::new(M::POST, "/api/v1/capsules", "apply a capsule document (YAML or JSON)", capsule::apply)
             .body(SPEC_BODY)
             .created(),

@@ -297,6 +297,68 @@ impl HopCredential {
     }
 }
 
+/// A join ticket as the ledger keeps it: what `falak node admit` hands out (inside a join token)
+/// so a new node may join. Like an API token it is `id` + a 256-bit secret of which the ledger
+/// keeps only the hash; unlike one it admits a node, a limited number of times, until it
+/// expires. The join token never carries the mesh secret: the joiner receives it over the
+/// node's HTTPS API once its ticket is accepted.
+///
+/// **Invariant:** a ticket admits at most `uses` distinct nodes, none at or after `expires_at`;
+/// a node already admitted through it may repeat its join (a lost answer) without using another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTicketRecord {
+    pub id: TokenId,
+    pub hash: TokenHash,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    /// How many nodes it may admit in all.
+    pub uses: u32,
+    /// The nodes it admitted, in order.
+    pub joined: Vec<crate::NodeId>,
+}
+
+/// Why a join ticket is refused. Each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketRefused {
+    #[error("the join token is not known to this mesh; ask an admin for one (`falak node admit`)")]
+    Unknown,
+    #[error("the join token expired; ask an admin for a new one (`falak node admit`)")]
+    Expired,
+    #[error(
+        "the join token was already used by {uses} node(s), all it allows; ask an admin for a new one (`falak node admit --uses N`)"
+    )]
+    UsedUp { uses: u32 },
+}
+
+impl JoinTicketRecord {
+    /// The record of a new ticket `token` (its hash, never its secret).
+    pub fn new(token: &Token, created_at: Millis, expires_at: Millis, uses: u32) -> JoinTicketRecord {
+        JoinTicketRecord { id: token.id, hash: token.hash(), created_at, expires_at, uses, joined: Vec::new() }
+    }
+
+    /// Whether a ticket with `hash` may admit `node` at `now`.
+    pub fn check(&self, hash: &TokenHash, node: &crate::NodeId, now: Millis) -> Result<(), TicketRefused> {
+        if !self.hash.matches(hash) {
+            return Err(TicketRefused::Unknown);
+        }
+        if self.joined.contains(node) {
+            return Ok(());
+        }
+        if now >= self.expires_at {
+            return Err(TicketRefused::Expired);
+        }
+        if self.joined.len() >= self.uses as usize {
+            return Err(TicketRefused::UsedUp { uses: self.uses });
+        }
+        Ok(())
+    }
+}
+
+/// The most nodes one join ticket may admit.
+pub const MAX_TICKET_USES: u32 = 1_000;
+/// The most unexpired join tickets a mesh keeps.
+pub const MAX_JOIN_TICKETS: usize = 1_000;
+
 /// The longest token name.
 pub const MAX_TOKEN_NAME: usize = 64;
 /// The most tokens a mesh keeps (revoked ones included, until they are purged).

@@ -12,7 +12,7 @@ mod state;
 
 use serde::{Deserialize, Serialize};
 
-use crate::access::{TokenId, TokenRecord};
+use crate::access::{JoinTicketRecord, TokenHash, TokenId, TokenRecord};
 use crate::capsule::CapsuleSpec;
 use crate::function::{FunctionSpec, InvocationId, InvocationState, StoredRequest, StoredResponse};
 use crate::job::{JobId, JobRequest, JobState, ServiceRequest, TaskId, TaskReport, TaskState};
@@ -173,6 +173,26 @@ pub enum Command {
         id: DeployerId,
         now: Millis,
     },
+    /// Record a join ticket (its hash only), for `falak node admit`.
+    CreateJoinTicket {
+        record: JoinTicketRecord,
+        now: Millis,
+    },
+    /// Admit a new node through a join ticket, using one of its uses; refused when the ticket is
+    /// unknown, expired or used up, or the node was revoked.
+    JoinNode {
+        ticket: TokenId,
+        /// The hash of the ticket secret the joiner presented.
+        hash: TokenHash,
+        record: NodeRecord,
+        now: Millis,
+    },
+    /// Revoke a node for good: it goes OFFLINE (its tasks fail over, its instance slots are
+    /// freed), leaves the node list, and is never admitted again under its key.
+    RevokeNode {
+        node: NodeId,
+        now: Millis,
+    },
 }
 
 impl Command {
@@ -237,6 +257,8 @@ pub enum Outcome {
     TokenRevoked { id: TokenId },
     DeployerTrusted { id: DeployerId, unchanged: bool },
     DeployerRevoked { id: DeployerId },
+    JoinTicketCreated { id: TokenId },
+    NodeRevoked { node: NodeId },
     Batch(Vec<Outcome>),
     Rejected(Rejection),
 }
@@ -276,6 +298,8 @@ pub enum LedgerEvent {
     TokenRevoked { id: TokenId, name: String },
     DeployerTrusted { id: DeployerId, name: String },
     DeployerRevoked { id: DeployerId, name: String },
+    JoinTicketCreated { id: TokenId, uses: u32, expires_at: Millis },
+    NodeRevoked { node: NodeId, name: String },
 }
 
 /// The result of applying one command.

@@ -8,15 +8,16 @@
 //! accept it too and it can be revoked like any other (a committed record always wins over the
 //! file's copy).
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use falak_api::auth::{DEFAULT_RATE_LIMIT, TableAuthenticator, TokenTable};
 use falak_api::{Authenticator, Principal};
-use falak_core::Millis;
 use falak_core::access::{HopCredential, Role, Token, TokenId, TokenRecord, TokenRefused};
 use falak_core::ledger::{Command, LedgerEvent, State};
 use falak_core::signing::DeployerRecord;
+use falak_core::{Millis, NodeId};
 use falak_ledger::{Committed, Ledger};
 use tokio::sync::watch;
 
@@ -32,6 +33,9 @@ pub fn random_token() -> Token {
 pub struct NodeAuthenticator {
     tokens: TableAuthenticator<fn() -> Millis>,
     secret: [u8; 32],
+    /// The nodes the transport admits: a hop credential counts only from one of them, so a
+    /// revoked node (which still knows the mesh secret) cannot forward invocations.
+    admitted: Arc<RwLock<BTreeSet<NodeId>>>,
 }
 
 impl Authenticator for NodeAuthenticator {
@@ -41,6 +45,9 @@ impl Authenticator for NodeAuthenticator {
 
     fn authenticate_hop(&self, credential: &str) -> Option<Principal> {
         let hop = HopCredential::verify(credential, &self.secret, now_millis())?;
+        if !self.admitted.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&hop.node) {
+            return None;
+        }
         let mut id = [0u8; 8];
         id.copy_from_slice(&hop.node.as_bytes()[..8]);
         Some(Principal { token: TokenId(id), role: Role::Invoke, rate_limit: None, hop: true })
@@ -62,12 +69,13 @@ pub fn start(
     ledger: &Ledger,
     bootstrap: Vec<TokenRecord>,
     secret: [u8; 32],
+    admitted: Arc<RwLock<BTreeSet<NodeId>>>,
     mut stop: watch::Receiver<bool>,
 ) -> Arc<NodeAuthenticator> {
     // Subscribe before reading the state, so no commit falls between the two.
     let mut committed = ledger.subscribe();
     let tokens = TableAuthenticator::new(table(&ledger.state(), &bootstrap), now_millis as fn() -> Millis);
-    let auth = Arc::new(NodeAuthenticator { tokens, secret });
+    let auth = Arc::new(NodeAuthenticator { tokens, secret, admitted });
     let (ledger, kept) = (ledger.clone(), auth.clone());
     tokio::spawn(async move {
         loop {

@@ -14,6 +14,7 @@ use falak_api::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
 use falak_api::deployer::DeployerInfo;
 use falak_api::health::Readiness;
 use falak_api::job::JobInfo;
+use falak_api::join::{CreatedJoinToken, RevokedNodeInfo};
 use falak_api::node::{NodeInfo, NodeLive};
 use falak_api::service::ServiceInfo;
 use falak_api::task::{DecisionInfo, LogStream, TaskInfo};
@@ -36,6 +37,13 @@ use crate::clock::now_millis;
 use crate::main_loop::MainLoop;
 use crate::metrics::gauge_family;
 use crate::runner::Runner;
+
+/// Why a node without the mesh CA key cannot admit nodes.
+fn no_ca_key() -> ApiError {
+    ApiError::invalid(
+        "this node does not hold the mesh CA key, so it cannot issue certificates to joiners; ask a node that holds `ca.key` (the nodes `falak up` started)",
+    )
+}
 
 /// The largest log tail one request returns (the API refuses larger `max_bytes`).
 pub const MAX_LOG_BYTES: usize = falak_api::task::MAX_LOG_BYTES;
@@ -237,21 +245,71 @@ impl MainLoop {
             }
             Action::Join { request, reply } => {
                 let Some(authority) = self.authority.clone() else {
-                    let _ = reply.send(Err(ApiError::invalid(
-                        "this node does not hold the mesh CA key, so it cannot admit nodes; join through a node `falak up` started",
-                    )));
+                    let _ = reply.send(Err(no_ca_key()));
                     return;
                 };
-                let response = match authority.admit(&request, &self.ledger.state(), crate::clock::system_now()) {
-                    Ok(response) => response,
+                let ticket = match request.ticket() {
+                    Ok(ticket) => ticket,
                     Err(e) => {
                         let _ = reply.send(Err(e));
                         return;
                     }
                 };
-                tracing::info!(node = %request.record.id, name = %request.record.name, "admitting a joiner");
-                let command = Command::AdmitNode { record: request.record, now: now_millis() };
+                let now = now_millis();
+                let checked = authority.admit(&request, &ticket, &self.ledger.state(), crate::clock::system_now(), now);
+                let response = match checked {
+                    Ok(response) => response,
+                    Err(e) => {
+                        tracing::info!(node = %request.record.id.short(), name = %request.record.name, error = %e.message, "join refused");
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                tracing::info!(node = %request.record.id, name = %request.record.name, ticket = %ticket.id, "admitting a joiner");
+                let command = Command::JoinNode { ticket: ticket.id, hash: ticket.hash(), record: request.record, now };
                 self.write_then(command, reply, move |_, _| Ok(response));
+            }
+            Action::CreateJoinToken { request, reply } => {
+                let Some(authority) = self.authority.clone() else {
+                    let _ = reply.send(Err(no_ca_key()));
+                    return;
+                };
+                let ticket = crate::access::random_token();
+                let now = now_millis();
+                let ttl = request.ttl_seconds.unwrap_or(falak_api::join::DEFAULT_JOIN_TTL_SECONDS);
+                let expires_at = now.saturating_add(ttl.saturating_mul(1000));
+                let uses = request.uses.unwrap_or(1);
+                let record = falak_core::access::JoinTicketRecord::new(&ticket, now, expires_at, uses);
+                let token = authority.join_token(&self.record.api_url, &self.record.gossip_addr, &ticket).encode();
+                tracing::info!(ticket = %ticket.id, uses, ttl_seconds = ttl, "creating a join token");
+                let command = Command::CreateJoinTicket { record, now };
+                self.write_then(command, reply, move |_, _| {
+                    Ok(CreatedJoinToken { join_token: token, id: ticket.id, uses, expires_at })
+                });
+            }
+            Action::RevokeNode { node, reply } => {
+                let id = {
+                    let state = self.ledger.state();
+                    node.parse::<NodeId>().ok().or_else(|| {
+                        state
+                            .nodes()
+                            .find(|n| n.record.name == node)
+                            .map(|n| n.record.id)
+                            .or_else(|| state.revoked_nodes().find(|(_, r)| r.name == node).map(|(id, _)| *id))
+                    })
+                };
+                let Some(id) = id else {
+                    let _ = reply.send(Err(ApiError::not_found(format!(
+                        "no node {node}; `falak nodes` lists the members by name and id"
+                    ))));
+                    return;
+                };
+                tracing::warn!(node = %id, "revoking a node");
+                let command = Command::RevokeNode { node: id, now: now_millis() };
+                self.write_then(command, reply, move |state, _| match state.revoked_node(&id) {
+                    Some(r) => Ok(RevokedNodeInfo { id, name: r.name.clone(), revoked_at: r.revoked_at }),
+                    None => Err(ApiError::internal("the revocation was committed but is not in the ledger")),
+                });
             }
             Action::Subscribe { reply } => {
                 let (recent, live) = self.events.subscribe();

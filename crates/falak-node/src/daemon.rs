@@ -180,7 +180,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let functions_task = tokio::spawn(functions.clone().run());
     let (actions_tx, actions) = mpsc::channel(ACTION_QUEUE);
     let gateway = Arc::new(GatewayHandle(NodeGateway::new(functions.clone())));
-    let auth = crate::access::start(&ledger, bootstrap_tokens, files.secret, functions_stop.subscribe());
+    let auth =
+        crate::access::start(&ledger, bootstrap_tokens, files.secret, admitted.clone(), functions_stop.subscribe());
     let router = falak_api::router_with_gateway(actions_tx, falak_api::ApiConfig::default(), gateway, auth);
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let mut api_stop = stop_tx.subscribe();

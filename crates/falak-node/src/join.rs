@@ -1,17 +1,22 @@
 //! Joining a mesh with a join token.
 //!
-//! The joiner ([`join`]) creates its key, proves to the node named in the token that it holds
-//! the mesh secret, and receives a certificate from the mesh CA plus the admitted nodes; it
-//! writes them to its data dir and starts like any node. The answering node
-//! ([`JoinAuthority::admit`]) checks the proof, issues the certificate and commits the joiner's
-//! record (`AdmitNode`), which opens the transport to it on every node; the ledger leader then
-//! adds it as a learner.
+//! An admin makes a join token (`falak node admit`, [`JoinAuthority::join_token`]): a join
+//! ticket committed in the ledger (hash only, a number of uses, an expiry) plus the API URL of a
+//! node holding the mesh CA key and the CA to trust it by. The joiner ([`join`]) creates its
+//! key and sends its record and the ticket over HTTPS. The answering node
+//! ([`JoinAuthority::admit`]) checks the ticket against its replica (so strangers cause no
+//! ledger write), issues the joiner's certificate, and commits `JoinNode`, which uses one of the
+//! ticket's uses on every replica and admits the record, opening the transport to it on every
+//! node; the ledger leader then adds it as a learner. Only then does the joiner receive its
+//! certificate, the mesh secret and the nodes to contact.
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use falak_api::ApiError;
-use falak_api::join::{JoinPeer, JoinRequest, JoinResponse, join_proof};
+use falak_api::join::{JoinPeer, JoinRequest, JoinResponse, ticket_text};
+use falak_core::Millis;
+use falak_core::access::{TicketRefused, Token};
 use falak_core::ledger::State;
 use falak_transport::MeshCa;
 
@@ -44,24 +49,32 @@ impl JoinAuthority {
         Ok(Some(JoinAuthority { mesh: mesh.to_owned(), secret, ca }))
     }
 
-    /// Check a join request and issue the joiner's certificate. The caller commits the record.
-    pub fn admit(&self, request: &JoinRequest, state: &State, now: SystemTime) -> Result<JoinResponse, ApiError> {
-        let expected = join_proof(&self.secret, &request.record);
-        if !constant_time_eq(expected.as_bytes(), request.proof.as_bytes()) {
-            return Err(ApiError::new(
-                falak_api::ErrorCode::Forbidden,
-                "the join proof does not match this mesh's secret: the join token is for another mesh or was mistyped",
-            ));
+    /// The join token for `ticket`, naming this node (`api_url`, `gossip_seed`) as the one to
+    /// join through.
+    pub fn join_token(&self, api_url: &str, gossip_seed: &str, ticket: &Token) -> JoinToken {
+        JoinToken {
+            mesh: self.mesh.clone(),
+            api_url: api_url.to_owned(),
+            gossip_seed: gossip_seed.to_owned(),
+            ticket: ticket_text(ticket),
+            ca_cert: self.ca.cert_pem(),
         }
-        if let Some(existing) =
-            state.nodes().find(|n| n.record.name == request.record.name && n.record.id != request.record.id)
-        {
-            return Err(ApiError::conflict(format!(
-                "node name {} is taken by node {}; choose another name",
-                request.record.name,
-                existing.record.id.short()
-            )));
-        }
+    }
+
+    /// Check a join request's ticket against `state` at `now_ms` and issue the joiner's
+    /// certificate. The caller commits `JoinNode` (which checks the ticket again, atomically)
+    /// before it answers.
+    pub fn admit(
+        &self,
+        request: &JoinRequest,
+        ticket: &Token,
+        state: &State,
+        now: SystemTime,
+        now_ms: Millis,
+    ) -> Result<JoinResponse, ApiError> {
+        let forbidden = |message: String| ApiError::new(falak_api::ErrorCode::Forbidden, message);
+        let record = state.join_ticket(&ticket.id).ok_or_else(|| forbidden(TicketRefused::Unknown.to_string()))?;
+        record.check(&ticket.hash(), &request.record.id, now_ms).map_err(|e| forbidden(e.to_string()))?;
         // The names the joiner's certificate needs for its API: the same rule its daemon checks
         // at start (`daemon::api_hosts`).
         let addr = reqwest::Url::parse(&request.record.api_url)
@@ -88,12 +101,14 @@ impl JoinAuthority {
                 gossip_addr: n.record.gossip_addr.clone(),
             })
             .collect();
-        Ok(JoinResponse { mesh: self.mesh.clone(), cert_pem: cert.to_pem(), ca_cert_pem: self.ca.cert_pem(), peers })
+        Ok(JoinResponse {
+            mesh: self.mesh.clone(),
+            cert_pem: cert.to_pem(),
+            ca_cert_pem: self.ca.cert_pem(),
+            secret: hex::encode(self.secret),
+            peers,
+        })
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Why joining failed.
@@ -127,22 +142,18 @@ pub async fn join(config: &NodeConfig, token: &str) -> Result<(), JoinError> {
             return Err(JoinError::Address { flag, addr });
         }
     }
-    let mut secret = [0u8; 32];
-    hex::decode_to_slice(&token.secret, &mut secret).map_err(|e| mesh_files::JoinTokenError::new(e.to_string()))?;
     let key = mesh_files::load_or_create_key(dir)?;
     let record = config.record(key.id(), format!("https://{}", config.api_addr));
-    let request = JoinRequest { proof: join_proof(&secret, &record), record };
+    let request = JoinRequest { record, ticket: token.ticket.clone() };
+    request.ticket().map_err(|e| mesh_files::JoinTokenError::new(e.message))?;
     let refused = |reason: String| JoinError::Refused { url: token.api_url.clone(), reason };
-    if token.ca_cert.trim().is_empty() {
-        return Err(mesh_files::JoinTokenError::new(
-            "it carries no mesh CA certificate (it was made by an older falak); copy a new `join_token` from mesh.json",
-        )
-        .into());
-    }
     let client = falak_api::Client::new(&token.api_url)
         .and_then(|c| c.with_ca(&token.ca_cert))
         .map_err(|e| refused(e.to_string()))?;
     let response = client.join(&request).await.map_err(|e| refused(e.to_string()))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(response.secret.trim(), &mut secret)
+        .map_err(|e| refused(format!("its answer carries a malformed mesh secret: {e}")))?;
     let peers: Vec<BootstrapMember> = response
         .peers
         .iter()

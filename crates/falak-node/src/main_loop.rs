@@ -312,6 +312,17 @@ impl MainLoop {
                 self.admitted.write().expect("admitted lock").insert(*node);
                 self.learn_peer(*node);
             }
+            LedgerEvent::NodeRevoked { node, name } => {
+                if *node == self.id {
+                    tracing::error!(
+                        "this node was revoked from the mesh: the other nodes refuse it from now on; stop it and empty its data dir"
+                    );
+                } else {
+                    tracing::warn!(node = %node, %name, "node revoked; refusing it and closing its connections");
+                }
+                self.admitted.write().expect("admitted lock").remove(node);
+                self.transport.recheck_admission();
+            }
             _ => {}
         }
     }
@@ -328,8 +339,12 @@ impl MainLoop {
         let ids: Vec<(NodeId, String)> =
             self.ledger.state().nodes().map(|n| (n.record.id, n.record.transport_addr.clone())).collect();
         {
+            let state = self.ledger.state();
             let mut admitted = self.admitted.write().expect("admitted lock");
             admitted.extend(ids.iter().map(|(id, _)| *id));
+            for (revoked, _) in state.revoked_nodes() {
+                admitted.remove(revoked);
+            }
         }
         for (id, addr) in ids {
             if let Ok(addr) = addr.parse() {
@@ -520,5 +535,7 @@ pub fn event_kind(event: &LedgerEvent) -> &'static str {
         LedgerEvent::TokenRevoked { .. } => "token_revoked",
         LedgerEvent::DeployerTrusted { .. } => "deployer_trusted",
         LedgerEvent::DeployerRevoked { .. } => "deployer_revoked",
+        LedgerEvent::JoinTicketCreated { .. } => "join_token_created",
+        LedgerEvent::NodeRevoked { .. } => "node_revoked",
     }
 }

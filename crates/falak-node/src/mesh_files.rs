@@ -257,20 +257,21 @@ fn write_public(path: &Path, bytes: &[u8]) -> Result<(), MeshFilesError> {
     write_with_mode(path, bytes, 0o644)
 }
 
-/// What a new node needs to join a mesh: where to reach it and the mesh secret. Whoever holds
-/// a join token can join; treat it like a password. (Expiry and single use come with the
-/// security issue.)
+/// What a new node needs to join a mesh: where to reach a node that admits joiners, the mesh
+/// CA to trust it by, and a join ticket (`falak node admit` makes one; it admits a limited
+/// number of nodes until it expires). It carries no mesh secret: the joiner receives that over
+/// HTTPS once its ticket is accepted. Treat it like a password until it is used up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JoinToken {
     pub mesh: String,
-    /// API URL of a node that admits joiners.
+    /// API URL of a node that admits joiners (it holds the mesh CA key).
     pub api_url: String,
     /// Membership address of a node to join through.
     pub gossip_seed: String,
-    /// The mesh secret, hex.
-    pub secret: String,
+    /// The join ticket, `<16 hex id>.<64 hex secret>`.
+    pub ticket: String,
     /// The mesh CA certificate (PEM), which the joiner trusts for the node's HTTPS API.
-    #[serde(default)]
     pub ca_cert: String,
 }
 
@@ -278,11 +279,11 @@ pub struct JoinToken {
 pub const MAX_JOIN_TOKEN_BYTES: usize = 64 << 10;
 
 /// The prefix of an encoded join token.
-pub const JOIN_TOKEN_PREFIX: &str = "falak-join-v1.";
+pub const JOIN_TOKEN_PREFIX: &str = "falak-join-v2.";
 
 /// Why a join token does not decode.
 #[derive(Debug, thiserror::Error)]
-#[error("not a Falak join token ({0}); copy the whole `join_token` value from mesh.json")]
+#[error("not a Falak join token ({0}); copy the whole token `falak node admit` printed")]
 pub struct JoinTokenError(String);
 
 impl JoinTokenError {
@@ -321,10 +322,18 @@ impl JoinToken {
         if text.len() > MAX_JOIN_TOKEN_BYTES {
             return Err(JoinTokenError(format!("longer than {MAX_JOIN_TOKEN_BYTES} bytes")));
         }
-        let body = text.trim().strip_prefix(JOIN_TOKEN_PREFIX).ok_or_else(|| JoinTokenError("wrong prefix".into()))?;
+        let text = text.trim();
+        if text.starts_with("falak-join-v1.") {
+            return Err(JoinTokenError(
+                "an old token that carried the mesh secret; make a new one with `falak node admit`".into(),
+            ));
+        }
+        let body = text.strip_prefix(JOIN_TOKEN_PREFIX).ok_or_else(|| JoinTokenError("wrong prefix".into()))?;
         let bytes = hex::decode(body).map_err(|e| JoinTokenError(e.to_string()))?;
         let token: JoinToken = serde_json::from_slice(&bytes).map_err(|e| JoinTokenError(e.to_string()))?;
-        parse_secret(Path::new("join token"), &token.secret).map_err(|e| JoinTokenError(e.to_string()))?;
+        if token.ca_cert.trim().is_empty() {
+            return Err(JoinTokenError("it carries no mesh CA certificate".into()));
+        }
         Ok(token)
     }
 }

@@ -78,7 +78,7 @@ async fn guarded_api() -> (String, Tokens) {
 
 /// A concrete path for a table path: every `{param}` filled in.
 fn concrete(path: &str) -> String {
-    path.replace("{*path}", "some/path").replace("{name}", "x").replace("{id}", "j1")
+    path.replace("{*path}", "some/path").replace("{name}", "x").replace("{id}", "j1").replace("{node}", "n1")
 }
 
 /// The methods a row stands for.
@@ -120,7 +120,7 @@ async fn every_route_refuses_bad_tokens_and_wrong_roles() {
         for method in methods(grant.method) {
             let what = format!("{method} {path}");
             let roles = match grant.access {
-                Access::Open | Access::JoinProof => {
+                Access::Open | Access::JoinTicket => {
                     let status = send(&base, &method, &path, None).await.status().as_u16();
                     assert!(status != 401 && status != 403, "{what} is open but answered {status}");
                     continue;

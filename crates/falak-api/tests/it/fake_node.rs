@@ -248,6 +248,8 @@ impl FakeNode {
             }
             Action::Function(action) => action.fail(ApiError::unavailable("the fake node runs no functions")),
             action @ (Action::CreateToken { .. }
+            | Action::CreateJoinToken { .. }
+            | Action::RevokeNode { .. }
             | Action::ListTokens { .. }
             | Action::RevokeToken { .. }
             | Action::ListDeployers { .. }

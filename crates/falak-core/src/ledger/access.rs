@@ -1,12 +1,20 @@
-//! Credentials in the ledger: API tokens (created with their hash only, revoked for good) and
-//! the deployer keys trusted to sign specs.
+//! Credentials in the ledger: API tokens (created with their hash only, revoked for good), the
+//! deployer keys trusted to sign specs, join tickets, and revoked nodes.
 //!
 //! **Invariant:** a revoked token stays revoked: creating a token whose id exists changes
 //! nothing, so replaying a bootstrap token after its revocation cannot bring it back.
+//!
+//! **Invariant:** a revoked node is in `revoked_nodes` and never again in `nodes`: no command
+//! admits its key again, so every node's transport keeps refusing it.
 
+use super::state::RevokedNode;
 use super::{LedgerEvent, Outcome, RejectCode, Rejection, State};
 use crate::Millis;
-use crate::access::{MAX_TOKEN_NAME, MAX_TOKENS, TokenId, TokenRecord};
+use crate::NodeId;
+use crate::access::{
+    JoinTicketRecord, MAX_JOIN_TICKETS, MAX_TICKET_USES, MAX_TOKEN_NAME, MAX_TOKENS, TokenHash, TokenId, TokenRecord,
+};
+use crate::node::NodeRecord;
 use crate::signing::{
     DeployerId, DeployerRecord, MAX_DEPLOYER_NAME, MAX_DEPLOYERS, SignatureRefused, SpecKind, SpecSignature,
 };
@@ -114,6 +122,101 @@ impl State {
             ev.push(LedgerEvent::TokenRevoked { id, name: record.name.clone() });
         }
         Outcome::TokenRevoked { id }
+    }
+}
+
+impl State {
+    pub fn join_ticket(&self, id: &TokenId) -> Option<&JoinTicketRecord> {
+        self.data.join_tickets.get(id)
+    }
+
+    pub fn revoked_node(&self, id: &NodeId) -> Option<&RevokedNode> {
+        self.data.revoked_nodes.get(id)
+    }
+
+    pub fn revoked_nodes(&self) -> impl Iterator<Item = (&NodeId, &RevokedNode)> {
+        self.data.revoked_nodes.iter()
+    }
+
+    pub(super) fn create_join_ticket(
+        &mut self,
+        record: &JoinTicketRecord,
+        now: Millis,
+        ev: &mut Vec<LedgerEvent>,
+    ) -> Outcome {
+        if let Some(existing) = self.data.join_tickets.get(&record.id) {
+            if existing.hash == record.hash {
+                return Outcome::JoinTicketCreated { id: record.id };
+            }
+            return reject(RejectCode::Conflict, format!("join ticket id {} is taken; admit again", record.id));
+        }
+        if record.uses == 0 || record.uses > MAX_TICKET_USES {
+            return reject(RejectCode::Invalid, format!("a join token admits 1 to {MAX_TICKET_USES} nodes"));
+        }
+        if record.expires_at <= now || !record.joined.is_empty() {
+            return reject(RejectCode::Invalid, "a new join token must be unused and expire in the future");
+        }
+        self.data.join_tickets.retain(|_, t| t.expires_at > now);
+        if self.data.join_tickets.len() >= MAX_JOIN_TICKETS {
+            return reject(
+                RejectCode::Invalid,
+                format!("the mesh holds {MAX_JOIN_TICKETS} unexpired join tokens, the most it keeps; let some expire"),
+            );
+        }
+        self.data.join_tickets.insert(record.id, record.clone());
+        ev.push(LedgerEvent::JoinTicketCreated { id: record.id, uses: record.uses, expires_at: record.expires_at });
+        Outcome::JoinTicketCreated { id: record.id }
+    }
+
+    pub(super) fn join_node(
+        &mut self,
+        ticket: TokenId,
+        hash: &TokenHash,
+        record: &NodeRecord,
+        now: Millis,
+        ev: &mut Vec<LedgerEvent>,
+    ) -> Outcome {
+        let Some(entry) = self.data.join_tickets.get(&ticket) else {
+            return reject(RejectCode::Forbidden, crate::access::TicketRefused::Unknown.to_string());
+        };
+        if let Err(refused) = entry.check(hash, &record.id, now) {
+            return reject(RejectCode::Forbidden, refused.to_string());
+        }
+        let repeat = entry.joined.contains(&record.id);
+        if !repeat && self.data.nodes.contains_key(&record.id) {
+            return reject(
+                RejectCode::Conflict,
+                format!("node {} is already a member of this mesh", record.id.short()),
+            );
+        }
+        if let Some(other) = self.data.nodes.values().find(|n| n.record.name == record.name && n.record.id != record.id)
+        {
+            return reject(
+                RejectCode::Conflict,
+                format!("node name {} is taken by node {}; choose another name", record.name, other.record.id.short()),
+            );
+        }
+        let outcome = self.admit_node(record, now, ev);
+        if matches!(outcome, Outcome::NodeAdmitted { .. }) && !repeat {
+            self.data.join_tickets.get_mut(&ticket).expect("checked above").joined.push(record.id);
+        }
+        outcome
+    }
+
+    pub(super) fn revoke_node(&mut self, node: NodeId, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        if self.data.revoked_nodes.contains_key(&node) {
+            return Outcome::NodeRevoked { node };
+        }
+        if !self.data.nodes.contains_key(&node) {
+            return reject(RejectCode::NotFound, format!("no node {node}; `falak nodes` lists the members"));
+        }
+        // OFFLINE first: its claims are lost (their tasks fail over) and its instance slots freed.
+        self.set_node_offline(node, true, now, ev);
+        let entry = self.data.nodes.remove(&node).expect("checked above");
+        let name = entry.record.name;
+        self.data.revoked_nodes.insert(node, RevokedNode { name: name.clone(), revoked_at: now });
+        ev.push(LedgerEvent::NodeRevoked { node, name });
+        Outcome::NodeRevoked { node }
     }
 }
 
@@ -245,5 +348,108 @@ mod tests {
         let unknown = state.apply(&Command::RevokeToken { id: TokenId([9; 8]), now: 3 });
         assert_eq!(unknown.outcome.rejection().unwrap().code, RejectCode::NotFound);
         assert_eq!(state.data.tokens, before.data.tokens);
+    }
+
+    fn node_record(n: u8, name: &str) -> NodeRecord {
+        NodeRecord {
+            id: NodeId([n; 32]),
+            name: name.into(),
+            labels: Default::default(),
+            capacity: crate::resources::Resources::new(1000, 1 << 30),
+            cost_per_hour: 0.0,
+            transport_addr: String::new(),
+            gossip_addr: String::new(),
+            api_url: String::new(),
+        }
+    }
+
+    fn join(state: &mut State, ticket: &Token, n: u8, name: &str, now: Millis) -> Outcome {
+        let command = Command::JoinNode { ticket: ticket.id, hash: ticket.hash(), record: node_record(n, name), now };
+        state.apply(&command).outcome
+    }
+
+    fn refused(outcome: Outcome, code: RejectCode, says: &str) {
+        let rejection = outcome.rejection().cloned().unwrap_or_else(|| panic!("not refused: {outcome:?}"));
+        assert_eq!(rejection.code, code, "{}", rejection.message);
+        assert!(rejection.message.contains(says), "{}", rejection.message);
+    }
+
+    #[test]
+    fn a_join_ticket_admits_as_many_nodes_as_it_allows_until_it_expires() {
+        let mut state = State::default();
+        let ticket = Token::from_random([3; 40]);
+        let created =
+            state.apply(&Command::CreateJoinTicket { record: JoinTicketRecord::new(&ticket, 10, 1_000, 2), now: 10 });
+        assert_eq!(created.outcome, Outcome::JoinTicketCreated { id: ticket.id });
+        // A wrong secret, an unknown id.
+        let forged = Token { id: ticket.id, secret: [9; 32] };
+        refused(join(&mut state, &forged, 1, "a", 20), RejectCode::Forbidden, "not known");
+        refused(join(&mut state, &Token::from_random([4; 40]), 1, "a", 20), RejectCode::Forbidden, "not known");
+        assert_eq!(state.nodes().count(), 0);
+        // Two uses; a lost answer repeated costs nothing; a taken name is refused.
+        assert_eq!(join(&mut state, &ticket, 1, "a", 20), Outcome::NodeAdmitted { node: NodeId([1; 32]) });
+        assert_eq!(join(&mut state, &ticket, 1, "a", 21), Outcome::NodeAdmitted { node: NodeId([1; 32]) });
+        refused(join(&mut state, &ticket, 2, "a", 22), RejectCode::Conflict, "name a is taken");
+        assert_eq!(join(&mut state, &ticket, 2, "b", 23), Outcome::NodeAdmitted { node: NodeId([2; 32]) });
+        refused(join(&mut state, &ticket, 3, "c", 24), RejectCode::Forbidden, "already used by 2 node(s)");
+        assert_eq!(state.join_ticket(&ticket.id).unwrap().joined, vec![NodeId([1; 32]), NodeId([2; 32])]);
+        // Expiry.
+        let short = Token::from_random([5; 40]);
+        state.apply(&Command::CreateJoinTicket { record: JoinTicketRecord::new(&short, 30, 100, 5), now: 30 });
+        refused(join(&mut state, &short, 3, "c", 100), RejectCode::Forbidden, "expired");
+        // A ticket cannot take over a member admitted another way.
+        let member = node_record(7, "m");
+        state.apply(&Command::AdmitNode { record: member, now: 40 });
+        let other = Token::from_random([6; 40]);
+        state.apply(&Command::CreateJoinTicket { record: JoinTicketRecord::new(&other, 40, 1_000, 5), now: 40 });
+        refused(join(&mut state, &other, 7, "m2", 41), RejectCode::Conflict, "already a member");
+        // Bad tickets are refused; expired ones are dropped when a new one comes.
+        let bad = Token::from_random([8; 40]);
+        for (record, says) in [
+            (JoinTicketRecord::new(&bad, 200, 1_000, 0), "1 to 1000"),
+            (JoinTicketRecord::new(&bad, 200, 200, 1), "expire in the future"),
+        ] {
+            refused(state.apply(&Command::CreateJoinTicket { record, now: 200 }).outcome, RejectCode::Invalid, says);
+        }
+        state.apply(&Command::CreateJoinTicket { record: JoinTicketRecord::new(&bad, 200, 1_000, 1), now: 200 });
+        assert!(state.join_ticket(&short.id).is_none(), "the expired ticket is dropped");
+        assert!(state.join_ticket(&ticket.id).is_some());
+    }
+
+    #[test]
+    fn a_revoked_node_leaves_the_mesh_for_good() {
+        let mut state = State::default();
+        state.apply(&Command::AdmitNode { record: node_record(1, "a"), now: 1 });
+        state.apply(&Command::AdmitNode { record: node_record(2, "b"), now: 1 });
+        let revoked = state.apply(&Command::RevokeNode { node: NodeId([2; 32]), now: 5 });
+        assert_eq!(revoked.outcome, Outcome::NodeRevoked { node: NodeId([2; 32]) });
+        assert_eq!(
+            revoked.events,
+            vec![
+                LedgerEvent::NodeOffline { node: NodeId([2; 32]) },
+                LedgerEvent::NodeRevoked { node: NodeId([2; 32]), name: "b".into() }
+            ]
+        );
+        assert!(state.node(&NodeId([2; 32])).is_none());
+        assert_eq!(state.revoked_node(&NodeId([2; 32])).unwrap().revoked_at, 5);
+        // Again: nothing changes. An unknown node: not found.
+        let again = state.apply(&Command::RevokeNode { node: NodeId([2; 32]), now: 6 });
+        assert_eq!((again.outcome, again.events), (Outcome::NodeRevoked { node: NodeId([2; 32]) }, vec![]));
+        refused(
+            state.apply(&Command::RevokeNode { node: NodeId([9; 32]), now: 6 }).outcome,
+            RejectCode::NotFound,
+            "no node",
+        );
+        // Its key is never admitted again, neither by itself nor through a join ticket.
+        refused(
+            state.apply(&Command::AdmitNode { record: node_record(2, "b"), now: 7 }).outcome,
+            RejectCode::Forbidden,
+            "was revoked",
+        );
+        let ticket = Token::from_random([3; 40]);
+        state.apply(&Command::CreateJoinTicket { record: JoinTicketRecord::new(&ticket, 7, 1_000, 1), now: 7 });
+        refused(join(&mut state, &ticket, 2, "b", 8), RejectCode::Forbidden, "was revoked");
+        assert!(state.join_ticket(&ticket.id).unwrap().joined.is_empty(), "no use spent");
+        assert_eq!(state.nodes().count(), 1);
     }
 }

@@ -69,10 +69,23 @@ impl State {
             Command::RevokeToken { id, now } => self.revoke_token(*id, *now, ev),
             Command::TrustDeployer { record, .. } => self.trust_deployer(record, ev),
             Command::RevokeDeployer { id, now } => self.revoke_deployer(*id, *now, ev),
+            Command::CreateJoinTicket { record, now } => self.create_join_ticket(record, *now, ev),
+            Command::JoinNode { ticket, hash, record, now } => self.join_node(*ticket, hash, record, *now, ev),
+            Command::RevokeNode { node, now } => self.revoke_node(*node, *now, ev),
         }
     }
 
-    fn admit_node(&mut self, record: &NodeRecord, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+    pub(super) fn admit_node(&mut self, record: &NodeRecord, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        if let Some(revoked) = self.data.revoked_nodes.get(&record.id) {
+            return reject(
+                RejectCode::Forbidden,
+                format!(
+                    "node {} ({}) was revoked; it cannot rejoin under the same key: empty its data dir and join with a new join token",
+                    revoked.name,
+                    record.id.short()
+                ),
+            );
+        }
         match self.data.nodes.get_mut(&record.id) {
             Some(entry) => entry.record = record.clone(),
             None => {
@@ -93,7 +106,13 @@ impl State {
         Outcome::NodeAdmitted { node: record.id }
     }
 
-    fn set_node_offline(&mut self, node: NodeId, offline: bool, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+    pub(super) fn set_node_offline(
+        &mut self,
+        node: NodeId,
+        offline: bool,
+        now: Millis,
+        ev: &mut Vec<LedgerEvent>,
+    ) -> Outcome {
         let Some(entry) = self.data.nodes.get_mut(&node) else {
             return reject(RejectCode::NotFound, format!("node {node} is not admitted"));
         };
@@ -738,6 +757,9 @@ fn command_now(command: &Command) -> Option<Millis> {
         | Command::CreateToken { now, .. }
         | Command::RevokeToken { now, .. }
         | Command::TrustDeployer { now, .. }
-        | Command::RevokeDeployer { now, .. } => Some(*now),
+        | Command::RevokeDeployer { now, .. }
+        | Command::CreateJoinTicket { now, .. }
+        | Command::JoinNode { now, .. }
+        | Command::RevokeNode { now, .. } => Some(*now),
     }
 }

@@ -57,8 +57,21 @@ pub struct StateData {
     /// API tokens by id (hashes only), revoked ones included.
     #[serde(default)]
     pub tokens: BTreeMap<crate::access::TokenId, crate::access::TokenRecord>,
+    /// Unexpired join tickets by id (hashes only); expired ones are dropped as new ones come.
+    #[serde(default)]
+    pub join_tickets: BTreeMap<crate::access::TokenId, crate::access::JoinTicketRecord>,
+    /// Nodes revoked for good, with their name and when; they are no longer in `nodes`.
+    #[serde(default)]
+    pub revoked_nodes: BTreeMap<NodeId, RevokedNode>,
     #[serde(default, skip_serializing_if = "is_none_bug")]
     pub planted_bug: PlantedBug,
+}
+
+/// A node revoked from the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedNode {
+    pub name: String,
+    pub revoked_at: Millis,
 }
 
 fn is_none_bug(b: &PlantedBug) -> bool {

@@ -236,13 +236,16 @@ impl HostContext {
         });
     }
 
-    /// Healthy peers and what they gossip, this node excluded.
+    /// Healthy peers and what they gossip, this node excluded. Only nodes the ledger lists: a
+    /// revoked node may still gossip (it knows the mesh secret) but gets no invocation.
     pub fn peers(&self) -> Vec<(NodeId, Option<falak_core::gossip::GossipState>)> {
         let snapshot = self.membership.borrow().clone();
+        let state = self.ledger.state();
         snapshot
             .peers
             .iter()
             .filter(|p| p.id != self.id && crate::membership::health(p.health) == Health::Healthy)
+            .filter(|p| state.node(&p.id).is_some())
             .map(|p| (p.id, p.gossip.clone()))
             .collect()
     }
@@ -880,6 +883,7 @@ fn concerns_functions(committed: &falak_ledger::Committed) -> bool {
                 E::FunctionDeployed { .. }
                     | E::FunctionRemoved { .. }
                     | E::NodeAdmitted { .. }
+                    | E::NodeRevoked { .. }
                     | E::NodeOffline { .. }
                     | E::NodeOnline { .. }
             )

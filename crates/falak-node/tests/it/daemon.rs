@@ -171,16 +171,10 @@ async fn three_daemons_run_a_job_through_any_node() {
     mesh.stop().await;
 }
 
-fn token(dir: &Path, api: &Client) -> String {
-    let secret = std::fs::read_to_string(dir.join("node-1/mesh.secret")).unwrap();
-    falak_node::mesh_files::JoinToken {
-        mesh: "test".into(),
-        api_url: api.base_url().trim_end_matches('/').to_owned(),
-        gossip_seed: String::new(),
-        secret: secret.trim().to_owned(),
-        ca_cert: std::fs::read_to_string(dir.join("node-1/ca.crt")).unwrap(),
-    }
-    .encode()
+/// A join token made through `api` (an admin client) for `uses` nodes, valid `ttl_seconds`.
+async fn join_token(api: &Client, uses: u32, ttl_seconds: u64) -> String {
+    let request = falak_api::join::CreateJoinToken { ttl_seconds: Some(ttl_seconds), uses: Some(uses) };
+    api.create_join_token(&request).await.unwrap().join_token
 }
 
 fn joiner_config(dir: &Path, name: &str) -> falak_node::config::NodeConfig {
@@ -202,15 +196,27 @@ fn joiner_config(dir: &Path, name: &str) -> falak_node::config::NodeConfig {
 async fn a_node_joins_with_a_token_and_runs_work() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = InProcessMesh::start(dir.path(), 3).await;
-    let good = token(dir.path(), &mesh.clients[0]);
+    let good = join_token(&mesh.clients[0], 1, 600).await;
+    let decoded = falak_node::mesh_files::JoinToken::decode(&good).unwrap();
+    let secret = std::fs::read_to_string(dir.path().join("node-1/mesh.secret")).unwrap();
+    assert!(!good.contains(secret.trim()) && !decoded.ticket.contains(secret.trim()), "the token holds no mesh secret");
 
-    // A token of another mesh is refused, and nothing is written.
-    let mut wrong = falak_node::mesh_files::JoinToken::decode(&good).unwrap();
-    wrong.secret = "11".repeat(32);
-    let stranger = joiner_config(dir.path(), "stranger");
-    let error = falak_node::join::join(&stranger, &wrong.encode()).await.unwrap_err().to_string();
-    assert!(error.contains("does not match this mesh's secret"), "{error}");
-    assert!(!stranger.data_dir.join("node.crt").exists());
+    // A node without a valid join token cannot join: a forged ticket, an expired token, a token
+    // of another mesh's format. Each is refused and nothing is written.
+    let refused = async |token: &str, says: &str| {
+        let stranger = joiner_config(dir.path(), "stranger");
+        let error = falak_node::join::join(&stranger, token).await.unwrap_err().to_string();
+        assert!(error.contains(says), "{error}");
+        assert!(!stranger.data_dir.join("node.crt").exists() && !stranger.data_dir.join("mesh.secret").exists());
+    };
+    let mut forged = decoded.clone();
+    forged.ticket = format!("{}.{}", decoded.ticket.split('.').next().unwrap(), "11".repeat(32));
+    refused(&forged.encode(), "not known to this mesh").await;
+    let short = join_token(&mesh.clients[1], 1, 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    refused(&short, "expired").await;
+    refused("falak-join-v1.7b7d", "old token").await;
+    assert_eq!(mesh.clients[1].nodes().await.unwrap().len(), 3, "no stranger was admitted");
 
     let config = joiner_config(dir.path(), "node-4");
     falak_node::join::join(&config, &good).await.unwrap();
@@ -226,6 +232,13 @@ async fn a_node_joins_with_a_token_and_runs_work() {
     }));
     wait_ready(&client).await;
     assert_eq!(mesh.clients[1].nodes().await.unwrap().len(), 4);
+    // The token admitted one node, all it allows.
+    refused(&good, "already used by 1 node(s)").await;
+    // The joiner holds no CA key (nodes run without it), so it cannot admit others.
+    assert!(!dir.path().join("node-4/ca.key").exists());
+    let request = falak_api::join::CreateJoinToken::default();
+    let error = client.create_join_token(&request).await.unwrap_err().to_string();
+    assert!(error.contains("does not hold the mesh CA key"), "{error}");
 
     // Work that only the joiner fits runs there.
     let pinned = CAPSULE.replace("name: hello", "name: pinned").replace("labels: {}", "labels: { role: joiner }");
@@ -294,5 +307,111 @@ async fn a_certificate_from_the_mesh_ca_is_not_enough_without_admission() {
     let cert2 = NodeCert::from_pem(&read("node-2/node.crt")).unwrap();
     let served = ask(key2, cert2).await.unwrap_err();
     assert!(matches!(served, falak_transport::TransportError::Handler(_)), "{served:?}");
+    mesh.stop().await;
+}
+
+/// Ask node `to` (at `addr`) for an RPC as the node whose key and certificate are given, over a
+/// fresh QUIC transport: `Refused` when `to` does not admit that node.
+async fn ask_as(
+    key: falak_transport::NodeKey,
+    cert: falak_transport::NodeCert,
+    root: &falak_transport::MeshRoot,
+    to: falak_core::NodeId,
+    addr: SocketAddr,
+) -> Result<bytes::Bytes, falak_transport::TransportError> {
+    use falak_transport::{AdmitAll, Protocol, QuicConfig, QuicTransport, Transport};
+    let transport =
+        QuicTransport::bind(&key, &cert, root, QuicConfig::new(free_udp()), std::sync::Arc::new(AdmitAll)).unwrap();
+    transport.set_peer_addr(to, addr);
+    let answer = transport.request(to, Protocol::Rpc, bytes::Bytes::from_static(b"{}")).await;
+    transport.shutdown().await;
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_cut_off_and_its_tasks_fail_over() {
+    use falak_transport::{MeshRoot, NodeCert, NodeKey, TransportError};
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 3).await;
+    let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+    let root = MeshRoot::from_pem(&read("node-1/ca.crt")).unwrap();
+    let node1 = NodeKey::from_pem(&read("node-1/node.key")).unwrap().id();
+    let node1_addr: SocketAddr = {
+        let doc: serde_json::Value = serde_json::from_str(&read("node-1/bootstrap.json")).unwrap();
+        let me = doc["members"].as_array().unwrap().iter().find(|m| m["name"] == "node-1").unwrap().clone();
+        me["transport_addr"].as_str().unwrap().parse().unwrap()
+    };
+    let node3 = || {
+        (NodeKey::from_pem(&read("node-3/node.key")).unwrap(), NodeCert::from_pem(&read("node-3/node.crt")).unwrap())
+    };
+    // Before: node-3's identity is served (the handler answers, refusing the bad body).
+    let (key, cert) = node3();
+    let served = ask_as(key, cert, &root, node1, node1_addr).await.unwrap_err();
+    assert!(matches!(served, TransportError::Handler(_)), "{served:?}");
+
+    // Long tasks spread over the three nodes, at least one on node-3.
+    let sleeper = CAPSULE.replace("name: hello", "name: sleeper").replace(
+        r#"["/bin/sh", "-c", "echo task $FALAK_TASK_INDEX of $FALAK_TASK_COUNT"]"#,
+        r#"["/bin/sleep", "120"]"#,
+    );
+    mesh.clients[0].apply_capsule_text(&sleeper).await.unwrap();
+    let job = mesh.clients[0]
+        .submit_job(&JobSubmission { capsule: "sleeper".into(), tasks: Some(6), ..JobSubmission::default() })
+        .await
+        .unwrap();
+    let on = |tasks: &[falak_api::task::TaskInfo], name: &str| {
+        tasks
+            .iter()
+            .filter(|t| t.state == falak_core::job::TaskState::Running)
+            .filter(|t| t.node.as_ref().is_some_and(|n| n.name == name))
+            .count()
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        tasks = mesh.clients[0].job_tasks(job.id).await.unwrap();
+        if tasks.iter().all(|t| t.state == falak_core::job::TaskState::Running) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(on(&tasks, "node-3") > 0, "balanced placement puts some on node-3: {tasks:?}");
+
+    let revoked = mesh.clients[0].revoke_node("node-3").await.unwrap();
+    assert_eq!(revoked.name, "node-3");
+    let revoked_at = std::time::Instant::now();
+    // Its tasks fail over to the other nodes.
+    loop {
+        tasks = mesh.clients[0].job_tasks(job.id).await.unwrap();
+        if on(&tasks, "node-1") + on(&tasks, "node-2") == 6 {
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(30), "tasks did not fail over: {tasks:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every node's transport refuses it, and the ledger no longer lists it.
+    let (key, cert) = node3();
+    let refused = ask_as(key, cert, &root, node1, node1_addr).await.unwrap_err();
+    assert!(matches!(refused, TransportError::Refused { .. }), "{refused:?}");
+    let nodes = mesh.clients[1].nodes().await.unwrap();
+    assert!(nodes.iter().all(|n| n.name != "node-3") && nodes.len() == 2, "{nodes:?}");
+    // Revoking again answers the same; the mesh goes on committing without it.
+    assert_eq!(mesh.clients[1].revoke_node(&revoked.id.to_string()).await.unwrap(), revoked);
+    mesh.clients[1].cancel_job(job.id).await.unwrap();
+    mesh.clients[1].apply_capsule_text(CAPSULE).await.unwrap();
+    let quick = mesh.clients[1]
+        .submit_job(&JobSubmission { capsule: "hello".into(), tasks: Some(4), ..JobSubmission::default() })
+        .await
+        .unwrap();
+    let mut info = quick.clone();
+    for _ in 0..300 {
+        info = mesh.clients[0].job(quick.id).await.unwrap();
+        if info.state != JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(info.state, JobState::Completed, "{info:?}");
+    let ran = mesh.clients[0].job_tasks(quick.id).await.unwrap();
+    assert!(ran.iter().all(|t| t.node.as_ref().is_some_and(|n| n.name != "node-3")), "{ran:?}");
     mesh.stop().await;
 }

@@ -62,7 +62,7 @@ pub struct Global {
 pub enum Command {
     /// Run a local mesh of node processes on loopback in the foreground; prints endpoints.
     Up(up::UpArgs),
-    /// Run one node daemon.
+    /// Run one node daemon; `admit` makes a join token, `revoke` throws a node out.
     Node(node::NodeArgs),
     /// List nodes: state, labels, free cpu/memory, tasks, voter/leader, rtt.
     Nodes,
@@ -126,6 +126,10 @@ impl Context {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Node(node::NodeArgs { command: Some(command), .. }) => {
+            restore_sigpipe();
+            node::admin(&Context::new(&cli.global)?, command).await
+        }
         Command::Node(args) => node::run(args).await,
         Command::DeployerKey { file } => deployer::new_key(&file),
         command => {
@@ -286,6 +290,33 @@ mod tests {
         assert_eq!((args.capsule.as_str(), args.tasks, args.retries, args.wait), ("hello", Some(4), Some(2), true));
         let error = parse(&["job", "submit", "hello", "--tasks", "4", "--inputs", "f.txt"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn node_runs_a_daemon_or_admits_and_revokes() {
+        let cli = parse(&["node", "admit", "--ttl", "2h", "--uses", "3"]).unwrap();
+        let Command::Node(node::NodeArgs { command: Some(node::NodeCommand::Admit { ttl, uses }), .. }) = cli.command
+        else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!((ttl.as_secs(), uses), (7200, 3));
+        let cli = parse(&["node", "admit"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(node::NodeArgs { command: Some(node::NodeCommand::Admit { uses: 1, .. }), .. })
+        ));
+        let cli = parse(&["node", "revoke", "node-3", "--api", "https://127.0.0.1:1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(node::NodeArgs { command: Some(node::NodeCommand::Revoke { node }), .. }) if node == "node-3"
+        ));
+        let cli = parse(&["node", "--name", "n9", "--join", "falak-join-v2.00"]).unwrap();
+        let Command::Node(args) = cli.command else { panic!() };
+        assert!(args.command.is_none() && args.name.as_deref() == Some("n9"));
+        assert!(
+            parse(&["node", "--name", "n9", "revoke", "x"]).is_err(),
+            "daemon flags do not mix with admin commands"
+        );
     }
 
     #[test]

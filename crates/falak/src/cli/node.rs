@@ -1,4 +1,5 @@
-//! `falak node`: run one node daemon in the foreground.
+//! `falak node`: run one node daemon in the foreground; `falak node admit` and `falak node
+//! revoke` let nodes in and throw them out (admin).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,9 +8,12 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use falak_node::config::NodeConfigDocument;
 
-/// Run one node daemon.
+/// Run one node daemon, or admit and revoke nodes.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
+    #[command(subcommand)]
+    pub command: Option<NodeCommand>,
     /// Node config file (YAML); flags override it.
     #[arg(short = 'c', long = "config")]
     pub config: Option<PathBuf>,
@@ -41,6 +45,57 @@ pub struct NodeArgs {
     /// Cost per hour of this node, for the cost term of gravity.
     #[arg(long)]
     pub cost_per_hour: Option<f64>,
+}
+
+/// Admission of nodes (admin).
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Make a join token and print it: a new node starts with `falak node --join TOKEN`. It
+    /// admits `--uses` nodes until `--ttl` runs out; it is shown only this once.
+    Admit {
+        /// How long the token admits nodes, e.g. `30m`, `12h` (at most 30 days).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        ttl: std::time::Duration,
+        /// How many nodes it admits.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Revoke a node for good: every node refuses it within seconds (open connections
+    /// included) and its tasks fail over. Its key is never admitted again.
+    Revoke {
+        /// The node's name or id, as `falak nodes` shows it.
+        node: String,
+    },
+}
+
+/// `falak node admit | revoke`.
+pub async fn admin(ctx: &super::Context, command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Admit { ttl, uses } => {
+            let request =
+                falak_api::join::CreateJoinToken { ttl_seconds: Some(ttl.as_secs().max(1)), uses: Some(uses) };
+            let created = ctx.client.create_join_token(&request).await.context("cannot make a join token")?;
+            if ctx.json() {
+                return super::output::print_json(&created);
+            }
+            println!("{}", created.join_token);
+            eprintln!(
+                "join token {}: admits {} node(s) until {}; start a node with `falak node --join TOKEN` (it is not shown again)",
+                created.id,
+                created.uses,
+                super::output::timestamp(created.expires_at)
+            );
+            Ok(())
+        }
+        NodeCommand::Revoke { node } => {
+            let revoked = ctx.client.revoke_node(&node).await.with_context(|| format!("cannot revoke {node}"))?;
+            if ctx.json() {
+                return super::output::print_json(&revoked);
+            }
+            println!("revoked node {} ({}): the mesh refuses it from now on", revoked.name, revoked.id.short());
+            Ok(())
+        }
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::disallowed_methods, reason = "tests measure and bound real time")]
 
+mod admission;
 mod failover;
 mod functions;
 mod procs;

@@ -126,7 +126,7 @@ async fn up_starts_a_ready_mesh_and_stops_on_sigterm() {
         assert!(readiness.ready, "{readiness:?}");
         assert!(alive(node["pid"].as_u64().unwrap()));
     }
-    assert!(mesh["join_token"].as_str().unwrap().starts_with("falak-join-v1."));
+    assert!(mesh.get("join_token").is_none(), "mesh.json carries no join token (falak node admit makes them)");
 
     let status = up.terminate().await;
     assert!(status.success(), "falak up exited {status}\n{}", up.output());

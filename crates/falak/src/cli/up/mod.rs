@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! DATA_DIR/
-//!   mesh.json         what runs now: pids, API URLs, node ids, the join token (0600);
+//!   mesh.json         what runs now: pids, API URLs, node ids, credential paths (0600);
 //!                     removed when `falak up` stops
 //!   NAME/node.yaml    the node's config, written when the mesh is provisioned
 //!   NAME/node.log     the node's stdout and stderr, appended across restarts
@@ -32,7 +32,7 @@ use falak_node::cluster::{
     ClusterDocument, ClusterPlan, DEFAULT_CLUSTER, LocalNodeDocument, MAX_LOCAL_NODES, PortsDocument,
 };
 use falak_node::config::NodeConfigDocument;
-use falak_node::mesh_files::{self, Bootstrap, JoinToken, LocalNode};
+use falak_node::mesh_files::{self, Bootstrap, LocalNode};
 use futures_util::future::{join_all, select_all};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
@@ -1050,7 +1050,7 @@ mod tests {
     }
 
     #[test]
-    fn mesh_json_names_every_node_and_the_join_token() {
+    fn mesh_json_names_every_node_and_the_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("data");
         let (plan, setups) = test_plan(&root, 2);
@@ -1075,11 +1075,8 @@ mod tests {
         assert_eq!(node["id"], key.id().to_string());
         assert_eq!(json["ca_cert"], root.join("node-1/ca.crt").to_str().unwrap());
 
-        let token = JoinToken::decode(json["join_token"].as_str().unwrap()).unwrap();
-        assert_eq!(token.mesh, "local");
-        assert_eq!(token.api_url, "https://127.0.0.1:20000");
-        assert_eq!(token.gossip_seed, "127.0.0.1:20200");
-        assert_eq!(token.secret, fs::read_to_string(root.join("node-1/mesh.secret")).unwrap().trim());
+        let secret = fs::read_to_string(root.join("node-1/mesh.secret")).unwrap();
+        assert!(!fs::read_to_string(&path).unwrap().contains(secret.trim()), "mesh.json holds no mesh secret");
 
         // The CLI finds the first node's API in it.
         assert_eq!(super::super::resolve_api(None, &path).unwrap(), "https://127.0.0.1:20000");

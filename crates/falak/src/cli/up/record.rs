@@ -9,8 +9,6 @@ pub(super) struct MeshRecord {
     /// The `falak up` process.
     pid: u32,
     nodes: Vec<MeshRecordNode>,
-    /// Lets another machine's node join (`falak node --join TOKEN`); holds the mesh secret.
-    join_token: String,
     /// The mesh CA certificate.
     ca_cert: PathBuf,
     /// The admin token (0600), which the CLI sends when no `--token` is given.
@@ -55,22 +53,10 @@ pub(super) fn mesh_record(
             log: setup.log_path(),
         });
     }
-    let secret_path = first.dir.join("mesh.secret");
-    let secret = fs::read_to_string(&secret_path).with_context(|| format!("cannot read {}", secret_path.display()))?;
-    let ca_path = first.dir.join("ca.crt");
-    let ca_cert = fs::read_to_string(&ca_path).with_context(|| format!("cannot read {}", ca_path.display()))?;
-    let token = JoinToken {
-        mesh: mesh.to_owned(),
-        api_url: first.api_url(),
-        gossip_seed: first.gossip.to_string(),
-        secret: secret.trim().to_owned(),
-        ca_cert,
-    };
     Ok(MeshRecord {
         name: mesh.to_owned(),
         pid: up_pid,
         nodes,
-        join_token: token.encode(),
         ca_cert: first.dir.join("ca.crt"),
         token_file: root.join(mesh_files::CREDENTIALS_DIR).join("admin.token"),
         deployer_key_file: root.join(mesh_files::CREDENTIALS_DIR).join("deployer.key"),
@@ -104,7 +90,7 @@ pub(super) fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_
     }
     let mut out = format!("\nmesh {} is up: {}\n", record.name, count(record.nodes.len()));
     out.push_str(&table.render());
-    out.push_str(&format!("mesh file: {} (node ids, join token, CA)\n\ntry:\n", mesh_file.display()));
+    out.push_str(&format!("mesh file: {} (node ids, CA, credentials)\n\ntry:\n", mesh_file.display()));
     if !cli_finds_it && let Some(first) = record.nodes.first() {
         out.push_str(&format!("  export FALAK_API={}\n", first.api_url));
         out.push_str(&format!("  export FALAK_TOKEN=$(cat {})\n", record.token_file.display()));
@@ -112,6 +98,7 @@ pub(super) fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_
     out.push_str("  falak nodes\n");
     out.push_str("  falak capsule apply -f capsule.yaml\n");
     out.push_str("  falak job submit CAPSULE --tasks 12 --wait\n");
+    out.push_str("  falak node admit        (a join token for another machine's node)\n");
     out.push_str("Ctrl-C stops the mesh.\n");
     out
 }
