@@ -29,6 +29,18 @@ pub struct JoinRequest {
     pub record: NodeRecord,
     /// The join ticket from the join token: `<16 hex id>.<64 hex secret>`.
     pub ticket: String,
+    /// The joiner's Ed25519 signature (hex) of [`join_message`] under its node key: proof that
+    /// the sender holds the key the record names, so nobody else can join, or repeat a join,
+    /// as that node.
+    pub signature: String,
+}
+
+/// What a joiner signs: the ticket id and its whole record.
+pub fn join_message(ticket: &TokenId, record: &NodeRecord) -> Vec<u8> {
+    let mut message = b"falak join v2\0".to_vec();
+    message.extend_from_slice(&ticket.0);
+    message.extend_from_slice(&serde_json::to_vec(record).expect("a node record serializes"));
+    message
 }
 
 impl JoinRequest {
@@ -37,6 +49,17 @@ impl JoinRequest {
         format!("{TOKEN_PREFIX}{}", self.ticket)
             .parse::<Token>()
             .map_err(|_| ApiError::invalid("ticket: not a join ticket (<16 hex>.<64 hex>); copy the whole join token"))
+    }
+
+    /// Whether `signature` is the record's node key's signature of the ticket id and record.
+    pub fn signed_by_the_node(&self, ticket: &TokenId) -> bool {
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(self.signature.trim(), &mut signature).is_ok()
+            && falak_core::access::node_signature_valid(
+                &self.record.id,
+                &join_message(ticket, &self.record),
+                &signature,
+            )
     }
 }
 

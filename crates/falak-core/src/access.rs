@@ -254,46 +254,59 @@ impl TokenRecord {
 pub const HOP_CREDENTIAL_WINDOW_MS: Millis = 60_000;
 
 /// What one node sends another's gateway when it forwards an invocation (the invoke proxy, an
-/// asynchronous invocation's attempt): the sending node, the time, and a keyed hash of both
-/// under a key derived from the mesh secret. Only mesh members hold the secret; the API's TLS
-/// keeps the credential from being read on the way.
+/// asynchronous invocation's attempt): the sending node, the time, and the sending node's
+/// Ed25519 signature of both under its node key (its id is the public key). Only the holder of
+/// an admitted node's key can make one, so a revoked node cannot speak for another even though
+/// it knows the mesh secret; the receiver also checks the node is admitted. The API's TLS keeps
+/// the credential from being read on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HopCredential {
     pub node: crate::NodeId,
     pub at: Millis,
-    mac: [u8; 32],
+    signature: [u8; 64],
 }
 
-fn hop_mac(secret: &[u8; 32], node: &crate::NodeId, at: Millis) -> [u8; 32] {
-    let key = blake3::derive_key("falak hop v1", secret);
-    let mut message = [0u8; 40];
-    message[..32].copy_from_slice(node.as_bytes());
-    message[32..].copy_from_slice(&at.to_be_bytes());
-    *blake3::keyed_hash(&key, &message).as_bytes()
+/// Whether `signature` is `node`'s Ed25519 signature of `message`.
+pub fn node_signature_valid(node: &crate::NodeId, message: &[u8], signature: &[u8]) -> bool {
+    use ring::signature::{ED25519, UnparsedPublicKey};
+    UnparsedPublicKey::new(&ED25519, node.as_bytes()).verify(message, signature).is_ok()
 }
 
 impl HopCredential {
-    pub fn new(secret: &[u8; 32], node: crate::NodeId, at: Millis) -> HopCredential {
-        HopCredential { node, at, mac: hop_mac(secret, &node, at) }
+    /// What the sending node signs.
+    pub fn message(node: &crate::NodeId, at: Millis) -> Vec<u8> {
+        let mut message = b"falak hop v2\0".to_vec();
+        message.extend_from_slice(node.as_bytes());
+        message.extend_from_slice(&at.to_be_bytes());
+        message
     }
 
-    /// `<node hex>.<at>.<mac hex>`.
+    /// A credential from `node`'s signature of [`HopCredential::message`] (the caller holds the
+    /// key; this crate has none).
+    pub fn new(node: crate::NodeId, at: Millis, signature: [u8; 64]) -> HopCredential {
+        HopCredential { node, at, signature }
+    }
+
+    /// `<node hex>.<at>.<signature hex>`.
     pub fn encode(&self) -> String {
-        format!("{}.{}.{}", self.node, self.at, hex::encode(self.mac))
+        format!("{}.{}.{}", self.node, self.at, hex::encode(self.signature))
     }
 
-    /// Parse and check against `secret` at `now`; `None` for anything but a genuine, fresh one.
-    pub fn verify(text: &str, secret: &[u8; 32], now: Millis) -> Option<HopCredential> {
+    /// Parse and check at `now`; `None` for anything but a genuine, fresh one.
+    pub fn verify(text: &str, now: Millis) -> Option<HopCredential> {
         let mut parts = text.trim().split('.');
         let node: crate::NodeId = parts.next()?.parse().ok()?;
         let at: Millis = parts.next()?.parse().ok()?;
-        let mut mac = [0u8; 32];
-        hex::decode_to_slice(parts.next()?, &mut mac).ok()?;
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(parts.next()?, &mut signature).ok()?;
         if parts.next().is_some() || now.abs_diff(at) > HOP_CREDENTIAL_WINDOW_MS {
             return None;
         }
-        let expected = blake3::Hash::from_bytes(hop_mac(secret, &node, at));
-        (expected == blake3::Hash::from_bytes(mac)).then_some(HopCredential { node, at, mac })
+        node_signature_valid(&node, &HopCredential::message(&node, at), &signature).then_some(HopCredential {
+            node,
+            at,
+            signature,
+        })
     }
 }
 
@@ -304,7 +317,9 @@ impl HopCredential {
 /// node's HTTPS API once its ticket is accepted.
 ///
 /// **Invariant:** a ticket admits at most `uses` distinct nodes, none at or after `expires_at`;
-/// a node already admitted through it may repeat its join (a lost answer) without using another.
+/// a node already admitted through it may repeat its join (a lost answer) before then without
+/// using another. (The answering node checks that a join request is signed by the key of the
+/// node it names, so only that node can repeat it.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTicketRecord {
     pub id: TokenId,
@@ -341,11 +356,11 @@ impl JoinTicketRecord {
         if !self.hash.matches(hash) {
             return Err(TicketRefused::Unknown);
         }
-        if self.joined.contains(node) {
-            return Ok(());
-        }
         if now >= self.expires_at {
             return Err(TicketRefused::Expired);
+        }
+        if self.joined.contains(node) {
+            return Ok(());
         }
         if self.joined.len() >= self.uses as usize {
             return Err(TicketRefused::UsedUp { uses: self.uses });
@@ -413,18 +428,24 @@ mod tests {
     }
 
     #[test]
-    fn a_hop_credential_needs_the_secret_and_is_fresh() {
-        let secret = [4u8; 32];
-        let node = crate::NodeId([8; 32]);
-        let text = HopCredential::new(&secret, node, 100_000).encode();
-        assert_eq!(HopCredential::verify(&text, &secret, 130_000).map(|c| c.node), Some(node));
-        assert!(HopCredential::verify(&text, &[5u8; 32], 100_000).is_none(), "another mesh's secret");
-        assert!(HopCredential::verify(&text, &secret, 161_000).is_none(), "too old");
-        assert!(HopCredential::verify(&text, &secret, 39_000).is_none(), "from the future");
+    fn a_hop_credential_needs_the_node_key_and_is_fresh() {
+        use ring::signature::{Ed25519KeyPair, KeyPair};
+        let key = Ed25519KeyPair::from_seed_unchecked(&[4u8; 32]).unwrap();
+        let node = crate::NodeId(key.public_key().as_ref().try_into().unwrap());
+        let sign = |node: &crate::NodeId, at| -> [u8; 64] {
+            key.sign(&HopCredential::message(node, at)).as_ref().try_into().unwrap()
+        };
+        let text = HopCredential::new(node, 100_000, sign(&node, 100_000)).encode();
+        assert_eq!(HopCredential::verify(&text, 130_000).map(|c| c.node), Some(node));
+        assert!(HopCredential::verify(&text, 161_000).is_none(), "too old");
+        assert!(HopCredential::verify(&text, 39_000).is_none(), "from the future");
+        // Speaking for another node with one's own key, or changing the time, fails.
         let other = crate::NodeId([9; 32]);
-        let forged = text.replacen(&node.to_string(), &other.to_string(), 1);
-        assert!(HopCredential::verify(&forged, &secret, 100_000).is_none(), "another node's name");
-        assert!(HopCredential::verify("x.y.z", &secret, 0).is_none());
+        let forged = HopCredential::new(other, 100_000, sign(&other, 100_000)).encode();
+        assert!(HopCredential::verify(&forged, 100_000).is_none(), "another node's name");
+        let later = text.replacen(".100000.", ".100001.", 1);
+        assert!(HopCredential::verify(&later, 100_000).is_none(), "a changed time");
+        assert!(HopCredential::verify("x.y.z", 0).is_none());
     }
 
     #[test]

@@ -32,9 +32,8 @@ pub fn random_token() -> Token {
 /// the mesh forward invocations with.
 pub struct NodeAuthenticator {
     tokens: TableAuthenticator<fn() -> Millis>,
-    secret: [u8; 32],
-    /// The nodes the transport admits: a hop credential counts only from one of them, so a
-    /// revoked node (which still knows the mesh secret) cannot forward invocations.
+    /// The nodes the transport admits: a hop credential (signed by the sending node's key)
+    /// counts only from one of them, so a revoked node cannot forward invocations.
     admitted: Arc<RwLock<BTreeSet<NodeId>>>,
 }
 
@@ -44,7 +43,7 @@ impl Authenticator for NodeAuthenticator {
     }
 
     fn authenticate_hop(&self, credential: &str) -> Option<Principal> {
-        let hop = HopCredential::verify(credential, &self.secret, now_millis())?;
+        let hop = HopCredential::verify(credential, now_millis())?;
         if !self.admitted.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&hop.node) {
             return None;
         }
@@ -68,14 +67,13 @@ fn table(state: &State, bootstrap: &[TokenRecord]) -> TokenTable {
 pub fn start(
     ledger: &Ledger,
     bootstrap: Vec<TokenRecord>,
-    secret: [u8; 32],
     admitted: Arc<RwLock<BTreeSet<NodeId>>>,
     mut stop: watch::Receiver<bool>,
 ) -> Arc<NodeAuthenticator> {
     // Subscribe before reading the state, so no commit falls between the two.
     let mut committed = ledger.subscribe();
     let tokens = TableAuthenticator::new(table(&ledger.state(), &bootstrap), now_millis as fn() -> Millis);
-    let auth = Arc::new(NodeAuthenticator { tokens, secret, admitted });
+    let auth = Arc::new(NodeAuthenticator { tokens, admitted });
     let (ledger, kept) = (ledger.clone(), auth.clone());
     tokio::spawn(async move {
         loop {

@@ -402,7 +402,9 @@ impl MainLoop {
 
     fn readiness(&self) -> Readiness {
         let leader = self.ledger.leader();
-        let reason = if !self.self_admitted {
+        let reason = if self.ledger.state().revoked_node(&self.id).is_some() {
+            Some("this node was revoked from the mesh; empty its data dir and join with a new join token".to_owned())
+        } else if !self.self_admitted {
             Some("this node is not admitted to the ledger yet (waiting for a leader to commit it)".to_owned())
         } else if leader.is_none() {
             Some("no ledger leader is known (election in progress or no quorum)".to_owned())

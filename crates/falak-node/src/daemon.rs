@@ -98,6 +98,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let ledger = Ledger::open(&ledger_dir, id, transport.dyn_transport(), ledger_config)
         .await
         .map_err(|e| DaemonError::Ledger { dir: ledger_dir.clone(), reason: e.to_string() })?;
+    // Nodes revoked since bootstrap.json was written are neither admitted nor contacted, from
+    // before the ledger serves anyone.
+    let contacts: Vec<_> = {
+        let state = ledger.state();
+        let mut admitted = admitted.write().expect("admitted lock");
+        for (revoked, _) in state.revoked_nodes() {
+            admitted.remove(revoked);
+        }
+        if state.revoked_node(&id).is_some() {
+            tracing::error!(
+                "this node was revoked from the mesh; the other nodes refuse it: empty its data dir and join with a new join token"
+            );
+        }
+        contacts.into_iter().filter(|c| state.revoked_node(&c.id).is_none()).collect()
+    };
     ledger.set_contacts(contacts.iter().map(|c| c.id).collect());
     let dyn_transport = transport.dyn_transport();
     dyn_transport.serve(Protocol::Ledger, ledger.handler());
@@ -166,7 +181,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         node_name: config.name.clone(),
         data_dir: config.data_dir.clone(),
         api_url: record.api_url.clone(),
-        secret: files.secret,
+        node_key: falak_transport::NodeKey::from_pem(&files.key.to_pem())
+            .expect("the node key re-reads from its own PEM"),
         ca_cert_pem: files.ca_cert_pem.clone(),
         ledger: ledger.clone(),
         transport: dyn_transport.clone(),
@@ -180,8 +196,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let functions_task = tokio::spawn(functions.clone().run());
     let (actions_tx, actions) = mpsc::channel(ACTION_QUEUE);
     let gateway = Arc::new(GatewayHandle(NodeGateway::new(functions.clone())));
-    let auth =
-        crate::access::start(&ledger, bootstrap_tokens, files.secret, admitted.clone(), functions_stop.subscribe());
+    let auth = crate::access::start(&ledger, bootstrap_tokens, admitted.clone(), functions_stop.subscribe());
     let router = falak_api::router_with_gateway(actions_tx, falak_api::ApiConfig::default(), gateway, auth);
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let mut api_stop = stop_tx.subscribe();

@@ -73,6 +73,11 @@ impl JoinAuthority {
         now_ms: Millis,
     ) -> Result<JoinResponse, ApiError> {
         let forbidden = |message: String| ApiError::new(falak_api::ErrorCode::Forbidden, message);
+        if !request.signed_by_the_node(&ticket.id) {
+            return Err(forbidden(
+                "the join request is not signed by the key of the node it names; join with `falak node --join`".into(),
+            ));
+        }
         let record = state.join_ticket(&ticket.id).ok_or_else(|| forbidden(TicketRefused::Unknown.to_string()))?;
         record.check(&ticket.hash(), &request.record.id, now_ms).map_err(|e| forbidden(e.to_string()))?;
         // The names the joiner's certificate needs for its API: the same rule its daemon checks
@@ -144,8 +149,9 @@ pub async fn join(config: &NodeConfig, token: &str) -> Result<(), JoinError> {
     }
     let key = mesh_files::load_or_create_key(dir)?;
     let record = config.record(key.id(), format!("https://{}", config.api_addr));
-    let request = JoinRequest { record, ticket: token.ticket.clone() };
-    request.ticket().map_err(|e| mesh_files::JoinTokenError::new(e.message))?;
+    let mut request = JoinRequest { record, ticket: token.ticket.clone(), signature: String::new() };
+    let ticket = request.ticket().map_err(|e| mesh_files::JoinTokenError::new(e.message))?;
+    request.signature = hex::encode(key.sign(&falak_api::join::join_message(&ticket.id, &request.record)));
     let refused = |reason: String| JoinError::Refused { url: token.api_url.clone(), reason };
     let client = falak_api::Client::new(&token.api_url)
         .and_then(|c| c.with_ca(&token.ca_cert))

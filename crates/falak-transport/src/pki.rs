@@ -124,6 +124,14 @@ impl NodeKey {
         self.id
     }
 
+    /// This node's Ed25519 signature of `message` (join requests, hop credentials); anyone
+    /// checks it against the node id, which is the public key.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(self.pkcs8_der())
+            .expect("a node key is an Ed25519 PKCS#8 key (checked when it was loaded)");
+        pair.sign(message).as_ref().try_into().expect("an Ed25519 signature is 64 bytes")
+    }
+
     /// The PKCS#8 DER of the key, for rustls and for deriving per-node secrets.
     pub(crate) fn pkcs8_der(&self) -> &[u8] {
         self.pair.serialized_der()

@@ -156,7 +156,8 @@ impl State {
         if record.expires_at <= now || !record.joined.is_empty() {
             return reject(RejectCode::Invalid, "a new join token must be unused and expire in the future");
         }
-        self.data.join_tickets.retain(|_, t| t.expires_at > now);
+        let clock = self.data.clock;
+        self.data.join_tickets.retain(|_, t| t.expires_at > clock);
         if self.data.join_tickets.len() >= MAX_JOIN_TICKETS {
             return reject(
                 RejectCode::Invalid,
@@ -179,7 +180,9 @@ impl State {
         let Some(entry) = self.data.join_tickets.get(&ticket) else {
             return reject(RejectCode::Forbidden, crate::access::TicketRefused::Unknown.to_string());
         };
-        if let Err(refused) = entry.check(hash, &record.id, now) {
+        // The ledger's clock (the latest `now` committed), so a proposer whose clock lags cannot
+        // use an expired ticket.
+        if let Err(refused) = entry.check(hash, &record.id, self.data.clock) {
             return reject(RejectCode::Forbidden, refused.to_string());
         }
         let repeat = entry.joined.contains(&record.id);
@@ -209,6 +212,9 @@ impl State {
         }
         if !self.data.nodes.contains_key(&node) {
             return reject(RejectCode::NotFound, format!("no node {node}; `falak nodes` lists the members"));
+        }
+        if self.data.nodes.len() == 1 {
+            return reject(RejectCode::Invalid, "this is the mesh's last node; revoking it would leave no mesh");
         }
         // OFFLINE first: its claims are lost (their tasks fail over) and its instance slots freed.
         self.set_node_offline(node, true, now, ev);

@@ -8,7 +8,7 @@
 //! `max_instances` is taken, the request waits on a node that has instances (429 with
 //! Retry-After once the wait is over).
 //!
-//! The invoke proxy is HTTP from gateway to gateway (the peer's `api_url` from gossip) with
+//! The invoke proxy is HTTP from gateway to gateway (the peer's committed `api_url`) with
 //! the `falak-hop` header: the receiving node serves locally and never forwards again, starting
 //! an instance only when `falak-hop` says `start`. A peer that cannot be reached is skipped and
 //! avoided for a few seconds; the next candidate serves the request.

@@ -82,7 +82,11 @@ pub(crate) struct HostContext {
     pub id: NodeId,
     pub node_name: String,
     pub api_url: String,
-    secret: [u8; 32],
+    /// This node's key: it signs the credential forwarded invocations carry.
+    node_key: falak_transport::NodeKey,
+    /// The last hop credential made, reused for a few seconds (signing each request would cost
+    /// every proxied invocation a signature).
+    hop: Mutex<Option<(u64, String)>>,
     pub ca_cert_pem: String,
     pub dir: PathBuf,
     groups_dir: PathBuf,
@@ -138,7 +142,18 @@ impl HostContext {
 
     /// The `falak-hop-auth` value for a request this node forwards to a gateway now.
     pub fn hop_credential(&self) -> String {
-        falak_core::access::HopCredential::new(&self.secret, self.id, now_millis()).encode()
+        const REUSE_MS: u64 = 5_000;
+        let now = now_millis();
+        let mut last = self.hop.lock().expect("hop lock");
+        if let Some((at, text)) = last.as_ref()
+            && now.saturating_sub(*at) < REUSE_MS
+        {
+            return text.clone();
+        }
+        let message = falak_core::access::HopCredential::message(&self.id, now);
+        let text = falak_core::access::HopCredential::new(self.id, now, self.node_key.sign(&message)).encode();
+        *last = Some((now, text.clone()));
+        text
     }
 
     /// The virtualenv cache (`0711`; each virtualenv in it readable by all, see
@@ -237,7 +252,8 @@ impl HostContext {
     }
 
     /// Healthy peers and what they gossip, this node excluded. Only nodes the ledger lists: a
-    /// revoked node may still gossip (it knows the mesh secret) but gets no invocation.
+    /// revoked node may still gossip (it knows the mesh secret) but gets no invocation, and the
+    /// `api_url` is the committed one.
     pub fn peers(&self) -> Vec<(NodeId, Option<falak_core::gossip::GossipState>)> {
         let snapshot = self.membership.borrow().clone();
         let state = self.ledger.state();
@@ -245,8 +261,16 @@ impl HostContext {
             .peers
             .iter()
             .filter(|p| p.id != self.id && crate::membership::health(p.health) == Health::Healthy)
-            .filter(|p| state.node(&p.id).is_some())
-            .map(|p| (p.id, p.gossip.clone()))
+            .filter_map(|p| {
+                let entry = state.node(&p.id)?;
+                // Where to reach it comes from its committed record, never from gossip: gossip is
+                // sealed only by the shared mesh secret.
+                let gossip = p.gossip.clone().map(|mut g| {
+                    g.api_url = entry.record.api_url.clone();
+                    g
+                });
+                Some((p.id, gossip))
+            })
             .collect()
     }
 
@@ -341,8 +365,8 @@ pub struct FunctionHostParts {
     pub node_name: String,
     /// This node's API base URL (asynchronous invocations go through its own gateway).
     pub api_url: String,
-    /// The mesh secret, for the credential forwarded invocations carry.
-    pub secret: [u8; 32],
+    /// This node's key, for the credential forwarded invocations carry.
+    pub node_key: falak_transport::NodeKey,
     /// The mesh CA certificate (PEM): peers' HTTPS gateways are trusted through it.
     pub ca_cert_pem: String,
     pub data_dir: PathBuf,
@@ -375,7 +399,8 @@ impl FunctionHost {
             id: parts.id,
             node_name: parts.node_name,
             api_url: parts.api_url,
-            secret: parts.secret,
+            node_key: parts.node_key,
+            hop: Mutex::new(None),
             ca_cert_pem: parts.ca_cert_pem,
             dir,
             groups_dir: parts.data_dir.join("groups"),

@@ -199,7 +199,8 @@ async fn a_node_joins_with_a_token_and_runs_work() {
     let good = join_token(&mesh.clients[0], 1, 600).await;
     let decoded = falak_node::mesh_files::JoinToken::decode(&good).unwrap();
     let secret = std::fs::read_to_string(dir.path().join("node-1/mesh.secret")).unwrap();
-    assert!(!good.contains(secret.trim()) && !decoded.ticket.contains(secret.trim()), "the token holds no mesh secret");
+    let inside = serde_json::to_string(&decoded).unwrap();
+    assert!(!inside.contains(secret.trim()), "the token holds no mesh secret: {inside}");
 
     // A node without a valid join token cannot join: a forged ticket, an expired token, a token
     // of another mesh's format. Each is refused and nothing is written.
@@ -216,6 +217,18 @@ async fn a_node_joins_with_a_token_and_runs_work() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     refused(&short, "expired").await;
     refused("falak-join-v1.7b7d", "old token").await;
+    // A request naming another node's key (here node-1's, a member) with a valid ticket is
+    // refused: only the key's holder can sign it.
+    let node1 = mesh.clients[0].nodes().await.unwrap().into_iter().find(|n| n.name == "node-1").unwrap();
+    let record = joiner_config(dir.path(), "impostor").record(node1.id, "https://127.0.0.1:1".into());
+    let mut request = falak_api::join::JoinRequest { record, ticket: decoded.ticket.clone(), signature: String::new() };
+    let ticket_id = request.ticket().unwrap().id;
+    let other = falak_transport::NodeKey::generate().unwrap();
+    let signature = other.sign(&falak_api::join::join_message(&ticket_id, &request.record));
+    request.signature = signature.iter().map(|b| format!("{b:02x}")).collect();
+    let error = mesh.clients[0].join(&request).await.unwrap_err().to_string();
+    assert!(error.contains("not signed by the key of the node it names"), "{error}");
+
     assert_eq!(mesh.clients[1].nodes().await.unwrap().len(), 3, "no stranger was admitted");
 
     let config = joiner_config(dir.path(), "node-4");

@@ -17,7 +17,7 @@ pub struct NodeArgs {
     /// Node config file (YAML); flags override it.
     #[arg(short = 'c', long = "config")]
     pub config: Option<PathBuf>,
-    /// Join an existing mesh with this join token (`join_token` in `mesh.json`); ignored when
+    /// Join an existing mesh with this join token (`falak node admit` prints one); ignored when
     /// the data dir already belongs to a mesh.
     #[arg(long, env = "FALAK_JOIN_TOKEN", hide_env_values = true)]
     pub join: Option<String>,

@@ -79,8 +79,12 @@ async fn a_join_token_admits_once_and_a_revoked_node_stays_out() {
     }
 
     // The token admitted one node, all it allows: a fifth node is refused and keeps nothing.
-    let (mut command, data5) = joiner(dir.path(), "node-5", &token);
-    let status = tokio::task::spawn_blocking(move || command.status().unwrap()).await.unwrap();
+    let (command, data5) = joiner(dir.path(), "node-5", &token);
+    let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("a refused joiner exits (it must not run as a member)")
+        .unwrap();
     let err = std::fs::read_to_string(dir.path().join("node-5.err")).unwrap();
     assert!(!status.success() && err.contains("already used by 1 node(s)"), "{status}\n{err}");
     assert!(!data5.join("node.crt").exists() && !data5.join("mesh.secret").exists());

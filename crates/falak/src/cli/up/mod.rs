@@ -1076,6 +1076,7 @@ mod tests {
         assert_eq!(json["ca_cert"], root.join("node-1/ca.crt").to_str().unwrap());
 
         let secret = fs::read_to_string(root.join("node-1/mesh.secret")).unwrap();
+        assert!(json.get("join_token").is_none(), "join tokens come from `falak node admit`");
         assert!(!fs::read_to_string(&path).unwrap().contains(secret.trim()), "mesh.json holds no mesh secret");
 
         // The CLI finds the first node's API in it.
