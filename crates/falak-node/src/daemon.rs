@@ -98,11 +98,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let ledger = Ledger::open(&ledger_dir, id, transport.dyn_transport(), ledger_config)
         .await
         .map_err(|e| DaemonError::Ledger { dir: ledger_dir.clone(), reason: e.to_string() })?;
-    // Nodes revoked since bootstrap.json was written are neither admitted nor contacted, from
-    // before the ledger serves anyone.
+    // The nodes the ledger lists are admitted, and those revoked since bootstrap.json was
+    // written are neither admitted nor contacted, from before the ledger serves anyone.
     let contacts: Vec<_> = {
         let state = ledger.state();
         let mut admitted = admitted.write().expect("admitted lock");
+        admitted.extend(state.nodes().map(|n| n.record.id));
         for (revoked, _) in state.revoked_nodes() {
             admitted.remove(revoked);
         }

@@ -217,7 +217,10 @@ impl State {
             return reject(RejectCode::Invalid, "this is the mesh's last node; revoking it would leave no mesh");
         }
         // OFFLINE first: its claims are lost (their tasks fail over) and its instance slots freed.
+        // A node already OFFLINE went through that; its functions are handed over again anyway,
+        // since an OFFLINE node may have had no heir for its invocations then.
         self.set_node_offline(node, true, now, ev);
+        self.node_lost_functions(node, ev);
         let entry = self.data.nodes.remove(&node).expect("checked above");
         let name = entry.record.name;
         self.data.revoked_nodes.insert(node, RevokedNode { name: name.clone(), revoked_at: now });

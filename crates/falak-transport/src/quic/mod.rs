@@ -194,10 +194,21 @@ impl QuicTransport {
         self.recheck_admission();
     }
 
-    /// Close incoming connections whose peer the policy no longer admits (call after a node is
-    /// revoked). Requests are checked one by one anyway; this only stops idle connections early.
+    /// Close connections, incoming and outgoing, whose peer the policy no longer admits (call
+    /// after a node is revoked). Requests are checked one by one anyway, both ways; this only
+    /// ends open connections early.
     pub fn recheck_admission(&self) {
         self.inner.shared.close_unadmitted();
+        let slots: Vec<_> =
+            lock(&self.inner.outgoing).iter().map(|((peer, p), slot)| (*peer, *p, slot.clone())).collect();
+        for (peer, protocol, slot) in slots {
+            if !self.inner.shared.admits(&peer, protocol)
+                && let Ok(mut guard) = slot.try_lock()
+                && let Some(conn) = guard.take()
+            {
+                conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"peer no longer admitted");
+            }
+        }
     }
 
     /// Smoothed round-trip time to `peer` over any live connection, if there is one.
@@ -287,6 +298,14 @@ impl Inner {
     async fn request(&self, to: NodeId, protocol: Protocol, body: Bytes) -> Result<Bytes, TransportError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(TransportError::Closed);
+        }
+        // Both ways: a node this one does not admit (never admitted, or revoked) is not sent
+        // requests either, so a revoked node gets no more work or replication from here.
+        if !self.shared.admits(&to, protocol) {
+            return Err(TransportError::Refused {
+                node: to.short(),
+                reason: format!("this node does not admit {} for {protocol} (not admitted, or revoked)", to.short()),
+            });
         }
         let limit = self.shared.config.max_message_bytes;
         if body.len() > limit {

@@ -40,7 +40,7 @@ impl Shared {
     }
 
     /// A node always admits itself; everyone else is up to the policy.
-    fn admits(&self, peer: &NodeId, protocol: Protocol) -> bool {
+    pub(crate) fn admits(&self, peer: &NodeId, protocol: Protocol) -> bool {
         *peer == self.local_id || self.admission.read().unwrap_or_else(PoisonError::into_inner).admits(peer, protocol)
     }
 

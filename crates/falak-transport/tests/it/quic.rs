@@ -160,6 +160,23 @@ async fn a_node_that_is_not_admitted_is_refused_until_it_is() {
 }
 
 #[tokio::test]
+async fn a_node_that_is_not_admitted_is_not_sent_requests_either() {
+    let ca = mesh_ca();
+    let admitted = Arc::new(RwLock::new(BTreeSet::new()));
+    let a = node_with(&ca, &ca.root(), config(loopback()), admitted.clone());
+    let b = node(&ca);
+    a.knows(&b);
+    admitted.write().unwrap().insert(b.id());
+    assert!(a.ask(&b, Protocol::Ledger, "append").await.is_ok());
+    // Revoked: A refuses to send it anything, on the open connection or a new one.
+    admitted.write().unwrap().remove(&b.id());
+    a.transport.recheck_admission();
+    let reason = assert_refused(a.ask(&b, Protocol::Ledger, "append").await);
+    assert!(reason.contains("does not admit"), "{reason}");
+    assert_eq!(b.calls.load(Ordering::SeqCst), 1, "B saw only the first request");
+}
+
+#[tokio::test]
 async fn admission_can_be_per_protocol_and_replaced() {
     let ca = mesh_ca();
     let a = node(&ca);
