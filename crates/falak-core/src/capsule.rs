@@ -173,18 +173,7 @@ impl CapsuleDocument {
             return Err(SpecError::new("command", "at most 4096 arguments, none containing NUL"));
         }
         crate::spec::validate_env(&self.env)?;
-        crate::spec::validate_env(&self.secrets)?;
-        for (name, value) in &self.secrets {
-            if self.env.contains_key(name) {
-                return Err(SpecError::new(format!("secrets.{name}"), "is also in env; name each variable once"));
-            }
-            if value.len() > crate::secret::MAX_SECRET_BYTES || value.contains('\0') {
-                return Err(SpecError::new(
-                    format!("secrets.{name}"),
-                    format!("at most {} bytes, no NUL", crate::secret::MAX_SECRET_BYTES),
-                ));
-            }
-        }
+        crate::secret::validate_document(&self.env, &self.secrets)?;
         let resources = self.resources.validate()?;
         let placement = self.placement.validate()?;
         let timeout_ms = match &self.timeout {
@@ -202,7 +191,7 @@ impl CapsuleDocument {
             timeout_ms,
             tags: self.tags,
             network: self.network.unwrap_or_default(),
-            secrets: self.secrets.into_iter().map(|(k, v)| (k, crate::secret::SecretValue::Plain(v))).collect(),
+            secrets: crate::secret::plain(self.secrets),
         })
     }
 }
@@ -282,21 +271,17 @@ impl CapsuleSpec {
     /// The spec as it is signed: without its version, which the ledger may assign, and with
     /// its secrets' names but not their values (the CLI signs them plain, the node seals them).
     pub fn signed_form(&self) -> CapsuleSpec {
-        CapsuleSpec { version: None, secrets: self.redacted_secrets(), ..self.clone() }
+        CapsuleSpec { version: None, secrets: crate::secret::redacted(&self.secrets), ..self.clone() }
     }
 
     /// The spec as API answers show it: secret values replaced by `Redacted`.
     pub fn redacted(&self) -> CapsuleSpec {
-        CapsuleSpec { secrets: self.redacted_secrets(), ..self.clone() }
-    }
-
-    fn redacted_secrets(&self) -> BTreeMap<String, crate::secret::SecretValue> {
-        self.secrets.keys().map(|k| (k.clone(), crate::secret::SecretValue::Redacted)).collect()
+        CapsuleSpec { secrets: crate::secret::redacted(&self.secrets), ..self.clone() }
     }
 
     /// Whether every secret is sealed (what the ledger accepts).
     pub fn secrets_sealed(&self) -> bool {
-        self.secrets.values().all(|v| matches!(v, crate::secret::SecretValue::Sealed(_)))
+        crate::secret::all_sealed(&self.secrets)
     }
 }
 

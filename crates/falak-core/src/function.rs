@@ -70,6 +70,10 @@ pub struct FunctionDocument {
     pub artifact: Option<ArtifactId>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secret: sealed before they are stored, never
+    /// shown (`crate::secret`).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     #[serde(default)]
     pub scaling: ScalingDocument,
     /// Request timeout, e.g. `30s`.
@@ -134,6 +138,9 @@ pub struct FunctionSpec {
     pub command: Vec<String>,
     pub artifact: ArtifactId,
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables: plain only on the way to the node that seals them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: crate::secret::Secrets,
     pub scaling: Scaling,
     pub timeout_ms: u64,
     pub resources: Resources,
@@ -204,6 +211,7 @@ impl FunctionDocument {
             return Err(SpecError::new("snapshot", "zygote snapshots are for python functions; use `none`"));
         }
         crate::spec::validate_env(&self.env)?;
+        crate::secret::validate_document(&self.env, &self.secrets)?;
         self.scaling()?;
         self.timeout_ms()?;
         if let Some(n) = self.observers
@@ -276,6 +284,7 @@ impl FunctionDocument {
             command: self.command,
             artifact,
             env: self.env,
+            secrets: crate::secret::plain(self.secrets),
             scaling,
             timeout_ms,
             resources,
@@ -300,9 +309,21 @@ pub struct FunctionEntry {
 }
 
 impl FunctionSpec {
-    /// The spec as it is signed: without its version, which the ledger may assign.
+    /// The spec as it is signed: without its version, which the ledger may assign, and with
+    /// its secrets' names but not their values (the CLI signs them plain, the node seals them).
     pub fn signed_form(&self) -> FunctionSpec {
-        FunctionSpec { version: 0, ..self.clone() }
+        FunctionSpec { version: 0, secrets: crate::secret::redacted(&self.secrets), ..self.clone() }
+    }
+
+    /// The spec as API answers show it: secret values replaced by `Redacted`.
+    pub fn redacted(&self) -> FunctionSpec {
+        FunctionSpec { secrets: crate::secret::redacted(&self.secrets), ..self.clone() }
+    }
+
+    /// Who its secrets are sealed for: `function/NAME` (capsules use their bare name), so a
+    /// sealed value cannot be moved between a capsule and a function of the same name.
+    pub fn secrets_owner(&self) -> String {
+        format!("function/{}", self.name)
     }
 }
 

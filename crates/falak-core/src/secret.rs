@@ -1,7 +1,8 @@
 //! Secret environment values: written in plain by the user, sealed by the node that receives
 //! them before anything is committed, opened only by the node that runs the workload.
 //!
-//! A capsule's `secrets: { NAME: value }` become environment variables of its tasks like `env`,
+//! A capsule's or function's `secrets: { NAME: value }` become environment variables of its
+//! tasks or instances like `env`,
 //! but the ledger holds them sealed (XChaCha20-Poly1305 under a key derived from the mesh secret,
 //! bound to the capsule and variable name), API answers show `"***"`, and a spec's signature
 //! covers their names, not their values ([`SecretValue::Redacted`] in the signed form), so the
@@ -10,6 +11,7 @@
 //! **Invariant:** the state machine refuses a spec carrying a plain secret, so no plaintext
 //! secret is ever in a log entry, a snapshot or a replica's disk.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chacha20poly1305::aead::{Aead, Payload};
@@ -117,6 +119,66 @@ impl SecretKey {
 impl fmt::Debug for SealedSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SealedSecret({} bytes)", self.ciphertext.len())
+    }
+}
+
+/// A spec's secrets by variable name.
+pub type Secrets = BTreeMap<String, SecretValue>;
+
+/// Check a document's `secrets` against its `env`: valid names, none also in `env`, values of
+/// at most [`MAX_SECRET_BYTES`] without NUL.
+pub fn validate_document(
+    env: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(), crate::spec::SpecError> {
+    use crate::spec::SpecError;
+    crate::spec::validate_env(secrets)?;
+    for (name, value) in secrets {
+        if env.contains_key(name) {
+            return Err(SpecError::new(format!("secrets.{name}"), "is also in env; name each variable once"));
+        }
+        if value.len() > MAX_SECRET_BYTES || value.contains('\0') {
+            return Err(SpecError::new(format!("secrets.{name}"), format!("at most {MAX_SECRET_BYTES} bytes, no NUL")));
+        }
+    }
+    Ok(())
+}
+
+/// A document's secrets as a spec carries them before the node seals them.
+pub fn plain(secrets: BTreeMap<String, String>) -> Secrets {
+    secrets.into_iter().map(|(k, v)| (k, SecretValue::Plain(v))).collect()
+}
+
+/// The names with no values: what signatures cover and API answers show.
+pub fn redacted(secrets: &Secrets) -> Secrets {
+    secrets.keys().map(|k| (k.clone(), SecretValue::Redacted)).collect()
+}
+
+/// Whether every value is sealed (what the ledger accepts).
+pub fn all_sealed(secrets: &Secrets) -> bool {
+    secrets.values().all(|v| matches!(v, SecretValue::Sealed(_)))
+}
+
+impl SecretKey {
+    /// Seal every plain value of `owner`'s secrets in place, each with a nonce from `nonce`.
+    pub fn seal_all(&self, owner: &str, secrets: &mut Secrets, mut nonce: impl FnMut() -> [u8; 24]) {
+        for (name, value) in secrets.iter_mut() {
+            if let SecretValue::Plain(plain) = value {
+                *value = SecretValue::Sealed(self.seal(owner, name, plain, nonce()));
+            }
+        }
+    }
+
+    /// Every value of `owner`'s secrets, opened; an error names the first that does not open
+    /// (or is not sealed).
+    pub fn open_all(&self, owner: &str, secrets: &Secrets) -> Result<BTreeMap<String, String>, OpenError> {
+        secrets
+            .iter()
+            .map(|(name, value)| match value {
+                SecretValue::Sealed(sealed) => self.open(owner, name, sealed).map(|v| (name.clone(), v)),
+                _ => Err(OpenError { owner: owner.to_owned(), name: name.clone() }),
+            })
+            .collect()
     }
 }
 

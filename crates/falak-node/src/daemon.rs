@@ -190,6 +190,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         membership: membership.watch(),
         events: events_tx.clone(),
         stop: functions_stopping,
+        secrets: falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
     })
     .map_err(|e| DaemonError::Functions(e.to_string()))?;
     dyn_transport.serve(Protocol::Rpc, crate::api::rpc_handler(tasks_dir.clone(), functions.clone()));

@@ -30,6 +30,12 @@ impl State {
         if let Err(refused) = self.check_signature(crate::signing::SpecKind::Function, &spec.signed_form(), signature) {
             return reject(RejectCode::Forbidden, refused.to_string());
         }
+        if !crate::secret::all_sealed(&spec.secrets) {
+            return reject(
+                RejectCode::Invalid,
+                "a function's secrets must be sealed by the node before they are committed; nothing was stored",
+            );
+        }
         let current = self.data.functions.get(&spec.name);
         let same_content = |stored: &FunctionSpec| {
             let mut a = stored.clone();
@@ -343,6 +349,26 @@ mod tests {
         state
             .apply(&Command::ClaimInstance { function: "greet".into(), version, node: node(n), instance, now: 5 })
             .outcome
+    }
+
+    #[test]
+    fn a_functions_secrets_are_committed_only_sealed_and_signed_by_name() {
+        use crate::secret::{SecretKey, SecretValue};
+        let mut state = state_with_nodes();
+        let key = crate::signing::deployer_for_tests().0;
+        let mut plain = spec(2);
+        plain.secrets.insert("TOKEN".into(), SecretValue::Plain("hunter2".into()));
+        let out = state.apply(&Command::signed_function(plain.clone(), &key, 2)).outcome;
+        assert_eq!(out.rejection().map(|r| r.code), Some(RejectCode::Invalid), "{out:?}");
+        // Sealed by the node after the CLI signed the plain spec: the signature still holds.
+        let Command::DeployFunction { signature, .. } = Command::signed_function(plain.clone(), &key, 3) else {
+            unreachable!()
+        };
+        let mut sealed = plain;
+        SecretKey::from_mesh_secret(&[3; 32]).seal_all(&sealed.secrets_owner(), &mut sealed.secrets, || [1; 24]);
+        let out = state.apply(&Command::DeployFunction { spec: sealed, signature, now: 3 }).outcome;
+        assert!(matches!(out, Outcome::FunctionDeployed { .. }), "{out:?}");
+        assert!(!serde_json::to_string(&state.data).unwrap().contains("hunter2"));
     }
 
     #[test]

@@ -298,7 +298,8 @@ impl Deployment {
         std::fs::create_dir_all(&deployment_dir)
             .map_err(|e| format!("cannot create {}: {e}", deployment_dir.display()))?;
         let log = deployment_dir.join("log");
-        let spec = host_spec(&self.spec, bundle_dir, work_dir, log, &self.ctx.python, sandbox);
+        let env = self.ctx.instance_env(&self.spec)?;
+        let spec = host_spec(&self.spec, env, bundle_dir, work_dir, log, &self.ctx.python, sandbox);
         let prepared = falak_function::prepare(spec, &self.ctx.venv_dir())
             .await
             .map_err(|e| format!("preparing {} on node {}: {e}", self.spec.deployment(), self.ctx.node_name))?;
@@ -784,6 +785,7 @@ impl Deployment {
 
 fn host_spec(
     spec: &FunctionSpec,
+    env: std::collections::BTreeMap<String, String>,
     bundle_dir: std::path::PathBuf,
     work_dir: std::path::PathBuf,
     log_path: std::path::PathBuf,
@@ -796,7 +798,7 @@ fn host_spec(
         runtime: spec.runtime,
         handler: spec.handler.clone(),
         command: spec.command.clone(),
-        env: spec.env.clone(),
+        env,
         bundle_dir,
         log_path,
         work_dir,

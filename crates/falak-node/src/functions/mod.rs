@@ -87,6 +87,8 @@ pub(crate) struct HostContext {
     /// The last hop credential made, reused for a few seconds (signing each request would cost
     /// every proxied invocation a signature).
     hop: Mutex<Option<(u64, String)>>,
+    /// Seals functions' secrets on deploy and opens them for the instances this node starts.
+    secrets: falak_core::secret::SecretKey,
     pub ca_cert_pem: String,
     pub dir: PathBuf,
     groups_dir: PathBuf,
@@ -112,6 +114,15 @@ const NODE_ONLY: u32 = 0o700;
 impl HostContext {
     /// The node's own files of a deployment (its log), under `deployments/`, which only the
     /// node may enter: instances never open the log by name, they inherit it as stdout.
+    /// The environment of `spec`'s instances: `env` plus its secrets, opened here (only the
+    /// node that runs instances ever holds them in plain).
+    pub fn instance_env(&self, spec: &FunctionSpec) -> Result<BTreeMap<String, String>, String> {
+        let mut env = spec.env.clone();
+        let opened = self.secrets.open_all(&spec.secrets_owner(), &spec.secrets).map_err(|e| e.to_string())?;
+        env.extend(opened);
+        Ok(env)
+    }
+
     pub fn deployment_dir(&self, spec: &FunctionSpec) -> PathBuf {
         self.dir.join("deployments").join(format!("{}-{}", spec.name, spec.version))
     }
@@ -375,6 +386,7 @@ pub struct FunctionHostParts {
     pub membership: watch::Receiver<Arc<MembershipSnapshot>>,
     pub events: EventSender,
     pub stop: watch::Receiver<bool>,
+    pub secrets: falak_core::secret::SecretKey,
 }
 
 /// Why the function host could not start.
@@ -414,6 +426,7 @@ impl FunctionHost {
             metrics: Mutex::new(FunctionMetrics::new()),
             next_slot: AtomicU64::new(now_millis().saturating_mul(1000)),
             stop: parts.stop,
+            secrets: parts.secrets,
             sandbox: tokio::sync::OnceCell::new(),
         });
         Ok(Arc::new(FunctionHost {
@@ -814,7 +827,7 @@ impl FunctionHost {
         document: FunctionDocument,
         signature: Option<falak_core::signing::SpecSignature>,
     ) -> Result<FunctionDeployed, ApiError> {
-        let spec = document.validate(0)?;
+        let mut spec = document.validate(0)?;
         // Verified before anything is prepared.
         let checked = self.ctx.ledger.state().check_signature(
             falak_core::signing::SpecKind::Function,
@@ -824,6 +837,9 @@ impl FunctionHost {
         if let Err(refused) = checked {
             return Err(ApiError::new(falak_api::ErrorCode::Forbidden, refused.to_string()));
         }
+        // Secrets are sealed here, before the trial preparation or anything is written.
+        let owner = spec.secrets_owner();
+        self.ctx.secrets.seal_all(&owner, &mut spec.secrets, rand::random);
         if !self.ctx.store.contains(spec.artifact) {
             return Err(ApiError::invalid(format!(
                 "bundle {} is not stored on this node; upload it first with POST /api/v1/artifacts (falak fn deploy does)",

@@ -167,13 +167,37 @@ async fn secret_values_reach_the_task_and_appear_nowhere_else() {
     let result = c[0].job_result_text(job.id).await.unwrap();
     assert_eq!(result, format!("{reversed}\n{reversed}\n"), "the task saw the secret");
 
+    // A function with the same secret: its instances have it, reversed in the answer.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("README"), "the command does the work\n").unwrap();
+    let stored = c[0].store_artifact(falak_artifact::bundle::pack(src.path()).unwrap()).await.unwrap();
+    let mut doc = falak_core::function::FunctionDocument::parse(&format!(
+        "name: vault-fn\nkind: function\nruntime: exec\n\
+         command: [python3, -c, \"import os, sys; sys.stdout.write(os.environ['API_KEY'][::-1])\"]\n\
+         secrets: {{ API_KEY: {value} }}\n"
+    ))
+    .unwrap();
+    doc.artifact = Some(stored.id);
+    c[0].deploy_function(&doc).await.unwrap();
+    let answer = c[0]
+        .http()
+        .post(format!("{}/fn/vault-fn", c[0].base_url()))
+        .bearer_auth(&mesh.token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(answer.text().await.unwrap(), reversed, "the instance saw the secret");
+    let function = serde_json::to_string(&c[0].function("vault-fn").await.unwrap()).unwrap();
+
     // What the API shows, the events, and every file the nodes wrote (ledger, logs): no value.
     let shown = serde_json::to_string(&c[1].capsule("vault").await.unwrap()).unwrap();
     assert!(shown.contains("API_KEY") && shown.contains("redacted"), "{shown}");
     let events_url = format!("{}/api/v1/events?follow=false", c[0].base_url());
     let events = c[0].http().get(&events_url).bearer_auth(&mesh.token).send().await.unwrap().text().await.unwrap();
     let tasks = serde_json::to_string(&c[0].job_tasks(job.id).await.unwrap()).unwrap();
-    for (what, text) in [("capsule", &shown), ("events", &events), ("tasks", &tasks)] {
+    for (what, text) in [("capsule", &shown), ("events", &events), ("tasks", &tasks), ("function", &function)] {
         assert!(!text.contains(&value), "the secret is in the {what}: {text}");
     }
     mesh.stop().await;
