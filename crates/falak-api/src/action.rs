@@ -22,7 +22,7 @@ use crate::event::EventSubscription;
 use crate::function::FunctionAction;
 use crate::health::Readiness;
 use crate::job::JobInfo;
-use crate::join::{CreateJoinToken, CreatedJoinToken, JoinRequest, JoinResponse, RevokedNodeInfo};
+use crate::join::{CreateJoinToken, CreatedJoinToken, JoinRequest, JoinResponse, JoinTokenInfo, RevokedNodeInfo};
 use crate::node::NodeInfo;
 use crate::service::ServiceInfo;
 use crate::task::{DecisionInfo, LogStream, TaskInfo};
@@ -87,6 +87,10 @@ pub enum Action {
     Join { request: JoinRequest, reply: Reply<JoinResponse> },
     /// Make a join ticket, commit its record (hash only), answer with the whole join token once.
     CreateJoinToken { request: CreateJoinToken, reply: Reply<CreatedJoinToken> },
+    /// `JoinTokenInfo::new` for every join token the ledger keeps.
+    ListJoinTokens { reply: Reply<Vec<JoinTokenInfo>> },
+    /// Write `RevokeJoinTicket`; answer once committed.
+    RevokeJoinToken { id: TokenId, reply: Reply<JoinTokenInfo> },
     /// Write `RevokeNode` for the node with this id or name; answer once committed.
     RevokeNode { node: String, reply: Reply<RevokedNodeInfo> },
     /// Deploy, list, show, remove functions; their instances, logs and asynchronous invocations.
@@ -132,6 +136,8 @@ impl Action {
             Action::Subscribe { .. } => "subscribe",
             Action::Join { .. } => "join",
             Action::CreateJoinToken { .. } => "create_join_token",
+            Action::ListJoinTokens { .. } => "list_join_tokens",
+            Action::RevokeJoinToken { .. } => "revoke_join_token",
             Action::RevokeNode { .. } => "revoke_node",
             Action::Function(f) => f.name(),
             Action::CreateToken { .. } => "create_token",
@@ -173,6 +179,8 @@ impl Action {
             Action::Subscribe { reply } => send(reply, error),
             Action::Join { reply, .. } => send(reply, error),
             Action::CreateJoinToken { reply, .. } => send(reply, error),
+            Action::ListJoinTokens { reply } => send(reply, error),
+            Action::RevokeJoinToken { reply, .. } => send(reply, error),
             Action::RevokeNode { reply, .. } => send(reply, error),
             Action::Function(f) => f.fail(error),
             Action::CreateToken { reply, .. } => send(reply, error),
@@ -195,6 +203,7 @@ impl Action {
                 | Action::RemoveService { .. }
                 | Action::Join { .. }
                 | Action::CreateJoinToken { .. }
+                | Action::RevokeJoinToken { .. }
                 | Action::RevokeNode { .. }
                 | Action::CreateToken { .. }
                 | Action::RevokeToken { .. }

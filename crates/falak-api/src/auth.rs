@@ -71,6 +71,8 @@ pub const AUTHORIZATION: &[Grant] = &[
     grant("DELETE", "/api/v1/nodes/{node}", ADMIN),
     grant("POST", "/api/v1/join", Access::JoinTicket),
     grant("POST", "/api/v1/join-tokens", ADMIN),
+    grant("GET", "/api/v1/join-tokens", ADMIN),
+    grant("DELETE", "/api/v1/join-tokens/{id}", ADMIN),
     grant("POST", "/api/v1/capsules", DEPLOY),
     grant("GET", "/api/v1/capsules", READ),
     grant("GET", "/api/v1/capsules/{name}", READ),

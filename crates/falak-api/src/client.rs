@@ -329,6 +329,16 @@ impl Client {
         self.json(self.request(Method::POST, "/api/v1/join-tokens").json(request)).await
     }
 
+    /// The join tokens the ledger keeps (admin).
+    pub async fn join_tokens(&self) -> Result<Vec<crate::join::JoinTokenInfo>, ClientError> {
+        self.json(self.get("/api/v1/join-tokens")).await
+    }
+
+    /// Revoke a join token (admin).
+    pub async fn revoke_join_token(&self, id: TokenId) -> Result<crate::join::JoinTokenInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/v1/join-tokens/{id}"))).await
+    }
+
     /// Revoke a node, named by id or name (admin).
     pub async fn revoke_node(&self, node: &str) -> Result<crate::join::RevokedNodeInfo, ClientError> {
         self.json(self.request(Method::DELETE, &format!("/api/v1/nodes/{}", segment(node)))).await

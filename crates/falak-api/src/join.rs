@@ -1,5 +1,6 @@
-//! Admission: `POST /api/v1/join-tokens` (admin) makes a join token; `POST /api/v1/join` lets a
-//! new node in with one; `DELETE /api/v1/nodes/{node}` revokes a node.
+//! Admission: `POST /api/v1/join-tokens` (admin) makes a join token, `GET` lists them and
+//! `DELETE /api/v1/join-tokens/{id}` revokes one; `POST /api/v1/join` lets a new node in with
+//! one; `DELETE /api/v1/nodes/{node}` revokes a node.
 //!
 //! A join token (made by the node, see `falak-node`'s `mesh_files::JoinToken`) names a node
 //! that holds the mesh CA key, trusts the CA, and carries a **join ticket**: an id and a 256-bit
@@ -12,7 +13,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use falak_core::access::{MAX_TICKET_USES, TOKEN_PREFIX, Token, TokenId};
+use falak_core::access::{JoinTicketRecord, MAX_TICKET_USES, TOKEN_PREFIX, Token, TokenId};
 use falak_core::node::NodeRecord;
 use falak_core::{Millis, NodeId};
 use serde::{Deserialize, Serialize};
@@ -138,6 +139,44 @@ pub struct CreatedJoinToken {
     pub expires_at: Millis,
 }
 
+/// A join token as lists show it: never its secret or hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenInfo {
+    pub id: TokenId,
+    pub uses: u32,
+    /// The nodes it admitted.
+    pub joined: Vec<crate::node::NodeRef>,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub revoked_at: Option<Millis>,
+    /// `active`, `used` (all its uses taken), `expired` or `revoked`, at the answering node's
+    /// clock.
+    pub state: String,
+}
+
+impl JoinTokenInfo {
+    pub fn new(record: &JoinTicketRecord, state: &falak_core::ledger::State, now: Millis) -> JoinTokenInfo {
+        let status = if record.revoked_at.is_some() {
+            "revoked"
+        } else if now >= record.expires_at {
+            "expired"
+        } else if record.joined.len() >= record.uses as usize {
+            "used"
+        } else {
+            "active"
+        };
+        JoinTokenInfo {
+            id: record.id,
+            uses: record.uses,
+            joined: record.joined.iter().map(|id| crate::node::NodeRef::lookup(state, *id)).collect(),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            state: status.to_owned(),
+        }
+    }
+}
+
 /// The answer to revoking a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokedNodeInfo {
@@ -164,7 +203,19 @@ pub(crate) async fn create_token(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-/// `node` is a node id (64 hex) or a node name.
+pub(crate) async fn list_tokens(State(ctx): State<Ctx>) -> Result<Json<Vec<JoinTokenInfo>>, ApiError> {
+    ctx.ask(|reply| Action::ListJoinTokens { reply }).await.map(Json)
+}
+
+pub(crate) async fn revoke_token(
+    State(ctx): State<Ctx>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JoinTokenInfo>, ApiError> {
+    let id: TokenId = crate::routes::parse_id(&id)?;
+    ctx.ask(|reply| Action::RevokeJoinToken { id, reply }).await.map(Json)
+}
+
+/// `node` is a node name, its id (64 hex) or an id prefix of at least 8 characters.
 pub(crate) async fn revoke(
     State(ctx): State<Ctx>,
     ApiPath(node): ApiPath<String>,

@@ -186,6 +186,8 @@ fn table() -> Vec<Route> {
         )
         .body(&[JSON])
         .created(),
+        Route::new(M::GET, "/api/v1/join-tokens", "join tokens (never their secrets)", crate::join::list_tokens),
+        Route::new(M::DELETE, "/api/v1/join-tokens/{id}", "revoke a join token", crate::join::revoke_token),
         Route::new(M::POST, "/api/v1/capsules", "apply a capsule document (YAML or JSON)", capsule::apply)
             .body(SPEC_BODY)
             .created(),

@@ -330,6 +330,9 @@ pub struct JoinTicketRecord {
     pub uses: u32,
     /// The nodes it admitted, in order.
     pub joined: Vec<crate::NodeId>,
+    /// When an admin revoked it; a revoked ticket admits no one.
+    #[serde(default)]
+    pub revoked_at: Option<Millis>,
 }
 
 /// Why a join ticket is refused. Each says what to do.
@@ -343,18 +346,31 @@ pub enum TicketRefused {
         "the join token was already used by {uses} node(s), all it allows; ask an admin for a new one (`falak node admit --uses N`)"
     )]
     UsedUp { uses: u32 },
+    #[error("the join token was revoked; ask an admin for a new one (`falak node admit`)")]
+    Revoked,
 }
 
 impl JoinTicketRecord {
     /// The record of a new ticket `token` (its hash, never its secret).
     pub fn new(token: &Token, created_at: Millis, expires_at: Millis, uses: u32) -> JoinTicketRecord {
-        JoinTicketRecord { id: token.id, hash: token.hash(), created_at, expires_at, uses, joined: Vec::new() }
+        JoinTicketRecord {
+            id: token.id,
+            hash: token.hash(),
+            created_at,
+            expires_at,
+            uses,
+            joined: Vec::new(),
+            revoked_at: None,
+        }
     }
 
     /// Whether a ticket with `hash` may admit `node` at `now`.
     pub fn check(&self, hash: &TokenHash, node: &crate::NodeId, now: Millis) -> Result<(), TicketRefused> {
         if !self.hash.matches(hash) {
             return Err(TicketRefused::Unknown);
+        }
+        if self.revoked_at.is_some() {
+            return Err(TicketRefused::Revoked);
         }
         if now >= self.expires_at {
             return Err(TicketRefused::Expired);

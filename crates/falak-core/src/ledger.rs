@@ -187,6 +187,11 @@ pub enum Command {
         record: NodeRecord,
         now: Millis,
     },
+    /// Revoke a join ticket: it admits no one from now on.
+    RevokeJoinTicket {
+        id: TokenId,
+        now: Millis,
+    },
     /// Revoke a node for good: it goes OFFLINE (its tasks fail over, its instance slots are
     /// freed), leaves the node list, and is never admitted again under its key.
     RevokeNode {
@@ -258,6 +263,7 @@ pub enum Outcome {
     DeployerTrusted { id: DeployerId, unchanged: bool },
     DeployerRevoked { id: DeployerId },
     JoinTicketCreated { id: TokenId },
+    JoinTicketRevoked { id: TokenId },
     NodeRevoked { node: NodeId },
     Batch(Vec<Outcome>),
     Rejected(Rejection),
@@ -299,6 +305,7 @@ pub enum LedgerEvent {
     DeployerTrusted { id: DeployerId, name: String },
     DeployerRevoked { id: DeployerId, name: String },
     JoinTicketCreated { id: TokenId, uses: u32, expires_at: Millis },
+    JoinTicketRevoked { id: TokenId },
     NodeRevoked { node: NodeId, name: String },
 }
 

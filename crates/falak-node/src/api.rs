@@ -14,7 +14,7 @@ use falak_api::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
 use falak_api::deployer::DeployerInfo;
 use falak_api::health::Readiness;
 use falak_api::job::JobInfo;
-use falak_api::join::{CreatedJoinToken, RevokedNodeInfo};
+use falak_api::join::{CreatedJoinToken, JoinTokenInfo, RevokedNodeInfo};
 use falak_api::node::{NodeInfo, NodeLive};
 use falak_api::service::ServiceInfo;
 use falak_api::task::{DecisionInfo, LogStream, TaskInfo};
@@ -285,6 +285,17 @@ impl MainLoop {
                 let command = Command::CreateJoinTicket { record, now };
                 self.write_then(command, reply, move |_, _| {
                     Ok(CreatedJoinToken { join_token: token, id: ticket.id, uses, expires_at })
+                });
+            }
+            Action::ListJoinTokens { reply } => {
+                let (state, now) = (self.ledger.state(), now_millis());
+                let _ = reply.send(Ok(state.join_tickets().map(|t| JoinTokenInfo::new(t, &state, now)).collect()));
+            }
+            Action::RevokeJoinToken { id, reply } => {
+                let command = Command::RevokeJoinTicket { id, now: now_millis() };
+                self.write_then(command, reply, move |state, _| match state.join_ticket(&id) {
+                    Some(record) => Ok(JoinTokenInfo::new(record, state, now_millis())),
+                    None => Err(ApiError::not_found(format!("no join token {id}"))),
                 });
             }
             Action::RevokeNode { node, reply } => {

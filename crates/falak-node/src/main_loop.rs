@@ -536,6 +536,7 @@ pub fn event_kind(event: &LedgerEvent) -> &'static str {
         LedgerEvent::DeployerTrusted { .. } => "deployer_trusted",
         LedgerEvent::DeployerRevoked { .. } => "deployer_revoked",
         LedgerEvent::JoinTicketCreated { .. } => "join_token_created",
+        LedgerEvent::JoinTicketRevoked { .. } => "join_token_revoked",
         LedgerEvent::NodeRevoked { .. } => "node_revoked",
     }
 }

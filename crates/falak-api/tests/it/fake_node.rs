@@ -249,6 +249,8 @@ impl FakeNode {
             Action::Function(action) => action.fail(ApiError::unavailable("the fake node runs no functions")),
             action @ (Action::CreateToken { .. }
             | Action::CreateJoinToken { .. }
+            | Action::ListJoinTokens { .. }
+            | Action::RevokeJoinToken { .. }
             | Action::RevokeNode { .. }
             | Action::ListTokens { .. }
             | Action::RevokeToken { .. }

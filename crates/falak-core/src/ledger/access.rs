@@ -130,6 +130,10 @@ impl State {
         self.data.join_tickets.get(id)
     }
 
+    pub fn join_tickets(&self) -> impl Iterator<Item = &JoinTicketRecord> {
+        self.data.join_tickets.values()
+    }
+
     pub fn revoked_node(&self, id: &NodeId) -> Option<&RevokedNode> {
         self.data.revoked_nodes.get(id)
     }
@@ -153,8 +157,8 @@ impl State {
         if record.uses == 0 || record.uses > MAX_TICKET_USES {
             return reject(RejectCode::Invalid, format!("a join token admits 1 to {MAX_TICKET_USES} nodes"));
         }
-        if record.expires_at <= now || !record.joined.is_empty() {
-            return reject(RejectCode::Invalid, "a new join token must be unused and expire in the future");
+        if record.expires_at <= now || !record.joined.is_empty() || record.revoked_at.is_some() {
+            return reject(RejectCode::Invalid, "a new join token must be unused, unrevoked and expire in the future");
         }
         let clock = self.data.clock;
         self.data.join_tickets.retain(|_, t| t.expires_at > clock);
@@ -167,6 +171,20 @@ impl State {
         self.data.join_tickets.insert(record.id, record.clone());
         ev.push(LedgerEvent::JoinTicketCreated { id: record.id, uses: record.uses, expires_at: record.expires_at });
         Outcome::JoinTicketCreated { id: record.id }
+    }
+
+    pub(super) fn revoke_join_ticket(&mut self, id: TokenId, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        let Some(ticket) = self.data.join_tickets.get_mut(&id) else {
+            return reject(
+                RejectCode::NotFound,
+                format!("no join token {id} (expired ones are forgotten); `falak node tokens` lists them"),
+            );
+        };
+        if ticket.revoked_at.is_none() {
+            ticket.revoked_at = Some(now);
+            ev.push(LedgerEvent::JoinTicketRevoked { id });
+        }
+        Outcome::JoinTicketRevoked { id }
     }
 
     pub(super) fn join_node(
@@ -423,6 +441,15 @@ mod tests {
         state.apply(&Command::CreateJoinTicket { record: JoinTicketRecord::new(&bad, 200, 1_000, 1), now: 200 });
         assert!(state.join_ticket(&short.id).is_none(), "the expired ticket is dropped");
         assert!(state.join_ticket(&ticket.id).is_some());
+        // A revoked ticket admits no one.
+        let revoked = state.apply(&Command::RevokeJoinTicket { id: bad.id, now: 201 });
+        assert_eq!(revoked.events, vec![LedgerEvent::JoinTicketRevoked { id: bad.id }]);
+        refused(join(&mut state, &bad, 8, "h", 202), RejectCode::Forbidden, "was revoked");
+        refused(
+            state.apply(&Command::RevokeJoinTicket { id: short.id, now: 203 }).outcome,
+            RejectCode::NotFound,
+            "no join token",
+        );
     }
 
     #[test]

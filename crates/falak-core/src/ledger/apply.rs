@@ -71,6 +71,7 @@ impl State {
             Command::RevokeDeployer { id, now } => self.revoke_deployer(*id, *now, ev),
             Command::CreateJoinTicket { record, now } => self.create_join_ticket(record, *now, ev),
             Command::JoinNode { ticket, hash, record, now } => self.join_node(*ticket, hash, record, *now, ev),
+            Command::RevokeJoinTicket { id, now } => self.revoke_join_ticket(*id, *now, ev),
             Command::RevokeNode { node, now } => self.revoke_node(*node, *now, ev),
         }
     }
@@ -760,6 +761,7 @@ fn command_now(command: &Command) -> Option<Millis> {
         | Command::RevokeDeployer { now, .. }
         | Command::CreateJoinTicket { now, .. }
         | Command::JoinNode { now, .. }
+        | Command::RevokeJoinTicket { now, .. }
         | Command::RevokeNode { now, .. } => Some(*now),
     }
 }

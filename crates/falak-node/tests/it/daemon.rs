@@ -247,6 +247,21 @@ async fn a_node_joins_with_a_token_and_runs_work() {
     assert_eq!(mesh.clients[1].nodes().await.unwrap().len(), 4);
     // The token admitted one node, all it allows.
     refused(&good, "already used by 1 node(s)").await;
+    // A revoked token admits no one; the list shows each token's state and who joined.
+    let revoked = join_token(&mesh.clients[0], 5, 600).await;
+    let revoked_id = falak_node::mesh_files::JoinToken::decode(&revoked).unwrap().ticket[..16].parse().unwrap();
+    mesh.clients[1].revoke_join_token(revoked_id).await.unwrap();
+    refused(&revoked, "was revoked").await;
+    let listed = mesh.clients[2].join_tokens().await.unwrap();
+    let state_of = |ticket: &str| {
+        let id = &ticket[..16];
+        let t = listed.iter().find(|t| t.id.to_string() == id).unwrap();
+        (t.state.clone(), t.joined.iter().map(|n| n.name.clone()).collect::<Vec<_>>())
+    };
+    assert_eq!(state_of(&decoded.ticket), ("used".to_owned(), vec!["node-4".to_owned()]));
+    assert_eq!(state_of(&falak_node::mesh_files::JoinToken::decode(&revoked).unwrap().ticket).0, "revoked");
+    let short_id = falak_node::mesh_files::JoinToken::decode(&short).unwrap().ticket[..16].to_owned();
+    assert!(listed.iter().all(|t| t.id.to_string() != short_id), "expired tokens are forgotten as new ones come");
     // The joiner holds no CA key (nodes run without it), so it cannot admit others.
     assert!(!dir.path().join("node-4/ca.key").exists());
     let request = falak_api::join::CreateJoinToken::default();

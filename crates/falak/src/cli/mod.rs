@@ -317,6 +317,16 @@ mod tests {
             parse(&["node", "--name", "n9", "revoke", "x"]).is_err(),
             "daemon flags do not mix with admin commands"
         );
+        assert!(matches!(
+            parse(&["node", "tokens"]).unwrap().command,
+            Command::Node(node::NodeArgs { command: Some(node::NodeCommand::Tokens), .. })
+        ));
+        let cli = parse(&["node", "revoke-token", "0707070707070707"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(node::NodeArgs { command: Some(node::NodeCommand::RevokeToken { .. }), .. })
+        ));
+        assert!(parse(&["node", "revoke-token", "nope"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `falak node`: run one node daemon in the foreground; `falak node admit` and `falak node
-//! revoke` let nodes in and throw them out (admin).
+//! `falak node`: run one node daemon in the foreground; `falak node admit | tokens |
+//! revoke-token | revoke` let nodes in and throw them out (admin).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -66,6 +66,36 @@ pub enum NodeCommand {
         /// The node's name or id, as `falak nodes` shows it.
         node: String,
     },
+    /// List the join tokens the mesh keeps (never their secrets): uses, who joined, expiry.
+    Tokens,
+    /// Revoke a join token: it admits no one from now on.
+    RevokeToken {
+        /// The token's id, as `falak node tokens` shows it.
+        #[arg(value_parser = parse_ticket_id)]
+        id: falak_core::access::TokenId,
+    },
+}
+
+fn parse_ticket_id(text: &str) -> Result<falak_core::access::TokenId, String> {
+    text.parse()
+}
+
+/// The join tokens as a table.
+pub fn render_tokens(tokens: &[falak_api::join::JoinTokenInfo]) -> String {
+    use super::output::{Table, timestamp};
+    let mut table = Table::new(&["ID", "STATE", "USED", "CREATED", "EXPIRES", "JOINED"]);
+    for t in tokens {
+        let joined: Vec<&str> = t.joined.iter().map(|n| n.name.as_str()).collect();
+        table.row(vec![
+            t.id.to_string(),
+            t.state.clone(),
+            format!("{}/{}", t.joined.len(), t.uses),
+            timestamp(t.created_at),
+            timestamp(t.expires_at),
+            if joined.is_empty() { "-".to_owned() } else { joined.join(",") },
+        ]);
+    }
+    table.render()
 }
 
 /// `falak node admit | revoke`.
@@ -85,6 +115,22 @@ pub async fn admin(ctx: &super::Context, command: NodeCommand) -> anyhow::Result
                 created.uses,
                 super::output::timestamp(created.expires_at)
             );
+            Ok(())
+        }
+        NodeCommand::Tokens => {
+            let tokens = ctx.client.join_tokens().await?;
+            if ctx.json() {
+                return super::output::print_json(&tokens);
+            }
+            print!("{}", render_tokens(&tokens));
+            Ok(())
+        }
+        NodeCommand::RevokeToken { id } => {
+            let token = ctx.client.revoke_join_token(id).await.with_context(|| format!("cannot revoke {id}"))?;
+            if ctx.json() {
+                return super::output::print_json(&token);
+            }
+            println!("revoked join token {}: it admits no one from now on", token.id);
             Ok(())
         }
         NodeCommand::Revoke { node } => {
