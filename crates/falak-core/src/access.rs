@@ -255,10 +255,10 @@ pub const HOP_CREDENTIAL_WINDOW_MS: Millis = 60_000;
 
 /// What one node sends another's gateway when it forwards an invocation (the invoke proxy, an
 /// asynchronous invocation's attempt): the sending node, the time, and the sending node's
-/// Ed25519 signature of both under its node key (its id is the public key). Only the holder of
-/// an admitted node's key can make one, so a revoked node cannot speak for another even though
-/// it knows the mesh secret; the receiver also checks the node is admitted. The API's TLS keeps
-/// the credential from being read on the way.
+/// Ed25519 signature under its node key (its id is the public key) of both and of the receiving
+/// node's id. Only the holder of an admitted node's key can make one, and it is good only at the
+/// node it was made for, so a node that sees one cannot replay it elsewhere; the receiver also
+/// checks the sender is admitted. The API's TLS keeps it from being read on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HopCredential {
     pub node: crate::NodeId,
@@ -273,10 +273,11 @@ pub fn node_signature_valid(node: &crate::NodeId, message: &[u8], signature: &[u
 }
 
 impl HopCredential {
-    /// What the sending node signs.
-    pub fn message(node: &crate::NodeId, at: Millis) -> Vec<u8> {
-        let mut message = b"falak hop v2\0".to_vec();
+    /// What the sending `node` signs for `target`.
+    pub fn message(node: &crate::NodeId, target: &crate::NodeId, at: Millis) -> Vec<u8> {
+        let mut message = b"falak hop v3\0".to_vec();
         message.extend_from_slice(node.as_bytes());
+        message.extend_from_slice(target.as_bytes());
         message.extend_from_slice(&at.to_be_bytes());
         message
     }
@@ -292,17 +293,23 @@ impl HopCredential {
         format!("{}.{}.{}", self.node, self.at, hex::encode(self.signature))
     }
 
-    /// Parse and check at `now`; `None` for anything but a genuine, fresh one.
-    pub fn verify(text: &str, now: Millis) -> Option<HopCredential> {
+    /// Parse and check at node `me` at `now`; `None` for anything but a genuine, fresh one made
+    /// for `me`. `admitted` is asked before the signature is checked (it is the cheaper test).
+    pub fn verify(
+        text: &str,
+        me: &crate::NodeId,
+        now: Millis,
+        admitted: impl FnOnce(&crate::NodeId) -> bool,
+    ) -> Option<HopCredential> {
         let mut parts = text.trim().split('.');
         let node: crate::NodeId = parts.next()?.parse().ok()?;
         let at: Millis = parts.next()?.parse().ok()?;
         let mut signature = [0u8; 64];
         hex::decode_to_slice(parts.next()?, &mut signature).ok()?;
-        if parts.next().is_some() || now.abs_diff(at) > HOP_CREDENTIAL_WINDOW_MS {
+        if parts.next().is_some() || now.abs_diff(at) > HOP_CREDENTIAL_WINDOW_MS || !admitted(&node) {
             return None;
         }
-        node_signature_valid(&node, &HopCredential::message(&node, at), &signature).then_some(HopCredential {
+        node_signature_valid(&node, &HopCredential::message(&node, me, at), &signature).then_some(HopCredential {
             node,
             at,
             signature,
@@ -448,20 +455,26 @@ mod tests {
         use ring::signature::{Ed25519KeyPair, KeyPair};
         let key = Ed25519KeyPair::from_seed_unchecked(&[4u8; 32]).unwrap();
         let node = crate::NodeId(key.public_key().as_ref().try_into().unwrap());
-        let sign = |node: &crate::NodeId, at| -> [u8; 64] {
-            key.sign(&HopCredential::message(node, at)).as_ref().try_into().unwrap()
+        let me = crate::NodeId([7; 32]);
+        let sign = |node: &crate::NodeId, target: &crate::NodeId, at| -> [u8; 64] {
+            key.sign(&HopCredential::message(node, target, at)).as_ref().try_into().unwrap()
         };
-        let text = HopCredential::new(node, 100_000, sign(&node, 100_000)).encode();
-        assert_eq!(HopCredential::verify(&text, 130_000).map(|c| c.node), Some(node));
-        assert!(HopCredential::verify(&text, 161_000).is_none(), "too old");
-        assert!(HopCredential::verify(&text, 39_000).is_none(), "from the future");
-        // Speaking for another node with one's own key, or changing the time, fails.
-        let other = crate::NodeId([9; 32]);
-        let forged = HopCredential::new(other, 100_000, sign(&other, 100_000)).encode();
-        assert!(HopCredential::verify(&forged, 100_000).is_none(), "another node's name");
+        let any = |_: &crate::NodeId| true;
+        let text = HopCredential::new(node, 100_000, sign(&node, &me, 100_000)).encode();
+        assert_eq!(HopCredential::verify(&text, &me, 130_000, any).map(|c| c.node), Some(node));
+        assert!(HopCredential::verify(&text, &me, 161_000, any).is_none(), "too old");
+        assert!(HopCredential::verify(&text, &me, 39_000, any).is_none(), "from the future");
+        assert!(HopCredential::verify(&text, &me, 100_000, |n| *n != node).is_none(), "not admitted");
+        // Made for another node: not good here.
+        assert!(HopCredential::verify(&text, &crate::NodeId([8; 32]), 100_000, any).is_none(), "another target");
+        // Speaking for another (real) node with one's own key, or changing the time, fails.
+        let other_key = Ed25519KeyPair::from_seed_unchecked(&[5u8; 32]).unwrap();
+        let other = crate::NodeId(other_key.public_key().as_ref().try_into().unwrap());
+        let forged = HopCredential::new(other, 100_000, sign(&other, &me, 100_000)).encode();
+        assert!(HopCredential::verify(&forged, &me, 100_000, any).is_none(), "another node's name");
         let later = text.replacen(".100000.", ".100001.", 1);
-        assert!(HopCredential::verify(&later, 100_000).is_none(), "a changed time");
-        assert!(HopCredential::verify("x.y.z", 0).is_none());
+        assert!(HopCredential::verify(&later, &me, 100_000, any).is_none(), "a changed time");
+        assert!(HopCredential::verify("x.y.z", &me, 0, any).is_none());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct NodeAuthenticator {
     /// The nodes the transport admits: a hop credential (signed by the sending node's key)
     /// counts only from one of them, so a revoked node cannot forward invocations.
     admitted: Arc<RwLock<BTreeSet<NodeId>>>,
+    /// This node: a hop credential is good only at the node it was made for.
+    me: NodeId,
 }
 
 impl Authenticator for NodeAuthenticator {
@@ -43,10 +45,9 @@ impl Authenticator for NodeAuthenticator {
     }
 
     fn authenticate_hop(&self, credential: &str) -> Option<Principal> {
-        let hop = HopCredential::verify(credential, now_millis())?;
-        if !self.admitted.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&hop.node) {
-            return None;
-        }
+        let admitted =
+            |node: &NodeId| self.admitted.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(node);
+        let hop = HopCredential::verify(credential, &self.me, now_millis(), admitted)?;
         let mut id = [0u8; 8];
         id.copy_from_slice(&hop.node.as_bytes()[..8]);
         Some(Principal { token: TokenId(id), role: Role::Invoke, rate_limit: None, hop: true })
@@ -67,13 +68,14 @@ fn table(state: &State, bootstrap: &[TokenRecord]) -> TokenTable {
 pub fn start(
     ledger: &Ledger,
     bootstrap: Vec<TokenRecord>,
+    me: NodeId,
     admitted: Arc<RwLock<BTreeSet<NodeId>>>,
     mut stop: watch::Receiver<bool>,
 ) -> Arc<NodeAuthenticator> {
     // Subscribe before reading the state, so no commit falls between the two.
     let mut committed = ledger.subscribe();
     let tokens = TableAuthenticator::new(table(&ledger.state(), &bootstrap), now_millis as fn() -> Millis);
-    let auth = Arc::new(NodeAuthenticator { tokens, admitted });
+    let auth = Arc::new(NodeAuthenticator { tokens, admitted, me });
     let (ledger, kept) = (ledger.clone(), auth.clone());
     tokio::spawn(async move {
         loop {

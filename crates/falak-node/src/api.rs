@@ -38,6 +38,23 @@ use crate::main_loop::MainLoop;
 use crate::metrics::gauge_family;
 use crate::runner::Runner;
 
+/// The node `text` names among `known` (id, name): a whole id, a name, or an id prefix of at
+/// least 8 hex characters (what `falak nodes` shows) that only one node has.
+fn resolve_node(text: &str, known: &[(NodeId, String)]) -> Option<NodeId> {
+    if let Ok(id) = text.parse::<NodeId>() {
+        return Some(id);
+    }
+    if let Some((id, _)) = known.iter().find(|(_, name)| name == text) {
+        return Some(*id);
+    }
+    let prefix = text.to_ascii_lowercase();
+    let mut matching = known.iter().filter(|(id, _)| prefix.len() >= 8 && id.to_string().starts_with(&prefix));
+    match (matching.next(), matching.next()) {
+        (Some((id, _)), None) => Some(*id),
+        _ => None,
+    }
+}
+
 /// Why a node without the mesh CA key cannot admit nodes.
 fn no_ca_key() -> ApiError {
     ApiError::invalid(
@@ -301,13 +318,12 @@ impl MainLoop {
             Action::RevokeNode { node, reply } => {
                 let id = {
                     let state = self.ledger.state();
-                    node.parse::<NodeId>().ok().or_else(|| {
-                        state
-                            .nodes()
-                            .find(|n| n.record.name == node)
-                            .map(|n| n.record.id)
-                            .or_else(|| state.revoked_nodes().find(|(_, r)| r.name == node).map(|(id, _)| *id))
-                    })
+                    let known: Vec<(NodeId, String)> = state
+                        .nodes()
+                        .map(|n| (n.record.id, n.record.name.clone()))
+                        .chain(state.revoked_nodes().map(|(id, r)| (*id, r.name.clone())))
+                        .collect();
+                    resolve_node(&node, &known)
                 };
                 let Some(id) = id else {
                     let _ = reply.send(Err(ApiError::not_found(format!(

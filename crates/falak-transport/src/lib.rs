@@ -126,8 +126,8 @@ impl Admission for AdmitAll {
     }
 }
 
-/// A shared set of admitted node ids, for every protocol. A poisoned lock still answers: the set
-/// is only ever replaced or extended, so its last written value is consistent.
+/// A shared set of admitted node ids, for every protocol. A poisoned lock still answers: every
+/// write is a single insert, remove or extend, so its last written value is consistent.
 impl Admission for RwLock<BTreeSet<NodeId>> {
     fn admits(&self, node: &NodeId, _protocol: Protocol) -> bool {
         self.read().unwrap_or_else(PoisonError::into_inner).contains(node)

@@ -160,8 +160,7 @@ impl State {
         if record.expires_at <= now || !record.joined.is_empty() || record.revoked_at.is_some() {
             return reject(RejectCode::Invalid, "a new join token must be unused, unrevoked and expire in the future");
         }
-        let clock = self.data.clock;
-        self.data.join_tickets.retain(|_, t| t.expires_at > clock);
+        self.data.join_tickets.retain(|_, t| t.expires_at > now);
         if self.data.join_tickets.len() >= MAX_JOIN_TICKETS {
             return reject(
                 RejectCode::Invalid,
@@ -198,9 +197,10 @@ impl State {
         let Some(entry) = self.data.join_tickets.get(&ticket) else {
             return reject(RejectCode::Forbidden, crate::access::TicketRefused::Unknown.to_string());
         };
-        // The ledger's clock (the latest `now` committed), so a proposer whose clock lags cannot
-        // use an expired ticket.
-        if let Err(refused) = entry.check(hash, &record.id, self.data.clock) {
+        // The proposer's `now` (the node holding the CA key, which checked the ticket at that
+        // same moment), not the ledger's clock: one node with a clock far ahead must not expire
+        // every ticket of the mesh.
+        if let Err(refused) = entry.check(hash, &record.id, now) {
             return reject(RejectCode::Forbidden, refused.to_string());
         }
         let repeat = entry.joined.contains(&record.id);

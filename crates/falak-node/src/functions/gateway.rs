@@ -150,7 +150,7 @@ impl NodeGateway {
         for (_, node, url) in warm {
             let mut route = Stages::default();
             route.push("route", t.elapsed());
-            match self.proxy(&url, &spec, &parts, body.clone(), false, route).await {
+            match self.proxy((node, &url), &spec, &parts, body.clone(), false, route).await {
                 Ok(response) if response.status() == http::StatusCode::TOO_MANY_REQUESTS => busy = Some(response),
                 Ok(response) => return response,
                 Err(ProxyError::Unreachable) => self.avoid(node),
@@ -169,7 +169,7 @@ impl NodeGateway {
                 let request = Request::from_parts(parts, Body::from(body));
                 return d.serve(to_host_request(request), !at_limit, route).await;
             }
-            match self.proxy(&url, &spec, &parts, body.clone(), !at_limit, route).await {
+            match self.proxy((node, &url), &spec, &parts, body.clone(), !at_limit, route).await {
                 Ok(response) => return response,
                 Err(ProxyError::Unreachable) => self.avoid(node),
                 Err(ProxyError::Failed(response)) => return response,
@@ -240,10 +240,11 @@ impl NodeGateway {
         scored.into_iter().map(|(_, id, url)| (id, url)).collect()
     }
 
-    /// Send the request to a peer's gateway; an error means it could not be reached.
+    /// Send the request to a peer's gateway (its id and committed API URL); an error means it
+    /// could not be reached.
     async fn proxy(
         &self,
-        api_url: &str,
+        (node, api_url): (NodeId, &str),
         spec: &FunctionSpec,
         parts: &http::request::Parts,
         body: bytes::Bytes,
@@ -257,8 +258,10 @@ impl NodeGateway {
         let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
         // The caller was authorized here; the peer trusts this node's credential instead, and
         // the caller's Falak token goes no further.
-        let mut builder =
-            self.http.request(method, &url).header(falak_api::auth::HOP_HEADER_AUTH, self.host.ctx().hop_credential());
+        let mut builder = self
+            .http
+            .request(method, &url)
+            .header(falak_api::auth::HOP_HEADER_AUTH, self.host.ctx().hop_credential(node));
         for (key, value) in &parts.headers {
             // The caller's credentials were taken out on entry; its `falak-hop` never travels.
             if key == header::HOST || key == header::CONTENT_LENGTH || key == header::CONNECTION || key == HOP_HEADER {

@@ -160,7 +160,7 @@ async fn invoke_once(
     let client = falak_api::client::http_client(Some(&host.ctx().ca_cert_pem)).map_err(|e| e.to_string())?;
     let mut builder = client
         .request(method, &url)
-        .header(falak_api::auth::HOP_HEADER_AUTH, host.ctx().hop_credential())
+        .header(falak_api::auth::HOP_HEADER_AUTH, host.ctx().hop_credential(host.ctx().id))
         .timeout(Duration::from_millis(timeout_ms.saturating_add(30_000)));
     for (k, v) in &request.headers {
         builder = builder.header(k.as_str(), v.as_str());

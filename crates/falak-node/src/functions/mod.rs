@@ -84,9 +84,9 @@ pub(crate) struct HostContext {
     pub api_url: String,
     /// This node's key: it signs the credential forwarded invocations carry.
     node_key: falak_transport::NodeKey,
-    /// The last hop credential made, reused for a few seconds (signing each request would cost
-    /// every proxied invocation a signature).
-    hop: Mutex<Option<(u64, String)>>,
+    /// The last hop credential made for each target, reused for a few seconds (signing each
+    /// request would cost every proxied invocation a signature).
+    hop: Mutex<BTreeMap<NodeId, (u64, String)>>,
     /// Seals functions' secrets on deploy and opens them for the instances this node starts.
     secrets: falak_core::secret::SecretKey,
     pub ca_cert_pem: String,
@@ -112,8 +112,6 @@ const PASSABLE: u32 = 0o711;
 const NODE_ONLY: u32 = 0o700;
 
 impl HostContext {
-    /// The node's own files of a deployment (its log), under `deployments/`, which only the
-    /// node may enter: instances never open the log by name, they inherit it as stdout.
     /// The environment of `spec`'s instances: `env` plus its secrets, opened here (only the
     /// node that runs instances ever holds them in plain).
     pub fn instance_env(&self, spec: &FunctionSpec) -> Result<BTreeMap<String, String>, String> {
@@ -123,6 +121,8 @@ impl HostContext {
         Ok(env)
     }
 
+    /// The node's own files of a deployment (its log), under `deployments/`, which only the
+    /// node may enter: instances never open the log by name, they inherit it as stdout.
     pub fn deployment_dir(&self, spec: &FunctionSpec) -> PathBuf {
         self.dir.join("deployments").join(format!("{}-{}", spec.name, spec.version))
     }
@@ -151,19 +151,20 @@ impl HostContext {
         }
     }
 
-    /// The `falak-hop-auth` value for a request this node forwards to a gateway now.
-    pub fn hop_credential(&self) -> String {
+    /// The `falak-hop-auth` value for a request this node forwards to `target`'s gateway now.
+    pub fn hop_credential(&self, target: NodeId) -> String {
         const REUSE_MS: u64 = 5_000;
         let now = now_millis();
-        let mut last = self.hop.lock().expect("hop lock");
-        if let Some((at, text)) = last.as_ref()
-            && now.saturating_sub(*at) < REUSE_MS
+        let mut made = self.hop.lock().expect("hop lock");
+        if let Some((at, text)) = made.get(&target)
+            && *at <= now
+            && now - *at < REUSE_MS
         {
             return text.clone();
         }
-        let message = falak_core::access::HopCredential::message(&self.id, now);
+        let message = falak_core::access::HopCredential::message(&self.id, &target, now);
         let text = falak_core::access::HopCredential::new(self.id, now, self.node_key.sign(&message)).encode();
-        *last = Some((now, text.clone()));
+        made.insert(target, (now, text.clone()));
         text
     }
 
@@ -412,7 +413,7 @@ impl FunctionHost {
             node_name: parts.node_name,
             api_url: parts.api_url,
             node_key: parts.node_key,
-            hop: Mutex::new(None),
+            hop: Mutex::new(BTreeMap::new()),
             ca_cert_pem: parts.ca_cert_pem,
             dir,
             groups_dir: parts.data_dir.join("groups"),

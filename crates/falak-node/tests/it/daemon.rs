@@ -443,3 +443,40 @@ async fn a_revoked_node_is_cut_off_and_its_tasks_fail_over() {
     assert!(ran.iter().all(|t| t.node.as_ref().is_some_and(|n| n.name != "node-3")), "{ran:?}");
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_one_of_two_nodes_leaves_a_working_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = InProcessMesh::start(dir.path(), 2).await;
+    let node2 = mesh.clients[0].nodes().await.unwrap().into_iter().find(|n| n.name == "node-2").unwrap();
+    // Named by the short id `falak nodes` shows.
+    let revoked = mesh.clients[0].revoke_node(&node2.id.short()).await.unwrap();
+    assert_eq!(revoked.name, "node-2");
+    // The last node cannot be revoked.
+    let error = mesh.clients[0].revoke_node("node-1").await.unwrap_err().to_string();
+    assert!(error.contains("last node"), "{error}");
+    // node-1 alone still commits: the voter change that removed node-2 went through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied = mesh.clients[0].apply_capsule_text(CAPSULE).await;
+        if applied.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node-1 cannot commit alone: {applied:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let job = mesh.clients[0]
+        .submit_job(&JobSubmission { capsule: "hello".into(), tasks: Some(2), ..JobSubmission::default() })
+        .await
+        .unwrap();
+    let mut info = job.clone();
+    for _ in 0..300 {
+        info = mesh.clients[0].job(job.id).await.unwrap();
+        if info.state != JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(info.state, JobState::Completed, "{info:?}");
+    mesh.stop().await;
+}

@@ -194,15 +194,16 @@ impl QuicTransport {
         self.recheck_admission();
     }
 
-    /// Close connections, incoming and outgoing, whose peer the policy no longer admits (call
-    /// after a node is revoked). Requests are checked one by one anyway, both ways; this only
-    /// ends open connections early.
+    /// Close connections, incoming and outgoing (but the ledger's outgoing ones, see
+    /// `Inner::request`), whose peer the policy no longer admits (call after a node is revoked).
+    /// Requests are checked one by one anyway, both ways; this only ends open connections early.
     pub fn recheck_admission(&self) {
         self.inner.shared.close_unadmitted();
         let slots: Vec<_> =
             lock(&self.inner.outgoing).iter().map(|((peer, p), slot)| (*peer, *p, slot.clone())).collect();
         for (peer, protocol, slot) in slots {
-            if !self.inner.shared.admits(&peer, protocol)
+            if protocol != Protocol::Ledger
+                && !self.inner.shared.admits(&peer, protocol)
                 && let Ok(mut guard) = slot.try_lock()
                 && let Some(conn) = guard.take()
             {
@@ -300,8 +301,11 @@ impl Inner {
             return Err(TransportError::Closed);
         }
         // Both ways: a node this one does not admit (never admitted, or revoked) is not sent
-        // requests either, so a revoked node gets no more work or replication from here.
-        if !self.shared.admits(&to, protocol) {
+        // requests either, so a revoked node gets no more work from here. Except the ledger's:
+        // raft's own membership decides whom it replicates to, and a revoked voter must still
+        // count until the membership change that removes it commits, or a small mesh could be
+        // left without a quorum.
+        if protocol != Protocol::Ledger && !self.shared.admits(&to, protocol) {
             return Err(TransportError::Refused {
                 node: to.short(),
                 reason: format!("this node does not admit {} for {protocol} (not admitted, or revoked)", to.short()),

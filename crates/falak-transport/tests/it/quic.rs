@@ -167,13 +167,16 @@ async fn a_node_that_is_not_admitted_is_not_sent_requests_either() {
     let b = node(&ca);
     a.knows(&b);
     admitted.write().unwrap().insert(b.id());
-    assert!(a.ask(&b, Protocol::Ledger, "append").await.is_ok());
+    assert!(a.ask(&b, Protocol::Rpc, "logs").await.is_ok());
     // Revoked: A refuses to send it anything, on the open connection or a new one.
     admitted.write().unwrap().remove(&b.id());
     a.transport.recheck_admission();
-    let reason = assert_refused(a.ask(&b, Protocol::Ledger, "append").await);
+    let reason = assert_refused(a.ask(&b, Protocol::Rpc, "logs").await);
     assert!(reason.contains("does not admit"), "{reason}");
     assert_eq!(b.calls.load(Ordering::SeqCst), 1, "B saw only the first request");
+    // Except the ledger: raft membership decides whom it replicates to (a revoked voter must
+    // still count until the change that removes it commits).
+    assert!(a.ask(&b, Protocol::Ledger, "append").await.is_ok());
 }
 
 #[tokio::test]
