@@ -22,6 +22,9 @@ struct Slot {
     stop_requested: AtomicBool,
 }
 
+/// How many attempts one node starts at the same time; the rest wait their turn.
+pub const MAX_CONCURRENT_STARTS: usize = 16;
+
 /// The task attempts this node has started, by task.
 pub struct Runner {
     executor: Arc<dyn Executor>,
@@ -31,6 +34,10 @@ pub struct Runner {
     run_as: Option<RunAs>,
     /// Opens the capsules' sealed secrets.
     secrets: SecretKey,
+    /// Attempts being started at once (workdir, cgroups, Landlock, spawn), at most
+    /// [`MAX_CONCURRENT_STARTS`]: a burst of thousands of claims must not tie up every blocking
+    /// thread and CPU with sandbox setup while the node's membership and ledger need to answer.
+    starts: Arc<tokio::sync::Semaphore>,
     slots: BTreeMap<TaskId, Arc<Slot>>,
 }
 
@@ -42,7 +49,8 @@ impl Runner {
         run_as: Option<RunAs>,
         secrets: SecretKey,
     ) -> Runner {
-        Runner { executor, tasks_dir, groups_dir, run_as, secrets, slots: BTreeMap::new() }
+        let starts = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS));
+        Runner { executor, tasks_dir, groups_dir, run_as, secrets, starts, slots: BTreeMap::new() }
     }
 
     pub fn executor(&self) -> &Arc<dyn Executor> {
@@ -105,8 +113,12 @@ impl Runner {
         let (task, fencing) = (launch.task, launch.fencing);
         let groups_dir = self.groups_dir.clone();
         let group_name = format!("{task}.a{}", launch.attempt);
+        let starts = self.starts.clone();
         tokio::spawn(async move {
-            match executor.start(spec).await {
+            let permit = starts.acquire_owned().await.expect("the start semaphore is never closed");
+            let started = executor.start(spec).await;
+            drop(permit);
+            match started {
                 Ok(handle) => {
                     if let Some(pid) = handle.pid() {
                         crate::orphans::record(&groups_dir, &group_name, pid);
