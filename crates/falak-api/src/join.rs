@@ -111,13 +111,7 @@ pub struct CreateJoinToken {
 
 impl CreateJoinToken {
     pub fn validate(&self) -> Result<(), ApiError> {
-        match self.ttl_seconds {
-            Some(0) => return Err(ApiError::invalid("ttl_seconds: must be at least 1")),
-            Some(t) if t > MAX_JOIN_TTL_SECONDS => {
-                return Err(ApiError::invalid(format!("ttl_seconds: at most {MAX_JOIN_TTL_SECONDS} (thirty days)")));
-            }
-            _ => {}
-        }
+        crate::token::check_ttl(self.ttl_seconds, MAX_JOIN_TTL_SECONDS, "thirty days")?;
         match self.uses {
             Some(u) if u == 0 || u > MAX_TICKET_USES => {
                 Err(ApiError::invalid(format!("uses: a join token admits 1 to {MAX_TICKET_USES} nodes")))

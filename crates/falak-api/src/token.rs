@@ -39,13 +39,16 @@ impl CreateToken {
         if self.name.trim().is_empty() || self.name.len() > MAX_TOKEN_NAME || self.name.chars().any(char::is_control) {
             return Err(ApiError::invalid(format!("name: must be 1 to {MAX_TOKEN_NAME} printable characters")));
         }
-        match self.ttl_seconds {
-            Some(0) => Err(ApiError::invalid("ttl_seconds: must be at least 1")),
-            Some(t) if t > MAX_TOKEN_TTL_SECONDS => {
-                Err(ApiError::invalid(format!("ttl_seconds: at most {MAX_TOKEN_TTL_SECONDS} (ten years)")))
-            }
-            _ => Ok(()),
-        }
+        check_ttl(self.ttl_seconds, MAX_TOKEN_TTL_SECONDS, "ten years")
+    }
+}
+
+/// A request's `ttl_seconds`: absent, or 1 to `max` (`max_words` says it for people).
+pub(crate) fn check_ttl(ttl_seconds: Option<u64>, max: u64, max_words: &str) -> Result<(), ApiError> {
+    match ttl_seconds {
+        Some(0) => Err(ApiError::invalid("ttl_seconds: must be at least 1")),
+        Some(t) if t > max => Err(ApiError::invalid(format!("ttl_seconds: at most {max} ({max_words})"))),
+        _ => Ok(()),
     }
 }
 

@@ -315,11 +315,6 @@ impl FunctionSpec {
         FunctionSpec { version: 0, secrets: crate::secret::redacted(&self.secrets), ..self.clone() }
     }
 
-    /// The spec as API answers show it: secret values replaced by `Redacted`.
-    pub fn redacted(&self) -> FunctionSpec {
-        FunctionSpec { secrets: crate::secret::redacted(&self.secrets), ..self.clone() }
-    }
-
     /// Who its secrets are sealed for: `function/NAME` (capsules use their bare name), so a
     /// sealed value cannot be moved between a capsule and a function of the same name.
     pub fn secrets_owner(&self) -> String {

@@ -102,11 +102,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // written are neither admitted nor contacted, from before the ledger serves anyone.
     let contacts: Vec<_> = {
         let state = ledger.state();
-        let mut admitted = admitted.write().expect("admitted lock");
-        admitted.extend(state.nodes().map(|n| n.record.id));
-        for (revoked, _) in state.revoked_nodes() {
-            admitted.remove(revoked);
-        }
+        crate::main_loop::admit_ledger_nodes(&state, &admitted);
         if state.revoked_node(&id).is_some() {
             tracing::error!(
                 "this node was revoked from the mesh; the other nodes refuse it: empty its data dir and join with a new join token"

@@ -336,16 +336,11 @@ impl MainLoop {
     }
 
     fn refresh_admitted(&mut self) {
-        let ids: Vec<(NodeId, String)> =
-            self.ledger.state().nodes().map(|n| (n.record.id, n.record.transport_addr.clone())).collect();
-        {
+        let ids: Vec<(NodeId, String)> = {
             let state = self.ledger.state();
-            let mut admitted = self.admitted.write().expect("admitted lock");
-            admitted.extend(ids.iter().map(|(id, _)| *id));
-            for (revoked, _) in state.revoked_nodes() {
-                admitted.remove(revoked);
-            }
-        }
+            admit_ledger_nodes(&state, &self.admitted);
+            state.nodes().map(|n| (n.record.id, n.record.transport_addr.clone())).collect()
+        };
         for (id, addr) in ids {
             if let Ok(addr) = addr.parse() {
                 self.transport.set_peer_addr(id, addr);
@@ -507,6 +502,16 @@ impl MainLoop {
                 let _ = tx.send(Event::Proposal { kind, result, proposed_at });
             })),
         );
+    }
+}
+
+/// Add the nodes the ledger lists to the transport's admitted set and take out the revoked ones
+/// (which bootstrap contacts may still name).
+pub(crate) fn admit_ledger_nodes(state: &falak_core::ledger::State, admitted: &RwLock<BTreeSet<NodeId>>) {
+    let mut admitted = admitted.write().expect("admitted lock");
+    admitted.extend(state.nodes().map(|n| n.record.id));
+    for (revoked, _) in state.revoked_nodes() {
+        admitted.remove(revoked);
     }
 }
 

@@ -124,6 +124,19 @@ pub async fn tls_connect(addr: &str, ca: &str) -> tokio_rustls::client::TlsStrea
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap()
 }
 
+/// The job once it is no longer running, or as it is after 30 s.
+pub async fn job_end(client: &Client, job: falak_core::job::JobId) -> falak_api::job::JobInfo {
+    let mut info = client.job(job).await.unwrap();
+    for _ in 0..300 {
+        if info.state != JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info = client.job(job).await.unwrap();
+    }
+    info
+}
+
 pub async fn wait_ready(client: &Client) {
     for _ in 0..300 {
         if client.ready().await.is_ok_and(|r| r.ready) {
@@ -144,14 +157,7 @@ async fn three_daemons_run_a_job_through_any_node() {
         .submit_job(&JobSubmission { capsule: "hello".into(), tasks: Some(30), ..JobSubmission::default() })
         .await
         .unwrap();
-    let mut info = job.clone();
-    for _ in 0..300 {
-        info = c[0].job(job.id).await.unwrap();
-        if info.state != JobState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = job_end(&c[0], job.id).await;
     assert_eq!(info.state, JobState::Completed, "{info:?}");
     let text = c[1].job_result_text(job.id).await.unwrap();
     assert!(text.starts_with("task 0 of 30\ntask 1 of 30\n"), "{text}");
@@ -275,14 +281,7 @@ async fn a_node_joins_with_a_token_and_runs_work() {
         .submit_job(&JobSubmission { capsule: "pinned".into(), tasks: Some(4), ..JobSubmission::default() })
         .await
         .unwrap();
-    let mut info = job.clone();
-    for _ in 0..300 {
-        info = mesh.clients[0].job(job.id).await.unwrap();
-        if info.state != JobState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = job_end(&mesh.clients[0], job.id).await;
     assert_eq!(info.state, JobState::Completed, "{info:?}");
     let tasks = mesh.clients[0].job_tasks(job.id).await.unwrap();
     assert!(tasks.iter().all(|t| t.node.as_ref().is_some_and(|n| n.name == "node-4")), "{tasks:?}");
@@ -430,14 +429,7 @@ async fn a_revoked_node_is_cut_off_and_its_tasks_fail_over() {
         .submit_job(&JobSubmission { capsule: "hello".into(), tasks: Some(4), ..JobSubmission::default() })
         .await
         .unwrap();
-    let mut info = quick.clone();
-    for _ in 0..300 {
-        info = mesh.clients[0].job(quick.id).await.unwrap();
-        if info.state != JobState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = job_end(&mesh.clients[0], quick.id).await;
     assert_eq!(info.state, JobState::Completed, "{info:?}");
     let ran = mesh.clients[0].job_tasks(quick.id).await.unwrap();
     assert!(ran.iter().all(|t| t.node.as_ref().is_some_and(|n| n.name != "node-3")), "{ran:?}");
@@ -469,14 +461,7 @@ async fn revoking_one_of_two_nodes_leaves_a_working_ledger() {
         .submit_job(&JobSubmission { capsule: "hello".into(), tasks: Some(2), ..JobSubmission::default() })
         .await
         .unwrap();
-    let mut info = job.clone();
-    for _ in 0..300 {
-        info = mesh.clients[0].job(job.id).await.unwrap();
-        if info.state != JobState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = job_end(&mesh.clients[0], job.id).await;
     assert_eq!(info.state, JobState::Completed, "{info:?}");
     mesh.stop().await;
 }

@@ -71,13 +71,8 @@ pub enum NodeCommand {
     /// Revoke a join token: it admits no one from now on.
     RevokeToken {
         /// The token's id, as `falak node tokens` shows it.
-        #[arg(value_parser = parse_ticket_id)]
         id: falak_core::access::TokenId,
     },
-}
-
-fn parse_ticket_id(text: &str) -> Result<falak_core::access::TokenId, String> {
-    text.parse()
 }
 
 /// The join tokens as a table.
