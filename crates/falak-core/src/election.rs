@@ -33,6 +33,12 @@ pub struct ElectionConfig {
     /// rejected or given up). Backpressure: a large job is claimed at the pace the ledger
     /// commits, instead of flooding the log with claims that will time out and be retried.
     pub max_claims_in_flight: usize,
+    /// At most this many tasks may be claimed by this node and not yet started (committed
+    /// claims still ASSIGNED, plus claims in flight). Admission control: a node claims no
+    /// faster than it starts, so a job larger than the node can start at once is not taken
+    /// whole by the first node to see it, leases are not lost while attempts queue for a
+    /// start, and other nodes get the rest after their stagger.
+    pub max_unstarted: usize,
 }
 
 impl Default for ElectionConfig {
@@ -44,6 +50,7 @@ impl Default for ElectionConfig {
             max_tasks_per_step: 256,
             max_claims_per_step: 256,
             max_claims_in_flight: 256,
+            max_unstarted: 64,
         }
     }
 }
@@ -159,6 +166,11 @@ impl Candidacy {
         if open.is_empty() || state.node(&me).is_none() {
             return Vec::new();
         }
+        let unstarted = state.claims_of(&me).filter(|t| t.state == crate::job::TaskState::Assigned).count();
+        let room = config.max_unstarted.saturating_sub(unstarted + self.proposed.len());
+        if room == 0 {
+            return Vec::new();
+        }
         let views = node_views(state, observed, me);
         let mut demands = Vec::with_capacity(open.len());
         for task in &open {
@@ -166,48 +178,56 @@ impl Candidacy {
                 demands.push((task.id, demand));
             }
         }
-        let mut claims = Vec::new();
         // Proximity is measured from each job's origin; group by origin so views are built once.
         let mut by_origin: BTreeMap<NodeId, Vec<(TaskId, Demand)>> = BTreeMap::new();
         for (id, demand) in demands {
             let origin = state.job(id.job).map(|j| j.origin).unwrap_or(me);
             by_origin.entry(origin).or_default().push((id, demand));
         }
+        // The tasks this node may claim now: its stagger for them has passed.
+        let mut due: Vec<(usize, Ranking, Strategy)> = Vec::new();
         for (origin, tasks) in by_origin {
             let mut views = views.clone();
             for v in &mut views {
                 v.rtt_micros = rtt_from(&origin, &v.id, observed);
             }
-            for ranking in solve(&tasks, &views) {
+            for (ranking, (_, demand)) in solve(&tasks, &views).into_iter().zip(&tasks) {
                 let Some(rank) = ranking.rank_of(&me) else { continue };
                 let Some(task) = state.task(ranking.task) else { continue };
                 let key = (task.id, task.attempt);
                 let first = *self.seen.entry(key).or_insert(now);
-                if self.proposed.contains_key(&key) || now < first + rank as u64 * config.stagger_ms {
-                    continue;
+                if !self.proposed.contains_key(&key) && now >= first + rank as u64 * config.stagger_ms {
+                    due.push((rank, ranking, demand.strategy));
                 }
-                if claims.len() >= config.max_claims_per_step || self.proposed.len() >= config.max_claims_in_flight {
-                    break;
-                }
-                self.proposed.insert(key, now);
-                let decision = Decision {
-                    task: task.id,
-                    attempt: task.attempt,
-                    strategy: tasks.iter().find(|(t, _)| *t == task.id).map(|(_, d)| d.strategy).unwrap_or_default(),
-                    winner: me,
-                    winner_rank: rank as u32,
-                    candidates: ranking.candidates,
-                    decided_at: now,
-                };
-                claims.push(Command::Claim {
-                    task: task.id,
-                    attempt: task.attempt,
-                    node: me,
-                    lease_ms: config.lease_ms,
-                    decision,
-                    now,
-                });
             }
+        }
+        // Best rank first (stable, so oldest first within a rank): when every node has waited
+        // out its stagger (all were busy), each takes the tasks it ranks best at before the ones
+        // other nodes rank best at, instead of all racing for the same oldest tasks.
+        due.sort_by_key(|(rank, _, _)| *rank);
+        let limit =
+            config.max_claims_per_step.min(room).min(config.max_claims_in_flight.saturating_sub(self.proposed.len()));
+        let mut claims = Vec::new();
+        for (rank, ranking, strategy) in due.into_iter().take(limit) {
+            let Some(task) = state.task(ranking.task) else { continue };
+            self.proposed.insert((task.id, task.attempt), now);
+            let decision = Decision {
+                task: task.id,
+                attempt: task.attempt,
+                strategy,
+                winner: me,
+                winner_rank: rank as u32,
+                candidates: ranking.candidates,
+                decided_at: now,
+            };
+            claims.push(Command::Claim {
+                task: task.id,
+                attempt: task.attempt,
+                node: me,
+                lease_ms: config.lease_ms,
+                decision,
+                now,
+            });
         }
         claims
     }

@@ -73,3 +73,73 @@ fn leader_marks_offline_nodes_and_expires_leases() {
     assert_eq!(s.task(TaskId { job: JobId(1), index: 0 }).unwrap().state, TaskState::Retrying);
     assert!(leader_duties(&s, &observed, 10_001).is_empty());
 }
+
+#[test]
+fn a_node_claims_no_more_tasks_than_it_has_started() {
+    let mut s = mesh();
+    s.apply(&capsule("tiny", "1m", 1));
+    s.apply(&job("tiny", 40));
+    let cfg = ElectionConfig { max_unstarted: 8, ..ElectionConfig::default() };
+    let observed = healthy();
+    let me = node_id(1);
+    let mut candidacy = Candidacy::default();
+    // Long after every stagger, so this node may claim any task, whatever its rank.
+    let now = 60_000;
+    let first = candidacy.step(&s, &observed, me, now, &cfg);
+    assert_eq!(first.len(), 8, "claims up to the bound at once");
+    assert!(candidacy.step(&s, &observed, me, now + 1, &cfg).is_empty(), "nothing while 8 are in flight");
+    let fencings: Vec<(TaskId, u64)> = first
+        .iter()
+        .map(|c| {
+            let Command::Claim { task, .. } = c else { panic!("{c:?}") };
+            (*task, fencing_of(&s.apply(c).outcome))
+        })
+        .collect();
+    assert!(candidacy.step(&s, &observed, me, now + 2, &cfg).is_empty(), "committed but not started still count");
+    for (task, fencing) in &fencings[..3] {
+        s.apply(&Command::Started { task: *task, fencing: *fencing, now: now + 3 });
+        assert_eq!(s.task(*task).unwrap().state, TaskState::Running);
+    }
+    assert_eq!(candidacy.step(&s, &observed, me, now + 4, &cfg).len(), 3, "room for as many as started");
+}
+
+#[test]
+fn with_little_room_a_node_claims_the_tasks_it_ranks_best_at_first() {
+    let mut s = mesh();
+    s.apply(&capsule("tiny", "1m", 1));
+    s.apply(&job("tiny", 30));
+    let observed = healthy();
+    let me = node_id(1);
+    // (task index, rank) of each claim, in the order proposed.
+    let ranks = |claims: &[Command]| -> Vec<(u32, u32)> {
+        claims
+            .iter()
+            .map(|c| match c {
+                Command::Claim { task, decision, .. } => (task.index, decision.winner_rank),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let rank_only = |claims: &[(u32, u32)]| -> Vec<u32> { claims.iter().map(|(_, r)| *r).collect() };
+    // A node that saw every task long ago (and claimed none then), so every stagger has passed.
+    let seen_long_ago = || {
+        let mut candidacy = Candidacy::default();
+        let look_only = ElectionConfig { max_claims_in_flight: 0, ..ElectionConfig::default() };
+        assert!(candidacy.step(&s, &observed, me, 0, &look_only).is_empty());
+        candidacy
+    };
+    // With room for all: every task, rank 0 or not, in task order.
+    let all = ranks(&seen_long_ago().step(&s, &observed, me, 60_000, &ElectionConfig::default()));
+    assert_eq!(all.len(), 30, "{all:?}");
+    let best = all.iter().filter(|(_, r)| *r == 0).count();
+    assert!((1..30).contains(&best), "node-1 ranks best at some tasks, not all: {all:?}");
+    let mut in_task_order = all.clone();
+    in_task_order.sort();
+    assert!(!rank_only(&in_task_order).is_sorted(), "a task it ranks best at comes after one it does not");
+    // With room for fewer: its rank-0 tasks come first, then the others by rank.
+    let cfg = ElectionConfig { max_unstarted: best + 2, ..ElectionConfig::default() };
+    let some = ranks(&seen_long_ago().step(&s, &observed, me, 60_000, &cfg));
+    assert_eq!(some.len(), best + 2);
+    assert!(rank_only(&some).is_sorted(), "{some:?}");
+    assert_eq!(some.iter().filter(|(_, r)| *r == 0).count(), best, "{some:?}");
+}
