@@ -63,7 +63,7 @@ pub struct CapsuleDocument {
     /// Environment variables whose values are secret: sealed before they are stored, never
     /// shown (`crate::secret`).
     #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: crate::secret::DocumentSecrets,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -73,7 +73,7 @@ pub struct FunctionDocument {
     /// Environment variables whose values are secret: sealed before they are stored, never
     /// shown (`crate::secret`).
     #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: crate::secret::DocumentSecrets,
     #[serde(default)]
     pub scaling: ScalingDocument,
     /// Request timeout, e.g. `30s`.

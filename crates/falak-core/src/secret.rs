@@ -43,6 +43,27 @@ impl fmt::Debug for SecretValue {
     }
 }
 
+/// A secret's value as a spec document carries it, before the receiving node seals it. `Debug`
+/// hides it, so a document printed with `{:?}` shows the secrets' names only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PlainText(pub String);
+
+impl fmt::Debug for PlainText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<&str> for PlainText {
+    fn from(value: &str) -> Self {
+        PlainText(value.to_owned())
+    }
+}
+
+/// The `secrets:` of a spec document: names and plain values.
+pub type DocumentSecrets = BTreeMap<String, PlainText>;
+
 /// A sealed secret: nonce and ciphertext (with its tag), hex in JSON.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedSecret {
@@ -129,11 +150,11 @@ pub type Secrets = BTreeMap<String, SecretValue>;
 /// at most [`MAX_SECRET_BYTES`] without NUL.
 pub fn validate_document(
     env: &BTreeMap<String, String>,
-    secrets: &BTreeMap<String, String>,
+    secrets: &DocumentSecrets,
 ) -> Result<(), crate::spec::SpecError> {
     use crate::spec::SpecError;
-    crate::spec::validate_env(secrets)?;
-    for (name, value) in secrets {
+    crate::spec::validate_env_names(secrets.keys())?;
+    for (name, PlainText(value)) in secrets {
         if env.contains_key(name) {
             return Err(SpecError::new(format!("secrets.{name}"), "is also in env; name each variable once"));
         }
@@ -145,8 +166,8 @@ pub fn validate_document(
 }
 
 /// A document's secrets as a spec carries them before the node seals them.
-pub fn plain(secrets: BTreeMap<String, String>) -> Secrets {
-    secrets.into_iter().map(|(k, v)| (k, SecretValue::Plain(v))).collect()
+pub fn plain(secrets: DocumentSecrets) -> Secrets {
+    secrets.into_iter().map(|(k, PlainText(v))| (k, SecretValue::Plain(v))).collect()
 }
 
 /// The names with no values: what signatures cover and API answers show.
@@ -203,5 +224,21 @@ mod tests {
         altered.ciphertext[0] ^= 1;
         assert!(key.open("app", "TOKEN", &altered).is_err());
         assert_eq!(format!("{:?}", SecretValue::Plain("hunter2".into())), "Plain(***)");
+    }
+
+    #[test]
+    fn documents_printed_for_debugging_show_secret_names_not_values() {
+        let capsule: crate::capsule::CapsuleDocument =
+            crate::spec::from_yaml("name: app\nkind: process\ncommand: [/bin/true]\nsecrets: { TOKEN: hunter2 }\n")
+                .unwrap();
+        let function = crate::function::FunctionDocument::parse(
+            "name: f\nkind: function\nruntime: exec\ncommand: [/bin/cat]\nsecrets: { TOKEN: hunter2 }\n",
+        )
+        .unwrap();
+        for printed in [format!("{capsule:?}"), format!("{function:?}")] {
+            assert!(printed.contains("TOKEN"), "{printed}");
+            assert!(!printed.contains("hunter2"), "{printed}");
+        }
+        assert_eq!(plain(capsule.secrets)["TOKEN"], SecretValue::Plain("hunter2".into()), "the value is kept");
     }
 }

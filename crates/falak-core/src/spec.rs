@@ -329,7 +329,12 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
 /// Environment variable names a user may set: non-empty, without `=` or NUL, and not
 /// `FALAK_*` (falak sets those).
 pub fn validate_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), SpecError> {
-    for key in env.keys() {
+    validate_env_names(env.keys())
+}
+
+/// [`validate_env`] on names alone.
+pub fn validate_env_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), SpecError> {
+    for key in names {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(SpecError::new(format!("env.{key}"), "environment names must be non-empty without '=' or NUL"));
         }

@@ -34,8 +34,9 @@ const MAX_SOCKET_PATH: usize = 107;
 /// The oldest Python the runtime host supports.
 const MIN_PYTHON: (u32, u32) = (3, 8);
 
-/// What one deployment needs on this node, built by the node from a `FunctionSpec`.
-#[derive(Debug, Clone)]
+/// What one deployment needs on this node, built by the node from a `FunctionSpec`. `Debug`
+/// shows `env`'s names only: the node opens the function's secrets into it.
+#[derive(Clone)]
 pub struct HostSpec {
     /// The function's name.
     pub function: String,
@@ -63,6 +64,25 @@ pub struct HostSpec {
     pub limits: CgroupLimits,
     /// How the processes are confined.
     pub sandbox: InstanceSandbox,
+}
+
+impl std::fmt::Debug for HostSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSpec")
+            .field("function", &self.function)
+            .field("deployment", &self.deployment)
+            .field("runtime", &self.runtime)
+            .field("handler", &self.handler)
+            .field("command", &self.command)
+            .field("env_names", &self.env.keys().collect::<Vec<_>>())
+            .field("bundle_dir", &self.bundle_dir)
+            .field("work_dir", &self.work_dir)
+            .field("log_path", &self.log_path)
+            .field("python", &self.python)
+            .field("limits", &self.limits)
+            .field("sandbox", &self.sandbox)
+            .finish()
+    }
 }
 
 /// A deployment ready to start: its spec (with absolute paths), the interpreter, the
