@@ -18,7 +18,9 @@ pub const MAX_OUTPUT_TAIL_BYTES: usize = 1 << 20;
 /// The executor owns nothing outside `workdir`: it creates that directory, writes the task's
 /// stdin and logs there and runs the task in it. One attempt, one directory, so a retry never
 /// sees (or clobbers) the files of the attempt before it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` shows `env`'s names only: the node opens the capsule's secrets into it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TaskSpec {
     /// The task the attempt belongs to, e.g. `j12-t3`; used in logs, errors and `FALAK_TASK_ID`.
     pub task_id: String,
@@ -48,6 +50,24 @@ pub struct TaskSpec {
     pub network: Network,
     /// How many bytes of the end of stdout and of stderr `Exit` carries.
     pub output_tail_bytes: usize,
+}
+
+impl std::fmt::Debug for TaskSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskSpec")
+            .field("task_id", &self.task_id)
+            .field("attempt", &self.attempt)
+            .field("command", &self.command)
+            .field("env_names", &self.env.keys().collect::<Vec<_>>())
+            .field("stdin_bytes", &self.stdin.as_ref().map(Vec::len))
+            .field("workdir", &self.workdir)
+            .field("timeout", &self.timeout)
+            .field("limits", &self.limits)
+            .field("run_as", &self.run_as)
+            .field("network", &self.network)
+            .field("output_tail_bytes", &self.output_tail_bytes)
+            .finish()
+    }
 }
 
 impl TaskSpec {
@@ -188,5 +208,13 @@ mod tests {
 
         let nul = spec(&["echo", "a\0b"]).validate().unwrap_err();
         assert!(nul.to_string().contains("NUL"));
+    }
+
+    #[test]
+    fn debug_shows_the_environments_names_not_its_values() {
+        let mut with_secret = spec(&["true"]);
+        with_secret.env.insert("TOKEN".into(), "hunter2".into());
+        let printed = format!("{with_secret:?}");
+        assert!(printed.contains("TOKEN") && !printed.contains("hunter2"), "{printed}");
     }
 }

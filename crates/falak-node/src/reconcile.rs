@@ -15,8 +15,9 @@ use falak_core::resources::Resources;
 use falak_core::signing::SpecKind;
 use falak_core::{Millis, NodeId};
 
-/// Everything an executor needs to start one task attempt.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything an executor needs to start one task attempt. `Debug` shows `env`'s names only:
+/// the runner opens the capsule's secrets into it.
+#[derive(Clone, PartialEq)]
 pub struct TaskLaunch {
     pub task: TaskId,
     pub attempt: u32,
@@ -35,6 +36,25 @@ pub struct TaskLaunch {
     /// verifies against the keys the ledger trusts (the key was revoked, the stored spec was
     /// changed). The runner reports the attempt failed without starting anything.
     pub refused: Option<String>,
+}
+
+impl std::fmt::Debug for TaskLaunch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskLaunch")
+            .field("task", &self.task)
+            .field("attempt", &self.attempt)
+            .field("fencing", &self.fencing)
+            .field("command", &self.command)
+            .field("env_names", &self.env.keys().collect::<Vec<_>>())
+            .field("stdin_bytes", &self.stdin.as_ref().map(Vec::len))
+            .field("timeout_ms", &self.timeout_ms)
+            .field("resources", &self.resources)
+            .field("network", &self.network)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("capsule", &self.capsule)
+            .field("refused", &self.refused)
+            .finish()
+    }
 }
 
 /// What the driver must do.
@@ -361,4 +381,29 @@ pub fn launch_for(state: &State, task: TaskId, fencing: u64, attempt: u32) -> Op
             .err()
             .map(|e| format!("not run: {e}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_launch_printed_for_debugging_shows_env_names_not_values() {
+        let launch = TaskLaunch {
+            task: TaskId { job: falak_core::job::JobId(1), index: 0 },
+            attempt: 1,
+            fencing: 1,
+            command: vec!["true".into()],
+            env: BTreeMap::from([("TOKEN".to_owned(), "hunter2".to_owned())]),
+            stdin: Some(b"hunter2".to_vec()),
+            timeout_ms: None,
+            resources: Resources::default(),
+            network: falak_core::capsule::NetworkMode::default(),
+            secrets: BTreeMap::new(),
+            capsule: "c".into(),
+            refused: None,
+        };
+        let printed = format!("{launch:?}");
+        assert!(printed.contains("TOKEN") && !printed.contains("hunter2"), "{printed}");
+    }
 }
