@@ -201,9 +201,9 @@ impl Candidacy {
                 }
             }
         }
-        // Best rank first (stable, so oldest first within a rank): when every node has waited
-        // out its stagger (all were busy), each takes the tasks it ranks best at before the ones
-        // other nodes rank best at, instead of all racing for the same oldest tasks.
+        // Best rank first (a stable sort, so within a rank the order above): when every node has
+        // waited out its stagger (all were busy), each takes the tasks it ranks best at before
+        // the ones other nodes rank best at, instead of all racing for the same oldest tasks.
         due.sort_by_key(|(rank, _, _)| *rank);
         let limit =
             config.max_claims_per_step.min(room).min(config.max_claims_in_flight.saturating_sub(self.proposed.len()));
