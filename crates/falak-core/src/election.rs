@@ -185,7 +185,7 @@ impl Candidacy {
             by_origin.entry(origin).or_default().push((id, demand));
         }
         // The tasks this node may claim now: its stagger for them has passed.
-        let mut due: Vec<(usize, Ranking, Strategy)> = Vec::new();
+        let mut due: Vec<(usize, (TaskId, u32), Ranking, Strategy)> = Vec::new();
         for (origin, tasks) in by_origin {
             let mut views = views.clone();
             for v in &mut views {
@@ -197,37 +197,29 @@ impl Candidacy {
                 let key = (task.id, task.attempt);
                 let first = *self.seen.entry(key).or_insert(now);
                 if !self.proposed.contains_key(&key) && now >= first + rank as u64 * config.stagger_ms {
-                    due.push((rank, ranking, demand.strategy));
+                    due.push((rank, key, ranking, demand.strategy));
                 }
             }
         }
         // Best rank first (a stable sort, so within a rank the order above): when every node has
         // waited out its stagger (all were busy), each takes the tasks it ranks best at before
         // the ones other nodes rank best at, instead of all racing for the same oldest tasks.
-        due.sort_by_key(|(rank, _, _)| *rank);
+        due.sort_by_key(|(rank, ..)| *rank);
         let limit =
             config.max_claims_per_step.min(room).min(config.max_claims_in_flight.saturating_sub(self.proposed.len()));
         let mut claims = Vec::new();
-        for (rank, ranking, strategy) in due.into_iter().take(limit) {
-            let Some(task) = state.task(ranking.task) else { continue };
-            self.proposed.insert((task.id, task.attempt), now);
+        for (rank, (task, attempt), ranking, strategy) in due.into_iter().take(limit) {
+            self.proposed.insert((task, attempt), now);
             let decision = Decision {
-                task: task.id,
-                attempt: task.attempt,
+                task,
+                attempt,
                 strategy,
                 winner: me,
                 winner_rank: rank as u32,
                 candidates: ranking.candidates,
                 decided_at: now,
             };
-            claims.push(Command::Claim {
-                task: task.id,
-                attempt: task.attempt,
-                node: me,
-                lease_ms: config.lease_ms,
-                decision,
-                now,
-            });
+            claims.push(Command::Claim { task, attempt, node: me, lease_ms: config.lease_ms, decision, now });
         }
         claims
     }

@@ -55,12 +55,6 @@ impl fmt::Debug for PlainText {
     }
 }
 
-impl From<&str> for PlainText {
-    fn from(value: &str) -> Self {
-        PlainText(value.to_owned())
-    }
-}
-
 /// The `secrets:` of a spec document: names and plain values.
 pub type DocumentSecrets = BTreeMap<String, PlainText>;
 

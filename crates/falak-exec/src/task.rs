@@ -20,7 +20,7 @@ pub const MAX_OUTPUT_TAIL_BYTES: usize = 1 << 20;
 /// sees (or clobbers) the files of the attempt before it.
 ///
 /// `Debug` shows `env`'s names only: the node opens the capsule's secrets into it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, derive_more::Debug)]
 pub struct TaskSpec {
     /// The task the attempt belongs to, e.g. `j12-t3`; used in logs, errors and `FALAK_TASK_ID`.
     pub task_id: String,
@@ -30,8 +30,10 @@ pub struct TaskSpec {
     /// a `/`; a relative path is relative to `workdir`.
     pub command: Vec<String>,
     /// The task's whole environment on top of the executor's defaults (which it may override).
+    #[debug("{:?}", env.keys().collect::<Vec<_>>())]
     pub env: BTreeMap<String, String>,
     /// Bytes for the task's stdin; `None` gives it `/dev/null`.
+    #[debug("{:?}", stdin.as_ref().map(Vec::len))]
     pub stdin: Option<Vec<u8>>,
     /// An absolute path, unique to this attempt, that the executor creates (mode 0700, owned by
     /// the task's user). Its parents are created if missing and need not be readable by the
@@ -50,24 +52,6 @@ pub struct TaskSpec {
     pub network: Network,
     /// How many bytes of the end of stdout and of stderr `Exit` carries.
     pub output_tail_bytes: usize,
-}
-
-impl std::fmt::Debug for TaskSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskSpec")
-            .field("task_id", &self.task_id)
-            .field("attempt", &self.attempt)
-            .field("command", &self.command)
-            .field("env_names", &self.env.keys().collect::<Vec<_>>())
-            .field("stdin_bytes", &self.stdin.as_ref().map(Vec::len))
-            .field("workdir", &self.workdir)
-            .field("timeout", &self.timeout)
-            .field("limits", &self.limits)
-            .field("run_as", &self.run_as)
-            .field("network", &self.network)
-            .field("output_tail_bytes", &self.output_tail_bytes)
-            .finish()
-    }
 }
 
 impl TaskSpec {

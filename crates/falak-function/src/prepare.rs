@@ -36,7 +36,7 @@ const MIN_PYTHON: (u32, u32) = (3, 8);
 
 /// What one deployment needs on this node, built by the node from a `FunctionSpec`. `Debug`
 /// shows `env`'s names only: the node opens the function's secrets into it.
-#[derive(Clone)]
+#[derive(Clone, derive_more::Debug)]
 pub struct HostSpec {
     /// The function's name.
     pub function: String,
@@ -47,6 +47,7 @@ pub struct HostSpec {
     pub handler: Option<String>,
     /// `http` and `exec`: program and arguments, run with the bundle as working directory.
     pub command: Vec<String>,
+    #[debug("{:?}", env.keys().collect::<Vec<_>>())]
     pub env: BTreeMap<String, String>,
     /// The unpacked bundle.
     pub bundle_dir: PathBuf,
@@ -64,25 +65,6 @@ pub struct HostSpec {
     pub limits: CgroupLimits,
     /// How the processes are confined.
     pub sandbox: InstanceSandbox,
-}
-
-impl std::fmt::Debug for HostSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostSpec")
-            .field("function", &self.function)
-            .field("deployment", &self.deployment)
-            .field("runtime", &self.runtime)
-            .field("handler", &self.handler)
-            .field("command", &self.command)
-            .field("env_names", &self.env.keys().collect::<Vec<_>>())
-            .field("bundle_dir", &self.bundle_dir)
-            .field("work_dir", &self.work_dir)
-            .field("log_path", &self.log_path)
-            .field("python", &self.python)
-            .field("limits", &self.limits)
-            .field("sandbox", &self.sandbox)
-            .finish()
-    }
 }
 
 /// A deployment ready to start: its spec (with absolute paths), the interpreter, the

@@ -17,13 +17,15 @@ use falak_core::{Millis, NodeId};
 
 /// Everything an executor needs to start one task attempt. `Debug` shows `env`'s names only:
 /// the runner opens the capsule's secrets into it.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, derive_more::Debug)]
 pub struct TaskLaunch {
     pub task: TaskId,
     pub attempt: u32,
     pub fencing: u64,
     pub command: Vec<String>,
+    #[debug("{:?}", env.keys().collect::<Vec<_>>())]
     pub env: BTreeMap<String, String>,
+    #[debug("{:?}", stdin.as_ref().map(Vec::len))]
     pub stdin: Option<Vec<u8>>,
     pub timeout_ms: Option<u64>,
     pub resources: Resources,
@@ -36,25 +38,6 @@ pub struct TaskLaunch {
     /// verifies against the keys the ledger trusts (the key was revoked, the stored spec was
     /// changed). The runner reports the attempt failed without starting anything.
     pub refused: Option<String>,
-}
-
-impl std::fmt::Debug for TaskLaunch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskLaunch")
-            .field("task", &self.task)
-            .field("attempt", &self.attempt)
-            .field("fencing", &self.fencing)
-            .field("command", &self.command)
-            .field("env_names", &self.env.keys().collect::<Vec<_>>())
-            .field("stdin_bytes", &self.stdin.as_ref().map(Vec::len))
-            .field("timeout_ms", &self.timeout_ms)
-            .field("resources", &self.resources)
-            .field("network", &self.network)
-            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
-            .field("capsule", &self.capsule)
-            .field("refused", &self.refused)
-            .finish()
-    }
 }
 
 /// What the driver must do.
