@@ -12,13 +12,14 @@
 use falak_core::access::TokenId;
 use falak_core::capsule::CapsuleSpec;
 use falak_core::job::{JobId, JobRequest, ServiceRequest, TaskId};
+use falak_core::ledger::IdempotencyKey;
 use falak_core::signing::{DeployerId, SpecSignature};
 use tokio::sync::oneshot;
 
 use crate::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
 use crate::deployer::{DeployerInfo, TrustDeployer};
 use crate::error::ApiError;
-use crate::event::EventSubscription;
+use crate::event::{EventStart, EventSubscription};
 use crate::function::FunctionAction;
 use crate::health::Readiness;
 use crate::job::JobInfo;
@@ -44,13 +45,20 @@ pub enum Action {
     ListNodes { reply: Reply<Vec<NodeInfo>> },
     /// Write a validated capsule spec to the ledger; answer once committed.
     /// `signature` is the deployer's, over `spec.signed_form()`; the node checks it.
-    ApplyCapsule { spec: CapsuleSpec, signature: Option<SpecSignature>, reply: Reply<CapsuleApplied> },
+    /// `idempotency`, on this and the other creating writes: the client's `Idempotency-Key`;
+    /// the node writes the command keyed, so a retry with the key takes effect once.
+    ApplyCapsule {
+        spec: CapsuleSpec,
+        signature: Option<SpecSignature>,
+        idempotency: Option<IdempotencyKey>,
+        reply: Reply<CapsuleApplied>,
+    },
     /// `CapsuleSummary::list`.
     ListCapsules { reply: Reply<Vec<CapsuleSummary>> },
     /// `CapsuleInfo::get`.
     GetCapsule { name: String, reply: Reply<CapsuleInfo> },
     /// Write the job to the ledger; answer with `JobInfo::get` once committed.
-    SubmitJob { request: JobRequest, reply: Reply<JobInfo> },
+    SubmitJob { request: JobRequest, idempotency: Option<IdempotencyKey>, reply: Reply<JobInfo> },
     /// `JobInfo::list`: batch jobs, newest first, at most `limit`.
     ListJobs { limit: usize, reply: Reply<Vec<JobInfo>> },
     /// `JobInfo::get`.
@@ -70,7 +78,7 @@ pub enum Action {
     /// `ServiceInfo::list`.
     ListServices { reply: Reply<Vec<ServiceInfo>> },
     /// Write the service (create or scale); answer with `ServiceInfo::get` once committed.
-    ApplyService { request: ServiceRequest, reply: Reply<ServiceInfo> },
+    ApplyService { request: ServiceRequest, idempotency: Option<IdempotencyKey>, reply: Reply<ServiceInfo> },
     /// `ServiceInfo::get`.
     GetService { name: String, reply: Reply<ServiceInfo> },
     /// Write `RemoveService`; answer with the service's final state (`ServiceInfo::new` over
@@ -80,9 +88,8 @@ pub enum Action {
     ListWorkloads { reply: Reply<Vec<WorkloadInfo>> },
     /// `WorkloadInfo::get`.
     GetWorkload { workload: WorkloadRef, reply: Reply<WorkloadInfo> },
-    /// Recent events and a receiver for the ones that follow, taken at the same moment so none
-    /// is missed or repeated.
-    Subscribe { reply: Reply<EventSubscription> },
+    /// The event history from `start`, then (with `follow`) every new event as it happens.
+    Subscribe { start: EventStart, follow: bool, reply: Reply<EventSubscription> },
     /// A new node asks to join: check its ticket, commit `JoinNode`, issue its certificate.
     Join { request: JoinRequest, reply: Reply<JoinResponse> },
     /// Make a join ticket, commit its record (hash only), answer with the whole join token once.
@@ -176,7 +183,7 @@ impl Action {
             Action::RemoveService { reply, .. } => send(reply, error),
             Action::ListWorkloads { reply } => send(reply, error),
             Action::GetWorkload { reply, .. } => send(reply, error),
-            Action::Subscribe { reply } => send(reply, error),
+            Action::Subscribe { reply, .. } => send(reply, error),
             Action::Join { reply, .. } => send(reply, error),
             Action::CreateJoinToken { reply, .. } => send(reply, error),
             Action::ListJoinTokens { reply } => send(reply, error),

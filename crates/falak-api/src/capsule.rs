@@ -84,9 +84,10 @@ pub(crate) async fn apply(
     body: Body,
 ) -> Result<(StatusCode, Json<CapsuleApplied>), ApiError> {
     let signature = crate::routes::signature(&headers)?;
+    let idempotency = crate::routes::idempotency_key(&headers)?;
     let document: CapsuleDocument = body.parse()?;
     let spec = document.validate()?;
-    let applied = ctx.ask(|reply| Action::ApplyCapsule { spec, signature, reply }).await?;
+    let applied = ctx.ask(|reply| Action::ApplyCapsule { spec, signature, idempotency, reply }).await?;
     let status = if applied.unchanged { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(applied)))
 }

@@ -9,6 +9,7 @@ use falak_core::access::TokenId;
 use falak_core::capsule::CapsuleDocument;
 use falak_core::function::FunctionDocument;
 use falak_core::job::{JobId, TaskId};
+use falak_core::ledger::{EventId, IDEMPOTENCY_KEY_HEADER, IdempotencyKey};
 use falak_core::signing::{DeployerId, DeployerKey, SIGNATURE_HEADER, SpecKind};
 use futures_util::{Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, header};
@@ -17,7 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
 use crate::deployer::{DeployerInfo, TrustDeployer};
 use crate::error::{ErrorBody, ErrorCode};
-use crate::event::{EventItem, EventRecord, LAGGED};
+use crate::event::{EventItem, EventRecord, GAP, LAGGED};
 use crate::function::{ArtifactStored, FunctionDeployed, FunctionInfo, InstanceInfo, InvocationInfo};
 use crate::health::Readiness;
 use crate::job::{JobInfo, JobSubmission, TaskOutput};
@@ -27,8 +28,15 @@ use crate::task::{DecisionInfo, LogStream, TaskInfo};
 use crate::token::{CreateToken, CreatedToken, TokenInfo};
 use crate::workload::{WorkloadInfo, WorkloadRequest};
 
-/// How long one ordinary request may take; event streams have no limit.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a read may take: it is answered from the node's own replica at once, so a node that
+/// has not answered by then is paused, overloaded or cut off. Ask another node.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a ledger write may take: a live node answers within about 5 s (3 s to find a leader
+/// and commit, 2 s to apply it here) or says why not (`503`).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Requests that gather from other nodes, move large bodies, build a function's dependencies
+/// (deploy) or wait for a function (invoke). Event streams have no limit.
+pub const LONG_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request did not produce the typed answer.
@@ -40,9 +48,13 @@ pub enum ClientError {
     /// The API answered with an error.
     #[error("{message}")]
     Api { status: u16, code: ErrorCode, message: String },
-    /// The connection failed after it was made, or timed out.
+    /// The connection failed after it was made.
     #[error("request to {url} failed: {cause}")]
     Request { url: String, cause: reqwest::Error },
+    /// No answer within the request's timeout: the node may be paused, overloaded or cut off.
+    /// A write may still take effect.
+    #[error("no answer from {url} in time: the node may be paused, overloaded or cut off; ask another node (--api)")]
+    TimedOut { url: String },
     /// The answer was not what the API promises.
     #[error("unexpected answer from {url}: {message}")]
     Decode { url: String, message: String },
@@ -61,6 +73,18 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether another node (or the same one a little later) may succeed where this failed:
+    /// nothing answered, no answer in time, the connection broke, or the node said it cannot
+    /// answer now (`503`, `429`). For a write, only with an idempotency key is a retry safe:
+    /// the first attempt may still take effect.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::TimedOut { .. } | ClientError::Request { .. } => true,
+            ClientError::Api { code, .. } => matches!(code, ErrorCode::Unavailable | ErrorCode::TooManyRequests),
+            ClientError::Decode { .. } | ClientError::InvalidUrl(_) | ClientError::BadCa(_) => false,
+        }
+    }
 }
 
 /// A client for one node's API.
@@ -71,6 +95,8 @@ pub struct Client {
     token: Option<String>,
     /// Signs capsules and functions before they are sent.
     deployer: Option<std::sync::Arc<DeployerKey>>,
+    /// Sent as `Idempotency-Key` with the writes that create something.
+    idempotency: Option<IdempotencyKey>,
 }
 
 /// An HTTP client that trusts `ca_pem` (the mesh CA) and nothing else for HTTPS; with `None`,
@@ -99,13 +125,26 @@ impl Client {
         if !valid {
             return Err(ClientError::InvalidUrl(base_url.to_owned()));
         }
-        Ok(Client { http: http_client(None)?, base, token: None, deployer: None })
+        Ok(Client { http: http_client(None)?, base, token: None, deployer: None, idempotency: None })
     }
 
     /// Sign capsules and functions with `key` (a deployer key the mesh trusts).
     pub fn with_deployer(mut self, key: Option<std::sync::Arc<DeployerKey>>) -> Client {
         self.deployer = key;
         self
+    }
+
+    /// Send `key` as the `Idempotency-Key` of the writes that create something (submit, apply,
+    /// deploy, asynchronous invoke): retried with the same key, through any node, such a write
+    /// takes effect once.
+    pub fn with_idempotency_key(mut self, key: Option<IdempotencyKey>) -> Client {
+        self.idempotency = key;
+        self
+    }
+
+    /// The idempotency key this client sends, if any.
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.idempotency.as_ref()
     }
 
     /// Trust `ca_pem`, the mesh CA certificate (`ca.crt`), for the node's HTTPS.
@@ -195,14 +234,14 @@ impl Client {
     /// Apply a capsule document given as a value.
     pub async fn apply_capsule(&self, document: &CapsuleDocument) -> Result<CapsuleApplied, ClientError> {
         let signed = document.clone().validate().ok().map(|spec| spec.signed_form());
-        let request = self.request(Method::POST, "/api/v1/capsules").json(document);
+        let request = self.keyed(self.request(Method::POST, "/api/v1/capsules").json(document));
         self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
     }
 
     /// Apply a capsule document as written (YAML or JSON text); errors name the field.
     pub async fn apply_capsule_text(&self, text: &str) -> Result<CapsuleApplied, ClientError> {
         let signed = CapsuleDocument::parse(text).ok().map(|spec| spec.signed_form());
-        let request = self.yaml(Method::POST, "/api/v1/capsules", text);
+        let request = self.keyed(self.yaml(Method::POST, "/api/v1/capsules", text));
         self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
     }
 
@@ -217,7 +256,7 @@ impl Client {
     // Jobs and tasks.
 
     pub async fn submit_job(&self, submission: &JobSubmission) -> Result<JobInfo, ClientError> {
-        self.json(self.request(Method::POST, "/api/v1/jobs").json(submission)).await
+        self.json(self.keyed(self.request(Method::POST, "/api/v1/jobs").json(submission))).await
     }
 
     /// Jobs, newest first; the server's default limit when `limit` is `None`.
@@ -262,7 +301,8 @@ impl Client {
         stream: LogStream,
         max_bytes: Option<usize>,
     ) -> Result<String, ClientError> {
-        let mut request = self.get(&format!("/api/v1/tasks/{task}/logs")).query(&[("stream", stream.name())]);
+        let mut request =
+            self.get(&format!("/api/v1/tasks/{task}/logs")).timeout(LONG_TIMEOUT).query(&[("stream", stream.name())]);
         if let Some(max) = max_bytes {
             request = request.query(&[("max_bytes", max)]);
         }
@@ -281,12 +321,12 @@ impl Client {
     }
 
     pub async fn apply_service(&self, submission: &ServiceSubmission) -> Result<ServiceInfo, ClientError> {
-        self.json(self.request(Method::POST, "/api/v1/services").json(submission)).await
+        self.json(self.keyed(self.request(Method::POST, "/api/v1/services").json(submission))).await
     }
 
     /// Apply a service document as written (YAML or JSON text).
     pub async fn apply_service_text(&self, text: &str) -> Result<ServiceInfo, ClientError> {
-        self.json(self.yaml(Method::POST, "/api/v1/services", text)).await
+        self.json(self.keyed(self.yaml(Method::POST, "/api/v1/services", text))).await
     }
 
     pub async fn service(&self, name: &str) -> Result<ServiceInfo, ClientError> {
@@ -307,7 +347,7 @@ impl Client {
     }
 
     pub async fn create_workload(&self, request: &WorkloadRequest) -> Result<WorkloadInfo, ClientError> {
-        self.json(self.request(Method::POST, "/api/v1/workloads").json(request)).await
+        self.json(self.keyed(self.request(Method::POST, "/api/v1/workloads").json(request))).await
     }
 
     pub async fn delete_workload(&self, id: &str) -> Result<WorkloadInfo, ClientError> {
@@ -346,17 +386,19 @@ impl Client {
 
     // Events.
 
-    /// The event stream: recent events, then (with `follow`) every new one until the
-    /// connection ends. `since` skips events up to that sequence number.
+    /// The event stream: the ledger events after `since` (the last 10,000 when `None`), then
+    /// (with `follow`) every new one until the connection ends. `since` goes as
+    /// `Last-Event-ID`, as a browser resuming an event stream sends it: the last id seen, on
+    /// this node or any other.
     pub async fn events(
         &self,
         follow: bool,
-        since: Option<u64>,
+        since: Option<EventId>,
     ) -> Result<impl Stream<Item = Result<EventItem, ClientError>> + Send + 'static + use<>, ClientError> {
         let url = format!("{}/api/v1/events", self.base);
         let mut request = self.http.get(&url).query(&[("follow", follow)]);
         if let Some(since) = since {
-            request = request.query(&[("since", since)]);
+            request = request.header("last-event-id", since.to_string());
         }
         let response = self.send(self.authorize(request), &url).await?;
         let bytes = response.bytes_stream();
@@ -369,6 +411,13 @@ impl Client {
                     .and_then(|v| v["missed"].as_u64())
                     .unwrap_or(0);
                 Ok(EventItem::Lagged { missed })
+            }
+            Ok(message) if message.event == GAP => {
+                let resumes_at = serde_json::from_str::<serde_json::Value>(&message.data)
+                    .ok()
+                    .and_then(|v| v["resumes_at"].as_u64())
+                    .unwrap_or(0);
+                Ok(EventItem::Gap { resumes_at })
             }
             Ok(message) => serde_json::from_str::<EventRecord>(&message.data)
                 .map(EventItem::Event)
@@ -384,6 +433,7 @@ impl Client {
     pub async fn store_artifact(&self, bundle: Vec<u8>) -> Result<ArtifactStored, ClientError> {
         let request = self
             .request(Method::POST, "/api/v1/artifacts")
+            .timeout(LONG_TIMEOUT)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(bundle);
         self.json(request).await
@@ -392,7 +442,7 @@ impl Client {
     /// `POST /api/v1/functions`: deploy a function whose `artifact` is stored.
     pub async fn deploy_function(&self, document: &FunctionDocument) -> Result<FunctionDeployed, ClientError> {
         let signed = document.clone().validate(0).ok().map(|spec| spec.signed_form());
-        let request = self.request(Method::POST, "/api/v1/functions").json(document);
+        let request = self.keyed(self.request(Method::POST, "/api/v1/functions").json(document)).timeout(LONG_TIMEOUT);
         self.json(self.sign(request, SpecKind::Function, signed.as_ref())).await
     }
 
@@ -409,11 +459,11 @@ impl Client {
     }
 
     pub async fn function_instances(&self, name: &str) -> Result<Vec<InstanceInfo>, ClientError> {
-        self.json(self.get(&format!("/api/v1/functions/{}/instances", segment(name)))).await
+        self.json(self.get(&format!("/api/v1/functions/{}/instances", segment(name))).timeout(LONG_TIMEOUT)).await
     }
 
     pub async fn function_logs(&self, name: &str, max_bytes: Option<usize>) -> Result<String, ClientError> {
-        let mut request = self.get(&format!("/api/v1/functions/{}/logs", segment(name)));
+        let mut request = self.get(&format!("/api/v1/functions/{}/logs", segment(name))).timeout(LONG_TIMEOUT);
         if let Some(max) = max_bytes {
             request = request.query(&[("max_bytes", max)]);
         }
@@ -428,7 +478,8 @@ impl Client {
         callback: Option<&str>,
         max_attempts: Option<u32>,
     ) -> Result<InvocationInfo, ClientError> {
-        let mut request = self.request(Method::POST, &format!("/api/v1/functions/{}/invocations", segment(name)));
+        let mut request =
+            self.keyed(self.request(Method::POST, &format!("/api/v1/functions/{}/invocations", segment(name))));
         if let Some(url) = callback {
             request = request.query(&[("callback", url)]);
         }
@@ -454,7 +505,7 @@ impl Client {
     ) -> Result<Response, ClientError> {
         let path = if path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
         let url = format!("{}/fn/{}{path}", self.base, segment(name));
-        let mut request = self.authorize(self.http.request(method, &url).timeout(REQUEST_TIMEOUT)).body(body);
+        let mut request = self.authorize(self.http.request(method, &url).timeout(LONG_TIMEOUT)).body(body);
         for (k, v) in headers {
             request = request.header(k.as_str(), v.as_str());
         }
@@ -471,8 +522,19 @@ impl Client {
         self.request(Method::GET, path)
     }
 
+    /// A request with the timeout of its kind: [`READ_TIMEOUT`] for `GET`, [`WRITE_TIMEOUT`]
+    /// otherwise (callers lengthen it where the route takes longer).
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.authorize(self.http.request(method, format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT))
+        let timeout = if method == Method::GET { READ_TIMEOUT } else { WRITE_TIMEOUT };
+        self.authorize(self.http.request(method, format!("{}{path}", self.base)).timeout(timeout))
+    }
+
+    /// Add this client's idempotency key, if it has one.
+    fn keyed(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.idempotency {
+            Some(key) => request.header(IDEMPOTENCY_KEY_HEADER, key.as_str()),
+            None => request,
+        }
     }
 
     /// Add the deployer's signature of `spec` (the validated, unversioned spec) when this
@@ -519,6 +581,8 @@ impl Client {
         let response = request.send().await.map_err(|cause| {
             if cause.is_connect() {
                 ClientError::Unreachable { url: self.base.clone(), cause }
+            } else if cause.is_timeout() {
+                ClientError::TimedOut { url: self.base.clone() }
             } else {
                 ClientError::Request { url: url.to_owned(), cause }
             }

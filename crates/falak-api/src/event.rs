@@ -1,8 +1,19 @@
 //! `/api/v1/events`: the event mesh as server-sent events.
 //!
-//! Each event goes out as `event: <kind>`, `id: <seq>` and `data: <the EventRecord as JSON>`.
-//! A client too slow for the stream gets one `lagged` event saying how many it missed, and
-//! the stream goes on. `Last-Event-ID` (or `?since=`) resumes after a sequence number.
+//! Two kinds of events share one stream:
+//! - **Ledger events** (`source: ledger`): what committed entries did. Every node applies the
+//!   same log, so each has one id everywhere, `index.n` (the ledger index of its entry and its
+//!   position there). The id is the SSE `id:`, so `Last-Event-ID` (or `?since=`) resumes after
+//!   it on any node, across restarts, within the history each node retains
+//!   (`falak_ledger::RETAINED_EVENTS`).
+//! - **Node observations** (`source: node`): what the answering node saw itself (a peer's
+//!   health, its function instances). They carry the observing node, no id, and are not
+//!   replayed on resume.
+//!
+//! Each event goes out as `event: <kind>`, `data: <the EventRecord as JSON>` and, for ledger
+//! events, `id: <index.n>`. Two notices may interrupt it: `gap` (the ledger events asked for are
+//! no longer held by this node; the stream resumes where its history does) and `lagged` (the
+//! client fell behind on node observations and some were dropped).
 
 use std::convert::Infallible;
 
@@ -10,58 +21,99 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, BoxStream, StreamExt};
+use falak_core::NodeId;
+use falak_core::ledger::EventId;
+use futures_util::stream::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::action::Action;
 use crate::error::ApiError;
 use crate::routes::{ApiQuery, Ctx};
 
+/// How many ledger events a stream opened without `since` starts with.
+pub const RECENT_EVENTS: u64 = 10_000;
+
+/// Where an event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventSource {
+    /// A committed ledger entry: the same event, with the same id, on every node.
+    Ledger,
+    /// The answering node's own observation.
+    Node,
+}
+
 /// One event of the event mesh.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
-    /// Increases by one per event published on the answering node.
-    pub seq: u64,
-    /// When the event happened, in milliseconds since the Unix epoch.
+    /// A ledger event's place in the one history: `index.n`. Absent on node observations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
+    pub source: EventSource,
+    /// The node that made a node observation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// Milliseconds since the Unix epoch: for ledger events the ledger's clock when the entry
+    /// was applied (the same on every node), for node observations the node's clock.
     pub at_ms: u64,
-    /// What happened: `node_suspect`, `election_won`, `task_state`, ...
+    /// What happened: `node_health`, `election_won`, `task_state`, ...
     pub kind: String,
     pub data: serde_json::Value,
 }
 
-/// What the node answers to [`Action::Subscribe`]: the recent events it buffers and a receiver
-/// for every later one, taken together so no event falls between them.
+impl EventRecord {
+    /// The ledger index of a ledger event.
+    pub fn index(&self) -> Option<u64> {
+        self.id.map(|id| id.index)
+    }
+}
+
+/// Where a stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStart {
+    /// The last this many retained ledger events, then this node's recent observations.
+    Recent(u64),
+    /// The ledger events after this id (from the start of the retained history for
+    /// `EventId::end_of(0)`).
+    After(EventId),
+}
+
+/// What the node answers to [`Action::Subscribe`]: the stream's items, in order, until the
+/// node ends it (with `follow: false`, once the history is read) or the receiver is dropped.
 #[derive(Debug)]
 pub struct EventSubscription {
-    /// Oldest first.
-    pub recent: Vec<EventRecord>,
-    pub live: broadcast::Receiver<EventRecord>,
+    pub items: mpsc::Receiver<EventItem>,
 }
 
 /// What an event stream yields to a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventItem {
     Event(EventRecord),
-    /// The client fell behind and `missed` events were dropped for it.
+    /// The client fell behind on node observations and `missed` were dropped for it.
     Lagged {
         missed: u64,
+    },
+    /// The ledger events after the position asked for are not held by the answering node
+    /// (dropped from its retained window, or lost to a snapshot it installed): the stream goes
+    /// on from log index `resumes_at`. Another node may still hold them.
+    Gap {
+        resumes_at: u64,
     },
 }
 
 /// The SSE event name of a lag notice.
 pub const LAGGED: &str = "lagged";
+/// The SSE event name of a gap notice.
+pub const GAP: &str = "gap";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventsQuery {
     follow: Option<bool>,
-    since: Option<u64>,
+    since: Option<String>,
 }
-
-type SseStream = BoxStream<'static, Result<Event, Infallible>>;
 
 pub(crate) async fn stream(
     State(ctx): State<Ctx>,
@@ -69,51 +121,47 @@ pub(crate) async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let since = match query.since {
-        Some(seq) => Some(seq),
+        Some(text) => Some(text),
         None => match headers.get("last-event-id") {
             None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event sequence number"))?,
-            ),
+            Some(value) => {
+                Some(value.to_str().map_err(|_| ApiError::invalid("Last-Event-ID is not visible ASCII"))?.to_owned())
+            }
         },
     };
-    let subscription = ctx.ask(|reply| Action::Subscribe { reply }).await?;
-    let recent: Vec<EventRecord> =
-        subscription.recent.into_iter().filter(|e| since.is_none_or(|s| e.seq > s)).collect();
-    // Never send an event twice, even if the node's buffer and receiver overlap.
-    let mut last = recent.last().map(|e| e.seq).or(since).unwrap_or(0);
-    let recent: SseStream = stream::iter(recent.into_iter().map(|e| Ok(sse_event(&e)))).boxed();
-    if query.follow == Some(false) {
-        return Ok(Sse::new(recent).into_response());
-    }
-    let live: SseStream = BroadcastStream::new(subscription.live)
-        .filter_map(move |item| {
-            let out = match item {
-                Ok(record) if record.seq > last => {
-                    last = record.seq;
-                    Some(Ok(sse_event(&record)))
-                }
-                Ok(_) => None,
-                Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Ok(lagged_event(missed))),
-            };
-            std::future::ready(out)
-        })
-        .boxed();
+    let start = match since {
+        None => EventStart::Recent(RECENT_EVENTS),
+        Some(text) => EventStart::After(
+            text.parse::<EventId>().map_err(|e| ApiError::invalid(format!("since / Last-Event-ID: {e}")))?,
+        ),
+    };
+    let follow = query.follow.unwrap_or(true);
+    let subscription = ctx.ask(|reply| Action::Subscribe { start, follow, reply }).await?;
+    let events = ReceiverStream::new(subscription.items).map(|item| Ok::<_, Infallible>(sse_event(&item)));
     let keep_alive = KeepAlive::new().interval(ctx.config.keep_alive);
-    Ok(Sse::new(recent.chain(live)).keep_alive(keep_alive).into_response())
+    Ok(Sse::new(events).keep_alive(keep_alive).into_response())
 }
 
-fn sse_event(record: &EventRecord) -> Event {
-    // An event name with a line break would corrupt the stream (and makes axum panic).
-    let kind: String = record.kind.chars().map(|c| if c == '\n' || c == '\r' { '_' } else { c }).collect();
-    let data = serde_json::to_string(record).unwrap_or_else(|_| "{}".to_owned());
-    Event::default().event(kind).id(record.seq.to_string()).data(data)
-}
-
-fn lagged_event(missed: u64) -> Event {
-    Event::default().event(LAGGED).data(serde_json::json!({ "missed": missed }).to_string())
+fn sse_event(item: &EventItem) -> Event {
+    match item {
+        EventItem::Event(record) => {
+            // An event name with a line break would corrupt the stream (and makes axum panic).
+            let kind: String = record.kind.chars().map(|c| if c == '\n' || c == '\r' { '_' } else { c }).collect();
+            let data = serde_json::to_string(record).unwrap_or_else(|_| "{}".to_owned());
+            let event = Event::default().event(kind);
+            let event = match record.id {
+                Some(id) => event.id(id.to_string()),
+                None => event,
+            };
+            event.data(data)
+        }
+        EventItem::Lagged { missed } => {
+            Event::default().event(LAGGED).data(serde_json::json!({ "missed": missed }).to_string())
+        }
+        // The id moves past the gap, so a client that reconnects is not told again.
+        EventItem::Gap { resumes_at } => Event::default()
+            .event(GAP)
+            .id(EventId::end_of(resumes_at.saturating_sub(1)).to_string())
+            .data(serde_json::json!({ "resumes_at": resumes_at }).to_string()),
+    }
 }

@@ -44,6 +44,7 @@ pub enum FunctionAction {
         document: Box<FunctionDocument>,
         /// The deployer's signature of the validated spec, unversioned.
         signature: Option<falak_core::signing::SpecSignature>,
+        idempotency: Option<falak_core::ledger::IdempotencyKey>,
         reply: Reply<FunctionDeployed>,
     },
     List {
@@ -72,6 +73,7 @@ pub enum FunctionAction {
     Invoke {
         name: String,
         submission: Box<InvocationSubmission>,
+        idempotency: Option<falak_core::ledger::IdempotencyKey>,
         reply: Reply<InvocationInfo>,
     },
     GetInvocation {
@@ -407,10 +409,12 @@ pub(crate) async fn deploy(
     body: Body,
 ) -> Result<(StatusCode, Json<FunctionDeployed>), ApiError> {
     let signature = crate::routes::signature(&headers)?;
+    let idempotency = crate::routes::idempotency_key(&headers)?;
     let document: FunctionDocument = body.parse()?;
     document.check()?;
     let document = Box::new(document);
-    let deployed = ctx.ask(|reply| Action::Function(FunctionAction::Deploy { document, signature, reply })).await?;
+    let deployed =
+        ctx.ask(|reply| Action::Function(FunctionAction::Deploy { document, signature, idempotency, reply })).await?;
     Ok((StatusCode::CREATED, Json(deployed)))
 }
 
@@ -468,8 +472,10 @@ pub(crate) async fn invoke_async(
     submission.content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     submission.body = body;
     submission.stored_request()?;
+    let idempotency = crate::routes::idempotency_key(&headers)?;
     let submission = Box::new(submission);
-    let info = ctx.ask(|reply| Action::Function(FunctionAction::Invoke { name, submission, reply })).await?;
+    let info =
+        ctx.ask(|reply| Action::Function(FunctionAction::Invoke { name, submission, idempotency, reply })).await?;
     Ok((StatusCode::ACCEPTED, Json(info)))
 }
 

@@ -23,7 +23,21 @@ pub struct Readiness {
     pub reason: Option<String>,
     /// The ledger leader, when known.
     pub leader: Option<NodeId>,
+    /// The highest ledger term this node has seen: of two nodes naming different leaders, the
+    /// one with the higher term is current.
+    #[serde(default)]
+    pub term: u64,
+    /// The last ledger index applied to this node's state.
+    #[serde(default)]
+    pub applied: Option<u64>,
 }
+
+/// Every API answer carries the answering node's view of the ledger in these headers (unset
+/// parts are left out): the term, the leader's node id and the applied index, as in
+/// [`Readiness`].
+pub const TERM_HEADER: &str = "falak-ledger-term";
+pub const LEADER_HEADER: &str = "falak-ledger-leader";
+pub const APPLIED_HEADER: &str = "falak-ledger-applied";
 
 /// Always `ok`: the process serves HTTP. Asks nothing of the node, so it answers even when the
 /// main loop is stuck.

@@ -272,10 +272,15 @@ pub(crate) struct ResultQuery {
     format: ResultFormat,
 }
 
-pub(crate) async fn submit(State(ctx): State<Ctx>, body: Body) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
+pub(crate) async fn submit(
+    State(ctx): State<Ctx>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
+    let idempotency = crate::routes::idempotency_key(&headers)?;
     let submission: JobSubmission = body.parse()?;
     let request = submission.into_request()?;
-    let job = ctx.ask(|reply| Action::SubmitJob { request, reply }).await?;
+    let job = ctx.ask(|reply| Action::SubmitJob { request, idempotency, reply }).await?;
     Ok((StatusCode::CREATED, Json(job)))
 }
 

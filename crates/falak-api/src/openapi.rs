@@ -63,6 +63,15 @@ fn operation(route: &RouteInfo) -> Value {
     parameters.extend(route.query.iter().map(|(name, description)| {
         json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } })
     }));
+    if route.idempotent {
+        parameters.push(json!({
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": false,
+            "description": "1-255 visible ASCII characters: a retry with the same key (through any node, within 24 hours) takes effect once and gets the first answer; the same key for another request is a conflict",
+            "schema": { "type": "string" },
+        }));
+    }
     let mut op = json!({
         "summary": route.summary,
         "operationId": operation_id(route),

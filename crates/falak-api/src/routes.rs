@@ -81,7 +81,11 @@ pub fn router_with_gateway(
     };
     let mut router = Router::new();
     for route in table() {
-        router = router.route(route.info.path, guarded(route.info.method.as_str(), route.info.path, route.handler));
+        let mut handler = route.handler;
+        if !route.info.idempotent {
+            handler = handler.layer(axum::middleware::from_fn(refuse_idempotency_key));
+        }
+        router = router.route(route.info.path, guarded(route.info.method.as_str(), route.info.path, handler));
     }
     let to_gateway = move |request: Request| function::gateway(gateway.clone(), request);
     for path in GATEWAY_PATHS {
@@ -112,6 +116,9 @@ pub struct RouteInfo {
     pub status: u16,
     /// The content type of a successful answer.
     pub produces: &'static str,
+    /// Whether the route takes an `Idempotency-Key` (the writes that create something); the
+    /// others refuse one rather than ignore it.
+    pub idempotent: bool,
 }
 
 /// Every route the API serves, in table order.
@@ -135,7 +142,8 @@ impl Route {
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).expect("route table uses standard methods");
-        let info = RouteInfo { method, path, summary, query: &[], body: &[], status: 200, produces: JSON };
+        let info =
+            RouteInfo { method, path, summary, query: &[], body: &[], status: 200, produces: JSON, idempotent: false };
         Route { info, handler: on(filter, handler) }
     }
 
@@ -161,6 +169,11 @@ impl Route {
 
     fn produces(mut self, content_type: &'static str) -> Route {
         self.info.produces = content_type;
+        self
+    }
+
+    fn idempotent(mut self) -> Route {
+        self.info.idempotent = true;
         self
     }
 }
@@ -190,10 +203,11 @@ fn table() -> Vec<Route> {
         Route::new(M::DELETE, "/api/v1/join-tokens/{id}", "revoke a join token", crate::join::revoke_token),
         Route::new(M::POST, "/api/v1/capsules", "apply a capsule document (YAML or JSON)", capsule::apply)
             .body(SPEC_BODY)
-            .created(),
+            .created()
+            .idempotent(),
         Route::new(M::GET, "/api/v1/capsules", "capsules, latest version each", capsule::list),
         Route::new(M::GET, "/api/v1/capsules/{name}", "every version of one capsule", capsule::show),
-        Route::new(M::POST, "/api/v1/jobs", "submit a job", job::submit).body(SPEC_BODY).created(),
+        Route::new(M::POST, "/api/v1/jobs", "submit a job", job::submit).body(SPEC_BODY).created().idempotent(),
         Route::new(M::GET, "/api/v1/jobs", "jobs, newest first", job::list)
             .query(&[("limit", "at most this many jobs (default 100)")]),
         Route::new(M::GET, "/api/v1/jobs/{id}", "one job with task counts", job::show),
@@ -209,13 +223,15 @@ fn table() -> Vec<Route> {
         Route::new(M::GET, "/api/v1/services", "services", service::list),
         Route::new(M::POST, "/api/v1/services", "apply a service (create or scale)", service::apply)
             .body(SPEC_BODY)
-            .created(),
+            .created()
+            .idempotent(),
         Route::new(M::GET, "/api/v1/services/{name}", "one service with its replicas", service::show),
         Route::new(M::DELETE, "/api/v1/services/{name}", "remove a service", service::remove),
         Route::new(M::GET, "/api/v1/workloads", "services and jobs in the workload shape", workload::list),
         Route::new(M::POST, "/api/v1/workloads", "create a service from a capsule", workload::create)
             .body(SPEC_BODY)
-            .created(),
+            .created()
+            .idempotent(),
         Route::new(M::GET, "/api/v1/workloads/{id}", "one workload", workload::show),
         Route::new(M::DELETE, "/api/v1/workloads/{id}", "remove a service or cancel a job", workload::remove),
         Route::new(
@@ -229,7 +245,8 @@ fn table() -> Vec<Route> {
         Route::new(M::GET, "/api/v1/functions", "functions", function::list),
         Route::new(M::POST, "/api/v1/functions", "deploy a function (its bundle stored first)", function::deploy)
             .body(SPEC_BODY)
-            .created(),
+            .created()
+            .idempotent(),
         Route::new(M::GET, "/api/v1/functions/{name}", "one function", function::show),
         Route::new(M::DELETE, "/api/v1/functions/{name}", "remove a function", function::remove),
         Route::new(M::GET, "/api/v1/functions/{name}/instances", "its instances on every node", function::instances),
@@ -243,7 +260,8 @@ fn table() -> Vec<Route> {
                 ("max_attempts", "attempts before it fails (1-10, default 3)"),
             ])
             .body(&["*/*"])
-            .accepted(),
+            .accepted()
+            .idempotent(),
         Route::new(
             M::GET,
             "/api/v1/functions/{name}/invocations/{id}",
@@ -253,7 +271,10 @@ fn table() -> Vec<Route> {
         Route::new(M::GET, "/api/v1/events", "the event stream (server-sent events)", event::stream)
             .query(&[
                 ("follow", "keep the stream open for new events (default true)"),
-                ("since", "only events with a higher sequence number (also `Last-Event-ID`)"),
+                (
+                    "since",
+                    "ledger events after this event id (`1234.2`, or `1234` for after entry 1234; `0` for the whole retained history); also `Last-Event-ID`. Without it: the last 10,000",
+                ),
             ])
             .produces("text/event-stream"),
         Route::new(M::POST, "/api/v1/tokens", "create an API token; the answer is the only copy", token::create)
@@ -375,6 +396,30 @@ pub(crate) fn signature(
     let Some(value) = headers.get(falak_core::signing::SIGNATURE_HEADER) else { return Ok(None) };
     let text = value.to_str().map_err(|_| ApiError::invalid("falak-signature is not ASCII"))?;
     text.parse().map(Some).map_err(|e: String| ApiError::invalid(e))
+}
+
+/// The `Idempotency-Key` a request carries, if any.
+pub(crate) fn idempotency_key(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<falak_core::ledger::IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(falak_core::ledger::IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::invalid("Idempotency-Key is not visible ASCII"))?;
+    text.parse().map(Some).map_err(|e: falak_core::ledger::InvalidIdempotencyKey| ApiError::invalid(e.to_string()))
+}
+
+/// Routes that do not take an `Idempotency-Key` refuse one: silently ignoring it would let a
+/// client believe its retry is safe.
+async fn refuse_idempotency_key(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.headers().contains_key(falak_core::ledger::IDEMPOTENCY_KEY_HEADER) {
+        let message = format!(
+            "{} {} does not take an Idempotency-Key; only the writes that create something do (jobs, capsules, services, workloads, functions, asynchronous invocations)",
+            request.method(),
+            request.uri().path()
+        );
+        return ApiError::invalid(message).into_response();
+    }
+    next.run(request).await
 }
 
 /// Parse an id from a path segment into `invalid` with the id type's message.

@@ -101,10 +101,15 @@ pub(crate) async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<ServiceInfo>
     ctx.ask(|reply| Action::ListServices { reply }).await.map(Json)
 }
 
-pub(crate) async fn apply(State(ctx): State<Ctx>, body: Body) -> Result<(StatusCode, Json<ServiceInfo>), ApiError> {
+pub(crate) async fn apply(
+    State(ctx): State<Ctx>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<ServiceInfo>), ApiError> {
+    let idempotency = crate::routes::idempotency_key(&headers)?;
     let submission: ServiceSubmission = body.parse()?;
     let request = submission.into_request()?;
-    let service = ctx.ask(|reply| Action::ApplyService { request, reply }).await?;
+    let service = ctx.ask(|reply| Action::ApplyService { request, idempotency, reply }).await?;
     Ok((StatusCode::CREATED, Json(service)))
 }
 

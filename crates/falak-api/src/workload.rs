@@ -225,10 +225,15 @@ pub(crate) async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<WorkloadInfo
     ctx.ask(|reply| Action::ListWorkloads { reply }).await.map(Json)
 }
 
-pub(crate) async fn create(State(ctx): State<Ctx>, body: Body) -> Result<(StatusCode, Json<WorkloadInfo>), ApiError> {
+pub(crate) async fn create(
+    State(ctx): State<Ctx>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<WorkloadInfo>), ApiError> {
+    let idempotency = crate::routes::idempotency_key(&headers)?;
     let request: WorkloadRequest = body.parse()?;
     let request = request.into_request()?;
-    let service = ctx.ask(|reply| Action::ApplyService { request, reply }).await?;
+    let service = ctx.ask(|reply| Action::ApplyService { request, idempotency, reply }).await?;
     let workload = WorkloadRef::Job(service.job);
     let info = ctx.ask(|reply| Action::GetWorkload { workload, reply }).await?;
     Ok((StatusCode::CREATED, Json(info)))

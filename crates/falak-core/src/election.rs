@@ -231,17 +231,29 @@ impl Candidacy {
     }
 }
 
-/// What the ledger leader proposes on its own: node health changes and lease expiry.
-pub fn leader_duties(state: &State, observed: &BTreeMap<NodeId, Observed>, now: Millis) -> Vec<Command> {
+/// What the ledger leader of `term` proposes on its own: node health changes and lease expiry.
+///
+/// The leader reconciles every node's recorded state with its own live view, itself included:
+/// a node it sees HEALTHY (and the leader itself, which is evidently up) is marked back online,
+/// a node it sees OFFLINE is marked OFFLINE. A node it has no view of yet keeps its record. Each
+/// command carries `term`, so the state machine refuses it once another leader took over.
+pub fn leader_duties(
+    state: &State,
+    observed: &BTreeMap<NodeId, Observed>,
+    me: NodeId,
+    term: u64,
+    now: Millis,
+) -> Vec<Command> {
     let mut out = Vec::new();
     for entry in state.nodes() {
         let id = entry.record.id;
-        match observed.get(&id).map(|o| o.health) {
+        let seen = if id == me { Some(Health::Healthy) } else { observed.get(&id).map(|o| o.health) };
+        match seen {
             Some(Health::Offline) if !entry.offline => {
-                out.push(Command::SetNodeOffline { node: id, offline: true, now })
+                out.push(Command::SetNodeOffline { node: id, offline: true, term, now })
             }
             Some(Health::Healthy) if entry.offline => {
-                out.push(Command::SetNodeOffline { node: id, offline: false, now })
+                out.push(Command::SetNodeOffline { node: id, offline: false, term, now })
             }
             _ => {}
         }
@@ -250,7 +262,7 @@ pub fn leader_duties(state: &State, observed: &BTreeMap<NodeId, Observed>, now: 
         .nodes()
         .any(|n| state.claims_of(&n.record.id).any(|t| t.claim.as_ref().is_some_and(|c| c.lease_until < now)));
     if expired {
-        out.push(Command::ExpireLeases { now });
+        out.push(Command::ExpireLeases { term, now });
     }
     out
 }

@@ -7,7 +7,9 @@
 
 mod access;
 mod apply;
+mod event;
 mod functions;
+mod idempotency;
 mod state;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,11 @@ use crate::placement::Decision;
 use crate::signing::{DeployerId, DeployerRecord, SpecSignature};
 use crate::{Millis, NodeId};
 
+pub use event::{EventId, ParseEventIdError};
+pub use idempotency::{
+    IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_RETENTION_MS, IdempotencyKey, InvalidIdempotencyKey, MAX_IDEMPOTENCY_KEYS,
+    Remembered, RequestFingerprint,
+};
 pub use state::{PlantedBug, State, StateData};
 
 /// Format version of serialized [`State`] snapshots and [`Command`] entries.
@@ -41,9 +48,16 @@ pub enum Command {
         now: Millis,
     },
     /// Membership saw the node OFFLINE (or back); proposed by the leader.
+    ///
+    /// `term` is the leadership term of the leader that proposed it. The state machine applies
+    /// it only in an entry of that same term: a deposed leader's view of who is OFFLINE, retried
+    /// and committed after a heal, is refused. 0 (entries written before terms were carried) is
+    /// not checked.
     SetNodeOffline {
         node: NodeId,
         offline: bool,
+        #[serde(default)]
+        term: u64,
         now: Millis,
     },
     ApplyCapsule {
@@ -102,8 +116,11 @@ pub enum Command {
         report: TaskReport,
         now: Millis,
     },
-    /// Leases that ran out before `now` are lost; proposed periodically by the leader.
+    /// Leases that ran out before `now` are lost; proposed periodically by the leader, and
+    /// fenced by its `term` as [`Command::SetNodeOffline`] is.
     ExpireLeases {
+        #[serde(default)]
+        term: u64,
         now: Millis,
     },
     /// Deploy a function; `spec.version` 0 means the next version.
@@ -198,6 +215,18 @@ pub enum Command {
         node: NodeId,
         now: Millis,
     },
+    /// Apply `command` at most once per `key`: the first time, as usual, remembering its
+    /// outcome unless it was rejected; again with the same key and the same `request`, the
+    /// remembered outcome without applying anything; with the same key and another request, a
+    /// conflict. Keys are remembered for [`IDEMPOTENCY_RETENTION_MS`], at most
+    /// [`MAX_IDEMPOTENCY_KEYS`] of them. How an API write retried after an unconfirmed answer
+    /// (a timeout, a lost connection) takes effect once.
+    Idempotent {
+        key: IdempotencyKey,
+        /// What the request asked for, so a key reused for another request is caught.
+        request: RequestFingerprint,
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -282,31 +311,122 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LedgerEvent {
-    NodeAdmitted { node: NodeId, name: String },
-    NodeOffline { node: NodeId },
-    NodeOnline { node: NodeId },
-    CapsuleApplied { name: String, version: u32 },
-    JobSubmitted { job: JobId, tasks: u32 },
-    JobFinished { job: JobId, state: JobState },
-    TaskState { task: TaskId, state: TaskState, attempt: u32, node: Option<NodeId> },
-    ElectionWon { task: TaskId, attempt: u32, node: NodeId, fencing: u64 },
-    ClaimRejected { task: TaskId, attempt: u32, node: NodeId, reason: String },
-    ResultRejected { task: TaskId, node: NodeId, fencing: u64, reason: String },
-    LeaseExpired { task: TaskId, attempt: u32, node: NodeId },
-    ServiceApplied { name: String, replicas: u32 },
-    ServiceRemoved { name: String },
-    FunctionDeployed { name: String, version: u32 },
-    FunctionRemoved { name: String },
-    InstanceClaimed { function: String, version: u32, node: NodeId, instance: u64 },
-    InstanceReleased { function: String, node: NodeId, instance: u64 },
-    InvocationFinished { id: InvocationId, function: String, state: InvocationState },
-    TokenCreated { id: TokenId, name: String, role: crate::access::Role },
-    TokenRevoked { id: TokenId, name: String },
-    DeployerTrusted { id: DeployerId, name: String },
-    DeployerRevoked { id: DeployerId, name: String },
-    JoinTicketCreated { id: TokenId, uses: u32, expires_at: Millis },
-    JoinTicketRevoked { id: TokenId },
-    NodeRevoked { node: NodeId, name: String },
+    NodeAdmitted {
+        node: NodeId,
+        name: String,
+    },
+    /// `term`: the leadership term of the leader that declared it (0 when revoked by an
+    /// operator, or in entries written before terms were carried).
+    NodeOffline {
+        node: NodeId,
+        #[serde(default)]
+        term: u64,
+    },
+    NodeOnline {
+        node: NodeId,
+        #[serde(default)]
+        term: u64,
+    },
+    CapsuleApplied {
+        name: String,
+        version: u32,
+    },
+    JobSubmitted {
+        job: JobId,
+        tasks: u32,
+    },
+    JobFinished {
+        job: JobId,
+        state: JobState,
+    },
+    TaskState {
+        task: TaskId,
+        state: TaskState,
+        attempt: u32,
+        node: Option<NodeId>,
+    },
+    ElectionWon {
+        task: TaskId,
+        attempt: u32,
+        node: NodeId,
+        fencing: u64,
+    },
+    ClaimRejected {
+        task: TaskId,
+        attempt: u32,
+        node: NodeId,
+        reason: String,
+    },
+    ResultRejected {
+        task: TaskId,
+        node: NodeId,
+        fencing: u64,
+        reason: String,
+    },
+    LeaseExpired {
+        task: TaskId,
+        attempt: u32,
+        node: NodeId,
+    },
+    ServiceApplied {
+        name: String,
+        replicas: u32,
+    },
+    ServiceRemoved {
+        name: String,
+    },
+    FunctionDeployed {
+        name: String,
+        version: u32,
+    },
+    FunctionRemoved {
+        name: String,
+    },
+    InstanceClaimed {
+        function: String,
+        version: u32,
+        node: NodeId,
+        instance: u64,
+    },
+    InstanceReleased {
+        function: String,
+        node: NodeId,
+        instance: u64,
+    },
+    InvocationFinished {
+        id: InvocationId,
+        function: String,
+        state: InvocationState,
+    },
+    TokenCreated {
+        id: TokenId,
+        name: String,
+        role: crate::access::Role,
+    },
+    TokenRevoked {
+        id: TokenId,
+        name: String,
+    },
+    DeployerTrusted {
+        id: DeployerId,
+        name: String,
+    },
+    DeployerRevoked {
+        id: DeployerId,
+        name: String,
+    },
+    JoinTicketCreated {
+        id: TokenId,
+        uses: u32,
+        expires_at: Millis,
+    },
+    JoinTicketRevoked {
+        id: TokenId,
+    },
+    NodeRevoked {
+        node: NodeId,
+        name: String,
+    },
 }
 
 /// The result of applying one command.

@@ -90,7 +90,7 @@ fn membership() -> Membership<NodeId, PeerInfo> {
 fn commands() -> Vec<Command> {
     vec![
         Command::Noop { now: 1_750_000_000_000 },
-        Command::SetNodeOffline { node: NodeId([3; 32]), offline: true, now: 1_750_000_000_000 },
+        Command::SetNodeOffline { node: NodeId([3; 32]), offline: true, term: 0, now: 1_750_000_000_000 },
         Command::Batch(vec![Command::Noop { now: 1 }, Command::Noop { now: 2 }]),
     ]
 }
@@ -155,12 +155,15 @@ pub fn sample_requests() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "leader-change-voters",
-            LedgerRequest::Leader(LeaderRequest::ChangeVoters { voters: [NodeId([1; 32]), NodeId([4; 32])].into() }),
+            LedgerRequest::Leader(LeaderRequest::ChangeVoters {
+                voters: [NodeId([1; 32]), NodeId([4; 32])].into(),
+                term: Some(3),
+            }),
             Vec::new(),
         ),
         (
             "leader-remove-nodes",
-            LedgerRequest::Leader(LeaderRequest::RemoveNodes { nodes: [NodeId([3; 32])].into() }),
+            LedgerRequest::Leader(LeaderRequest::RemoveNodes { nodes: [NodeId([3; 32])].into(), term: None }),
             Vec::new(),
         ),
     ];

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::config::LedgerConfig;
 use crate::error::{ChangeMembershipError, InitializeError, OpenLedgerError, ShutdownError, WriteError};
+use crate::history::{History, HistoryPage, ReadHistoryError};
 use crate::network::LedgerNetwork;
 use crate::server::{self, LedgerServer};
 use crate::state_machine::{AppliedState, Committed, Replica};
@@ -60,6 +61,22 @@ pub struct Ledger {
     contacts: Arc<std::sync::RwLock<Vec<NodeId>>>,
     /// The snapshot being received from a leader, shared by every handler of this ledger.
     receiving: crate::server::SharedReceiving,
+    /// The events of every applied entry, by log index. Owned by the state machine, so that
+    /// shutdown closes its file whatever handles remain.
+    history: std::sync::Weak<History>,
+    history_closed: watch::Receiver<bool>,
+}
+
+/// Who leads the ledger and how far this replica is, as of now: what API answers carry so a
+/// client can tell whose view is current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerStatus {
+    /// The highest leadership term this node has seen.
+    pub term: u64,
+    /// The leader of that term, when known.
+    pub leader: Option<NodeId>,
+    /// The last log index applied to this replica's state.
+    pub applied: Option<u64>,
 }
 
 /// Read access to the applied state, without copying it.
@@ -129,6 +146,8 @@ impl Ledger {
         let raft_config = Arc::new(config.raft_config()?);
         let (log_store, state_machine) = open_store::<TypeConfig>(dir, id, config.cache_bytes).await?;
         let replica = state_machine.replica();
+        let history = Arc::downgrade(&state_machine.history());
+        let history_closed = state_machine.history().closed();
         if config.planted_bug != falak_core::ledger::PlantedBug::None {
             replica.plant_bug(config.planted_bug);
         }
@@ -147,6 +166,8 @@ impl Ledger {
             database_closed,
             contacts: Arc::default(),
             receiving: Arc::default(),
+            history,
+            history_closed,
         })
     }
 
@@ -244,17 +265,75 @@ impl Ledger {
     /// Every new voter must already be a learner that has caught up ([`Ledger::add_learner`],
     /// then watch [`LedgerMetrics::replication`]). Voters left out stay as learners; remove a
     /// dead one with [`Ledger::remove_learners`].
-    pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), ChangeMembershipError> {
-        self.change_membership(LeaderRequest::ChangeVoters { voters }).await
+    ///
+    /// With `planned_in`, the change was planned by the leader of that term from its own view,
+    /// and is refused (changing nothing) unless it runs on the leader of that same term: a
+    /// deposed leader's plan never reaches its successor.
+    pub async fn change_voters(
+        &self,
+        voters: BTreeSet<NodeId>,
+        planned_in: Option<u64>,
+    ) -> Result<(), ChangeMembershipError> {
+        self.change_membership(LeaderRequest::ChangeVoters { voters, term: planned_in }).await
     }
 
-    /// Remove learners from the membership; they stop receiving the log.
+    /// Remove learners from the membership; they stop receiving the log. `planned_in` as for
+    /// [`Ledger::change_voters`].
     ///
     /// The leader keeps the log a member still needs (openraft does not purge entries an
     /// in-flight replication stream covers), so an OFFLINE node should be removed rather than
     /// left as a learner.
-    pub async fn remove_learners(&self, nodes: BTreeSet<NodeId>) -> Result<(), ChangeMembershipError> {
-        self.change_membership(LeaderRequest::RemoveNodes { nodes }).await
+    pub async fn remove_learners(
+        &self,
+        nodes: BTreeSet<NodeId>,
+        planned_in: Option<u64>,
+    ) -> Result<(), ChangeMembershipError> {
+        self.change_membership(LeaderRequest::RemoveNodes { nodes, term: planned_in }).await
+    }
+
+    /// Ledger events after `after` (from the start of the retained history when `None`), at
+    /// most `limit`: the one event history every replica shares, read from this replica's
+    /// disk. See [`crate::RETAINED_EVENTS`] for how far back it goes.
+    pub async fn history(
+        &self,
+        after: Option<falak_core::ledger::EventId>,
+        limit: usize,
+    ) -> Result<HistoryPage, ReadHistoryError> {
+        let history = self.history.upgrade().ok_or_else(ReadHistoryError::shut_down)?;
+        match tokio::task::spawn_blocking(move || history.read(after, limit)).await {
+            Ok(page) => page,
+            Err(join) => Err(ReadHistoryError::task(join.to_string())),
+        }
+    }
+
+    /// The position after which the last `count` retained events follow (`None` when fewer are
+    /// retained): where a reader that wants only recent history starts.
+    pub async fn history_tail(&self, count: u64) -> Result<Option<falak_core::ledger::EventId>, ReadHistoryError> {
+        let history = self.history.upgrade().ok_or_else(ReadHistoryError::shut_down)?;
+        match tokio::task::spawn_blocking(move || history.tail_start(count)).await {
+            Ok(tail) => tail,
+            Err(join) => Err(ReadHistoryError::task(join.to_string())),
+        }
+    }
+
+    /// How many events the history retains now.
+    pub async fn history_retained(&self) -> u64 {
+        let Some(history) = self.history.upgrade() else { return 0 };
+        tokio::task::spawn_blocking(move || history.retained()).await.unwrap_or(0)
+    }
+
+    /// The term this node leads in, when it is the leader.
+    pub fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
+    /// Term, leader and applied index as of now; cheap (no IO, no await).
+    pub fn status(&self) -> LedgerStatus {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        LedgerStatus { term: m.current_term, leader: m.current_leader, applied: m.last_applied.map(|id| id.index) }
     }
 
     async fn change_membership(&self, op: LeaderRequest) -> Result<(), ChangeMembershipError> {
@@ -338,15 +417,24 @@ impl Ledger {
     /// shutdown leave the same files. Once this returns `Ok`, the directory can be reopened.
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
         let stopped = self.raft.shutdown().await.map_err(|e| ShutdownError::Raft(e.to_string()));
+        // Nothing applies any more: make the event history durable so a restart need not
+        // replay it (a crash instead replays the log after the snapshot, which rewrites it).
+        if let Some(history) = self.history.upgrade()
+            && let Ok(Err(e)) = tokio::task::spawn_blocking(move || history.flush()).await
+        {
+            tracing::warn!(error = %e, "cannot flush the event history at shutdown");
+        }
         // Replication and snapshot tasks drop their handles on the database shortly after the
         // raft core stops; wait for that so the file lock is released.
         let bound = Duration::from_secs(2);
-        let mut closed = self.database_closed.clone();
-        match tokio::time::timeout(bound, closed.wait_for(|closed| *closed)).await {
-            Ok(Ok(_)) => {}
+        let (mut closed, mut history_closed) = (self.database_closed.clone(), self.history_closed.clone());
+        let both = async move {
             // The sender is dropped only after it signalled; a closed channel means closed.
-            Ok(Err(_)) => {}
-            Err(_elapsed) => return Err(ShutdownError::DatabaseBusy(bound)),
+            let _ = closed.wait_for(|closed| *closed).await;
+            let _ = history_closed.wait_for(|closed| *closed).await;
+        };
+        if tokio::time::timeout(bound, both).await.is_err() {
+            return Err(ShutdownError::DatabaseBusy(bound));
         }
         tracing::info!(node = %self.id, "ledger shut down");
         stopped

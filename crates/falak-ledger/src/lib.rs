@@ -22,6 +22,7 @@ mod config;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod history;
 mod ledger;
 mod log_store;
 mod network;
@@ -41,7 +42,8 @@ pub use falak_core::ledger::State;
 
 pub use crate::config::LedgerConfig;
 pub use crate::error::{ChangeMembershipError, InitializeError, OpenLedgerError, ShutdownError, WriteError};
-pub use crate::ledger::{Ledger, LedgerMetrics, Role, StateGuard};
+pub use crate::history::{HistoryEvent, HistoryPage, MAX_PAGE_EVENTS, RETAINED_EVENTS, ReadHistoryError};
+pub use crate::ledger::{Ledger, LedgerMetrics, LedgerStatus, Role, StateGuard};
 pub use crate::server::{MAX_BATCH_DEPTH, MAX_COMMAND_BYTES, MAX_SNAPSHOT_BYTES};
 pub use crate::state_machine::Committed;
 // The storage halves on their own, for openraft's storage test suite and the simulation

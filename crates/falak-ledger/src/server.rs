@@ -244,6 +244,20 @@ pub(crate) async fn execute(raft: &Raft<TypeConfig>, op: LeaderRequest, bound: D
     {
         return LeaderReply::Refused(reason);
     }
+    if let LeaderRequest::ChangeVoters { term: Some(planned), .. }
+    | LeaderRequest::RemoveNodes { term: Some(planned), .. } = &op
+    {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let leading = m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id);
+        if !leading || m.current_term != *planned {
+            return LeaderReply::Refused(format!(
+                "the membership change was planned by the leader of term {planned}; this node is {} in term {}, so the plan is stale and was not applied",
+                if leading { "the leader" } else { "not the leader" },
+                m.current_term
+            ));
+        }
+    }
     let is_write = matches!(op, LeaderRequest::Write(_));
     let outcome: Result<ClientWriteOutcome, _> = match op {
         LeaderRequest::Write(command) => tokio::time::timeout(bound, raft.client_write(command)).await,
@@ -254,10 +268,10 @@ pub(crate) async fn execute(raft: &Raft<TypeConfig>, op: LeaderRequest, bound: D
         }
         // Demoted voters stay as learners (`retain = true`): every admitted non-voter holds
         // the whole ledger (ADR 0001). Dead nodes are dropped with `RemoveNodes`.
-        LeaderRequest::ChangeVoters { voters } => {
+        LeaderRequest::ChangeVoters { voters, .. } => {
             tokio::time::timeout(bound, raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true)).await
         }
-        LeaderRequest::RemoveNodes { nodes } => {
+        LeaderRequest::RemoveNodes { nodes, .. } => {
             tokio::time::timeout(bound, raft.change_membership(ChangeMembers::RemoveNodes(nodes), false)).await
         }
     };
@@ -282,7 +296,7 @@ pub(crate) async fn execute(raft: &Raft<TypeConfig>, op: LeaderRequest, bound: D
 pub(crate) fn check_command(command: &Command) -> Result<(), String> {
     let depth = batch_depth(command);
     if depth > MAX_BATCH_DEPTH {
-        return Err(format!("command nests batches {depth} deep, past the limit of {MAX_BATCH_DEPTH}"));
+        return Err(format!("command nests batches or keys {depth} deep, past the limit of {MAX_BATCH_DEPTH}"));
     }
     let size = serde_json::to_vec(command).map_err(|e| format!("command does not encode: {e}"))?.len();
     if size > MAX_COMMAND_BYTES {
@@ -291,15 +305,22 @@ pub(crate) fn check_command(command: &Command) -> Result<(), String> {
     Ok(())
 }
 
-/// How many `Batch` levels `command` has (0 for a plain command); without recursion, since the
-/// command may come from a peer.
+/// How many `Batch` and `Idempotent` levels `command` has (0 for a plain command); without
+/// recursion, since the command may come from a peer.
 fn batch_depth(command: &Command) -> usize {
     let mut deepest = 0;
     let mut stack = vec![(command, 0)];
     while let Some((command, depth)) = stack.pop() {
-        if let Command::Batch(inner) = command {
-            deepest = deepest.max(depth + 1);
-            stack.extend(inner.iter().map(|c| (c, depth + 1)));
+        match command {
+            Command::Batch(inner) => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(inner.iter().map(|c| (c, depth + 1)));
+            }
+            Command::Idempotent { command, .. } => {
+                deepest = deepest.max(depth + 1);
+                stack.push((command, depth + 1));
+            }
+            _ => {}
         }
     }
     deepest
@@ -320,8 +341,16 @@ mod tests {
         assert!(check_command(&nested(MAX_BATCH_DEPTH)).is_ok());
         assert_eq!(
             check_command(&nested(MAX_BATCH_DEPTH + 1)),
-            Err("command nests batches 9 deep, past the limit of 8".to_owned())
+            Err("command nests batches or keys 9 deep, past the limit of 8".to_owned())
         );
+        // Keys count as levels too: a chain of keyed writes cannot slip past the limit.
+        let keyed = (0..MAX_BATCH_DEPTH + 1).fold(Command::Noop { now: 1 }, |c, i| Command::Idempotent {
+            key: format!("k{i}").parse().unwrap(),
+            request: falak_core::ledger::RequestFingerprint([0; 32]),
+            command: Box::new(c),
+        });
+        assert_eq!(batch_depth(&keyed), MAX_BATCH_DEPTH + 1);
+        assert!(check_command(&keyed).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use falak_core::ledger::{Applied, State};
+
+use crate::history::{EntryEvents, History};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
@@ -36,8 +38,9 @@ const COMMITTED_CHANNEL_CAPACITY: usize = 4096;
 /// A change to the applied state, published on every replica in log order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Committed {
-    /// The command at log `index` was applied and produced `applied`.
-    Entry { index: u64, applied: Applied },
+    /// The command at log `index`, appended by the leader of `term`, was applied and produced
+    /// `applied`. Its events are in the history ([`crate::Ledger::history`]) by now.
+    Entry { index: u64, term: u64, applied: Applied },
     /// The state was replaced by a snapshot covering the log up to `index` (this replica was too
     /// far behind to replay the log). Subscribers should re-read the whole state.
     SnapshotInstalled { index: u64 },
@@ -99,13 +102,14 @@ pub(crate) struct SnapshotPayload {
 pub struct StateMachineStore<C: LedgerTypes> {
     db: Arc<LedgerDb>,
     replica: Arc<Replica<C>>,
+    history: Arc<History>,
     /// Distinguishes snapshots built at the same log id (openraft requires unique ids).
     snapshot_seq: Arc<AtomicU64>,
 }
 
 impl<C: LedgerTypes> StateMachineStore<C> {
-    /// Load the latest snapshot from `db`, or start empty.
-    pub(crate) async fn load(db: Arc<LedgerDb>) -> Result<Self, OpenLedgerError> {
+    /// Load the latest snapshot from `db`, or start empty, and open the event history in `dir`.
+    pub(crate) async fn load(db: Arc<LedgerDb>, dir: &std::path::Path) -> Result<Self, OpenLedgerError> {
         let reader = db.clone();
         let stored = blocking_store(move || read_snapshot::<C>(&reader))
             .await
@@ -120,9 +124,15 @@ impl<C: LedgerTypes> StateMachineStore<C> {
                 AppliedState { state: payload.state, last_applied: meta.last_log_id, membership: meta.last_membership }
             }
         };
+        let snapshot = applied.last_applied.as_ref().map_or(0, |id| id.index);
+        let history_dir = dir.to_path_buf();
+        let history = blocking_store(move || History::open(&history_dir, snapshot)).await.map_err(|e| {
+            OpenLedgerError::Database { path: dir.join(crate::history::FILE_NAME), reason: e.to_string() }
+        })?;
         Ok(StateMachineStore {
             db,
             replica: Arc::new(Replica::new(applied)),
+            history: Arc::new(history),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -130,6 +140,11 @@ impl<C: LedgerTypes> StateMachineStore<C> {
     /// The shared applied state this state machine updates.
     pub(crate) fn replica(&self) -> Arc<Replica<C>> {
         self.replica.clone()
+    }
+
+    /// The event history this state machine writes.
+    pub(crate) fn history(&self) -> Arc<History> {
+        self.history.clone()
     }
 }
 
@@ -174,6 +189,7 @@ fn write_snapshot<C: LedgerTypes>(
 pub struct SnapshotBuilder<C: LedgerTypes> {
     db: Arc<LedgerDb>,
     replica: Arc<Replica<C>>,
+    history: Arc<History>,
     snapshot_seq: Arc<AtomicU64>,
 }
 
@@ -189,6 +205,15 @@ impl<C: LedgerTypes> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
             Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
             None => format!("empty-{seq}"),
         };
+        // The log before the snapshot may be purged once it is stored, and a restarted replica
+        // replays only the log after it: the history must hold the snapshot's events durably
+        // first.
+        let covered = last_log_id.as_ref().map_or(0, |id| id.index);
+        match self.history.make_durable_through(covered, std::time::Duration::from_secs(5)).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(index = covered, "event history lags the snapshot being built"),
+            Err(e) => tracing::warn!(error = %e, "cannot make the event history durable before a snapshot"),
+        }
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
         let db = self.db.clone();
         let stored_meta = meta.clone();
@@ -221,23 +246,44 @@ impl<C: LedgerTypes> RaftStateMachine<C> for StateMachineStore<C> {
     {
         let mut replies = Vec::new();
         let mut published = Vec::new();
+        let mut recorded = Vec::new();
         {
             let mut applied = self.replica.write();
             for entry in entries {
                 let index = entry.log_id.index;
+                let term = entry.log_id.leader_id.term;
                 applied.last_applied = Some(entry.log_id.clone());
-                match entry.payload {
-                    EntryPayload::Blank => replies.push(None),
+                let events = match entry.payload {
+                    EntryPayload::Blank => {
+                        replies.push(None);
+                        Vec::new()
+                    }
                     EntryPayload::Normal(command) => {
-                        let outcome = applied.state.apply(&command);
-                        published.push(Committed::Entry { index, applied: outcome.clone() });
+                        let outcome = applied.state.apply_in_term(term, &command);
+                        let events = outcome.events.clone();
+                        published.push(Committed::Entry { index, term, applied: outcome.clone() });
                         replies.push(Some(outcome));
+                        events
                     }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         replies.push(None);
+                        Vec::new()
                     }
-                }
+                };
+                recorded.push((index, EntryEvents { at: applied.state.clock(), events }));
+            }
+        }
+        // The history first, so that a subscriber woken by the publication finds the events
+        // on disk. A history that cannot be written must not stop the ledger: it records the
+        // gap, and readers are told where it resumes.
+        let history = self.history.clone();
+        let last = recorded.last().map(|(index, _)| *index);
+        if let Err(e) = blocking_store(move || history.write(&recorded)).await {
+            tracing::error!(error = %e, "cannot write the event history; readers will see a gap");
+            if let Some(last) = last {
+                let history = self.history.clone();
+                let _ = blocking_store(move || history.mark_gap(last)).await;
             }
         }
         // Publish after releasing the lock so a subscriber that reads the state on receipt
@@ -249,7 +295,12 @@ impl<C: LedgerTypes> RaftStateMachine<C> for StateMachineStore<C> {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), replica: self.replica.clone(), snapshot_seq: self.snapshot_seq.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+            replica: self.replica.clone(),
+            history: self.history.clone(),
+            snapshot_seq: self.snapshot_seq.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<C::NodeId>> {
@@ -277,6 +328,11 @@ impl<C: LedgerTypes> RaftStateMachine<C> for StateMachineStore<C> {
             applied.membership = meta.last_membership.clone();
         }
         let index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
+        // The events between what this replica applied and the snapshot never reached it.
+        let history = self.history.clone();
+        if let Err(e) = blocking_store(move || history.restart_after(index)).await {
+            tracing::error!(error = %e, "cannot restart the event history after an installed snapshot");
+        }
         let _ = self.replica.committed.send(Committed::SnapshotInstalled { index });
         tracing::info!(snapshot = %meta, "ledger snapshot installed");
         Ok(())

@@ -8,6 +8,9 @@
 //! | `meta`     | `vote`, `committed`, `last_purged`, `node_id` | encoded log ids / vote / id |
 //! | `snapshot` | `meta`, `data`   | the latest snapshot's metadata and payload   |
 //!
+//! The event history lives beside it in `events.redb` (see `history`), so that its writes
+//! never queue behind the log's fsyncs.
+//!
 //! All values are versioned records (see `codec`). redb commits are atomic and checksummed, so
 //! a crash leaves either the previous or the next committed state, never a torn one.
 //!
@@ -76,12 +79,13 @@ pub async fn open_store<C: LedgerTypes>(
     cache_bytes: usize,
 ) -> Result<(LogStore<C>, StateMachineStore<C>), OpenLedgerError> {
     let path = dir.join(FILE_NAME);
+    let dir_for_history = dir.to_path_buf();
     let dir = dir.to_path_buf();
     let db = blocking(move || open_database::<C>(&dir, &owner, cache_bytes))
         .await
         .map_err(|reason| OpenLedgerError::Database { path, reason })??;
-    let db = Arc::new(LedgerDb { db, closed: ClosedSignal(watch::Sender::new(false)) });
-    let state_machine = StateMachineStore::load(db.clone()).await?;
+    let db = Arc::new(LedgerDb { db, closed: ClosedSignal::new() });
+    let state_machine = StateMachineStore::load(db.clone(), &dir_for_history).await?;
     Ok((LogStore::new(db), state_machine))
 }
 
@@ -137,7 +141,19 @@ pub(crate) struct LedgerDb {
     closed: ClosedSignal,
 }
 
-struct ClosedSignal(watch::Sender<bool>);
+/// Becomes `true` when dropped: placed after a database handle in a struct, it tells when the
+/// handle was closed.
+pub(crate) struct ClosedSignal(watch::Sender<bool>);
+
+impl ClosedSignal {
+    pub(crate) fn new() -> ClosedSignal {
+        ClosedSignal(watch::Sender::new(false))
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
 
 impl Drop for ClosedSignal {
     fn drop(&mut self) {
@@ -148,7 +164,7 @@ impl Drop for ClosedSignal {
 impl LedgerDb {
     /// Becomes `true` once the database is closed and its file lock released.
     pub(crate) fn closed(&self) -> watch::Receiver<bool> {
-        self.closed.0.subscribe()
+        self.closed.subscribe()
     }
 }
 
@@ -222,6 +238,7 @@ macro_rules! from_redb_error {
     )*};
 }
 from_redb_error!(
+    redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,

@@ -45,9 +45,21 @@ pub(crate) struct SnapshotChunk {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderRequest {
     Write(Command),
-    AddLearner { node: NodeId, info: PeerInfo },
-    ChangeVoters { voters: BTreeSet<NodeId> },
-    RemoveNodes { nodes: BTreeSet<NodeId> },
+    AddLearner {
+        node: NodeId,
+        info: PeerInfo,
+    },
+    /// `term`: planned by the leader of that term; refused on any other leader or term.
+    ChangeVoters {
+        voters: BTreeSet<NodeId>,
+        #[serde(default)]
+        term: Option<u64>,
+    },
+    RemoveNodes {
+        nodes: BTreeSet<NodeId>,
+        #[serde(default)]
+        term: Option<u64>,
+    },
 }
 
 /// The leader's answer to a [`LeaderRequest`].

@@ -20,11 +20,11 @@ use falak_api::service::ServiceInfo;
 use falak_api::task::{DecisionInfo, LogStream, TaskInfo};
 use falak_api::token::{CreatedToken, TokenInfo};
 use falak_api::workload::WorkloadInfo;
-use falak_api::{Action, ApiError, EventSubscription};
+use falak_api::{Action, ApiError};
 use falak_core::NodeId;
 use falak_core::election::rank_task;
 use falak_core::job::{TaskId, TaskState};
-use falak_core::ledger::{Command, Outcome, State};
+use falak_core::ledger::{Command, IdempotencyKey, Outcome, RequestFingerprint, State};
 use falak_core::placement::Health;
 use falak_exec::Stream;
 use falak_ledger::WriteError;
@@ -72,6 +72,29 @@ pub enum RpcRequest {
     TaskLogs { task: TaskId, attempt: u32, stream: LogStream, max_bytes: usize },
     /// Functions: instances and logs on the receiving node.
     Function(crate::functions::rpc::FunctionRpc),
+}
+
+/// Every API answer says which view of the ledger it came from: the term, the leader and the
+/// index applied here (`falak_api::health::TERM_HEADER` and its siblings). Of two answers naming
+/// different leaders, the higher term is current.
+pub async fn ledger_headers(
+    axum::extract::State(ledger): axum::extract::State<falak_ledger::Ledger>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    use falak_api::health::{APPLIED_HEADER, LEADER_HEADER, TERM_HEADER};
+    let status = ledger.status();
+    let headers = response.headers_mut();
+    headers.insert(TERM_HEADER, HeaderValue::from(status.term));
+    if let Some(leader) = status.leader
+        && let Ok(value) = HeaderValue::from_str(&leader.to_string())
+    {
+        headers.insert(LEADER_HEADER, value);
+    }
+    if let Some(applied) = status.applied {
+        headers.insert(APPLIED_HEADER, HeaderValue::from(applied));
+    }
+    response
 }
 
 /// The node RPC handler: serves logs of attempts that ran here, and function requests.
@@ -129,21 +152,40 @@ fn log_tail(workdir: &std::path::Path, stream: Stream, max: usize) -> Result<Vec
     Ok(data)
 }
 
-/// A failed write as the API reports it.
-pub fn write_error(error: &WriteError) -> ApiError {
+/// A failed write as the API reports it. A write that may still commit says so, and how to
+/// retry it safely: with the client's `key` when it sent one.
+pub fn write_error(error: &WriteError, key: Option<&IdempotencyKey>) -> ApiError {
     match error {
         WriteError::TooLarge { .. } => ApiError::too_large(error.to_string()),
         WriteError::Encode(_) => ApiError::internal(error.to_string()),
-        _ => ApiError::unavailable(format!("{error}; retry shortly")),
+        _ => match key {
+            Some(key) => ApiError::unavailable(format!(
+                "{error}; retry with the same Idempotency-Key ({key}), through any node: it takes effect once"
+            )),
+            None if matches!(error, WriteError::Timeout { .. }) => ApiError::unavailable(format!(
+                "{error}; check whether it took effect before retrying, or send an Idempotency-Key so that a retry is safe"
+            )),
+            None => ApiError::unavailable(format!("{error}; retry shortly")),
+        },
+    }
+}
+
+/// `command` written under the client's idempotency key, when it sent one: the ledger applies
+/// it once per key and answers a repeat (through any node) with the first outcome. `asked`
+/// fingerprints what the client asked for, secret values left out.
+pub(crate) fn keyed(command: Command, key: Option<&IdempotencyKey>, asked: RequestFingerprint) -> Command {
+    match key {
+        None => command,
+        Some(key) => Command::Idempotent { key: key.clone(), request: asked, command: Box::new(command) },
     }
 }
 
 /// A committed outcome, or the rejection it carries.
-fn accepted(result: Result<Outcome, Arc<WriteError>>) -> Result<Outcome, ApiError> {
+fn accepted(result: Result<Outcome, Arc<WriteError>>, key: Option<&IdempotencyKey>) -> Result<Outcome, ApiError> {
     match result {
         Ok(Outcome::Rejected(rejection)) => Err(rejection.into()),
         Ok(outcome) => Ok(outcome),
-        Err(error) => Err(write_error(&error)),
+        Err(error) => Err(write_error(&error, key)),
     }
 }
 
@@ -159,7 +201,7 @@ impl MainLoop {
             Action::ListNodes { reply } => {
                 let _ = reply.send(Ok(self.node_infos()));
             }
-            Action::ApplyCapsule { spec, signature, reply } => {
+            Action::ApplyCapsule { spec, signature, idempotency, reply } => {
                 let checked = self.ledger.state().check_signature(
                     falak_core::signing::SpecKind::Capsule,
                     &spec.signed_form(),
@@ -169,6 +211,8 @@ impl MainLoop {
                     let _ = reply.send(Err(ApiError::new(falak_api::ErrorCode::Forbidden, refused.to_string())));
                     return;
                 }
+                // What was asked, secret values left out (as in the signed form).
+                let asked = RequestFingerprint::of("apply_capsule", &spec.signed_form());
                 // Secrets are sealed here, before anything is written: the ledger never sees them plain.
                 let mut spec = spec;
                 let owner = spec.name.clone();
@@ -183,7 +227,8 @@ impl MainLoop {
                     }
                 }
                 let command = Command::ApplyCapsule { spec, signature, now: now_millis() };
-                self.write_then(command, reply, |_, outcome| match outcome {
+                let command = keyed(command, idempotency.as_ref(), asked);
+                self.write_keyed_then(command, idempotency, reply, |_, outcome| match outcome {
                     Outcome::CapsuleApplied { name, version, unchanged } => {
                         Ok(CapsuleApplied { name, version, unchanged })
                     }
@@ -196,9 +241,11 @@ impl MainLoop {
             Action::GetCapsule { name, reply } => {
                 let _ = reply.send(CapsuleInfo::get(&self.ledger.state(), &name));
             }
-            Action::SubmitJob { request, reply } => {
+            Action::SubmitJob { request, idempotency, reply } => {
+                let asked = RequestFingerprint::of("submit_job", &request);
                 let command = Command::SubmitJob { request, origin: self.id, now: now_millis() };
-                self.write_then(command, reply, |state, outcome| match outcome {
+                let command = keyed(command, idempotency.as_ref(), asked);
+                self.write_keyed_then(command, idempotency, reply, |state, outcome| match outcome {
                     Outcome::JobSubmitted { job, .. } => JobInfo::get(state, job),
                     other => Err(unexpected(&other)),
                 });
@@ -232,10 +279,12 @@ impl MainLoop {
             Action::ListServices { reply } => {
                 let _ = reply.send(Ok(ServiceInfo::list(&self.ledger.state())));
             }
-            Action::ApplyService { request, reply } => {
+            Action::ApplyService { request, idempotency, reply } => {
                 let name = request.name.clone();
+                let asked = RequestFingerprint::of("apply_service", &request);
                 let command = Command::ApplyService { request, origin: self.id, now: now_millis() };
-                self.write_then(command, reply, move |state, _| ServiceInfo::get(state, &name));
+                let command = keyed(command, idempotency.as_ref(), asked);
+                self.write_keyed_then(command, idempotency, reply, move |state, _| ServiceInfo::get(state, &name));
             }
             Action::GetService { name, reply } => {
                 let _ = reply.send(ServiceInfo::get(&self.ledger.state(), &name));
@@ -338,9 +387,8 @@ impl MainLoop {
                     None => Err(ApiError::internal("the revocation was committed but is not in the ledger")),
                 });
             }
-            Action::Subscribe { reply } => {
-                let (recent, live) = self.events.subscribe();
-                let _ = reply.send(Ok(EventSubscription { recent, live }));
+            Action::Subscribe { start, follow, reply } => {
+                let _ = reply.send(Ok(crate::event_feed::subscribe(&self.ledger, &self.events, start, follow)));
             }
             Action::Function(action) => self.functions.handle(action),
             Action::CreateToken { request, reply } => {
@@ -409,11 +457,23 @@ impl MainLoop {
         reply: falak_api::action::Reply<T>,
         answer: impl FnOnce(&State, Outcome) -> Result<T, ApiError> + Send + 'static,
     ) {
+        self.write_keyed_then(command, None, reply, answer);
+    }
+
+    /// [`MainLoop::write_then`] for a write the client keyed (`command` is already wrapped):
+    /// a failure that may still commit names the key to retry with.
+    fn write_keyed_then<T: Send + 'static>(
+        &mut self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+        reply: falak_api::action::Reply<T>,
+        answer: impl FnOnce(&State, Outcome) -> Result<T, ApiError> + Send + 'static,
+    ) {
         let ledger = self.ledger.clone();
         self.proposer.propose(
             command,
             Some(Box::new(move |result| {
-                let answer = accepted(result).and_then(|outcome| answer(&ledger.state(), outcome));
+                let answer = accepted(result, key.as_ref()).and_then(|outcome| answer(&ledger.state(), outcome));
                 let _ = reply.send(answer);
             })),
         );
@@ -440,7 +500,8 @@ impl MainLoop {
         } else {
             None
         };
-        Readiness { ready: reason.is_none(), reason, leader }
+        let status = self.ledger.status();
+        Readiness { ready: reason.is_none(), reason, leader, term: status.term, applied: status.applied }
     }
 
     fn node_infos(&self) -> Vec<NodeInfo> {

@@ -195,7 +195,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let (actions_tx, actions) = mpsc::channel(ACTION_QUEUE);
     let gateway = Arc::new(GatewayHandle(NodeGateway::new(functions.clone())));
     let auth = crate::access::start(&ledger, bootstrap_tokens, id, admitted.clone(), functions_stop.subscribe());
-    let router = falak_api::router_with_gateway(actions_tx, falak_api::ApiConfig::default(), gateway, auth);
+    let router = falak_api::router_with_gateway(actions_tx, falak_api::ApiConfig::default(), gateway, auth)
+        .layer(axum::middleware::map_response_with_state(ledger.clone(), crate::api::ledger_headers));
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let mut api_stop = stop_tx.subscribe();
     let api = tokio::spawn(async move {

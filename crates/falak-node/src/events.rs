@@ -1,30 +1,39 @@
-//! The event mesh as seen from one node: committed ledger events (every node applies the same
-//! log, so every node publishes them) and this node's own membership observations.
+//! This node's own observations for the event mesh (a peer's health, function instances), kept
+//! in memory: the last [`RECENT_OBSERVATIONS`] for new subscribers, and a broadcast for live
+//! ones. Ledger events do not pass through here: every node holds them in the ledger's event
+//! history, read by `event_feed`.
 
 use std::collections::VecDeque;
 
-use falak_api::EventRecord;
+use falak_api::event::{EventRecord, EventSource};
+use falak_core::NodeId;
 use tokio::sync::broadcast;
 
-/// Events kept for clients that ask for recent history.
-pub const RECENT_EVENTS: usize = 10_000;
+/// Observations kept for clients that ask for recent history.
+pub const RECENT_OBSERVATIONS: usize = 1_000;
 
 pub struct EventBus {
-    seq: u64,
+    node: NodeId,
     recent: VecDeque<EventRecord>,
     tx: broadcast::Sender<EventRecord>,
 }
 
 impl EventBus {
-    pub fn new() -> Self {
+    pub fn new(node: NodeId) -> Self {
         let (tx, _) = broadcast::channel(4_096);
-        EventBus { seq: 0, recent: VecDeque::new(), tx }
+        EventBus { node, recent: VecDeque::new(), tx }
     }
 
     pub fn publish(&mut self, at_ms: u64, kind: &str, data: serde_json::Value) {
-        self.seq += 1;
-        let record = EventRecord { seq: self.seq, at_ms, kind: kind.to_owned(), data };
-        if self.recent.len() == RECENT_EVENTS {
+        let record = EventRecord {
+            id: None,
+            source: EventSource::Node,
+            node: Some(self.node),
+            at_ms,
+            kind: kind.to_owned(),
+            data,
+        };
+        if self.recent.len() == RECENT_OBSERVATIONS {
             self.recent.pop_front();
         }
         self.recent.push_back(record.clone());
@@ -32,13 +41,9 @@ impl EventBus {
         let _ = self.tx.send(record);
     }
 
+    /// The recent observations and a receiver for every later one, taken together so none
+    /// falls between them.
     pub fn subscribe(&self) -> (Vec<EventRecord>, broadcast::Receiver<EventRecord>) {
         (self.recent.iter().cloned().collect(), self.tx.subscribe())
-    }
-}
-
-impl Default for EventBus {
-    fn default() -> Self {
-        Self::new()
     }
 }

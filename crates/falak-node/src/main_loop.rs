@@ -120,6 +120,11 @@ pub struct MainLoop {
     pub(crate) self_admitted: bool,
     admitting: bool,
     voters_busy: bool,
+    /// Review ledger membership at the next tick rather than within `VOTERS_EVERY`: this node
+    /// took office, or a node came back or was admitted.
+    voters_due: bool,
+    /// The term this node last led in, to notice taking office.
+    led_in: Option<u64>,
     gossip_version: u64,
     pub(crate) last_gossip_state: Option<GossipState>,
     pub(crate) ledger_view: LedgerView,
@@ -167,7 +172,7 @@ impl MainLoop {
             runner: parts.runner,
             membership: parts.membership,
             transport: parts.transport,
-            events: EventBus::new(),
+            events: EventBus::new(parts.id),
             metrics: Metrics::default(),
             observed: BTreeMap::new(),
             admitted: parts.admitted,
@@ -182,6 +187,8 @@ impl MainLoop {
             self_admitted: false,
             admitting: false,
             voters_busy: false,
+            voters_due: false,
+            led_in: None,
             // Versions only grow, across restarts too: start from the wall clock.
             gossip_version: now_millis(),
             last_gossip_state: None,
@@ -283,15 +290,13 @@ impl MainLoop {
         }
     }
 
+    /// React to a committed entry. Its events reach subscribers through the ledger's event
+    /// history (`event_feed`), not from here.
     fn handle_committed(&mut self, committed: Result<Committed, broadcast::error::RecvError>) -> bool {
         match committed {
             Ok(Committed::Entry { applied, .. }) => {
-                let now = now_millis();
                 for event in &applied.events {
                     self.note_event(event);
-                    let kind = event_kind(event);
-                    let data = serde_json::to_value(event).unwrap_or_default();
-                    self.events.publish(now, kind, data);
                 }
                 true
             }
@@ -311,7 +316,9 @@ impl MainLoop {
             LedgerEvent::NodeAdmitted { node, .. } => {
                 self.admitted.write().expect("admitted lock").insert(*node);
                 self.learn_peer(*node);
+                self.voters_due = true;
             }
+            LedgerEvent::NodeOnline { .. } => self.voters_due = true,
             LedgerEvent::NodeRevoked { node, name } => {
                 if *node == self.id {
                     tracing::error!(
@@ -372,11 +379,23 @@ impl MainLoop {
             self.last_gossip = instant();
             self.publish_gossip();
         }
-        if self.last_voters.elapsed() >= VOTERS_EVERY {
+        let leading = self.ledger.leader_term();
+        if leading.is_some() && leading != self.led_in {
+            // Taking office: review membership at once, not a second from now.
+            self.voters_due = true;
+        }
+        self.led_in = leading;
+        let periodic = self.last_voters.elapsed() >= VOTERS_EVERY;
+        if let Some(term) = leading
+            && (periodic || self.voters_due)
+            && !self.voters_busy
+        {
+            self.voters_due = false;
             self.last_voters = instant();
-            if !self.voters_busy && self.ledger.leader() == Some(self.id) {
-                self.manage_voters();
-            }
+            self.manage_voters(term);
+        }
+        if periodic {
+            self.last_voters = instant();
             if !self.view_busy {
                 self.refresh_ledger_view();
             }
@@ -436,7 +455,9 @@ impl MainLoop {
         });
     }
 
-    fn manage_voters(&mut self) {
+    /// Plan and make the ledger membership changes of this leader of `term`. The changes carry
+    /// the term: if leadership moves meanwhile, the new leader refuses this plan.
+    fn manage_voters(&mut self, term: u64) {
         self.voters_busy = true;
         let ledger = self.ledger.clone();
         let tx = self.tx.clone();
@@ -456,14 +477,14 @@ impl MainLoop {
                 }
             }
             if let Some(voters) = plan.voters {
-                tracing::info!(voters = ?voters, "changing ledger voters");
-                if let Err(e) = ledger.change_voters(voters).await {
+                tracing::info!(voters = ?voters, term, "changing ledger voters");
+                if let Err(e) = ledger.change_voters(voters, Some(term)).await {
                     result = Err(e.to_string());
                 }
             }
             if !plan.remove_learners.is_empty() {
                 tracing::info!(learners = ?plan.remove_learners, "dropping long-offline learners");
-                if let Err(e) = ledger.remove_learners(plan.remove_learners).await {
+                if let Err(e) = ledger.remove_learners(plan.remove_learners, Some(term)).await {
                     result = Err(e.to_string());
                 }
             }
@@ -472,11 +493,11 @@ impl MainLoop {
     }
 
     fn reconcile(&mut self) {
-        let is_leader = self.ledger.leader() == Some(self.id);
+        let leader_term = self.ledger.leader_term();
         let now = now_millis();
         let actions = {
             let state = self.ledger.state();
-            self.reconciler.step(&state, &self.observed, is_leader, now)
+            self.reconciler.step(&state, &self.observed, leader_term, now)
         };
         for action in actions {
             match action {

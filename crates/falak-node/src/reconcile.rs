@@ -176,12 +176,14 @@ impl Reconciler {
         self.duties_in_flight = false;
     }
 
-    /// Compare committed state with what runs here and decide what to do.
+    /// Compare committed state with what runs here and decide what to do. `leader_term` is the
+    /// term this node leads the ledger in, when it does: its duties carry it, so that they
+    /// are refused if they reach the log after another leader took over.
     pub fn step(
         &mut self,
         state: &State,
         observed: &BTreeMap<NodeId, Observed>,
-        is_leader: bool,
+        leader_term: Option<u64>,
         now: Millis,
     ) -> Vec<Action> {
         let mut out = Vec::new();
@@ -279,9 +281,12 @@ impl Reconciler {
             out.push(Action::Propose { command: Box::new(command), kind: ProposalKind::Claim });
         }
         // 5. Leader duties.
-        if is_leader && !self.duties_in_flight && now.saturating_sub(self.last_duties) >= self.config.duties_every_ms {
+        if let Some(term) = leader_term
+            && !self.duties_in_flight
+            && now.saturating_sub(self.last_duties) >= self.config.duties_every_ms
+        {
             self.last_duties = now;
-            let duties = leader_duties(state, observed, now);
+            let duties = leader_duties(state, observed, me, term, now);
             if !duties.is_empty() {
                 self.duties_in_flight = true;
                 let command = if duties.len() == 1 {

@@ -3,8 +3,13 @@
 //! Pure planning run by the ledger leader. Every admitted node replicates the log as a learner
 //! (ADR 0001); 3 of them vote (all of them when fewer), 5 once the mesh has 7 or more nodes. A
 //! voter that has been OFFLINE longer than the grace period is replaced by a healthy learner
-//! that has caught up with the log. A learner OFFLINE for much longer is dropped from the ledger
-//! membership (so the leader stops replicating to it); it is added again when it comes back.
+//! that has caught up with the log. Without such a learner it keeps its seat: taking the seat
+//! away would not make a quorum any easier to reach (with 3 seats and one down, the other two
+//! must answer either way), but it would leave the mesh a voter short once the node is back,
+//! when one more failure would then stop every write. A learner OFFLINE for much longer is
+//! dropped from the ledger membership (so the leader stops replicating to it); it is added
+//! again when it comes back. A free seat goes to a healthy, caught-up learner at the next plan:
+//! the leader plans every second and at once when a node comes back or is admitted.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -94,6 +99,14 @@ pub fn plan(
         }
         keep.insert(*candidate);
     }
+    // Seats nobody healthy could take stay with their offline voters (admitted ones only: a
+    // revoked voter goes at once).
+    for voter in voters.iter().filter(|id| state.node(id).is_some()) {
+        if keep.len() >= target {
+            break;
+        }
+        keep.insert(*voter);
+    }
     let remove_learners = learners
         .iter()
         .filter(|id| !keep.contains(id))
@@ -164,7 +177,7 @@ mod tests {
     #[test]
     fn offline_voter_is_replaced_after_grace() {
         let mut s = state(4);
-        s.apply(&Command::SetNodeOffline { node: id(3), offline: true, now: 1_000 });
+        s.apply(&Command::SetNodeOffline { node: id(3), offline: true, term: 0, now: 1_000 });
         let voters = BTreeSet::from([id(1), id(2), id(3)]);
         let learners = BTreeSet::from([id(4)]);
         assert_eq!(plan(&s, &BTreeMap::new(), &members(&voters, &learners), id(1), 5_000).voters, None);
@@ -174,9 +187,43 @@ mod tests {
     }
 
     #[test]
+    fn an_offline_voter_keeps_its_seat_while_nobody_can_take_it() {
+        // Three nodes, three voters, one partitioned for longer than the grace: shrinking to two
+        // voters would not help the quorum and would leave one seat short after the heal.
+        let mut s = state(3);
+        s.apply(&Command::SetNodeOffline { node: id(3), offline: true, term: 0, now: 1_000 });
+        let voters = BTreeSet::from([id(1), id(2), id(3)]);
+        let p = plan(&s, &BTreeMap::new(), &members(&voters, &BTreeSet::new()), id(1), 1_000 + 3 * VOTER_GRACE_MS);
+        assert_eq!(p.voters, None, "{p:?}");
+        // A lagging learner cannot take the seat either.
+        let mut s4 = state(4);
+        s4.apply(&Command::SetNodeOffline { node: id(3), offline: true, term: 0, now: 1_000 });
+        let lagging = Members { lagging: BTreeSet::from([id(4)]), ..members(&voters, &BTreeSet::from([id(4)])) };
+        assert_eq!(plan(&s4, &BTreeMap::new(), &lagging, id(1), 1_000 + VOTER_GRACE_MS).voters, None);
+        // A revoked voter leaves at once, replacement or not.
+        s.apply(&Command::RevokeNode { node: id(3), now: 2_000 });
+        let p = plan(&s, &BTreeMap::new(), &members(&voters, &BTreeSet::new()), id(1), 2_000);
+        assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(2)])));
+    }
+
+    #[test]
+    fn a_node_back_from_offline_takes_a_free_seat_at_the_next_plan() {
+        // Five nodes with two voters left (1 and 2): learner 3 is OFFLINE, 4 SUSPECT, and 5 is
+        // back, HEALTHY and caught up, so 5 takes the free seat in the very next plan.
+        let s = state(5);
+        let voters = BTreeSet::from([id(1), id(2)]);
+        let learners = BTreeSet::from([id(3), id(4), id(5)]);
+        let mut observed = BTreeMap::new();
+        observed.insert(id(3), Observed { health: Health::Offline, gossip: None });
+        observed.insert(id(4), Observed { health: Health::Suspect, gossip: None });
+        let p = plan(&s, &observed, &members(&voters, &learners), id(1), 0);
+        assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(2), id(5)])));
+    }
+
+    #[test]
     fn a_long_dead_learner_leaves_the_ledger_membership() {
         let mut s = state(4);
-        s.apply(&Command::SetNodeOffline { node: id(4), offline: true, now: 1_000 });
+        s.apply(&Command::SetNodeOffline { node: id(4), offline: true, term: 0, now: 1_000 });
         let voters = BTreeSet::from([id(1), id(2), id(3)]);
         let learners = BTreeSet::from([id(4)]);
         let m = members(&voters, &learners);

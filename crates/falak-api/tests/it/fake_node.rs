@@ -5,15 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use falak_api::capsule::{CapsuleApplied, CapsuleInfo, CapsuleSummary};
+use falak_api::event::{EventSource, EventStart};
 use falak_api::health::Readiness;
 use falak_api::job::JobInfo;
 use falak_api::node::{NodeInfo, NodeLive};
 use falak_api::service::ServiceInfo;
 use falak_api::task::{DecisionInfo, TaskInfo};
 use falak_api::workload::WorkloadInfo;
-use falak_api::{Action, ApiConfig, ApiError, Client, EventRecord, EventSubscription};
+use falak_api::{Action, ApiConfig, ApiError, Client, EventItem, EventRecord, EventSubscription};
 use falak_core::job::{TaskId, TaskReport};
-use falak_core::ledger::{Command, Outcome, State};
+use falak_core::ledger::{Command, EventId, Outcome, State};
 use falak_core::node::NodeRecord;
 use falak_core::placement::{Decision, Health, Ranking, Strategy};
 use falak_core::resources::Resources;
@@ -30,19 +31,20 @@ pub struct FakeNode {
     pub now: Millis,
     pub me: NodeId,
     pub ready: bool,
-    seq: u64,
-    recent: Vec<EventRecord>,
-    bus: broadcast::Sender<EventRecord>,
+    /// Ledger events so far, each under its own log index (`index.0`).
+    history: Vec<EventRecord>,
+    /// Live items (ledger events, observations, notices) for following subscribers.
+    bus: broadcast::Sender<EventItem>,
 }
 
-/// Events the fake's broadcast channel holds per receiver before it lags.
+/// Items the fake's live channel holds per subscriber.
 pub const EVENT_CAPACITY: usize = 16;
 
 impl FakeNode {
     fn new() -> FakeNode {
         let (bus, _) = broadcast::channel(EVENT_CAPACITY);
         let mut fake =
-            FakeNode { state: State::default(), now: 1_000, me: node_id(1), ready: true, seq: 0, recent: vec![], bus };
+            FakeNode { state: State::default(), now: 1_000, me: node_id(1), ready: true, history: vec![], bus };
         fake.state.apply(&falak_core::signing::deployer_for_tests().1);
         fake.admit(1, "node-a", Resources::new(4000, 8 << 30), &[("zone", "a")]);
         fake.admit(2, "node-b", Resources::new(1000, 1 << 30), &[("zone", "b")]);
@@ -78,11 +80,60 @@ impl FakeNode {
         }
     }
 
+    /// Publish a ledger event at the next log index.
     pub fn publish(&mut self, kind: &str, data: serde_json::Value) {
-        self.seq += 1;
-        let record = EventRecord { seq: self.seq, at_ms: self.now, kind: kind.to_owned(), data };
-        self.recent.push(record.clone());
-        let _ = self.bus.send(record);
+        let index = self.history.len() as u64 + 1;
+        let record = EventRecord {
+            id: Some(EventId::new(index, 0)),
+            source: EventSource::Ledger,
+            node: None,
+            at_ms: self.now,
+            kind: kind.to_owned(),
+            data,
+        };
+        self.history.push(record.clone());
+        let _ = self.bus.send(EventItem::Event(record));
+    }
+
+    /// Send a live item that is not a ledger event (an observation, a notice).
+    pub fn send_live(&mut self, item: EventItem) {
+        let _ = self.bus.send(item);
+    }
+
+    /// What a node's feed does, in small: the history after `start`, then live items.
+    fn subscribe(&self, start: EventStart, follow: bool) -> EventSubscription {
+        let after = match start {
+            EventStart::After(id) => id,
+            EventStart::Recent(count) => {
+                let skip = self.history.len().saturating_sub(count as usize);
+                self.history.get(skip.wrapping_sub(1)).and_then(|r| r.id).unwrap_or_default()
+            }
+        };
+        let history: Vec<EventRecord> =
+            self.history.iter().filter(|r| r.id.is_some_and(|id| id > after)).cloned().collect();
+        let mut live = self.bus.subscribe();
+        let (tx, items) = mpsc::channel(64);
+        tokio::spawn(async move {
+            for record in history {
+                if tx.send(EventItem::Event(record)).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                let item = match live.recv().await {
+                    Ok(item) => item,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => EventItem::Lagged { missed },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        EventSubscription { items }
     }
 
     /// What placement computes now for a task, the way a node would.
@@ -131,9 +182,15 @@ impl FakeNode {
         match action {
             Action::Ready { reply } => {
                 let readiness = if self.ready {
-                    Readiness { ready: true, reason: None, leader: Some(self.me) }
+                    Readiness { ready: true, reason: None, leader: Some(self.me), term: 1, applied: Some(1) }
                 } else {
-                    Readiness { ready: false, reason: Some("no ledger leader is known yet".into()), leader: None }
+                    Readiness {
+                        ready: false,
+                        reason: Some("no ledger leader is known yet".into()),
+                        leader: None,
+                        term: 1,
+                        applied: None,
+                    }
                 };
                 let _ = reply.send(Ok(readiness));
             }
@@ -157,7 +214,7 @@ impl FakeNode {
                     .collect();
                 let _ = reply.send(Ok(nodes));
             }
-            Action::ApplyCapsule { spec, signature, reply } => {
+            Action::ApplyCapsule { spec, signature, reply, .. } => {
                 let result =
                     self.write(|now| Command::ApplyCapsule { spec, signature, now }).map(|outcome| match outcome {
                         Outcome::CapsuleApplied { name, version, unchanged } => {
@@ -173,7 +230,7 @@ impl FakeNode {
             Action::GetCapsule { name, reply } => {
                 let _ = reply.send(CapsuleInfo::get(&self.state, &name));
             }
-            Action::SubmitJob { request, reply } => {
+            Action::SubmitJob { request, reply, .. } => {
                 let origin = self.me;
                 let result = self.write(|now| Command::SubmitJob { request, origin, now }).and_then(|outcome| {
                     let Outcome::JobSubmitted { job, .. } = outcome else { panic!("unexpected {outcome:?}") };
@@ -215,7 +272,7 @@ impl FakeNode {
             Action::ListServices { reply } => {
                 let _ = reply.send(Ok(ServiceInfo::list(&self.state)));
             }
-            Action::ApplyService { request, reply } => {
+            Action::ApplyService { request, reply, .. } => {
                 let origin = self.me;
                 let name = request.name.clone();
                 let result = self
@@ -243,8 +300,8 @@ impl FakeNode {
             Action::Join { reply, .. } => {
                 let _ = reply.send(Err(ApiError::invalid("the fake node admits no one")));
             }
-            Action::Subscribe { reply } => {
-                let _ = reply.send(Ok(EventSubscription { recent: self.recent.clone(), live: self.bus.subscribe() }));
+            Action::Subscribe { start, follow, reply } => {
+                let _ = reply.send(Ok(self.subscribe(start, follow)));
             }
             Action::Function(action) => action.fail(ApiError::unavailable("the fake node runs no functions")),
             action @ (Action::CreateToken { .. }

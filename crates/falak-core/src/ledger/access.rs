@@ -237,7 +237,7 @@ impl State {
         // OFFLINE first: its claims are lost (their tasks fail over) and its instance slots freed.
         // A node already OFFLINE went through that; its functions are handed over again anyway,
         // since an OFFLINE node may have had no heir for its invocations then.
-        self.set_node_offline(node, true, now, ev);
+        self.set_node_offline(node, true, 0, now, ev);
         self.node_lost_functions(node, ev);
         let entry = self.data.nodes.remove(&node).expect("checked above");
         let name = entry.record.name;
@@ -462,7 +462,7 @@ mod tests {
         assert_eq!(
             revoked.events,
             vec![
-                LedgerEvent::NodeOffline { node: NodeId([2; 32]) },
+                LedgerEvent::NodeOffline { node: NodeId([2; 32]), term: 0 },
                 LedgerEvent::NodeRevoked { node: NodeId([2; 32]), name: "b".into() }
             ]
         );

@@ -12,19 +12,32 @@ use crate::node::{NodeEntry, NodeRecord};
 use crate::placement::Decision;
 use crate::{Millis, NodeId};
 
-fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
+pub(super) fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
     Outcome::Rejected(Rejection { code, message: message.into() })
 }
 
 impl State {
-    /// Apply one committed command.
+    /// Apply one committed command in the ledger's current term (see [`State::apply_in_term`]).
     pub fn apply(&mut self, command: &Command) -> Applied {
+        self.apply_in_term(self.data.term, command)
+    }
+
+    /// Apply one command committed in a log entry of leadership `term`. Terms never decrease
+    /// along the log; commands fenced by term ([`Command::SetNodeOffline`],
+    /// [`Command::ExpireLeases`]) are refused unless they were proposed in this same term.
+    pub fn apply_in_term(&mut self, term: u64, command: &Command) -> Applied {
+        self.data.term = self.data.term.max(term);
         let mut events = Vec::new();
-        let outcome = self.apply_one(command, &mut events);
+        let outcome = self.apply_command(command, &mut events);
         Applied { outcome, events }
     }
 
-    fn apply_one(&mut self, command: &Command, ev: &mut Vec<LedgerEvent>) -> Outcome {
+    /// The leadership term of the last entry applied (0 before any carried one).
+    pub fn term(&self) -> u64 {
+        self.data.term
+    }
+
+    pub(super) fn apply_command(&mut self, command: &Command, ev: &mut Vec<LedgerEvent>) -> Outcome {
         self.data.format = FORMAT;
         self.data.applied += 1;
         if let Some(now) = command_now(command) {
@@ -32,9 +45,14 @@ impl State {
         }
         match command {
             Command::Noop { .. } => Outcome::Done,
-            Command::Batch(commands) => Outcome::Batch(commands.iter().map(|c| self.apply_one(c, ev)).collect()),
+            Command::Batch(commands) => Outcome::Batch(commands.iter().map(|c| self.apply_command(c, ev)).collect()),
             Command::AdmitNode { record, now } => self.admit_node(record, *now, ev),
-            Command::SetNodeOffline { node, offline, now } => self.set_node_offline(*node, *offline, *now, ev),
+            Command::SetNodeOffline { node, offline, term, now } => {
+                if let Err(stale) = self.check_term("a node's state", *term) {
+                    return stale;
+                }
+                self.set_node_offline(*node, *offline, *term, *now, ev)
+            }
             Command::ApplyCapsule { spec, signature, now } => self.apply_capsule(spec, signature.as_ref(), *now, ev),
             Command::SubmitJob { request, origin, now } => self.submit_job(request, *origin, *now, ev),
             Command::CancelJob { job, now } => self.cancel_job(*job, *now, ev),
@@ -48,7 +66,12 @@ impl State {
             Command::Finish { task, node, fencing, report, now } => {
                 self.finish(*task, *node, *fencing, report, *now, ev)
             }
-            Command::ExpireLeases { now } => self.expire(*now, ev),
+            Command::ExpireLeases { term, now } => {
+                if let Err(stale) = self.check_term("lease expiry", *term) {
+                    return stale;
+                }
+                self.expire(*now, ev)
+            }
             Command::DeployFunction { spec, signature, now } => {
                 self.deploy_function(spec, signature.as_ref(), *now, ev)
             }
@@ -73,7 +96,24 @@ impl State {
             Command::JoinNode { ticket, hash, record, now } => self.join_node(*ticket, hash, record, *now, ev),
             Command::RevokeJoinTicket { id, now } => self.revoke_join_ticket(*id, *now, ev),
             Command::RevokeNode { node, now } => self.revoke_node(*node, *now, ev),
+            Command::Idempotent { key, request, command } => self.apply_idempotent(key, *request, command, ev),
         }
+    }
+
+    /// A leader duty proposed in `term` applies only in an entry of that term: once another
+    /// leader was elected, the proposer's view (who is OFFLINE, which leases ran out) is stale.
+    /// Term 0 is an entry from before terms were carried.
+    fn check_term(&self, what: &str, term: u64) -> Result<(), Outcome> {
+        let current = self.data.term;
+        if term == 0 || term == current || self.data.planted_bug == PlantedBug::SkipTermCheck {
+            return Ok(());
+        }
+        Err(reject(
+            RejectCode::Stale,
+            format!(
+                "{what} proposed by the ledger leader of term {term} reached the log in term {current}: that leader was deposed, so its view is stale; not applied"
+            ),
+        ))
     }
 
     pub(super) fn admit_node(&mut self, record: &NodeRecord, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
@@ -107,10 +147,13 @@ impl State {
         Outcome::NodeAdmitted { node: record.id }
     }
 
+    /// Record a node OFFLINE (or back), as decided by the leader of `term` (0 for an operator's
+    /// revocation).
     pub(super) fn set_node_offline(
         &mut self,
         node: NodeId,
         offline: bool,
+        term: u64,
         now: Millis,
         ev: &mut Vec<LedgerEvent>,
     ) -> Outcome {
@@ -120,10 +163,13 @@ impl State {
         if entry.offline == offline {
             return Outcome::Done;
         }
+        if !offline && self.data.planted_bug == PlantedBug::RefuseNodeOnline {
+            return Outcome::Done;
+        }
         entry.offline = offline;
         entry.offline_since = offline.then_some(now);
         if offline {
-            ev.push(LedgerEvent::NodeOffline { node });
+            ev.push(LedgerEvent::NodeOffline { node, term });
             let held: Vec<TaskId> = self.claims.get(&node).map(|s| s.iter().copied().collect()).unwrap_or_default();
             let name = self.node_name(&node);
             for task in held {
@@ -131,7 +177,7 @@ impl State {
             }
             self.node_lost_functions(node, ev);
         } else {
-            ev.push(LedgerEvent::NodeOnline { node });
+            ev.push(LedgerEvent::NodeOnline { node, term });
         }
         Outcome::Done
     }
@@ -735,7 +781,7 @@ impl State {
 
 fn command_now(command: &Command) -> Option<Millis> {
     match command {
-        Command::Batch(_) => None,
+        Command::Batch(_) | Command::Idempotent { .. } => None,
         Command::Noop { now }
         | Command::AdmitNode { now, .. }
         | Command::SetNodeOffline { now, .. }
@@ -748,7 +794,7 @@ fn command_now(command: &Command) -> Option<Millis> {
         | Command::Started { now, .. }
         | Command::RenewLeases { now, .. }
         | Command::Finish { now, .. }
-        | Command::ExpireLeases { now }
+        | Command::ExpireLeases { now, .. }
         | Command::DeployFunction { now, .. }
         | Command::RemoveFunction { now, .. }
         | Command::ClaimInstance { now, .. }

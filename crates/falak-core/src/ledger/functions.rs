@@ -442,7 +442,7 @@ mod tests {
             })
             .outcome;
         let Outcome::InvocationSubmitted { id } = out else { panic!("{out:?}") };
-        state.apply(&Command::SetNodeOffline { node: node(2), offline: true, now: 4 });
+        state.apply(&Command::SetNodeOffline { node: node(2), offline: true, term: 0, now: 4 });
         assert!(state.function("greet").unwrap().instances.is_empty());
         assert_eq!(state.invocation(id).unwrap().owner, node(1));
         // Node 2 can no longer report it; node 1 can.

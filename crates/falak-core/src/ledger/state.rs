@@ -21,6 +21,10 @@ pub enum PlantedBug {
     SkipAttemptCheck,
     /// Accept an instance slot claim even beyond the function's `max_instances`.
     SkipInstanceLimit,
+    /// Apply a leader duty (OFFLINE marks, lease expiry) whatever term proposed it.
+    SkipTermCheck,
+    /// Never mark a node back HEALTHY once it was OFFLINE.
+    RefuseNodeOnline,
 }
 
 /// Everything the ledger stores; serialized whole into snapshots.
@@ -31,6 +35,9 @@ pub struct StateData {
     pub applied: u64,
     /// The latest `now` seen in any command: the ledger's notion of time.
     pub clock: Millis,
+    /// The leadership term of the last entry applied: the term that fences leader duties.
+    #[serde(default)]
+    pub term: u64,
     pub nodes: BTreeMap<NodeId, NodeEntry>,
     /// Capsule versions by name, oldest first.
     pub capsules: BTreeMap<String, Vec<CapsuleVersion>>,
@@ -63,6 +70,9 @@ pub struct StateData {
     /// Nodes revoked for good, with their name and when; they are no longer in `nodes`.
     #[serde(default)]
     pub revoked_nodes: BTreeMap<NodeId, RevokedNode>,
+    /// Idempotency keys of recent keyed writes, with what they asked and got.
+    #[serde(default)]
+    pub idempotency: BTreeMap<super::IdempotencyKey, super::Remembered>,
     #[serde(default, skip_serializing_if = "is_none_bug")]
     pub planted_bug: PlantedBug,
 }
@@ -88,6 +98,8 @@ pub struct State {
     pub(super) claims: BTreeMap<NodeId, BTreeSet<TaskId>>,
     /// Resources reserved by current claims, by node.
     pub(super) reserved: BTreeMap<NodeId, Resources>,
+    /// Remembered idempotency keys, oldest first.
+    pub(super) keys_by_age: BTreeSet<(Millis, super::IdempotencyKey)>,
 }
 
 impl State {
@@ -112,6 +124,7 @@ impl State {
         self.open.clear();
         self.claims.clear();
         self.reserved.clear();
+        self.keys_by_age = self.data.idempotency.iter().map(|(key, r)| (r.at, key.clone())).collect();
         for (id, task) in &self.data.tasks {
             if task.state.is_open() && task.claim.is_none() {
                 self.open.insert(*id);
@@ -130,6 +143,7 @@ impl State {
         let mut fresh = self.clone();
         fresh.rebuild_indexes();
         fresh.open == self.open
+            && fresh.keys_by_age == self.keys_by_age
             && fresh.claims.iter().filter(|(_, s)| !s.is_empty()).eq(self.claims.iter().filter(|(_, s)| !s.is_empty()))
             && fresh
                 .reserved

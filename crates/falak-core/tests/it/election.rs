@@ -64,14 +64,28 @@ fn leader_marks_offline_nodes_and_expires_leases() {
     s.apply(&claim(TaskId { job: JobId(1), index: 0 }, 1, node_id(2), 0));
     let mut observed = healthy();
     observed.insert(node_id(2), Observed { health: Health::Offline, gossip: None });
-    let duties = leader_duties(&s, &observed, 10_000);
-    assert!(duties.contains(&Command::SetNodeOffline { node: node_id(2), offline: true, now: 10_000 }));
-    assert!(duties.contains(&Command::ExpireLeases { now: 10_000 }));
+    let duties = leader_duties(&s, &observed, node_id(1), 4, 10_000);
+    assert!(duties.contains(&Command::SetNodeOffline { node: node_id(2), offline: true, term: 4, now: 10_000 }));
+    assert!(duties.contains(&Command::ExpireLeases { term: 4, now: 10_000 }));
     for d in &duties {
-        s.apply(d);
+        s.apply_in_term(4, d);
     }
     assert_eq!(s.task(TaskId { job: JobId(1), index: 0 }).unwrap().state, TaskState::Retrying);
-    assert!(leader_duties(&s, &observed, 10_001).is_empty());
+    assert!(leader_duties(&s, &observed, node_id(1), 4, 10_001).is_empty());
+}
+
+#[test]
+fn a_leader_clears_its_own_offline_mark_and_leaves_unseen_nodes_alone() {
+    let mut s = mesh();
+    // A deposed leader's view marked node 1 OFFLINE; node 1 now leads. It sees nobody yet.
+    s.apply_in_term(3, &Command::SetNodeOffline { node: node_id(1), offline: true, term: 3, now: 5 });
+    s.apply_in_term(3, &Command::SetNodeOffline { node: node_id(3), offline: true, term: 3, now: 5 });
+    let duties = leader_duties(&s, &BTreeMap::new(), node_id(1), 4, 6);
+    assert_eq!(duties, vec![Command::SetNodeOffline { node: node_id(1), offline: false, term: 4, now: 6 }]);
+    // Once it sees node 3 HEALTHY, node 3 is marked back too.
+    let duties = leader_duties(&s, &healthy(), node_id(1), 4, 7);
+    assert_eq!(duties.len(), 2, "{duties:?}");
+    assert!(duties.contains(&Command::SetNodeOffline { node: node_id(3), offline: false, term: 4, now: 7 }));
 }
 
 #[test]

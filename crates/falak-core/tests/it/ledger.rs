@@ -100,7 +100,7 @@ fn fencing_tokens_strictly_increase_and_stale_results_are_rejected() {
     s.apply(&job("c", 1));
     let f1 = fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(1), 10)).outcome);
     // Node 1 goes offline: the task is re-opened at attempt 2 and claimed by node 2.
-    s.apply(&Command::SetNodeOffline { node: node_id(1), offline: true, now: 20 });
+    s.apply(&Command::SetNodeOffline { node: node_id(1), offline: true, term: 0, now: 20 });
     let task = s.task(t(1, 0)).unwrap();
     assert_eq!((task.state, task.attempt), (TaskState::Retrying, 2));
     let f2 = fencing_of(&s.apply(&claim(t(1, 0), 2, node_id(2), 30)).outcome);
@@ -129,7 +129,7 @@ fn fencing_tokens_strictly_increase_and_stale_results_are_rejected() {
 fn offline_nodes_cannot_claim() {
     let mut s = mesh();
     s.apply(&job("c", 1));
-    s.apply(&Command::SetNodeOffline { node: node_id(3), offline: true, now: 5 });
+    s.apply(&Command::SetNodeOffline { node: node_id(3), offline: true, term: 0, now: 5 });
     assert_eq!(code(&s.apply(&claim(t(1, 0), 1, node_id(3), 10)).outcome), RejectCode::NoFit);
 }
 
@@ -163,7 +163,7 @@ fn leases_expire_unless_renewed() {
         now: 900,
     });
     assert_eq!(renew.outcome, Outcome::Renewed { renewed: 1, lost: vec![t(1, 1)] });
-    let out = s.apply(&Command::ExpireLeases { now: 1500 });
+    let out = s.apply(&Command::ExpireLeases { term: 0, now: 1500 });
     assert_eq!(out.outcome, Outcome::Expired { tasks: vec![t(1, 1)] });
     assert_eq!(s.task(t(1, 1)).unwrap().state, TaskState::Retrying);
     assert!(s.task(t(1, 1)).unwrap().last_error.as_ref().unwrap().contains("lease expired"));
@@ -293,4 +293,92 @@ fn batches_apply_in_order_and_snapshots_round_trip() {
     let back: State = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
     assert!(back.indexes_consistent());
+}
+
+#[test]
+fn a_deposed_leaders_offline_mark_is_refused_in_a_later_term() {
+    let mut s = mesh();
+    s.apply(&job("c", 1));
+    s.apply_in_term(3, &claim(t(1, 0), 1, node_id(2), 10));
+    // The leader of term 3, cut off, marked every peer OFFLINE; its write reached the log only
+    // after node 2 was elected in term 4.
+    let stale = s.apply_in_term(4, &Command::SetNodeOffline { node: node_id(2), offline: true, term: 3, now: 20 });
+    assert_eq!(code(&stale.outcome), RejectCode::Stale);
+    assert!(stale.outcome.rejection().unwrap().message.contains("term 3"), "{:?}", stale.outcome);
+    assert!(stale.events.is_empty());
+    assert!(!s.node(&node_id(2)).unwrap().offline);
+    assert_eq!(s.task(t(1, 0)).unwrap().state, TaskState::Assigned, "its task keeps its attempt");
+    // Lease expiry from the old term is refused the same way.
+    assert_eq!(code(&s.apply_in_term(4, &Command::ExpireLeases { term: 3, now: 5_000 }).outcome), RejectCode::Stale);
+    assert_eq!(s.task(t(1, 0)).unwrap().state, TaskState::Assigned);
+    // The current leader's own marks apply, and name the term that made them.
+    let mark = s.apply_in_term(4, &Command::SetNodeOffline { node: node_id(3), offline: true, term: 4, now: 30 });
+    assert_eq!(mark.events, vec![LedgerEvent::NodeOffline { node: node_id(3), term: 4 }]);
+    assert_eq!(s.term(), 4);
+    // A planted bug skips the check (for the simulation's checker only).
+    let mut buggy = State::with_planted_bug(PlantedBug::SkipTermCheck);
+    buggy.apply(&falak_core::signing::deployer_for_tests().1);
+    buggy.apply(&Command::AdmitNode { record: record(2, falak_core::resources::Resources::new(1, 1)), now: 0 });
+    buggy.apply_in_term(4, &Command::SetNodeOffline { node: node_id(2), offline: true, term: 3, now: 1 });
+    assert!(buggy.node(&node_id(2)).unwrap().offline);
+}
+
+fn keyed(key: &str, what: &str, command: Command) -> Command {
+    Command::Idempotent {
+        key: key.parse().unwrap(),
+        request: falak_core::ledger::RequestFingerprint::of("test", &what),
+        command: Box::new(command),
+    }
+}
+
+#[test]
+fn a_keyed_write_repeated_takes_effect_once() {
+    let mut s = mesh();
+    let first = s.apply(&keyed("k1", "three tasks", job("c", 3)));
+    assert_eq!(first.outcome, Outcome::JobSubmitted { job: JobId(1), tasks: 3 });
+    assert!(!first.events.is_empty());
+    // The same key and request again, through any node: the first outcome, nothing applied.
+    let again = s.apply(&keyed("k1", "three tasks", job("c", 3)));
+    assert_eq!(again.outcome, first.outcome);
+    assert!(again.events.is_empty());
+    assert_eq!(s.jobs().count(), 1);
+    // The same key for another request: a conflict, nothing applied.
+    let other = s.apply(&keyed("k1", "five tasks", job("c", 5)));
+    assert_eq!(code(&other.outcome), RejectCode::Conflict);
+    assert!(other.outcome.rejection().unwrap().message.contains("new key"), "{:?}", other.outcome);
+    assert_eq!(s.jobs().count(), 1);
+    // A rejected write is not remembered: fixed and retried with its key, it applies.
+    assert_eq!(code(&s.apply(&keyed("k2", "late", job("later", 1))).outcome), RejectCode::NotFound);
+    s.apply(&capsule("later", "100m", 1));
+    assert!(matches!(s.apply(&keyed("k2", "late", job("later", 1))).outcome, Outcome::JobSubmitted { .. }));
+    // Keys survive a snapshot.
+    let restored: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert!(restored.indexes_consistent());
+    assert_eq!(restored.remembered_keys(), 2);
+    // A key wraps one plain write, never a batch or another key.
+    let nested = keyed("k3", "n", keyed("k4", "n", job("c", 1)));
+    assert_eq!(code(&s.apply(&nested).outcome), RejectCode::Invalid);
+    let batch = keyed("k5", "b", Command::Batch(vec![job("c", 1)]));
+    assert_eq!(code(&s.apply(&batch).outcome), RejectCode::Invalid);
+    assert_eq!(s.jobs().count(), 2);
+}
+
+#[test]
+fn keys_are_forgotten_after_the_retention_or_beyond_the_count() {
+    use falak_core::ledger::{IDEMPOTENCY_RETENTION_MS, MAX_IDEMPOTENCY_KEYS};
+    let mut s = mesh();
+    s.apply(&keyed("old", "x", Command::Noop { now: 10 }));
+    assert!(s.idempotent_outcome(&"old".parse().unwrap()).is_some());
+    // Ledger time moves past the retention: the key is forgotten and may be used afresh.
+    s.apply(&Command::Noop { now: 10 + IDEMPOTENCY_RETENTION_MS });
+    s.apply(&keyed("new", "y", Command::Noop { now: 11 + IDEMPOTENCY_RETENTION_MS }));
+    assert!(s.idempotent_outcome(&"old".parse().unwrap()).is_none());
+    assert_eq!(s.remembered_keys(), 1);
+    for i in 0..MAX_IDEMPOTENCY_KEYS + 5 {
+        s.apply(&keyed(&format!("n{i}"), "z", Command::Noop { now: 12 + IDEMPOTENCY_RETENTION_MS }));
+    }
+    assert_eq!(s.remembered_keys(), MAX_IDEMPOTENCY_KEYS);
+    assert!(s.idempotent_outcome(&"new".parse().unwrap()).is_none(), "the oldest go first");
+    assert!(s.idempotent_outcome(&format!("n{}", MAX_IDEMPOTENCY_KEYS + 4).parse().unwrap()).is_some());
+    assert!(s.indexes_consistent());
 }

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod failover;
+mod history;
 mod hostile_input;
 mod kill9;
 mod membership;

@@ -74,12 +74,12 @@ async fn a_new_node_catches_up_from_a_snapshot_and_becomes_a_voter() {
 
     // Replace voter 3 by the caught-up newcomer; 3 stays a learner until removed.
     let voters = [node(1), node(2), node(4)].into();
-    cluster.ledger(node(2)).change_voters(voters).await.expect("voters changed");
+    cluster.ledger(node(2)).change_voters(voters, None).await.expect("voters changed");
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let metrics = cluster.ledger(leader).metrics().await;
     assert_eq!(metrics.voters, [node(1), node(2), node(4)].into());
     assert_eq!(metrics.learners, [node(3)].into(), "a demoted voter stays a learner");
-    cluster.ledger(node(1)).remove_learners([node(3)].into()).await.expect("learner removed");
+    cluster.ledger(node(1)).remove_learners([node(3)].into(), None).await.expect("learner removed");
     cluster.crash(node(3)).await;
     let metrics = cluster.ledger(leader).metrics().await;
     assert!(metrics.learners.is_empty(), "learner 3 still listed: {:?}", metrics.learners);
@@ -137,7 +137,7 @@ async fn a_lagging_follower_catches_up_and_every_node_restarts_from_its_snapshot
     cluster.shutdown().await;
 }
 
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, within: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

@@ -52,7 +52,7 @@ async fn every_replica_publishes_each_committed_entry_in_order() {
                 .await
                 .expect("change published")
                 .expect("subscription open");
-            let Committed::Entry { index, applied } = change else { panic!("unexpected {change:?}") };
+            let Committed::Entry { index, applied, .. } = change else { panic!("unexpected {change:?}") };
             assert!(index > last_index, "entries published out of order");
             assert_eq!(&applied, answer, "replica applied something else than the leader answered");
             last_index = index;

@@ -36,8 +36,14 @@ pub(crate) async fn submit(
     host: &Arc<FunctionHost>,
     name: &str,
     submission: &InvocationSubmission,
+    key: Option<&falak_core::ledger::IdempotencyKey>,
 ) -> Result<InvocationInfo, ApiError> {
     let request = submission.stored_request()?;
+    // What was asked: the function and the whole request, callback and attempts.
+    let asked = falak_core::ledger::RequestFingerprint::of(
+        "invoke_async",
+        &(name, &request, &submission.callback, submission.max_attempts),
+    );
     let command = Command::SubmitInvocation {
         function: name.to_owned(),
         request,
@@ -46,13 +52,9 @@ pub(crate) async fn submit(
         owner: host.ctx().id,
         now: now_millis(),
     };
-    let id = match host.ctx().ledger.write(command).await {
-        Ok(applied) => match applied.outcome {
-            Outcome::InvocationSubmitted { id } => id,
-            Outcome::Rejected(r) => return Err(r.into()),
-            other => return Err(ApiError::internal(format!("unexpected ledger outcome {other:?}"))),
-        },
-        Err(e) => return Err(ApiError::unavailable(format!("the ledger did not record the invocation: {e}"))),
+    let id = match host.write(crate::api::keyed(command, key, asked), key).await? {
+        Outcome::InvocationSubmitted { id } => id,
+        other => return Err(ApiError::internal(format!("unexpected ledger outcome {other:?}"))),
     };
     run_owned(host);
     let state = host.ctx().ledger.state();

@@ -764,8 +764,8 @@ impl FunctionHost {
             FunctionAction::StoreArtifact { bytes, reply } => {
                 let _ = reply.send(self.store_artifact(bytes).await);
             }
-            FunctionAction::Deploy { document, signature, reply } => {
-                let _ = reply.send(self.deploy(*document, signature).await);
+            FunctionAction::Deploy { document, signature, idempotency, reply } => {
+                let _ = reply.send(self.deploy(*document, signature, idempotency).await);
             }
             FunctionAction::List { reply } => {
                 let state = self.ctx.ledger.state();
@@ -780,7 +780,7 @@ impl FunctionHost {
                 let result = match info {
                     None => Err(not_found(&name)),
                     Some(info) => self
-                        .write(Command::RemoveFunction { name: name.clone(), now: now_millis() })
+                        .write(Command::RemoveFunction { name: name.clone(), now: now_millis() }, None)
                         .await
                         .map(|_| info),
                 };
@@ -792,8 +792,8 @@ impl FunctionHost {
             FunctionAction::Logs { name, max_bytes, reply } => {
                 let _ = reply.send(rpc::gather_logs(&self, &name, max_bytes).await);
             }
-            FunctionAction::Invoke { name, submission, reply } => {
-                let _ = reply.send(invocations::submit(&self, &name, &submission).await);
+            FunctionAction::Invoke { name, submission, idempotency, reply } => {
+                let _ = reply.send(invocations::submit(&self, &name, &submission, idempotency.as_ref()).await);
             }
             FunctionAction::GetInvocation { name, id, reply } => {
                 let state = self.ctx.ledger.state();
@@ -827,8 +827,10 @@ impl FunctionHost {
         self: &Arc<Self>,
         document: FunctionDocument,
         signature: Option<falak_core::signing::SpecSignature>,
+        idempotency: Option<falak_core::ledger::IdempotencyKey>,
     ) -> Result<FunctionDeployed, ApiError> {
         let mut spec = document.validate(0)?;
+        let asked = falak_core::ledger::RequestFingerprint::of("deploy_function", &spec.signed_form());
         // Verified before anything is prepared.
         let checked = self.ctx.ledger.state().check_signature(
             falak_core::signing::SpecKind::Function,
@@ -855,7 +857,8 @@ impl FunctionHost {
         let prepared = prepared.map_err(ApiError::invalid)?;
         let dependencies = prepared.0.venv().is_some();
         let millis = started.elapsed().as_millis() as u64;
-        let outcome = self.write(Command::DeployFunction { spec: spec.clone(), signature, now: now_millis() }).await?;
+        let command = Command::DeployFunction { spec: spec.clone(), signature, now: now_millis() };
+        let outcome = self.write(crate::api::keyed(command, idempotency.as_ref(), asked), idempotency.as_ref()).await?;
         match outcome {
             Outcome::FunctionDeployed { name, version, unchanged } => {
                 // Answer once an observer has the new version's snapshot ready, so the first
@@ -898,13 +901,19 @@ impl FunctionHost {
         }
     }
 
-    async fn write(&self, command: Command) -> Result<Outcome, ApiError> {
+    /// Write `command` (keyed by the client's `key`, when it sent one) and answer with its
+    /// outcome.
+    pub(crate) async fn write(
+        &self,
+        command: Command,
+        key: Option<&falak_core::ledger::IdempotencyKey>,
+    ) -> Result<Outcome, ApiError> {
         match self.ctx.ledger.write(command).await {
             Ok(applied) => match applied.outcome {
                 Outcome::Rejected(r) => Err(r.into()),
                 other => Ok(other),
             },
-            Err(e) => Err(ApiError::unavailable(format!("the ledger did not commit the change: {e}"))),
+            Err(e) => Err(crate::api::write_error(&e, key)),
         }
     }
 }

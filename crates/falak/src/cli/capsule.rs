@@ -27,7 +27,8 @@ pub async fn run(ctx: &Context, command: CapsuleCommand) -> anyhow::Result<()> {
     match command {
         CapsuleCommand::Apply { file } => {
             let text = read_document(&file)?;
-            let applied = ctx.client.apply_capsule_text(&text).await?;
+            let applied =
+                ctx.write_once("applying the capsule", async |client| client.apply_capsule_text(&text).await).await?;
             if ctx.json() {
                 return print_json(&applied);
             }

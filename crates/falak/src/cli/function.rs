@@ -227,8 +227,7 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<()> {
         ),
     }
     let deployed = ctx
-        .client
-        .deploy_function(&document)
+        .write_once_here("deploying the function", async |client| client.deploy_function(&document).await)
         .await
         .with_context(|| format!("cannot deploy function {}", document.name))?;
     if !ctx.json() {
@@ -382,7 +381,11 @@ const INVOCATION_POLL: [u64; 5] = [50, 100, 200, 500, 1000];
 async fn invoke_async(ctx: &Context, args: InvokeArgs) -> anyhow::Result<()> {
     let name = &args.name;
     let body = args.data.as_ref().map(Data::read).transpose()?.unwrap_or_default();
-    let info = ctx.client.invoke_async(name, body, args.callback.as_deref(), args.attempts).await?;
+    let info = ctx
+        .write_once("recording the invocation", async |client| {
+            client.invoke_async(name, body.clone(), args.callback.as_deref(), args.attempts).await
+        })
+        .await?;
     if !args.wait {
         if ctx.json() {
             return print_json(&info);
@@ -777,7 +780,8 @@ mod tests {
 
     fn context(url: &str) -> Context {
         let (_, token) = falak_api::auth::one_token_for_tests(falak_core::access::Role::Admin);
-        Context { client: Client::new(url).unwrap().with_token(Some(token)), output: Format::Json }
+        let client = Client::new(url).unwrap().with_token(Some(token));
+        Context { clients: vec![client.clone()], client, output: Format::Json }
     }
 
     /// Deploy `yaml` written to `fn.yaml` in `dir`; the error text when it fails.

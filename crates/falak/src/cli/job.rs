@@ -172,7 +172,7 @@ async fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<()> {
             DeliveryArg::AtMostOnce => Delivery::AtMostOnce,
         }),
     };
-    let job = ctx.client.submit_job(&submission).await?;
+    let job = ctx.write_once("submitting the job", async |client| client.submit_job(&submission).await).await?;
     if args.wait {
         if !ctx.json() {
             eprintln!("submitted job {}: {} tasks of {} v{}", job.id, job.tasks, job.capsule, job.version);

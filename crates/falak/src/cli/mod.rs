@@ -16,6 +16,7 @@ pub mod events;
 pub mod explain;
 pub mod function;
 pub mod job;
+pub mod logging;
 pub mod node;
 pub mod nodes;
 pub mod output;
@@ -97,30 +98,103 @@ pub enum Command {
 
 /// What a command that talks to a node needs.
 pub struct Context {
+    /// The node the command asks: `--api`, else the first of the mesh file.
     pub client: Client,
+    /// Every node the command may ask, `client` first: the others of the mesh file when no
+    /// `--api` was given. Where a retried write or a followed event stream moves to when a node
+    /// does not answer.
+    pub clients: Vec<Client>,
     pub output: Format,
 }
 
+/// How long a write is retried, through every node in turn, before the command gives up.
+const WRITE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Context {
     fn new(global: &Global) -> anyhow::Result<Context> {
-        let url = resolve_api(global.api.as_deref(), Path::new(MESH_FILE))?;
+        let urls = resolve_apis(global.api.as_deref(), Path::new(MESH_FILE))?;
         let token = resolve_token(global.token.as_deref(), Path::new(MESH_FILE))?;
-        let mut client = Client::new(&url)?
-            .with_token(token)
-            .with_deployer(resolve_deployer(global.deployer_key.as_deref(), Path::new(MESH_FILE))?);
-        if let Some(ca) = resolve_ca(global.ca.as_deref(), Path::new(MESH_FILE))? {
-            client = client.with_ca(&ca)?;
-        } else if url.starts_with("https://") {
-            anyhow::bail!(
-                "{url} is HTTPS and no mesh CA certificate is known; pass --ca FILE (a node's ca.crt, or credentials/ca.crt from `falak up`) or set FALAK_CA"
-            );
+        let deployer = resolve_deployer(global.deployer_key.as_deref(), Path::new(MESH_FILE))?;
+        let ca = resolve_ca(global.ca.as_deref(), Path::new(MESH_FILE))?;
+        let mut clients = Vec::new();
+        for url in &urls {
+            let mut client = Client::new(url)?.with_token(token.clone()).with_deployer(deployer.clone());
+            if let Some(ca) = &ca {
+                client = client.with_ca(ca)?;
+            } else if url.starts_with("https://") {
+                anyhow::bail!(
+                    "{url} is HTTPS and no mesh CA certificate is known; pass --ca FILE (a node's ca.crt, or credentials/ca.crt from `falak up`) or set FALAK_CA"
+                );
+            }
+            clients.push(client);
         }
-        Ok(Context { client, output: global.output })
+        let client = clients.first().cloned().context("no API URL is known; pass --api URL")?;
+        Ok(Context { client, clients, output: global.output })
     }
 
     pub fn json(&self) -> bool {
         self.output == Format::Json
     }
+
+    /// Make one write that creates something, under a new idempotency key, retrying it through
+    /// every node in turn while it fails in a way that may be temporary (no answer, `503`):
+    /// with the key, the ledger applies it once however many attempts reached it. `what` names
+    /// the write in the retry notes printed to stderr.
+    pub async fn write_once<T>(
+        &self,
+        what: &str,
+        write: impl AsyncFn(&Client) -> Result<T, falak_api::ClientError>,
+    ) -> anyhow::Result<T> {
+        self.retry_keyed(what, &self.clients, write).await
+    }
+
+    /// [`Context::write_once`] through this command's node only (a function deploy: its bundle
+    /// is stored there).
+    pub async fn write_once_here<T>(
+        &self,
+        what: &str,
+        write: impl AsyncFn(&Client) -> Result<T, falak_api::ClientError>,
+    ) -> anyhow::Result<T> {
+        self.retry_keyed(what, std::slice::from_ref(&self.client), write).await
+    }
+
+    async fn retry_keyed<T>(
+        &self,
+        what: &str,
+        clients: &[Client],
+        write: impl AsyncFn(&Client) -> Result<T, falak_api::ClientError>,
+    ) -> anyhow::Result<T> {
+        let key = new_idempotency_key();
+        let clients: Vec<Client> = clients.iter().map(|c| c.clone().with_idempotency_key(Some(key.clone()))).collect();
+        let deadline = tokio::time::Instant::now() + WRITE_RETRY_FOR;
+        let mut attempt = 0usize;
+        loop {
+            let client = &clients[attempt % clients.len()];
+            match write(client).await {
+                Ok(value) => return Ok(value),
+                Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    attempt += 1;
+                    let next = &clients[attempt % clients.len()];
+                    eprintln!(
+                        "{what}: {error}\n  retrying through {} with the same Idempotency-Key ({key}): it takes effect once",
+                        next.base_url()
+                    );
+                    // Around the nodes at once; then give an election a moment.
+                    if attempt.is_multiple_of(clients.len()) {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// A fresh idempotency key: `falak-` and 128 random bits in hex.
+fn new_idempotency_key() -> falak_core::ledger::IdempotencyKey {
+    let bits: [u8; 16] = rand::random();
+    let text = format!("falak-{}", bits.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    text.parse().expect("hex is a valid idempotency key")
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -187,23 +261,30 @@ struct MeshNode {
     api_url: String,
 }
 
-/// The API URL: `--api`/`FALAK_API`, else the first node of the mesh file when it exists,
-/// else [`DEFAULT_API`].
+/// The API URL a command asks first (see [`resolve_apis`]).
+#[cfg(test)]
 pub fn resolve_api(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<String> {
+    Ok(resolve_apis(flag, mesh_file)?.swap_remove(0))
+}
+
+/// Every API URL a command may use, the one to ask first first: `--api`/`FALAK_API` alone,
+/// else every node of the mesh file when it exists, else [`DEFAULT_API`]. Never empty.
+pub fn resolve_apis(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<Vec<String>> {
     if let Some(url) = flag.filter(|u| !u.trim().is_empty()) {
-        return Ok(url.trim().to_owned());
+        return Ok(vec![url.trim().to_owned()]);
     }
     let text = match std::fs::read_to_string(mesh_file) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DEFAULT_API.to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![DEFAULT_API.to_owned()]),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", mesh_file.display())),
     };
     let mesh: MeshFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a mesh file; pass --api URL", mesh_file.display()))?;
-    match mesh.nodes.into_iter().map(|n| n.api_url).find(|u| !u.is_empty()) {
-        Some(url) => Ok(url),
-        None => anyhow::bail!("{} lists no node with an api_url; pass --api URL", mesh_file.display()),
+    let urls: Vec<String> = mesh.nodes.into_iter().map(|n| n.api_url).filter(|u| !u.is_empty()).collect();
+    if urls.is_empty() {
+        anyhow::bail!("{} lists no node with an api_url; pass --api URL", mesh_file.display());
     }
+    Ok(urls)
 }
 
 /// The deployer key: `--deployer-key`/`FALAK_DEPLOYER_KEY`, else the one the mesh file names,
@@ -342,16 +423,16 @@ mod tests {
     fn the_api_comes_from_the_flag_then_the_mesh_file() {
         let dir = tempfile::tempdir().unwrap();
         let mesh = dir.path().join("mesh.json");
-        assert_eq!(resolve_api(None, &mesh).unwrap(), DEFAULT_API);
+        assert_eq!(resolve_apis(None, &mesh).unwrap(), [DEFAULT_API]);
         std::fs::write(
             &mesh,
-            r#"{ "name": "local", "nodes": [{ "name": "n1", "pid": 42, "api_url": "http://127.0.0.1:7301" }], "join_token": "t" }"#,
+            r#"{ "name": "local", "nodes": [{ "name": "n1", "pid": 42, "api_url": "http://127.0.0.1:7301" }, { "name": "n2", "pid": 43, "api_url": "http://127.0.0.1:7302" }], "join_token": "t" }"#,
         )
         .unwrap();
-        assert_eq!(resolve_api(None, &mesh).unwrap(), "http://127.0.0.1:7301");
-        assert_eq!(resolve_api(Some("http://x:1"), &mesh).unwrap(), "http://x:1");
+        assert_eq!(resolve_apis(None, &mesh).unwrap(), ["http://127.0.0.1:7301", "http://127.0.0.1:7302"]);
+        assert_eq!(resolve_apis(Some("http://x:1"), &mesh).unwrap(), ["http://x:1"], "--api names one node");
         std::fs::write(&mesh, "not json").unwrap();
-        let error = format!("{:#}", resolve_api(None, &mesh).unwrap_err());
+        let error = format!("{:#}", resolve_apis(None, &mesh).unwrap_err());
         assert!(error.contains("is not a mesh file"), "{error}");
     }
 }

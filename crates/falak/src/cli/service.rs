@@ -27,7 +27,8 @@ pub async fn run(ctx: &Context, command: ServiceCommand) -> anyhow::Result<()> {
     match command {
         ServiceCommand::Apply { file } => {
             let text = read_document(&file)?;
-            let service = ctx.client.apply_service_text(&text).await?;
+            let service =
+                ctx.write_once("applying the service", async |client| client.apply_service_text(&text).await).await?;
             if ctx.json() {
                 return print_json(&service);
             }

@@ -76,6 +76,7 @@ async fn completions(client: &Client, job: JobId) -> (BTreeMap<String, usize>, u
     for item in items {
         match item.unwrap() {
             EventItem::Lagged { missed } => panic!("event history lagged by {missed}"),
+            EventItem::Gap { resumes_at } => panic!("event history has a gap before index {resumes_at}"),
             EventItem::Event(e) => {
                 let task = e.data["task"].as_str().unwrap_or_default().to_owned();
                 if !task.starts_with(&format!("{job}-")) {

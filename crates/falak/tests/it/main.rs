@@ -6,6 +6,7 @@
 mod admission;
 mod failover;
 mod functions;
+mod history;
 mod procs;
 mod up;
 
@@ -84,7 +85,7 @@ fn spawn_fake(final_state: JobState) -> String {
                 Action::ListNodes { reply } => {
                     let _ = reply.send(Ok(vec![node()]));
                 }
-                Action::SubmitJob { request, reply } => {
+                Action::SubmitJob { request, reply, .. } => {
                     assert_eq!(request.tasks, TaskInputs::Count(2));
                     assert_eq!(request.max_attempts, Some(2));
                     let _ = reply.send(Ok(job(JobState::Running)));

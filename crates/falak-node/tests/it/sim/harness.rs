@@ -23,8 +23,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::completion;
 use super::convergence::Convergence;
+use super::heal::{HEAL_BOUND_MS, HealChecks};
 use super::instance_slots::{self, InstanceSlots};
 use super::single_claim::SingleClaim;
+use super::term_fencing::TermFencing;
 
 /// The shape of one simulated run.
 #[derive(Debug, Clone)]
@@ -76,6 +78,7 @@ struct Checker {
     single: SingleClaim,
     convergence: Convergence,
     slots: InstanceSlots,
+    terms: TermFencing,
     violations: Vec<String>,
 }
 
@@ -102,6 +105,7 @@ struct Sim {
     cuts: BTreeMap<(usize, usize), Millis>,
     acknowledged: Arc<Mutex<Vec<JobId>>>,
     faults: Vec<String>,
+    heals: HealChecks,
     start: tokio::time::Instant,
     _dir: tempfile::TempDir,
 }
@@ -162,6 +166,7 @@ impl Sim {
             cuts: BTreeMap::new(),
             acknowledged: Arc::default(),
             faults: Vec::new(),
+            heals: HealChecks::default(),
             start: tokio::time::Instant::now(),
             _dir: dir,
         }
@@ -196,29 +201,39 @@ impl Sim {
             self.inject_faults().await;
             self.churn_instances();
             self.step_all();
+            self.check_heals();
             tokio::time::sleep(Duration::from_millis(self.config.step_ms)).await;
         }
         // Heal: every link back, every node restarted.
-        self.faults.push(format!("t={} heal all", self.elapsed()));
+        let healed_at = self.elapsed();
+        self.faults.push(format!("t={healed_at} heal all"));
         self.network.heal_all();
         self.cuts.clear();
         let down: Vec<usize> = self.crashed.keys().copied().collect();
         for i in down {
             self.restart(i).await;
         }
-        // Let submissions still in flight settle before judging completion.
+        self.heals.fault(healed_at);
+        self.heals.healed(healed_at, "heal all".into());
+        // Let submissions still in flight settle before judging completion, and the final heal
+        // before judging it.
         let deadline = self.elapsed() + self.config.settle_ms;
         loop {
             self.step_all();
+            self.check_heals();
             tokio::time::sleep(Duration::from_millis(self.config.step_ms)).await;
             let acknowledged = self.acknowledged.lock().expect("lock").clone();
             let done = self
                 .nodes
                 .iter()
                 .all(|n| n.ledger.as_ref().is_some_and(|l| completion::all_terminal(&l.state(), &acknowledged)));
-            if done || self.elapsed() >= deadline {
+            let heal_judged = self.elapsed() > healed_at + HEAL_BOUND_MS;
+            if (done && heal_judged) || self.elapsed() >= deadline {
                 break;
             }
+        }
+        if self.heals.checked() == 0 {
+            violations_early(&self.checker, "no heal was judged, so the heal checker checked nothing");
         }
         let acknowledged = self.acknowledged.lock().expect("lock").clone();
         let mut violations = Vec::new();
@@ -325,6 +340,7 @@ impl Sim {
             if !self.crashed.contains_key(&i) {
                 self.faults.push(format!("t={t} crash n{i}"));
                 self.crash(i).await;
+                self.heals.fault(t);
             }
         }
         if self.rng.gen_bool(0.012)
@@ -333,6 +349,9 @@ impl Sim {
         {
             self.faults.push(format!("t={t} restart n{i}"));
             self.restart(i).await;
+            if self.cuts.is_empty() {
+                self.heals.healed(t, format!("restart n{i}"));
+            }
         }
         if self.rng.gen_bool(0.006) && self.cuts.is_empty() {
             // Isolate one node, or split the mesh into two sides of two and three.
@@ -350,12 +369,29 @@ impl Sim {
                     self.cuts.insert((i.min(j), i.max(j)), t);
                 }
             }
+            self.heals.fault(t);
         }
         if self.rng.gen_bool(0.008) && !self.cuts.is_empty() {
             self.faults.push(format!("t={t} heal links"));
             self.network.heal_all();
             self.cuts.clear();
+            self.heals.healed(t, "heal links".into());
         }
+    }
+
+    /// Judge the heals whose bound has passed against every running replica.
+    fn check_heals(&mut self) {
+        let now = self.elapsed();
+        let running: BTreeSet<NodeId> =
+            (0..self.nodes.len()).filter(|i| !self.crashed.contains_key(i)).map(node_id).collect();
+        let replicas: Vec<(usize, State)> = self
+            .nodes
+            .iter()
+            .filter(|n| running.contains(&n.id))
+            .filter_map(|n| n.ledger.as_ref().map(|l| (n.index, (*l.state()).clone())))
+            .collect();
+        let mut checker = self.checker.lock().expect("lock");
+        self.heals.check(now, &replicas, &running, &mut checker.violations);
     }
 
     async fn start_node(&mut self, i: usize) {
@@ -376,11 +412,12 @@ impl Sim {
         node.collector = Some(tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(Committed::Entry { index: log, applied }) => {
+                    Ok(Committed::Entry { index: log, term, applied }) => {
                         let mut c = checker.lock().expect("lock");
-                        let Checker { single, convergence, slots, violations } = &mut *c;
+                        let Checker { single, convergence, slots, terms, violations } = &mut *c;
                         convergence.observe(index, log, &applied, violations);
                         slots.observe(index, &applied, violations);
+                        terms.observe(index, log, term, &applied, violations);
                         for event in &applied.events {
                             single.observe(event, violations);
                         }
@@ -464,10 +501,10 @@ impl Sim {
                 };
                 node.reconciler.task_exited(task, fencing, report);
             }
-            let is_leader = ledger.leader() == Some(node.id);
+            let leader_term = ledger.leader_term();
             let actions = {
                 let state = ledger.state();
-                node.reconciler.step(&state, &observed, is_leader, now)
+                node.reconciler.step(&state, &observed, leader_term, now)
             };
             for action in actions {
                 match action {
@@ -535,6 +572,11 @@ fn reconcile_config(config: &SimConfig) -> ReconcileConfig {
         c.election.stagger_ms = 0;
     }
     c
+}
+
+/// Record a violation found outside the checkers' own observations.
+fn violations_early(checker: &Arc<Mutex<Checker>>, violation: &str) {
+    checker.lock().expect("lock").violations.push(violation.to_owned());
 }
 
 /// Retry a ledger call for a few virtual seconds while a leader is elected.

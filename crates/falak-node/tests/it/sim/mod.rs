@@ -11,7 +11,9 @@
 //! (`single_claim.rs`); committed state never diverges across replicas (`convergence.rs`);
 //! every acknowledged job reaches a terminal state after healing (`completion.rs`); a function
 //! never holds more instance slots than its `max_instances`, and an OFFLINE node none
-//! (`instance_slots.rs`).
+//! (`instance_slots.rs`); no OFFLINE mark proposed in an old term is ever applied
+//! (`term_fencing.rs`); after any heal, every connected node is HEALTHY on every replica
+//! within a bound (`heal.rs`).
 //!
 //! Replay a seed: `FALAK_SIM_SEED=123 cargo nextest run -p falak-node sim::replay`.
 //! Determinism caveat: the fault schedule, job submissions and task durations are a pure
@@ -21,8 +23,10 @@
 mod completion;
 mod convergence;
 mod harness;
+mod heal;
 mod instance_slots;
 mod single_claim;
+mod term_fencing;
 
 pub use harness::{SimConfig, run_seed};
 
@@ -93,6 +97,30 @@ fn planted_bug_is_caught() {
         report.violations.iter().any(|v| v.contains("two valid claims"))
     });
     assert!(caught.is_some(), "no seed in 0..20 exposed the planted bug: the single-claim checker is blind");
+}
+
+/// The term checker is not blind: with the state machine's term check skipped, a deposed
+/// leader's OFFLINE marks, retried after a heal, must show up in some seed.
+#[test]
+fn planted_term_bug_is_caught() {
+    let config = SimConfig { planted_bug: falak_core::ledger::PlantedBug::SkipTermCheck, ..SimConfig::default() };
+    let caught = (0..20).find(|seed| {
+        let report = run_seed(*seed, &config);
+        report.violations.iter().any(|v| v.contains("proposed in term"))
+    });
+    assert!(caught.is_some(), "no seed in 0..20 exposed the planted term bug: the term checker is blind");
+}
+
+/// The heal checker is not blind: with nodes never marked back online, some seed must leave a
+/// connected node OFFLINE after a heal.
+#[test]
+fn planted_online_bug_is_caught() {
+    let config = SimConfig { planted_bug: falak_core::ledger::PlantedBug::RefuseNodeOnline, ..SimConfig::default() };
+    let caught = (0..20).find(|seed| {
+        let report = run_seed(*seed, &config);
+        report.violations.iter().any(|v| v.contains("still records running nodes OFFLINE"))
+    });
+    assert!(caught.is_some(), "no seed in 0..20 exposed the planted online bug: the heal checker is blind");
 }
 
 /// The slot checker is not blind: with the state machine's `max_instances` check skipped,
