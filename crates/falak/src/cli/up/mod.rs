@@ -44,7 +44,8 @@ mod demo;
 mod record;
 
 use demo::{run_demo, run_function_demo};
-use record::{cli_finds, mesh_record, render_endpoints, write_atomic};
+pub(in crate::cli) use record::write_atomic;
+use record::{cli_finds, mesh_record, render_endpoints};
 
 /// Run a local mesh on loopback in the foreground.
 #[derive(Debug, clap::Args)]

@@ -64,7 +64,7 @@ pub(super) fn mesh_record(
 }
 
 /// Write then rename, so readers never see half a file.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(in crate::cli) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let _ = fs::remove_file(&tmp);
