@@ -240,6 +240,21 @@ impl NodeProcess {
     pub fn alive(&self) -> bool {
         start_time(self.pid) == Some(self.start_time)
     }
+
+    /// Send `signal` to this process if it still runs: `Ok(false)` when it has ended.
+    pub fn signal(&self, signal: i32) -> std::io::Result<bool> {
+        if !self.alive() {
+            return Ok(false);
+        }
+        // Between the check and the kill the pid could only change hands if the process ended
+        // and the kernel handed out every other pid in that instant.
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        if unsafe { libc::kill(self.pid as i32, signal) } == 0 {
+            return Ok(true);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(error) }
+    }
 }
 
 /// The start time in `/proc/PID/stat`, or `None` when no such process runs or it is a zombie.
@@ -327,7 +342,10 @@ mod tests {
         fs::write(dir.path().join(PID_FILE), "12").unwrap();
         assert_eq!(NodeProcess::running_in(dir.path()), None, "not a pid file of ours");
 
-        assert!(!NodeProcess { pid: dead_pid(), ..me }.alive());
+        let stale = NodeProcess { pid: dead_pid(), ..me };
+        assert!(!stale.alive());
+        assert!(!stale.signal(0).unwrap(), "an ended process is not signalled");
+        assert!(me.signal(0).unwrap());
     }
 
     #[test]

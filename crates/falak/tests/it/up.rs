@@ -1,4 +1,5 @@
-//! `falak up` end to end: real node processes on loopback, stopped with SIGTERM.
+//! `falak up` end to end: real node processes on loopback, stopped with SIGTERM, killed and
+//! started again by hand.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -62,10 +63,44 @@ impl Up {
 
     /// SIGTERM, then the exit status within 15 s.
     async fn terminate(&mut self) -> ExitStatus {
-        signal(self.pid(), libc::SIGTERM);
+        self.stop(libc::SIGTERM).await
+    }
+
+    /// `signal` (SIGTERM, or SIGINT as a terminal's Ctrl-C), then the exit status within 15 s.
+    async fn stop(&mut self, signal: i32) -> ExitStatus {
+        self::signal(self.pid(), signal);
         match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
             Ok(status) => status.unwrap(),
-            Err(_) => panic!("falak up did not exit within 15s of SIGTERM\n{}", self.output()),
+            Err(_) => panic!("falak up did not exit within 15s of signal {signal}\n{}", self.output()),
+        }
+    }
+
+    /// Wait until `data/mesh.json` shows `what` (`check` holds), and return it; panics with
+    /// the output when `falak up` exits first or the time is up.
+    async fn wait_for_mesh(
+        &mut self,
+        data: &Path,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let waiting = async {
+            loop {
+                let text = std::fs::read_to_string(data.join("mesh.json")).unwrap_or_default();
+                last = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+                if check(&last) {
+                    return last.clone();
+                }
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    panic!("falak up exited ({status}) before mesh.json showed {what}\n{}", self.output());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        match tokio::time::timeout(within, waiting).await {
+            Ok(mesh) => mesh,
+            Err(_) => panic!("mesh.json did not show {what} within {within:?}: {last:#}\n{}", self.output()),
         }
     }
 }
@@ -99,6 +134,49 @@ fn read_mesh(data: &Path) -> serde_json::Value {
 
 fn node_pids(mesh: &serde_json::Value) -> Vec<u64> {
     mesh["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect()
+}
+
+/// A client for node `index` of the mesh, with the mesh's CA and admin token.
+fn node_client(mesh: &serde_json::Value, index: usize) -> Client {
+    let token = std::fs::read_to_string(mesh["token_file"].as_str().unwrap()).unwrap();
+    let ca = std::fs::read_to_string(mesh["ca_cert"].as_str().unwrap()).unwrap();
+    Client::new(mesh["nodes"][index]["api_url"].as_str().unwrap())
+        .unwrap()
+        .with_ca(&ca)
+        .unwrap()
+        .with_token(Some(token.trim().to_owned()))
+}
+
+/// Wait until the node answers `/readyz` with ready.
+async fn wait_ready(client: &Client, within: Duration, up: &Up) {
+    let waiting = async {
+        loop {
+            if client.ready().await.is_ok_and(|r| r.ready) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(within, waiting).await.is_err() {
+        panic!("{} was not ready within {within:?}\n{}", client.base_url(), up.output());
+    }
+}
+
+/// `falak node -c CONFIG`, as a user starts a node again by hand; its output in `dir/hand.log`.
+fn start_node_by_hand(dir: &Path, config: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("hand.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_falak"))
+        .arg("node")
+        .arg("-c")
+        .arg(config)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,4 +278,57 @@ async fn a_node_that_cannot_start_fails_up_with_its_log() {
     assert!(out.contains("exited before it was ready") || out.contains("not ready after"), "{out}");
     assert!(!data.join("mesh.json").exists(), "{out}");
     drop(taken);
+}
+
+/// A node killed with `kill -9` and started again by hand, as `falak up` tells, is followed:
+/// `mesh.json` drops the dead pid and lists the new one, `falak up` keeps running (and
+/// `mesh.json` stays) while only that node runs, and Ctrl-C stops it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_again_by_hand_is_followed_and_stopped_with_the_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mesh");
+    let mut up =
+        Up::start(dir.path(), "up", &["--nodes", "2", "--base-port", "0", "--data-dir", data.to_str().unwrap()]);
+    up.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(90)).await;
+    let pids = node_pids(&read_mesh(&data));
+    let mut reaper = Reaper(pids.clone());
+
+    signal(pids[1] as i32, libc::SIGKILL);
+    let mesh = up
+        .wait_for_mesh(&data, "node-2 without a pid", Duration::from_secs(5), |m| m["nodes"][1]["pid"].is_null())
+        .await;
+    assert_eq!(mesh["nodes"][1]["state"], "exited", "{mesh:#}");
+    assert_eq!(mesh["nodes"][0]["pid"], pids[0], "{mesh:#}");
+    let config = data.join("node-2/node.yaml");
+    up.wait_for_output(&format!("start it again with `falak node -c {}`", config.display()), Duration::from_secs(5))
+        .await;
+
+    let mut by_hand = start_node_by_hand(dir.path(), &config);
+    let hand_pid = u64::from(by_hand.id().unwrap());
+    reaper.0.push(hand_pid);
+    let started = std::time::Instant::now();
+    let mesh = up
+        .wait_for_mesh(&data, "node-2 started by hand", Duration::from_secs(3), |m| m["nodes"][1]["pid"] == hand_pid)
+        .await;
+    eprintln!("falak up followed node-2 {:?} after it was started by hand", started.elapsed());
+    assert_eq!(mesh["nodes"][1]["state"], "running", "{mesh:#}");
+    wait_ready(&node_client(&mesh, 1), Duration::from_secs(30), &up).await;
+    up.wait_for_output(&format!("node-2 runs again (pid {hand_pid}"), Duration::from_secs(5)).await;
+
+    // Every child of `falak up` gone, the node started by hand still runs: so does `falak up`.
+    signal(pids[0] as i32, libc::SIGKILL);
+    up.wait_for_mesh(&data, "node-1 without a pid", Duration::from_secs(5), |m| m["nodes"][0]["pid"].is_null()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(up.child.try_wait().unwrap().is_none(), "falak up stopped while node-2 runs\n{}", up.output());
+    assert_eq!(read_mesh(&data)["nodes"][1]["pid"], hand_pid);
+
+    let status = up.stop(libc::SIGINT).await;
+    assert!(status.success(), "falak up exited {status}\n{}", up.output());
+    let hand_status = match tokio::time::timeout(Duration::from_secs(5), by_hand.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => panic!("the node started by hand still runs after falak up stopped\n{}", up.output()),
+    };
+    assert!(hand_status.success(), "SIGTERM stops a node cleanly; it exited {hand_status}\n{}", up.output());
+    assert!(!data.join("mesh.json").exists(), "mesh.json is removed once no node runs\n{}", up.output());
+    assert!(!data.join("node-2/node.pid").exists(), "a node that stops removes its pid file");
 }

@@ -3,9 +3,12 @@
 //! ```text
 //! DATA_DIR/
 //!   mesh.json         what runs now: pids, API URLs, node ids, credential paths (0600);
-//!                     removed when `falak up` stops
+//!                     kept in step as nodes exit and run again, removed when `falak up`
+//!                     stops and no node of the mesh runs
 //!   NAME/node.yaml    the node's config, written when the mesh is provisioned
-//!   NAME/node.log     the node's stdout and stderr, appended across restarts
+//!   NAME/node.log     the output of the node processes `falak up` starts, appended
+//!   NAME/node.pid     the node process running now, however it was started (`falak node`
+//!                     writes it)
 //!   NAME/...          the mesh files and the ledger (see `falak_node::mesh_files`)
 //! ```
 //!
@@ -13,6 +16,8 @@
 //! and ledger. Otherwise a new mesh is provisioned: a fresh CA, mesh secret and node keys.
 //! Nodes run in their own process group, so a terminal's Ctrl-C reaches only `falak up`,
 //! which then stops them with SIGTERM (SIGKILL after a grace period or a second Ctrl-C).
+//! A node that exits is followed when it is started again by hand (`falak node -c
+//! NAME/node.yaml`; `supervise.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -42,10 +47,12 @@ use super::output::{Table, duration, or_dash};
 
 mod demo;
 mod record;
+mod supervise;
 
 use demo::{run_demo, run_function_demo};
 pub(in crate::cli) use record::write_atomic;
-use record::{cli_finds, mesh_record, render_endpoints};
+use record::{MeshRecord, cli_finds, mesh_record, render_endpoints};
+use supervise::{MeshNode, Supervisor};
 
 /// Run a local mesh on loopback in the foreground.
 #[derive(Debug, clap::Args)]
@@ -90,14 +97,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     check_not_running(&mesh_file, std::process::id())?;
     let setups = prepare(&plan, &root, args.base_port)?;
     let mut signals = Signals::new()?;
-    let mut nodes = Vec::new();
-    let result = run_mesh(&plan.name, &root, &setups, &mut nodes, &mut signals, args.demo).await;
-    stop_nodes(&mut nodes, &mut signals).await;
-    remove_own_mesh_file(&mesh_file);
-    if plan.cleanup {
-        clean_up(&root, &setups);
+    let mut supervisor = Supervisor::new(&root);
+    let result = run_mesh(&plan.name, &root, &setups, &mut supervisor, &mut signals, args.demo).await;
+    // mesh.json (and with `cleanup`, the data) stays while a node of the mesh still runs.
+    let stopped = supervisor.stop(&mut signals).await;
+    if stopped.is_ok() {
+        remove_own_mesh_file(&mesh_file);
+        if plan.cleanup {
+            clean_up(&root, &setups);
+        }
     }
-    result
+    result.and(stopped)
 }
 
 // Planning.
@@ -533,47 +543,18 @@ impl Signals {
     }
 }
 
-/// A started node process.
-struct RunningNode {
-    name: String,
-    pid: u32,
-    log: PathBuf,
-    child: Child,
-    client: Client,
-    /// How it ended, once reaped.
-    exited: Option<String>,
-}
-
-impl RunningNode {
-    fn alive(&self) -> bool {
-        self.exited.is_none()
-    }
-}
-
-/// Start, wait for readiness, record, run the demo, then supervise until a signal. The caller
-/// stops whatever was started, whatever this returns.
+/// Start, wait for readiness, record, then supervise (running the demo meanwhile) until a
+/// signal. The caller stops whatever was started, whatever this returns.
 async fn run_mesh(
     mesh: &str,
     root: &Path,
     setups: &[NodeSetup],
-    nodes: &mut Vec<RunningNode>,
+    supervisor: &mut Supervisor,
     signals: &mut Signals,
     demo: bool,
 ) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the falak binary to start nodes with")?;
-    let token = read_admin_token(root)?;
-    let ca_path = root.join(mesh_files::CREDENTIALS_DIR).join("ca.crt");
-    let ca = fs::read_to_string(&ca_path).with_context(|| format!("cannot read the mesh CA {}", ca_path.display()))?;
-    let key_path = root.join(mesh_files::CREDENTIALS_DIR).join("deployer.key");
-    let key = fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
-    let deployer = std::sync::Arc::new(
-        falak_core::signing::DeployerKey::from_pem(&key).with_context(|| key_path.display().to_string())?,
-    );
-    for setup in setups {
-        let node = spawn_node(&exe, setup, &token, &ca, &deployer)?;
-        println!("started {} (pid {}), log {}", node.name, node.pid, node.log.display());
-        nodes.push(node);
-    }
+    supervisor.start(setups)?;
+    let nodes = &mut supervisor.nodes;
     println!("waiting for {} to be ready (up to {}s)", count(nodes.len()), READY_TIMEOUT.as_secs());
     let outcome = tokio::select! {
         outcome = wait_until_ready(nodes) => outcome,
@@ -590,41 +571,33 @@ async fn run_mesh(
             show_log_tail(node);
             bail!(
                 "node {} exited before it was ready ({}); its log is above and in {}",
-                node.name,
-                node.exited.as_deref().unwrap_or("unknown status"),
-                node.log.display()
+                node.name(),
+                node.exit().unwrap_or("unknown status"),
+                node.setup.log_path().display()
             );
         }
         ReadyOutcome::TimedOut(waiting) => {
             for (i, reason) in &waiting {
-                eprintln!("node {} is not ready: {reason}", nodes[*i].name);
+                eprintln!("node {} is not ready: {reason}", nodes[*i].name());
                 show_log_tail(&nodes[*i]);
             }
-            let names: Vec<&str> = waiting.iter().map(|(i, _)| nodes[*i].name.as_str()).collect();
+            let names: Vec<&str> = waiting.iter().map(|(i, _)| nodes[*i].name()).collect();
             bail!("{} not ready after {}s; see the logs above", names.join(", "), READY_TIMEOUT.as_secs());
         }
     }
-    let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
-    let record = mesh_record(mesh, root, setups, &pids, std::process::id())?;
+    let pids: Vec<u32> = nodes.iter().filter_map(MeshNode::pid).collect();
+    let record = supervisor.record(mesh_record(mesh, root, setups, &pids, std::process::id())?)?;
     let mesh_file = root.join(MESH_JSON);
-    let text = serde_json::to_string_pretty(&record).context("cannot render mesh.json")? + "\n";
-    write_atomic(&mesh_file, text.as_bytes(), 0o600)?;
     print!("{}", render_endpoints(&record, &mesh_file, cli_finds(&mesh_file)));
-    if demo {
-        let clients: Vec<Client> = nodes.iter().map(|n| n.client.clone()).collect();
-        let result = tokio::select! {
-            result = async { run_demo(&clients[0]).await?; run_function_demo(&clients, root).await } => Some(result),
-            signal = signals.recv() => {
-                println!("{signal}: stopping the mesh");
-                None
-            }
-        };
-        match result {
-            None => return Ok(()),
-            Some(result) => result.context("the demo failed")?,
-        }
-    }
-    supervise(nodes, signals, root).await
+    let demo = demo.then(|| {
+        let clients: Vec<Client> = supervisor.nodes.iter().map(|n| n.client.clone()).collect();
+        let root = root.to_owned();
+        Box::pin(async move {
+            run_demo(&clients[0]).await?;
+            run_function_demo(&clients, &root).await
+        }) as supervise::Demo
+    });
+    supervisor.supervise(signals, demo).await
 }
 
 /// The admin token `falak up` wrote when it provisioned the mesh in `root`.
@@ -636,13 +609,9 @@ fn read_admin_token(root: &Path) -> anyhow::Result<String> {
     Ok(text.trim().to_owned())
 }
 
-fn spawn_node(
-    exe: &Path,
-    setup: &NodeSetup,
-    token: &str,
-    ca: &str,
-    deployer: &std::sync::Arc<falak_core::signing::DeployerKey>,
-) -> anyhow::Result<RunningNode> {
+/// Start `falak node -c NAME/node.yaml` in its own process group, its output appended to
+/// NAME/node.log: the child and its pid.
+fn spawn_node(exe: &Path, setup: &NodeSetup) -> anyhow::Result<(Child, u32)> {
     let log_path = setup.log_path();
     let mut log = fs::OpenOptions::new()
         .create(true)
@@ -672,11 +641,7 @@ fn spawn_node(
             format!("cannot start node {} ({} node -c {})", setup.name, exe.display(), setup.config_path().display())
         })?;
     let pid = child.id().with_context(|| format!("node {} exited as it started", setup.name))?;
-    let client = Client::new(&setup.api_url())?
-        .with_ca(ca)?
-        .with_token(Some(token.to_owned()))
-        .with_deployer(Some(deployer.clone()));
-    Ok(RunningNode { name: setup.name.clone(), pid, log: log_path, child, client, exited: None })
+    Ok((child, pid))
 }
 
 enum ReadyOutcome {
@@ -689,7 +654,7 @@ enum ReadyOutcome {
 }
 
 /// Ask every node's `/readyz` until all are ready, one exits, or the time is up.
-async fn wait_until_ready(nodes: &mut [RunningNode]) -> ReadyOutcome {
+async fn wait_until_ready(nodes: &mut [MeshNode]) -> ReadyOutcome {
     let mut reasons: Vec<Option<String>> = vec![Some("no answer yet".to_owned()); nodes.len()];
     let polling = async {
         loop {
@@ -697,13 +662,12 @@ async fn wait_until_ready(nodes: &mut [RunningNode]) -> ReadyOutcome {
                 if reasons[i].is_none() {
                     continue;
                 }
-                if let Some(status) = node.child.try_wait().transpose() {
-                    node.exited = Some(describe_exit(status));
+                if node.reap() {
                     return ReadyOutcome::Exited(i);
                 }
                 reasons[i] = not_ready_reason(&node.client).await;
                 if reasons[i].is_none() {
-                    println!("{} is ready", node.name);
+                    println!("{} is ready", node.name());
                 }
             }
             if reasons.iter().all(Option::is_none) {
@@ -731,26 +695,20 @@ async fn not_ready_reason(client: &Client) -> Option<String> {
     }
 }
 
-fn describe_exit(status: std::io::Result<ExitStatus>) -> String {
-    match status {
-        Ok(status) => status.to_string(),
-        Err(error) => format!("status unknown: {error}"),
-    }
-}
-
 /// Print the end of a node's log to stderr.
-fn show_log_tail(node: &RunningNode) {
-    match log_tail(&node.log, LOG_TAIL_LINES) {
-        Ok(tail) if tail.trim().is_empty() => eprintln!("--- {} is empty ---", node.log.display()),
+fn show_log_tail(node: &MeshNode) {
+    let log = node.setup.log_path();
+    match log_tail(&log, LOG_TAIL_LINES) {
+        Ok(tail) if tail.trim().is_empty() => eprintln!("--- {} is empty ---", log.display()),
         Ok(tail) => {
-            eprintln!("--- last lines of {} ---", node.log.display());
+            eprintln!("--- last lines of {} ---", log.display());
             eprint!("{tail}");
             if !tail.ends_with('\n') {
                 eprintln!();
             }
             eprintln!("---");
         }
-        Err(error) => eprintln!("cannot read {}: {error}", node.log.display()),
+        Err(error) => eprintln!("cannot read {}: {error}", log.display()),
     }
 }
 
@@ -772,92 +730,6 @@ fn log_tail(path: &Path, lines: usize) -> std::io::Result<String> {
         tail.push('\n');
     }
     Ok(tail)
-}
-
-/// Wait for a signal; report nodes that exit meanwhile and keep the others running (a node
-/// may be killed on purpose to watch failover).
-async fn supervise(nodes: &mut [RunningNode], signals: &mut Signals, root: &Path) -> anyhow::Result<()> {
-    loop {
-        let event = tokio::select! {
-            signal = signals.recv() => Err(signal),
-            exit = next_exit(nodes) => Ok(exit),
-        };
-        match event {
-            Err(signal) => {
-                println!("{signal}: stopping the mesh");
-                return Ok(());
-            }
-            Ok((i, status)) => {
-                let node = &mut nodes[i];
-                node.exited = Some(describe_exit(status));
-                println!(
-                    "node {} exited ({}); the others keep running; log {}",
-                    node.name,
-                    node.exited.as_deref().unwrap_or_default(),
-                    node.log.display()
-                );
-                if nodes.iter().all(|n| !n.alive()) {
-                    bail!("every node has exited; see their logs under {}", root.display());
-                }
-            }
-        }
-    }
-}
-
-/// The next node to exit, with its status; never resolves when none runs.
-async fn next_exit(nodes: &mut [RunningNode]) -> (usize, std::io::Result<ExitStatus>) {
-    let waits: Vec<_> = nodes
-        .iter_mut()
-        .enumerate()
-        .filter(|(_, n)| n.alive())
-        .map(|(i, n)| Box::pin(async move { (i, n.child.wait().await) }))
-        .collect();
-    if waits.is_empty() {
-        return std::future::pending().await;
-    }
-    select_all(waits).await.0
-}
-
-/// SIGTERM every running node; SIGKILL (its whole process group) whatever still runs after
-/// the grace period or a second signal.
-async fn stop_nodes(nodes: &mut [RunningNode], signals: &mut Signals) {
-    let running = nodes.iter().filter(|n| n.alive()).count();
-    if running == 0 {
-        return;
-    }
-    println!("stopping {} (SIGTERM; Ctrl-C again to kill them)", count(running));
-    for node in nodes.iter().filter(|n| n.alive()) {
-        send_signal(node.pid as i32, libc::SIGTERM);
-    }
-    let forced = {
-        let waits = join_all(nodes.iter_mut().filter(|n| n.alive()).map(|node| async move {
-            let status = node.child.wait().await;
-            node.exited = Some(describe_exit(status));
-            println!("{} stopped ({})", node.name, node.exited.as_deref().unwrap_or_default());
-        }));
-        tokio::select! {
-            _ = waits => None,
-            _ = tokio::time::sleep(STOP_GRACE) => Some(format!("still running after {}s", STOP_GRACE.as_secs())),
-            signal = signals.recv() => Some(format!("{signal} again")),
-        }
-    };
-    if let Some(why) = forced {
-        for node in nodes.iter_mut().filter(|n| n.alive()) {
-            send_signal(-(node.pid as i32), libc::SIGKILL);
-            let _ = node.child.start_kill();
-            node.exited = Some(describe_exit(node.child.wait().await));
-            println!("{} killed: {why}", node.name);
-        }
-    }
-}
-
-/// `kill(2)`; a negative pid names a process group. Only called for children not yet reaped,
-/// so the pid cannot belong to another process.
-fn send_signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, signal);
-    }
 }
 
 /// Remove the mesh file if this process wrote it.
@@ -1056,9 +928,9 @@ mod tests {
         let root = dir.path().join("data");
         let (plan, setups) = test_plan(&root, 2);
         prepare(&plan, &root, None).unwrap();
-        let record = mesh_record("local", &root, &setups, &[11, 12], 10).unwrap();
+        let mut record = mesh_record("local", &root, &setups, &[11, 12], 10).unwrap();
         let path = root.join(MESH_JSON);
-        write_atomic(&path, serde_json::to_string_pretty(&record).unwrap().as_bytes(), 0o600).unwrap();
+        record.write(&path).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 
         let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
@@ -1066,7 +938,7 @@ mod tests {
         assert_eq!(json["pid"], 10);
         let node = &json["nodes"][1];
         assert_eq!(node["name"], "node-2");
-        assert_eq!(node["pid"], 12);
+        assert_eq!((&node["state"], &node["pid"]), (&serde_json::json!("running"), &serde_json::json!(12)));
         assert_eq!(node["api_url"], "https://127.0.0.1:20001");
         assert_eq!(node["transport_addr"], "127.0.0.1:20101");
         assert_eq!(node["gossip_addr"], "127.0.0.1:20201");
@@ -1092,6 +964,17 @@ mod tests {
         let mode = fs::metadata(root.join("credentials/admin.token")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the admin token is owner-only");
         assert!(!render_endpoints(&record, &path, true).contains("export"));
+
+        // A node that exited is listed without a pid until it runs again.
+        record.set_pid(1, None);
+        record.write(&path).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            (&json["nodes"][1]["state"], &json["nodes"][1]["pid"]),
+            (&serde_json::json!("exited"), &serde_json::Value::Null)
+        );
+        assert_eq!(json["nodes"][0]["pid"], 11);
+        assert!(render_endpoints(&record, &path, true).contains("node-2  https://127.0.0.1:20001  -    "));
     }
 
     #[test]
@@ -1111,7 +994,11 @@ mod tests {
         assert!(error.contains(&format!("another `falak up` (pid {me}) runs the mesh")), "{error}");
         check_not_running(&path, me).unwrap();
 
-        let nodes = serde_json::json!([{ "name": "node-1", "pid": dead }, { "name": "node-2", "pid": me }]);
+        let nodes = serde_json::json!([
+            { "name": "node-1", "state": "running", "pid": dead },
+            { "name": "node-2", "state": "running", "pid": me },
+            { "name": "node-3", "state": "exited", "pid": null },
+        ]);
         fs::write(&path, serde_json::json!({ "pid": dead, "nodes": nodes }).to_string()).unwrap();
         let error = check_not_running(&path, 1).unwrap_err().to_string();
         assert_eq!(

@@ -22,7 +22,9 @@ pub(super) struct MeshRecordNode {
     name: String,
     /// The node id: its public key, hex.
     id: String,
-    pid: u32,
+    state: NodeState,
+    /// The node's process while it runs (started by `falak up` or by hand), else null.
+    pid: Option<u32>,
     api_url: String,
     transport_addr: String,
     gossip_addr: String,
@@ -30,6 +32,35 @@ pub(super) struct MeshRecordNode {
     log: PathBuf,
 }
 
+/// Whether a node of the mesh runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum NodeState {
+    Running,
+    Exited,
+}
+
+impl MeshRecord {
+    /// Node `index`'s process: its pid while it runs, `None` once it has exited.
+    pub(super) fn set_pid(&mut self, index: usize, pid: Option<u32>) {
+        if let Some(node) = self.nodes.get_mut(index) {
+            node.pid = pid;
+            node.state = if pid.is_some() { NodeState::Running } else { NodeState::Exited };
+        }
+    }
+
+    pub(super) fn pids(&self) -> impl Iterator<Item = Option<u32>> + '_ {
+        self.nodes.iter().map(|n| n.pid)
+    }
+
+    /// Write it to `path`, whole or not at all, owner-only (it names the credentials).
+    pub(super) fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self).context("cannot render mesh.json")? + "\n";
+        write_atomic(path, text.as_bytes(), 0o600)
+    }
+}
+
+/// The record of a mesh whose nodes run as `pids`.
 pub(super) fn mesh_record(
     mesh: &str,
     root: &Path,
@@ -45,7 +76,8 @@ pub(super) fn mesh_record(
         nodes.push(MeshRecordNode {
             name: setup.name.clone(),
             id: key.id().to_string(),
-            pid: *pid,
+            state: NodeState::Running,
+            pid: Some(*pid),
             api_url: setup.api_url(),
             transport_addr: setup.transport.to_string(),
             gossip_addr: setup.gossip.to_string(),
@@ -86,7 +118,8 @@ pub(super) fn cli_finds(mesh_file: &Path) -> bool {
 pub(super) fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_it: bool) -> String {
     let mut table = Table::new(&["NAME", "API", "PID", "LOG"]);
     for node in &record.nodes {
-        table.row(vec![node.name.clone(), node.api_url.clone(), node.pid.to_string(), node.log.display().to_string()]);
+        let (name, api, log) = (node.name.clone(), node.api_url.clone(), node.log.display().to_string());
+        table.row(vec![name, api, or_dash(node.pid), log]);
     }
     let mut out = format!("\nmesh {} is up: {}\n", record.name, count(record.nodes.len()));
     out.push_str(&table.render());
