@@ -1,5 +1,5 @@
 //! `falak up` end to end: real node processes on loopback, stopped with SIGTERM, killed and
-//! started again by hand.
+//! started again by hand or by `falak up --restart`.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -331,4 +331,36 @@ async fn a_node_started_again_by_hand_is_followed_and_stopped_with_the_mesh() {
     assert!(hand_status.success(), "SIGTERM stops a node cleanly; it exited {hand_status}\n{}", up.output());
     assert!(!data.join("mesh.json").exists(), "mesh.json is removed once no node runs\n{}", up.output());
     assert!(!data.join("node-2/node.pid").exists(), "a node that stops removes its pid file");
+}
+
+/// `falak up --restart`: a node killed with `kill -9` is started again by `falak up` itself,
+/// listed under its new pid, and serves; the stop ends the new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_brings_a_killed_node_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mesh");
+    let args = ["--restart", "--nodes", "1", "--base-port", "0", "--data-dir", data.to_str().unwrap()];
+    let mut up = Up::start(dir.path(), "up", &args);
+    up.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(90)).await;
+    let first = node_pids(&read_mesh(&data))[0];
+    let mut reaper = Reaper(vec![first]);
+
+    signal(first as i32, libc::SIGKILL);
+    let mesh = up
+        .wait_for_mesh(&data, "node-1 under a new pid", Duration::from_secs(10), |m| {
+            m["nodes"][0]["pid"].as_u64().is_some_and(|pid| pid != first)
+        })
+        .await;
+    let second = node_pids(&mesh)[0];
+    reaper.0.push(second);
+    wait_ready(&node_client(&mesh, 0), Duration::from_secs(30), &up).await;
+    let out = up.output();
+    assert!(out.contains("restarting it in 1s (--restart)"), "{out}");
+    assert!(out.contains(&format!("restarted node-1 (pid {second})")), "{out}");
+
+    assert!(up.terminate().await.success(), "{}", up.output());
+    assert!(!alive(second), "the restarted node survived\n{}", up.output());
+    let out = up.output();
+    assert!(out.contains(&format!("node-1 stopped (pid {second}, exit status: 0)")), "{out}");
+    assert!(!data.join("mesh.json").exists(), "{out}");
 }

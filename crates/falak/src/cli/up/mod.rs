@@ -17,7 +17,7 @@
 //! Nodes run in their own process group, so a terminal's Ctrl-C reaches only `falak up`,
 //! which then stops them with SIGTERM (SIGKILL after a grace period or a second Ctrl-C).
 //! A node that exits is followed when it is started again by hand (`falak node -c
-//! NAME/node.yaml`; `supervise.rs`).
+//! NAME/node.yaml`), or restarted by `falak up` itself with `--restart` (`supervise.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -73,6 +73,11 @@ pub struct UpArgs {
     /// Run a demo job once the mesh is up, print the result, keep running.
     #[arg(long)]
     pub demo: bool,
+    /// Restart a node whose process exits while the mesh is up: after 1s, doubling up to 30s
+    /// while it keeps exiting, back to 1s once it has run for a minute. Without it, `falak up`
+    /// prints the command that starts the node again, and follows the node once it runs.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// The file in the data dir that records the running mesh.
@@ -97,7 +102,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     check_not_running(&mesh_file, std::process::id())?;
     let setups = prepare(&plan, &root, args.base_port)?;
     let mut signals = Signals::new()?;
-    let mut supervisor = Supervisor::new(&root);
+    let mut supervisor = Supervisor::new(&root, args.restart);
     let result = run_mesh(&plan.name, &root, &setups, &mut supervisor, &mut signals, args.demo).await;
     // mesh.json (and with `cleanup`, the data) stays while a node of the mesh still runs.
     let stopped = supervisor.stop(&mut signals).await;
@@ -770,7 +775,7 @@ mod tests {
     use super::*;
 
     fn args() -> UpArgs {
-        UpArgs { file: None, nodes: None, data_dir: None, base_port: None, demo: false }
+        UpArgs { file: None, nodes: None, data_dir: None, base_port: None, demo: false, restart: false }
     }
 
     #[test]

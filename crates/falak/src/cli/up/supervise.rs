@@ -1,13 +1,14 @@
 //! Following the mesh's nodes while `falak up` runs: its own children, nodes started again by
-//! hand (found through the `node.pid` each `falak node` writes), and the stop that ends them
-//! all.
+//! hand (found through the `node.pid` each `falak node` writes), restarts with `--restart`, and
+//! the stop that ends them all.
 //!
 //! `mesh.json` follows every change: a node that exits is listed without a pid until a process
-//! runs it again. `falak up` runs while any node of the mesh runs, and removes `mesh.json` only
-//! once none does.
+//! runs it again. `falak up` runs while any node of the mesh runs (with `--restart`, until it
+//! is stopped), and removes `mesh.json` only once none does.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 use futures_util::future::OptionFuture;
 use tokio::task::JoinSet;
@@ -16,7 +17,7 @@ use tokio::time::MissedTickBehavior;
 use super::*;
 use crate::cli::node::NodeProcess;
 
-/// How often the node dirs' pid files and adopted nodes are looked at.
+/// How often the node dirs' pid files, adopted nodes and due restarts are looked at.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
 /// How often a stopping node that is not a child of `falak up` is looked at.
 const STOP_POLL: Duration = Duration::from_millis(100);
@@ -41,6 +42,11 @@ pub(super) struct MeshNode {
     pub(super) process: Process,
     /// Bumped whenever another process runs the node, so news about an earlier one is dropped.
     generation: u64,
+    /// When the current process was started or found, for `--restart`'s backoff.
+    since: Instant,
+    backoff: Backoff,
+    /// When `--restart` starts the node again.
+    restart_at: Option<Instant>,
 }
 
 impl MeshNode {
@@ -103,6 +109,34 @@ fn describe_exit(pid: u32, status: std::io::Result<ExitStatus>) -> String {
     }
 }
 
+/// `--restart`'s wait before starting a node again: 1 s, doubling to 30 s while the node keeps
+/// exiting, back to 1 s once it ran for a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+    /// A node that ran this long was healthy; its next restart waits [`Backoff::FIRST`] again.
+    const HEALTHY: Duration = Duration::from_secs(60);
+
+    fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The wait before restarting a node that exited after running for `ran`.
+    fn delay(&mut self, ran: Duration) -> Duration {
+        if ran >= Self::HEALTHY {
+            self.next = Self::FIRST;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+}
+
 /// `--demo`, run while the nodes are followed.
 pub(super) type Demo = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
 
@@ -119,13 +153,17 @@ enum Event {
         generation: u64,
         not_ready: Option<String>,
     },
-    /// Time to look at pid files and adopted nodes.
+    /// Time to look at pid files, adopted nodes and due restarts.
     Poll,
 }
 
 /// The mesh's nodes and `mesh.json`, kept in step.
 pub(super) struct Supervisor {
     root: PathBuf,
+    /// `--restart`.
+    restart: bool,
+    /// The binary nodes are started with (set by `start`).
+    exe: PathBuf,
     pub(super) nodes: Vec<MeshNode>,
     /// `mesh.json` as last written, once the mesh is up.
     record: Option<MeshRecord>,
@@ -134,13 +172,20 @@ pub(super) struct Supervisor {
 }
 
 impl Supervisor {
-    pub(super) fn new(root: &Path) -> Supervisor {
-        Supervisor { root: root.to_owned(), nodes: Vec::new(), record: None, record_failing: false }
+    pub(super) fn new(root: &Path, restart: bool) -> Supervisor {
+        Supervisor {
+            root: root.to_owned(),
+            restart,
+            exe: PathBuf::new(),
+            nodes: Vec::new(),
+            record: None,
+            record_failing: false,
+        }
     }
 
     /// Start a child for every node.
     pub(super) fn start(&mut self, setups: &[NodeSetup]) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("cannot find the falak binary to start nodes with")?;
+        self.exe = std::env::current_exe().context("cannot find the falak binary to start nodes with")?;
         let root = &self.root;
         let token = read_admin_token(root)?;
         let ca_path = root.join(mesh_files::CREDENTIALS_DIR).join("ca.crt");
@@ -156,13 +201,16 @@ impl Supervisor {
                 .with_ca(&ca)?
                 .with_token(Some(token.clone()))
                 .with_deployer(Some(deployer.clone()));
-            let (child, pid) = spawn_node(&exe, setup)?;
+            let (child, pid) = spawn_node(&self.exe, setup)?;
             println!("started {} (pid {pid}), log {}", setup.name, setup.log_path().display());
             self.nodes.push(MeshNode {
                 setup: setup.clone(),
                 client,
                 process: Process::Child { child, pid },
                 generation: 0,
+                since: falak_node::clock::instant(),
+                backoff: Backoff::new(),
+                restart_at: None,
             });
         }
         Ok(())
@@ -194,6 +242,7 @@ impl Supervisor {
                 }
                 _ = poll.tick() => Event::Poll,
             };
+            let now = falak_node::clock::instant();
             match event {
                 Event::Signal(signal) => {
                     println!("{signal}: stopping the mesh");
@@ -203,7 +252,7 @@ impl Supervisor {
                     result.context("the demo failed")?;
                     demo = None;
                 }
-                Event::ChildExited(index, how) => self.exited(index, how, true),
+                Event::ChildExited(index, how) => self.exited(index, how, true, now),
                 Event::Readiness { index, generation, not_ready } => {
                     let node = &self.nodes[index];
                     if node.generation == generation && node.running() {
@@ -219,9 +268,9 @@ impl Supervisor {
             }
             // After every event, not only on the poll: a node started by hand just before the
             // last original one died must count before deciding that none runs.
-            self.follow(&mut readiness);
+            self.follow(now, &mut readiness);
             self.sync_record();
-            if self.nodes.iter().all(|n| !n.running()) {
+            if !self.restart && self.nodes.iter().all(|n| !n.running()) {
                 bail!(
                     "every node has exited; see their logs under {}; `falak up` starts the mesh again",
                     self.root.display()
@@ -230,39 +279,73 @@ impl Supervisor {
         }
     }
 
-    /// Node `index` has just exited (`how`): say how to get it back. A child's output is in
-    /// the node's log; a node started by hand wrote wherever it was told.
-    fn exited(&mut self, index: usize, how: String, child: bool) {
+    /// Node `index` has just exited (`how`): say how to get it back, or schedule its restart.
+    /// A child's output is in the node's log; a node started by hand wrote wherever it was told.
+    fn exited(&mut self, index: usize, how: String, child: bool, now: Instant) {
         let node = &mut self.nodes[index];
         let log = if child { format!("; log {}", node.setup.log_path().display()) } else { String::new() };
-        println!(
-            "node {} exited ({how}); the others keep running; start it again with `falak node -c {}` \
-             and `falak up` follows it{log}",
-            node.name(),
-            node.setup.config_path().display(),
-        );
+        if self.restart {
+            let delay = node.backoff.delay(now.saturating_duration_since(node.since));
+            node.restart_at = Some(now + delay);
+            println!("node {} exited ({how}); restarting it in {}s (--restart){log}", node.name(), delay.as_secs());
+        } else {
+            println!(
+                "node {} exited ({how}); the others keep running; start it again with `falak node -c {}` \
+                 and `falak up` follows it{log}",
+                node.name(),
+                node.setup.config_path().display(),
+            );
+        }
         node.process = Process::Exited(how);
     }
 
-    /// Notice adopted nodes that ended, and nodes started by hand.
-    fn follow(&mut self, readiness: &mut JoinSet<(usize, u64, Option<String>)>) {
+    /// Notice adopted nodes that ended, nodes started by hand, and restarts that are due.
+    fn follow(&mut self, now: Instant, readiness: &mut JoinSet<(usize, u64, Option<String>)>) {
         for index in 0..self.nodes.len() {
             if let Process::Adopted(process) = self.nodes[index].process
                 && !process.alive()
             {
-                self.exited(index, format!("pid {}", process.pid), false);
+                self.exited(index, format!("pid {}", process.pid), false, now);
             }
             let node = &mut self.nodes[index];
             if node.running() {
                 continue;
             }
+            // A node started by hand wins over a pending restart.
             if let Some(process) = NodeProcess::running_in(&node.setup.dir) {
                 println!("{} runs again (pid {}, started outside `falak up`); following it", node.name(), process.pid);
-                node.process = Process::Adopted(process);
-                node.generation += 1;
-                readiness.spawn(watch_ready(node.client.clone(), index, node.generation));
+                self.run_again(index, Process::Adopted(process), now, readiness);
+                continue;
+            }
+            if node.restart_at.is_some_and(|at| at <= now) {
+                match spawn_node(&self.exe, &node.setup) {
+                    Ok((child, pid)) => {
+                        println!("restarted {} (pid {pid}), log {}", node.name(), node.setup.log_path().display());
+                        self.run_again(index, Process::Child { child, pid }, now, readiness);
+                    }
+                    Err(error) => {
+                        // A failed start counts as a run of no time, so the backoff grows.
+                        self.nodes[index].since = now;
+                        self.exited(index, format!("cannot start it: {error:#}"), true, now);
+                    }
+                }
             }
         }
+    }
+
+    fn run_again(
+        &mut self,
+        index: usize,
+        process: Process,
+        now: Instant,
+        readiness: &mut JoinSet<(usize, u64, Option<String>)>,
+    ) {
+        let node = &mut self.nodes[index];
+        node.process = process;
+        node.since = now;
+        node.restart_at = None;
+        node.generation += 1;
+        readiness.spawn(watch_ready(node.client.clone(), index, node.generation));
     }
 
     /// Rewrite `mesh.json` when a node's pid changed since it was last written.
@@ -409,5 +492,20 @@ fn send_signal(pid: i32, signal: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe {
         libc::kill(pid, signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_and_forgive_a_healthy_run() {
+        let mut backoff = Backoff::new();
+        let quick = Duration::from_secs(2);
+        let delays: Vec<u64> = (0..7).map(|_| backoff.delay(quick).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(backoff.delay(Duration::from_secs(60)).as_secs(), 1, "a minute of running resets it");
+        assert_eq!(backoff.delay(quick).as_secs(), 2);
     }
 }
