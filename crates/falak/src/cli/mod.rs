@@ -259,6 +259,9 @@ struct MeshFile {
 #[derive(Debug, Deserialize)]
 struct MeshNode {
     api_url: String,
+    /// `running` or `exited`, as `falak up` last saw the node.
+    #[serde(default)]
+    state: Option<String>,
 }
 
 /// The API URL a command asks first (see [`resolve_apis`]).
@@ -280,7 +283,10 @@ pub fn resolve_apis(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<Vec<
     };
     let mesh: MeshFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a mesh file; pass --api URL", mesh_file.display()))?;
-    let urls: Vec<String> = mesh.nodes.into_iter().map(|n| n.api_url).filter(|u| !u.is_empty()).collect();
+    // Nodes `falak up` saw exit go last: asked only when no running one answers.
+    let mut nodes: Vec<MeshNode> = mesh.nodes.into_iter().filter(|n| !n.api_url.is_empty()).collect();
+    nodes.sort_by_key(|n| n.state.as_deref() == Some("exited"));
+    let urls: Vec<String> = nodes.into_iter().map(|n| n.api_url).collect();
     if urls.is_empty() {
         anyhow::bail!("{} lists no node with an api_url; pass --api URL", mesh_file.display());
     }
@@ -431,6 +437,12 @@ mod tests {
         .unwrap();
         assert_eq!(resolve_apis(None, &mesh).unwrap(), ["http://127.0.0.1:7301", "http://127.0.0.1:7302"]);
         assert_eq!(resolve_apis(Some("http://x:1"), &mesh).unwrap(), ["http://x:1"], "--api names one node");
+        std::fs::write(
+            &mesh,
+            r#"{ "nodes": [{ "api_url": "http://a:1", "state": "exited", "pid": null }, { "api_url": "http://b:1", "state": "running", "pid": 7 }] }"#,
+        )
+        .unwrap();
+        assert_eq!(resolve_apis(None, &mesh).unwrap(), ["http://b:1", "http://a:1"], "exited nodes go last");
         std::fs::write(&mesh, "not json").unwrap();
         let error = format!("{:#}", resolve_apis(None, &mesh).unwrap_err());
         assert!(error.contains("is not a mesh file"), "{error}");
