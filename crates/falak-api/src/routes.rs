@@ -82,7 +82,7 @@ pub fn router_with_gateway(
     let mut router = Router::new();
     for route in table() {
         let mut handler = route.handler;
-        if !route.info.idempotent {
+        if !route.info.idempotent && route.info.method == Method::POST {
             handler = handler.layer(axum::middleware::from_fn(refuse_idempotency_key));
         }
         router = router.route(route.info.path, guarded(route.info.method.as_str(), route.info.path, handler));
@@ -116,8 +116,8 @@ pub struct RouteInfo {
     pub status: u16,
     /// The content type of a successful answer.
     pub produces: &'static str,
-    /// Whether the route takes an `Idempotency-Key` (the writes that create something); the
-    /// others refuse one rather than ignore it.
+    /// Whether the route takes an `Idempotency-Key` (the writes that create something); other
+    /// `POST` routes refuse one rather than ignore it.
     pub idempotent: bool,
 }
 
@@ -407,8 +407,8 @@ pub(crate) fn idempotency_key(
     text.parse().map(Some).map_err(|e: falak_core::ledger::InvalidIdempotencyKey| ApiError::invalid(e.to_string()))
 }
 
-/// Routes that do not take an `Idempotency-Key` refuse one: silently ignoring it would let a
-/// client believe its retry is safe.
+/// `POST` routes that do not take an `Idempotency-Key` refuse one: silently ignoring it would
+/// let a client believe its retry is safe. (`GET` and `DELETE` are idempotent already.)
 async fn refuse_idempotency_key(request: Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::response::IntoResponse;
     if request.headers().contains_key(falak_core::ledger::IDEMPOTENCY_KEY_HEADER) {

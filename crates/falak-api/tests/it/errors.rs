@@ -212,3 +212,44 @@ async fn an_absent_node_gets_a_clear_message() {
     assert!(matches!(error, ClientError::Unreachable { .. }), "{error:?}");
     assert_eq!(error.to_string(), format!("cannot reach falak at {url}: is a node running? (`falak up`)"));
 }
+
+#[tokio::test]
+async fn idempotency_keys_reach_the_node_on_creating_writes_and_are_refused_elsewhere() {
+    let h = spawn().await;
+    h.client.apply_capsule_text(crate::happy_paths::HELLO).await.unwrap();
+    let submission = JobSubmission { capsule: "hello".into(), ..Default::default() };
+    let keyed = h.client.clone().with_idempotency_key(Some("k-1".parse().unwrap()));
+    keyed.submit_job(&submission).await.unwrap();
+    assert_eq!(h.fake().last_key.as_ref().map(|k| k.as_str()), Some("k-1"));
+    h.client.submit_job(&submission).await.unwrap();
+    assert_eq!(h.fake().last_key, None, "no key, none passed on");
+    // A malformed key is refused before the node sees anything.
+    let response = h
+        .raw()
+        .post(format!("{}/api/v1/jobs", h.base))
+        .header("idempotency-key", "has space")
+        .json(&submission)
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(response, 400, ErrorCode::Invalid).await;
+    assert!(message.contains("visible ASCII"), "{message}");
+    // A POST that cannot be replayed refuses a key rather than ignore it; a GET ignores one.
+    let response = h
+        .raw()
+        .post(format!("{}/api/v1/tokens", h.base))
+        .header("idempotency-key", "k-2")
+        .json(&serde_json::json!({ "name": "t", "role": "read" }))
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(response, 400, ErrorCode::Invalid).await;
+    assert!(message.contains("does not take an Idempotency-Key"), "{message}");
+    let response = h.raw().get(format!("{}/api/v1/jobs", h.base)).header("idempotency-key", "k-3").send().await;
+    assert_eq!(response.unwrap().status(), 200);
+    // The OpenAPI document shows which routes take one.
+    let doc = h.client.openapi().await.unwrap();
+    let params = doc["paths"]["/api/v1/jobs"]["post"]["parameters"].to_string();
+    assert!(params.contains("Idempotency-Key"), "{params}");
+    assert!(!doc["paths"]["/api/v1/tokens"]["post"]["parameters"].to_string().contains("Idempotency-Key"));
+}

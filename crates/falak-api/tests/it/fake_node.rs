@@ -35,6 +35,8 @@ pub struct FakeNode {
     history: Vec<EventRecord>,
     /// Live items (ledger events, observations, notices) for following subscribers.
     bus: broadcast::Sender<EventItem>,
+    /// The idempotency key of the last submit, as the node received it.
+    pub last_key: Option<falak_core::ledger::IdempotencyKey>,
 }
 
 /// Items the fake's live channel holds per subscriber.
@@ -43,8 +45,15 @@ pub const EVENT_CAPACITY: usize = 16;
 impl FakeNode {
     fn new() -> FakeNode {
         let (bus, _) = broadcast::channel(EVENT_CAPACITY);
-        let mut fake =
-            FakeNode { state: State::default(), now: 1_000, me: node_id(1), ready: true, history: vec![], bus };
+        let mut fake = FakeNode {
+            state: State::default(),
+            now: 1_000,
+            me: node_id(1),
+            ready: true,
+            history: vec![],
+            bus,
+            last_key: None,
+        };
         fake.state.apply(&falak_core::signing::deployer_for_tests().1);
         fake.admit(1, "node-a", Resources::new(4000, 8 << 30), &[("zone", "a")]);
         fake.admit(2, "node-b", Resources::new(1000, 1 << 30), &[("zone", "b")]);
@@ -230,7 +239,8 @@ impl FakeNode {
             Action::GetCapsule { name, reply } => {
                 let _ = reply.send(CapsuleInfo::get(&self.state, &name));
             }
-            Action::SubmitJob { request, reply, .. } => {
+            Action::SubmitJob { request, idempotency, reply } => {
+                self.last_key = idempotency;
                 let origin = self.me;
                 let result = self.write(|now| Command::SubmitJob { request, origin, now }).and_then(|outcome| {
                     let Outcome::JobSubmitted { job, .. } = outcome else { panic!("unexpected {outcome:?}") };

@@ -10,7 +10,7 @@ use falak_core::placement::Health;
 
 use crate::fake_node::{Harness, spawn};
 
-const HELLO: &str = r#"
+pub const HELLO: &str = r#"
 name: hello
 kind: process
 command: ["/bin/sh", "-c", "echo task $FALAK_TASK_INDEX"]
