@@ -73,6 +73,7 @@ pub const BENCHES: &[Bench] = &[
     Bench { name: "pause-false-positives", rows: &[("pause-false-positives", "0 under 1.5 s pauses")] },
     Bench { name: "kill-to-rerun", rows: &[("kill-to-rerun", "p50 ≤ 2.5 s")] },
     Bench { name: "leader-failover", rows: &[("leader-failover", "p50 ≤ 500 ms")] },
+    Bench { name: "heal", rows: &[("heal-to-healthy", "p99 ≤ 3 s"), ("heal-reruns", "0 tasks")] },
     Bench {
         name: "functions",
         rows: &[
@@ -95,6 +96,7 @@ pub async fn run(ctx: &Ctx, bench: &Bench) -> Vec<Row> {
         "pause-false-positives" => pause_false_positives(ctx).await,
         "kill-to-rerun" => kill_to_rerun(ctx).await,
         "leader-failover" => leader_failover(ctx).await,
+        "heal" => crate::heal::heal(ctx).await,
         "functions" => crate::functions::functions(ctx).await,
         other => Err(anyhow!("unknown benchmark {other}")),
     };

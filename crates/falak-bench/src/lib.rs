@@ -4,6 +4,7 @@
 //! - [`mesh`]: provision, start, kill -9, pause and restart node processes.
 //! - [`benches`]: the benchmarks, each printing its samples, its floor and its verdict.
 //! - [`functions`]: the functions group (starts, gateway overhead, requests/s) and `serve-noop`.
+//! - [`heal`]: a partition of the ledger leader heals cleanly (issue 9).
 //! - [`netfilter`]: cut a node off the others with iptables (partition tests, the heal benchmark).
 //! - [`report`]: the summary table and the JSON report.
 
@@ -11,6 +12,7 @@
 
 pub mod benches;
 pub mod functions;
+pub mod heal;
 pub mod mesh;
 pub mod netfilter;
 pub mod report;
