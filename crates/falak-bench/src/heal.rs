@@ -58,12 +58,15 @@ pub fn all_healthy(mesh: &Mesh, views: &[View]) -> bool {
     })
 }
 
-/// The views one line per observer: `node-1 sees node-1=HEALTHY voter, node-2=OFFLINE leader voter`.
+/// The views one line per observer, nodes by name: `node-1 sees node-1=HEALTHY voter,
+/// node-2=OFFLINE leader voter`.
 pub fn describe(views: &[View]) -> String {
     let lines: Vec<String> = views
         .iter()
         .map(|v| match &v.nodes {
             Ok(list) => {
+                let mut list: Vec<&NodeInfo> = list.iter().collect();
+                list.sort_by(|a, b| a.name.cmp(&b.name));
                 let each: Vec<String> = list
                     .iter()
                     .map(|n| {
