@@ -1,10 +1,11 @@
 //! Partitions heal cleanly (issue 9), with real processes: the ledger leader is cut off from the
 //! others (every UDP datagram to and from its transport and gossip ports on loopback dropped,
 //! `falak_bench::netfilter`) for 5–10 s, the majority elects another leader, then the cut is
-//! healed. Within 3 s of the heal every node must see every node HEALTHY, and a job submitted
-//! after it must run on every node. Repeated 10 times on 3 nodes and 5 times on 5. A first test
-//! checks the cut itself on plain sockets: both directions dropped, removed on heal, on drop, on
-//! panic and, for a process that died holding one, by the next cut.
+//! healed. Within 3 s of the heal every node must see every node HEALTHY, a job submitted after
+//! it must run on every node, and no view may show a node OFFLINE once the job is done.
+//! Repeated 10 times on 3 nodes and 5 times on 5. A first test checks the cut itself on plain
+//! sockets: both directions dropped, removed on heal, on drop, on panic and, for a process that
+//! died holding one, by the next cut.
 //!
 //! These tests need root and iptables (`.ci/run` installs it; CI runs as root). Without them
 //! they fail saying which is missing; they never skip.
@@ -18,6 +19,7 @@ use falak_api::job::JobSubmission;
 use falak_bench::heal::{View, agreed_leader, all_healthy, describe, views};
 use falak_bench::netfilter::{CHAIN_PREFIX, Isolation, leftover_chains};
 use falak_core::job::{JobState, TaskState};
+use falak_core::placement::Health;
 
 use crate::procs::Mesh;
 
@@ -169,6 +171,13 @@ async fn partitions_of_the_leader(nodes: usize, rounds: usize) {
             let v = views(&mesh).await;
             let what = format!("the job submitted after the heal (via {}): {what}", mesh.nodes[via].name);
             panic!("{}", failure(&mesh, round, &situation, &what, &v, &[leader, new_leader]));
+        }
+        // And no stale OFFLINE mark landed after the first all-HEALTHY answer.
+        let v = views(&mesh).await;
+        let offline = |view: &View| view.nodes.as_ref().map_or(true, |l| l.iter().any(|n| n.state == Health::Offline));
+        if v.iter().any(offline) {
+            let what = "a node OFFLINE (or not answering) in some view after the job";
+            panic!("{}", failure(&mesh, round, &situation, what, &v, &[leader, new_leader]));
         }
         eprintln!("round {round}: {situation}; healed: every node HEALTHY everywhere after {}", secs(whole));
     }
