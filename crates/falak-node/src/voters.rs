@@ -84,10 +84,12 @@ pub fn plan(
         .map(|n| (n.record.id, n.record.transport_addr.clone()))
         .collect();
     let target = target_voters(state.nodes().count());
-    let within_grace = |id: &NodeId| {
-        state.node(id).is_some_and(|n| {
-            !n.offline || n.offline_since.is_some_and(|since| now.saturating_sub(since) < VOTER_GRACE_MS)
-        })
+    // A voter keeps its seat while it is up or offline for less than the grace. One the ledger
+    // does not list yet (a bootstrap voter whose own admission has not committed, as when the
+    // first leader plans at once on taking office) keeps it too; only a revoked one never does.
+    let within_grace = |id: &NodeId| match state.node(id) {
+        Some(n) => !n.offline || n.offline_since.is_some_and(|since| now.saturating_sub(since) < VOTER_GRACE_MS),
+        None => state.revoked_node(id).is_none(),
     };
     let mut keep: BTreeSet<NodeId> = voters.iter().copied().filter(|id| *id == me || within_grace(id)).collect();
     keep.insert(me);
@@ -99,9 +101,9 @@ pub fn plan(
         }
         keep.insert(*candidate);
     }
-    // Seats nobody healthy could take stay with their offline voters (admitted ones only: a
-    // revoked voter goes at once).
-    for voter in voters.iter().filter(|id| state.node(id).is_some()) {
+    // Seats nobody healthy could take stay with their offline voters (a revoked voter goes at
+    // once).
+    for voter in voters.iter().filter(|id| state.revoked_node(id).is_none()) {
         if keep.len() >= target {
             break;
         }
@@ -204,6 +206,23 @@ mod tests {
         s.apply(&Command::RevokeNode { node: id(3), now: 2_000 });
         let p = plan(&s, &BTreeMap::new(), &members(&voters, &BTreeSet::new()), id(1), 2_000);
         assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(2)])));
+    }
+
+    #[test]
+    fn a_bootstrap_voter_not_admitted_yet_keeps_its_seat() {
+        // The first leader plans at once on taking office, before node 2 committed its own
+        // admission: demoting it would leave two voters.
+        let mut s = state(3);
+        s.apply(&Command::RevokeNode { node: id(2), now: 1 });
+        let mut fresh = State::default();
+        for n in [1, 3] {
+            fresh.apply(&Command::AdmitNode { record: s.node(&id(n)).unwrap().record.clone(), now: 0 });
+        }
+        let voters = BTreeSet::from([id(1), id(2), id(3)]);
+        assert_eq!(plan(&fresh, &BTreeMap::new(), &members(&voters, &BTreeSet::new()), id(1), 0).voters, None);
+        // Once revoked, it goes.
+        let p = plan(&s, &BTreeMap::new(), &members(&voters, &BTreeSet::new()), id(1), 2);
+        assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(3)])));
     }
 
     #[test]
