@@ -50,6 +50,11 @@ pub async fn views(mesh: &Mesh) -> Vec<View> {
     futures_util::future::join_all(asks).await
 }
 
+/// The fewest voters any view lists (`None` when no view answered).
+pub fn fewest_voters(views: &[View]) -> Option<usize> {
+    views.iter().filter_map(|v| v.nodes.as_ref().ok()).map(|list| list.iter().filter(|n| n.voter).count()).min()
+}
+
 /// Whether every view lists every running node of `mesh` as HEALTHY.
 pub fn all_healthy(mesh: &Mesh, views: &[View]) -> bool {
     let want: Vec<_> = mesh.nodes.iter().filter(|n| n.running()).map(|n| n.id).collect();
@@ -147,6 +152,8 @@ struct Measured {
     trials_with_reruns: usize,
     /// Writes through a follower in steady state, in seconds.
     write: Vec<f64>,
+    /// The fewest voters any view listed from the heal until the trial ended, over all trials.
+    fewest_voters: Option<usize>,
     meshes: usize,
     trials: Vec<serde_json::Value>,
 }
@@ -178,13 +185,15 @@ pub(crate) async fn heal(ctx: &Ctx) -> Result<Vec<Row>> {
     for (nodes, m) in &by_size {
         let s = samples(&mut m.healthy.iter().copied());
         println!(
-            "  {nodes} nodes: heal → every node HEALTHY in every view {}{}; {} of {} tasks on the other nodes re-attempted ({} of {trials} trials; {} meshes)",
+            "  {nodes} nodes: heal → every node HEALTHY in every view {}{}; {} of {} tasks on the other nodes re-attempted ({} of {trials} trials; {} meshes); fewest voters in any view after a heal: {} (target {})",
             latency_text(&s),
             not_within(m.censored),
             m.reruns,
             m.watched,
             m.trials_with_reruns,
             m.meshes,
+            m.fewest_voters.map_or("none seen".into(), |v| v.to_string()),
+            if *nodes >= 7 { 5 } else { (*nodes).min(3) },
         );
         per_size.push(format!("{nodes} nodes p50 {}, p99 {}", fmt_secs(s.p50()), fmt_secs(s.p99())));
         data.insert(
@@ -197,6 +206,7 @@ pub(crate) async fn heal(ctx: &Ctx) -> Result<Vec<Row>> {
                 "watched_tasks": m.watched,
                 "trials_with_reruns": m.trials_with_reruns,
                 "write_via_follower": samples(&mut m.write.iter().copied()).json(),
+                "fewest_voters_after_heal": m.fewest_voters,
                 "meshes": m.meshes,
                 "trials": m.trials,
             }),
@@ -354,6 +364,9 @@ async fn one_trial(running: &Running, leader: usize, trial: usize, m: &mut Measu
         }
         let v = views(mesh).await;
         let now = healed.elapsed();
+        if let Some(voters) = fewest_voters(&v) {
+            m.fewest_voters = Some(m.fewest_voters.map_or(voters, |f| f.min(voters)));
+        }
         if !all_healthy(mesh, &v) {
             since = None;
         } else if since.is_none() {

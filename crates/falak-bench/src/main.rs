@@ -23,7 +23,8 @@ struct Args {
     falak: PathBuf,
     /// Run only this benchmark (repeatable): idle-rss, submit-to-running, claims-per-second
     /// (also noop-tasks-per-second), kill-to-offline, pause-false-positives, kill-to-rerun,
-    /// leader-failover, functions (or one of its rows, e.g. fn-snapshot-start).
+    /// leader-failover, heal (needs root and iptables), functions (or one of its rows, e.g.
+    /// fn-snapshot-start).
     #[arg(long)]
     only: Vec<String>,
     /// Fewer samples and trials: a smoke run, not numbers to quote.
