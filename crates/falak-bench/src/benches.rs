@@ -33,6 +33,8 @@ pub struct Ctx {
     pub failure_detection: Option<FailureDetection>,
     /// Tasks in the throughput job instead of 5,000 (1,000 with `quick`).
     pub noop_tasks: Option<u32>,
+    /// Mesh sizes of the `heal` benchmark (3 and 5 when empty).
+    pub heal_sizes: Vec<usize>,
 }
 
 /// Nominal membership timings of the presets in crates/falak-membership/src/config.rs

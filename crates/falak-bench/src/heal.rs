@@ -1,4 +1,5 @@
-//! `heal`: a partition of the ledger leader heals cleanly (issue 9). On 3 and on 5 nodes, with a
+//! `heal`: a partition of the ledger leader heals cleanly (issue 9). On 3 and on 5 nodes (or the
+//! sizes `--heal-nodes` gives), with a
 //! job of sleeping tasks in flight, the leader's transport and gossip ports are cut off
 //! ([`crate::netfilter`]) for 5 s, then healed. Measured: the time from the heal until every
 //! node sees every node HEALTHY for good (still so 5 s after the heal, and for at least 2 s: a
@@ -13,10 +14,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use falak_api::EventItem;
 use falak_api::job::JobSubmission;
 use falak_api::node::NodeInfo;
 use falak_core::job::{JobId, TaskState};
+use falak_core::ledger::EventId;
 use falak_core::placement::Health;
+use futures_util::StreamExt;
 
 use crate::benches::{Ctx, latency_text, sleep_ms};
 use crate::mesh::Mesh;
@@ -161,13 +165,16 @@ struct Measured {
 pub(crate) async fn heal(ctx: &Ctx) -> Result<Vec<Row>> {
     const NAME: &str = "heal";
     let trials = ctx.pick(5, 2);
+    let sizes = if ctx.heal_sizes.is_empty() { vec![3, 5] } else { ctx.heal_sizes.clone() };
+    let sizes_text: Vec<String> = sizes.iter().map(usize::to_string).collect();
     println!(
-        "\n== {NAME}: cut the ledger leader's UDP ports off (iptables) for {} with `sleep 3600` tasks in flight, then heal; until every node sees every node HEALTHY (at most {}), and tasks of the other nodes sent to a new attempt ({trials} trials on 3 and on 5 nodes)",
+        "\n== {NAME}: cut the ledger leader's UDP ports off (iptables) for {} with `sleep 3600` tasks in flight, then heal; until every node sees every node HEALTHY (at most {}), and tasks of the other nodes sent to a new attempt ({trials} trials on {} nodes)",
         fmt_secs(HOLD.as_secs_f64()),
-        fmt_secs(LIMIT.as_secs_f64())
+        fmt_secs(LIMIT.as_secs_f64()),
+        sizes_text.join(" and on ")
     );
     let mut by_size = Vec::new();
-    for nodes in [3, 5] {
+    for nodes in sizes.iter().copied() {
         by_size.push((nodes, one_size(ctx, nodes, trials).await?));
     }
     let samples = |values: &mut dyn Iterator<Item = f64>| {
@@ -193,7 +200,7 @@ pub(crate) async fn heal(ctx: &Ctx) -> Result<Vec<Row>> {
             m.trials_with_reruns,
             m.meshes,
             m.fewest_voters.map_or("none seen".into(), |v| v.to_string()),
-            if *nodes >= 7 { 5 } else { (*nodes).min(3) },
+            falak_node::voters::target_voters(*nodes),
         );
         per_size.push(format!("{nodes} nodes p50 {}, p99 {}", fmt_secs(s.p50()), fmt_secs(s.p99())));
         data.insert(
@@ -334,6 +341,8 @@ async fn one_trial(running: &Running, leader: usize, trial: usize, m: &mut Measu
     let isolated = mesh.nodes[leader].id;
     let others = mesh.running_except(&[leader]);
     let observer = mesh.nodes[others[trial % others.len()]].client.clone();
+    let voters_before = fewest_voters(&views(mesh).await);
+    let mark = last_event(&observer).await;
 
     let cut = Isolation::node(mesh, leader).with_context(|| format!("{what}: cutting the leader off"))?;
     let t0 = Instant::now();
@@ -398,6 +407,8 @@ async fn one_trial(running: &Running, leader: usize, trial: usize, m: &mut Measu
         .collect();
     let rerun: Vec<u32> =
         after.iter().filter(|t| watched.get(&t.index).is_some_and(|a| t.attempt > *a)).map(|t| t.index).collect();
+    // Why each re-attempted task moved on, from the ledger's event history.
+    let why = if rerun.is_empty() { Vec::new() } else { reasons(&observer, mark, *job, &rerun).await };
     m.healthy.push(took.unwrap_or(LIMIT).as_secs_f64());
     m.censored += usize::from(took.is_none());
     m.watched += watched.len();
@@ -424,6 +435,12 @@ async fn one_trial(running: &Running, leader: usize, trial: usize, m: &mut Measu
     if let Some(text) = &late_views {
         println!("    views not all HEALTHY, 3 s or more after the heal:\n      {}", text.replace('\n', "\n      "));
     }
+    if !why.is_empty() {
+        println!("    re-attempted: {}", why.join("; "));
+    }
+    if let Some(voters) = voters_before {
+        println!("    voters before the cut: {voters}");
+    }
     m.trials.push(serde_json::json!({
         "isolated": mesh.nodes[leader].name,
         "new_leader": elected.map(|(l, _)| mesh.nodes[l].name.clone()),
@@ -433,20 +450,83 @@ async fn one_trial(running: &Running, leader: usize, trial: usize, m: &mut Measu
         "heal_to_healthy_s": took.map(|d| d.as_secs_f64()),
         "watched_tasks": watched.len(),
         "rerun_tasks": rerun,
+        "rerun_because": why,
+        "voters_before_cut": voters_before,
         "views_not_healthy_after_3s": late_views,
     }));
     Ok(took.is_some())
 }
 
-/// Wait until every node names the same leader and sees every node HEALTHY, and (given a job)
-/// every task of the job is RUNNING; the leader's index.
+/// The id of the last ledger event `client` holds, to read what follows it later.
+async fn last_event(client: &falak_api::Client) -> Option<EventId> {
+    let stream = client.events(false, None).await.ok()?;
+    let items: Vec<_> = stream.collect().await;
+    items.into_iter().rev().find_map(|item| match item {
+        Ok(EventItem::Event(e)) => e.id,
+        _ => None,
+    })
+}
+
+/// For each of `tasks` (indexes of `job`), the ledger events after `mark` that sent it to a new
+/// attempt: its lease expired, or its node was marked OFFLINE (by which term).
+async fn reasons(client: &falak_api::Client, mark: Option<EventId>, job: JobId, tasks: &[u32]) -> Vec<String> {
+    let Ok(stream) = client.events(false, mark).await else { return vec!["(no event history)".into()] };
+    let events: Vec<falak_api::EventRecord> = stream
+        .filter_map(|item| async move {
+            match item {
+                Ok(EventItem::Event(e)) => Some(e),
+                _ => None,
+            }
+        })
+        .collect()
+        .await;
+    let offline: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == "node_offline")
+        .map(|e| format!("node {} marked OFFLINE in term {} at {}", short(&e.data["node"]), e.data["term"], id(e)))
+        .collect();
+    let mut out = Vec::new();
+    for index in tasks {
+        let task = format!("{job}-t{index}");
+        let expired = events.iter().find(|e| e.kind == "lease_expired" && e.data["task"] == task.as_str());
+        let retrying = events
+            .iter()
+            .find(|e| e.kind == "task_state" && e.data["task"] == task.as_str() && e.data["state"] == "RETRYING");
+        let cause = match (expired, retrying) {
+            (Some(e), _) => format!("lease expired on node {} at {}", short(&e.data["node"]), id(e)),
+            (None, Some(e)) => format!("RETRYING at {}", id(e)),
+            (None, None) => "no event found".into(),
+        };
+        out.push(format!("{task}: {cause}"));
+    }
+    out.extend(offline);
+    out
+}
+
+fn short(value: &serde_json::Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), |s| s.chars().take(8).collect())
+}
+
+fn id(event: &falak_api::EventRecord) -> String {
+    event.id.map_or_else(|| "?".into(), |id| id.to_string())
+}
+
+/// Wait until every node names the same leader, sees every node HEALTHY and lists the target
+/// number of voters (a fresh mesh promotes learners for a while), and (given a job) every task
+/// of the job is RUNNING; the leader's index.
 async fn settle(mesh: &Mesh, job: Option<JobId>, what: &str) -> Result<usize> {
     let all = mesh.running_except(&[]);
     let deadline = Instant::now() + SETTLE;
     loop {
         let v = views(mesh).await;
+        let voters_settled = v.iter().all(|view| {
+            view.nodes.as_ref().is_ok_and(|list| {
+                list.iter().filter(|n| n.voter).count() == falak_node::voters::target_voters(mesh.nodes.len())
+            })
+        });
         if let Some(leader) = agreed_leader(mesh, &all).await
             && all_healthy(mesh, &v)
+            && voters_settled
         {
             let running = match job {
                 None => true,
@@ -462,7 +542,7 @@ async fn settle(mesh: &Mesh, job: Option<JobId>, what: &str) -> Result<usize> {
         }
         if Instant::now() > deadline {
             bail!(
-                "{what}: no agreed leader, every node HEALTHY everywhere{} within {SETTLE:?}:\n{}",
+                "{what}: no agreed leader, every node HEALTHY and the target voters everywhere{} within {SETTLE:?}:\n{}",
                 if job.is_some() { " and every task RUNNING" } else { "" },
                 describe(&v)
             );

@@ -43,6 +43,9 @@ struct Args {
     /// Tasks in the claims-per-second job (default 5,000; 1,000 with --quick).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     noop_tasks: Option<u32>,
+    /// Mesh sizes the heal benchmark runs on (default 3 and 5), e.g. `--heal-nodes 7`.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(2..=64))]
+    heal_nodes: Vec<u16>,
     /// List the benchmarks and exit.
     #[arg(long)]
     list: bool,
@@ -76,8 +79,14 @@ fn selected(only: &[String]) -> Result<Vec<&'static Bench>> {
 async fn run_all(args: &Args, benches: &[&'static Bench], root: PathBuf) -> Result<Vec<Row>> {
     let falak = std::fs::canonicalize(&args.falak)
         .with_context(|| format!("the falak binary {:?} (build it: cargo build --release --bin falak)", args.falak))?;
-    let ctx =
-        Ctx { falak, quick: args.quick, root, failure_detection: args.failure_detection, noop_tasks: args.noop_tasks };
+    let ctx = Ctx {
+        falak,
+        quick: args.quick,
+        root,
+        failure_detection: args.failure_detection,
+        noop_tasks: args.noop_tasks,
+        heal_sizes: args.heal_nodes.iter().map(|n| usize::from(*n)).collect(),
+    };
     let mut rows = Vec::new();
     for bench in benches {
         let new = run(&ctx, bench).await;

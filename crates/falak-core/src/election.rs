@@ -55,11 +55,19 @@ impl Default for ElectionConfig {
     }
 }
 
-/// What this node observes of another node through membership.
+/// What this node observes of another node: its health through membership, and whether it is
+/// answering this node's ledger RPCs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub health: Health,
     pub gossip: Option<GossipState>,
+    /// The node answered this node's raft RPCs (heartbeats, appends) lately: it is connected
+    /// and answering, whatever membership's gossip says. On the ledger leader, which sends every
+    /// member a heartbeat every 50 ms, that is every live member. Membership can briefly report
+    /// a live node OFFLINE: when a partition heals, the side that was cut off gossips the
+    /// OFFLINE verdicts it reached about everyone else, until each of them rejoins under a new
+    /// generation.
+    pub answering: bool,
 }
 
 /// Build placement's view of every admitted node from committed state and observations.
@@ -234,9 +242,10 @@ impl Candidacy {
 /// What the ledger leader of `term` proposes on its own: node health changes and lease expiry.
 ///
 /// The leader reconciles every node's recorded state with its own live view, itself included:
-/// a node it sees HEALTHY (and the leader itself, which is evidently up) is marked back online,
-/// a node it sees OFFLINE is marked OFFLINE. A node it has no view of yet keeps its record. Each
-/// command carries `term`, so the state machine refuses it once another leader took over.
+/// a node it sees HEALTHY or answering (and the leader itself, which is evidently up) is marked
+/// back online, a node membership reports OFFLINE and that no longer answers is marked OFFLINE.
+/// A node it has no view of yet keeps its record. Each command carries `term`, so the state
+/// machine refuses it once another leader took over.
 pub fn leader_duties(
     state: &State,
     observed: &BTreeMap<NodeId, Observed>,
@@ -247,12 +256,16 @@ pub fn leader_duties(
     let mut out = Vec::new();
     for entry in state.nodes() {
         let id = entry.record.id;
-        let seen = if id == me { Some(Health::Healthy) } else { observed.get(&id).map(|o| o.health) };
+        let (seen, answering) = if id == me {
+            (Some(Health::Healthy), true)
+        } else {
+            (observed.get(&id).map(|o| o.health), observed.get(&id).is_some_and(|o| o.answering))
+        };
         match seen {
-            Some(Health::Offline) if !entry.offline => {
+            Some(Health::Offline) if !entry.offline && !answering => {
                 out.push(Command::SetNodeOffline { node: id, offline: true, term, now })
             }
-            Some(Health::Healthy) if entry.offline => {
+            Some(_) if entry.offline && (seen == Some(Health::Healthy) || answering) => {
                 out.push(Command::SetNodeOffline { node: id, offline: false, term, now })
             }
             _ => {}

@@ -65,6 +65,8 @@ pub struct Ledger {
     /// shutdown closes its file whatever handles remain.
     history: std::sync::Weak<History>,
     history_closed: watch::Receiver<bool>,
+    /// When each peer last answered this node's raft RPCs.
+    answered: crate::network::Answered,
 }
 
 /// Who leads the ledger and how far this replica is, as of now: what API answers carry so a
@@ -152,7 +154,8 @@ impl Ledger {
             replica.plant_bug(config.planted_bug);
         }
         let database_closed = log_store.database_closed();
-        let network = LedgerNetwork::new(transport.clone());
+        let answered = crate::network::Answered::default();
+        let network = LedgerNetwork::new(transport.clone(), answered.clone());
         let raft = Raft::new(id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|e| OpenLedgerError::Raft(e.to_string()))?;
@@ -168,6 +171,7 @@ impl Ledger {
             receiving: Arc::default(),
             history,
             history_closed,
+            answered,
         })
     }
 
@@ -320,6 +324,13 @@ impl Ledger {
     pub async fn history_retained(&self) -> u64 {
         let Some(history) = self.history.upgrade() else { return 0 };
         tokio::task::spawn_blocking(move || history.retained()).await.unwrap_or(0)
+    }
+
+    /// The peers that answered one of this node's raft RPCs within `within`: connected, their
+    /// ledger serving. On the leader, which heartbeats every member every 50 ms, every live
+    /// member; elsewhere, whoever this node last asked for a vote.
+    pub fn answering(&self, within: Duration) -> BTreeSet<NodeId> {
+        self.answered.within(within)
     }
 
     /// The term this node leads in, when it is the leader.

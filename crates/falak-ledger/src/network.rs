@@ -9,8 +9,9 @@
 //! Snapshots use openraft's built-in chunking (`snapshot_chunk_bytes` per message); the chunk
 //! bytes ride in the frame's binary tail.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,14 +32,33 @@ use crate::{PeerInfo, TypeConfig};
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, PeerInfo, RaftError<NodeId, E>>>;
 
+/// When each peer last answered one of this node's raft RPCs (any answer: the peer is
+/// connected and its ledger serving). tokio's clock, so a paused test runtime drives it.
+#[derive(Clone, Default)]
+pub(crate) struct Answered(Arc<Mutex<HashMap<NodeId, tokio::time::Instant>>>);
+
+impl Answered {
+    fn note(&self, peer: NodeId) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(peer, tokio::time::Instant::now());
+    }
+
+    /// The peers that answered within `within`.
+    pub(crate) fn within(&self, within: Duration) -> BTreeSet<NodeId> {
+        let now = tokio::time::Instant::now();
+        let answered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        answered.iter().filter(|(_, at)| now.saturating_duration_since(**at) <= within).map(|(id, _)| *id).collect()
+    }
+}
+
 /// Creates one [`PeerClient`] per replication or vote target.
 pub(crate) struct LedgerNetwork {
     transport: Arc<dyn Transport>,
+    answered: Answered,
 }
 
 impl LedgerNetwork {
-    pub(crate) fn new(transport: Arc<dyn Transport>) -> Self {
-        LedgerNetwork { transport }
+    pub(crate) fn new(transport: Arc<dyn Transport>, answered: Answered) -> Self {
+        LedgerNetwork { transport, answered }
     }
 }
 
@@ -52,7 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for LedgerNetwork {
         if let Ok(addr) = node.addr.parse::<SocketAddr>() {
             self.transport.set_peer_addr(target, addr);
         }
-        PeerClient { target, transport: self.transport.clone() }
+        PeerClient { target, transport: self.transport.clone(), answered: self.answered.clone() }
     }
 }
 
@@ -60,6 +80,7 @@ impl RaftNetworkFactory<TypeConfig> for LedgerNetwork {
 pub(crate) struct PeerClient {
     target: NodeId,
     transport: Arc<dyn Transport>,
+    answered: Answered,
 }
 
 impl PeerClient {
@@ -75,6 +96,7 @@ impl PeerClient {
             .request(self.target, Protocol::Ledger, frame)
             .await
             .map_err(|e| transport_error(e, entries))?;
+        self.answered.note(self.target);
         let (result, _): (Result<T, RaftError<NodeId, E>>, Bytes) =
             wire::decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -49,7 +49,10 @@ impl MembershipLink {
         let observed: BTreeMap<NodeId, Observed> = snapshot
             .peers
             .iter()
-            .map(|peer| (peer.id, Observed { health: health(peer.health), gossip: peer.gossip.clone() }))
+            // Whether it answers the ledger is filled in by the main loop (`Ledger::answering`).
+            .map(|peer| {
+                (peer.id, Observed { health: health(peer.health), gossip: peer.gossip.clone(), answering: false })
+            })
             .collect();
         let mut changes = Vec::new();
         for (node, seen) in &observed {

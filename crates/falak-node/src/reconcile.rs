@@ -15,6 +15,10 @@ use falak_core::resources::Resources;
 use falak_core::signing::SpecKind;
 use falak_core::{Millis, NodeId};
 
+/// How recently a node must have answered this node's ledger RPCs to count as answering
+/// ([`falak_core::election::Observed::answering`]): 10 of the leader's 50 ms heartbeats.
+pub const ANSWERING_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Everything an executor needs to start one task attempt. `Debug` shows `env`'s names only:
 /// the runner opens the capsule's secrets into it.
 #[derive(Clone, PartialEq, derive_more::Debug)]

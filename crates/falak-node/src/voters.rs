@@ -233,8 +233,8 @@ mod tests {
         let voters = BTreeSet::from([id(1), id(2)]);
         let learners = BTreeSet::from([id(3), id(4), id(5)]);
         let mut observed = BTreeMap::new();
-        observed.insert(id(3), Observed { health: Health::Offline, gossip: None });
-        observed.insert(id(4), Observed { health: Health::Suspect, gossip: None });
+        observed.insert(id(3), Observed { health: Health::Offline, gossip: None, answering: false });
+        observed.insert(id(4), Observed { health: Health::Suspect, gossip: None, answering: false });
         let p = plan(&s, &observed, &members(&voters, &learners), id(1), 0);
         assert_eq!(p.voters, Some(BTreeSet::from([id(1), id(2), id(5)])));
     }

@@ -10,7 +10,7 @@ use falak_core::placement::Health;
 use crate::fixtures::*;
 
 fn healthy() -> BTreeMap<falak_core::NodeId, Observed> {
-    (1..=3).map(|n| (node_id(n), Observed { health: Health::Healthy, gossip: None })).collect()
+    (1..=3).map(|n| (node_id(n), Observed { health: Health::Healthy, gossip: None, answering: true })).collect()
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn leader_marks_offline_nodes_and_expires_leases() {
     s.apply(&job("c", 1));
     s.apply(&claim(TaskId { job: JobId(1), index: 0 }, 1, node_id(2), 0));
     let mut observed = healthy();
-    observed.insert(node_id(2), Observed { health: Health::Offline, gossip: None });
+    observed.insert(node_id(2), Observed { health: Health::Offline, gossip: None, answering: false });
     let duties = leader_duties(&s, &observed, node_id(1), 4, 10_000);
     assert!(duties.contains(&Command::SetNodeOffline { node: node_id(2), offline: true, term: 4, now: 10_000 }));
     assert!(duties.contains(&Command::ExpireLeases { term: 4, now: 10_000 }));
@@ -156,4 +156,27 @@ fn with_little_room_a_node_claims_the_tasks_it_ranks_best_at_first() {
     assert_eq!(some.len(), best + 2);
     assert!(rank_only(&some).is_sorted(), "{some:?}");
     assert_eq!(some.iter().filter(|(_, r)| *r == 0).count(), best, "{some:?}");
+}
+
+#[test]
+fn a_node_that_answers_is_never_marked_offline() {
+    // Membership reports node 2 OFFLINE (a healed partition's stale verdict) while it answers
+    // the leader's RPCs: no mark. Once it stops answering, the mark follows.
+    let s = mesh();
+    let mut observed = healthy();
+    observed.insert(node_id(2), Observed { health: Health::Offline, gossip: None, answering: true });
+    assert!(leader_duties(&s, &observed, node_id(1), 4, 10).is_empty());
+    observed.get_mut(&node_id(2)).unwrap().answering = false;
+    assert_eq!(
+        leader_duties(&s, &observed, node_id(1), 4, 11),
+        vec![Command::SetNodeOffline { node: node_id(2), offline: true, term: 4, now: 11 }]
+    );
+    // A node recorded OFFLINE that answers again is marked back, even before membership agrees.
+    let mut s = mesh();
+    s.apply_in_term(4, &Command::SetNodeOffline { node: node_id(2), offline: true, term: 4, now: 12 });
+    observed.insert(node_id(2), Observed { health: Health::Suspect, gossip: None, answering: true });
+    assert_eq!(
+        leader_duties(&s, &observed, node_id(1), 4, 13),
+        vec![Command::SetNodeOffline { node: node_id(2), offline: false, term: 4, now: 13 }]
+    );
 }

@@ -468,7 +468,7 @@ impl Sim {
                     Some(d) if d >= SUSPECT_AFTER_MS => Health::Suspect,
                     _ => Health::Healthy,
                 };
-                (node_id(j), Observed { health, gossip: None })
+                (node_id(j), Observed { health, gossip: None, answering: false })
             })
             .collect()
     }
@@ -479,7 +479,7 @@ impl Sim {
             if self.crashed.contains_key(&i) {
                 continue;
             }
-            let observed = self.observed_by(i);
+            let mut observed = self.observed_by(i);
             let exit_roll: f64 = self.rng.r#gen();
             let duration = self.rng.gen_range(20..400);
             let node = &mut self.nodes[i];
@@ -502,6 +502,10 @@ impl Sim {
                 node.reconciler.task_exited(task, fencing, report);
             }
             let leader_term = ledger.leader_term();
+            let answering = ledger.answering(falak_node::reconcile::ANSWERING_WITHIN);
+            for (id, seen) in observed.iter_mut() {
+                seen.answering = answering.contains(id);
+            }
             let actions = {
                 let state = ledger.state();
                 node.reconciler.step(&state, &observed, leader_term, now)
