@@ -19,7 +19,6 @@
 //! says so to readers rather than pretending to be complete.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use falak_core::Millis;
@@ -100,12 +99,11 @@ impl ReadHistoryError {
 pub(crate) struct History {
     db: Database,
     path: PathBuf,
-    /// Writes since the last durable commit.
+    /// Writes since the last durable commit. (redb runs one write transaction at a time, so
+    /// writers from apply, snapshots and shutdown need no lock of their own.)
     since_durable: AtomicU64,
     /// The last index written, for snapshot builders waiting on it.
     written: watch::Sender<u64>,
-    /// Serializes writers: apply, flush and reset run on blocking threads.
-    writer: Mutex<()>,
     // Dropped after `db` (fields drop in declaration order), so the signal follows the close.
     closed: crate::store::ClosedSignal,
 }
@@ -121,7 +119,7 @@ impl History {
             txn.open_table(EVENTS)?;
             let meta = txn.open_table(META)?;
             let start = meta.get(KEY_START)?.map(|v| v.value());
-            let written = meta.get(KEY_WRITTEN)?.map(|v| v.value()).unwrap_or(0);
+            let written = meta_value(&meta, KEY_WRITTEN)?;
             if start.is_none() || written < snapshot {
                 if start.is_some() {
                     tracing::warn!(
@@ -143,7 +141,6 @@ impl History {
             path,
             since_durable: AtomicU64::new(0),
             written: watch::Sender::new(written),
-            writer: Mutex::new(()),
             closed: crate::store::ClosedSignal::new(),
         })
     }
@@ -157,15 +154,14 @@ impl History {
     /// `written` on.
     pub(crate) fn write(&self, entries: &[(u64, EntryEvents)]) -> Result<(), StoreError> {
         let Some(last) = entries.last().map(|(index, _)| *index) else { return Ok(()) };
-        let _writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let durable = self.since_durable.fetch_add(1, Ordering::Relaxed) + 1 >= DURABLE_EVERY;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         {
             let mut table = txn.open_table(EVENTS)?;
             let mut meta = txn.open_table(META)?;
-            let mut count = meta.get(KEY_COUNT)?.map_or(0, |v| v.value());
-            let mut start = meta.get(KEY_START)?.map_or(0, |v| v.value());
+            let mut count = meta_value(&meta, KEY_COUNT)?;
+            let mut start = meta_value(&meta, KEY_START)?;
             for (index, entry) in entries.iter().filter(|(_, e)| !e.events.is_empty()) {
                 let bytes = codec::encode(entry)?;
                 let n = entry.events.len() as u32;
@@ -199,13 +195,12 @@ impl History {
     /// A write failed: the history cannot claim to be complete through `index`. It resumes
     /// after it.
     pub(crate) fn mark_gap(&self, index: u64) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let txn = self.db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            let start = meta.get(KEY_START)?.map_or(0, |v| v.value());
+            let start = meta_value(&meta, KEY_START)?;
             meta.insert(KEY_START, start.max(index + 1))?;
-            let written = meta.get(KEY_WRITTEN)?.map_or(0, |v| v.value());
+            let written = meta_value(&meta, KEY_WRITTEN)?;
             meta.insert(KEY_WRITTEN, written.max(index))?;
         }
         txn.commit()?;
@@ -216,7 +211,6 @@ impl History {
     /// The replica's state was replaced by a snapshot up to `index`: the events before it are
     /// not contiguous with what comes next, so the history starts afresh after it.
     pub(crate) fn restart_after(&self, index: u64) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let txn = self.db.begin_write()?;
         reset(&txn, index)?;
         txn.commit()?;
@@ -242,7 +236,6 @@ impl History {
 
     /// A durable commit: everything written before it survives a crash.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.open_table(META)?;
@@ -261,8 +254,8 @@ impl History {
     fn read_inner(&self, after: Option<EventId>, limit: usize) -> Result<HistoryPage, StoreError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let start = meta.get(KEY_START)?.map_or(0, |v| v.value());
-        let written = meta.get(KEY_WRITTEN)?.map_or(0, |v| v.value());
+        let start = meta_value(&meta, KEY_START)?;
+        let written = meta_value(&meta, KEY_WRITTEN)?;
         let table = txn.open_table(EVENTS)?;
         // The first entry the reader still needs. Entries before `start` are gone (dropped from
         // the window, or never held here): a reader that needs one is told where it resumes.
@@ -314,16 +307,13 @@ impl History {
         };
         inner().map_err(|source| ReadHistoryError { path: self.path.clone(), source })
     }
-
-    /// How many events are retained.
-    pub(crate) fn retained(&self) -> u64 {
-        let read = || -> Result<u64, StoreError> {
-            let txn = self.db.begin_read()?;
-            Ok(txn.open_table(META)?.get(KEY_COUNT)?.map_or(0, |v| v.value()))
-        };
-        read().unwrap_or(0)
-    }
 }
+
+/// A counter of the `meta` table; 0 when not written yet.
+fn meta_value(meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, StoreError> {
+    Ok(meta.get(key)?.map_or(0, |v| v.value()))
+}
+
 /// Empty the history and start it after `index`.
 fn reset(txn: &redb::WriteTransaction, index: u64) -> Result<(), StoreError> {
     txn.delete_table(EVENTS)?;

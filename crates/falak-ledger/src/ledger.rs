@@ -303,27 +303,25 @@ impl Ledger {
         after: Option<falak_core::ledger::EventId>,
         limit: usize,
     ) -> Result<HistoryPage, ReadHistoryError> {
-        let history = self.history.upgrade().ok_or_else(ReadHistoryError::shut_down)?;
-        match tokio::task::spawn_blocking(move || history.read(after, limit)).await {
-            Ok(page) => page,
-            Err(join) => Err(ReadHistoryError::task(join.to_string())),
-        }
+        self.read_history(move |history| history.read(after, limit)).await
     }
 
     /// The position after which the last `count` retained events follow (`None` when fewer are
     /// retained): where a reader that wants only recent history starts.
     pub async fn history_tail(&self, count: u64) -> Result<Option<falak_core::ledger::EventId>, ReadHistoryError> {
-        let history = self.history.upgrade().ok_or_else(ReadHistoryError::shut_down)?;
-        match tokio::task::spawn_blocking(move || history.tail_start(count)).await {
-            Ok(tail) => tail,
-            Err(join) => Err(ReadHistoryError::task(join.to_string())),
-        }
+        self.read_history(move |history| history.tail_start(count)).await
     }
 
-    /// How many events the history retains now.
-    pub async fn history_retained(&self) -> u64 {
-        let Some(history) = self.history.upgrade() else { return 0 };
-        tokio::task::spawn_blocking(move || history.retained()).await.unwrap_or(0)
+    /// Run a read of the history on the blocking pool (redb reads touch the disk).
+    async fn read_history<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&History) -> Result<T, ReadHistoryError> + Send + 'static,
+    ) -> Result<T, ReadHistoryError> {
+        let history = self.history.upgrade().ok_or_else(ReadHistoryError::shut_down)?;
+        match tokio::task::spawn_blocking(move || read(&history)).await {
+            Ok(result) => result,
+            Err(join) => Err(ReadHistoryError::task(join.to_string())),
+        }
     }
 
     /// The peers that answered one of this node's raft RPCs within `within`: connected, their
@@ -428,8 +426,8 @@ impl Ledger {
     /// shutdown leave the same files. Once this returns `Ok`, the directory can be reopened.
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
         let stopped = self.raft.shutdown().await.map_err(|e| ShutdownError::Raft(e.to_string()));
-        // Nothing applies any more: make the event history durable so a restart need not
-        // replay it (a crash instead replays the log after the snapshot, which rewrites it).
+        // Nothing applies any more: make what the event history holds durable (after a crash,
+        // replaying the log after the snapshot rewrites what was not).
         if let Some(history) = self.history.upgrade()
             && let Ok(Err(e)) = tokio::task::spawn_blocking(move || history.flush()).await
         {

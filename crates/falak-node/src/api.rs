@@ -488,7 +488,8 @@ impl MainLoop {
     }
 
     fn readiness(&self) -> Readiness {
-        let leader = self.ledger.leader();
+        let status = self.ledger.status();
+        let leader = status.leader;
         let reason = if self.ledger.state().revoked_node(&self.id).is_some() {
             Some("this node was revoked from the mesh; empty its data dir and join with a new join token".to_owned())
         } else if !self.self_admitted {
@@ -500,7 +501,6 @@ impl MainLoop {
         } else {
             None
         };
-        let status = self.ledger.status();
         Readiness { ready: reason.is_none(), reason, leader, term: status.term, applied: status.applied }
     }
 

@@ -494,9 +494,12 @@ impl MainLoop {
 
     fn reconcile(&mut self) {
         let leader_term = self.ledger.leader_term();
-        let answering = self.ledger.answering(crate::reconcile::ANSWERING_WITHIN);
-        for (id, seen) in self.observed.iter_mut() {
-            seen.answering = answering.contains(id);
+        // Only the leader's duties read whether peers answer it.
+        if leader_term.is_some() {
+            let answering = self.ledger.answering(crate::reconcile::ANSWERING_WITHIN);
+            for (id, seen) in self.observed.iter_mut() {
+                seen.answering = answering.contains(id);
+            }
         }
         let now = now_millis();
         let actions = {

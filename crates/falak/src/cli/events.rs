@@ -29,22 +29,17 @@ pub async fn run(ctx: &Context, args: EventsArgs) -> anyhow::Result<()> {
     // last ledger event printed, through the next node. Ledger events have one id on every
     // node, so none is missed or printed twice.
     let mut last = args.since;
-    let mut attempt = 0usize;
+    let mut nodes = super::Rotation::new(&ctx.clients);
     loop {
-        let client = &ctx.clients[attempt % ctx.clients.len()];
-        let ended = match client.events(true, last).await {
+        let ended = match nodes.current().events(true, last).await {
             Ok(stream) => print_stream(ctx, stream, &mut last).await.err().map(|e| e.to_string()),
             Err(error) if error.is_retryable() => Some(error.to_string()),
             Err(error) => return Err(error.into()),
         };
-        attempt += 1;
-        let next = &ctx.clients[attempt % ctx.clients.len()];
         let after = last.map_or_else(|| "the start".to_owned(), |id| format!("event {id}"));
         let why = ended.unwrap_or_else(|| "the stream ended".to_owned());
+        let next = nodes.advance().await;
         eprintln!("... {why}; resuming after {after} through {}", next.base_url());
-        if attempt.is_multiple_of(ctx.clients.len()) {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
     }
 }
 

@@ -167,26 +167,48 @@ impl Context {
         let key = new_idempotency_key();
         let clients: Vec<Client> = clients.iter().map(|c| c.clone().with_idempotency_key(Some(key.clone()))).collect();
         let deadline = tokio::time::Instant::now() + WRITE_RETRY_FOR;
-        let mut attempt = 0usize;
+        let mut nodes = Rotation::new(&clients);
         loop {
-            let client = &clients[attempt % clients.len()];
-            match write(client).await {
+            match write(nodes.current()).await {
                 Ok(value) => return Ok(value),
                 Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    attempt += 1;
-                    let next = &clients[attempt % clients.len()];
+                    let next = nodes.advance().await;
                     eprintln!(
                         "{what}: {error}\n  retrying through {} with the same Idempotency-Key ({key}): it takes effect once",
                         next.base_url()
                     );
-                    // Around the nodes at once; then give an election a moment.
-                    if attempt.is_multiple_of(clients.len()) {
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    }
                 }
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+}
+
+/// Takes turns through the nodes a command may ask, pausing after each full round so that an
+/// election in progress can finish.
+pub struct Rotation<'a> {
+    clients: &'a [Client],
+    turn: usize,
+}
+
+impl<'a> Rotation<'a> {
+    /// Starting with the first of `clients`, which must not be empty.
+    pub fn new(clients: &'a [Client]) -> Rotation<'a> {
+        debug_assert!(!clients.is_empty(), "a rotation needs a node");
+        Rotation { clients, turn: 0 }
+    }
+
+    pub fn current(&self) -> &'a Client {
+        &self.clients[self.turn % self.clients.len()]
+    }
+
+    /// Move to the next node, after a pause when every node has had its turn.
+    pub async fn advance(&mut self) -> &'a Client {
+        self.turn += 1;
+        if self.turn.is_multiple_of(self.clients.len()) {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        self.current()
     }
 }
 

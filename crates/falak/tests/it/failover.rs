@@ -32,7 +32,7 @@ async fn submit(client: &Client, capsule: &str, tasks: u32) -> JobInfo {
     client.submit_job(&submission).await.expect("job accepted")
 }
 
-async fn wait_job(client: &Client, job: JobId, limit: Duration) -> JobInfo {
+pub(crate) async fn wait_job(client: &Client, job: JobId, limit: Duration) -> JobInfo {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(info) = client.job(job).await

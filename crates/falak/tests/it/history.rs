@@ -13,6 +13,7 @@ use falak_core::job::{JobId, JobState};
 use falak_core::ledger::EventId;
 use futures_util::StreamExt;
 
+use crate::failover::wait_job;
 use crate::procs::{HELLO, Mesh};
 
 fn binary() -> &'static std::path::Path {
@@ -96,21 +97,8 @@ async fn a_submit_retried_through_another_node_while_its_commit_is_delayed_yield
     let refused = through(learners[0]).submit_job(&other).await.unwrap_err();
     assert_eq!(refused.code(), Some(ErrorCode::Conflict), "{refused}");
     assert_eq!(mesh.nodes[leader].client.jobs(None).await.unwrap().len(), jobs.len());
-    let done = wait_job(&mesh.nodes[leader].client, job.id).await;
-    assert_eq!(done, JobState::Completed);
-}
-
-async fn wait_job(client: &Client, job: JobId) -> JobState {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(info) = client.job(job).await
-            && info.state != JobState::Running
-        {
-            return info.state;
-        }
-        assert!(Instant::now() < deadline, "job {job} did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = wait_job(&mesh.nodes[leader].client, job.id, Duration::from_secs(90)).await;
+    assert_eq!(done.state, JobState::Completed);
 }
 
 /// Tasks that run long enough for restarts to land while the job runs.
@@ -231,5 +219,5 @@ async fn a_reader_follows_one_history_through_restarts_and_a_switch_of_node() {
     }
     assert_eq!(completed.len(), TASKS as usize, "every task completed");
     assert!(completed.values().all(|n| *n == 1), "no task completed twice");
-    assert_eq!(wait_job(&mesh.nodes[2].client, job).await, JobState::Completed);
+    assert_eq!(wait_job(&mesh.nodes[2].client, job, Duration::from_secs(90)).await.state, JobState::Completed);
 }

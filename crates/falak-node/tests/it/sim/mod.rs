@@ -87,50 +87,49 @@ fn replay() {
     assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
 }
 
-/// The checkers catch a planted bug: with the state machine's attempt check skipped and every
+/// Whether some seed in 0..20 with `bug` planted in the state machine reports a violation
+/// containing `needle`: the checker that should catch the bug is not blind.
+fn exposed(bug: falak_core::ledger::PlantedBug, needle: &str) -> bool {
+    let config = SimConfig { planted_bug: bug, ..SimConfig::default() };
+    (0..20).any(|seed| run_seed(seed, &config).violations.iter().any(|v| v.contains(needle)))
+}
+
+/// The single-claim checker: with the state machine's attempt check skipped and every
 /// candidate claiming at once, some seed must produce two valid claims for one attempt.
 #[test]
 fn planted_bug_is_caught() {
-    let config = SimConfig { planted_bug: falak_core::ledger::PlantedBug::SkipAttemptCheck, ..SimConfig::default() };
-    let caught = (0..20).find(|seed| {
-        let report = run_seed(*seed, &config);
-        report.violations.iter().any(|v| v.contains("two valid claims"))
-    });
-    assert!(caught.is_some(), "no seed in 0..20 exposed the planted bug: the single-claim checker is blind");
+    assert!(
+        exposed(falak_core::ledger::PlantedBug::SkipAttemptCheck, "two valid claims"),
+        "no seed in 0..20 exposed the planted bug: the single-claim checker is blind"
+    );
 }
 
-/// The term checker is not blind: with the state machine's term check skipped, a deposed
-/// leader's OFFLINE marks, retried after a heal, must show up in some seed.
+/// The term checker: with the state machine's term check skipped, a deposed leader's OFFLINE
+/// marks, retried after a heal, must show up in some seed.
 #[test]
 fn planted_term_bug_is_caught() {
-    let config = SimConfig { planted_bug: falak_core::ledger::PlantedBug::SkipTermCheck, ..SimConfig::default() };
-    let caught = (0..20).find(|seed| {
-        let report = run_seed(*seed, &config);
-        report.violations.iter().any(|v| v.contains("proposed in term"))
-    });
-    assert!(caught.is_some(), "no seed in 0..20 exposed the planted term bug: the term checker is blind");
+    assert!(
+        exposed(falak_core::ledger::PlantedBug::SkipTermCheck, "proposed in term"),
+        "no seed in 0..20 exposed the planted term bug: the term checker is blind"
+    );
 }
 
-/// The heal checker is not blind: with nodes never marked back online, some seed must leave a
-/// connected node OFFLINE after a heal.
+/// The heal checker: with nodes never marked back online, some seed must leave a connected
+/// node OFFLINE after a heal.
 #[test]
 fn planted_online_bug_is_caught() {
-    let config = SimConfig { planted_bug: falak_core::ledger::PlantedBug::RefuseNodeOnline, ..SimConfig::default() };
-    let caught = (0..20).find(|seed| {
-        let report = run_seed(*seed, &config);
-        report.violations.iter().any(|v| v.contains("still records running nodes OFFLINE"))
-    });
-    assert!(caught.is_some(), "no seed in 0..20 exposed the planted online bug: the heal checker is blind");
+    assert!(
+        exposed(falak_core::ledger::PlantedBug::RefuseNodeOnline, "still records running nodes OFFLINE"),
+        "no seed in 0..20 exposed the planted online bug: the heal checker is blind"
+    );
 }
 
-/// The slot checker is not blind: with the state machine's `max_instances` check skipped,
-/// some seed must show a function holding more slots than its limit.
+/// The slot checker: with the state machine's `max_instances` check skipped, some seed must
+/// show a function holding more slots than its limit.
 #[test]
 fn planted_instance_limit_bug_is_caught() {
-    let config = SimConfig { planted_bug: falak_core::ledger::PlantedBug::SkipInstanceLimit, ..SimConfig::default() };
-    let caught = (0..20).find(|seed| {
-        let report = run_seed(*seed, &config);
-        report.violations.iter().any(|v| v.contains("instance slots"))
-    });
-    assert!(caught.is_some(), "no seed in 0..20 exposed the planted instance-limit bug");
+    assert!(
+        exposed(falak_core::ledger::PlantedBug::SkipInstanceLimit, "instance slots"),
+        "no seed in 0..20 exposed the planted instance-limit bug"
+    );
 }
