@@ -116,7 +116,7 @@ pub enum StartError {
     Sandbox { task_id: String, source: SandboxError },
     /// The task asked for no network, and this node cannot give it a network namespace.
     #[error(
-        "cannot start task {task_id} without network: this node cannot create network namespaces (it needs root or CAP_SYS_ADMIN); run the node as root, or give the task the host's network"
+        "cannot start task {task_id} without network: this node can create no namespaces, not even a user namespace (the node's log says why at start); allow unprivileged user namespaces or run the node as root, or give the task the host's network"
     )]
     Network { task_id: String },
     #[error("cannot start task {task_id}: command {program:?}: {source}")]

@@ -30,7 +30,9 @@ mod task;
 
 pub use executor::{Executor, PrepareError, Running, StartError};
 pub use exit::{Exit, ExitReason, Stats, signal_name};
-pub use falak_sandbox::{CgroupVersion, Controller, LookupUserError, NOBODY, Network, RunAs, SandboxReport};
+pub use falak_sandbox::{
+    CgroupVersion, Controller, LookupUserError, NOBODY, Namespaces, Network, RunAs, SandboxReport, WorkloadUsers,
+};
 pub use log::{LogChunk, MAX_LOG_READ_BYTES, ReadLogError, Stream, read_log};
 pub use process::{DEFAULT_PATH, ProcessConfig, ProcessExecutor, TMP_DIR};
 pub use sandbox::{CgroupSandbox, NoSandbox, Sandbox, SandboxError, SandboxGroup, SandboxSetup};

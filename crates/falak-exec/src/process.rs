@@ -15,12 +15,15 @@ mod procfs;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use falak_sandbox::{Confinement, HostSandbox, LandlockRuleset, Network, Rlimit, RunAs, SandboxReport, SeccompFilter};
+use falak_sandbox::{
+    Confinement, HostSandbox, Isolation, LandlockRuleset, Namespaces, Network, Rlimit, RunAs, SandboxReport,
+    SeccompFilter, View,
+};
 use futures_util::future::BoxFuture;
 
 use crate::executor::{Executor, PrepareError, Running, StartError};
@@ -40,7 +43,8 @@ pub const TMP_DIR: &str = "tmp";
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
     /// The user for specs without `run_as`: nobody when the node runs as root and `None`
-    /// (the node's own user) otherwise.
+    /// (the node's own user) otherwise. A `run_as` is the user itself when the node is root,
+    /// and the user the task sees inside its user namespace when it is not.
     pub default_run_as: Option<RunAs>,
     /// `PATH` in the task's environment unless its spec sets one.
     pub path: String,
@@ -52,9 +56,14 @@ pub struct ProcessConfig {
     pub seccomp: Option<Arc<SeccompFilter>>,
     /// Restrict writes to the working directory with Landlock (where the kernel has it).
     pub landlock: bool,
-    /// Whether this node can give a task a network namespace; when it cannot, a task with
-    /// [`Network::None`] fails to start instead of running on the host's network.
-    pub network_namespaces: bool,
+    /// How this node gives a task namespaces of its own (mount and network; user too when
+    /// the node is not root). With none, a task with [`Network::None`] fails to start instead
+    /// of running on the host's network.
+    pub namespaces: Namespaces,
+    /// Directories no task may see (the node's data dir, its keys, the node user's home):
+    /// each task's mount namespace covers them, except its own working directory. Without
+    /// namespaces, Landlock lets the task read only the system directories and its own.
+    pub hide: Vec<PathBuf>,
 }
 
 impl ProcessConfig {
@@ -87,7 +96,8 @@ impl ProcessConfig {
             sandbox,
             seccomp: host.seccomp.clone(),
             landlock: host.landlock_abi.is_some(),
-            network_namespaces: host.network_namespaces,
+            namespaces: host.namespaces,
+            hide: falak_sandbox::namespaces::default_hidden(),
         }
     }
 }
@@ -115,36 +125,39 @@ impl ProcessExecutor {
         &self.config
     }
 
-    /// The user to become, if any, after checking the node can become it.
-    fn switch_to(&self, spec: &TaskSpec) -> Result<Option<RunAs>, PrepareError> {
-        let Some(user) = spec.run_as.or(self.config.default_run_as) else { return Ok(None) };
+    /// Who the task is, after checking the node can make it so.
+    fn identity(&self, spec: &TaskSpec) -> Result<Identity, PrepareError> {
+        let Some(user) = spec.run_as.or(self.config.default_run_as) else { return Ok(Identity::default()) };
         // SAFETY: geteuid and getegid have no preconditions and cannot fail.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        if euid == 0 {
-            Ok(Some(user))
+        if self.config.namespaces == Namespaces::User {
+            Ok(Identity { switch_to: None, inner: Some(user) })
+        } else if euid == 0 {
+            Ok(Identity { switch_to: Some(user), inner: None })
         } else if user == (RunAs { uid: euid, gid: egid }) {
-            Ok(None)
+            Ok(Identity::default())
         } else {
             Err(PrepareError::RunAs { task_id: spec.task_id.clone(), uid: user.uid, node_uid: euid })
         }
     }
 
-    async fn prepare_workdir(&self, spec: &TaskSpec) -> Result<Option<RunAs>, PrepareError> {
+    async fn prepare_workdir(&self, spec: &TaskSpec) -> Result<Identity, PrepareError> {
         spec.validate()?;
-        let switch_to = self.switch_to(spec)?;
-        let path = spec.workdir.clone();
-        let made = tokio::task::spawn_blocking(move || make_workdir(&path, switch_to)).await;
+        let identity = self.identity(spec)?;
+        let (path, owner) = (spec.workdir.clone(), identity.switch_to);
+        let made = tokio::task::spawn_blocking(move || make_workdir(&path, owner)).await;
         let made = made.unwrap_or_else(|e| Err(io::Error::other(e)));
         made.map_err(|source| PrepareError::Workdir {
             task_id: spec.task_id.clone(),
             path: spec.workdir.clone(),
             source,
         })?;
-        Ok(switch_to)
+        Ok(identity)
     }
 
     async fn start_process(&self, spec: TaskSpec) -> Result<Arc<monitor::ProcessRunning>, StartError> {
-        let switch_to = self.prepare_workdir(&spec).await?;
+        let identity = self.prepare_workdir(&spec).await?;
+        let switch_to = identity.switch_to;
         let files_error =
             |source| StartError::Files { task_id: spec.task_id.clone(), path: spec.workdir.clone(), source };
         let (workdir, stdin) = (spec.workdir.clone(), spec.stdin.clone());
@@ -156,12 +169,27 @@ impl ProcessExecutor {
             files.stderr.try_clone().map_err(files_error)?,
         );
 
-        if spec.network == Network::None && !self.config.network_namespaces {
+        if spec.network == Network::None && self.config.namespaces == Namespaces::Unavailable {
             return Err(StartError::Network { task_id: spec.task_id.clone() });
         }
+        let isolation = Isolation::new(self.config.namespaces)
+            .network(spec.network)
+            .inner_user(identity.inner)
+            .view(View::hiding(self.config.hide.clone()).writable(&spec.workdir))
+            .chdir(&spec.workdir);
+        let isolation = tokio::task::spawn_blocking(move || isolation.prepare()).await;
+        let isolation =
+            isolation.unwrap_or_else(|e| Err(io::Error::other(e))).map_err(|source| StartError::Sandbox {
+                task_id: spec.task_id.clone(),
+                source: SandboxError { what: "prepare the namespaces of", path: spec.workdir.clone(), source },
+            })?;
         let landlock = if self.config.landlock {
             let workdir = spec.workdir.clone();
-            let ruleset = tokio::task::spawn_blocking(move || LandlockRuleset::for_workdir(&workdir)).await;
+            // With a mount namespace the node's files are hidden; without, reads are limited.
+            let read_everything = self.config.namespaces != Namespaces::Unavailable;
+            let ruleset =
+                tokio::task::spawn_blocking(move || LandlockRuleset::for_workload(&workdir, &[], read_everything))
+                    .await;
             let ruleset = ruleset
                 .unwrap_or_else(|e| Err(falak_sandbox::LandlockError { path: String::new(), message: e.to_string() }));
             ruleset.map_err(|e| StartError::Sandbox {
@@ -191,7 +219,7 @@ impl ProcessExecutor {
         let confinement = Confinement::new()
             .rlimits(&rlimits(&spec.limits))
             .join_cgroups(setup.join)
-            .network(spec.network)
+            .isolation(isolation)
             .run_as(switch_to)
             .landlock(landlock)
             .seccomp(self.config.seccomp.clone());
@@ -270,6 +298,14 @@ impl Executor for ProcessExecutor {
             read.unwrap_or_else(|e| Err(ReadLogError::Io { path, source: io::Error::other(e) }))
         })
     }
+}
+
+/// Who a task is: the user the child switches to (the node is root), or the user it is inside
+/// its user namespace (the node is not); neither means the node's own user.
+#[derive(Debug, Clone, Copy, Default)]
+struct Identity {
+    switch_to: Option<RunAs>,
+    inner: Option<RunAs>,
 }
 
 /// Create the attempt's directory, mode 0700, owned by the task's user. An existing directory

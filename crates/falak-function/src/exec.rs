@@ -157,7 +157,7 @@ impl ExecRunner {
             log_path: &self.log_path,
             ready_pipe: false,
             piped: true,
-            confinement: made.confinement(sandbox, sandbox.network(self.prepared.spec().runtime)),
+            confinement: made.confinement(sandbox),
         })
         .map_err(exec_error)?;
         // Dropped (the request abandoned) or torn down below, it kills what the command left.

@@ -23,7 +23,7 @@ mod venv;
 mod zygote;
 
 pub use error::{InstanceError, PrepareError, StartError};
-pub use falak_sandbox::{CgroupLimits, HostSandbox, Network, RunAs};
+pub use falak_sandbox::{CgroupLimits, HostSandbox, Namespaces, Network, RunAs, View, WorkloadUsers};
 pub use instance::{Instance, StartKind, StartTimings};
 pub use prepare::{DEFAULT_START_TIMEOUT, HostSpec, Prepared, prepare};
 pub use sandbox::{DEFAULT_MAX_PIDS, DEFAULT_RLIMITS, InstanceSandbox, unreachable_by};

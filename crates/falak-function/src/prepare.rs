@@ -120,6 +120,29 @@ impl Prepared {
         self.spec.work_dir.join(RUN_DIR)
     }
 
+    /// What the deployment's processes see of the node's files: none of the hidden
+    /// directories but the work dir (read-only: the runtime host), its `run/` dir (writable),
+    /// the bundle and the virtualenv (read-only).
+    pub fn view(&self) -> falak_sandbox::View {
+        let mut view = falak_sandbox::View::hiding(self.spec.sandbox.hide.clone())
+            .readable(&self.spec.work_dir)
+            .writable(self.run_dir())
+            .readable(&self.spec.bundle_dir);
+        if let Some(venv) = &self.venv {
+            view = view.readable(venv);
+        }
+        view
+    }
+
+    /// What the deployment's processes may read without a mount namespace, besides the
+    /// system directories (Landlock): the same directories.
+    pub(crate) fn readable(&self) -> Vec<PathBuf> {
+        let mut readable = vec![self.spec.work_dir.clone(), self.spec.bundle_dir.clone()];
+        readable.extend(self.venv.clone());
+        readable.extend(self.interpreter.parent().map(Path::to_path_buf));
+        readable
+    }
+
     /// The socket of instance `instance`.
     pub fn instance_socket(&self, instance: u64) -> PathBuf {
         self.run_dir().join(format!("i{instance}.sock"))
@@ -159,13 +182,10 @@ impl Prepared {
         env
     }
 
-    /// `TMPDIR` (and `HOME`, when the process runs as another user than the node's, whose
-    /// home it could not use) pointing at the private tmp dir `tmp`.
+    /// `TMPDIR` and `HOME` pointing at the private tmp dir `tmp`.
     pub(crate) fn tmp_env(&self, tmp: &Path) -> [(String, OsString); 2] {
-        let home = match (&self.spec.sandbox.run_as, std::env::var_os("HOME")) {
-            (None, Some(home)) => home,
-            _ => tmp.as_os_str().to_owned(),
-        };
+        // Never the node's home: another user's, or hidden by the mount namespace.
+        let home = tmp.as_os_str().to_owned();
         [("TMPDIR".into(), tmp.as_os_str().to_owned()), ("HOME".into(), home)]
     }
 }
@@ -261,6 +281,10 @@ async fn make_work_dir(spec: &HostSpec) -> std::io::Result<()> {
 /// denied". Names the directory in the way.
 async fn check_reachable(prepared: &Prepared) -> Result<(), PrepareError> {
     let Some(user) = prepared.spec.sandbox.run_as else { return Ok(()) };
+    if prepared.spec.sandbox.namespaces != falak_sandbox::Namespaces::Unavailable {
+        // The mount namespace binds each of them at its path: directories above do not count.
+        return Ok(());
+    }
     let spec = &prepared.spec;
     let mut needed: Vec<(PathBuf, libc::c_int, &'static str)> = vec![
         (spec.bundle_dir.clone(), libc::R_OK | libc::X_OK, "the bundle"),

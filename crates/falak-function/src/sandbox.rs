@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use falak_core::function::Runtime;
 use falak_sandbox::{
-    CgroupLimits, Cgroups, Confinement, HostSandbox, LandlockRuleset, Network, Rlimit, RunAs, SeccompFilter,
-    WorkloadCgroup,
+    CgroupLimits, Cgroups, Confinement, HostSandbox, Isolation, LandlockRuleset, Namespaces, Network, Rlimit, RunAs,
+    SeccompFilter, WorkloadCgroup, namespaces,
 };
 
 use crate::error::StartError;
@@ -57,12 +57,19 @@ pub struct InstanceSandbox {
     pub seccomp: Option<Arc<SeccompFilter>>,
     /// Restrict writes to the deployment's `run/` dir with Landlock (where the kernel has it).
     pub landlock: bool,
-    /// Whether the node may give processes a network namespace. Without, they share the
-    /// node's network (the host's report says so at startup).
-    pub network_namespaces: bool,
-    /// The user processes run as: nobody when the node is root, `None` (the node's user)
-    /// otherwise.
+    /// How the node gives processes namespaces of their own (mount and network, and user
+    /// when it is not root). Without, they share the node's files and network (the host's
+    /// report says so at startup).
+    pub namespaces: Namespaces,
+    /// Directories no process may see (the node's data dir, keys, the node user's home): a
+    /// process's mount namespace covers them, except the deployment's own directories.
+    pub hide: Vec<PathBuf>,
+    /// The user processes switch to (the node is root): the deployment's own uid, or nobody.
+    /// `None` stays the node's user.
     pub run_as: Option<RunAs>,
+    /// The user processes are inside their user namespace (the node is not root): the
+    /// deployment's own uid, mapped to the node's.
+    pub inner_user: Option<RunAs>,
     /// The node's cgroup scope; `None` runs without cgroups (no memory, cpu or pids limit).
     pub cgroups: Option<Cgroups>,
     /// Set in each process (soft = hard).
@@ -76,8 +83,10 @@ impl InstanceSandbox {
         InstanceSandbox {
             seccomp: host.seccomp.clone(),
             landlock: host.landlock_abi.is_some(),
-            network_namespaces: host.network_namespaces,
-            run_as: host.can_switch_users.then(RunAs::unprivileged_default),
+            namespaces: host.namespaces,
+            hide: namespaces::default_hidden(),
+            run_as: (host.can_switch_users && host.namespaces != Namespaces::User).then(RunAs::unprivileged_default),
+            inner_user: None,
             cgroups: host.cgroups.clone(),
             rlimits: DEFAULT_RLIMITS.to_vec(),
         }
@@ -91,8 +100,10 @@ impl InstanceSandbox {
         InstanceSandbox {
             seccomp: None,
             landlock: false,
-            network_namespaces: false,
+            namespaces: Namespaces::Unavailable,
+            hide: Vec::new(),
             run_as: None,
+            inner_user: None,
             cgroups: None,
             rlimits: Vec::new(),
         }
@@ -105,7 +116,7 @@ impl InstanceSandbox {
     pub fn network(&self, runtime: Runtime) -> Network {
         match runtime {
             Runtime::Http => Network::Host,
-            Runtime::Python | Runtime::Exec if self.network_namespaces => Network::None,
+            Runtime::Python | Runtime::Exec if self.namespaces != Namespaces::Unavailable => Network::None,
             Runtime::Python | Runtime::Exec => Network::Host,
         }
     }
@@ -118,8 +129,10 @@ impl std::fmt::Debug for InstanceSandbox {
         f.debug_struct("InstanceSandbox")
             .field("seccomp", &self.seccomp.is_some())
             .field("landlock", &self.landlock)
-            .field("network_namespaces", &self.network_namespaces)
+            .field("namespaces", &self.namespaces)
+            .field("hide", &self.hide)
             .field("run_as", &self.run_as)
+            .field("inner_user", &self.inner_user)
             .field("cgroups", &self.cgroups.as_ref().map(Cgroups::version))
             .field("rlimits", &self.rlimits)
             .finish()
@@ -225,6 +238,11 @@ pub(crate) struct Plan {
     pub tmp: Option<PathBuf>,
     /// Build the Landlock ruleset (for a launch; a fork inherits the zygote's).
     pub landlock: bool,
+    /// The namespaces of a launch (a fork shares the zygote's).
+    pub isolation: Option<Isolation>,
+    /// What the process may read besides the system directories when there is no mount
+    /// namespace to hide the node's files.
+    pub readable: Vec<PathBuf>,
 }
 
 /// What [`Plan::make`] made.
@@ -232,6 +250,7 @@ pub(crate) struct Made {
     pub enclosure: Enclosure,
     pub joins: Vec<OwnedFd>,
     pub landlock: Option<LandlockRuleset>,
+    pub isolation: Option<namespaces::Prepared>,
 }
 
 impl Plan {
@@ -261,25 +280,35 @@ impl Plan {
             joins = opened.map_err(|e| (format!("{} {}", e.what, e.path.display()), e.source))?;
         }
         let landlock = if self.landlock && self.sandbox.landlock {
-            LandlockRuleset::for_workdir(&self.run_dir).map_err(|e| (e.path, io::Error::other(e.message)))?
+            let readable: Vec<&Path> = self.readable.iter().map(PathBuf::as_path).collect();
+            let read_everything = self.sandbox.namespaces != Namespaces::Unavailable;
+            LandlockRuleset::for_workload(&self.run_dir, &readable, read_everything)
+                .map_err(|e| (e.path, io::Error::other(e.message)))?
         } else {
             None
         };
-        Ok(Made { enclosure, joins, landlock })
+        let isolation = match self.isolation {
+            Some(isolation) => Some(isolation.prepare().map_err(|e| ("preparing its namespaces".to_owned(), e))?),
+            None => None,
+        };
+        Ok(Made { enclosure, joins, landlock, isolation })
     }
 }
 
 impl Made {
     /// The confinement of a process launched into this enclosure (`launch` adds the
     /// parent-death signal and the descriptors it keeps).
-    pub fn confinement(&mut self, sandbox: &InstanceSandbox, network: Network) -> Confinement {
-        Confinement::new()
+    pub fn confinement(&mut self, sandbox: &InstanceSandbox) -> Confinement {
+        let confinement = Confinement::new()
             .rlimits(&sandbox.rlimits)
             .join_cgroups(std::mem::take(&mut self.joins))
-            .network(network)
             .run_as(sandbox.run_as)
             .landlock(self.landlock.take())
-            .seccomp(sandbox.seccomp.clone())
+            .seccomp(sandbox.seccomp.clone());
+        match self.isolation.take() {
+            Some(isolation) => confinement.isolation(isolation),
+            None => confinement,
+        }
     }
 }
 
@@ -307,6 +336,14 @@ impl Needs {
 /// `what` names it in errors ("the zygote", "instance 7").
 pub(crate) async fn enclose(prepared: &Prepared, what: &str, name: &str, needs: Needs) -> Result<Made, StartError> {
     let spec = prepared.spec();
+    // A launch enters its namespaces and starts in the bundle, entered through them.
+    let isolation = needs.landlock.then(|| {
+        Isolation::new(spec.sandbox.namespaces)
+            .network(spec.sandbox.network(spec.runtime))
+            .inner_user(spec.sandbox.inner_user)
+            .view(prepared.view())
+            .chdir(&spec.bundle_dir)
+    });
     let plan = Plan {
         sandbox: spec.sandbox.clone(),
         limits: spec.limits,
@@ -314,6 +351,8 @@ pub(crate) async fn enclose(prepared: &Prepared, what: &str, name: &str, needs: 
         cgroup_name: needs.cgroup.then(|| cgroup_name(&spec.deployment, name, &spec.work_dir)),
         tmp: needs.tmp.then(|| prepared.tmp_dir(name)),
         landlock: needs.landlock,
+        isolation,
+        readable: prepared.readable(),
     };
     let made = tokio::task::spawn_blocking(move || plan.make()).await;
     let failed = |step: String, source| StartError::Sandbox {
@@ -434,11 +473,11 @@ mod tests {
     #[test]
     fn http_alone_shares_the_node_s_network() {
         let mut sandbox = InstanceSandbox::unconfined();
-        sandbox.network_namespaces = true;
+        sandbox.namespaces = Namespaces::Privileged;
         assert_eq!(sandbox.network(Runtime::Python), Network::None);
         assert_eq!(sandbox.network(Runtime::Exec), Network::None);
         assert_eq!(sandbox.network(Runtime::Http), Network::Host);
-        sandbox.network_namespaces = false;
+        sandbox.namespaces = Namespaces::Unavailable;
         assert_eq!(sandbox.network(Runtime::Python), Network::Host);
     }
 

@@ -68,7 +68,7 @@ async fn spawn_python(prepared: &Prepared, ident: Ident) -> Result<Instance, Sta
         log_path: &spec.log_path,
         ready_pipe: true,
         piped: false,
-        confinement: made.confinement(&spec.sandbox, spec.sandbox.network(spec.runtime)),
+        confinement: made.confinement(&spec.sandbox),
     })
     .map_err(|source| StartError::Spawn {
         deployment: spec.deployment.clone(),
@@ -114,7 +114,7 @@ async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, Start
         ready_pipe: false,
         piped: false,
         // The node may reach the program on 127.0.0.1:$PORT: see `InstanceSandbox::network`.
-        confinement: made.confinement(&spec.sandbox, spec.sandbox.network(spec.runtime)),
+        confinement: made.confinement(&spec.sandbox),
     })
     .map_err(|source| StartError::Spawn {
         deployment: deployment.clone(),

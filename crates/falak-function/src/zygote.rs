@@ -72,7 +72,7 @@ impl Zygote {
         let name = format!("z{}", ZYGOTES.fetch_add(1, Ordering::Relaxed));
         let control_path = prepared.run_dir().join(format!("{name}.ctl"));
         let mut made = enclose(prepared, "the zygote", &name, Needs::LAUNCH).await?;
-        let confinement = made.confinement(&spec.sandbox, spec.sandbox.network(spec.runtime));
+        let confinement = made.confinement(&spec.sandbox);
         let mut env = prepared.base_env();
         env.extend(prepared.tmp_env(&prepared.tmp_dir(&name)));
         let args: Vec<OsString> = vec![

@@ -31,8 +31,17 @@ pub struct NodeConfigDocument {
     pub seeds: Vec<SocketAddr>,
     /// How long a won claim lasts without renewal, e.g. `5s`.
     pub lease: Option<String>,
-    /// Run tasks as this uid:gid when the node runs as root (default 65534:65534, `nobody`).
+    /// Run every task as this uid:gid when the node runs as root, instead of a uid of each
+    /// capsule's own from `workload_uids`.
     pub run_as: Option<String>,
+    /// The uids workloads get, one per capsule and per function: `FIRST-LAST` (default
+    /// `600000-665535`). The workload runs as its uid when the node is root, and has it inside
+    /// its user namespace (mapped to the node's uid) when the node is not.
+    pub workload_uids: Option<String>,
+    /// Directories no workload may see besides the node's data dir and home (`falak up`
+    /// adds the mesh dir, which holds the admin credentials).
+    #[serde(default)]
+    pub hidden_from_workloads: Vec<PathBuf>,
     /// `fast` (default: a crashed node is OFFLINE everywhere in about 1.3 s; pauses up to
     /// 1.25 s go unreported) or `pause-tolerant` (about 1.8 s; pauses up to 1.75 s).
     pub failure_detection: Option<FailureDetection>,
@@ -69,6 +78,9 @@ pub struct NodeConfig {
     pub seeds: Vec<SocketAddr>,
     pub lease: Duration,
     pub run_as: Option<(u32, u32)>,
+    /// `(first, count)`.
+    pub workload_uids: (u32, u32),
+    pub hidden_from_workloads: Vec<PathBuf>,
     pub failure_detection: FailureDetection,
 }
 
@@ -142,6 +154,22 @@ impl NodeConfigDocument {
                 Some(parsed.ok_or_else(|| err("run_as", format!("{text:?} is not uid:gid, e.g. 65534:65534")))?)
             }
         };
+        let workload_uids = match &self.workload_uids {
+            None => falak_exec::WorkloadUsers::DEFAULT_RANGE,
+            Some(text) => {
+                let parsed = text
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+                    .filter(|(first, last)| first <= last && *first > 0);
+                let (first, last) = parsed.ok_or_else(|| {
+                    err(
+                        "workload_uids",
+                        format!("{text:?} is not a range FIRST-LAST of uids above 0, e.g. 600000-665535"),
+                    )
+                })?;
+                (first, last - first + 1)
+            }
+        };
         let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         Ok(NodeConfig {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(format!(".falak/{name}"))),
@@ -155,6 +183,8 @@ impl NodeConfigDocument {
             seeds: self.seeds,
             lease,
             run_as,
+            workload_uids,
+            hidden_from_workloads: self.hidden_from_workloads,
             failure_detection: self.failure_detection.unwrap_or_default(),
         })
     }
@@ -172,6 +202,18 @@ mod tests {
         assert_eq!(cfg.capacity, Resources::new(2000, 1 << 30));
         assert_eq!(cfg.lease, Duration::from_secs(3));
         assert_eq!(cfg.data_dir, PathBuf::from(".falak/edge-1"));
+        assert_eq!(cfg.workload_uids, (600_000, 65_536));
+    }
+
+    #[test]
+    fn workload_uids_are_a_range() {
+        let doc: NodeConfigDocument = from_yaml("workload_uids: 1000-1009").unwrap();
+        assert_eq!(doc.resolve(Resources::new(1000, 1 << 30)).unwrap().workload_uids, (1000, 10));
+        for bad in ["10-1", "x", "0-5", "5"] {
+            let doc: NodeConfigDocument = from_yaml(&format!("workload_uids: \"{bad}\"")).unwrap();
+            let error = doc.resolve(Resources::new(1000, 1 << 30)).unwrap_err().to_string();
+            assert!(error.contains("workload_uids") && error.contains("FIRST-LAST"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::functions::{FunctionHost, FunctionHostParts};
 use crate::main_loop::{MainLoop, MainLoopParts};
 use crate::membership::MembershipLink;
 use crate::mesh_files::{MeshFiles, MeshFilesError};
-use crate::runner::Runner;
+use crate::runner::{Runner, TaskUsers};
 use crate::transport::NodeTransport;
 
 /// API actions waiting for the main loop; more get `429` after the API's queue wait.
@@ -144,8 +144,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracing::warn!(cgroups = left, "removed workload cgroups the previous run of this node left");
     }
     tracing::info!(sandbox = %host.report, "workload sandbox");
-    let executor = Arc::new(ProcessExecutor::new(ProcessConfig::from_host(&host)));
-    let run_as = config.run_as.map(|(uid, gid)| RunAs { uid, gid });
+    // Workloads see neither the node's data dir (keys, ledger, other workloads' directories)
+    // nor its home nor the directories its config names.
+    let mut process_config = ProcessConfig::from_host(&host);
+    process_config.hide.push(config.data_dir.clone());
+    process_config.hide.extend(config.hidden_from_workloads.iter().cloned());
+    let hidden = process_config.hide.clone();
+    let executor = Arc::new(ProcessExecutor::new(process_config));
+    // A uid per capsule and per function, where the node can give one: as root, or inside a
+    // user namespace.
+    let workload_users = (host.can_switch_users || host.namespaces == falak_exec::Namespaces::User).then(|| {
+        let (first, count) = config.workload_uids;
+        Arc::new(falak_exec::WorkloadUsers::new(first, count))
+    });
+    let task_users = match (config.run_as, &workload_users) {
+        (Some((uid, gid)), _) => TaskUsers::All(RunAs { uid, gid }),
+        (None, Some(users)) => TaskUsers::PerCapsule(users.clone()),
+        (None, None) => TaskUsers::Default,
+    };
     // Attempts a previous run of this node left running (it was killed) were re-elected
     // elsewhere long ago: stop them before taking new work.
     let groups_dir = config.data_dir.join("groups");
@@ -158,7 +174,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         executor,
         tasks_dir.clone(),
         groups_dir,
-        run_as,
+        task_users,
         falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
     );
 
@@ -187,6 +203,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         events: events_tx.clone(),
         stop: functions_stopping,
         secrets: falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
+        hidden,
+        users: workload_users.clone(),
     })
     .map_err(|e| DaemonError::Functions(e.to_string()))?;
     dyn_transport.serve(Protocol::Rpc, crate::api::rpc_handler(tasks_dir.clone(), functions.clone()));

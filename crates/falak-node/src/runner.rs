@@ -25,13 +25,36 @@ struct Slot {
 /// How many attempts one node starts at the same time; the rest wait their turn.
 pub const MAX_CONCURRENT_STARTS: usize = 16;
 
+/// Who a node's tasks run as.
+#[derive(Debug, Clone)]
+pub enum TaskUsers {
+    /// The executor's default (the node's own user; nobody for a root node without a pool).
+    Default,
+    /// Every task as this user (the node config's `run_as`).
+    All(RunAs),
+    /// Each capsule as a uid of its own, so tasks of one capsule cannot read another's files,
+    /// logs or processes.
+    PerCapsule(Arc<falak_exec::WorkloadUsers>),
+}
+
+impl TaskUsers {
+    fn for_capsule(&self, capsule: &str) -> Option<RunAs> {
+        match self {
+            TaskUsers::Default => None,
+            TaskUsers::All(user) => Some(*user),
+            TaskUsers::PerCapsule(users) => Some(users.user_for(&format!("capsule:{capsule}"))),
+        }
+    }
+}
+
 /// The task attempts this node has started, by task.
 pub struct Runner {
     executor: Arc<dyn Executor>,
     tasks_dir: PathBuf,
     /// Process groups of running attempts (see [`crate::orphans`]).
     groups_dir: PathBuf,
-    run_as: Option<RunAs>,
+    /// Who tasks run as (see [`TaskUsers`]).
+    users: TaskUsers,
     /// Opens the capsules' sealed secrets.
     secrets: SecretKey,
     /// Attempts being started at once (workdir, cgroups, Landlock, spawn), at most
@@ -46,11 +69,11 @@ impl Runner {
         executor: Arc<dyn Executor>,
         tasks_dir: PathBuf,
         groups_dir: PathBuf,
-        run_as: Option<RunAs>,
+        users: TaskUsers,
         secrets: SecretKey,
     ) -> Runner {
         let starts = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS));
-        Runner { executor, tasks_dir, groups_dir, run_as, secrets, starts, slots: BTreeMap::new() }
+        Runner { executor, tasks_dir, groups_dir, users, secrets, starts, slots: BTreeMap::new() }
     }
 
     pub fn executor(&self) -> &Arc<dyn Executor> {
@@ -97,7 +120,7 @@ impl Runner {
         spec.timeout = launch.timeout_ms.map(Duration::from_millis);
         spec.limits.cpu_millis = Some(launch.resources.cpu_millis);
         spec.limits.memory_bytes = Some(launch.resources.memory_bytes);
-        spec.run_as = self.run_as;
+        spec.run_as = self.users.for_capsule(&launch.capsule);
         spec.network = match launch.network {
             falak_core::capsule::NetworkMode::None => falak_exec::Network::None,
             falak_core::capsule::NetworkMode::Host => falak_exec::Network::Host,

@@ -13,9 +13,14 @@
 //! 2. rlimits — while still root, which alone may raise a hard limit;
 //! 3. join the cgroups — write `0` to each `cgroup.procs` while still root (they are
 //!    root-owned), before anything else can fork;
-//! 4. `unshare(CLONE_NEWNET)` for [`Network::None`] — needs `CAP_SYS_ADMIN`, so still root;
-//! 5. `setgroups(0)`, `setgid`, `setuid` — drop to the workload's user; then the parent-death
-//!    signal, if asked for (a change of user clears it);
+//! 4. the namespaces ([`crate::namespaces`]): `unshare` (with a user namespace and its id maps
+//!    when the node is not root), the file system view (hidden dirs, exposed ones), `lo` up
+//!    for [`Network::None`](crate::Network::None), then `chdir` into the working directory
+//!    through the new mounts — needs `CAP_SYS_ADMIN`, so still root (or the user namespace's
+//!    creator);
+//! 5. `setgroups(0)`, `setgid`, `setuid` — drop to the workload's user (unless a user
+//!    namespace already maps it); then the parent-death signal, if asked for (a change of user
+//!    clears it);
 //! 6. `PR_SET_NO_NEW_PRIVS` — setuid binaries and file capabilities give nothing;
 //! 7. Landlock `restrict_self` — needs no_new_privs;
 //! 8. mark every descriptor above stderr close-on-exec — the workload gets only what it was
@@ -33,7 +38,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::landlock::LandlockRuleset;
-use crate::network::{self, Network};
+use crate::namespaces;
 use crate::seccomp::SeccompFilter;
 use crate::user::RunAs;
 
@@ -82,7 +87,7 @@ pub struct Confinement {
     keep_fds: Vec<RawFd>,
     rlimits: Vec<(Resource, libc::rlim_t)>,
     cgroup_joins: Vec<OwnedFd>,
-    network: Network,
+    isolation: Option<namespaces::Prepared>,
     run_as: Option<RunAs>,
     landlock: Option<LandlockRuleset>,
     seccomp: Option<Arc<SeccompFilter>>,
@@ -97,7 +102,7 @@ impl Default for Confinement {
 
 impl Confinement {
     /// The floor every workload gets: a new session, no_new_privs and only stdio descriptors;
-    /// the host's network (until [`Confinement::network`] says otherwise) and the node's user.
+    /// the node's namespaces (until [`Confinement::isolation`] says otherwise) and user.
     pub fn new() -> Confinement {
         Confinement {
             session: Session::New,
@@ -105,7 +110,7 @@ impl Confinement {
             keep_fds: Vec::new(),
             rlimits: Vec::new(),
             cgroup_joins: Vec::new(),
-            network: Network::Host,
+            isolation: None,
             run_as: None,
             landlock: None,
             seccomp: None,
@@ -159,12 +164,14 @@ impl Confinement {
         self
     }
 
-    pub fn network(mut self, network: Network) -> Self {
-        self.network = network;
+    /// The namespaces to enter, prepared by [`namespaces::Isolation::prepare`].
+    pub fn isolation(mut self, isolation: namespaces::Prepared) -> Self {
+        self.isolation = Some(isolation);
         self
     }
 
-    /// Become this user (the node must be root); `None` stays the node's user.
+    /// Become this user (the node must be root); `None` stays the node's user. Ignored when
+    /// the isolation maps the user in a user namespace.
     pub fn run_as(mut self, user: Option<RunAs>) -> Self {
         self.run_as = user;
         self
@@ -182,7 +189,7 @@ impl Confinement {
 
     /// Whether this confinement will make a network namespace.
     pub fn private_network(&self) -> bool {
-        self.network == Network::None
+        self.isolation.as_ref().is_some_and(namespaces::Prepared::private_network)
     }
 
     /// Apply the confinement to the calling process, in the order the module doc gives.
@@ -209,10 +216,11 @@ impl Confinement {
                     return Err(io::Error::last_os_error());
                 }
             }
-            if self.network == Network::None {
-                network::enter_private_namespace()?;
+            if let Some(isolation) = &self.isolation {
+                isolation.enter()?;
             }
-            if let Some(user) = self.run_as {
+            let mapped = self.isolation.as_ref().is_some_and(namespaces::Prepared::maps_user);
+            if let Some(user) = self.run_as.filter(|_| !mapped) {
                 // Supplementary groups first: once we are not root we may not change them.
                 check(libc::setgroups(0, std::ptr::null()))?;
                 check(libc::setgid(user.gid))?;

@@ -1,7 +1,9 @@
 //! Landlock: the workload may write only inside its own directory, where the kernel has it.
 //!
 //! The ruleset is built in the node with the `landlock` crate in best-effort mode (whatever
-//! the running kernel's ABI supports): read and execute everywhere; every right in the
+//! the running kernel's ABI supports): read and execute everywhere when the workload has a
+//! mount namespace that hides the node's files ([`crate::namespaces`]), else only in the
+//! system directories ([`SYSTEM_DIRS`]) and the paths it is given; every right in the
 //! workload's directory; read and write on the harmless device files (`/dev/null`,
 //! `/dev/zero`, `/dev/full`, `/dev/random`, `/dev/urandom`). Nothing else — not `/tmp`, not
 //! `/dev/shm`, so a workload gets its own `TMPDIR` inside its directory. Where the kernel
@@ -24,6 +26,12 @@ use landlock::{
 
 /// The newest ABI this code asks for; the kernel's older ABI is used when it has one.
 const WANTED: ABI = ABI::V6;
+
+/// What a workload may read (and execute) without a mount namespace: the system's programs,
+/// libraries and configuration, and the kernel's views of itself. Not `/home`, `/root`, `/tmp`,
+/// `/var` or `/run` (a user's runtime dir holds sockets like the SSH agent's).
+pub const SYSTEM_DIRS: &[&str] =
+    &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/proc", "/sys", "/dev"];
 
 /// Device files every workload may read and write.
 const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
@@ -59,9 +67,21 @@ pub struct LandlockError {
 }
 
 impl LandlockRuleset {
-    /// The ruleset for a workload whose only writable directory is `workdir`. `Ok(None)` when
+    /// The ruleset for a workload whose only writable directory is `workdir`, reading
+    /// everything (when a mount namespace already hides the node's files). `Ok(None)` when
     /// the kernel has no Landlock.
     pub fn for_workdir(workdir: &Path) -> Result<Option<LandlockRuleset>, LandlockError> {
+        LandlockRuleset::for_workload(workdir, &[], true)
+    }
+
+    /// The ruleset for a workload whose only writable directory is `workdir`: reading
+    /// everything when `read_everything`, else only [`SYSTEM_DIRS`], `readable` and `workdir`.
+    /// `Ok(None)` when the kernel has no Landlock.
+    pub fn for_workload(
+        workdir: &Path,
+        readable: &[&Path],
+        read_everything: bool,
+    ) -> Result<Option<LandlockRuleset>, LandlockError> {
         if abi_version().is_none() {
             return Ok(None);
         }
@@ -81,11 +101,18 @@ impl LandlockRuleset {
             .scope(Scope::from_all(WANTED))
             .map_err(fail(root))?
             .create()
-            .map_err(fail(root))?
-            .add_rule(PathBeneath::new(path_fd(root)?, AccessFs::from_read(WANTED)))
-            .map_err(fail(root))?
-            .add_rule(PathBeneath::new(path_fd(workdir)?, all))
-            .map_err(fail(workdir))?;
+            .map_err(fail(root))?;
+        let read: Vec<&Path> = if read_everything {
+            vec![root]
+        } else {
+            let system = SYSTEM_DIRS.iter().map(Path::new).filter(|dir| dir.exists());
+            system.chain(readable.iter().copied()).collect()
+        };
+        for dir in read {
+            ruleset =
+                ruleset.add_rule(PathBeneath::new(path_fd(dir)?, AccessFs::from_read(WANTED))).map_err(fail(dir))?;
+        }
+        ruleset = ruleset.add_rule(PathBeneath::new(path_fd(workdir)?, all)).map_err(fail(workdir))?;
         for device in DEVICES.iter().map(Path::new).filter(|d| d.exists()) {
             ruleset = ruleset
                 .add_rule(PathBeneath::new(path_fd(device)?, AccessFs::from_file(WANTED)))

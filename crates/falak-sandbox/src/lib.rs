@@ -12,6 +12,8 @@
 //! - [`cgroup`]: one cgroup per workload (v2, or v1 per controller) with memory, cpu and pids
 //!   limits, the kill that reaches every process, and memory-kill detection;
 //! - [`landlock`]: writes only inside the workload's directory, where the kernel has Landlock;
+//! - [`namespaces`]: the workload's own mount, network and (on an unprivileged node) user
+//!   namespaces: the node's data dir, keys and home hidden, its own directory bound back;
 //! - [`network`]: a private network namespace, so the node's own ports are out of reach;
 //! - [`HostSandbox`]: what this host allows, detected once, and the [`SandboxReport`] the node
 //!   logs and exposes.
@@ -22,6 +24,7 @@
 pub mod cgroup;
 pub mod confinement;
 pub mod landlock;
+pub mod namespaces;
 pub mod network;
 mod report;
 pub mod seccomp;
@@ -32,7 +35,8 @@ pub use cgroup::{
 };
 pub use confinement::{Confinement, Rlimit};
 pub use landlock::{LandlockError, LandlockRuleset};
+pub use namespaces::{Exposure, Isolation, Namespaces, View};
 pub use network::Network;
 pub use report::{HostSandbox, SandboxReport};
 pub use seccomp::{SeccompError, SeccompFilter};
-pub use user::{LookupUserError, NOBODY, RunAs};
+pub use user::{LookupUserError, NOBODY, RunAs, WorkloadUsers};

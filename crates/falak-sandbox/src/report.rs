@@ -4,8 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::cgroup::{CgroupVersion, Cgroups, Controller};
+use crate::landlock;
+use crate::namespaces::Namespaces;
 use crate::seccomp::SeccompFilter;
-use crate::{landlock, network};
 
 /// The confinement tools this host offers, ready to build each workload's
 /// [`Confinement`](crate::Confinement) from.
@@ -17,6 +18,9 @@ pub struct HostSandbox {
     pub cgroups: Option<Cgroups>,
     /// The kernel's Landlock ABI, when it has Landlock.
     pub landlock_abi: Option<u32>,
+    /// How the node gives workloads namespaces of their own (mount, network, and user when
+    /// the node is not root).
+    pub namespaces: Namespaces,
     /// Whether the node may give workloads a network namespace of their own.
     pub network_namespaces: bool,
     /// Whether the node is root, and so can run workloads as another user.
@@ -33,6 +37,7 @@ pub struct SandboxReport {
     pub cgroup_controllers: Vec<Controller>,
     /// The kernel's Landlock ABI version, when Landlock is enforced.
     pub landlock: Option<u32>,
+    pub namespaces: Namespaces,
     pub network_namespaces: bool,
     /// Whether workloads run as another user than the node's (the node is root).
     pub unprivileged_user: bool,
@@ -78,19 +83,24 @@ impl HostSandbox {
                     .into(),
             );
         }
-        let network_namespaces = match network::probe_namespaces() {
-            Ok(()) => true,
-            Err(e) => {
-                missing.push(format!(
-                    "network namespaces: cannot create one ({e}); workloads with network \"none\" will fail to start"
-                ));
-                false
-            }
-        };
+        let (namespaces, why_not) = Namespaces::probe();
+        if let Some(e) = why_not {
+            missing.push(format!(
+                "namespaces: cannot create them ({e}), not even in a user namespace; workloads would see the node's \
+                 files and network, so capsules and functions with network \"none\" are refused. Allow unprivileged \
+                 user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, or the \
+                 AppArmor rule that restricts them) or run the node as root"
+            ));
+        }
+        let network_namespaces = namespaces != Namespaces::Unavailable;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let can_switch_users = unsafe { libc::geteuid() } == 0;
         if !can_switch_users {
-            missing.push("user: the node is not root, so workloads run as the node's own user".into());
+            missing.push(
+                "user: the node is not root, so every workload's uid maps to the node's own; workloads are kept \
+                 apart by their namespaces and Landlock, not by file ownership"
+                    .into(),
+            );
         }
         for line in &missing {
             tracing::warn!("sandbox: {line}");
@@ -100,12 +110,13 @@ impl HostSandbox {
             cgroups: cgroups.as_ref().map(Cgroups::version),
             cgroup_controllers: cgroups.as_ref().map(Cgroups::controllers).unwrap_or_default(),
             landlock: landlock_abi,
+            namespaces,
             network_namespaces,
             unprivileged_user: can_switch_users,
             missing,
         };
         tracing::info!("sandbox: {report}");
-        HostSandbox { seccomp, cgroups, landlock_abi, network_namespaces, can_switch_users, report }
+        HostSandbox { seccomp, cgroups, landlock_abi, namespaces, network_namespaces, can_switch_users, report }
     }
 }
 
@@ -124,11 +135,11 @@ impl fmt::Display for SandboxReport {
             Some(abi) => write!(f, ", Landlock ABI {abi}")?,
             None => f.write_str(", Landlock unsupported")?,
         }
-        write!(
-            f,
-            ", network namespaces {}, unprivileged user {}",
-            on(self.network_namespaces),
-            on(self.unprivileged_user)
-        )
+        let users = match (self.unprivileged_user, self.namespaces) {
+            (true, _) => "own uids",
+            (false, Namespaces::User) => "own uids mapped to the node's",
+            (false, _) => "the node's",
+        };
+        write!(f, ", namespaces {}, workload users: {users}", self.namespaces.name())
     }
 }

@@ -1,7 +1,9 @@
 //! The unprivileged user a workload runs as.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
+use std::sync::Mutex;
 
 /// The user and group a workload runs as. Supplementary groups are always dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +78,55 @@ pub enum LookupUserError {
     Database { name: String, source: io::Error },
 }
 
+/// The uids a node gives its workloads: one per workload (a capsule, a function), so that one
+/// workload cannot read another's files, logs or sockets, nor signal or trace its processes.
+/// The gid equals the uid.
+///
+/// A uid is the first free one from a hash of the workload's name, so it is usually the same
+/// across node restarts; the table lives in memory. When the node is root the workload runs
+/// as that uid; when it is not, the uid is what the workload sees inside its user namespace
+/// (mapped to the node's own outside).
+#[derive(Debug)]
+pub struct WorkloadUsers {
+    first: u32,
+    count: u32,
+    assigned: Mutex<BTreeMap<String, u32>>,
+}
+
+impl WorkloadUsers {
+    /// The default range `(first, count)`: above the ids distributions give people and system
+    /// services, and above the usual `/etc/subuid` ranges (100000–165535 for the first user).
+    pub const DEFAULT_RANGE: (u32, u32) = (600_000, 65_536);
+
+    /// Uids `first ..= first + count - 1`; `count` at least 1.
+    pub fn new(first: u32, count: u32) -> WorkloadUsers {
+        let count = count.max(1).min(u32::MAX - first);
+        WorkloadUsers { first, count, assigned: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn range(&self) -> (u32, u32) {
+        (self.first, self.count)
+    }
+
+    /// The user of `workload`: the same for every call with the same name.
+    pub fn user_for(&self, workload: &str) -> RunAs {
+        let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&uid) = assigned.get(workload) {
+            return RunAs { uid, gid: uid };
+        }
+        // FNV-1a: stable across builds and platforms, which std's hasher is not.
+        let hash =
+            workload.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let start = (hash % u64::from(self.count)) as u32;
+        let taken: std::collections::BTreeSet<u32> = assigned.values().copied().collect();
+        let offset = (0..self.count).map(|i| (start + i) % self.count).find(|o| !taken.contains(&(self.first + o)));
+        // With every uid taken, share the hashed one rather than refuse to run.
+        let uid = self.first + offset.unwrap_or(start);
+        assigned.insert(workload.to_owned(), uid);
+        RunAs { uid, gid: uid }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +136,22 @@ mod tests {
         assert_eq!(RunAs::unprivileged_default(), NOBODY);
         assert_eq!(RunAs::lookup("root").unwrap(), RunAs { uid: 0, gid: 0 });
         assert!(matches!(RunAs::lookup("no-such-user-falak"), Err(LookupUserError::NotFound { .. })));
+    }
+
+    #[test]
+    fn each_workload_gets_its_own_uid_from_the_range_and_keeps_it() {
+        let users = WorkloadUsers::new(1000, 3);
+        let a = users.user_for("capsule:a");
+        let b = users.user_for("capsule:b");
+        let c = users.user_for("fn:c");
+        assert_eq!(users.user_for("capsule:a"), a);
+        let mut uids = vec![a.uid, b.uid, c.uid];
+        uids.sort();
+        assert_eq!(uids, vec![1000, 1001, 1002], "distinct, inside the range");
+        assert_eq!(a.gid, a.uid);
+        // The range is full: a fourth workload shares a uid rather than fail.
+        assert!((1000..1003).contains(&users.user_for("d").uid));
+        // The same name gets the same uid in a fresh table (a restarted node).
+        assert_eq!(WorkloadUsers::new(1000, 3).user_for("capsule:a"), a);
     }
 }

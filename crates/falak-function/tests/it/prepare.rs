@@ -91,11 +91,41 @@ async fn requirements_install_from_the_bundles_wheels_into_a_cached_virtualenv()
 
 /// A pure-python wheel `falakdep-1.0` with `VALUE = 42`, written with python's zipfile.
 fn build_wheel(dir: &Path) {
+    build_wheel_with(dir, 42);
+}
+
+#[tokio::test]
+async fn wheels_of_the_same_name_and_size_but_other_bytes_get_their_own_virtualenv() {
+    let requirements = ("requirements.txt", "falakdep==1.0\n");
+    let first = Fixture::new(&[("main.py", "def handle(r):\n    return 'x'\n"), requirements]);
+    let second = Fixture::new(&[("main.py", "def handle(r):\n    return 'x'\n"), requirements]);
+    build_wheel_with(&first.bundle().join("wheels"), 42);
+    build_wheel_with(&second.bundle().join("wheels"), 43);
+    let wheel = |f: &Fixture| std::fs::metadata(f.bundle().join("wheels/falakdep-1.0-py3-none-any.whl")).unwrap().len();
+    assert_eq!(wheel(&first), wheel(&second), "the same name and size");
+    // One cache for both, as on a node.
+    let cache = first.venv_cache();
+    let a = prepare(first.spec(Runtime::Python), &cache).await.unwrap_or_else(|e| panic!("{e}"));
+    let b = prepare(second.spec(Runtime::Python), &cache).await.unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = (a.venv().expect("a venv").to_owned(), b.venv().expect("a venv").to_owned());
+    assert_ne!(a, b, "different bytes, different virtualenvs");
+    let value = |venv: &Path| {
+        let out = std::process::Command::new(venv.join("bin/python"))
+            .args(["-c", "import falakdep; print(falakdep.VALUE)"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!((value(&a), value(&b)), ("42".to_owned(), "43".to_owned()));
+}
+
+/// The wheel `falakdep-1.0` with `VALUE = <value>` (two digits keep every size the same).
+fn build_wheel_with(dir: &Path, value: u32) {
     std::fs::create_dir_all(dir).expect("a wheels dir");
     let script = r#"
 import base64, hashlib, sys, zipfile
 files = {
-    "falakdep/__init__.py": b"VALUE = 42\n",
+    "falakdep/__init__.py": b"VALUE = %d\n" % int(sys.argv[2]),
     "falakdep-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: falakdep\nVersion: 1.0\n",
     "falakdep-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: falak-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
 }
@@ -112,6 +142,7 @@ with zipfile.ZipFile(sys.argv[1], "w") as wheel:
     let status = std::process::Command::new("python3")
         .args(["-c", script])
         .arg(dir.join("falakdep-1.0-py3-none-any.whl"))
+        .arg(value.to_string())
         .status()
         .expect("python3 runs");
     assert!(status.success(), "building the test wheel failed");

@@ -143,7 +143,8 @@ fn check_probe(reply: &serde_json::Value, instance_name: &str, landlock: bool) {
     assert_eq!(reply["no_new_privs"], "1", "{reply}");
     assert_eq!(reply["seccomp"], "2", "a seccomp filter is installed: {reply}");
     assert_eq!(reply["io_uring_setup"], serde_json::json!([-1, libc::EPERM]), "{reply}");
-    assert_eq!(reply["bundle_write"], "PermissionError: EACCES", "{reply}");
+    // The bundle is bound read-only into the instance's mount namespace.
+    assert_eq!(reply["bundle_write"], "OSError: EROFS", "{reply}");
     assert_eq!(reply["etc_write"], "PermissionError: EACCES", "{reply}");
     // /tmp is world-writable: only Landlock keeps the instance out of it.
     let tmp = if landlock { "PermissionError: EACCES" } else { "ok" };
@@ -304,12 +305,26 @@ async fn privileged_exec_commands_killed_by_their_memory_limit_say_so() {
 }
 
 #[tokio::test]
-async fn privileged_prepare_names_the_directory_the_instance_user_cannot_pass() {
+async fn privileged_a_deployment_under_a_private_directory_runs_through_its_mount_namespace() {
     let confined = Confined::new();
-    // A root only its owner may pass: nobody cannot reach the bundle inside.
+    // A root only its owner may pass: nobody could not reach the bundle inside, but the
+    // instance's mount namespace binds the bundle and work dir at their own paths.
     let fixture = Fixture::new(&[("main.py", PROBE)]);
     std::fs::set_permissions(fixture.root.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    match prepare(confined.spec(&fixture, Runtime::Python), &fixture.venv_cache()).await {
+    // The node hides its data dir (here the fixture's work dir) from every workload.
+    let mut spec = confined.spec(&fixture, Runtime::Python);
+    spec.sandbox.hide.push(fixture.work_dir());
+    let prepared = fixture.prepare(spec).await;
+    let instance = spawn(&prepared, 1).await.unwrap_or_else(|e| panic!("spawn: {e}"));
+    let (status, _, body) = call(&instance, request("GET", &probe_uri(9), "")).await;
+    assert_eq!(status, 200, "{}", text(&body));
+    assert_eq!(json(&body)["uid"], 65534);
+    instance.stop(Duration::from_secs(1)).await;
+
+    // Without namespaces the directory is in the way, and prepare names it.
+    let mut spec = confined.spec(&fixture, Runtime::Python);
+    spec.sandbox.namespaces = falak_function::Namespaces::Unavailable;
+    match prepare(spec, &fixture.venv_cache()).await {
         Err(e @ PrepareError::Unreachable { .. }) => {
             let text = e.to_string();
             let root = fixture.root.path().display().to_string();
@@ -319,4 +334,44 @@ async fn privileged_prepare_names_the_directory_the_instance_user_cannot_pass() 
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn privileged_a_requirement_s_setup_py_runs_as_the_deployment_and_cannot_read_the_node_s_keys() {
+    let confined = Confined::new();
+    let keys = tempfile::tempdir().expect("a keys dir");
+    let key = keys.path().join("node.key");
+    std::fs::write(&key, "secret").expect("a key");
+    let setup = format!(
+        "import os\n\
+         try:\n    open({key:?}).read()\n    key = 'READ'\n\
+         except OSError as e:\n    key = 'denied'\n\
+         raise SystemExit('FALAK-PROBE uid=%d key=%s' % (os.getuid(), key))\n",
+        key = key.display().to_string()
+    );
+    let fixture = confined.fixture(&[
+        ("main.py", "def handle(r):\n    return 'x'\n"),
+        ("requirements.txt", "./pkg\n"),
+        ("pkg/setup.py", setup.as_str()),
+    ]);
+    // An empty wheels dir: pip gets no network.
+    std::fs::create_dir_all(fixture.bundle().join("wheels")).expect("a wheels dir");
+    let mut spec = confined.spec(&fixture, Runtime::Python);
+    let deployment_user = falak_function::RunAs { uid: 600_123, gid: 600_123 };
+    spec.sandbox.run_as = Some(deployment_user);
+    spec.sandbox.hide.push(keys.path().to_owned());
+    match prepare(spec, &fixture.venv_cache()).await {
+        Err(e @ PrepareError::Dependencies { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("FALAK-PROBE uid=600123 key=denied"),
+                "setup.py ran as the deployment, blind: {text}"
+            );
+        }
+        other => panic!("expected the probe's failure, got {other:?}"),
+    }
+    let left: Vec<_> = std::fs::read_dir(fixture.venv_cache())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed build leaves nothing in the cache: {left:?}");
 }

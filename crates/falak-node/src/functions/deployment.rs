@@ -291,7 +291,7 @@ impl Deployment {
         let bundle_dir = self.ctx.bundle_dir(self.spec.artifact).await?;
         stages.push("fetch", t.elapsed());
         let t = instant();
-        let sandbox = self.ctx.sandbox().await?.clone();
+        let sandbox = self.ctx.sandbox_for(&self.spec.name).await?;
         // The log's dir is the node's alone; `prepare` makes the work dir (the instances').
         let deployment_dir = self.ctx.deployment_dir(&self.spec);
         let work_dir = self.ctx.socket_dir(&self.spec);

@@ -104,6 +104,8 @@ pub(crate) struct HostContext {
     stop: watch::Receiver<bool>,
     /// How instances are confined, found on first use (see [`HostContext::sandbox`]).
     sandbox: tokio::sync::OnceCell<InstanceSandbox>,
+    hidden: Vec<PathBuf>,
+    users: Option<Arc<falak_function::WorkloadUsers>>,
 }
 
 /// Directories the instance user must pass through: it may search them, not list them.
@@ -139,7 +141,7 @@ impl HostContext {
         if under_data.as_os_str().len() <= 64 {
             return under_data;
         }
-        let base = std::env::temp_dir().join(format!("falak-{}", self.id.short()));
+        let base = self.short_socket_base();
         match owned_dir(&base, PASSABLE) {
             Ok(()) => base.join(key),
             Err(e) => {
@@ -149,6 +151,25 @@ impl HostContext {
                 under_data
             }
         }
+    }
+
+    /// Where work dirs go when the data dir's path is too long for a socket path.
+    fn short_socket_base(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("falak-{}", self.id.short()))
+    }
+
+    /// The confinement of `function`'s processes: the node's, with the function's own uid
+    /// (its user when the node is root, its uid inside the user namespace when not).
+    pub async fn sandbox_for(&self, function: &str) -> Result<InstanceSandbox, String> {
+        let mut sandbox = self.sandbox().await?.clone();
+        if let Some(users) = &self.users {
+            let user = users.user_for(&format!("function:{function}"));
+            match sandbox.namespaces {
+                falak_function::Namespaces::User => sandbox.inner_user = Some(user),
+                _ => sandbox.run_as = Some(user),
+            }
+        }
+        Ok(sandbox)
     }
 
     /// The `falak-hop-auth` value for a request this node forwards to `target`'s gateway now.
@@ -197,9 +218,12 @@ impl HostContext {
                     (self.dir.join("w"), PASSABLE),
                     (self.dir.join("deployments"), NODE_ONLY),
                 ];
-                tokio::task::spawn_blocking(move || probe_sandbox(&scope, &dirs))
+                let mut sandbox = tokio::task::spawn_blocking(move || probe_sandbox(&scope, &dirs))
                     .await
-                    .map_err(|e| format!("probing the function sandbox failed: {e}"))
+                    .map_err(|e| format!("probing the function sandbox failed: {e}"))?;
+                sandbox.hide.extend(self.hidden.iter().cloned());
+                sandbox.hide.push(self.short_socket_base());
+                Ok::<_, String>(sandbox)
             })
             .await
     }
@@ -388,6 +412,10 @@ pub struct FunctionHostParts {
     pub events: EventSender,
     pub stop: watch::Receiver<bool>,
     pub secrets: falak_core::secret::SecretKey,
+    /// What no instance may see (the node's data dir, its home, its config's list).
+    pub hidden: Vec<PathBuf>,
+    /// A uid per function, where the node can give one (root, or a user namespace).
+    pub users: Option<Arc<falak_function::WorkloadUsers>>,
 }
 
 /// Why the function host could not start.
@@ -429,6 +457,8 @@ impl FunctionHost {
             stop: parts.stop,
             secrets: parts.secrets,
             sandbox: tokio::sync::OnceCell::new(),
+            hidden: parts.hidden,
+            users: parts.users,
         });
         Ok(Arc::new(FunctionHost {
             ctx,

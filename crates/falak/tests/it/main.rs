@@ -7,6 +7,7 @@ mod admission;
 mod failover;
 mod functions;
 mod history;
+mod isolation;
 mod partition;
 mod procs;
 mod up;

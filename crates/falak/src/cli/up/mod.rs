@@ -284,6 +284,8 @@ fn node_setups(plan: &ClusterPlan, root: &Path, ports: &[NodePorts]) -> Vec<Node
                 capacity: node.capacity.clone(),
                 cost_per_hour: node.cost_per_hour,
                 seeds,
+                // The mesh dir holds the admin credentials and every node's keys.
+                hidden_from_workloads: vec![root.to_path_buf()],
                 ..NodeConfigDocument::default()
             };
             NodeSetup { name, dir, api, transport, gossip: gossip[i], config }
