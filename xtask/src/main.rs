@@ -28,7 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("falak-sandbox", &[]),
     ("falak-exec", &["falak-core", "falak-sandbox"]),
     ("falak-artifact", &["falak-core", "falak-transport"]),
-    ("falak-function", &["falak-core", "falak-sandbox"]),
+    ("falak-function", &["falak-core", "falak-exec", "falak-sandbox"]),
     ("falak-api", &["falak-core"]),
     (
         "falak-node",

@@ -12,8 +12,12 @@
 //!   confining; [`ProcessConfig::sandboxed`] detects what the host allows).
 //! - [`fake::RecordingExecutor`] runs nothing: it records calls and ends attempts as scripted,
 //!   on `tokio::time`, for the node's and the simulation's tests.
-//! - Container (runc) and function-host executors implement the same trait later; the
-//!   [`Sandbox`] seam is where per-attempt isolation (cgroups) plugs into the process executor.
+//! - [`workload`]: the one way the node starts any process — task attempts, function
+//!   zygotes, instances and `exec` commands, dependency builds: [`workload::WorkloadSandbox`]
+//!   (what the host allows, the confinement builder, cgroup naming and teardown) and
+//!   [`workload::launch`]. `falak-function` asks it; it never spawns itself.
+//! - Container (runc) executors implement the same trait later; the [`Sandbox`] seam is where
+//!   per-attempt isolation (cgroups) plugs into the process executor.
 //!
 //! **Boundary:** this crate knows nothing of Raft, gossip or the ledger; it depends only on
 //! `falak-core`'s vocabulary and `falak-sandbox`. Linux only: it relies on `/proc`, `prctl` and Linux rlimits.
@@ -27,6 +31,7 @@ mod log;
 mod process;
 mod sandbox;
 mod task;
+pub mod workload;
 
 pub use executor::{Executor, PrepareError, Running, StartError};
 pub use exit::{Exit, ExitReason, Stats, signal_name};

@@ -15,21 +15,19 @@ mod procfs;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use falak_sandbox::{
-    Confinement, HostSandbox, Isolation, LandlockRuleset, Namespaces, Network, Rlimit, RunAs, SandboxReport,
-    SeccompFilter, View,
-};
+use falak_sandbox::{HostSandbox, Isolation, LandlockRuleset, Namespaces, Network, Rlimit, RunAs, SandboxReport, View};
 use futures_util::future::BoxFuture;
 
 use crate::executor::{Executor, PrepareError, Running, StartError};
 use crate::log::{LogChunk, ReadLogError, Stream, read_log};
 use crate::sandbox::{CgroupSandbox, NoSandbox, Sandbox, SandboxError};
 use crate::task::{Limits, TaskSpec};
+use crate::workload::WorkloadSandbox;
 
 /// `PATH` for tasks that do not set their own: the usual system directories, no working
 /// directory and nothing user-writable.
@@ -52,18 +50,13 @@ pub struct ProcessConfig {
     pub timeout_grace: Duration,
     /// Per-attempt isolation: [`CgroupSandbox`] where the host allows, else [`NoSandbox`].
     pub sandbox: Arc<dyn Sandbox>,
-    /// The system-call filter installed last before `exec`; `None` runs tasks unfiltered.
-    pub seccomp: Option<Arc<SeccompFilter>>,
-    /// Restrict writes to the working directory with Landlock (where the kernel has it).
-    pub landlock: bool,
-    /// How this node gives a task namespaces of its own (mount and network; user too when
-    /// the node is not root). With none, a task with [`Network::None`] fails to start instead
-    /// of running on the host's network.
-    pub namespaces: Namespaces,
-    /// Directories no task may see (the node's data dir, its keys, the node user's home):
-    /// each task's mount namespace covers them, except its own working directory. Without
-    /// namespaces, Landlock lets the task read only the system directories and its own.
-    pub hide: Vec<PathBuf>,
+    /// What the host allows, as for every process the node starts (`crate::workload`): the
+    /// seccomp filter, Landlock, the namespaces (with none, a task with [`Network::None`] fails
+    /// to start instead of running on the host's network) and the directories no task may see
+    /// (`hide`: the node's data dir, keys, the node user's home; each task's mount namespace
+    /// covers them, except its own working directory). Its `run_as` is unused: tasks take
+    /// [`ProcessConfig::default_run_as`] or their spec's.
+    pub workload: WorkloadSandbox,
 }
 
 impl ProcessConfig {
@@ -94,10 +87,7 @@ impl ProcessConfig {
             path: DEFAULT_PATH.to_owned(),
             timeout_grace: Duration::from_secs(5),
             sandbox,
-            seccomp: host.seccomp.clone(),
-            landlock: host.landlock_abi.is_some(),
-            namespaces: host.namespaces,
-            hide: falak_sandbox::namespaces::default_hidden(),
+            workload: WorkloadSandbox::from_host(host),
         }
     }
 }
@@ -130,7 +120,7 @@ impl ProcessExecutor {
         let Some(user) = spec.run_as.or(self.config.default_run_as) else { return Ok(Identity::default()) };
         // SAFETY: geteuid and getegid have no preconditions and cannot fail.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        if self.config.namespaces == Namespaces::User {
+        if self.config.workload.namespaces == Namespaces::User {
             Ok(Identity { switch_to: None, inner: Some(user) })
         } else if euid == 0 {
             Ok(Identity { switch_to: Some(user), inner: None })
@@ -169,13 +159,14 @@ impl ProcessExecutor {
             files.stderr.try_clone().map_err(files_error)?,
         );
 
-        if spec.network == Network::None && self.config.namespaces == Namespaces::Unavailable {
+        let workload = &self.config.workload;
+        if spec.network == Network::None && workload.namespaces == Namespaces::Unavailable {
             return Err(StartError::Network { task_id: spec.task_id.clone() });
         }
-        let isolation = Isolation::new(self.config.namespaces)
+        let isolation = Isolation::new(workload.namespaces)
             .network(spec.network)
             .inner_user(identity.inner)
-            .view(View::hiding(self.config.hide.clone()).writable(&spec.workdir))
+            .view(View::hiding(workload.hide.clone()).writable(&spec.workdir))
             .chdir(&spec.workdir);
         let isolation = tokio::task::spawn_blocking(move || isolation.prepare()).await;
         let isolation =
@@ -183,10 +174,10 @@ impl ProcessExecutor {
                 task_id: spec.task_id.clone(),
                 source: SandboxError { what: "prepare the namespaces of", path: spec.workdir.clone(), source },
             })?;
-        let landlock = if self.config.landlock {
+        let landlock = if workload.landlock {
             let workdir = spec.workdir.clone();
             // With a mount namespace the node's files are hidden; without, reads are limited.
-            let read_everything = self.config.namespaces != Namespaces::Unavailable;
+            let read_everything = workload.namespaces != Namespaces::Unavailable;
             let ruleset =
                 tokio::task::spawn_blocking(move || LandlockRuleset::for_workload(&workdir, &[], read_everything))
                     .await;
@@ -216,13 +207,8 @@ impl ProcessExecutor {
             })
             .map_err(|source| StartError::Sandbox { task_id: spec.task_id.clone(), source })?;
         let group = setup.group;
-        let confinement = Confinement::new()
-            .rlimits(&rlimits(&spec.limits))
-            .join_cgroups(setup.join)
-            .isolation(isolation)
-            .run_as(switch_to)
-            .landlock(landlock)
-            .seccomp(self.config.seccomp.clone());
+        let confinement =
+            workload.confinement(switch_to, &rlimits(&spec.limits), setup.join, Some(isolation), landlock);
 
         let path = spec.env.get("PATH").cloned().unwrap_or_else(|| self.config.path.clone());
         let mut command = tokio::process::Command::new(spec.program());

@@ -101,17 +101,11 @@ impl CgroupSandbox {
         &self.cgroups
     }
 
-    /// The name of `spec`'s cgroup under the node's scope: task, attempt and a hash of the
-    /// working directory, so two executors sharing a scope (tests) never collide.
+    /// The name of `spec`'s cgroup under the node's scope, named as every workload process's
+    /// ([`crate::workload::cgroup_name`]): task and attempt, and a hash of the working
+    /// directory, so two executors sharing a scope (tests) never collide.
     pub fn cgroup_name(spec: &TaskSpec) -> String {
-        // FNV-1a: stable across runs and builds, which `DefaultHasher` does not promise.
-        let hash = spec
-            .workdir
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-        falak_sandbox::cgroup::sanitize_name(&format!("{}-{}-{:08x}", spec.task_id, spec.attempt, hash as u32))
+        crate::workload::cgroup_name(&format!("{}-{}", spec.task_id, spec.attempt), "", &spec.workdir)
     }
 }
 

@@ -24,8 +24,10 @@ use tokio::sync::watch;
 use crate::error::InstanceError;
 use crate::instance::Ident;
 use crate::prepare::Prepared;
-use crate::process::{Launch, append_log, launch};
-use crate::sandbox::{Enclosure, Needs, enclose};
+use falak_exec::workload::Enclosure;
+use falak_exec::workload::{Launch, append_log, launch};
+
+use crate::sandbox::{Needs, enclose};
 use crate::{BoxBody, BoxError};
 
 /// The most stdout one request may produce; more is a 500.

@@ -12,8 +12,8 @@ use crate::BoxBody;
 use crate::client::{Client, SendError};
 use crate::error::InstanceError;
 use crate::exec::ExecRunner;
-use crate::process::Process;
-use crate::sandbox::Enclosure;
+use falak_exec::workload::Enclosure;
+use falak_exec::workload::Process;
 
 /// How long a failed request waits for the instance's exit before calling the failure a
 /// protocol error rather than a crash. Only failures wait, never a good request.

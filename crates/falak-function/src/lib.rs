@@ -4,10 +4,11 @@
 //! virtualenv and writes the Python runtime host into the work dir; [`Zygote::start`] (python)
 //! imports the handler once; [`Zygote::fork`] or [`spawn`] (cold) gives an [`Instance`] that
 //! answers HTTP requests over its Unix socket. `docs/design/runtime-host.md` is the protocol.
-//! Every process is confined as [`InstanceSandbox`] says (the process executor's defaults:
-//! unprivileged user, seccomp, Landlock, network namespace, cgroup per instance, rlimits).
+//! Every process is started by `falak_exec::workload`, confined as [`WorkloadSandbox`] says
+//! (the node's defaults: the function's own user, seccomp, Landlock, mount and network
+//! namespaces, a cgroup per instance, rlimits); this crate never spawns a process itself.
 //!
-//! **Boundary:** this crate starts processes and talks HTTP to them; it never reads the ledger
+//! **Boundary:** this crate asks `falak_exec::workload` to start processes and talks HTTP to them; it never reads the ledger
 //! and never decides how many instances run (that is [`pool`] and the node).
 
 mod client;
@@ -16,17 +17,18 @@ mod exec;
 mod instance;
 pub mod pool;
 mod prepare;
-mod process;
 mod sandbox;
 mod spawn;
 mod venv;
 mod zygote;
 
 pub use error::{InstanceError, PrepareError, StartError};
+pub use falak_exec::DEFAULT_MAX_PIDS;
+pub use falak_exec::workload::{DEFAULT_RLIMITS, WorkloadSandbox, unreachable_by};
 pub use falak_sandbox::{CgroupLimits, HostSandbox, Namespaces, Network, RunAs, View, WorkloadUsers};
 pub use instance::{Instance, StartKind, StartTimings};
 pub use prepare::{DEFAULT_START_TIMEOUT, HostSpec, Prepared, prepare};
-pub use sandbox::{DEFAULT_MAX_PIDS, DEFAULT_RLIMITS, InstanceSandbox, unreachable_by};
+pub use sandbox::network;
 pub use spawn::spawn;
 pub use zygote::Zygote;
 

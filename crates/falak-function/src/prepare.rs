@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use falak_core::function::Runtime;
 use falak_sandbox::{CgroupLimits, RunAs};
 
 use crate::error::PrepareError;
-use crate::process::INHERITED_ENV;
-use crate::sandbox::{InstanceSandbox, blocking_directory, private_dir, user_may_access};
 use crate::venv;
+use falak_exec::workload::INHERITED_ENV;
+use falak_exec::workload::{WorkloadSandbox, blocking_directory, private_dir, user_may_access};
 
 /// How long an instance or a zygote may take to become ready, unless
 /// [`Prepared::set_start_timeout`] says otherwise.
@@ -64,7 +63,7 @@ pub struct HostSpec {
     /// the same, and every instance forked from it its own.
     pub limits: CgroupLimits,
     /// How the processes are confined.
-    pub sandbox: InstanceSandbox,
+    pub sandbox: WorkloadSandbox,
 }
 
 /// A deployment ready to start: its spec (with absolute paths), the interpreter, the
@@ -333,37 +332,29 @@ async fn resolve_python(spec: &HostSpec) -> Result<(PathBuf, String), PrepareErr
         python: spec.python.clone(),
         detail,
     };
-    let user = spec.sandbox.run_as;
+    let user = spec.sandbox.run_as.or(spec.sandbox.inner_user);
     let bare = !spec.python.as_os_str().as_encoded_bytes().contains(&b'/');
-    let candidates: Vec<PathBuf> = match user {
-        Some(_) if bare => {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            std::env::split_paths(&path).map(|dir| dir.join(&spec.python)).filter(|c| c.is_file()).collect()
-        }
-        _ => vec![spec.python.clone()],
+    let candidates: Vec<PathBuf> = if bare {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).map(|dir| dir.join(&spec.python)).filter(|c| c.is_file()).collect()
+    } else {
+        vec![spec.python.clone()]
     };
     let mut refused = Vec::new();
     for candidate in &candidates {
-        let mut command = tokio::process::Command::new(candidate);
-        command
-            .args(["-c", "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])"])
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        if let Some(user) = user {
-            become_user(command.as_std_mut(), user);
-        }
-        let output = match command.output().await {
+        let output = match probe_python(spec, candidate).await {
             Ok(output) => output,
-            Err(e) if user.is_some() && e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // Hidden from instances (under the node user's home) or not theirs to run.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound) => {
                 refused.push(candidate.display().to_string());
                 continue;
             }
             Err(e) => return Err(failed(e.to_string())),
         };
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let (success, stdout, stderr) = output;
         let mut lines = stdout.lines();
-        let (Some(executable), Some(version), true) = (lines.next(), lines.next(), output.status.success()) else {
-            return Err(failed(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())));
+        let (Some(executable), Some(version), true) = (lines.next(), lines.next(), success) else {
+            return Err(failed(format!("it failed: {}", stderr.trim())));
         };
         let parsed =
             version.split_once('.').and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)));
@@ -376,31 +367,55 @@ async fn resolve_python(spec: &HostSpec) -> Result<(PathBuf, String), PrepareErr
     }
     Err(failed(match (user, refused.is_empty()) {
         (Some(user), false) => format!(
-            "the instance user (uid {}) may not run {}; install python3 where it can (e.g. /usr/bin) or set FALAK_PYTHON",
+            "the instance user (uid {}) may not run {}, or cannot see it; install python3 where it can (e.g. /usr/bin) or set FALAK_PYTHON",
             user.uid,
+            refused.join(", ")
+        ),
+        (None, false) => format!(
+            "instances cannot see {} (the node's home and data dir are hidden from them); install python3 in a system directory or set FALAK_PYTHON",
             refused.join(", ")
         ),
         _ => "not found on PATH".to_owned(),
     }))
 }
 
-/// Make `command` run as `user` (the node is root): supplementary groups dropped, then the
-/// group and the user.
-fn become_user(command: &mut std::process::Command, user: RunAs) {
-    // SAFETY: raw system calls on integers, async-signal-safe, as between fork and exec they
-    // must be.
-    unsafe {
-        command.pre_exec(move || {
-            let none: *const libc::gid_t = std::ptr::null();
-            if libc::syscall(libc::SYS_setgroups, 0 as libc::size_t, none) != 0
-                || libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) != 0
-                || libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
+/// Run `python` as the deployment's instances would (their user, namespaces and filter), to
+/// learn its real path and version: `(exited 0, stdout, stderr)`. `NotFound` or
+/// `PermissionDenied` when instances could not run it.
+async fn probe_python(spec: &HostSpec, python: &Path) -> std::io::Result<(bool, String, String)> {
+    use tokio::io::AsyncReadExt;
+    let sandbox = spec.sandbox.clone();
+    let isolation = falak_sandbox::Isolation::new(sandbox.namespaces)
+        .inner_user(sandbox.inner_user)
+        .view(falak_sandbox::View::hiding(sandbox.hide.clone()));
+    let isolation = tokio::task::spawn_blocking(move || isolation.prepare()).await.map_err(std::io::Error::other)??;
+    let confinement = sandbox.confinement(sandbox.run_as, &sandbox.rlimits, Vec::new(), Some(isolation), None);
+    let cwd = Path::new("/");
+    let launched = falak_exec::workload::launch(falak_exec::workload::Launch {
+        program: python,
+        args: vec!["-c".into(), "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])".into()],
+        cwd,
+        env: BTreeMap::new(),
+        log_path: cwd,
+        ready_pipe: false,
+        piped: true,
+        confinement,
+    })?;
+    let Some((stdin, mut stdout, mut stderr)) = launched.stdio else {
+        return Err(std::io::Error::other("the probe has no pipes"));
     };
+    drop(stdin);
+    let (mut out, mut err) = (String::new(), String::new());
+    let reading = async { tokio::try_join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err)) };
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), reading).await;
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(5), launched.process.exited()).await;
+    match (read, exit) {
+        (Ok(Ok(_)), Ok(exit)) => Ok((exit.success, out, err)),
+        _ => {
+            launched.process.stop(std::time::Duration::from_millis(100)).await;
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "it did not answer within 20 s"))
+        }
+    }
 }
 
 /// The handler's module must be in the bundle: `a.b.handle` is `a/b.py` or `a/b/__init__.py`.

@@ -14,8 +14,10 @@ use crate::error::StartError;
 use crate::exec::ExecRunner;
 use crate::instance::{Health, Ident, Instance, StartKind, StartTimings};
 use crate::prepare::Prepared;
-use crate::process::{Launch, Process, arg, launch};
-use crate::sandbox::{Enclosure, Needs, enclose};
+use falak_exec::workload::Enclosure;
+use falak_exec::workload::{Launch, Process, arg, launch};
+
+use crate::sandbox::{Needs, enclose};
 
 /// How often an `http` instance's socket and port are tried at first, and at most.
 const FIRST_PROBE: Duration = Duration::from_millis(1);
@@ -113,7 +115,7 @@ async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, Start
         log_path: &spec.log_path,
         ready_pipe: false,
         piped: false,
-        // The node may reach the program on 127.0.0.1:$PORT: see `InstanceSandbox::network`.
+        // The node may reach the program on 127.0.0.1:$PORT: see `WorkloadSandbox::network`.
         confinement: made.confinement(&spec.sandbox),
     })
     .map_err(|source| StartError::Spawn {

@@ -24,7 +24,7 @@ use falak_sandbox::{Confinement, Isolation, LandlockRuleset, Network, Rlimit, Vi
 
 use crate::error::PrepareError;
 use crate::prepare::HostSpec;
-use crate::process::{Launch, launch};
+use falak_exec::workload::{Launch, launch};
 
 /// How long `venv` plus `pip install` may take.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(300);

@@ -30,8 +30,10 @@ use crate::client::{Client, Target};
 use crate::error::StartError;
 use crate::instance::{Health, Ident, Instance, StartKind, StartTimings};
 use crate::prepare::Prepared;
-use crate::process::{Launch, Process, arg, launch};
-use crate::sandbox::{Enclosure, Needs, enclose};
+use falak_exec::workload::Enclosure;
+use falak_exec::workload::{Launch, Process, arg, launch};
+
+use crate::sandbox::{Needs, enclose};
 use crate::spawn::{healthy, host_script, micros, wait_ready};
 
 /// How long [`Zygote::stop`] waits after SIGTERM before SIGKILL.

@@ -147,9 +147,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Workloads see neither the node's data dir (keys, ledger, other workloads' directories)
     // nor its home nor the directories its config names.
     let mut process_config = ProcessConfig::from_host(&host);
-    process_config.hide.push(config.data_dir.clone());
-    process_config.hide.extend(config.hidden_from_workloads.iter().cloned());
-    let hidden = process_config.hide.clone();
+    process_config.workload.hide.push(config.data_dir.clone());
+    process_config.workload.hide.extend(config.hidden_from_workloads.iter().cloned());
+    let hidden = process_config.workload.hide.clone();
     let executor = Arc::new(ProcessExecutor::new(process_config));
     // A uid per capsule and per function, where the node can give one: as root, or inside a
     // user namespace.

@@ -205,8 +205,9 @@ async fn privileged_without_landlock_the_user_and_permissions_keep_writes_inside
     require_root();
     let outside = outside_dirs();
     let dir = tempfile::tempdir().unwrap();
-    let (config, _) = ProcessConfig::sandboxed(CGROUP_SCOPE);
-    let executor = ProcessExecutor::new(ProcessConfig { landlock: false, ..config });
+    let (mut config, _) = ProcessConfig::sandboxed(CGROUP_SCOPE);
+    config.workload.landlock = false;
+    let executor = ProcessExecutor::new(config);
     let spec = spec(&dir, "j1-t0", write_probe(outside.path()));
     let exit = executor.start(spec.clone()).await.unwrap().wait().await;
     // Without Landlock a world-writable directory is writable: permissions are all there is.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use falak_core::function::Runtime;
 use falak_function::{
-    CgroupLimits, DEFAULT_MAX_PIDS, HostSandbox, HostSpec, InstanceError, InstanceSandbox, PrepareError, Zygote,
+    CgroupLimits, DEFAULT_MAX_PIDS, HostSandbox, HostSpec, InstanceError, PrepareError, WorkloadSandbox, Zygote,
     prepare, spawn,
 };
 use falak_sandbox::Controller;
@@ -77,7 +77,7 @@ fn require_root() {
 
 /// The host's sandbox with a cgroup scope of this test's own, removed at the end.
 struct Confined {
-    sandbox: InstanceSandbox,
+    sandbox: WorkloadSandbox,
 }
 
 impl Confined {
@@ -90,7 +90,7 @@ impl Confined {
             && host.can_switch_users
             && host.cgroups.as_ref().is_some_and(|c| c.missing().is_empty());
         assert!(complete, "the host lacks what these tests check: {}", host.report);
-        Confined { sandbox: InstanceSandbox::from_host(&host) }
+        Confined { sandbox: WorkloadSandbox::from_host(&host) }
     }
 
     /// A fixture whose root the instance user may pass through (whatever the umask).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use falak_core::function::Runtime;
-use falak_function::{BoxBody, CgroupLimits, HostSpec, Instance, InstanceSandbox, Prepared, prepare};
+use falak_function::{BoxBody, CgroupLimits, HostSpec, Instance, Prepared, WorkloadSandbox, prepare};
 use http_body_util::{BodyExt, Full};
 use tempfile::TempDir;
 
@@ -71,7 +71,7 @@ impl Fixture {
             log_path: self.log(),
             python: PathBuf::from("python3"),
             limits: CgroupLimits::default(),
-            sandbox: InstanceSandbox::unconfined(),
+            sandbox: WorkloadSandbox::unconfined(),
         }
     }
 

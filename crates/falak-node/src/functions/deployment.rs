@@ -19,7 +19,7 @@ use falak_core::function::{FunctionSpec, SnapshotPolicy};
 use falak_core::ledger::{Command, Outcome, RejectCode};
 use falak_function::pool::{Action, InstanceId, Pool, PoolConfig, RejectReason, RequestId, StartFailure};
 use falak_function::{
-    BoxBody, CgroupLimits, DEFAULT_MAX_PIDS, HostSpec, Instance, InstanceError, InstanceSandbox, Prepared, Zygote,
+    BoxBody, CgroupLimits, DEFAULT_MAX_PIDS, HostSpec, Instance, InstanceError, Prepared, WorkloadSandbox, Zygote,
 };
 use http_body_util::BodyExt;
 use tokio::sync::{Notify, oneshot};
@@ -790,7 +790,7 @@ fn host_spec(
     work_dir: std::path::PathBuf,
     log_path: std::path::PathBuf,
     python: &std::path::Path,
-    sandbox: InstanceSandbox,
+    sandbox: WorkloadSandbox,
 ) -> HostSpec {
     HostSpec {
         function: spec.name.clone(),

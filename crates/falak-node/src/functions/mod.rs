@@ -38,7 +38,7 @@ use falak_core::gossip::FunctionGossip;
 use falak_core::ledger::{Command, Outcome};
 use falak_core::placement::Health;
 use falak_core::{ArtifactId, NodeId};
-use falak_function::{HostSandbox, InstanceSandbox};
+use falak_function::{HostSandbox, WorkloadSandbox};
 use falak_ledger::Ledger;
 use falak_membership::MembershipSnapshot;
 use falak_transport::Transport;
@@ -103,7 +103,7 @@ pub(crate) struct HostContext {
     next_slot: AtomicU64,
     stop: watch::Receiver<bool>,
     /// How instances are confined, found on first use (see [`HostContext::sandbox`]).
-    sandbox: tokio::sync::OnceCell<InstanceSandbox>,
+    sandbox: tokio::sync::OnceCell<WorkloadSandbox>,
     hidden: Vec<PathBuf>,
     users: Option<Arc<falak_function::WorkloadUsers>>,
 }
@@ -160,7 +160,7 @@ impl HostContext {
 
     /// The confinement of `function`'s processes: the node's, with the function's own uid
     /// (its user when the node is root, its uid inside the user namespace when not).
-    pub async fn sandbox_for(&self, function: &str) -> Result<InstanceSandbox, String> {
+    pub async fn sandbox_for(&self, function: &str) -> Result<WorkloadSandbox, String> {
         let mut sandbox = self.sandbox().await?.clone();
         if let Some(users) = &self.users {
             let user = users.user_for(&format!("function:{function}"));
@@ -202,12 +202,12 @@ impl HostContext {
     }
 
     /// How this node's function processes are confined: everything the host allows
-    /// ([`InstanceSandbox::from_host`]: nobody when root, seccomp, Landlock, network
+    /// ([`WorkloadSandbox::from_host`]: nobody when root, seccomp, Landlock, network
     /// namespaces, cgroups under a scope of the function host's own, `node-<id>-fn`). Probed
     /// once, on first use (`FunctionHost::run` asks at startup); the probe also removes the
     /// cgroups a crashed previous run left and makes the function dirs with the modes the
     /// instance user needs.
-    pub async fn sandbox(&self) -> Result<&InstanceSandbox, String> {
+    pub async fn sandbox(&self) -> Result<&WorkloadSandbox, String> {
         self.sandbox
             .get_or_try_init(|| async {
                 let scope = self.cgroup_scope();
@@ -1006,7 +1006,7 @@ pub fn functions_dir(data_dir: &Path) -> PathBuf {
 /// Probe what confines function processes (a cgroup scope of their own), remove the cgroups a
 /// crashed run left in it, and make the function dirs with their modes. Warns, at startup,
 /// when instances will not be able to reach the dirs. Blocking.
-fn probe_sandbox(scope: &str, dirs: &[(PathBuf, u32)]) -> InstanceSandbox {
+fn probe_sandbox(scope: &str, dirs: &[(PathBuf, u32)]) -> WorkloadSandbox {
     let host = HostSandbox::detect(Some(scope));
     if let Some(cgroups) = &host.cgroups {
         let left = cgroups.remove_leftovers();
@@ -1014,7 +1014,7 @@ fn probe_sandbox(scope: &str, dirs: &[(PathBuf, u32)]) -> InstanceSandbox {
             tracing::warn!(cgroups = left, "removed function cgroups the previous run of this node left");
         }
     }
-    let sandbox = InstanceSandbox::from_host(&host);
+    let sandbox = WorkloadSandbox::from_host(&host);
     if !host.network_namespaces {
         tracing::warn!("function instances share the node's network: this host cannot make network namespaces");
     }

@@ -410,3 +410,41 @@ async fn as_root_workloads_cannot_reach_the_node_or_each_other() {
 async fn as_an_unprivileged_user_workloads_cannot_reach_the_node_or_each_other() {
     workloads_cannot_reach_the_node_or_each_other(unprivileged_user()).await;
 }
+
+/// The README's `hello.yaml`, taken from the README itself so that the test follows it.
+fn readme_hello_yaml() -> String {
+    let readme = include_str!("../../../../README.md");
+    let start = readme.find("cat > hello.yaml <<'YAML'\n").expect("the README writes hello.yaml");
+    let body = &readme[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("\nYAML\n").expect("the heredoc ends")].to_owned() + "\n"
+}
+
+/// The README's first command, as a user who is not root would run it (the test drops to one
+/// when it runs as root): the demo's job completes and `greet` answers through every node; then
+/// the README's `hello.yaml` job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_user_runs_the_demo_and_the_readme_s_job() {
+    let ws = Workspace::new(unprivileged_user());
+    let mut mesh = ws.up(&["--demo", "--base-port", "0"]);
+    mesh.wait_for("demo: try `falak fn invoke", Duration::from_secs(180)).await;
+    let out = mesh.output();
+    assert!(out.contains("demo: job j1 COMPLETED"), "{out}");
+    for i in 0..12 {
+        assert!(out.contains(&format!("task {i} of 12\n")), "{out}");
+    }
+    for node in ["node-1", "node-2", "node-3"] {
+        let answered =
+            out.lines().any(|l| l.contains("/fn/greet -> 200") && l.contains(&format!("\"hello\": \"{node}\"")));
+        assert!(answered, "greet answered through {node}:\n{out}");
+    }
+    assert!(!out.contains("FAILED"), "{out}");
+
+    ws.write("hello.yaml", &readme_hello_yaml());
+    ws.run(&["capsule", "apply", "-f", "hello.yaml"], Duration::from_secs(30)).await;
+    let result = ws.run(&["job", "submit", "hello", "--tasks", "20", "--wait"], Duration::from_secs(120)).await;
+    for i in 0..20 {
+        assert!(result.contains(&format!("task {i} of 20")), "{result}");
+    }
+    mesh.stop().await;
+}

@@ -1,4 +1,4 @@
-//! Processes of the function host: launching one confined (its own session and process group,
+//! Processes of workloads: launching one confined (its own session and process group,
 //! dying with the node, and whatever else its [`Confinement`] says), and watching any process
 //! (ours or a zygote's child) through a pidfd.
 //!
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// What to run.
-pub(crate) struct Launch<'a> {
+pub struct Launch<'a> {
     pub program: &'a Path,
     pub args: Vec<OsString>,
     pub cwd: &'a Path,
@@ -34,13 +34,13 @@ pub(crate) struct Launch<'a> {
     pub ready_pipe: bool,
     /// Pipe stdin, stdout and stderr instead of null and the log.
     pub piped: bool,
-    /// What the child does to itself before `exec` (see [`crate::sandbox`]). `launch` adds
+    /// What the child does to itself before `exec` (see [`crate::workload::sandbox`]). `launch` adds
     /// the parent-death signal and lets the readiness pipe through.
     pub confinement: Confinement,
 }
 
 /// A launched process and, when asked for, the read end of its readiness pipe.
-pub(crate) struct Launched {
+pub struct Launched {
     pub process: Process,
     pub ready: Option<tokio::net::unix::pipe::Receiver>,
     /// Set when `Launch::piped`.
@@ -53,7 +53,7 @@ pub(crate) struct Launched {
 ///
 /// A new session rather than only a process group: without a controlling terminal, the
 /// process cannot push input into the terminal the node was started from (`TIOCSTI`).
-pub(crate) fn launch(launch: Launch<'_>) -> io::Result<Launched> {
+pub fn launch(launch: Launch<'_>) -> io::Result<Launched> {
     let mut command = tokio::process::Command::new(launch.program);
     command.args(&launch.args).current_dir(launch.cwd).env_clear().envs(&launch.env).kill_on_drop(false);
     if launch.piped {
@@ -107,16 +107,16 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 
 /// A running (or exited) process that leads its own process group. Dropping it kills the
 /// group if the process is still alive.
-pub(crate) struct Process {
+pub struct Process {
     pid: u32,
     pidfd: Arc<AsyncFd<OwnedFd>>,
-    exited: watch::Receiver<Option<Exit>>,
+    exited: watch::Receiver<Option<ProcessExit>>,
 }
 
 /// How a process exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Exit {
-    /// Exit code 0 (false when unknown: a zygote's children are reaped by the zygote).
+pub struct ProcessExit {
+    /// ProcessExit code 0 (false when unknown: a zygote's children are reaped by the zygote).
     pub success: bool,
     /// E.g. `exit status: 1`, `signal: 9 (SIGKILL)`, or `exited`.
     pub description: String,
@@ -131,8 +131,8 @@ impl Process {
         let (tx, exited) = watch::channel(None);
         tokio::spawn(async move {
             let exit = match child.wait().await {
-                Ok(status) => Exit { success: status.success(), description: status.to_string() },
-                Err(e) => Exit { success: false, description: format!("waiting for it failed: {e}") },
+                Ok(status) => ProcessExit { success: status.success(), description: status.to_string() },
+                Err(e) => ProcessExit { success: false, description: format!("waiting for it failed: {e}") },
             };
             let _ = tx.send(Some(exit));
         });
@@ -147,7 +147,7 @@ impl Process {
         let watched = pidfd.clone();
         tokio::spawn(async move {
             let _ = watched.readable().await;
-            let _ = tx.send(Some(Exit { success: false, description: "exited".to_owned() }));
+            let _ = tx.send(Some(ProcessExit { success: false, description: "exited".to_owned() }));
         });
         Ok(Process { pid, pidfd, exited })
     }
@@ -170,7 +170,7 @@ impl Process {
     }
 
     /// Resolves once the process has exited, with how it exited if known.
-    pub async fn exited(&self) -> Exit {
+    pub async fn exited(&self) -> ProcessExit {
         let mut exited = self.exited.clone();
         let seen = exited.wait_for(Option::is_some).await.ok().and_then(|exit| exit.clone());
         match seen {
@@ -178,7 +178,7 @@ impl Process {
             // The watcher task is gone (runtime shutting down); fall back to the pidfd.
             None => {
                 let _ = self.pidfd.readable().await;
-                Exit { success: false, description: "exited".to_owned() }
+                ProcessExit { success: false, description: "exited".to_owned() }
             }
         }
     }
@@ -241,7 +241,7 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 }
 
 /// Append `text` to the log (best effort: a log we cannot write must not fail a request).
-pub(crate) fn append_log(log_path: &Path, text: &[u8]) {
+pub fn append_log(log_path: &Path, text: &[u8]) {
     use std::io::Write;
     if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(log_path) {
         let _ = file.write_all(text);
@@ -250,10 +250,10 @@ pub(crate) fn append_log(log_path: &Path, text: &[u8]) {
 
 /// The environment variables of the node that instances inherit; everything else is dropped,
 /// so the node's own secrets never reach user code.
-pub(crate) const INHERITED_ENV: &[&str] =
+pub const INHERITED_ENV: &[&str] =
     &["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR"];
 
 /// A path as an `OsString` argument.
-pub(crate) fn arg(path: &Path) -> OsString {
+pub fn arg(path: &Path) -> OsString {
     path.as_os_str().to_owned()
 }
