@@ -75,6 +75,10 @@ pub struct ResourcesDocument {
     pub memory: Option<Quantity>,
     #[serde(default)]
     pub gpus: Option<u32>,
+    /// The most disk a task attempt's working directory (or a function instance's files) may
+    /// use, its logs included, e.g. `512Mi`; [`DEFAULT_DISK_BYTES`] when absent.
+    #[serde(default)]
+    pub disk: Option<Quantity>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -109,6 +113,11 @@ pub struct CapsuleSpec {
     /// Secret environment variables: plain only on the way to the node that seals them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, crate::secret::SecretValue>,
+    /// `resources.disk` as written, in bytes; `None` when the document left it out, which
+    /// means [`DEFAULT_DISK_BYTES`] ([`CapsuleSpec::disk_limit_bytes`]). Left out of the stored
+    /// form when absent, so specs signed before the field existed still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 /// Where and how hard to try placing a capsule's tasks.
@@ -134,6 +143,11 @@ impl Default for PlacementPolicy {
 /// Default requests when a capsule names none: small enough to pack many tasks per core.
 pub const DEFAULT_CPU_MILLIS: u64 = 100;
 pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
+/// The disk limit of a task attempt's working directory (logs included), or of a function
+/// instance's files, when the spec names none: 1 GiB.
+pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
+/// The smallest disk limit accepted: below this a task's own logs would stop it.
+pub const MIN_DISK_BYTES: u64 = 1 << 20;
 
 impl CapsuleDocument {
     /// Parse and validate a YAML (or JSON) capsule document.
@@ -175,6 +189,7 @@ impl CapsuleDocument {
         crate::spec::validate_env(&self.env)?;
         crate::secret::validate_document(&self.env, &self.secrets)?;
         let resources = self.resources.validate()?;
+        let disk_bytes = self.resources.disk()?;
         let placement = self.placement.validate()?;
         let timeout_ms = match &self.timeout {
             None => None,
@@ -192,6 +207,7 @@ impl CapsuleDocument {
             tags: self.tags,
             network: self.network.unwrap_or_default(),
             secrets: crate::secret::plain(self.secrets),
+            disk_bytes,
         })
     }
 }
@@ -214,6 +230,25 @@ impl ResourcesDocument {
             ));
         }
         Ok(Resources { cpu_millis, memory_bytes, gpus })
+    }
+
+    /// `resources.disk` in bytes, `None` when absent. Not part of [`Resources`]: placement
+    /// does not weigh disk; the node enforces it on each attempt or instance (and keeps its
+    /// own reserve, `docs/design/executor.md`).
+    pub(crate) fn disk(&self) -> Result<Option<u64>, SpecError> {
+        let Some(q) = &self.disk else { return Ok(None) };
+        let bytes = parse_memory(&q.as_text()).map_err(|e| SpecError::new("resources.disk", e.to_string()))?;
+        if bytes < MIN_DISK_BYTES {
+            return Err(SpecError::new(
+                "resources.disk",
+                format!(
+                    "{:?} is less than the minimum of 1Mi (the logs count against it); write e.g. `512Mi` or `2Gi`, \
+                     or leave it out for the default of 1Gi",
+                    q.as_text()
+                ),
+            ));
+        }
+        Ok(Some(bytes))
     }
 }
 
@@ -283,6 +318,11 @@ impl CapsuleSpec {
     pub fn secrets_sealed(&self) -> bool {
         crate::secret::all_sealed(&self.secrets)
     }
+
+    /// The disk limit of each task attempt: `resources.disk`, else [`DEFAULT_DISK_BYTES`].
+    pub fn disk_limit_bytes(&self) -> u64 {
+        self.disk_bytes.unwrap_or(DEFAULT_DISK_BYTES)
+    }
 }
 
 #[cfg(test)]
@@ -330,6 +370,49 @@ placement: { strategy: balanced, labels: {}, max_attempts: 3 }
             r#"field `timeout`: "forever" is not a duration (expected number at 0); write e.g. `30s` or `5m`"#
         ]]
         .assert_eq(&error_of("name: a\nkind: process\ncommand: [x]\ntimeout: forever"));
+    }
+
+    #[test]
+    fn disk_is_a_byte_quantity_with_a_default() {
+        let spec = CapsuleDocument::parse(HELLO).unwrap();
+        assert_eq!((spec.disk_bytes, spec.disk_limit_bytes()), (None, DEFAULT_DISK_BYTES));
+        for (written, bytes) in [("512Mi", 512 << 20), ("2G", 2_000_000_000), ("1048576", 1 << 20)] {
+            let spec = CapsuleDocument::parse(&format!(
+                "name: a\nkind: process\ncommand: [x]\nresources: {{ disk: {written} }}"
+            ))
+            .unwrap();
+            assert_eq!((spec.disk_bytes, spec.disk_limit_bytes()), (Some(bytes), bytes), "{written}");
+        }
+        let disk = |written: &str| {
+            error_of(&format!("name: a\nkind: process\ncommand: [x]\nresources: {{ disk: {written} }}"))
+        };
+        expect_test::expect![[
+            r#"field `resources.disk`: "lots" is not a quantity; write e.g. `32Mi`, `1Gi` or `512M`"#
+        ]]
+        .assert_eq(&disk("lots"));
+        expect_test::expect![[r#"field `resources.disk`: "-1Gi" is negative; quantities must be zero or more"#]]
+            .assert_eq(&disk("'-1Gi'"));
+        expect_test::expect![[r#"field `resources.disk`: "64Ki" is less than the minimum of 1Mi (the logs count against it); write e.g. `512Mi` or `2Gi`, or leave it out for the default of 1Gi"#]]
+            .assert_eq(&disk("64Ki"));
+        expect_test::expect![[r#"field `resources.disk`: "2000Ti" is more than the allowed maximum of 1Pi"#]]
+            .assert_eq(&disk("2000Ti"));
+    }
+
+    #[test]
+    fn a_spec_without_disk_stores_and_signs_as_before() {
+        // Specs signed before `resources.disk` existed have no `disk_bytes`: their stored form
+        // must serialize exactly as it did, or their signatures would no longer verify.
+        let spec = CapsuleDocument::parse(HELLO).unwrap();
+        let json = serde_json::to_string(&spec.signed_form()).unwrap();
+        assert!(!json.contains("disk"), "{json}");
+        let back: CapsuleSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.disk_bytes, None);
+        let with = CapsuleDocument::parse(
+            &format!("{HELLO}\nresources: {{ disk: 8Mi }}").replace("resources: { cpu: 100m, memory: 32Mi }\n", ""),
+        )
+        .unwrap();
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""disk_bytes":8388608"#), "{json}");
     }
 
     #[test]

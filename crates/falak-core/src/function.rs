@@ -148,6 +148,12 @@ pub struct FunctionSpec {
     pub observers: u32,
     pub labels: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
+    /// `resources.disk` as written, in bytes, per instance; `None` means
+    /// [`DEFAULT_DISK_BYTES`](crate::capsule::DEFAULT_DISK_BYTES)
+    /// ([`FunctionSpec::disk_limit_bytes`]). Left out of the stored form when absent, so specs
+    /// signed before the field existed still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl FunctionSpec {
@@ -212,6 +218,7 @@ impl FunctionDocument {
         }
         crate::spec::validate_env(&self.env)?;
         crate::secret::validate_document(&self.env, &self.secrets)?;
+        self.resources.disk()?;
         self.scaling()?;
         self.timeout_ms()?;
         if let Some(n) = self.observers
@@ -272,6 +279,7 @@ impl FunctionDocument {
         let scaling = self.scaling()?;
         let timeout_ms = self.timeout_ms()?;
         let resources = self.resources.validate()?;
+        let disk_bytes = self.resources.disk()?;
         let snapshot = self.snapshot.unwrap_or(match self.runtime {
             Runtime::Python => SnapshotPolicy::Zygote,
             Runtime::Http | Runtime::Exec => SnapshotPolicy::None,
@@ -292,6 +300,7 @@ impl FunctionDocument {
             observers: self.observers.unwrap_or(DEFAULT_OBSERVERS),
             labels: self.labels,
             tags: self.tags,
+            disk_bytes,
         })
     }
 }
@@ -319,6 +328,12 @@ impl FunctionSpec {
     /// sealed value cannot be moved between a capsule and a function of the same name.
     pub fn secrets_owner(&self) -> String {
         format!("function/{}", self.name)
+    }
+
+    /// The disk limit of each instance: `resources.disk`, else
+    /// [`DEFAULT_DISK_BYTES`](crate::capsule::DEFAULT_DISK_BYTES).
+    pub fn disk_limit_bytes(&self) -> u64 {
+        self.disk_bytes.unwrap_or(crate::capsule::DEFAULT_DISK_BYTES)
     }
 }
 
@@ -475,6 +490,21 @@ scaling: { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout: 60s
         );
         assert_eq!(spec.snapshot, SnapshotPolicy::Zygote);
         assert_eq!(spec.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!((spec.disk_bytes, spec.disk_limit_bytes()), (None, crate::capsule::DEFAULT_DISK_BYTES));
+    }
+
+    #[test]
+    fn disk_is_a_byte_quantity_per_instance() {
+        let text = format!("{GREET}resources: {{ memory: 128Mi, disk: 256Mi }}\n");
+        let mut doc = FunctionDocument::parse(&text).unwrap();
+        doc.artifact = Some(ArtifactId([1; 32]));
+        let spec = doc.validate(1).unwrap();
+        assert_eq!((spec.disk_bytes, spec.disk_limit_bytes()), (Some(256 << 20), 256 << 20));
+        // Refused before the CLI bundles anything.
+        expect_test::expect![[
+            r#"field `resources.disk`: "lots" is not a quantity; write e.g. `32Mi`, `1Gi` or `512M`"#
+        ]]
+        .assert_eq(&FunctionDocument::parse(&format!("{GREET}resources: {{ disk: lots }}\n")).unwrap_err().to_string());
     }
 
     #[test]

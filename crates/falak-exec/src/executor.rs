@@ -119,6 +119,9 @@ pub enum StartError {
         "cannot start task {task_id} without network: this node can create no namespaces, not even a user namespace (the node's log says why at start); allow unprivileged user namespaces or run the node as root, or give the task the host's network"
     )]
     Network { task_id: String },
+    /// The node's disk is under its reserve; it starts nothing until there is room again.
+    #[error("cannot start task {task_id}: {source}")]
+    DiskReserve { task_id: String, source: crate::disk::BelowReserveError },
     #[error("cannot start task {task_id}: command {program:?}: {source}")]
     Spawn { task_id: String, program: String, source: io::Error },
     /// A backend-specific failure (a scripted failure in the fake, later runc's error).

@@ -32,6 +32,17 @@ pub enum ExitReason {
     /// The kernel killed the task (some of its processes, the main one among them) because
     /// its cgroup went over its memory limit, in bytes.
     MemoryLimit { limit_bytes: u64 },
+    /// The executor stopped the task because its working directory (logs included) grew past
+    /// its disk limit ([`Limits::disk_bytes`](crate::Limits::disk_bytes)), in bytes; or the
+    /// kernel did, when one file reached it (`RLIMIT_FSIZE`, `SIGXFSZ`).
+    DiskLimit { limit_bytes: u64 },
+    /// The executor stopped the task because its working directory could not be measured
+    /// against its disk limit: too many entries, too deep, or unreadable to the node
+    /// ([`disk::measure`](crate::disk::measure)).
+    DiskUnmeasurable { limit_bytes: u64, reason: String },
+    /// The executor stopped the task because the node's free disk went under its reserve
+    /// while this task was the largest still growing (`disk::DiskReserve`).
+    DiskReserve { reserve_bytes: u64, free_bytes: u64 },
     /// The task never ran. The process executor reports start failures as a
     /// [`StartError`](crate::StartError) instead; backends that learn of a failure only after
     /// `start` returned (a container whose init fails) report it here.
@@ -73,6 +84,17 @@ impl Exit {
             ExitReason::MemoryLimit { limit_bytes } => {
                 Some(format!("killed by its memory limit ({limit_bytes} bytes)"))
             }
+            ExitReason::DiskLimit { limit_bytes } => Some(format!(
+                "killed by its disk limit ({limit_bytes} bytes): its working directory grew past resources.disk"
+            )),
+            ExitReason::DiskUnmeasurable { limit_bytes, reason } => Some(format!(
+                "killed by its disk limit ({limit_bytes} bytes): its working directory cannot be measured against \
+                 resources.disk: {reason}"
+            )),
+            ExitReason::DiskReserve { reserve_bytes, free_bytes } => Some(format!(
+                "killed to keep the node's disk reserve: {free_bytes} bytes were free, under the {reserve_bytes} \
+                 the node keeps for its ledger, and this task was the largest still writing"
+            )),
             ExitReason::FailedToStart(message) => Some(format!("failed to start: {message}")),
             ExitReason::Lost(message) => Some(format!("lost: {message}")),
         }
@@ -155,6 +177,29 @@ mod tests {
         assert_eq!(
             exit(ExitReason::MemoryLimit { limit_bytes: 64 << 20 }, None, Some(9)).error().unwrap(),
             "killed by its memory limit (67108864 bytes)"
+        );
+        assert_eq!(
+            exit(ExitReason::DiskLimit { limit_bytes: 32 << 20 }, None, Some(9)).error().unwrap(),
+            "killed by its disk limit (33554432 bytes): its working directory grew past resources.disk"
+        );
+        assert_eq!(
+            exit(
+                ExitReason::DiskUnmeasurable {
+                    limit_bytes: 1 << 20,
+                    reason: "it holds more than 1000000 files and directories".into()
+                },
+                None,
+                Some(9)
+            )
+            .error()
+            .unwrap(),
+            "killed by its disk limit (1048576 bytes): its working directory cannot be measured against \
+             resources.disk: it holds more than 1000000 files and directories"
+        );
+        assert_eq!(
+            exit(ExitReason::DiskReserve { reserve_bytes: 1 << 30, free_bytes: 1000 }, None, Some(9)).error().unwrap(),
+            "killed to keep the node's disk reserve: 1000 bytes were free, under the 1073741824 the node keeps for \
+             its ledger, and this task was the largest still writing"
         );
     }
 

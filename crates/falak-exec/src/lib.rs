@@ -24,6 +24,7 @@
 //! See `docs/design/executor.md`.
 
 mod clock;
+pub mod disk;
 mod executor;
 mod exit;
 pub mod fake;
@@ -33,6 +34,7 @@ mod sandbox;
 mod task;
 pub mod workload;
 
+pub use disk::{DiskConfig, DiskReserve};
 pub use executor::{Executor, PrepareError, Running, StartError};
 pub use exit::{Exit, ExitReason, Stats, signal_name};
 pub use falak_sandbox::{

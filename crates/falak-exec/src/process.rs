@@ -9,6 +9,7 @@
 //! process kill the whole group and cgroup, so a task leaves nothing running behind it.
 //! `docs/design/executor.md` lists the defaults and what happens where the host lacks one.
 
+mod disk_watch;
 mod monitor;
 mod procfs;
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 use falak_sandbox::{HostSandbox, Isolation, LandlockRuleset, Namespaces, Network, Rlimit, RunAs, SandboxReport, View};
 use futures_util::future::BoxFuture;
 
+use crate::disk::DiskConfig;
 use crate::executor::{Executor, PrepareError, Running, StartError};
 use crate::log::{LogChunk, ReadLogError, Stream, read_log};
 use crate::sandbox::{CgroupSandbox, NoSandbox, Sandbox, SandboxError};
@@ -57,6 +59,9 @@ pub struct ProcessConfig {
     /// covers them, except its own working directory). Its `run_as` is unused: tasks take
     /// [`ProcessConfig::default_run_as`] or their spec's.
     pub workload: WorkloadSandbox,
+    /// How attempts' working directories are measured against their disk limits, and the
+    /// node's disk reserve (`crate::disk`).
+    pub disk: DiskConfig,
 }
 
 impl ProcessConfig {
@@ -88,6 +93,7 @@ impl ProcessConfig {
             timeout_grace: Duration::from_secs(5),
             sandbox,
             workload: WorkloadSandbox::from_host(host),
+            disk: DiskConfig::default(),
         }
     }
 }
@@ -146,6 +152,7 @@ impl ProcessExecutor {
     }
 
     async fn start_process(&self, spec: TaskSpec) -> Result<Arc<monitor::ProcessRunning>, StartError> {
+        disk_watch::check_reserve(&spec, &self.config.disk).await?;
         let identity = self.prepare_workdir(&spec).await?;
         let switch_to = identity.switch_to;
         let files_error =
@@ -247,6 +254,7 @@ impl ProcessExecutor {
         };
         let running = monitor::ProcessRunning::spawn(monitor::Monitored {
             child,
+            disk: disk_watch::DiskWatch::new(&spec, &self.config.disk),
             spec,
             started,
             logs: [files.stdout, files.stderr],
@@ -335,7 +343,7 @@ fn rlimits(limits: &Limits) -> Vec<(Rlimit, u64)> {
         (Rlimit::Core, Some(0)),
         (Rlimit::OpenFiles, limits.max_open_files),
         (Rlimit::Processes, limits.max_processes),
-        (Rlimit::FileSize, limits.max_file_bytes),
+        (Rlimit::FileSize, limits.file_size_limit()),
         (Rlimit::AddressSpace, limits.address_space_bytes),
     ];
     wanted.into_iter().filter_map(|(limit, value)| Some((limit, value?))).collect()
@@ -413,5 +421,8 @@ mod tests {
         assert_eq!(rlimits(&limits), vec![(Rlimit::Core, 0)]);
         let limits = Limits { max_file_bytes: Some(10), ..Limits::default() };
         assert_eq!(rlimits(&limits), vec![(Rlimit::Core, 0), (Rlimit::OpenFiles, 1024), (Rlimit::FileSize, 10)]);
+        // The disk limit caps the largest file too.
+        let limits = Limits { disk_bytes: Some(1 << 20), ..Limits::default() };
+        assert_eq!(rlimits(&limits), vec![(Rlimit::Core, 0), (Rlimit::OpenFiles, 1024), (Rlimit::FileSize, 1 << 20)]);
     }
 }

@@ -148,6 +148,23 @@ pub struct Limits {
     pub max_file_bytes: Option<u64>,
     /// `RLIMIT_AS`: opt-in address-space cap, for callers who know their runtime tolerates it.
     pub address_space_bytes: Option<u64>,
+    /// The most disk the working directory may use, logs included (blocks allocated). The
+    /// process executor measures it every [`DiskConfig::check_every`](crate::disk::DiskConfig)
+    /// and stops the task when it is over
+    /// ([`ExitReason::DiskLimit`](crate::ExitReason::DiskLimit)); it also caps
+    /// `RLIMIT_FSIZE` ([`Limits::file_size_limit`]) so that no single file outgrows it between
+    /// two measurements.
+    pub disk_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// `RLIMIT_FSIZE`: the smaller of [`Limits::max_file_bytes`] and [`Limits::disk_bytes`].
+    pub fn file_size_limit(&self) -> Option<u64> {
+        match (self.max_file_bytes, self.disk_bytes) {
+            (Some(file), Some(disk)) => Some(file.min(disk)),
+            (file, disk) => file.or(disk),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -160,6 +177,7 @@ impl Default for Limits {
             max_processes: None,
             max_file_bytes: None,
             address_space_bytes: None,
+            disk_bytes: None,
         }
     }
 }

@@ -9,6 +9,11 @@ use falak_core::resources::{Quantity, Resources, parse_cpu, parse_memory};
 use falak_core::spec::{SpecError, from_yaml};
 use serde::{Deserialize, Serialize};
 
+/// The shortest `disk_check_interval` accepted.
+pub const MIN_DISK_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// The longest `disk_check_interval` accepted.
+pub const MAX_DISK_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The node config file as written (`falak node -c node.yaml`). Unknown fields are refused.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +50,13 @@ pub struct NodeConfigDocument {
     /// `fast` (default: a crashed node is OFFLINE everywhere in about 1.3 s; pauses up to
     /// 1.25 s go unreported) or `pause-tolerant` (about 1.8 s; pauses up to 1.75 s).
     pub failure_detection: Option<FailureDetection>,
+    /// Free space kept on the data dir's filesystem for the ledger, e.g. `2Gi`; under it the
+    /// node takes no new work and stops the task growing most. Default: 1 GiB or 5% of the
+    /// filesystem, whichever is smaller.
+    pub disk_reserve: Option<Quantity>,
+    /// How often each task attempt's working directory is measured against its disk limit,
+    /// e.g. `250ms` (the default).
+    pub disk_check_interval: Option<String>,
 }
 
 /// The membership timing preset (`docs/design/membership.md`).
@@ -82,6 +94,10 @@ pub struct NodeConfig {
     pub workload_uids: (u32, u32),
     pub hidden_from_workloads: Vec<PathBuf>,
     pub failure_detection: FailureDetection,
+    /// Bytes kept free on the data dir's filesystem; `None` means the default, worked out from
+    /// the filesystem's size when the node starts (`falak_exec::DiskReserve::default_bytes`).
+    pub disk_reserve: Option<u64>,
+    pub disk_check_interval: Duration,
 }
 
 /// Why a node config is not usable.
@@ -170,6 +186,27 @@ impl NodeConfigDocument {
                 (first, last - first + 1)
             }
         };
+        let disk_reserve = match &self.disk_reserve {
+            None => None,
+            Some(q) => Some(parse_memory(&q.as_text()).map_err(|e| err("disk_reserve", e.to_string()))?),
+        };
+        let disk_check_interval = match &self.disk_check_interval {
+            None => falak_exec::disk::DEFAULT_CHECK_EVERY,
+            Some(text) => {
+                falak_core::capsule::parse_duration("disk_check_interval", text).map_err(LoadConfigError::Value)?
+            }
+        };
+        if !(MIN_DISK_CHECK_INTERVAL..=MAX_DISK_CHECK_INTERVAL).contains(&disk_check_interval) {
+            return Err(err(
+                "disk_check_interval",
+                format!(
+                    "must be between {}ms and {}s: shorter walks the task dirs too often, longer lets a task \
+                     write far past its limit",
+                    MIN_DISK_CHECK_INTERVAL.as_millis(),
+                    MAX_DISK_CHECK_INTERVAL.as_secs()
+                ),
+            ));
+        }
         let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         Ok(NodeConfig {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(format!(".falak/{name}"))),
@@ -186,6 +223,8 @@ impl NodeConfigDocument {
             workload_uids,
             hidden_from_workloads: self.hidden_from_workloads,
             failure_detection: self.failure_detection.unwrap_or_default(),
+            disk_reserve,
+            disk_check_interval,
         })
     }
 }
@@ -203,6 +242,30 @@ mod tests {
         assert_eq!(cfg.lease, Duration::from_secs(3));
         assert_eq!(cfg.data_dir, PathBuf::from(".falak/edge-1"));
         assert_eq!(cfg.workload_uids, (600_000, 65_536));
+        assert_eq!((cfg.disk_reserve, cfg.disk_check_interval), (None, Duration::from_millis(250)));
+        let doc: NodeConfigDocument = from_yaml("disk_reserve: 2Gi\ndisk_check_interval: 500ms").unwrap();
+        let cfg = doc.resolve(Resources::ZERO).unwrap();
+        assert_eq!((cfg.disk_reserve, cfg.disk_check_interval), (Some(2 << 30), Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn bad_disk_settings_name_the_field() {
+        let error = |text: &str| {
+            from_yaml::<NodeConfigDocument>(text).unwrap().resolve(Resources::ZERO).unwrap_err().to_string()
+        };
+        assert_eq!(
+            error("disk_reserve: plenty"),
+            r#"field `disk_reserve`: "plenty" is not a quantity; write e.g. `32Mi`, `1Gi` or `512M`"#
+        );
+        assert_eq!(
+            error("disk_check_interval: 1ms"),
+            "field `disk_check_interval`: must be between 50ms and 10s: shorter walks the task dirs too often, \
+             longer lets a task write far past its limit"
+        );
+        assert_eq!(
+            error("disk_check_interval: often"),
+            r#"field `disk_check_interval`: "often" is not a duration (expected number at 0); write e.g. `30s` or `5m`"#
+        );
     }
 
     #[test]

@@ -144,9 +144,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracing::warn!(cgroups = left, "removed workload cgroups the previous run of this node left");
     }
     tracing::info!(sandbox = %host.report, "workload sandbox");
+    // Free space kept for the ledger; the executor measures every attempt's working directory.
+    let disk_reserve = crate::disk::reserve(&config.data_dir, config.disk_reserve);
     // Workloads see neither the node's data dir (keys, ledger, other workloads' directories)
     // nor its home nor the directories its config names.
     let mut process_config = ProcessConfig::from_host(&host);
+    process_config.disk = falak_exec::DiskConfig::new(config.disk_check_interval, Some(disk_reserve.clone()));
     process_config.workload.hide.push(config.data_dir.clone());
     process_config.workload.hide.extend(config.hidden_from_workloads.iter().cloned());
     let hidden = process_config.workload.hide.clone();
@@ -245,6 +248,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         ),
         functions,
         events: (events_tx, events_rx),
+        disk_reserve,
     });
     let main = tokio::spawn(main_loop.run(stop_tx.subscribe()));
 

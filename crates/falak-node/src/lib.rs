@@ -7,6 +7,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod event_feed;
 pub mod events;
 pub mod functions;

@@ -56,6 +56,8 @@ pub enum Event {
         kind: &'static str,
         data: serde_json::Value,
     },
+    /// The disk reserve, as last checked: `Err` while free space is under it.
+    Disk(Result<(), falak_exec::disk::BelowReserveError>),
 }
 
 /// Work the loop hands to a spawned task, one at a time per kind.
@@ -131,6 +133,10 @@ pub struct MainLoop {
     view_busy: bool,
     last_gossip: Instant,
     last_voters: Instant,
+    /// Free space kept for the ledger (`crate::disk`); under it the node claims nothing.
+    disk_reserve: falak_exec::DiskReserve,
+    disk_busy: bool,
+    last_disk: Instant,
 }
 
 /// What the loop needs to start.
@@ -154,6 +160,8 @@ pub struct MainLoopParts {
     pub functions: Arc<crate::functions::FunctionHost>,
     /// The loop's event channel, made by the caller so parts beside the loop can send to it.
     pub events: (EventSender, mpsc::UnboundedReceiver<Event>),
+    /// Free space kept on the data dir's filesystem for the ledger.
+    pub disk_reserve: falak_exec::DiskReserve,
 }
 
 impl MainLoop {
@@ -162,10 +170,13 @@ impl MainLoop {
         let committed = parts.ledger.subscribe();
         let lease_ms = parts.config.lease.as_millis() as u64;
         let now = instant();
+        let mut reconciler = Reconciler::new(parts.id, ReconcileConfig::with_lease(lease_ms));
+        // A node that starts under its reserve claims nothing from its first step on.
+        reconciler.pause_claims(parts.disk_reserve.check().is_err());
         MainLoop {
             id: parts.id,
             proposer: Proposer::spawn(parts.ledger.clone()),
-            reconciler: Reconciler::new(parts.id, ReconcileConfig::with_lease(lease_ms)),
+            reconciler,
             config: parts.config,
             record: parts.record,
             ledger: parts.ledger,
@@ -196,6 +207,9 @@ impl MainLoop {
             view_busy: false,
             last_gossip: now,
             last_voters: now,
+            disk_reserve: parts.disk_reserve,
+            disk_busy: false,
+            last_disk: now,
         }
     }
 
@@ -268,6 +282,18 @@ impl MainLoop {
             Event::Publish { kind, data } => {
                 self.events.publish(now_millis(), kind, data);
                 false
+            }
+            Event::Disk(checked) => {
+                self.disk_busy = false;
+                let low = checked.is_err();
+                if low != self.reconciler.claims_paused() {
+                    match checked {
+                        Err(below) => tracing::warn!(error = %below, "taking no new tasks until there is room"),
+                        Ok(()) => tracing::info!("the disk is above its reserve again; taking new tasks"),
+                    }
+                }
+                self.reconciler.pause_claims(low);
+                true
             }
             Event::LedgerView(view) => {
                 self.view_busy = false;
@@ -379,6 +405,9 @@ impl MainLoop {
             self.last_gossip = instant();
             self.publish_gossip();
         }
+        if !self.disk_busy && self.last_disk.elapsed() >= crate::disk::CHECK_EVERY {
+            self.check_disk();
+        }
         let leading = self.ledger.leader_term();
         if leading.is_some() && leading != self.led_in {
             // Taking office: review membership at once, not a second from now.
@@ -443,6 +472,17 @@ impl MainLoop {
         }
         self.last_gossip_state = Some(state.clone());
         self.membership.set_local_gossip(state);
+    }
+
+    /// Check the disk reserve off the loop (`statvfs` may wait on a slow disk).
+    fn check_disk(&mut self) {
+        self.disk_busy = true;
+        self.last_disk = instant();
+        let reserve = self.disk_reserve.clone();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(Event::Disk(reserve.check()));
+        });
     }
 
     fn refresh_ledger_view(&mut self) {

@@ -33,6 +33,8 @@ pub struct TaskLaunch {
     pub stdin: Option<Vec<u8>>,
     pub timeout_ms: Option<u64>,
     pub resources: Resources,
+    /// The attempt's disk limit: the capsule's `resources.disk` or the default.
+    pub disk_bytes: u64,
     pub network: falak_core::capsule::NetworkMode,
     /// The capsule's sealed secrets, opened by the runner into the task's environment, and the
     /// capsule they belong to (part of what each is sealed to).
@@ -113,6 +115,8 @@ pub struct Reconciler {
     last_renew: Millis,
     last_duties: Millis,
     duties_in_flight: bool,
+    /// Claim no new tasks (the node's disk is under its reserve); what it holds runs on.
+    claims_paused: bool,
 }
 
 impl Reconciler {
@@ -125,7 +129,19 @@ impl Reconciler {
             last_renew: 0,
             last_duties: 0,
             duties_in_flight: false,
+            claims_paused: false,
         }
+    }
+
+    /// Stop or resume claiming new tasks. Paused, the node still starts, renews and reports
+    /// what it already holds and does its leader duties; other nodes claim the open tasks
+    /// after their stagger.
+    pub fn pause_claims(&mut self, paused: bool) {
+        self.claims_paused = paused;
+    }
+
+    pub fn claims_paused(&self) -> bool {
+        self.claims_paused
     }
 
     pub fn config(&self) -> &ReconcileConfig {
@@ -281,8 +297,10 @@ impl Reconciler {
             });
         }
         // 4. Elections.
-        for command in self.candidacy.step(state, observed, me, now, &self.config.election) {
-            out.push(Action::Propose { command: Box::new(command), kind: ProposalKind::Claim });
+        if !self.claims_paused {
+            for command in self.candidacy.step(state, observed, me, now, &self.config.election) {
+                out.push(Action::Propose { command: Box::new(command), kind: ProposalKind::Claim });
+            }
         }
         // 5. Leader duties.
         if let Some(term) = leader_term
@@ -357,6 +375,7 @@ pub fn launch_for(state: &State, task: TaskId, fencing: u64, attempt: u32) -> Op
         stdin: t.input.as_ref().map(|i| format!("{i}\n").into_bytes()),
         timeout_ms: job.timeout_ms,
         resources: job.resources,
+        disk_bytes: capsule.spec.disk_limit_bytes(),
         network: capsule.spec.network,
         secrets: capsule
             .spec
@@ -390,6 +409,7 @@ mod tests {
             stdin: Some(b"hunter2".to_vec()),
             timeout_ms: None,
             resources: Resources::default(),
+            disk_bytes: 1 << 30,
             network: falak_core::capsule::NetworkMode::default(),
             secrets: BTreeMap::new(),
             capsule: "c".into(),
@@ -397,5 +417,66 @@ mod tests {
         };
         let printed = format!("{launch:?}");
         assert!(printed.contains("TOKEN") && !printed.contains("hunter2"), "{printed}");
+    }
+
+    /// One admitted node, `me`, and a job of two tasks of a capsule with `resources.disk`.
+    fn state_with_an_open_job(me: NodeId) -> State {
+        let mut state = State::default();
+        let record = falak_core::node::NodeRecord {
+            id: me,
+            name: "n1".into(),
+            labels: BTreeMap::new(),
+            capacity: Resources::new(4000, 8 << 30),
+            cost_per_hour: 0.0,
+            transport_addr: "mem:1".into(),
+            gossip_addr: "mem:1".into(),
+            api_url: String::new(),
+        };
+        state.apply(&Command::AdmitNode { record, now: 1 });
+        let (key, trust) = falak_core::signing::deployer_for_tests();
+        state.apply(&trust);
+        let text = "name: work\nkind: process\ncommand: [/bin/true]\nresources: { disk: 64Mi }";
+        let spec = falak_core::capsule::CapsuleDocument::parse(text).unwrap();
+        state.apply(&Command::signed_capsule(spec, &key, 2));
+        let request = falak_core::job::JobRequest {
+            capsule: "work".into(),
+            version: None,
+            tasks: falak_core::job::TaskInputs::Count(2),
+            max_attempts: None,
+            timeout_ms: None,
+            delivery: Delivery::AtLeastOnce,
+        };
+        state.apply(&Command::SubmitJob { request, origin: me, now: 3 });
+        state
+    }
+
+    fn claims(actions: &[Action]) -> usize {
+        let claim = |a: &Action| matches!(a, Action::Propose { kind: ProposalKind::Claim, .. });
+        actions.iter().filter(|a| claim(a)).count()
+    }
+
+    #[test]
+    fn a_node_whose_claims_are_paused_claims_nothing_until_they_resume() {
+        let me = NodeId([1; 32]);
+        let mut state = state_with_an_open_job(me);
+        let mut reconciler = Reconciler::new(me, ReconcileConfig::with_lease(5_000));
+        reconciler.pause_claims(true);
+        assert_eq!(claims(&reconciler.step(&state, &BTreeMap::new(), None, 10)), 0);
+        reconciler.pause_claims(false);
+        let actions = reconciler.step(&state, &BTreeMap::new(), None, 20);
+        assert_eq!(claims(&actions), 2, "{actions:?}");
+
+        // A claim that committed before the pause still starts, with the capsule's disk limit.
+        for action in actions {
+            if let Action::Propose { command, .. } = action {
+                state.apply(&command);
+            }
+        }
+        reconciler.pause_claims(true);
+        let actions = reconciler.step(&state, &BTreeMap::new(), None, 30);
+        let started: Vec<u64> =
+            actions.iter().filter_map(|a| if let Action::Start(l) = a { Some(l.disk_bytes) } else { None }).collect();
+        assert_eq!(started, [64 << 20, 64 << 20], "{actions:?}");
+        assert_eq!(claims(&actions), 0);
     }
 }

@@ -120,6 +120,7 @@ impl Runner {
         spec.timeout = launch.timeout_ms.map(Duration::from_millis);
         spec.limits.cpu_millis = Some(launch.resources.cpu_millis);
         spec.limits.memory_bytes = Some(launch.resources.memory_bytes);
+        spec.limits.disk_bytes = Some(launch.disk_bytes);
         spec.run_as = self.users.for_capsule(&launch.capsule);
         spec.network = match launch.network {
             falak_core::capsule::NetworkMode::None => falak_exec::Network::None,

@@ -16,6 +16,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
+use super::disk_watch::{self, DiskWatch};
 use super::procfs;
 use crate::clock::monotonic_now;
 use crate::executor::{ExitWatch, Running};
@@ -35,6 +36,8 @@ pub(super) struct Monitored {
     pub timeout_grace: Duration,
     /// Every process of the attempt, as its sandbox (cgroup) sees them.
     pub group: Arc<dyn SandboxGroup>,
+    /// Measures the working directory, when the attempt has a disk limit.
+    pub disk: Option<DiskWatch>,
 }
 
 /// The handle `ProcessExecutor::start` returns.
@@ -137,6 +140,7 @@ async fn monitor(
     let mut ending: Option<ExitReason> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut stop_open = true;
+    let mut disk = monitored.disk.take();
     let status = loop {
         tokio::select! {
             status = monitored.child.wait() => break status,
@@ -150,6 +154,12 @@ async fn monitor(
                 let group = monitored.group.clone();
                 tokio::task::spawn_blocking(move || group.kill());
                 kill_at = None;
+            }
+            reason = over_disk(&mut disk), if ending.is_none() && disk.is_some() => {
+                tracing::info!(task = %monitored.spec.task_id, pid = pgid, ?reason, "stopping a task for disk");
+                ending = Some(reason);
+                // At once: every second of grace is more disk.
+                terminate(pgid, &mut kill_at, Duration::ZERO);
             }
             request = stop_rx.recv(), if stop_open => match request {
                 Some(grace) => {
@@ -170,19 +180,28 @@ async fn monitor(
     guard.pgid = None;
     let duration = monotonic_now().saturating_duration_since(monitored.started);
 
+    drop(disk);
+
     let Monitored { spec, logs, group, .. } = monitored;
     guard.group = None;
     let tail_bytes = spec.output_tail_bytes;
+    let failed = status.as_ref().is_ok_and(|s| !s.success());
+    let (stopped, limits, workdir) = (ending.clone(), spec.limits, spec.workdir);
     let task_id = spec.task_id;
     let finished = tokio::task::spawn_blocking(move || {
         // Read before the teardown removes the counters.
         let memory_kill = group.memory_kill();
         group.teardown();
-        let [stdout, stderr] = logs;
-        (memory_kill, tail_or_note(&stdout, tail_bytes), tail_or_note(&stderr, tail_bytes))
+        let stdout_tail = tail_or_note(&logs[0], tail_bytes);
+        let stderr_tail = tail_or_note(&logs[1], tail_bytes);
+        // The kernel's memory kill says why by itself.
+        let failed = failed && memory_kill.is_none();
+        let disk = disk_watch::settle(stopped.as_ref(), failed, &limits, &workdir, &logs);
+        (memory_kill, stdout_tail, stderr_tail, disk)
     })
     .await;
-    let (memory_kill, stdout_tail, stderr_tail) = finished.unwrap_or_default();
+    let (memory_kill, stdout_tail, stderr_tail, disk) = finished.unwrap_or_default();
+    let ending = ending.or(disk);
     let exit = match status {
         Ok(status) => Exit {
             // The kernel's OOM killer sends SIGKILL: without this the task's record would only
@@ -251,6 +270,14 @@ fn signal_group(pgid: u32, signal: libc::c_int) {
 
 fn tail_or_note(file: &File, max_bytes: usize) -> String {
     tail_text(file, max_bytes).unwrap_or_else(|e| format!("(cannot read the output: {e})"))
+}
+
+/// The disk watch's verdict, or never when there is no watch.
+async fn over_disk(disk: &mut Option<DiskWatch>) -> ExitReason {
+    match disk {
+        Some(watch) => watch.over().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn far_future() -> tokio::time::Instant {

@@ -42,6 +42,11 @@ pub struct InProcessMesh {
 
 impl InProcessMesh {
     pub async fn start(dir: &Path, n: usize) -> InProcessMesh {
+        InProcessMesh::start_with(dir, n, |_, _| {}).await
+    }
+
+    /// [`InProcessMesh::start`], with `adjust(i, config)` changing node `i`'s config first.
+    pub async fn start_with(dir: &Path, n: usize, adjust: impl Fn(usize, &mut NodeConfigDocument)) -> InProcessMesh {
         let template = NodeConfigDocument { lease: Some("2s".into()), ..NodeConfigDocument::default() };
         let provisioned = provision_loopback("test", dir, n, &template, falak_node::clock::system_now()).unwrap();
         let token = provisioned.admin_token.encode();
@@ -55,7 +60,8 @@ impl InProcessMesh {
             stops: vec![],
             tasks: vec![],
         };
-        for doc in provisioned.nodes {
+        for (i, mut doc) in provisioned.nodes.into_iter().enumerate() {
+            adjust(i, &mut doc);
             let config = doc.resolve(falak_core::resources::Resources::new(4000, 8 << 30)).unwrap();
             let client = Client::new(&format!("https://{}", config.api_addr)).unwrap().with_ca(&ca).unwrap();
             mesh.clients.push(client.with_token(Some(token.clone())).with_deployer(Some(deployer.clone())));
@@ -174,6 +180,33 @@ async fn three_daemons_run_a_job_through_any_node() {
     // Every node lists all three, each HEALTHY.
     let nodes = c[2].nodes().await.unwrap();
     assert_eq!(nodes.len(), 3, "{nodes:?}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_under_its_disk_reserve_takes_no_tasks_and_the_others_run_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Node 1 keeps more free space than any disk has: it is under its reserve from the start.
+    let mesh = InProcessMesh::start_with(dir.path(), 2, |i, doc| {
+        if i == 0 {
+            doc.disk_reserve = Some(falak_core::resources::Quantity::Text("1000Ti".into()));
+        }
+    })
+    .await;
+    let c = &mesh.clients;
+    c[0].apply_capsule_text(CAPSULE).await.unwrap();
+    // Submitted through the full node: its API and its ledger replica still work.
+    let job = c[0]
+        .submit_job(&JobSubmission { capsule: "hello".into(), tasks: Some(20), ..JobSubmission::default() })
+        .await
+        .unwrap();
+    let info = job_end(&c[0], job.id).await;
+    assert_eq!(info.state, JobState::Completed, "{info:?}");
+    let tasks = c[0].job_tasks(job.id).await.unwrap();
+    let nodes: std::collections::BTreeSet<String> =
+        tasks.iter().filter_map(|t| t.node.as_ref().map(|n| n.name.clone())).collect();
+    assert_eq!(nodes, ["node-2".to_owned()].into(), "only the node with room ran tasks: {tasks:?}");
+    assert!(tasks.iter().all(|t| t.attempt == 1), "no attempt failed on the full node: {tasks:?}");
     mesh.stop().await;
 }
 
