@@ -97,7 +97,7 @@ pub fn render_show(capsule: &CapsuleInfo) -> String {
         out.push_str(&format!("{} version {} (applied {})\n", capsule.name, v.version, timestamp(v.created_at)));
         out.push_str(&format!("  kind:       {}\n", falak_core::capsule::kind_name(s.kind)));
         out.push_str(&format!("  command:    {}\n", serde_json::to_string(&s.command).unwrap_or_default()));
-        out.push_str(&format!("  resources:  {}\n", s.resources));
+        out.push_str(&format!("  resources:  {}, disk {}\n", s.resources, bytes(s.disk_limit_bytes())));
         out.push_str(&format!(
             "  placement:  strategy {}, labels {}, prefer {}, max attempts {}\n",
             p.strategy.name(),
@@ -132,7 +132,7 @@ mod tests {
             hello version 1 (applied 1970-01-01T00:00:00Z)
               kind:       process
               command:    ["/bin/echo","hi"]
-              resources:  cpu 100m, memory 32Mi
+              resources:  cpu 100m, memory 32Mi, disk 1Gi
               placement:  strategy balanced, labels -, prefer -, max attempts 3
               timeout:    30s
               env:        A=b
