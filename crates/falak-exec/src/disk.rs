@@ -312,14 +312,15 @@ pub fn shrink_after_disk_stop(workdir: &Path, logs: &[(&str, &File)]) {
         }
     }
     for (name, file) in logs {
-        if let Err(error) = keep_tail(file, KEPT_LOG_BYTES) {
+        if let Err(error) = cut_to_tail(file, KEPT_LOG_BYTES) {
             tracing::warn!(%error, log = name, dir = %workdir.display(), "cannot cut the log of an attempt stopped for disk");
         }
     }
 }
 
-/// Move the last `keep` bytes of `file` to its start and cut it there.
-fn keep_tail(file: &File, keep: u64) -> io::Result<()> {
+/// Move the last `keep` bytes of `file` to its start and cut it there. Lines a writer appends
+/// meanwhile may be lost; a writer with `O_APPEND` goes on at the new end. Blocking.
+pub fn cut_to_tail(file: &File, keep: u64) -> io::Result<()> {
     let size = file.metadata()?.len();
     if size <= keep {
         return Ok(());

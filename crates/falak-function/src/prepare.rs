@@ -148,7 +148,7 @@ impl Prepared {
     }
 
     /// The private temporary dir of a process tree: `i7` → `run/i7.tmp`.
-    pub(crate) fn tmp_dir(&self, name: &str) -> PathBuf {
+    pub fn tmp_dir(&self, name: &str) -> PathBuf {
         self.run_dir().join(format!("{name}.tmp"))
     }
 

@@ -208,6 +208,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         secrets: falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
         hidden,
         users: workload_users.clone(),
+        disk_reserve: Some(disk_reserve.clone()),
     })
     .map_err(|e| DaemonError::Functions(e.to_string()))?;
     dyn_transport.serve(Protocol::Rpc, crate::api::rpc_handler(tasks_dir.clone(), functions.clone()));

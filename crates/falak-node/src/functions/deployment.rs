@@ -550,6 +550,11 @@ impl Deployment {
     }
 
     async fn start_instance(self: &Arc<Self>, pool_id: InstanceId, slot: u64) -> Result<(), StartFailure> {
+        let reserve = self.ctx.disk_reserve.clone();
+        let below = tokio::task::spawn_blocking(move || super::disk::below_reserve(reserve.as_ref())).await;
+        if let Ok(Some(below)) = below {
+            return Err(StartFailure::Error(below));
+        }
         let release = |this: &Arc<Self>| this.ctx.release_slot(&this.spec.name, slot);
         // A snapshot start forks while the slot claim commits: the instance exists a few
         // milliseconds early but serves only once the claim has committed, and is stopped at
@@ -731,9 +736,29 @@ impl Deployment {
         }
     }
 
+    /// Measure each live instance's private directory against the disk limit and replace those
+    /// over it (`super::disk`); `None` before the deployment is prepared.
+    fn check_disk(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let prepared = self.prep.try_lock().ok()?.prepared.clone()?;
+        let instances: Vec<(InstanceId, std::path::PathBuf)> = lock(&self.live)
+            .iter()
+            .filter(|(_, l)| !l.stopping)
+            .map(|(id, l)| (*id, prepared.tmp_dir(&format!("i{}", l.slot))))
+            .collect();
+        let (limit, log) = (self.spec.disk_limit_bytes(), self.ctx.deployment_dir(&self.spec).join("log"));
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let over = tokio::task::spawn_blocking(move || super::disk::over_limit(instances, limit, &log)).await;
+            for pool_id in over.unwrap_or_default() {
+                this.instance_broke(pool_id, &super::disk::reason(limit));
+            }
+        }))
+    }
+
     /// Runs the pool's timers; ends when a retired deployment has drained, stopping its zygote.
     async fn ticker(self: Arc<Self>) {
         let mut last_health = instant();
+        let (mut last_disk, mut disk_check) = (instant(), None::<tokio::task::JoinHandle<()>>);
         loop {
             let deadline = lock(&self.pool).next_deadline();
             let now = now_millis();
@@ -741,7 +766,8 @@ impl Deployment {
                 Some(at) => Duration::from_millis(at.saturating_sub(now)),
                 None => Duration::from_secs(1),
             }
-            .min(HEALTH_EVERY);
+            .min(HEALTH_EVERY)
+            .min(super::disk::CHECK_EVERY);
             self.wake_at.store(now + wait.as_millis() as u64, Ordering::Relaxed);
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -753,6 +779,10 @@ impl Deployment {
             if last_health.elapsed() >= HEALTH_EVERY {
                 last_health = instant();
                 self.check_health();
+            }
+            if last_disk.elapsed() >= super::disk::CHECK_EVERY && disk_check.as_ref().is_none_or(|c| c.is_finished()) {
+                last_disk = instant();
+                disk_check = self.check_disk();
             }
             if self.is_retired() && lock(&self.pool).is_drained() {
                 break;
@@ -804,7 +834,14 @@ fn host_spec(
         work_dir,
         python: python.to_path_buf(),
         limits: instance_limits(spec),
-        sandbox,
+        sandbox: WorkloadSandbox {
+            rlimits: sandbox
+                .rlimits
+                .into_iter()
+                .chain([super::disk::file_size_rlimit(spec.disk_limit_bytes())])
+                .collect(),
+            ..sandbox
+        },
     }
 }
 

@@ -16,6 +16,7 @@
 //! [`rpc`] (the node RPC messages of functions), [`invocations`] (asynchronous invocations).
 
 pub(crate) mod deployment;
+mod disk;
 pub(crate) mod gateway;
 pub(crate) mod invocations;
 pub(crate) mod rpc;
@@ -106,6 +107,8 @@ pub(crate) struct HostContext {
     sandbox: tokio::sync::OnceCell<WorkloadSandbox>,
     hidden: Vec<PathBuf>,
     users: Option<Arc<falak_function::WorkloadUsers>>,
+    /// Free space kept for the ledger: under it no instance starts.
+    pub disk_reserve: Option<falak_exec::DiskReserve>,
 }
 
 /// Directories the instance user must pass through: it may search them, not list them.
@@ -416,6 +419,8 @@ pub struct FunctionHostParts {
     pub hidden: Vec<PathBuf>,
     /// A uid per function, where the node can give one (root, or a user namespace).
     pub users: Option<Arc<falak_function::WorkloadUsers>>,
+    /// Free space kept for the ledger: under it no instance starts (`crate::disk`).
+    pub disk_reserve: Option<falak_exec::DiskReserve>,
 }
 
 /// Why the function host could not start.
@@ -459,6 +464,7 @@ impl FunctionHost {
             sandbox: tokio::sync::OnceCell::new(),
             hidden: parts.hidden,
             users: parts.users,
+            disk_reserve: parts.disk_reserve,
         });
         Ok(Arc::new(FunctionHost {
             ctx,

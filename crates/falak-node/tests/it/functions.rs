@@ -589,3 +589,51 @@ async fn privileged_an_instance_over_its_memory_limit_is_killed_and_a_new_one_se
     failed.await;
     mesh.stop().await;
 }
+
+const DISK_PY: &str = r#"
+import os
+
+def handle(request):
+    tmp = os.environ["TMPDIR"]
+    if request.path == "/big":
+        try:
+            with open(os.path.join(tmp, "big"), "wb") as f:
+                f.write(b"\0" * (8 << 20))
+        finally:
+            os.remove(os.path.join(tmp, "big"))
+    if request.path == "/fill":
+        for i in range(8):
+            with open(os.path.join(tmp, f"f{i}"), "wb") as f:
+                f.write(b"\0" * (1 << 20))
+    return str(os.getpid())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_over_its_disk_limit_is_replaced_and_no_file_outgrows_it() {
+    let dir = data_dir();
+    let mesh = InProcessMesh::start(dir.path(), 1).await;
+    let client = &mesh.clients[0];
+    let yaml = "name: disk\nkind: function\nruntime: python\nhandler: main.handle\nresources: { disk: 4Mi }";
+    let src = tempfile::tempdir().unwrap();
+    deploy(client, yaml, bundle(src.path(), &[("main.py", DISK_PY)])).await.unwrap();
+    wait_warmed(client, "disk").await;
+    let (status, _, first) = invoke(client, "disk", "/pid", "").await;
+    assert_eq!(status, 200, "{first}");
+
+    // One file past the limit: RLIMIT_FSIZE (Python ignores SIGXFSZ and sees EFBIG).
+    let (status, _, body) = invoke(client, "disk", "/big", "").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("File too large"), "{body}");
+
+    // Many files under it each, past it together: the deployment's check replaces the instance.
+    let (status, _, filled) = invoke(client, "disk", "/fill", "").await;
+    assert_eq!((status, &filled), (200, &first), "the same instance wrote them");
+    eventually("the instance_failed event naming the disk limit", 10, async || {
+        (events_of(client, "killed by its disk limit (4194304 bytes)", "disk").await > 0).then_some(())
+    })
+    .await;
+    let (status, _, next) = invoke(client, "disk", "/pid", "").await;
+    assert_eq!(status, 200, "{next}");
+    assert_ne!(next, first, "a new instance serves the next request");
+    mesh.stop().await;
+}
