@@ -5,8 +5,10 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::pin::Pin;
+
 use tokio::task::JoinHandle;
-use tokio::time::{Duration, Instant, sleep_until};
+use tokio::time::{Duration, Sleep, sleep};
 
 use crate::disk::{DirUsage, DiskBook, DiskConfig, DiskReserve, FsSpace, MeasureError, measure};
 use crate::executor::StartError;
@@ -72,9 +74,10 @@ pub(super) struct DiskWatch {
     reserve: Option<DiskReserve>,
     book: DiskBook,
     key: u64,
-    next_at: Instant,
-    /// A walk in flight and when it began; kept across cancelled calls of [`DiskWatch::over`].
-    walking: Option<(JoinHandle<Walked>, Instant)>,
+    /// Until the next walk; kept, like a walk in flight, across cancelled calls of
+    /// [`DiskWatch::over`].
+    next: Pin<Box<Sleep>>,
+    walking: Option<JoinHandle<Walked>>,
     failed_walks: u32,
 }
 
@@ -82,6 +85,8 @@ struct Walked {
     usage: Result<DirUsage, MeasureError>,
     /// The reserve's filesystem, when there is a reserve.
     space: Option<io::Result<FsSpace>>,
+    /// How long the walk took: a fact about the host, measured on the executor's clock.
+    took: Duration,
 }
 
 impl DiskWatch {
@@ -97,7 +102,7 @@ impl DiskWatch {
             reserve: config.reserve.clone(),
             book,
             key,
-            next_at: Instant::now() + config.check_every,
+            next: Box::pin(sleep(config.check_every)),
             walking: None,
             failed_walks: 0,
         })
@@ -108,21 +113,21 @@ impl DiskWatch {
     pub(super) async fn over(&mut self) -> ExitReason {
         loop {
             if self.walking.is_none() {
-                sleep_until(self.next_at).await;
+                self.next.as_mut().await;
                 let workdir = self.workdir.clone();
                 let reserve = self.reserve.as_ref().map(|r| r.path.clone());
-                let walk = tokio::task::spawn_blocking(move || Walked {
-                    usage: measure(&workdir),
-                    space: reserve.map(|path| FsSpace::of(&path)),
-                });
-                self.walking = Some((walk, Instant::now()));
+                self.walking = Some(tokio::task::spawn_blocking(move || {
+                    let began = crate::clock::monotonic_now();
+                    let usage = measure(&workdir);
+                    let space = reserve.map(|path| FsSpace::of(&path));
+                    Walked { usage, space, took: crate::clock::monotonic_now().saturating_duration_since(began) }
+                }));
             }
-            let (walk, began) = self.walking.as_mut().expect("a walk is in flight");
-            let walked = walk.await;
-            let took = began.elapsed();
+            let walked = self.walking.as_mut().expect("a walk is in flight").await;
             self.walking = None;
             // A walk that takes long spaces the next one out: at most a fifth of a core.
-            self.next_at = Instant::now() + self.check_every.max(took.saturating_mul(4));
+            let took = walked.as_ref().map_or(Duration::ZERO, |w| w.took);
+            self.next = Box::pin(sleep(self.check_every.max(took.saturating_mul(4))));
             // The blocking task panicked: measure again at the next turn.
             let Ok(walked) = walked else { continue };
             if let Some(reason) = self.judge(walked) {
