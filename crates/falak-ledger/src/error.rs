@@ -10,6 +10,8 @@ use falak_core::NodeId;
 pub enum OpenLedgerError {
     #[error("cannot create ledger directory {dir}: {source}")]
     CreateDir { dir: PathBuf, source: std::io::Error },
+    #[error("cannot make {path} owner-only ({mode:04o}): {source}")]
+    Permissions { path: PathBuf, mode: u32, source: std::io::Error },
     #[error("cannot open ledger database {path}: {reason}")]
     Database { path: PathBuf, reason: String },
     #[error("ledger database {path} belongs to node {found}, not to this node {expected}; refusing to use it")]

@@ -11,6 +11,10 @@
 //! The event history lives beside it in `events.redb` (see `history`), so that its writes
 //! never queue behind the log's fsyncs.
 //!
+//! The ledger directory is owner-only (0700) and both database files 0600: they hold every
+//! spec, token hash and result of the mesh. The modes are set at every open, not only when the
+//! files are made, so a directory made by an older version or under a loose umask is tightened.
+//!
 //! All values are versioned records (see `codec`). redb commits are atomic and checksummed, so
 //! a crash leaves either the previous or the next committed state, never a torn one.
 //!
@@ -19,6 +23,7 @@
 
 use std::io::Cursor;
 use std::ops::Deref;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,6 +38,10 @@ use crate::state_machine::StateMachineStore;
 
 /// File name of the ledger database inside the data directory.
 pub(crate) const FILE_NAME: &str = "ledger.redb";
+/// The mode of the ledger directory: the node's user only.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// The mode of the database files in it.
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -94,7 +103,7 @@ fn open_database<C: LedgerTypes>(
     owner: &C::NodeId,
     cache_bytes: usize,
 ) -> Result<Database, OpenLedgerError> {
-    std::fs::create_dir_all(dir).map_err(|source| OpenLedgerError::CreateDir { dir: dir.to_path_buf(), source })?;
+    make_private(dir)?;
     let path = dir.join(FILE_NAME);
     let database_error = |reason: String| OpenLedgerError::Database { path: path.clone(), reason };
     let db =
@@ -128,6 +137,43 @@ fn open_database<C: LedgerTypes>(
     }
     txn.commit().map_err(|e| database_error(e.to_string()))?;
     Ok(db)
+}
+
+/// Make the ledger directory if needed and give it and its database files their owner-only
+/// modes, however they were made. The files are made here (empty: redb initializes an empty
+/// file) so that no database file ever exists with a wider mode.
+fn make_private(dir: &Path) -> Result<(), OpenLedgerError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|source| OpenLedgerError::CreateDir { dir: dir.to_path_buf(), source })?;
+    set_mode(dir, DIR_MODE)?;
+    for name in [FILE_NAME, crate::history::FILE_NAME] {
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&path)
+            .map_err(|source| OpenLedgerError::Permissions { path: path.clone(), mode: FILE_MODE, source })?;
+        let mode = file.metadata().map(|m| m.permissions().mode() & 0o7777);
+        if !matches!(mode, Ok(m) if m == FILE_MODE) {
+            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+                .map_err(|source| OpenLedgerError::Permissions { path, mode: FILE_MODE, source })?;
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), OpenLedgerError> {
+    let error = |source| OpenLedgerError::Permissions { path: path.to_path_buf(), mode, source };
+    let current = std::fs::metadata(path).map_err(error)?.permissions().mode() & 0o7777;
+    if current != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(error)?;
+    }
+    Ok(())
 }
 
 /// The open database, shared by the log store, the state machine and their helper tasks.

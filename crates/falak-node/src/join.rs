@@ -44,7 +44,8 @@ impl JoinAuthority {
                 source,
             })
         };
-        let ca = MeshCa::from_pem(&read(&dir.join("ca.crt"))?, &read(&key_path)?)
+        let key = crate::mesh_files::read_private(&key_path)?;
+        let ca = MeshCa::from_pem(&read(&dir.join("ca.crt"))?, &key)
             .map_err(|e| MeshFilesError::Invalid { path: key_path.clone(), reason: e.to_string() })?;
         Ok(Some(JoinAuthority { mesh: mesh.to_owned(), secret, ca }))
     }

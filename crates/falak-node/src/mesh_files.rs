@@ -1,23 +1,28 @@
 //! The files that make a node a member of a mesh, kept in its data dir.
 //!
 //! ```text
-//! DATA_DIR/
+//! DATA_DIR/         0700 (0711 on a root node: see `data_dir_mode`)
 //!   node.key        Ed25519 private key (PKCS#8 PEM, 0600); its public key is the node id
 //!   node.crt        the node's certificate, issued by the mesh CA
 //!   ca.crt          the mesh CA certificate (trust root)
 //!   ca.key          the mesh CA key (0600), present on nodes that may admit joiners
 //!   mesh.secret     32-byte mesh secret, hex (0600): seals membership packets
 //!   bootstrap.json  the first voters, written by `falak up` (absent on joiners)
-//!   ledger/         the ledger (redb)
+//!   ledger/         the ledger (0700): ledger.redb and events.redb (0600)
 //!   tasks/          one working directory per task attempt
 //! ```
 //!
 //! A node key is created on first start and reused on restart; certificates and the secret
 //! come from `falak up` (or, later, a join).
+//!
+//! Modes: the data dir is [`data_dir_mode`], the keys and the secret 0600 (the ledger keeps its
+//! own directory 0700 and its files 0600). They are set whenever the node opens the data dir
+//! or reads a key, not only when it makes them, so a data dir made by an older version, copied,
+//! or made under a loose umask is tightened at start.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -98,13 +103,15 @@ impl MeshFiles {
         self.key.id()
     }
 
-    /// Load the files, creating the node key if this is the node's first start.
+    /// Load the files, creating the node key if this is the node's first start, and give the
+    /// data dir and the secrets their modes.
     pub fn load(dir: &Path) -> Result<MeshFiles, MeshFilesError> {
+        make_data_dir(dir)?;
         let key = load_or_create_key(dir)?;
         let cert_text = read(&dir.join("node.crt"))?;
         let cert = NodeCert::from_pem(&cert_text).map_err(|e| invalid(&dir.join("node.crt"), e))?;
         let ca_cert_pem = read(&dir.join("ca.crt"))?;
-        let secret = parse_secret(&dir.join("mesh.secret"), &read(&dir.join("mesh.secret"))?)?;
+        let secret = parse_secret(&dir.join("mesh.secret"), &read_private(&dir.join("mesh.secret"))?)?;
         let bootstrap_path = dir.join("bootstrap.json");
         let bootstrap = if bootstrap_path.exists() {
             let text = read(&bootstrap_path)?;
@@ -120,10 +127,10 @@ impl MeshFiles {
 pub fn load_or_create_key(dir: &Path) -> Result<NodeKey, MeshFilesError> {
     let path = dir.join("node.key");
     if path.exists() {
-        let text = read(&path)?;
+        let text = read_private(&path)?;
         return NodeKey::from_pem(&text).map_err(|e| invalid(&path, e));
     }
-    fs::create_dir_all(dir).map_err(|source| MeshFilesError::Io { action: "create", path: dir.to_owned(), source })?;
+    make_data_dir(dir)?;
     let key = NodeKey::generate().map_err(|e| invalid(&path, e))?;
     write_private(&path, key.to_pem().as_bytes())?;
     Ok(key)
@@ -204,13 +211,96 @@ pub fn write_credentials(
     ca_cert_pem: &str,
 ) -> Result<PathBuf, MeshFilesError> {
     let creds = dir.join(CREDENTIALS_DIR);
-    let io = |source| MeshFilesError::Io { action: "create", path: creds.clone(), source };
-    fs::create_dir_all(&creds).map_err(io)?;
-    fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
+    make_dir(&creds, PRIVATE_DIR_MODE)?;
     write_private(&creds.join("admin.token"), format!("{}\n", token.encode()).as_bytes())?;
     write_private(&creds.join("deployer.key"), deployer.to_pem().as_bytes())?;
     write_public(&creds.join("ca.crt"), ca_cert_pem.as_bytes())?;
     Ok(creds)
+}
+
+/// Give the credentials under `dir` (a mesh dir `falak up` made) their owner-only modes
+/// again, as they are adopted by another run: the directory 0700, the admin token and the
+/// deployer key 0600. Nothing to do when there are none.
+pub fn secure_credentials(dir: &Path) -> Result<(), MeshFilesError> {
+    let creds = dir.join(CREDENTIALS_DIR);
+    if !creds.is_dir() {
+        return Ok(());
+    }
+    set_mode(&creds, PRIVATE_DIR_MODE)?;
+    for name in ["admin.token", "deployer.key"] {
+        let path = creds.join(name);
+        if path.exists() {
+            set_mode(&path, PRIVATE_FILE_MODE)?;
+        }
+    }
+    Ok(())
+}
+
+/// The mode of the keys, the mesh secret and the credentials: the owner only.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// The mode of the credentials dir.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// The mode of a node's data dir and of the mesh dir `falak up` keeps the nodes' data dirs in.
+///
+/// The owner only (0700), unless this node runs as root: then workloads run as another user
+/// (`nobody`, or `run_as`), and function instances reach their bundles and sockets by absolute
+/// paths under the data dir, so other users may pass through it but not list it (0711).
+/// Nothing in it that is not theirs is readable by them: the keys are 0600, the ledger
+/// directory 0700. When workloads see their directories through a mount namespace instead,
+/// this becomes 0700 for every node.
+pub fn data_dir_mode() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root { 0o711 } else { 0o700 }
+}
+
+/// Make a node's data dir (or `falak up`'s mesh dir), parents included, if it is missing, and
+/// give it [`data_dir_mode`] however it was made.
+pub fn make_data_dir(dir: &Path) -> Result<(), MeshFilesError> {
+    make_dir(dir, data_dir_mode())
+}
+
+/// Make `dir` (parents included, with `mode` too) if it is missing, and give it exactly `mode`
+/// whatever the umask and however it was made before.
+fn make_dir(dir: &Path, mode: u32) -> Result<(), MeshFilesError> {
+    fs::DirBuilder::new().recursive(true).mode(mode).create(dir).map_err(|source| MeshFilesError::Io {
+        action: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
+    set_mode(dir, mode)
+}
+
+/// Give `path` exactly `mode` unless it has it.
+fn set_mode(path: &Path, mode: u32) -> Result<(), MeshFilesError> {
+    let io = |source| MeshFilesError::Io { action: "set the mode of", path: path.to_owned(), source };
+    let current = fs::metadata(path).map_err(io)?.permissions().mode() & 0o7777;
+    if current != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Read a key or secret, and make it owner-only (0600) if it was not: through the open file,
+/// so the mode goes to the file that is read.
+pub(crate) fn read_private(path: &Path) -> Result<String, MeshFilesError> {
+    use std::io::Read;
+    let io = |action, source| MeshFilesError::Io { action, path: path.to_owned(), source };
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(MeshFilesError::Missing { path: path.to_owned() });
+        }
+        Err(source) => return Err(io("read", source)),
+    };
+    let mode = file.metadata().map_err(|e| io("read", e))?.permissions().mode() & 0o7777;
+    if mode != PRIVATE_FILE_MODE {
+        file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE)).map_err(|e| io("set the mode of", e))?;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| io("read", e))?;
+    Ok(text)
 }
 
 /// Replace the node's certificate (reissued for new API hosts).
@@ -241,16 +331,31 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), MeshFiles
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io)?;
     }
-    // Write then rename, so a crash never leaves a half-written key or certificate.
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
+    // Write then rename, so a crash never leaves a half-written key or certificate. Each file
+    // has a temporary name of its own (`node.key` and `node.crt` must not share `node.tmp`),
+    // made new so that it gets `mode` and not that of a file a crash left there.
+    let tmp = temporary_path(path);
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(io(source)),
+    }
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
+    // Exactly `mode`, whatever the umask took away from it.
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
 }
 
+/// `DIR/.NAME.tmp` for `DIR/NAME`.
+fn temporary_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), MeshFilesError> {
-    write_with_mode(path, bytes, 0o600)
+    write_with_mode(path, bytes, PRIVATE_FILE_MODE)
 }
 
 fn write_public(path: &Path, bytes: &[u8]) -> Result<(), MeshFilesError> {
@@ -397,4 +502,68 @@ pub struct LoopbackMesh {
     pub deployer: DeployerKey,
     /// The mesh CA certificate (PEM) clients of the nodes' HTTPS API trust.
     pub ca_cert_pem: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn each_file_is_written_through_a_temporary_name_of_its_own() {
+        assert_eq!(temporary_path(Path::new("/d/node.key")), Path::new("/d/.node.key.tmp"));
+        assert_ne!(temporary_path(Path::new("/d/node.key")), temporary_path(Path::new("/d/node.crt")));
+        assert_ne!(temporary_path(Path::new("/d/ca.key")), temporary_path(Path::new("/d/ca.crt")));
+    }
+
+    #[test]
+    fn a_key_gets_its_mode_whatever_a_crash_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ca.key");
+        // A crash left a world-readable temporary file under the key's temporary name.
+        fs::write(temporary_path(&key), "old").unwrap();
+        fs::set_permissions(temporary_path(&key), fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&key, b"secret").unwrap();
+        assert_eq!((fs::read_to_string(&key).unwrap().as_str(), mode(&key)), ("secret", 0o600));
+        assert!(!temporary_path(&key).exists());
+        write_public(&dir.path().join("ca.crt"), b"public").unwrap();
+        assert_eq!(fs::read_to_string(&key).unwrap(), "secret", "the certificate does not replace the key");
+    }
+
+    #[test]
+    fn reading_a_key_makes_it_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("mesh.secret");
+        fs::write(&secret, "abc").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_private(&secret).unwrap(), "abc");
+        assert_eq!(mode(&secret), 0o600);
+        let missing = read_private(&dir.path().join("nope")).unwrap_err();
+        assert!(matches!(missing, MeshFilesError::Missing { .. }), "{missing}");
+    }
+
+    #[test]
+    fn credentials_are_made_and_kept_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployer = DeployerKey::from_seed([7; 32]);
+        let creds = write_credentials(dir.path(), &crate::access::random_token(), &deployer, "ca").unwrap();
+        let files = [creds.join("admin.token"), creds.join("deployer.key")];
+        assert_eq!(mode(&creds), 0o700);
+        for file in &files {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+        fs::set_permissions(&creds, fs::Permissions::from_mode(0o755)).unwrap();
+        for file in &files {
+            fs::set_permissions(file, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        secure_credentials(dir.path()).unwrap();
+        assert_eq!(mode(&creds), 0o700);
+        for file in &files {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+        secure_credentials(&dir.path().join("elsewhere")).unwrap();
+    }
 }

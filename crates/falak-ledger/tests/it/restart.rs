@@ -96,3 +96,37 @@ async fn a_data_dir_of_another_node_is_refused() {
     };
     assert!(matches!(err, OpenLedgerError::WrongNode { .. }), "unexpected error {err}");
 }
+
+/// The ledger holds every spec, token hash and result of the mesh: its directory is
+/// owner-only and its database files 0600, made so and tightened again at every open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_files_are_owner_only_at_every_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    let set = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let cluster = Cluster::empty(test_config());
+    let dir = cluster.data_dir(node(1));
+    let net = MemoryNetwork::new();
+    let files = [dir.join("ledger.redb"), dir.join("events.redb")];
+
+    let ledger = Ledger::open(&dir, node(1), net.transport(node(1)), test_config()).await.expect("open");
+    assert_eq!(mode(&dir), 0o700);
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    ledger.shutdown().await.expect("shutdown");
+
+    // Made by an older version, copied, or under a loose umask: tightened when opened again.
+    set(&dir, 0o755);
+    for file in &files {
+        set(file, 0o644);
+    }
+    let ledger = Ledger::open(&dir, node(1), net.transport(node(1)), test_config()).await.expect("reopen");
+    assert_eq!(mode(&dir), 0o700);
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    ledger.shutdown().await.expect("shutdown");
+}

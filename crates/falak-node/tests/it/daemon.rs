@@ -498,3 +498,64 @@ async fn revoking_one_of_two_nodes_leaves_a_working_ledger() {
     assert_eq!(info.state, JobState::Completed, "{info:?}");
     mesh.stop().await;
 }
+
+/// A node keeps its data dir to itself: the dir 0700 (0711 on a root node, whose function
+/// instances pass through it to their bundles), the keys and the mesh secret 0600, the ledger
+/// dir 0700 and its files 0600. The modes are set at start, also on a data dir an older
+/// version or a loose umask left wider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_keys_and_ledger_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    let set = |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let template = NodeConfigDocument { lease: Some("2s".into()), ..NodeConfigDocument::default() };
+    let provisioned = provision_loopback("test", dir.path(), 1, &template, falak_node::clock::system_now()).unwrap();
+    let doc = provisioned.nodes[0].clone();
+    let data = doc.data_dir.clone().unwrap();
+    let keys = ["node.key", "ca.key", "mesh.secret"].map(|name| data.join(name));
+    let ledger = data.join("ledger");
+    let ledger_files = [ledger.join("ledger.redb"), ledger.join("events.redb")];
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let expected_data_dir = if root { 0o711 } else { 0o700 };
+    assert_eq!(mode(&data), expected_data_dir, "made so");
+    for key in &keys {
+        assert_eq!(mode(key), 0o600, "{} is made owner-only", key.display());
+    }
+    let no_temporary_left =
+        std::fs::read_dir(&data).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp"));
+    assert!(no_temporary_left);
+
+    // As an older version left them: all readable by everyone, the ledger file already there.
+    set(&data, 0o755);
+    for key in &keys {
+        set(key, 0o644);
+    }
+    std::fs::create_dir(&ledger).unwrap();
+    set(&ledger, 0o755);
+    std::fs::write(&ledger_files[0], b"").unwrap();
+    set(&ledger_files[0], 0o644);
+
+    let config = doc.resolve(falak_core::resources::Resources::new(4000, 8 << 30)).unwrap();
+    let client = Client::new(&format!("https://{}", config.api_addr))
+        .unwrap()
+        .with_ca(&provisioned.ca_cert_pem)
+        .unwrap()
+        .with_token(Some(provisioned.admin_token.encode()));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let node = tokio::spawn(falak_node::daemon::run(config, async move {
+        let _ = stopped.await;
+    }));
+    wait_ready(&client).await;
+    assert_eq!(mode(&data), expected_data_dir, "the data dir");
+    for key in &keys {
+        assert_eq!(mode(key), 0o600, "{}", key.display());
+    }
+    assert_eq!(mode(&ledger), 0o700, "the ledger dir");
+    for file in &ledger_files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), node).await.expect("node stops").unwrap().unwrap();
+}

@@ -290,7 +290,7 @@ impl PidFile {
                 pid = other.pid
             );
         }
-        fs::create_dir_all(dir).with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+        falak_node::mesh_files::make_data_dir(dir)?;
         let path = dir.join(PID_FILE);
         let text = serde_json::to_string(&process).context("cannot render the pid file")? + "\n";
         super::up::write_atomic(&path, text.as_bytes(), 0o644)?;

@@ -1,12 +1,13 @@
 //! `falak up`: a local mesh of real node processes on loopback, in the foreground.
 //!
 //! ```text
-//! DATA_DIR/
+//! DATA_DIR/           the mesh dir: 0700 (0711 as root), as a node's data dir
 //!   mesh.json         what runs now: pids, API URLs, node ids, credential paths (0600);
 //!                     kept in step as nodes exit and run again, removed when `falak up`
 //!                     stops and no node of the mesh runs
+//!   credentials/      admin.token, deployer.key (0600) and ca.crt; the dir 0700
 //!   NAME/node.yaml    the node's config, written when the mesh is provisioned
-//!   NAME/node.log     the output of the node processes `falak up` starts, appended
+//!   NAME/node.log     the output of the node processes `falak up` starts, appended (0600)
 //!   NAME/node.pid     the node process running now, however it was started (`falak node`
 //!                     writes it)
 //!   NAME/...          the mesh files and the ledger (see `falak_node::mesh_files`)
@@ -297,6 +298,7 @@ fn node_setups(plan: &ClusterPlan, root: &Path, ports: &[NodePorts]) -> Vec<Node
 /// `base_port` is the `--base-port` flag, only to note that a restart keeps its ports.
 fn prepare(plan: &ClusterPlan, root: &Path, base_port: Option<u16>) -> anyhow::Result<Vec<NodeSetup>> {
     if let Some(setups) = existing_mesh(plan, root)? {
+        mesh_files::secure_credentials(root)?;
         println!(
             "restarting mesh {} from {}: {}, identities, ports and ledger kept",
             plan.name,
@@ -343,7 +345,7 @@ fn write_node_config(setup: &NodeSetup) -> anyhow::Result<()> {
     let path = setup.config_path();
     let text = yaml_serde::to_string(&setup.config).with_context(|| format!("cannot render {}", path.display()))?;
     let text = format!("# written by `falak up` for node {} of a local mesh\n{text}", setup.name);
-    fs::create_dir_all(&setup.dir).with_context(|| format!("cannot create {}", setup.dir.display()))?;
+    mesh_files::make_data_dir(&setup.dir)?;
     write_atomic(&path, text.as_bytes(), 0o644)
 }
 
@@ -449,7 +451,7 @@ const LOCK_FILE: &str = ".up.lock";
 /// Lock the data dir (creating it) for as long as the returned file lives, so two `falak up`
 /// never provision or run the same mesh. The kernel drops the lock when the process dies.
 fn lock_data_dir(root: &Path) -> anyhow::Result<fs::File> {
-    fs::create_dir_all(root).with_context(|| format!("cannot create the data dir {}", root.display()))?;
+    mesh_files::make_data_dir(root).with_context(|| format!("cannot make the data dir {}", root.display()))?;
     let path = root.join(LOCK_FILE);
     let file = fs::OpenOptions::new()
         .create(true)
@@ -623,8 +625,12 @@ fn spawn_node(exe: &Path, setup: &NodeSetup) -> anyhow::Result<(Child, u32)> {
     let mut log = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .with_context(|| format!("cannot open the log of node {}: {}", setup.name, log_path.display()))?;
+    // The node's own user reads it; it stays so when an older version made it wider.
+    log.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot make {} owner-only", log_path.display()))?;
     let started = super::output::timestamp(falak_node::clock::now_millis());
     writeln!(log, "--- falak up starts node {} at {started} ---", setup.name)
         .with_context(|| format!("cannot write {}", log_path.display()))?;
