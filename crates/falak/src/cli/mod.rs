@@ -17,6 +17,7 @@ pub mod explain;
 pub mod function;
 pub mod job;
 pub mod logging;
+pub mod mesh;
 pub mod node;
 pub mod nodes;
 pub mod output;
@@ -39,19 +40,20 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// API URL of any node [default: the first node in ./.falak/mesh.json, else https://127.0.0.1:7070]
+    /// The mesh dir (where `falak up` keeps a mesh: its --data-dir) [default: the nearest
+    /// .falak/mesh.json in this directory or above, else the current mesh: see `falak mesh`]
+    #[arg(long, global = true, env = "FALAK_MESH", value_name = "DIR")]
+    pub mesh: Option<std::path::PathBuf>,
+    /// API URL of any node [default: the mesh's nodes, else https://127.0.0.1:7070]
     #[arg(long, global = true, env = "FALAK_API", value_name = "URL")]
     pub api: Option<String>,
-    /// Bearer token sent with every request [default: the admin token of the mesh in
-    /// ./.falak/mesh.json]
+    /// Bearer token sent with every request [default: the mesh's admin token]
     #[arg(long, global = true, env = "FALAK_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
-    /// The mesh CA certificate to trust for the nodes' HTTPS [default: the one named in
-    /// ./.falak/mesh.json]
+    /// The mesh CA certificate to trust for the nodes' HTTPS [default: the mesh's]
     #[arg(long, global = true, env = "FALAK_CA", value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
-    /// The deployer key (Ed25519 PEM) that signs capsules and functions [default: the one named
-    /// in ./.falak/mesh.json]
+    /// The deployer key (Ed25519 PEM) that signs capsules and functions [default: the mesh's]
     #[arg(long, global = true, env = "FALAK_DEPLOYER_KEY", value_name = "FILE")]
     pub deployer_key: Option<std::path::PathBuf>,
     /// How to print answers.
@@ -65,6 +67,9 @@ pub enum Command {
     Up(up::UpArgs),
     /// Run one node daemon; `admit` makes a join token, `revoke` throws a node out.
     Node(node::NodeArgs),
+    /// Which mesh commands talk to: `current` shows it and why, `use DIR` sets it.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
     /// List nodes: state, labels, free cpu/memory, tasks, voter/leader, rtt.
     Nodes,
     /// Apply, list and show capsules.
@@ -112,10 +117,12 @@ const WRITE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Context {
     fn new(global: &Global) -> anyhow::Result<Context> {
-        let urls = resolve_apis(global.api.as_deref(), Path::new(MESH_FILE))?;
-        let token = resolve_token(global.token.as_deref(), Path::new(MESH_FILE))?;
-        let deployer = resolve_deployer(global.deployer_key.as_deref(), Path::new(MESH_FILE))?;
-        let ca = resolve_ca(global.ca.as_deref(), Path::new(MESH_FILE))?;
+        let mesh = mesh::for_command(global)?.map(|mesh| mesh.mesh_file());
+        let mesh = mesh.as_deref();
+        let urls = resolve_apis(global.api.as_deref(), mesh)?;
+        let token = resolve_token(global.token.as_deref(), mesh)?;
+        let deployer = resolve_deployer(global.deployer_key.as_deref(), mesh)?;
+        let ca = resolve_ca(global.ca.as_deref(), mesh)?;
         let mut clients = Vec::new();
         for url in &urls {
             let mut client = Client::new(url)?.with_token(token.clone()).with_deployer(deployer.clone());
@@ -123,7 +130,7 @@ impl Context {
                 client = client.with_ca(ca)?;
             } else if url.starts_with("https://") {
                 anyhow::bail!(
-                    "{url} is HTTPS and no mesh CA certificate is known; pass --ca FILE (a node's ca.crt, or credentials/ca.crt from `falak up`) or set FALAK_CA"
+                    "{url} is HTTPS and no mesh CA certificate is known; pass --ca FILE (a node's ca.crt, or credentials/ca.crt from `falak up`), set FALAK_CA, or name the mesh with --mesh DIR"
                 );
             }
             clients.push(client);
@@ -227,6 +234,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             node::admin(&Context::new(&cli.global)?, command).await
         }
         Command::Node(args) => node::run(args).await,
+        Command::Mesh(command) => mesh::run(&cli.global, command),
         Command::DeployerKey { file } => deployer::new_key(&file),
         command => {
             restore_sigpipe();
@@ -241,7 +249,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Events(args) => events::run(&ctx, args).await,
                 Command::Token(command) => token::run(&ctx, command).await,
                 Command::Deployer(command) => deployer::run(&ctx, command).await,
-                Command::Up(_) | Command::Node(_) | Command::DeployerKey { .. } => unreachable!("handled above"),
+                Command::Up(_) | Command::Node(_) | Command::Mesh(_) | Command::DeployerKey { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }
@@ -257,8 +267,64 @@ fn restore_sigpipe() {
     }
 }
 
-/// Where `falak up` records the local mesh it runs.
-pub const MESH_FILE: &str = ".falak/mesh.json";
+/// How to run this very binary from a shell, for the commands `falak` prints for people to
+/// copy: `falak` when that is what PATH finds, else its absolute path (after `cargo run`,
+/// `target/release/falak` is not on PATH).
+pub fn self_command() -> String {
+    match std::env::current_exe() {
+        Ok(exe) => command_for(&exe, std::env::var_os("PATH").as_deref()),
+        Err(_) => "falak".to_owned(),
+    }
+}
+
+/// How to put this binary on PATH, when PATH does not find it as `falak`.
+pub fn path_hint() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    let path = std::env::var_os("PATH");
+    if command_for(&exe, path.as_deref()) == "falak" {
+        return None;
+    }
+    let what = match path.as_deref().and_then(|path| first_on_path(path, "falak")) {
+        Some(other) => format!("the `falak` on your PATH is {}, not this binary", other.display()),
+        None => "`falak` is not on your PATH".to_owned(),
+    };
+    let dir = exe.parent()?;
+    Some(format!(
+        "{what}; to type just `falak`: export PATH=\"{}:$PATH\" (or, in the source checkout: \
+         cargo install --path crates/falak --locked)",
+        dir.display()
+    ))
+}
+
+fn command_for(exe: &Path, path: Option<&std::ffi::OsStr>) -> String {
+    let same = |found: &Path| match (std::fs::canonicalize(found), std::fs::canonicalize(exe)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if path.and_then(|path| first_on_path(path, "falak")).is_some_and(|found| same(&found)) {
+        "falak".to_owned()
+    } else {
+        shell_word(&exe.display().to_string())
+    }
+}
+
+/// The executable file a shell runs for `name`.
+fn first_on_path(path: &std::ffi::OsStr, name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    std::env::split_paths(path).map(|dir| dir.join(name)).find(|candidate| executable(candidate))
+}
+
+/// `text` as one shell word: as it is when it needs no quoting, else in single quotes.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 /// The API URL used when nothing else names one.
 pub const DEFAULT_API: &str = "https://127.0.0.1:7070";
 
@@ -288,16 +354,17 @@ struct MeshNode {
 
 /// The API URL a command asks first (see [`resolve_apis`]).
 #[cfg(test)]
-pub fn resolve_api(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<String> {
+pub fn resolve_api(flag: Option<&str>, mesh_file: Option<&Path>) -> anyhow::Result<String> {
     Ok(resolve_apis(flag, mesh_file)?.swap_remove(0))
 }
 
 /// Every API URL a command may use, the one to ask first first: `--api`/`FALAK_API` alone,
-/// else every node of the mesh file when it exists, else [`DEFAULT_API`]. Never empty.
-pub fn resolve_apis(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<Vec<String>> {
+/// else every node of the mesh file when there is one, else [`DEFAULT_API`]. Never empty.
+pub fn resolve_apis(flag: Option<&str>, mesh_file: Option<&Path>) -> anyhow::Result<Vec<String>> {
     if let Some(url) = flag.filter(|u| !u.trim().is_empty()) {
         return Ok(vec![url.trim().to_owned()]);
     }
+    let Some(mesh_file) = mesh_file else { return Ok(vec![DEFAULT_API.to_owned()]) };
     let text = match std::fs::read_to_string(mesh_file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![DEFAULT_API.to_owned()]),
@@ -319,12 +386,12 @@ pub fn resolve_apis(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<Vec<
 /// else none (capsules and functions then go unsigned and the node says so).
 pub fn resolve_deployer(
     flag: Option<&Path>,
-    mesh_file: &Path,
+    mesh_file: Option<&Path>,
 ) -> anyhow::Result<Option<std::sync::Arc<falak_core::signing::DeployerKey>>> {
     let path = match flag {
         Some(path) => path.to_owned(),
         None => {
-            let Ok(text) = std::fs::read_to_string(mesh_file) else { return Ok(None) };
+            let Some(Ok(text)) = mesh_file.map(std::fs::read_to_string) else { return Ok(None) };
             let Ok(mesh) = serde_json::from_str::<MeshFile>(&text) else { return Ok(None) };
             let Some(path) = mesh.deployer_key_file else { return Ok(None) };
             path
@@ -338,11 +405,11 @@ pub fn resolve_deployer(
 
 /// The mesh CA certificate (PEM): `--ca`/`FALAK_CA`, else the one the mesh file names, else
 /// none.
-pub fn resolve_ca(flag: Option<&Path>, mesh_file: &Path) -> anyhow::Result<Option<String>> {
+pub fn resolve_ca(flag: Option<&Path>, mesh_file: Option<&Path>) -> anyhow::Result<Option<String>> {
     let path = match flag {
         Some(path) => path.to_owned(),
         None => {
-            let Ok(text) = std::fs::read_to_string(mesh_file) else { return Ok(None) };
+            let Some(Ok(text)) = mesh_file.map(std::fs::read_to_string) else { return Ok(None) };
             let Ok(mesh) = serde_json::from_str::<MeshFile>(&text) else { return Ok(None) };
             let Some(path) = mesh.ca_cert else { return Ok(None) };
             path
@@ -355,10 +422,11 @@ pub fn resolve_ca(flag: Option<&Path>, mesh_file: &Path) -> anyhow::Result<Optio
 
 /// The bearer token: `--token`/`FALAK_TOKEN`, else the admin token named by the mesh file when
 /// it exists, else none (the node will answer `401` and say how to get one).
-pub fn resolve_token(flag: Option<&str>, mesh_file: &Path) -> anyhow::Result<Option<String>> {
+pub fn resolve_token(flag: Option<&str>, mesh_file: Option<&Path>) -> anyhow::Result<Option<String>> {
     if let Some(token) = flag.map(str::trim).filter(|t| !t.is_empty()) {
         return Ok(Some(token.to_owned()));
     }
+    let Some(mesh_file) = mesh_file else { return Ok(None) };
     let Ok(text) = std::fs::read_to_string(mesh_file) else { return Ok(None) };
     let Ok(mesh) = serde_json::from_str::<MeshFile>(&text) else { return Ok(None) };
     let Some(path) = mesh.token_file else { return Ok(None) };
@@ -448,25 +516,45 @@ mod tests {
     }
 
     #[test]
+    fn printed_commands_name_the_binary_that_runs() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, other) = (dir.path().join("bin"), dir.path().join("other"));
+        for d in [&bin, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("falak"), "").unwrap();
+            std::fs::set_permissions(d.join("falak"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let exe = bin.join("falak");
+        let path = |dirs: &[&Path]| std::env::join_paths(dirs).unwrap();
+        assert_eq!(command_for(&exe, Some(&path(&[&bin]))), "falak");
+        assert_eq!(command_for(&exe, Some(&path(&[&other, &bin]))), exe.display().to_string(), "another falak first");
+        assert_eq!(command_for(&exe, None), exe.display().to_string());
+        assert_eq!(shell_word("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    #[test]
     fn the_api_comes_from_the_flag_then_the_mesh_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mesh = dir.path().join("mesh.json");
-        assert_eq!(resolve_apis(None, &mesh).unwrap(), [DEFAULT_API]);
+        let path = dir.path().join("mesh.json");
+        assert_eq!(resolve_apis(None, None).unwrap(), [DEFAULT_API]);
+        let mesh = Some(path.as_path());
+        assert_eq!(resolve_apis(None, mesh).unwrap(), [DEFAULT_API], "no mesh.json: the mesh is not running");
         std::fs::write(
-            &mesh,
+            &path,
             r#"{ "name": "local", "nodes": [{ "name": "n1", "pid": 42, "api_url": "http://127.0.0.1:7301" }, { "name": "n2", "pid": 43, "api_url": "http://127.0.0.1:7302" }], "join_token": "t" }"#,
         )
         .unwrap();
-        assert_eq!(resolve_apis(None, &mesh).unwrap(), ["http://127.0.0.1:7301", "http://127.0.0.1:7302"]);
-        assert_eq!(resolve_apis(Some("http://x:1"), &mesh).unwrap(), ["http://x:1"], "--api names one node");
+        assert_eq!(resolve_apis(None, mesh).unwrap(), ["http://127.0.0.1:7301", "http://127.0.0.1:7302"]);
+        assert_eq!(resolve_apis(Some("http://x:1"), mesh).unwrap(), ["http://x:1"], "--api names one node");
         std::fs::write(
-            &mesh,
+            &path,
             r#"{ "nodes": [{ "api_url": "http://a:1", "state": "exited", "pid": null }, { "api_url": "http://b:1", "state": "running", "pid": 7 }] }"#,
         )
         .unwrap();
-        assert_eq!(resolve_apis(None, &mesh).unwrap(), ["http://b:1", "http://a:1"], "exited nodes go last");
-        std::fs::write(&mesh, "not json").unwrap();
-        let error = format!("{:#}", resolve_apis(None, &mesh).unwrap_err());
+        assert_eq!(resolve_apis(None, mesh).unwrap(), ["http://b:1", "http://a:1"], "exited nodes go last");
+        std::fs::write(&path, "not json").unwrap();
+        let error = format!("{:#}", resolve_apis(None, mesh).unwrap_err());
         assert!(error.contains("is not a mesh file"), "{error}");
     }
 }

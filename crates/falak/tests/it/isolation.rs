@@ -427,7 +427,8 @@ fn readme_hello_yaml() -> String {
 async fn an_unprivileged_user_runs_the_demo_and_the_readme_s_job() {
     let ws = Workspace::new(unprivileged_user());
     let mut mesh = ws.up(&["--demo", "--base-port", "0"]);
-    mesh.wait_for("demo: try `falak fn invoke", Duration::from_secs(180)).await;
+    // The try line names the binary that runs (its path: it is not on PATH here).
+    mesh.wait_for(" fn invoke greet --data you`", Duration::from_secs(180)).await;
     let out = mesh.output();
     assert!(out.contains("demo: job j1 COMPLETED"), "{out}");
     for i in 0..12 {

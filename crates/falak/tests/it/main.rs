@@ -26,11 +26,14 @@ use falak_core::placement::Health;
 use falak_core::resources::Resources;
 use tokio::sync::mpsc;
 
-/// Run the binary in an empty directory (so no `.falak/mesh.json` is found by accident).
+/// Run the binary in an empty directory, with a config dir of its own (so no mesh is found by
+/// accident: no `.falak/mesh.json`, no current mesh).
 async fn falak(args: &[&str], dir: &std::path::Path) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_falak"))
         .args(args)
         .current_dir(dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env_remove("FALAK_MESH")
         .env_remove("FALAK_API")
         // The token the fake nodes accept.
         .env("FALAK_TOKEN", falak_api::auth::one_token_for_tests(falak_core::access::Role::Admin).1)

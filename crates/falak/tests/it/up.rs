@@ -16,6 +16,8 @@ struct Up {
 }
 
 impl Up {
+    /// `falak up ARGS` in `dir`; it records its current mesh under `dir/config` (never in the
+    /// user's own config dir).
     fn start(dir: &Path, run: &str, args: &[&str]) -> Up {
         let stdout = dir.join(format!("{run}.stdout"));
         let stderr = dir.join(format!("{run}.stderr"));
@@ -23,8 +25,10 @@ impl Up {
             .arg("up")
             .args(args)
             .current_dir(dir)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
             .env_remove("FALAK_API")
             .env_remove("FALAK_TOKEN")
+            .env_remove("FALAK_MESH")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -300,7 +304,8 @@ async fn a_node_started_again_by_hand_is_followed_and_stopped_with_the_mesh() {
     assert_eq!(mesh["nodes"][1]["state"], "exited", "{mesh:#}");
     assert_eq!(mesh["nodes"][0]["pid"], pids[0], "{mesh:#}");
     let config = data.join("node-2/node.yaml");
-    up.wait_for_output(&format!("start it again with `falak node -c {}`", config.display()), Duration::from_secs(5))
+    // The command names the binary that runs (its path: it is not on the tests' PATH).
+    up.wait_for_output(&format!(" node -c {}` and `falak up` follows it", config.display()), Duration::from_secs(5))
         .await;
 
     let mut by_hand = start_node_by_hand(dir.path(), &config);
@@ -363,4 +368,108 @@ async fn restart_brings_a_killed_node_back() {
     let out = up.output();
     assert!(out.contains(&format!("node-1 stopped (pid {second}, exit status: 0)")), "{out}");
     assert!(!data.join("mesh.json").exists(), "{out}");
+}
+
+/// A `falak` command run in `dir` as a user whose config dir is `config`, with no mesh named
+/// in the environment.
+async fn cli(dir: &Path, config: &Path, args: &[&str]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_falak"))
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_CONFIG_HOME", config)
+        .env_remove("FALAK_API")
+        .env_remove("FALAK_TOKEN")
+        .env_remove("FALAK_CA")
+        .env_remove("FALAK_MESH")
+        .env_remove("FALAK_DEPLOYER_KEY")
+        .stdin(Stdio::null())
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("the command ends").unwrap()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The CLI finds the mesh `falak up` runs from any directory below the one it ran in, and,
+/// through the current mesh `falak up` records, from anywhere; the commands it prints name the
+/// binary that runs; and when nothing is found, or the current mesh is gone, it says where it
+/// looked and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_mesh_from_a_subdirectory_and_from_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    let (deep, elsewhere) = (project.join("src/deep"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let config = project.join("config");
+    let mut up = Up::start(&project, "up", &["--nodes", "1", "--base-port", "0"]);
+    up.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(90)).await;
+    let data = project.join(".falak");
+    let _reaper = Reaper(node_pids(&read_mesh(&data)));
+    let out = up.output();
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_falak")).unwrap();
+    assert!(out.contains(&format!("try:\n  {} nodes\n", exe.display())), "the try lines name this binary\n{out}");
+    assert!(out.contains(&format!("export PATH=\"{}:$PATH\"", exe.parent().unwrap().display())), "{out}");
+    let current = config.join("falak/current-mesh");
+    assert!(out.contains(&format!("current mesh: {} (in {}", data.display(), current.display())), "{out}");
+    assert_eq!(std::fs::read_to_string(&current).unwrap(), format!("{}\n", data.display()));
+
+    // From a subdirectory of where `falak up` ran: the .falak above.
+    let nodes = cli(&deep, &dir.path().join("no-config"), &["nodes"]).await;
+    assert!(nodes.status.success(), "{}", stderr(&nodes));
+    assert!(stdout(&nodes).contains("node-1"), "{}", stdout(&nodes));
+    let current_here = cli(&deep, &config, &["mesh", "current"]).await;
+    assert_eq!(stdout(&current_here), format!("{}\n", data.display()), "{}", stderr(&current_here));
+    assert!(stderr(&current_here).contains("above the current directory"), "{}", stderr(&current_here));
+
+    // From an unrelated directory: the current mesh `falak up` recorded.
+    let nodes = cli(&elsewhere, &config, &["nodes"]).await;
+    assert!(nodes.status.success(), "{}", stderr(&nodes));
+    assert!(stdout(&nodes).contains("node-1"), "{}", stdout(&nodes));
+    let current_there = cli(&elsewhere, &config, &["mesh", "current"]).await;
+    assert_eq!(stdout(&current_there), format!("{}\n", data.display()));
+    assert!(stderr(&current_there).contains(&format!("named in {}", current.display())), "{}", stderr(&current_there));
+
+    // Another user config without a current mesh: nothing found, and the error says where it
+    // looked and what to do; `falak mesh use` names the mesh (by the directory `falak up` ran in).
+    let other = dir.path().join("other-config");
+    let lost = cli(&elsewhere, &other, &["nodes"]).await;
+    assert_eq!(lost.status.code(), Some(1));
+    let error = stderr(&lost);
+    assert!(
+        error.contains(&format!("no mesh found: no .falak/mesh.json in {} or above it", elsewhere.display())),
+        "{error}"
+    );
+    assert!(error.contains(&format!("{} does not exist", other.join("falak/current-mesh").display())), "{error}");
+    assert!(error.contains("run `falak up` here, cd into a mesh directory, or `falak mesh use DIR`"), "{error}");
+    let used = cli(&elsewhere, &other, &["mesh", "use", project.to_str().unwrap()]).await;
+    assert!(used.status.success(), "{}", stderr(&used));
+    assert_eq!(std::fs::read_to_string(other.join("falak/current-mesh")).unwrap(), format!("{}\n", data.display()));
+    let nodes = cli(&elsewhere, &other, &["nodes", "-o", "json"]).await;
+    assert!(nodes.status.success(), "{}", stderr(&nodes));
+
+    // Stopped: the current mesh names a mesh that does not run. Removed: a file naming nothing.
+    assert!(up.terminate().await.success(), "{}", up.output());
+    let stopped = cli(&elsewhere, &config, &["nodes"]).await;
+    assert_eq!(stopped.status.code(), Some(1));
+    let error = stderr(&stopped);
+    assert!(error.contains(&format!("the mesh in {} is not running", data.display())), "{error}");
+    assert!(error.contains(&format!("(the current mesh, named in {})", current.display())), "{error}");
+    std::fs::remove_dir_all(&data).unwrap();
+    let stale = cli(&elsewhere, &config, &["nodes"]).await;
+    assert_eq!(stale.status.code(), Some(1));
+    let error = stderr(&stale);
+    assert!(
+        error.contains(&format!(
+            "the current mesh file {} names {}, which does not exist",
+            current.display(),
+            data.display()
+        )),
+        "{error}"
+    );
 }

@@ -99,8 +99,9 @@ pub(super) async fn run_function_demo(clients: &[Client], root: &Path) -> anyhow
             bail!("function greet answered {status}: {body}");
         }
     }
+    let falak = crate::cli::self_command();
     println!(
-        "demo: try `falak fn invoke greet --data you`, `falak fn list`, `falak fn instances greet` (or curl with --cacert credentials/ca.crt and the admin token: see README)"
+        "demo: try `{falak} fn invoke greet --data you`, `{falak} fn list`, `{falak} fn instances greet` (or curl with --cacert credentials/ca.crt and the admin token: see README)"
     );
     Ok(())
 }

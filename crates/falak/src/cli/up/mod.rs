@@ -52,7 +52,7 @@ mod supervise;
 
 use demo::{run_demo, run_function_demo};
 pub(in crate::cli) use record::write_atomic;
-use record::{MeshRecord, cli_finds, mesh_record, render_endpoints};
+use record::{MeshRecord, Shell, mesh_record, render_endpoints};
 use supervise::{MeshNode, Supervisor};
 
 /// Run a local mesh on loopback in the foreground.
@@ -597,7 +597,14 @@ async fn run_mesh(
     let pids: Vec<u32> = nodes.iter().filter_map(MeshNode::pid).collect();
     let record = supervisor.record(mesh_record(mesh, root, setups, &pids, std::process::id())?)?;
     let mesh_file = root.join(MESH_JSON);
-    print!("{}", render_endpoints(&record, &mesh_file, cli_finds(&mesh_file)));
+    match super::mesh::adopt(root) {
+        Ok(Some(file)) => {
+            println!("current mesh: {} (in {}; `falak mesh use DIR` changes it)", root.display(), file.display());
+        }
+        Ok(None) => {}
+        Err(error) => eprintln!("warning: cannot make {} the current mesh: {error:#}", root.display()),
+    }
+    print!("{}", render_endpoints(&record, &mesh_file, &Shell::here(root)));
     let demo = demo.then(|| {
         let clients: Vec<Client> = supervisor.nodes.iter().map(|n| n.client.clone()).collect();
         let root = root.to_owned();
@@ -767,6 +774,7 @@ fn clean_up(root: &Path, setups: &[NodeSetup]) {
     }
     let _ = fs::remove_file(root.join(LOCK_FILE));
     let _ = fs::remove_dir(root);
+    super::mesh::forget(root);
     println!("removed the mesh data in {} (cleanup: true)", root.display());
 }
 
@@ -966,17 +974,25 @@ mod tests {
         assert!(!fs::read_to_string(&path).unwrap().contains(secret.trim()), "mesh.json holds no mesh secret");
 
         // The CLI finds the first node's API in it.
-        assert_eq!(super::super::resolve_api(None, &path).unwrap(), "https://127.0.0.1:20000");
-        let text = render_endpoints(&record, &path, false);
+        assert_eq!(super::super::resolve_api(None, Some(&path)).unwrap(), "https://127.0.0.1:20000");
+        let shell = |finds_mesh, falak: &str, path_hint: Option<&str>| Shell {
+            falak: falak.to_owned(),
+            finds_mesh,
+            path_hint: path_hint.map(str::to_owned),
+        };
+        let text = render_endpoints(&record, &path, &shell(false, "falak", None));
         assert!(text.contains("mesh local is up: 2 nodes\nNAME    API                      PID  LOG\n"), "{text}");
-        assert!(text.contains("  export FALAK_API=https://127.0.0.1:20000\n  export FALAK_TOKEN=$(cat "), "{text}");
-        assert!(text.contains("credentials/admin.token)\n  falak nodes\n"), "{text}");
+        assert!(text.contains(&format!("try:\n  export FALAK_MESH={}\n  falak nodes\n", root.display())), "{text}");
         assert_eq!(json["token_file"], root.join("credentials/admin.token").to_str().unwrap());
-        let token = super::super::resolve_token(None, &path).unwrap().expect("the CLI finds the admin token");
+        let token = super::super::resolve_token(None, Some(&path)).unwrap().expect("the CLI finds the admin token");
         assert!(token.starts_with("falak-token-v1."), "{token}");
         let mode = fs::metadata(root.join("credentials/admin.token")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the admin token is owner-only");
-        assert!(!render_endpoints(&record, &path, true).contains("export"));
+        assert!(!render_endpoints(&record, &path, &shell(true, "falak", None)).contains("export"));
+        let text = render_endpoints(&record, &path, &shell(true, "/src/target/release/falak", Some("put it on PATH")));
+        assert!(text.contains("try:\n  /src/target/release/falak nodes\n"), "{text}");
+        assert!(text.contains("  /src/target/release/falak node admit "), "{text}");
+        assert!(text.contains("note: put it on PATH\nCtrl-C stops the mesh.\n"), "{text}");
 
         // A node that exited is listed without a pid until it runs again.
         record.set_pid(1, None);
@@ -987,7 +1003,10 @@ mod tests {
             (&serde_json::json!("exited"), &serde_json::Value::Null)
         );
         assert_eq!(json["nodes"][0]["pid"], 11);
-        assert!(render_endpoints(&record, &path, true).contains("node-2  https://127.0.0.1:20001  -    "));
+        assert!(
+            render_endpoints(&record, &path, &shell(true, "falak", None))
+                .contains("node-2  https://127.0.0.1:20001  -    ")
+        );
     }
 
     #[test]

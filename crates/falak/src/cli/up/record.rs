@@ -109,13 +109,35 @@ pub(in crate::cli) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyh
     write().with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Whether plain `falak` commands run from here find this mesh file.
-pub(super) fn cli_finds(mesh_file: &Path) -> bool {
-    std::path::absolute(crate::cli::MESH_FILE).is_ok_and(|default| default == mesh_file)
+/// What the printed commands need to know about the shell they are typed into.
+pub(super) struct Shell {
+    /// How to run this binary: `falak`, or its path when PATH does not find it as `falak`.
+    pub(super) falak: String,
+    /// Whether commands run from the current directory use this mesh.
+    pub(super) finds_mesh: bool,
+    /// How to put `falak` on PATH, when it is not there.
+    pub(super) path_hint: Option<String>,
+}
+
+impl Shell {
+    /// The shell `falak up` was started from, for the mesh in `root`.
+    pub(super) fn here(root: &Path) -> Shell {
+        Shell { falak: crate::cli::self_command(), finds_mesh: cli_finds(root), path_hint: crate::cli::path_hint() }
+    }
+}
+
+/// Whether plain `falak` commands run from the current directory use the mesh in `root`
+/// (through `FALAK_MESH`, a `.falak` above, or the current mesh).
+fn cli_finds(root: &Path) -> bool {
+    let Ok(start) = std::env::current_dir() else { return false };
+    let flag = std::env::var_os("FALAK_MESH").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let config_dir = crate::cli::mesh::config_dir();
+    let search = crate::cli::mesh::Search { flag: flag.as_deref(), start: &start, config_dir: config_dir.as_deref() };
+    crate::cli::mesh::locate(search).is_ok_and(|found| found.dir == root)
 }
 
 /// The endpoints and what to try next.
-pub(super) fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_it: bool) -> String {
+pub(super) fn render_endpoints(record: &MeshRecord, mesh_file: &Path, shell: &Shell) -> String {
     let mut table = Table::new(&["NAME", "API", "PID", "LOG"]);
     for node in &record.nodes {
         let (name, api, log) = (node.name.clone(), node.api_url.clone(), node.log.display().to_string());
@@ -124,14 +146,19 @@ pub(super) fn render_endpoints(record: &MeshRecord, mesh_file: &Path, cli_finds_
     let mut out = format!("\nmesh {} is up: {}\n", record.name, count(record.nodes.len()));
     out.push_str(&table.render());
     out.push_str(&format!("mesh file: {} (node ids, CA, credentials)\n\ntry:\n", mesh_file.display()));
-    if !cli_finds_it && let Some(first) = record.nodes.first() {
-        out.push_str(&format!("  export FALAK_API={}\n", first.api_url));
-        out.push_str(&format!("  export FALAK_TOKEN=$(cat {})\n", record.token_file.display()));
+    if !shell.finds_mesh
+        && let Some(root) = mesh_file.parent()
+    {
+        out.push_str(&format!("  export FALAK_MESH={}\n", root.display()));
     }
-    out.push_str("  falak nodes\n");
-    out.push_str("  falak capsule apply -f capsule.yaml\n");
-    out.push_str("  falak job submit CAPSULE --tasks 12 --wait\n");
-    out.push_str("  falak node admit        (a join token for another machine's node)\n");
+    let falak = &shell.falak;
+    out.push_str(&format!("  {falak} nodes\n"));
+    out.push_str(&format!("  {falak} capsule apply -f capsule.yaml\n"));
+    out.push_str(&format!("  {falak} job submit CAPSULE --tasks 12 --wait\n"));
+    out.push_str(&format!("  {falak} node admit        (a join token for another machine's node)\n"));
+    if let Some(hint) = &shell.path_hint {
+        out.push_str(&format!("note: {hint}\n"));
+    }
     out.push_str("Ctrl-C stops the mesh.\n");
     out
 }

@@ -290,9 +290,10 @@ impl Supervisor {
             println!("node {} exited ({how}); restarting it in {}s (--restart){log}", node.name(), delay.as_secs());
         } else {
             println!(
-                "node {} exited ({how}); the others keep running; start it again with `falak node -c {}` \
+                "node {} exited ({how}); the others keep running; start it again with `{} node -c {}` \
                  and `falak up` follows it{log}",
                 node.name(),
+                crate::cli::self_command(),
                 node.setup.config_path().display(),
             );
         }
