@@ -1,7 +1,7 @@
 //! The files that make a node a member of a mesh, kept in its data dir.
 //!
 //! ```text
-//! DATA_DIR/         0700 (0711 on a root node: see `data_dir_mode`)
+//! DATA_DIR/         0700 (0711 on a root node without namespaces: see `data_dir_mode`)
 //!   node.key        Ed25519 private key (PKCS#8 PEM, 0600); its public key is the node id
 //!   node.crt        the node's certificate, issued by the mesh CA
 //!   ca.crt          the mesh CA certificate (trust root)
@@ -243,16 +243,22 @@ pub const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// The mode of a node's data dir and of the mesh dir `falak up` keeps the nodes' data dirs in.
 ///
-/// The owner only (0700), unless this node runs as root: then workloads run as another user
-/// (`nobody`, or `run_as`), and function instances reach their bundles and sockets by absolute
-/// paths under the data dir, so other users may pass through it but not list it (0711).
-/// Nothing in it that is not theirs is readable by them: the keys are 0600, the ledger
-/// directory 0700. When workloads see their directories through a mount namespace instead,
-/// this becomes 0700 for every node.
+/// The owner only (0700). Workloads never pass through it: each runs in a mount namespace that
+/// covers the data dir and binds only its own directories back (ADR 0015), or, on a node that
+/// is not root, as the node's own user. The one exception is a root node on a host that gives
+/// it no namespaces (a container with neither `CAP_SYS_ADMIN` nor user namespaces): its
+/// workloads run as uids of their own in the node's view of the files and reach their function
+/// dirs by absolute paths, so other users may pass through the data dir, never list it (0711);
+/// nothing in it that is not theirs is open to them (the keys 0600, the ledger dir 0700).
+/// Probed once per process (a short-lived child, only when root).
 pub fn data_dir_mode() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root { 0o711 } else { 0o700 }
+    static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let passed_through = root && falak_sandbox::Namespaces::probe().0 == falak_sandbox::Namespaces::Unavailable;
+        if passed_through { 0o711 } else { 0o700 }
+    })
 }
 
 /// Make a node's data dir (or `falak up`'s mesh dir), parents included, if it is missing, and

@@ -1,7 +1,7 @@
 //! `falak up`: a local mesh of real node processes on loopback, in the foreground.
 //!
 //! ```text
-//! DATA_DIR/           the mesh dir: 0700 (0711 as root), as a node's data dir
+//! DATA_DIR/           the mesh dir: a node data dir's mode (`mesh_files::data_dir_mode`)
 //!   mesh.json         what runs now: pids, API URLs, node ids, credential paths (0600);
 //!                     kept in step as nodes exit and run again, removed when `falak up`
 //!                     stops and no node of the mesh runs
