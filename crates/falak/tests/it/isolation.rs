@@ -130,7 +130,12 @@ impl Workspace {
 
     /// Run `falak ARGS` to the end (within `limit`); its stdout, or a panic with everything.
     pub async fn run(&self, args: &[&str], limit: Duration) -> String {
-        let output = tokio::time::timeout(limit, self.falak(args).output())
+        self.run_in(&self.cwd, args, limit).await
+    }
+
+    /// [`Workspace::run`] in another directory.
+    pub async fn run_in(&self, dir: &Path, args: &[&str], limit: Duration) -> String {
+        let output = tokio::time::timeout(limit, self.falak(args).current_dir(dir).output())
             .await
             .unwrap_or_else(|_| panic!("falak {args:?} did not finish within {limit:?}"))
             .unwrap();
@@ -440,6 +445,13 @@ async fn an_unprivileged_user_runs_the_demo_and_the_readme_s_job() {
         assert!(answered, "greet answered through {node}:\n{out}");
     }
     assert!(!out.contains("FAILED"), "{out}");
+
+    // The CLI finds the mesh from a subdirectory of where `falak up` ran.
+    ws.write("sub/dir/.keep", "");
+    let nodes = ws.run_in(&ws.cwd.join("sub/dir"), &["nodes"], Duration::from_secs(30)).await;
+    for node in ["node-1", "node-2", "node-3"] {
+        assert!(nodes.contains(node), "falak nodes from a subdirectory lists {node}:\n{nodes}");
+    }
 
     ws.write("hello.yaml", &readme_hello_yaml());
     ws.run(&["capsule", "apply", "-f", "hello.yaml"], Duration::from_secs(30)).await;
