@@ -177,8 +177,8 @@ impl Isolation {
         self
     }
 
-    /// Resolve and open everything the child will need. Blocking (it resolves paths and
-    /// opens each exposed directory). An error names the path.
+    /// Resolve and check everything the child will need, and turn it into C strings.
+    /// Blocking (it resolves paths and reads their mounts' flags). An error names the path.
     pub fn prepare(self) -> io::Result<Prepared> {
         let mut prepared =
             Prepared { flags: 0, maps: None, steps: Vec::new(), network: false, chdir: None, sources: Vec::new() };

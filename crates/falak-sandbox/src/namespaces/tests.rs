@@ -141,7 +141,12 @@ fn an_unprivileged_user_gets_the_same_isolation() {
         // Already unprivileged: run the scenario directly.
         return as_an_unprivileged_user();
     }
-    let me = std::env::current_exe().unwrap();
+    // A copy nobody may run, wherever the checkout is (a CI checkout under /root is not).
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let me = copy.path().join("falak-sandbox-tests");
+    std::fs::copy(std::env::current_exe().unwrap(), &me).unwrap();
+    std::fs::set_permissions(&me, std::fs::Permissions::from_mode(0o755)).unwrap();
     let output = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&me)

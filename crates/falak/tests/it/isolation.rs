@@ -461,3 +461,39 @@ async fn an_unprivileged_user_runs_the_demo_and_the_readme_s_job() {
     }
     mesh.stop().await;
 }
+
+/// `kill -9` of a node of an unprivileged mesh mid-job: its tasks, which ran in user
+/// namespaces, are run again elsewhere and the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_mesh_reruns_the_tasks_of_a_killed_node() {
+    let ws = Workspace::new(unprivileged_user());
+    let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0"]);
+    mesh.wait_for("Ctrl-C stops the mesh", Duration::from_secs(120)).await;
+    ws.write(
+        "sleeper.yaml",
+        "name: sleeper\nkind: process\ncommand: [\"/bin/sh\", \"-c\", \"sleep 3; echo done $FALAK_TASK_INDEX\"]\n\
+         resources: { cpu: 100m, memory: 32Mi }\nplacement: { strategy: balanced, labels: {}, max_attempts: 3 }\n",
+    );
+    ws.run(&["capsule", "apply", "-f", "sleeper.yaml"], Duration::from_secs(30)).await;
+    ws.run(&["job", "submit", "sleeper", "--tasks", "9"], Duration::from_secs(30)).await;
+    let node_2 = ws.cwd.join(".falak/node-2");
+    // Once node-2 runs some of the tasks, kill it.
+    wait_until("node-2 running a task", Duration::from_secs(30), || {
+        find_files(&node_2.join("tasks"), &|name| name == "stdout.log").into_iter().next()
+    })
+    .await;
+    let pid = wait_until("node-2's pid", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(ws.cwd.join(".falak/mesh.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let nodes = json["nodes"].as_array()?;
+        nodes.iter().find(|n| n["name"] == "node-2")?["pid"].as_i64()
+    })
+    .await;
+    // SAFETY: a signal to a node process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let result = ws.run(&["job", "wait", "j1"], Duration::from_secs(90)).await;
+    for i in 0..9 {
+        assert!(result.contains(&format!("done {i}")), "task {i} completed:\n{result}");
+    }
+    mesh.stop().await;
+}
