@@ -71,7 +71,6 @@ pub(crate) async fn enclose(prepared: &Prepared, what: &str, name: &str, needs: 
         run_dir: prepared.run_dir(),
         cgroup_name: needs.cgroup.then(|| cgroup_name(&format!("fn-{}", spec.deployment), name, &spec.work_dir)),
         tmp: needs.tmp.then(|| prepared.tmp_dir(name)),
-        landlock: needs.launch,
         isolation,
         readable: prepared.readable(),
     };

@@ -138,7 +138,6 @@ async fn build_in(
     let root = building.to_owned();
     let opened = tokio::task::spawn_blocking(move || {
         let _ = std::fs::remove_dir_all(root.join(BUILD_HOME));
-        take_back(&root)?;
         open_for_reading(&root)
     })
     .await;
@@ -294,24 +293,6 @@ async fn run(
     Err(failed(format!("{} ({status}):\n{}", program.display(), &text[start..])))
 }
 
-/// Make the node the owner of everything under `dir` (a build ran as the deployment's user),
-/// so that no deployment can change a virtualenv others share. Symlinks are not followed.
-/// Blocking.
-fn take_back(dir: &Path) -> std::io::Result<()> {
-    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            take_back(&entry.path())?;
-        } else {
-            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
-        }
-    }
-    Ok(())
-}
-
 /// Scripts pip installs into `bin/` name the interpreter by absolute path; point them at the
 /// virtualenv's final place before it moves there. (Instances run `bin/python` itself, which
 /// finds its virtualenv relative to itself and needs no fixing.)
@@ -334,11 +315,18 @@ async fn retarget_scripts(building: &Path, target: &Path) {
     }
 }
 
-/// Make the tree under `dir` readable (and its directories and executables searchable and
-/// runnable) by every user, writable only by its owner. Symlinks are left alone. Blocking.
+/// Take the tree under `dir` back (a build ran as the deployment's user) and make it readable
+/// (its directories and executables searchable and runnable) by every user, owned and
+/// writable only by the node, so that no deployment can change a virtualenv others share.
+/// Symlinks are neither followed nor changed but for their owner. Blocking.
 fn open_for_reading(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let set = |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let set = |path: &Path, mode: u32| {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    };
     set(dir, 0o755)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -348,6 +336,8 @@ fn open_for_reading(dir: &Path) -> std::io::Result<()> {
         } else if kind.is_file() {
             let mode = entry.metadata()?.permissions().mode();
             set(&entry.path(), if mode & 0o100 != 0 { 0o755 } else { 0o644 })?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
         }
     }
     Ok(())

@@ -254,11 +254,6 @@ const TMPFS_OPTIONS: &[u8] = b"mode=0755,size=64k,nr_inodes=1024\0";
 const HIDDEN_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 impl Prepared {
-    /// Whether the child makes any namespace.
-    pub fn makes_namespaces(&self) -> bool {
-        self.flags != 0
-    }
-
     /// Whether the workload gets a network namespace of its own.
     pub fn private_network(&self) -> bool {
         self.network

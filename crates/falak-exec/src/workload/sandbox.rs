@@ -227,9 +227,8 @@ pub struct Plan {
     pub cgroup_name: Option<String>,
     /// Its private temporary dir, made for the instance user.
     pub tmp: Option<PathBuf>,
-    /// Build the Landlock ruleset (for a launch; a fork inherits the zygote's).
-    pub landlock: bool,
-    /// The namespaces of a launch (a fork shares the zygote's).
+    /// The namespaces of a launch, which also gets its Landlock ruleset; `None` for a process
+    /// that inherits both (a zygote's fork).
     pub isolation: Option<Isolation>,
     /// What the process may read besides the system directories when there is no mount
     /// namespace to hide the node's files.
@@ -270,7 +269,7 @@ impl Plan {
             }
             joins = opened.map_err(|e| (format!("{} {}", e.what, e.path.display()), e.source))?;
         }
-        let landlock = if self.landlock && self.sandbox.landlock {
+        let landlock = if self.isolation.is_some() && self.sandbox.landlock {
             let readable: Vec<&Path> = self.readable.iter().map(PathBuf::as_path).collect();
             let read_everything = self.sandbox.namespaces != Namespaces::Unavailable;
             LandlockRuleset::for_workload(&self.run_dir, &readable, read_everything)

@@ -224,7 +224,8 @@ impl HostContext {
                 let mut sandbox = tokio::task::spawn_blocking(move || probe_sandbox(&scope, &dirs))
                     .await
                     .map_err(|e| format!("probing the function sandbox failed: {e}"))?;
-                sandbox.hide.extend(self.hidden.iter().cloned());
+                // The node's list already holds the defaults (the node user's home).
+                sandbox.hide.clone_from(&self.hidden);
                 sandbox.hide.push(self.short_socket_base());
                 Ok::<_, String>(sandbox)
             })

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use super::up::Up;
 
 /// Who runs the mesh and its CLI: the test's own user, or an unprivileged one it dropped to.
 #[derive(Debug, Clone)]
@@ -149,57 +151,10 @@ impl Workspace {
     }
 
     /// `falak up ARGS` in the background, its output in files in `cwd`.
-    pub fn up(&self, args: &[&str]) -> RunningMesh {
-        let stdout = self.cwd.join("up.stdout");
-        let stderr = self.cwd.join("up.stderr");
+    pub fn up(&self, args: &[&str]) -> Up {
         let mut all = vec!["up"];
         all.extend_from_slice(args);
-        let child = self
-            .falak(&all)
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        RunningMesh { child, stdout, stderr }
-    }
-}
-
-pub struct RunningMesh {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl RunningMesh {
-    pub fn output(&self) -> String {
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        format!("--- stdout ---\n{}--- stderr ---\n{}", read(&self.stdout), read(&self.stderr))
-    }
-
-    pub async fn wait_for(&mut self, text: &str, limit: Duration) {
-        let waiting = async {
-            loop {
-                if std::fs::read_to_string(&self.stdout).unwrap_or_default().contains(text) {
-                    return;
-                }
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    panic!("falak up exited ({status}) before printing {text:?}\n{}", self.output());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        if tokio::time::timeout(limit, waiting).await.is_err() {
-            panic!("falak up did not print {text:?} within {limit:?}\n{}", self.output());
-        }
-    }
-
-    /// SIGTERM to `falak up` (it stops its nodes), then wait.
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: a signal to our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+        Up::spawn(self.falak(&all), &self.cwd, "up")
     }
 }
 
@@ -281,7 +236,7 @@ async fn workloads_cannot_reach_the_node_or_each_other(user: Option<TestUser>) {
     let who = if user.is_some() { "as an unprivileged user" } else { "as this test's user" };
     let ws = Workspace::new(user);
     let mut mesh = ws.up(&["--nodes", "1", "--base-port", "0"]);
-    mesh.wait_for("Ctrl-C stops the mesh", Duration::from_secs(120)).await;
+    mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(120)).await;
     let data = ws.cwd.join(".falak");
     let node_dir = data.join("node-1");
 
@@ -397,7 +352,7 @@ async fn workloads_cannot_reach_the_node_or_each_other(user: Option<TestUser>) {
     let report = ws.run(&["fn", "invoke", "thief-fn"], Duration::from_secs(60)).await;
     assert_all_denied(&format!("an exec function {who}"), &report, &attempts);
 
-    mesh.stop().await;
+    mesh.stop_within(Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,7 +388,7 @@ async fn an_unprivileged_user_runs_the_demo_and_the_readme_s_job() {
     let ws = Workspace::new(unprivileged_user());
     let mut mesh = ws.up(&["--demo", "--base-port", "0"]);
     // The try line names the binary that runs (its path: it is not on PATH here).
-    mesh.wait_for(" fn invoke greet --data you`", Duration::from_secs(180)).await;
+    mesh.wait_for_output(" fn invoke greet --data you`", Duration::from_secs(180)).await;
     let out = mesh.output();
     assert!(out.contains("demo: job j1 COMPLETED"), "{out}");
     for i in 0..12 {
@@ -459,7 +414,7 @@ async fn an_unprivileged_user_runs_the_demo_and_the_readme_s_job() {
     for i in 0..20 {
         assert!(result.contains(&format!("task {i} of 20")), "{result}");
     }
-    mesh.stop().await;
+    mesh.stop_within(Duration::from_secs(20)).await;
 }
 
 /// `kill -9` of a node of an unprivileged mesh mid-job: its tasks, which ran in user
@@ -468,7 +423,7 @@ async fn an_unprivileged_user_runs_the_demo_and_the_readme_s_job() {
 async fn an_unprivileged_mesh_reruns_the_tasks_of_a_killed_node() {
     let ws = Workspace::new(unprivileged_user());
     let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0"]);
-    mesh.wait_for("Ctrl-C stops the mesh", Duration::from_secs(120)).await;
+    mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(120)).await;
     ws.write(
         "sleeper.yaml",
         "name: sleeper\nkind: process\ncommand: [\"/bin/sh\", \"-c\", \"sleep 3; echo done $FALAK_TASK_INDEX\"]\n\
@@ -495,5 +450,5 @@ async fn an_unprivileged_mesh_reruns_the_tasks_of_a_killed_node() {
     for i in 0..9 {
         assert!(result.contains(&format!("done {i}")), "task {i} completed:\n{result}");
     }
-    mesh.stop().await;
+    mesh.stop_within(Duration::from_secs(20)).await;
 }

@@ -9,7 +9,7 @@ use falak_api::Client;
 use tokio::process::{Child, Command};
 
 /// A `falak up` run with its output in files (read them to explain a failure).
-struct Up {
+pub(crate) struct Up {
     child: Child,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -19,9 +19,8 @@ impl Up {
     /// `falak up ARGS` in `dir`; it records its current mesh under `dir/config` (never in the
     /// user's own config dir).
     fn start(dir: &Path, run: &str, args: &[&str]) -> Up {
-        let stdout = dir.join(format!("{run}.stdout"));
-        let stderr = dir.join(format!("{run}.stderr"));
-        let child = Command::new(env!("CARGO_BIN_EXE_falak"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_falak"));
+        command
             .arg("up")
             .args(args)
             .current_dir(dir)
@@ -29,7 +28,15 @@ impl Up {
             .env_remove("FALAK_API")
             .env_remove("FALAK_TOKEN")
             .env_remove("FALAK_MESH")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        Up::spawn(command, dir, run)
+    }
+
+    /// Start `command` (a `falak up`), its stdout and stderr in `dir/RUN.stdout` and `.stderr`.
+    pub(crate) fn spawn(mut command: Command, dir: &Path, run: &str) -> Up {
+        let stdout = dir.join(format!("{run}.stdout"));
+        let stderr = dir.join(format!("{run}.stderr"));
+        let child = command
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .kill_on_drop(true)
@@ -38,17 +45,23 @@ impl Up {
         Up { child, stdout, stderr }
     }
 
+    /// SIGTERM, then wait up to `within` for it to exit, however it exits.
+    pub(crate) async fn stop_within(&mut self, within: Duration) {
+        self::signal(self.pid(), libc::SIGTERM);
+        let _ = tokio::time::timeout(within, self.child.wait()).await;
+    }
+
     fn pid(&self) -> i32 {
         self.child.id().unwrap() as i32
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         format!("--- stdout ---\n{}--- stderr ---\n{}", read(&self.stdout), read(&self.stderr))
     }
 
     /// Wait until stdout contains `text`; panics with the output when `falak up` exits first.
-    async fn wait_for_output(&mut self, text: &str, within: Duration) {
+    pub(crate) async fn wait_for_output(&mut self, text: &str, within: Duration) {
         let waiting = async {
             loop {
                 if std::fs::read_to_string(&self.stdout).unwrap_or_default().contains(text) {
