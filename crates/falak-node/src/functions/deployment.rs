@@ -1,12 +1,14 @@
-//! One function version on this node: its prepared bundle, its zygote, its instance pool and
-//! the driver that carries out the pool's actions.
+//! One function version on this node: its prepared bundle, its zygote, its instance pool, and
+//! the single task that owns them all.
 //!
-//! The pool ([`falak_function::pool::Pool`]) decides; this driver starts and stops processes,
-//! claims and releases instance slots in the ledger, and hands requests to instances. The warm
-//! path (a free slot on a ready instance) takes one short lock and no ledger write.
+//! The owner steps the deployment's sans-IO core ([`super::slots::DeploymentCore`]: the pool
+//! and the ledger slots) over one closed event enum ([`Msg`]), as the main loop steps the
+//! reconciler, and carries out the core's effects by spawning the IO (claims, launches, stops)
+//! whose outcomes come back as messages. Nothing is shared between tasks but the inbox and a
+//! published [`Status`]; the handle ([`Deployment`]) only sends messages and reads the status.
+//! A request costs two messages (its arrival, its end) and no ledger write on the warm path.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,36 +18,101 @@ use bytes::Bytes;
 use falak_api::ApiError;
 use falak_api::function::gateway_error;
 use falak_core::function::{FunctionSpec, SnapshotPolicy};
-use falak_core::ledger::{Command, Outcome, RejectCode};
-use falak_function::pool::{Action, InstanceId, Pool, PoolConfig, RejectReason, RequestId, StartFailure};
+use falak_core::ledger::Command;
+use falak_function::pool::{InstanceId, RejectReason, RequestId};
 use falak_function::{
     BoxBody, CgroupLimits, DEFAULT_MAX_PIDS, HostSpec, Instance, InstanceError, Prepared, WorkloadSandbox, Zygote,
 };
 use http_body_util::BodyExt;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::HostContext;
+use super::slots::{ClaimFailure, DeploymentCore, Effect, Input, MAX_WAIT_MS, Report};
 use super::start::{Stages, StartInfo, StartLabel};
-use super::{HostContext, lock};
 use crate::clock::{instant, now_millis};
 
 /// How long a stopping instance gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// How long a request may wait for a slot before it gets 429.
-const MAX_WAIT_MS: u64 = 5_000;
-/// How long an instance may take to start, including preparing the deployment on this node.
-const START_TIMEOUT_MS: u64 = 120_000;
 /// How often idle instances are health-checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(5);
 /// How long a health check may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a failed preparation is remembered before the next start tries again (a peer or
+/// the package index may have been unreachable).
+const PREPARE_RETRY: Duration = Duration::from_secs(10);
+
+/// A started instance: the core's handle to it.
+pub(crate) struct Running {
+    instance: Instance,
+    label: StartLabel,
+    /// The stages of its launch (the claim's is added when it serves).
+    stages: Stages,
+}
+
+type Handle = Arc<Running>;
+
+/// What the owner of a deployment hears: the closed set of its events.
+enum Msg {
+    /// An input for the core, from a task the owner spawned (a launch ended, a stop finished,
+    /// an instance broke, a request finished).
+    Core(Input<Handle>),
+    /// The ledger answered a claim, which took `took`.
+    Claimed {
+        instance: InstanceId,
+        result: Result<(), ClaimFailure>,
+        took: Duration,
+    },
+    /// A request to serve; answered once an instance is assigned or the request is turned away.
+    Request {
+        may_start: bool,
+        reply: oneshot::Sender<Assignment>,
+    },
+    /// Prepare the deployment (fetch, unpack, dependencies, zygote) unless it is; answered
+    /// when it is, or has failed.
+    Prepare {
+        reply: oneshot::Sender<Result<PreparedNow, String>>,
+    },
+    /// An observer's nudge: prepare (again) if it is not, or its zygote has gone.
+    Warm,
+    /// A preparation ended.
+    PrepareDone(PrepareOutcome),
+    /// The zygote with this pid exited.
+    ZygoteExited(u32),
+    SetMinInstances(u32),
+    Retire,
+    /// List the instances for `falak fn instances`.
+    Instances {
+        reply: oneshot::Sender<Vec<falak_api::function::InstanceInfo>>,
+    },
+    /// Stop every process now; answered when they are gone.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The prepared deployment, as a launch sees it.
+#[derive(Clone)]
+struct PreparedNow {
+    prepared: Arc<Prepared>,
+    zygote: Option<Arc<Zygote>>,
+    stages: Stages,
+}
+
+/// What a preparation produced: the prepared deployment even when only its zygote failed.
+struct PrepareOutcome {
+    prepared: Option<Arc<Prepared>>,
+    zygote: Option<Arc<Zygote>>,
+    stages: Stages,
+    error: Option<String>,
+}
 
 /// What a waiting request is told.
 enum Assignment {
     /// `finish` tells the pool the request is done when dropped, wherever that happens (also
     /// when the waiting client went away and the assignment is never read).
     Go {
+        instance: Handle,
         pool_id: InstanceId,
-        instance: Arc<Instance>,
         /// How the instance started, with when it became ready: the start is the request's
         /// only if the request was already waiting then.
         fresh: Option<(StartInfo, std::time::Instant)>,
@@ -57,290 +124,140 @@ enum Assignment {
     },
 }
 
-/// One running instance as the driver knows it.
-struct Live {
-    instance: Arc<Instance>,
-    /// Node-wide id: the key of its slot in the ledger.
-    slot: u64,
-    /// How it started and when it became ready, handed to the first request it serves.
-    fresh: Option<(StartInfo, std::time::Instant)>,
-    stopping: bool,
-    label: StartLabel,
+/// What the owner publishes after every event, for readers that must not wait (routing,
+/// gossip, metrics).
+#[derive(Debug, Clone, Default)]
+struct Status {
+    free_slots: u32,
+    instances: u32,
+    prepared: bool,
+    snapshot: bool,
+    /// Retired and every process gone (or the node stopping): the owner has ended.
+    ended: bool,
+    slots: Vec<u64>,
 }
 
-/// The prepared deployment, once prepared.
-#[derive(Default)]
-struct Prep {
-    prepared: Option<Arc<Prepared>>,
-    /// The last failure and when it happened; tried again after [`PREPARE_RETRY`] (a peer or
-    /// the package index may have been unreachable).
-    failed: Option<(String, std::time::Instant)>,
-}
-
-/// How long a failed preparation is remembered before the next start tries again.
-const PREPARE_RETRY: Duration = Duration::from_secs(10);
-
+/// The handle to one deployment's owner.
 pub(crate) struct Deployment {
     pub spec: FunctionSpec,
     ctx: Arc<HostContext>,
-    prep: tokio::sync::Mutex<Prep>,
-    zygote: Mutex<Option<Arc<Zygote>>>,
-    pool: Mutex<Pool>,
-    live: Mutex<BTreeMap<InstanceId, Live>>,
-    /// Starting instances by pool id: the slot they claim and whether the pool stopped them.
-    starting: Mutex<BTreeMap<InstanceId, (u64, Arc<AtomicBool>)>>,
-    waiters: Mutex<HashMap<RequestId, oneshot::Sender<Assignment>>>,
-    next_request: AtomicU64,
-    wake: Notify,
-    /// When the ticker plans to wake next (ms since the epoch).
-    wake_at: AtomicU64,
-    retired: AtomicBool,
-    prepared_flag: AtomicBool,
-    warming: AtomicBool,
-    /// When preparing last failed (ms since the epoch; 0 when it never did).
-    failed_at: AtomicU64,
-    /// Set once every process of the deployment has been stopped (see [`Deployment::shutdown`]).
-    shut_down: tokio::sync::OnceCell<()>,
+    inbox: mpsc::UnboundedSender<Msg>,
+    status: watch::Receiver<Status>,
 }
 
 impl Deployment {
     pub fn new(ctx: Arc<HostContext>, spec: FunctionSpec, min_instances: u32) -> Arc<Deployment> {
-        let s = spec.scaling;
-        let slots = s.max_instances.saturating_mul(s.concurrency);
-        let config = PoolConfig {
-            min_instances,
-            max_instances: s.max_instances,
-            concurrency: s.concurrency,
-            idle_timeout_ms: s.idle_timeout_ms,
-            max_queue: slots.saturating_mul(4).clamp(16, 1024),
-            max_wait_ms: MAX_WAIT_MS.min(spec.timeout_ms),
-            start_timeout_ms: START_TIMEOUT_MS,
+        let config = super::slots::pool_config(&spec, min_instances);
+        let (inbox, rx) = mpsc::unbounded_channel();
+        let (status_tx, status) = watch::channel(Status::default());
+        let owner = Owner {
+            core: DeploymentCore::new(config, ctx.slots.clone()),
+            spec: spec.clone(),
+            ctx: ctx.clone(),
+            inbox: rx,
+            tx: inbox.clone(),
+            status: status_tx,
+            next_request: 1,
+            waiters: HashMap::new(),
+            fresh: HashMap::new(),
+            claim_took: HashMap::new(),
+            prep: Prep::default(),
+            shutdown: Vec::new(),
         };
-        let deployment = Arc::new(Deployment {
-            spec,
-            ctx,
-            prep: tokio::sync::Mutex::new(Prep::default()),
-            zygote: Mutex::new(None),
-            pool: Mutex::new(Pool::new(config)),
-            live: Mutex::new(BTreeMap::new()),
-            starting: Mutex::new(BTreeMap::new()),
-            waiters: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
-            wake: Notify::new(),
-            wake_at: AtomicU64::new(0),
-            retired: AtomicBool::new(false),
-            prepared_flag: AtomicBool::new(false),
-            warming: AtomicBool::new(false),
-            failed_at: AtomicU64::new(0),
-            shut_down: tokio::sync::OnceCell::new(),
-        });
-        tokio::spawn(deployment.clone().ticker());
-        deployment
+        // The first step: keep `min_instances` from the start.
+        let _ = inbox.send(Msg::Core(Input::Tick));
+        tokio::spawn(owner.run());
+        Arc::new(Deployment { spec, ctx, inbox, status })
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
+    fn status(&self) -> watch::Ref<'_, Status> {
+        self.status.borrow()
+    }
+
     /// Free request slots on ready instances (for gossip and routing).
     pub fn free_slots(&self) -> u32 {
-        lock(&self.pool).free_slots()
+        self.status().free_slots
     }
 
     pub fn instance_count(&self) -> u32 {
-        lock(&self.pool).view().instances.len() as u32
+        self.status().instances
     }
 
     pub fn is_prepared(&self) -> bool {
-        self.prepared_flag.load(Ordering::Relaxed)
-    }
-
-    /// Keep `min` instances here (the first-ranked observer keeps the function's floor).
-    pub fn set_min_instances(self: &Arc<Self>, min: u32) {
-        if lock(&self.pool).config().min_instances == min.min(self.spec.scaling.max_instances) {
-            return;
-        }
-        let actions = self.feed(|pool, now| pool.set_min_instances(now, min));
-        self.execute(actions);
-    }
-
-    /// Whether an observer should (re)warm it: not prepared, or its zygote is gone.
-    pub fn needs_warming(&self) -> bool {
-        let failed_at = self.failed_at.load(Ordering::Relaxed);
-        let retry_ms = PREPARE_RETRY.as_millis() as u64;
-        !self.is_retired()
-            && now_millis().saturating_sub(failed_at) >= retry_ms
-            && (!self.is_prepared() || self.spec.snapshot == SnapshotPolicy::Zygote && !self.has_snapshot())
-    }
-
-    /// Claim the one warming run at a time; `false` when one is under way.
-    pub fn begin_warming(&self) -> bool {
-        !self.warming.swap(true, Ordering::SeqCst)
-    }
-
-    pub fn end_warming(&self) {
-        self.warming.store(false, Ordering::SeqCst);
+        self.status().prepared
     }
 
     pub fn has_snapshot(&self) -> bool {
-        lock(&self.zygote).as_ref().is_some_and(|z| z.is_alive())
+        self.status().snapshot
     }
 
-    pub fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
-    }
-
-    /// Retired and every instance gone.
+    /// Retired and every process gone: the deployment can be forgotten.
     pub fn is_drained(&self) -> bool {
-        self.is_retired() && lock(&self.pool).is_drained()
+        self.status().ended
     }
 
-    /// Instances for `falak fn instances`.
-    pub fn instances(&self) -> Vec<falak_api::function::InstanceInfo> {
-        let view = lock(&self.pool).view();
-        let live = lock(&self.live);
-        let now = now_millis();
-        view.instances
-            .iter()
-            .map(|i| {
-                let l = live.get(&i.id);
-                falak_api::function::InstanceInfo {
-                    node: self.ctx.id.to_string(),
-                    node_name: self.ctx.node_name.clone(),
-                    instance: l.map_or(0, |l| l.slot),
-                    version: self.spec.version,
-                    state: format!("{:?}", i.state).to_uppercase(),
-                    in_flight: i.in_flight,
-                    start: l.map_or("-", |l| l.label.name()).to_owned(),
-                    pid: l.and_then(|l| l.instance.pid()),
-                    age_ms: now.saturating_sub(i.since),
-                }
-            })
-            .collect()
+    /// The ledger slots this deployment's instances hold or are claiming.
+    pub fn slots(&self) -> Vec<u64> {
+        self.status().slots.clone()
+    }
+
+    /// Keep `min` instances here (the first-ranked observer keeps the function's floor).
+    pub fn set_min_instances(&self, min: u32) {
+        let _ = self.inbox.send(Msg::SetMinInstances(min));
     }
 
     /// Retire this version: reject waiting requests, stop instances once idle, then the zygote.
-    pub fn retire(self: &Arc<Self>) {
-        if self.retired.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let actions = self.feed(|pool, now| pool.drain(now));
-        self.execute(actions);
-        self.wake.notify_one();
+    pub fn retire(&self) {
+        let _ = self.inbox.send(Msg::Retire);
     }
 
-    /// Prepare the deployment on this node (fetch, unpack, dependencies, zygote) if it is not.
-    /// Returns the stage timings of the work done now.
-    pub async fn ensure_prepared(self: &Arc<Self>) -> Result<(Arc<Prepared>, Stages), String> {
-        let waited = instant();
-        let mut prep = self.prep.lock().await;
-        if self.is_retired() {
-            return Err(format!("{} was retired", self.spec.deployment()));
-        }
-        // Waiting for a preparation already under way (an observer warming its snapshot)
-        // counts as preparing.
-        let waited = waited.elapsed();
-        if let Some(p) = &prep.prepared {
-            let mut stages = Stages::default();
-            if waited > Duration::from_millis(1) {
-                stages.push("prepare", waited);
-            }
-            if self.spec.snapshot == SnapshotPolicy::Zygote && !self.has_snapshot() {
-                let t = instant();
-                if let Err(e) = self.start_zygote(p).await {
-                    self.failed_at.store(now_millis(), Ordering::Relaxed);
-                    return Err(e);
-                }
-                stages.push("snapshot", t.elapsed());
-            }
-            return Ok((p.clone(), stages));
-        }
-        if let Some((e, at)) = &prep.failed
-            && at.elapsed() < PREPARE_RETRY
-        {
-            return Err(e.clone());
-        }
-        let mut stages = Stages::default();
-        let result = self.prepare_now(&mut stages).await;
-        match result {
-            Ok(p) => {
-                let p = Arc::new(p);
-                prep.prepared = Some(p.clone());
-                self.prepared_flag.store(true, Ordering::Relaxed);
-                if self.spec.snapshot == SnapshotPolicy::Zygote {
-                    let t = instant();
-                    if let Err(e) = self.start_zygote(&p).await {
-                        prep.failed = Some((e.clone(), instant()));
-                        self.failed_at.store(now_millis(), Ordering::Relaxed);
-                        return Err(e);
-                    }
-                    stages.push("snapshot", t.elapsed());
-                }
-                Ok((p, stages))
-            }
-            Err(e) => {
-                prep.failed = Some((e.clone(), instant()));
-                self.failed_at.store(now_millis(), Ordering::Relaxed);
-                Err(e)
-            }
-        }
+    /// An observer keeps the deployment prepared and its snapshot ready: prepare it (again)
+    /// unless it is, a preparation is under way, or one failed less than [`PREPARE_RETRY`] ago.
+    pub fn warm(&self) {
+        let _ = self.inbox.send(Msg::Warm);
     }
 
-    async fn prepare_now(&self, stages: &mut Stages) -> Result<Prepared, String> {
-        let t = instant();
-        let bundle_dir = self.ctx.bundle_dir(self.spec.artifact).await?;
-        stages.push("fetch", t.elapsed());
-        let t = instant();
-        let sandbox = self.ctx.sandbox_for(&self.spec.name).await?;
-        // The log's dir is the node's alone; `prepare` makes the work dir (the instances').
-        let deployment_dir = self.ctx.deployment_dir(&self.spec);
-        let work_dir = self.ctx.socket_dir(&self.spec);
-        std::fs::create_dir_all(&deployment_dir)
-            .map_err(|e| format!("cannot create {}: {e}", deployment_dir.display()))?;
-        let log = deployment_dir.join("log");
-        let env = self.ctx.instance_env(&self.spec)?;
-        let spec = host_spec(&self.spec, env, bundle_dir, work_dir, log, &self.ctx.python, sandbox);
-        let prepared = falak_function::prepare(spec, &self.ctx.venv_dir())
-            .await
-            .map_err(|e| format!("preparing {} on node {}: {e}", self.spec.deployment(), self.ctx.node_name))?;
-        stages.push("prepare", t.elapsed());
-        Ok(prepared)
+    /// Prepare the deployment on this node (fetch, unpack, dependencies, zygote) if it is not;
+    /// the stage timings of the work done for it.
+    pub async fn ensure_prepared(&self) -> Result<(Arc<Prepared>, Stages), String> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.inbox.send(Msg::Prepare { reply });
+        let retired = || format!("{} was retired", self.spec.deployment());
+        answer.await.map_err(|_| retired())?.map(|p| (p.prepared, p.stages))
     }
 
-    async fn start_zygote(&self, prepared: &Prepared) -> Result<(), String> {
-        let zygote = Zygote::start(prepared)
-            .await
-            .map_err(|e| format!("starting {} on node {}: {e}", self.spec.deployment(), self.ctx.node_name))?;
-        self.ctx.record_group(&format!("fn-zygote-{}-{}", self.spec.name, self.spec.version), zygote.pid());
-        let zygote = Arc::new(zygote);
-        *lock(&self.zygote) = Some(zygote.clone());
-        // Retired meanwhile: nothing will fork from it, and `shutdown` may already have looked
-        // for a zygote to stop.
-        if self.is_retired() {
-            lock(&self.zygote).take();
-            zygote.stop().await;
+    /// Instances for `falak fn instances`.
+    pub async fn instances(&self) -> Vec<falak_api::function::InstanceInfo> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.inbox.send(Msg::Instances { reply });
+        answer.await.unwrap_or_default()
+    }
+
+    /// Stop everything this deployment runs here — instances (at once, each with its grace
+    /// period), then the zygote — with their cgroups. Any number of callers wait for the same
+    /// stop; once the owner has ended, there is nothing to wait for.
+    pub(crate) async fn shutdown(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.inbox.send(Msg::Shutdown { reply }).is_ok() {
+            let _ = answer.await;
         }
-        Ok(())
     }
 
     /// Serve one request with a local instance. `may_start`: this node was elected to start one
     /// if none is free.
-    pub async fn serve(self: &Arc<Self>, request: http::Request<BoxBody>, may_start: bool, route: Stages) -> Response {
-        let rid = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(rid, tx);
+    pub async fn serve(&self, request: http::Request<BoxBody>, may_start: bool, route: Stages) -> Response {
+        let (reply, answer) = oneshot::channel();
         let waited = instant();
-        let actions = self.feed(|pool, now| pool.request(now, rid, may_start));
-        self.execute(actions);
-        let assignment = match rx.await {
-            Ok(a) => a,
-            Err(_) => {
-                return gateway_error(
-                    ApiError::unavailable("the function's deployment was retired; retry"),
-                    Some(1000),
-                );
-            }
-        };
+        let retired =
+            || gateway_error(ApiError::unavailable("the function's deployment was retired; retry"), Some(1000));
+        if self.inbox.send(Msg::Request { may_start, reply }).is_err() {
+            return retired();
+        }
+        let Ok(assignment) = answer.await else { return retired() };
         let (pool_id, instance, fresh, finish) = match assignment {
             Assignment::Go { pool_id, instance, fresh, finish } => (pool_id, instance, fresh, finish),
             Assignment::Reject { reason, retry_after_ms } => return self.rejection(reason, retry_after_ms),
@@ -358,10 +275,10 @@ impl Deployment {
         }
         let sent = instant();
         let timeout = Duration::from_millis(self.spec.timeout_ms);
-        let result = tokio::time::timeout(timeout, instance.send(request)).await;
+        let result = tokio::time::timeout(timeout, instance.instance.send(request)).await;
         match result {
             Err(_) => {
-                self.instance_broke(pool_id, "timed out");
+                self.broke(pool_id, &instance, "timed out");
                 drop(finish);
                 gateway_error(
                     ApiError::timeout(format!(
@@ -373,17 +290,17 @@ impl Deployment {
             }
             Ok(Err(e)) => {
                 // The exit watcher may have seen the crash first and stopped the instance.
-                let crashed =
-                    matches!(e, InstanceError::Crashed { .. } | InstanceError::Stopped { .. }) || !instance.is_alive();
-                let message = if let (true, Some(limit)) = (crashed, instance.memory_kill()) {
-                    self.instance_broke(pool_id, "crashed");
+                let crashed = matches!(e, InstanceError::Crashed { .. } | InstanceError::Stopped { .. })
+                    || !instance.instance.is_alive();
+                let message = if let (true, Some(limit)) = (crashed, instance.instance.memory_kill()) {
+                    self.broke(pool_id, &instance, "crashed");
                     format!(
                         "function {}: the instance was killed by its memory limit ({limit} bytes) while serving the \
                          request; it is being replaced; give the function more memory (resources.memory) if it needs it",
                         self.spec.name
                     )
                 } else if crashed {
-                    self.instance_broke(pool_id, "crashed");
+                    self.broke(pool_id, &instance, "crashed");
                     format!(
                         "function {}: the instance exited while serving the request; it is being replaced ({e})",
                         self.spec.name
@@ -407,21 +324,10 @@ impl Deployment {
         }
     }
 
-    /// Give the pool one input. When its next deadline moves earlier than the ticker's planned
-    /// wake-up (an instance just went idle, a request started waiting), wake the ticker.
-    fn feed(&self, input: impl FnOnce(&mut Pool, falak_core::Millis) -> Vec<Action>) -> Vec<Action> {
-        let (actions, deadline) = {
-            let mut pool = lock(&self.pool);
-            let actions = input(&mut pool, now_millis());
-            (actions, pool.next_deadline())
-        };
-        if let Some(at) = deadline
-            && at < self.wake_at.load(Ordering::Relaxed)
-        {
-            self.wake_at.store(at, Ordering::Relaxed);
-            self.wake.notify_one();
-        }
-        actions
+    /// An instance failed a request (crash, timeout): the core replaces it.
+    fn broke(&self, pool_id: InstanceId, instance: &Running, why: &str) {
+        let why = broke_reason(&instance.instance, why);
+        let _ = self.inbox.send(Msg::Core(Input::Broke { instance: pool_id, why }));
     }
 
     fn rejection(&self, reason: RejectReason, retry_after_ms: Option<u64>) -> Response {
@@ -453,329 +359,70 @@ impl Deployment {
             ),
         }
     }
+}
 
-    /// An instance failed a request (crash, timeout): forget it, stop it, let the pool replace it.
-    /// One the kernel killed for its memory limit is reported as such, whatever `why` says.
-    fn instance_broke(self: &Arc<Self>, pool_id: InstanceId, why: &str) {
-        let removed = lock(&self.live).remove(&pool_id);
-        let Some(live) = removed else { return };
-        let memory = live.instance.memory_kill().map(|limit| format!("killed by its memory limit ({limit} bytes)"));
-        let why = memory.as_deref().unwrap_or(why);
-        tracing::warn!(function = %self.spec.name, instance = live.slot, why, "instance replaced");
-        self.ctx.publish(
-            "instance_failed",
-            serde_json::json!({"function": self.spec.name, "instance": live.slot, "node": self.ctx.id, "reason": why}),
-        );
-        let actions = self.feed(|pool, now| pool.instance_failed(now, pool_id));
-        self.execute(actions);
-        let this = self.clone();
-        tokio::spawn(async move {
-            live.instance.stop(STOP_GRACE).await;
-            this.ctx.release_slot(&this.spec.name, live.slot);
-        });
+/// Why a broken instance is replaced: one the kernel killed for its memory limit is reported as
+/// such, whatever `why` says.
+fn broke_reason(instance: &Instance, why: &str) -> String {
+    match instance.memory_kill() {
+        Some(limit) => format!("killed by its memory limit ({limit} bytes)"),
+        None => why.to_owned(),
     }
+}
 
-    /// Carry out the pool's decisions.
-    fn execute(self: &Arc<Self>, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Dispatch { request, instance } => self.dispatch(request, instance),
-                Action::Reject { request, reason, retry_after_ms } => {
-                    if let Some(tx) = lock(&self.waiters).remove(&request) {
-                        let _ = tx.send(Assignment::Reject { reason, retry_after_ms });
-                    }
-                }
-                Action::Start { instance } => {
-                    tokio::spawn(self.clone().start(instance));
-                }
-                Action::Stop { instance } => {
-                    tokio::spawn(self.clone().stop(instance));
-                }
-            }
-        }
-    }
+/// The deployment's preparation.
+#[derive(Default)]
+struct Prep {
+    prepared: Option<Arc<Prepared>>,
+    zygote: Option<Arc<Zygote>>,
+    /// The last failure and when it happened.
+    failed: Option<(String, std::time::Instant)>,
+    /// Launches and callers waiting for the preparation under way; `None` when none is.
+    waiting: Option<Vec<oneshot::Sender<Result<PreparedNow, String>>>>,
+    /// The preparation under way is an observer's warming: say how it went.
+    announce: bool,
+}
 
-    fn dispatch(self: &Arc<Self>, request: RequestId, pool_id: InstanceId) {
-        // From here on the guard answers `finished` exactly once, whether the waiter gets the
-        // assignment, has gone away, or the instance vanished.
-        let finish = FinishGuard { deployment: self.clone(), request };
-        let go = {
-            let mut live = lock(&self.live);
-            live.get_mut(&pool_id).map(|l| (l.instance.clone(), l.fresh.take()))
-        };
-        let tx = lock(&self.waiters).remove(&request);
-        if let (Some((instance, fresh)), Some(tx)) = (go, tx) {
-            let _ = tx.send(Assignment::Go { pool_id, instance, fresh, finish });
-        }
-    }
+/// The single owner of one deployment.
+struct Owner {
+    spec: FunctionSpec,
+    ctx: Arc<HostContext>,
+    core: DeploymentCore<Handle>,
+    inbox: mpsc::UnboundedReceiver<Msg>,
+    /// For the tasks the owner spawns, to answer.
+    tx: mpsc::UnboundedSender<Msg>,
+    status: watch::Sender<Status>,
+    next_request: RequestId,
+    waiters: HashMap<RequestId, oneshot::Sender<Assignment>>,
+    /// How each instance that serves but has not served yet started, and when it was ready.
+    fresh: HashMap<InstanceId, (StartInfo, std::time::Instant)>,
+    /// How long each start's claim took, until it serves.
+    claim_took: HashMap<InstanceId, Duration>,
+    prep: Prep,
+    shutdown: Vec<oneshot::Sender<()>>,
+}
 
-    async fn start(self: Arc<Self>, pool_id: InstanceId) {
-        let slot = self.ctx.next_slot();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        lock(&self.starting).insert(pool_id, (slot, cancelled.clone()));
-        let result = self.start_instance(pool_id, slot).await;
-        lock(&self.starting).remove(&pool_id);
-        let actions = if cancelled.load(Ordering::SeqCst) {
-            // The pool stopped this instance while it started: undo the start, then answer the
-            // stop (the pool waits for `stopped`).
-            let live = lock(&self.live).remove(&pool_id);
-            if let Some(live) = live {
-                live.instance.stop(STOP_GRACE).await;
-                self.ctx.release_slot(&self.spec.name, live.slot);
-            }
-            self.feed(|pool, now| pool.stopped(now, pool_id))
-        } else {
-            match result {
-                Ok(()) => self.feed(|pool, now| pool.started(now, pool_id)),
-                Err(failure) => {
-                    if let StartFailure::Error(message) = &failure {
-                        tracing::warn!(function = %self.spec.name, %message, "instance did not start");
-                        self.ctx.publish(
-                            "instance_start_failed",
-                            serde_json::json!({"function": self.spec.name, "node": self.ctx.id, "error": message}),
-                        );
-                    }
-                    self.feed(|pool, now| pool.start_failed(now, pool_id, failure))
-                }
-            }
-        };
-        self.execute(actions);
-    }
-
-    /// The ledger slots this deployment's instances hold or are claiming.
-    pub fn slots(&self) -> Vec<u64> {
-        let mut slots: Vec<u64> = lock(&self.live).values().map(|l| l.slot).collect();
-        slots.extend(lock(&self.starting).values().map(|(slot, _)| *slot));
-        slots
-    }
-
-    async fn start_instance(self: &Arc<Self>, pool_id: InstanceId, slot: u64) -> Result<(), StartFailure> {
-        let reserve = self.ctx.disk_reserve.clone();
-        let below = tokio::task::spawn_blocking(move || super::disk::below_reserve(reserve.as_ref())).await;
-        if let Ok(Some(below)) = below {
-            return Err(StartFailure::Error(below));
-        }
-        let release = |this: &Arc<Self>| this.ctx.release_slot(&this.spec.name, slot);
-        // A snapshot start forks while the slot claim commits: the instance exists a few
-        // milliseconds early but serves only once the claim has committed, and is stopped at
-        // once when the claim is refused.
-        let ready = lock(&self.zygote).clone().filter(|z| z.is_alive());
-        if let Some(zygote) = ready {
-            let claim = async {
-                let t = instant();
-                (self.claim(slot).await, t.elapsed())
-            };
-            let fork = async {
-                let t = instant();
-                (zygote.fork(slot).await, t.elapsed())
-            };
-            let ((claimed, claim_took), (forked, fork_took)) = tokio::join!(claim, fork);
-            let mut stages = Stages::default();
-            stages.push("claim", claim_took);
-            stages.push("fork", fork_took);
-            return match (claimed, forked) {
-                (Ok(()), Ok(instance)) => {
-                    self.admit(pool_id, slot, Arc::new(instance), StartLabel::Snapshot, stages).await
-                }
-                (Ok(()), Err(e)) => {
-                    release(self);
-                    Err(StartFailure::Error(e.to_string()))
-                }
-                (Err(failure), Ok(instance)) => {
-                    instance.stop(STOP_GRACE).await;
-                    Err(failure)
-                }
-                (Err(failure), Err(_)) => Err(failure),
-            };
-        }
-        // Otherwise claim first, so that no preparation is spent when the mesh is at its limit.
-        let mut stages = Stages::default();
-        let t = instant();
-        self.claim(slot).await?;
-        stages.push("claim", t.elapsed());
-        let had_snapshot = self.has_snapshot();
-        let (prepared, prep_stages) = match self.ensure_prepared().await {
-            Ok(p) => p,
-            Err(e) => {
-                release(self);
-                return Err(StartFailure::Error(e));
-            }
-        };
-        stages.extend(prep_stages);
-        let zygote = lock(&self.zygote).clone().filter(|z| z.is_alive());
-        let t = instant();
-        let (started, label) = match zygote {
-            Some(z) => {
-                let label = if had_snapshot { StartLabel::Snapshot } else { StartLabel::Cold };
-                (z.fork(slot).await, label)
-            }
-            None => (falak_function::spawn(&prepared, slot).await, StartLabel::Cold),
-        };
-        let instance = match started {
-            Ok(i) => Arc::new(i),
-            Err(e) => {
-                release(self);
-                return Err(StartFailure::Error(e.to_string()));
-            }
-        };
-        let timings = instance.timings();
-        if label == StartLabel::Snapshot || timings.kind == falak_function::StartKind::Fork {
-            stages.push("fork", t.elapsed());
-        } else {
-            stages.push("spawn", Duration::from_micros(timings.spawn_us));
-            stages.push("init", t.elapsed().saturating_sub(Duration::from_micros(timings.spawn_us)));
-        }
-        self.admit(pool_id, slot, instance, label, stages).await
-    }
-
-    /// Commit this node's claim on one of the function's instance slots.
-    async fn claim(&self, slot: u64) -> Result<(), StartFailure> {
-        let claim = Command::ClaimInstance {
-            function: self.spec.name.clone(),
-            version: self.spec.version,
-            node: self.ctx.id,
-            instance: slot,
-            now: now_millis(),
-        };
-        match self.ctx.ledger.write(claim).await {
-            Ok(applied) => match applied.outcome {
-                Outcome::InstanceClaimed { .. } => Ok(()),
-                Outcome::Rejected(r) if r.code == RejectCode::NoFit && r.message.contains("max_instances") => {
-                    Err(StartFailure::AtLimit)
-                }
-                Outcome::Rejected(r) => Err(StartFailure::Error(r.message)),
-                other => Err(StartFailure::Error(format!("unexpected ledger outcome {other:?}"))),
-            },
-            Err(e) => {
-                // The claim may still commit later; give it back in case it does.
-                self.ctx.release_slot(&self.spec.name, slot);
-                Err(StartFailure::Error(format!("the ledger did not confirm the instance: {e}")))
-            }
-        }
-    }
-
-    /// A started instance with a committed slot joins the live set (unless the deployment was
-    /// retired meanwhile).
-    async fn admit(
-        self: &Arc<Self>,
-        pool_id: InstanceId,
-        slot: u64,
-        instance: Arc<Instance>,
-        label: StartLabel,
-        stages: Stages,
-    ) -> Result<(), StartFailure> {
-        if let Some(pid) = instance.pid() {
-            self.ctx.record_group(&format!("fn-{slot}"), pid);
-        }
-        if self.is_retired() {
-            instance.stop(STOP_GRACE).await;
-            self.ctx.release_slot(&self.spec.name, slot);
-            return Err(StartFailure::Error("the deployment was retired while the instance started".into()));
-        }
-        let info = StartInfo { label, stages };
-        let fresh = Some((info, instant()));
-        lock(&self.live).insert(pool_id, Live { instance: instance.clone(), slot, fresh, stopping: false, label });
-        tokio::spawn(self.clone().watch_exit(pool_id, instance));
-        Ok(())
-    }
-
-    /// When an instance exits on its own, the pool replaces it.
-    async fn watch_exit(self: Arc<Self>, pool_id: InstanceId, instance: Arc<Instance>) {
-        instance.exited().await;
-        let unexpected =
-            lock(&self.live).get(&pool_id).is_some_and(|l| !l.stopping && Arc::ptr_eq(&l.instance, &instance));
-        if unexpected {
-            self.instance_broke(pool_id, "exited");
-        }
-    }
-
-    async fn stop(self: Arc<Self>, pool_id: InstanceId) {
-        // A start under way finishes first; it sees the flag and answers `stopped` itself.
-        if let Some((_, cancelled)) = lock(&self.starting).get(&pool_id) {
-            cancelled.store(true, Ordering::SeqCst);
-            return;
-        }
-        let live = {
-            let mut live = lock(&self.live);
-            if let Some(l) = live.get_mut(&pool_id) {
-                l.stopping = true;
-            }
-            live.get(&pool_id).map(|l| (l.instance.clone(), l.slot))
-        };
-        if let Some((instance, slot)) = live {
-            instance.stop(STOP_GRACE).await;
-            lock(&self.live).remove(&pool_id);
-            self.ctx.release_slot(&self.spec.name, slot);
-        }
-        let actions = self.feed(|pool, now| pool.stopped(now, pool_id));
-        self.execute(actions);
-    }
-
-    /// Check idle instances; one that fails is replaced like a crashed one.
-    fn check_health(self: &Arc<Self>) {
-        let idle: Vec<InstanceId> = lock(&self.pool)
-            .view()
-            .instances
-            .iter()
-            .filter(|i| i.state == falak_function::pool::InstanceState::Idle)
-            .map(|i| i.id)
-            .collect();
-        for pool_id in idle {
-            let Some(instance) = lock(&self.live).get(&pool_id).filter(|l| !l.stopping).map(|l| l.instance.clone())
-            else {
-                continue;
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                let healthy = matches!(tokio::time::timeout(HEALTH_TIMEOUT, instance.health()).await, Ok(Ok(())));
-                let same = lock(&this.live).get(&pool_id).is_some_and(|l| Arc::ptr_eq(&l.instance, &instance));
-                if !healthy && same {
-                    this.instance_broke(pool_id, "failed its health check");
-                }
-            });
-        }
-    }
-
-    /// Measure each live instance's private directory against the disk limit and replace those
-    /// over it (`super::disk`); `None` before the deployment is prepared.
-    fn check_disk(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        let prepared = self.prep.try_lock().ok()?.prepared.clone()?;
-        let instances: Vec<(InstanceId, std::path::PathBuf)> = lock(&self.live)
-            .iter()
-            .filter(|(_, l)| !l.stopping)
-            .map(|(id, l)| (*id, prepared.tmp_dir(&format!("i{}", l.slot))))
-            .collect();
-        let (limit, log) = (self.spec.disk_limit_bytes(), self.ctx.deployment_dir(&self.spec).join("log"));
-        let this = self.clone();
-        Some(tokio::spawn(async move {
-            let over = tokio::task::spawn_blocking(move || super::disk::over_limit(instances, limit, &log)).await;
-            for pool_id in over.unwrap_or_default() {
-                this.instance_broke(pool_id, &super::disk::reason(limit));
-            }
-        }))
-    }
-
-    /// Runs the pool's timers; ends when a retired deployment has drained, stopping its zygote.
-    async fn ticker(self: Arc<Self>) {
+impl Owner {
+    async fn run(mut self) {
         let mut last_health = instant();
         let (mut last_disk, mut disk_check) = (instant(), None::<tokio::task::JoinHandle<()>>);
+        let ctx = self.ctx.clone();
         loop {
-            let deadline = lock(&self.pool).next_deadline();
             let now = now_millis();
-            let wait = match deadline {
+            let wait = match self.core.next_deadline() {
                 Some(at) => Duration::from_millis(at.saturating_sub(now)),
                 None => Duration::from_secs(1),
             }
             .min(HEALTH_EVERY)
             .min(super::disk::CHECK_EVERY);
-            self.wake_at.store(now + wait.as_millis() as u64, Ordering::Relaxed);
             tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.ctx.stopping() => break,
+                msg = self.inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait) => self.step(Input::Tick),
+                _ = ctx.stopping() => break,
             }
-            let actions = lock(&self.pool).tick(now_millis());
-            self.execute(actions);
             if last_health.elapsed() >= HEALTH_EVERY {
                 last_health = instant();
                 self.check_health();
@@ -784,33 +431,427 @@ impl Deployment {
                 last_disk = instant();
                 disk_check = self.check_disk();
             }
-            if self.is_retired() && lock(&self.pool).is_drained() {
+            self.publish();
+            // A preparation under way finishes first: its zygote is then stopped with the rest.
+            if !self.shutdown.is_empty() || self.core.is_drained() && self.prep.waiting.is_none() {
                 break;
             }
         }
-        self.shutdown().await;
-    }
-
-    /// Stop everything this deployment runs here — instances (at once, each with its grace
-    /// period), then the zygote — with their cgroups. Once: a second caller (the ticker and a
-    /// stopping node) waits for the first.
-    pub(crate) async fn shutdown(&self) {
-        self.shut_down.get_or_init(|| self.stop_processes()).await;
-    }
-
-    async fn stop_processes(&self) {
-        let live: Vec<(Arc<Instance>, u64)> = lock(&self.live).values().map(|l| (l.instance.clone(), l.slot)).collect();
-        let stops = live.into_iter().map(|(instance, slot)| async move {
-            instance.stop(STOP_GRACE).await;
-            self.ctx.release_slot(&self.spec.name, slot);
+        if let Some(check) = disk_check {
+            check.abort();
+        }
+        self.stop_processes().await;
+        self.status.send_modify(|s| {
+            s.ended = true;
+            s.free_slots = 0;
+            s.snapshot = false;
         });
-        futures_util::future::join_all(stops).await;
-        let zygote = lock(&self.zygote).take();
-        if let Some(z) = zygote {
-            z.stop().await;
-            self.ctx.forget_group(&format!("fn-zygote-{}-{}", self.spec.name, self.spec.version));
+        // Answer everyone still waiting: stops are done; requests and preparations are turned
+        // away by dropping their reply channels.
+        self.inbox.close();
+        while let Ok(msg) = self.inbox.try_recv() {
+            if let Msg::Shutdown { reply } = msg {
+                self.shutdown.push(reply);
+            }
+        }
+        for reply in self.shutdown.drain(..) {
+            let _ = reply.send(());
         }
     }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Core(input) => self.step(input),
+            Msg::Claimed { instance, result, took } => {
+                self.claim_took.insert(instance, took);
+                self.step(Input::Claimed { instance, result });
+            }
+            Msg::Request { may_start, reply } => {
+                let request = self.next_request;
+                self.next_request += 1;
+                self.waiters.insert(request, reply);
+                self.step(Input::Request { request, may_start });
+            }
+            Msg::Prepare { reply } => self.prepare(Some(reply), false),
+            Msg::Warm => {
+                let recently_failed = self.prep.failed.as_ref().is_some_and(|(_, at)| at.elapsed() < PREPARE_RETRY);
+                let needed = self.prep.prepared.is_none()
+                    || self.spec.snapshot == SnapshotPolicy::Zygote && self.prep.zygote.is_none();
+                if needed && !recently_failed && self.prep.waiting.is_none() && !self.core.is_retired() {
+                    self.prepare(None, true);
+                }
+            }
+            Msg::PrepareDone(outcome) => self.prepared(outcome),
+            Msg::ZygoteExited(pid) => {
+                if self.prep.zygote.as_ref().is_some_and(|z| z.pid() == pid) {
+                    self.prep.zygote = None;
+                    self.step(Input::SnapshotReady(false));
+                }
+            }
+            Msg::SetMinInstances(min) => self.step(Input::SetMinInstances(min)),
+            Msg::Retire => self.step(Input::Retire),
+            Msg::Instances { reply } => {
+                let _ = reply.send(self.instances());
+            }
+            Msg::Shutdown { reply } => self.shutdown.push(reply),
+        }
+    }
+
+    /// Step the core and carry out its effects.
+    fn step(&mut self, input: Input<Handle>) {
+        let effects = self.core.step(now_millis(), input);
+        for effect in effects {
+            self.carry_out(effect);
+        }
+    }
+
+    fn carry_out(&mut self, effect: Effect<Handle>) {
+        match effect {
+            Effect::Claim { instance, slot } => {
+                let (ctx, spec, tx) = (self.ctx.clone(), self.spec.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let t = instant();
+                    let result = claim(&ctx, &spec, slot).await;
+                    let _ = tx.send(Msg::Claimed { instance, result, took: t.elapsed() });
+                });
+            }
+            Effect::Launch { instance, slot, snapshot } => {
+                let zygote = self.prep.zygote.clone().filter(|z| snapshot && z.is_alive());
+                let (ctx, tx) = (self.ctx.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let result = launch(&ctx, &tx, zygote, slot).await.map(Arc::new);
+                    let _ = tx.send(Msg::Core(Input::Launched { instance, result }));
+                });
+            }
+            Effect::Serving { instance, slot, handle } => {
+                let mut stages = Stages::default();
+                if let Some(took) = self.claim_took.remove(&instance) {
+                    stages.push("claim", took);
+                }
+                stages.extend(handle.stages.clone());
+                self.fresh.insert(instance, (StartInfo { label: handle.label, stages }, instant()));
+                if let Some(pid) = handle.instance.pid() {
+                    self.ctx.record_group(&format!("fn-{slot}"), pid);
+                }
+                // When it exits on its own, the core replaces it (an expected exit finds it
+                // stopping, and the core ignores it).
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    handle.instance.exited().await;
+                    let why = broke_reason(&handle.instance, "exited");
+                    let _ = tx.send(Msg::Core(Input::Broke { instance, why }));
+                });
+            }
+            Effect::Dispatch { request, instance, handle } => {
+                // From here on the guard answers `Finished` exactly once, whether the waiter gets
+                // the assignment or has gone away.
+                let finish = FinishGuard { inbox: self.tx.clone(), request };
+                let fresh = self.fresh.remove(&instance);
+                if let Some(reply) = self.waiters.remove(&request) {
+                    let _ = reply.send(Assignment::Go { instance: handle, pool_id: instance, fresh, finish });
+                }
+            }
+            Effect::Reject { request, reason, retry_after_ms } => {
+                if let Some(reply) = self.waiters.remove(&request) {
+                    let _ = reply.send(Assignment::Reject { reason, retry_after_ms });
+                }
+            }
+            Effect::Stop { instance, handle, release } => {
+                self.fresh.remove(&instance);
+                let (ctx, name, tx) = (self.ctx.clone(), self.spec.name.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    handle.instance.stop(STOP_GRACE).await;
+                    if let Some(slot) = release {
+                        ctx.release_slot(&name, slot);
+                    }
+                    let _ = tx.send(Msg::Core(Input::Stopped { instance }));
+                });
+            }
+            Effect::Release { slot } => self.ctx.release_slot(&self.spec.name, slot),
+            Effect::Report(Report::StartFailed { message }) => {
+                tracing::warn!(function = %self.spec.name, %message, "instance did not start");
+                self.ctx.publish(
+                    "instance_start_failed",
+                    serde_json::json!({"function": self.spec.name, "node": self.ctx.id, "error": message}),
+                );
+            }
+            Effect::Report(Report::InstanceFailed { slot, why }) => {
+                tracing::warn!(function = %self.spec.name, instance = slot, %why, "instance replaced");
+                self.ctx.publish(
+                    "instance_failed",
+                    serde_json::json!({"function": self.spec.name, "instance": slot, "node": self.ctx.id, "reason": why}),
+                );
+            }
+        }
+    }
+
+    /// Answer `reply` with the prepared deployment, preparing it first if it is not (or its
+    /// zygote is gone); `announce`: an observer's warming, whose outcome is published.
+    fn prepare(&mut self, reply: Option<oneshot::Sender<Result<PreparedNow, String>>>, announce: bool) {
+        if self.core.is_retired() {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(format!("{} was retired", self.spec.deployment())));
+            }
+            return;
+        }
+        let zygote_missing =
+            self.spec.snapshot == SnapshotPolicy::Zygote && !self.prep.zygote.as_ref().is_some_and(|z| z.is_alive());
+        if let (Some(prepared), false) = (&self.prep.prepared, zygote_missing) {
+            let now =
+                PreparedNow { prepared: prepared.clone(), zygote: self.prep.zygote.clone(), stages: Stages::default() };
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(now));
+            }
+            return;
+        }
+        if let Some(waiting) = &mut self.prep.waiting {
+            waiting.extend(reply);
+            return;
+        }
+        if let Some((error, at)) = &self.prep.failed
+            && at.elapsed() < PREPARE_RETRY
+        {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        self.prep.waiting = Some(reply.into_iter().collect());
+        self.prep.announce = announce;
+        let (ctx, spec, tx) = (self.ctx.clone(), self.spec.clone(), self.tx.clone());
+        let prepared = self.prep.prepared.clone();
+        tokio::spawn(async move {
+            let outcome = prepare(&ctx, &spec, prepared).await;
+            let _ = tx.send(Msg::PrepareDone(outcome));
+        });
+    }
+
+    fn prepared(&mut self, outcome: PrepareOutcome) {
+        let PrepareOutcome { prepared, zygote, stages, error } = outcome;
+        let started = std::mem::take(&mut self.prep.waiting).unwrap_or_default();
+        if prepared.is_some() {
+            self.prep.prepared = prepared;
+        }
+        if let Some(zygote) = zygote {
+            if self.core.is_retired() {
+                // Nothing will fork from it.
+                tokio::spawn(async move { zygote.stop().await });
+            } else {
+                let (tx, watched) = (self.tx.clone(), zygote.clone());
+                tokio::spawn(async move {
+                    watched.exited().await;
+                    let _ = tx.send(Msg::ZygoteExited(watched.pid()));
+                });
+                self.ctx.record_group(&self.zygote_group(), zygote.pid());
+                self.prep.zygote = Some(zygote);
+                self.step(Input::SnapshotReady(true));
+            }
+        }
+        let answer = match (&error, &self.prep.prepared) {
+            (None, Some(p)) => Ok(PreparedNow { prepared: p.clone(), zygote: self.prep.zygote.clone(), stages }),
+            (Some(e), _) => Err(e.clone()),
+            (None, None) => Err("the preparation ended without a result".to_owned()),
+        };
+        if std::mem::take(&mut self.prep.announce) {
+            let spec = &self.spec;
+            match &answer {
+                Ok(now) => self.ctx.publish(
+                    "observer_warmed",
+                    serde_json::json!({"function": spec.name, "version": spec.version, "node": self.ctx.id, "ms": now.stages.total().as_millis() as u64, "snapshot": self.prep.zygote.is_some()}),
+                ),
+                Err(e) => self.ctx.publish(
+                    "function_prepare_failed",
+                    serde_json::json!({"function": spec.name, "version": spec.version, "node": self.ctx.id, "error": e}),
+                ),
+            }
+        }
+        self.prep.failed = error.map(|e| (e, instant()));
+        // Whoever is answered next reads the status (`has_snapshot`) as of this preparation.
+        self.publish();
+        for reply in started {
+            let _ = reply.send(answer.clone());
+        }
+    }
+
+    fn zygote_group(&self) -> String {
+        format!("fn-zygote-{}-{}", self.spec.name, self.spec.version)
+    }
+
+    fn publish(&self) {
+        let status = Status {
+            free_slots: self.core.free_slots(),
+            instances: self.core.instances().len() as u32,
+            prepared: self.prep.prepared.is_some(),
+            snapshot: self.prep.zygote.as_ref().is_some_and(|z| z.is_alive()),
+            ended: false,
+            slots: self.core.slots(),
+        };
+        self.status.send_replace(status);
+    }
+
+    fn instances(&self) -> Vec<falak_api::function::InstanceInfo> {
+        let now = now_millis();
+        self.core
+            .instances()
+            .into_iter()
+            .map(|(view, slot, handle)| falak_api::function::InstanceInfo {
+                node: self.ctx.id.to_string(),
+                node_name: self.ctx.node_name.clone(),
+                instance: slot.unwrap_or(0),
+                version: self.spec.version,
+                state: format!("{:?}", view.state).to_uppercase(),
+                in_flight: view.in_flight,
+                start: handle.as_ref().map_or("-", |h| h.label.name()).to_owned(),
+                pid: handle.and_then(|h| h.instance.pid()),
+                age_ms: now.saturating_sub(view.since),
+            })
+            .collect()
+    }
+
+    /// Check idle instances; one that fails is replaced like a crashed one.
+    fn check_health(&self) {
+        for serving in self.core.serving().into_iter().filter(|s| s.idle) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let checked = tokio::time::timeout(HEALTH_TIMEOUT, serving.handle.instance.health()).await;
+                if !matches!(checked, Ok(Ok(()))) {
+                    let why = broke_reason(&serving.handle.instance, "failed its health check");
+                    let _ = tx.send(Msg::Core(Input::Broke { instance: serving.instance, why }));
+                }
+            });
+        }
+    }
+
+    /// Measure each serving instance's private directory against the disk limit and replace
+    /// those over it (`super::disk`); `None` before the deployment is prepared.
+    fn check_disk(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let prepared = self.prep.prepared.clone()?;
+        let instances: Vec<(InstanceId, std::path::PathBuf)> =
+            self.core.serving().into_iter().map(|s| (s.instance, prepared.tmp_dir(&format!("i{}", s.slot)))).collect();
+        let (limit, log) = (self.spec.disk_limit_bytes(), self.ctx.deployment_dir(&self.spec).join("log"));
+        let tx = self.tx.clone();
+        Some(tokio::spawn(async move {
+            let over = tokio::task::spawn_blocking(move || super::disk::over_limit(instances, limit, &log)).await;
+            for instance in over.unwrap_or_default() {
+                let _ = tx.send(Msg::Core(Input::Broke { instance, why: super::disk::reason(limit) }));
+            }
+        }))
+    }
+
+    /// Stop every process: instances at once (each with its grace period), then the zygote.
+    async fn stop_processes(&mut self) {
+        let (ctx, name) = (&self.ctx, &self.spec.name);
+        let stops = self.core.handles().into_iter().map(|(slot, handle)| async move {
+            handle.instance.stop(STOP_GRACE).await;
+            ctx.release_slot(name, slot);
+        });
+        futures_util::future::join_all(stops).await;
+        if let Some(zygote) = self.prep.zygote.take() {
+            zygote.stop().await;
+            self.ctx.forget_group(&self.zygote_group());
+        }
+    }
+}
+
+/// Commit this node's claim on one of the function's instance slots.
+async fn claim(ctx: &HostContext, spec: &FunctionSpec, slot: u64) -> Result<(), ClaimFailure> {
+    let claim = Command::ClaimInstance {
+        function: spec.name.clone(),
+        version: spec.version,
+        node: ctx.id,
+        instance: slot,
+        now: now_millis(),
+    };
+    super::slots::claim_result(ctx.ledger.write(claim).await)
+}
+
+/// Start one instance: fork it from `zygote` when given, else prepare the deployment (through
+/// the owner) and fork or spawn.
+async fn launch(
+    ctx: &HostContext,
+    owner: &mpsc::UnboundedSender<Msg>,
+    zygote: Option<Arc<Zygote>>,
+    slot: u64,
+) -> Result<Running, String> {
+    let reserve = ctx.disk_reserve.clone();
+    let below = tokio::task::spawn_blocking(move || super::disk::below_reserve(reserve.as_ref())).await;
+    if let Ok(Some(below)) = below {
+        return Err(below);
+    }
+    let mut stages = Stages::default();
+    if let Some(zygote) = zygote {
+        let t = instant();
+        let instance = zygote.fork(slot).await.map_err(|e| e.to_string())?;
+        stages.push("fork", t.elapsed());
+        return Ok(Running { instance, label: StartLabel::Snapshot, stages });
+    }
+    let (reply, answer) = oneshot::channel();
+    owner.send(Msg::Prepare { reply }).map_err(|_| "the deployment has ended".to_owned())?;
+    let now = answer.await.map_err(|_| "the deployment has ended".to_owned())??;
+    let had_snapshot = now.stages.0.iter().all(|(stage, _)| *stage != "snapshot") && now.zygote.is_some();
+    stages.extend(now.stages);
+    let zygote = now.zygote.filter(|z| z.is_alive());
+    let t = instant();
+    let (started, label) = match &zygote {
+        Some(z) => (z.fork(slot).await, if had_snapshot { StartLabel::Snapshot } else { StartLabel::Cold }),
+        None => (falak_function::spawn(&now.prepared, slot).await, StartLabel::Cold),
+    };
+    let instance = started.map_err(|e| e.to_string())?;
+    let timings = instance.timings();
+    if zygote.is_some() || timings.kind == falak_function::StartKind::Fork {
+        stages.push("fork", t.elapsed());
+    } else {
+        stages.push("spawn", Duration::from_micros(timings.spawn_us));
+        stages.push("init", t.elapsed().saturating_sub(Duration::from_micros(timings.spawn_us)));
+    }
+    Ok(Running { instance, label, stages })
+}
+
+/// Prepare the deployment (unless `prepared` already is) and start its zygote when its policy
+/// asks for one.
+async fn prepare(ctx: &HostContext, spec: &FunctionSpec, prepared: Option<Arc<Prepared>>) -> PrepareOutcome {
+    let mut stages = Stages::default();
+    let prepared = match prepared {
+        Some(p) => p,
+        None => match prepare_now(ctx, spec, &mut stages).await {
+            Ok(p) => Arc::new(p),
+            Err(error) => return PrepareOutcome { prepared: None, zygote: None, stages, error: Some(error) },
+        },
+    };
+    if spec.snapshot != SnapshotPolicy::Zygote {
+        return PrepareOutcome { prepared: Some(prepared), zygote: None, stages, error: None };
+    }
+    let t = instant();
+    match Zygote::start(&prepared).await {
+        Ok(zygote) => {
+            stages.push("snapshot", t.elapsed());
+            PrepareOutcome { prepared: Some(prepared), zygote: Some(Arc::new(zygote)), stages, error: None }
+        }
+        Err(e) => {
+            let error = format!("starting {} on node {}: {e}", spec.deployment(), ctx.node_name);
+            PrepareOutcome { prepared: Some(prepared), zygote: None, stages, error: Some(error) }
+        }
+    }
+}
+
+async fn prepare_now(ctx: &HostContext, spec: &FunctionSpec, stages: &mut Stages) -> Result<Prepared, String> {
+    let t = instant();
+    let bundle_dir = ctx.bundle_dir(spec.artifact).await?;
+    stages.push("fetch", t.elapsed());
+    let t = instant();
+    let sandbox = ctx.sandbox_for(&spec.name).await?;
+    // The log's dir is the node's alone; `prepare` makes the work dir (the instances').
+    let deployment_dir = ctx.deployment_dir(spec);
+    let work_dir = ctx.socket_dir(spec);
+    std::fs::create_dir_all(&deployment_dir).map_err(|e| format!("cannot create {}: {e}", deployment_dir.display()))?;
+    let log = deployment_dir.join("log");
+    let env = ctx.instance_env(spec)?;
+    let host = host_spec(spec, env, bundle_dir, work_dir, log, &ctx.python, sandbox);
+    let prepared = falak_function::prepare(host, &ctx.venv_dir())
+        .await
+        .map_err(|e| format!("preparing {} on node {}: {e}", spec.deployment(), ctx.node_name))?;
+    stages.push("prepare", t.elapsed());
+    Ok(prepared)
 }
 
 fn host_spec(
@@ -860,14 +901,13 @@ fn instance_limits(spec: &FunctionSpec) -> CgroupLimits {
 
 /// Tells the pool a request finished when its response body is done or dropped.
 struct FinishGuard {
-    deployment: Arc<Deployment>,
+    inbox: mpsc::UnboundedSender<Msg>,
     request: RequestId,
 }
 
 impl Drop for FinishGuard {
     fn drop(&mut self) {
-        let actions = self.deployment.feed(|pool, now| pool.finished(now, self.request));
-        self.deployment.execute(actions);
+        let _ = self.inbox.send(Msg::Core(Input::Finished { request: self.request }));
     }
 }
 

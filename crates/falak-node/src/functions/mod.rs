@@ -20,12 +20,12 @@ mod disk;
 pub(crate) mod gateway;
 pub(crate) mod invocations;
 pub(crate) mod rpc;
+pub mod slots;
 pub(crate) mod start;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -53,9 +53,6 @@ use crate::metrics::{Histogram, LATENCY_BOUNDS};
 
 /// How often deployments are reconciled with the ledger without other cause.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
-/// A slot without an instance is released once it is this old (a claim commits before its
-/// instance is recorded as starting only in the window of one ledger write).
-const SLOT_GRACE_MS: u64 = 10_000;
 /// How long a deploy waits for an observer's snapshot of the new version before answering.
 const READY_WAIT: Duration = Duration::from_secs(10);
 /// How often unused artifacts are collected.
@@ -101,7 +98,8 @@ pub(crate) struct HostContext {
     fetcher: Fetcher,
     events: EventSender,
     metrics: Mutex<FunctionMetrics>,
-    next_slot: AtomicU64,
+    /// Instance slot numbers: node-wide, unique across restarts (they start from the wall clock).
+    pub slots: slots::SlotNumbers,
     stop: watch::Receiver<bool>,
     /// How instances are confined, found on first use (see [`HostContext::sandbox`]).
     sandbox: tokio::sync::OnceCell<WorkloadSandbox>,
@@ -235,11 +233,6 @@ impl HostContext {
     /// The cgroup scope of this node's function processes (beside the tasks' `node-<id>`).
     fn cgroup_scope(&self) -> String {
         format!("node-{}-fn", self.id.short())
-    }
-
-    /// A node-wide instance id, unique across restarts (it starts from the wall clock).
-    pub fn next_slot(&self) -> u64 {
-        self.next_slot.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn record_group(&self, name: &str, pid: u32) {
@@ -459,7 +452,7 @@ impl FunctionHost {
             fetcher,
             events: parts.events,
             metrics: Mutex::new(FunctionMetrics::new()),
-            next_slot: AtomicU64::new(now_millis().saturating_mul(1000)),
+            slots: slots::SlotNumbers::starting_at(now_millis().saturating_mul(1000)),
             stop: parts.stop,
             secrets: parts.secrets,
             sandbox: tokio::sync::OnceCell::new(),
@@ -569,16 +562,7 @@ impl FunctionHost {
     /// never committed, a claim that committed after it timed out).
     fn reconcile_slots(&self) {
         let held: BTreeSet<u64> = self.all_deployments().iter().flat_map(|d| d.slots()).collect();
-        let now = now_millis();
-        let stale: Vec<(String, u64)> = {
-            let state = self.ctx.ledger.state();
-            state
-                .functions()
-                .flat_map(|f| f.instances_on(&self.ctx.id).map(move |s| (f.spec.name.clone(), s.instance, s.since)))
-                .filter(|(_, slot, since)| !held.contains(slot) && now.saturating_sub(*since) > SLOT_GRACE_MS)
-                .map(|(name, slot, _)| (name, slot))
-                .collect()
-        };
+        let stale = slots::stale_slots(&self.ctx.ledger.state(), &self.ctx.id, &held, now_millis());
         for (function, slot) in stale {
             tracing::info!(%function, slot, "releasing an instance slot with no instance behind it");
             self.ctx.release_slot(&function, slot);
@@ -692,23 +676,9 @@ impl FunctionHost {
                 observing.remove(&spec.name);
             }
             // Observers keep the deployment prepared and its snapshot ready (again after a
-            // zygote died or a preparation failed).
-            if let Some(d) = deployment.filter(|d| observer && d.needs_warming() && d.begin_warming()) {
-                let ctx = self.ctx.clone();
-                tokio::spawn(async move {
-                    let t = instant();
-                    match d.ensure_prepared().await {
-                        Ok(_) => ctx.publish(
-                            "observer_warmed",
-                            serde_json::json!({"function": d.spec.name, "version": d.spec.version, "node": ctx.id, "ms": t.elapsed().as_millis() as u64, "snapshot": d.has_snapshot()}),
-                        ),
-                        Err(e) => ctx.publish(
-                            "function_prepare_failed",
-                            serde_json::json!({"function": d.spec.name, "version": d.spec.version, "node": ctx.id, "error": e}),
-                        ),
-                    }
-                    d.end_warming();
-                });
+            // zygote died or a preparation failed); the deployment decides whether it needs to.
+            if let Some(d) = deployment.filter(|_| observer) {
+                d.warm();
             }
         }
         lock(&self.retired).retain(|d| !d.is_drained());

@@ -25,7 +25,7 @@ impl FunctionHost {
     pub async fn answer_rpc(self: &Arc<Self>, request: FunctionRpc) -> Result<bytes::Bytes, String> {
         match request {
             FunctionRpc::Instances { function } => {
-                let instances = self.local_instances(&function);
+                let instances = self.local_instances(&function).await;
                 serde_json::to_vec(&instances).map(bytes::Bytes::from).map_err(|e| e.to_string())
             }
             FunctionRpc::Logs { function, max_bytes } => {
@@ -36,8 +36,12 @@ impl FunctionHost {
         }
     }
 
-    fn local_instances(&self, function: &str) -> Vec<InstanceInfo> {
-        self.all_deployments().into_iter().filter(|d| d.name() == function).flat_map(|d| d.instances()).collect()
+    async fn local_instances(&self, function: &str) -> Vec<InstanceInfo> {
+        let mut instances = Vec::new();
+        for d in self.all_deployments().into_iter().filter(|d| d.name() == function) {
+            instances.extend(d.instances().await);
+        }
+        instances
     }
 
     async fn local_logs(&self, function: &str, max_bytes: usize) -> String {

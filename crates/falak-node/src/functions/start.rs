@@ -45,6 +45,10 @@ impl Stages {
         self.0.push((stage, took));
     }
 
+    pub fn total(&self) -> Duration {
+        self.0.iter().map(|(_, took)| *took).sum()
+    }
+
     pub fn extend(&mut self, other: Stages) {
         self.0.extend(other.0);
     }

@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::completion;
 use super::convergence::Convergence;
+use super::functions::{self, CommittedClaims, SimFunction};
 use super::heal::{HEAL_BOUND_MS, HealChecks};
 use super::instance_slots::{self, InstanceSlots};
 use super::single_claim::SingleClaim;
@@ -42,6 +43,8 @@ pub struct SimConfig {
     /// A deliberately broken check in the state machine (tests of the checkers only). With
     /// `SkipAttemptCheck` every candidate also claims at once.
     pub planted_bug: PlantedBug,
+    /// A deliberately broken function-host driver (tests of the function checkers only).
+    pub driver_bug: functions::DriverBug,
     pub step_ms: u64,
 }
 
@@ -55,6 +58,7 @@ impl Default for SimConfig {
             jobs: 3,
             tasks_per_job: 6,
             planted_bug: PlantedBug::None,
+            driver_bug: functions::DriverBug::None,
             step_ms: 20,
         }
     }
@@ -66,6 +70,8 @@ pub struct SimReport {
     pub violations: Vec<String>,
     pub faults: Vec<String>,
     pub acknowledged: usize,
+    /// What the function hosts did, summed over nodes and restarts.
+    pub functions: functions::FunctionStats,
 }
 
 /// Membership's detection delays, as tuned for the real failure detector.
@@ -93,6 +99,10 @@ struct SimNode {
     running: BTreeMap<TaskId, (u64, Millis, i32)>,
     failed: Arc<Mutex<Vec<ProposalKind>>>,
     collector: Option<tokio::task::JoinHandle<()>>,
+    /// The function host for `f`, from the node's (re)start; `None` while it is down.
+    function: Option<SimFunction>,
+    /// How many times the node has started.
+    generation: u64,
 }
 
 struct Sim {
@@ -106,6 +116,11 @@ struct Sim {
     acknowledged: Arc<Mutex<Vec<JobId>>>,
     faults: Vec<String>,
     heals: HealChecks,
+    /// Slot claims committed on any replica.
+    claims: Arc<Mutex<CommittedClaims>>,
+    function: falak_core::function::FunctionSpec,
+    /// Function stats of hosts that are gone (crashed, restarted).
+    stats: functions::FunctionStats,
     start: tokio::time::Instant,
     _dir: tempfile::TempDir,
 }
@@ -154,6 +169,8 @@ impl Sim {
                 running: BTreeMap::new(),
                 failed: Arc::default(),
                 collector: None,
+                function: None,
+                generation: 0,
             })
             .collect();
         Sim {
@@ -167,6 +184,9 @@ impl Sim {
             acknowledged: Arc::default(),
             faults: Vec::new(),
             heals: HealChecks::default(),
+            claims: Arc::default(),
+            function: function_spec(),
+            stats: functions::FunctionStats::default(),
             start: tokio::time::Instant::now(),
             _dir: dir,
         }
@@ -199,7 +219,7 @@ impl Sim {
                 next_submit += submit_every;
             }
             self.inject_faults().await;
-            self.churn_instances();
+            self.drive_functions(true);
             self.step_all();
             self.check_heals();
             tokio::time::sleep(Duration::from_millis(self.config.step_ms)).await;
@@ -219,14 +239,18 @@ impl Sim {
         // before judging it.
         let deadline = self.elapsed() + self.config.settle_ms;
         loop {
+            self.drive_functions(false);
             self.step_all();
             self.check_heals();
             tokio::time::sleep(Duration::from_millis(self.config.step_ms)).await;
             let acknowledged = self.acknowledged.lock().expect("lock").clone();
-            let done = self
-                .nodes
-                .iter()
-                .all(|n| n.ledger.as_ref().is_some_and(|l| completion::all_terminal(&l.state(), &acknowledged)));
+            let done = self.nodes.iter().all(|n| {
+                n.ledger.as_ref().is_some_and(|l| {
+                    let state = l.state();
+                    completion::all_terminal(&state, &acknowledged)
+                        && n.function.as_ref().is_none_or(|f| f.settled(&state))
+                })
+            });
             let heal_judged = self.elapsed() > healed_at + HEAL_BOUND_MS;
             if (done && heal_judged) || self.elapsed() >= deadline {
                 break;
@@ -242,6 +266,11 @@ impl Sim {
             instance_slots::check(&ledger.state(), &mut violations);
         }
         self.converge(&mut violations).await;
+        for node in &self.nodes {
+            if let (Some(f), Some(ledger)) = (&node.function, &node.ledger) {
+                f.check(&ledger.state(), &mut violations);
+            }
+        }
         for node in &mut self.nodes {
             if let Some(ledger) = node.ledger.take() {
                 let _ = ledger.shutdown().await;
@@ -252,7 +281,16 @@ impl Sim {
         }
         let mut checker = self.checker.lock().expect("lock");
         violations.append(&mut checker.violations);
-        SimReport { violations, faults: std::mem::take(&mut self.faults), acknowledged: acknowledged.len() }
+        let mut stats = self.stats;
+        for f in self.nodes.iter().filter_map(|n| n.function.as_ref()) {
+            stats.add(&f.stats);
+        }
+        SimReport {
+            violations,
+            faults: std::mem::take(&mut self.faults),
+            acknowledged: acknowledged.len(),
+            functions: stats,
+        }
     }
 
     async fn bootstrap(&mut self) -> Result<(), String> {
@@ -272,35 +310,33 @@ impl Sim {
         let text = "name: work\nkind: process\ncommand: [/bin/true]\nresources: { cpu: 500m, memory: 64Mi }\nplacement: { max_attempts: 3 }";
         let spec = CapsuleDocument::parse(text).map_err(|e| e.to_string())?;
         retry(|| ledger.write(Command::signed_capsule(spec.clone(), &key, now))).await?;
-        let text = format!(
-            "name: f\nkind: function\nruntime: python\nhandler: main.handle\nscaling: {{ max_instances: {} }}",
-            instance_slots::MAX_INSTANCES
-        );
-        let mut doc = falak_core::function::FunctionDocument::parse(&text).map_err(|e| e.to_string())?;
-        doc.artifact = Some(falak_core::ArtifactId([1; 32]));
-        let function = doc.validate(0).map_err(|e| e.to_string())?;
+        let function = self.function.clone();
         retry(|| ledger.write(Command::signed_function(function.clone(), &key, now))).await?;
         Ok(())
     }
 
-    /// Nodes claim and release instance slots of `f` at seeded moments.
-    fn churn_instances(&mut self) {
-        let alive: Vec<usize> = (0..self.nodes.len()).filter(|i| !self.crashed.contains_key(i)).collect();
-        if alive.is_empty() || !self.rng.gen_bool(0.08) {
-            return;
-        }
-        let via = alive[self.rng.gen_range(0..alive.len())];
-        let Some(ledger) = self.nodes[via].ledger.clone() else { return };
+    /// Step every running node's function host: requests arrive at seeded moments (while
+    /// `requests`), serving instances break now and then.
+    fn drive_functions(&mut self, requests: bool) {
         let now = self.now();
-        let command = if self.rng.gen_bool(0.6) {
-            let instance = self.rng.gen_range(0..1_000_000);
-            Command::ClaimInstance { function: "f".into(), version: 1, node: node_id(via), instance, now }
-        } else {
-            Command::ReleaseInstances { node: node_id(via), function: "f".into(), instances: vec![], all: true, now }
-        };
-        tokio::spawn(async move {
-            let _ = ledger.write(command).await;
-        });
+        let Sim { nodes, rng, claims, checker, .. } = self;
+        let mut violations = Vec::new();
+        let alive: Vec<usize> = nodes.iter().filter(|n| n.function.is_some()).map(|n| n.index).collect();
+        let asked = (requests && !alive.is_empty() && rng.gen_bool(0.3)).then(|| alive[rng.gen_range(0..alive.len())]);
+        let broken =
+            (requests && !alive.is_empty() && rng.gen_bool(0.01)).then(|| alive[rng.gen_range(0..alive.len())]);
+        for node in nodes.iter_mut() {
+            let (Some(function), Some(ledger)) = (node.function.as_mut(), node.ledger.as_ref()) else { continue };
+            let mut ctx = functions::Ctx { ledger, rng, claims, violations: &mut violations };
+            if asked == Some(node.index) {
+                function.request(now, &mut ctx);
+            }
+            if broken == Some(node.index) {
+                function.break_one(now, &mut ctx);
+            }
+            function.step(now, &mut ctx);
+        }
+        checker.lock().expect("lock").violations.append(&mut violations);
     }
 
     fn submit_job(&mut self) {
@@ -408,6 +444,7 @@ impl Sim {
         }
         let mut rx = ledger.subscribe();
         let checker = self.checker.clone();
+        let claims = self.claims.clone();
         let index = node.index;
         node.collector = Some(tokio::spawn(async move {
             loop {
@@ -418,8 +455,10 @@ impl Sim {
                         convergence.observe(index, log, &applied, violations);
                         slots.observe(index, &applied, violations);
                         terms.observe(index, log, term, &applied, violations);
+                        let mut claims = claims.lock().expect("lock");
                         for event in &applied.events {
                             single.observe(event, violations);
+                            claims.observe(event);
                         }
                     }
                     Ok(Committed::SnapshotInstalled { .. })
@@ -434,6 +473,14 @@ impl Sim {
         node.ledger = Some(ledger);
         node.reconciler = Reconciler::new(node.id, reconcile_config(&self.config));
         node.running.clear();
+        // About half the nodes start instances from a ready snapshot (claim and fork at once).
+        let snapshot = self.rng.gen_bool(0.5);
+        let first = functions::first_slot(i, node.generation);
+        if let Some(old) = node.function.take() {
+            self.stats.add(&old.stats);
+        }
+        node.function = Some(SimFunction::new(node.id, &self.function, first, snapshot, self.config.driver_bug));
+        node.generation += 1;
     }
 
     async fn crash(&mut self, i: usize) {
@@ -448,6 +495,9 @@ impl Sim {
             c.abort();
         }
         node.running.clear();
+        if let Some(old) = node.function.take() {
+            self.stats.add(&old.stats);
+        }
     }
 
     async fn restart(&mut self, i: usize) {
@@ -568,6 +618,14 @@ impl Sim {
             .collect();
         Convergence::compare_final(&states, violations);
     }
+}
+
+/// The simulated function `f`.
+fn function_spec() -> falak_core::function::FunctionSpec {
+    let text = functions::document(instance_slots::MAX_INSTANCES);
+    let mut doc = falak_core::function::FunctionDocument::parse(&text).expect("the function document parses");
+    doc.artifact = Some(falak_core::ArtifactId([1; 32]));
+    doc.validate(0).expect("the function document is valid")
 }
 
 fn reconcile_config(config: &SimConfig) -> ReconcileConfig {

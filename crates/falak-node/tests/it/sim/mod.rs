@@ -11,7 +11,10 @@
 //! (`single_claim.rs`); committed state never diverges across replicas (`convergence.rs`);
 //! every acknowledged job reaches a terminal state after healing (`completion.rs`); a function
 //! never holds more instance slots than its `max_instances`, and an OFFLINE node none
-//! (`instance_slots.rs`); no OFFLINE mark proposed in an old term is ever applied
+//! (`instance_slots.rs`); every node runs the function host's real core for function `f`
+//! against simulated instances and requests: an instance serves only after its claim
+//! committed, every request is answered once, no slot is left without an instance
+//! (`functions.rs`); no OFFLINE mark proposed in an old term is ever applied
 //! (`term_fencing.rs`); after any heal, every connected node is HEALTHY on every replica
 //! within a bound (`heal.rs`).
 //!
@@ -22,6 +25,7 @@
 
 mod completion;
 mod convergence;
+mod functions;
 mod harness;
 mod heal;
 mod instance_slots;
@@ -45,6 +49,9 @@ fn run_shard(shard: u64) {
         let report = run_seed(seed, &SimConfig::default());
         if report.acknowledged == 0 {
             failures.push(format!("seed {seed}: no job was acknowledged, so nothing was checked"));
+        }
+        if report.functions.dispatched == 0 {
+            failures.push(format!("seed {seed}: no function request was served, so nothing was checked"));
         }
         if !report.violations.is_empty() {
             failures.push(format!(
@@ -82,9 +89,37 @@ fn shard_3() {
 fn replay() {
     let seed = std::env::var("FALAK_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let report = run_seed(seed, &SimConfig::default());
-    eprintln!("seed {seed}: {} jobs acknowledged; faults {:?}", report.acknowledged, report.faults);
+    eprintln!(
+        "seed {seed}: {} jobs acknowledged; functions {:?}; faults {:?}",
+        report.acknowledged, report.functions, report.faults
+    );
     assert!(report.acknowledged > 0, "seed {seed}: no job was acknowledged");
     assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
+}
+
+/// Whether some seed in 0..20 with the function-host driver broken by `bug` reports a violation
+/// containing `needle`.
+fn exposed_by_driver(bug: functions::DriverBug, needle: &str) -> bool {
+    let config = SimConfig { driver_bug: bug, ..SimConfig::default() };
+    (0..20).any(|seed| run_seed(seed, &config).violations.iter().any(|v| v.contains(needle)))
+}
+
+/// The serve-after-claim checker: a driver that answers claims without the ledger must be caught.
+#[test]
+fn planted_claim_bug_is_caught() {
+    assert!(
+        exposed_by_driver(functions::DriverBug::ClaimWithoutLedger, "before its claim committed"),
+        "no seed in 0..20 exposed a driver that skips the ledger: the serve-after-claim checker is blind"
+    );
+}
+
+/// The leaked-slot checker: a driver that never gives slots back must be caught.
+#[test]
+fn planted_slot_leak_is_caught() {
+    assert!(
+        exposed_by_driver(functions::DriverBug::KeepSlots, "with no instance behind them"),
+        "no seed in 0..20 exposed a driver that keeps its slots: the leaked-slot checker is blind"
+    );
 }
 
 /// Whether some seed in 0..20 with `bug` planted in the state machine reports a violation
