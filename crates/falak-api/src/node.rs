@@ -7,7 +7,7 @@ use axum::extract::State;
 use falak_core::NodeId;
 use falak_core::gossip::GossipState;
 use falak_core::ledger::State as LedgerState;
-use falak_core::node::NodeEntry;
+use falak_core::node::{Namespaces, NodeEntry};
 use falak_core::placement::Health;
 use falak_core::resources::Resources;
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,11 @@ pub struct NodeInfo {
     pub rtt_ms: Option<f64>,
     pub api_url: String,
     pub cost_per_hour: f64,
+    /// How the node gives workloads namespaces (`privileged`, `user` or `unavailable`: it
+    /// cannot run capsules with `network: none`), as it declared at its last start; `null`
+    /// when it has not said.
+    #[serde(default)]
+    pub namespaces: Option<Namespaces>,
 }
 
 /// A node named in another resource (the node a task ran on, a decision's winner).
@@ -111,6 +116,7 @@ impl NodeInfo {
             rtt_ms: live.rtt_ms,
             api_url,
             cost_per_hour: record.cost_per_hour,
+            namespaces: record.namespaces,
         }
     }
 }

@@ -10,10 +10,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::capsule::CapsuleSpec;
 use crate::gossip::GossipState;
 use crate::job::TaskId;
 use crate::ledger::{Command, State};
-use crate::placement::{Decision, Demand, Health, NodeView, Ranking, Strategy, solve};
+use crate::placement::{
+    Decision, Demand, Health, NoPrivateNetwork, NodeView, Ranking, Strategy, check_isolation, solve,
+};
 use crate::{Millis, NodeId};
 
 /// Timing of elections.
@@ -99,6 +102,7 @@ pub fn node_views(state: &State, observed: &BTreeMap<NodeId, Observed>, me: Node
                 failed: entry.failed,
                 cost_per_hour: entry.record.cost_per_hour,
                 warm: false,
+                namespaces: entry.record.namespaces,
             }
         })
         .collect()
@@ -109,13 +113,35 @@ pub fn node_views(state: &State, observed: &BTreeMap<NodeId, Observed>, me: Node
 pub fn demand_of(state: &State, task: TaskId) -> Option<Demand> {
     let job = state.job(task.job)?;
     let capsule = state.capsule(&job.capsule, Some(job.version))?;
-    let policy = &capsule.spec.placement;
-    Some(Demand {
-        resources: job.resources,
+    Some(capsule_demand(&capsule.spec, job.resources))
+}
+
+/// What a task of `spec` asks of placement, with `resources` (its job's).
+fn capsule_demand(spec: &CapsuleSpec, resources: crate::resources::Resources) -> Demand {
+    let policy = &spec.placement;
+    Demand {
+        resources,
         labels: policy.labels.clone(),
         prefer: policy.prefer.clone(),
         strategy: policy.strategy,
-    })
+        network: spec.network,
+    }
+}
+
+/// Check, before a job or service of capsule `name` (version `version`, else the latest) is
+/// written, that a node of the mesh can give its tasks the namespaces they ask for
+/// ([`check_isolation`]), from committed records and this node's observations. A capsule that
+/// does not exist passes: the ledger refuses it with its own error.
+pub fn check_submission(
+    state: &State,
+    observed: &BTreeMap<NodeId, Observed>,
+    me: NodeId,
+    name: &str,
+    version: Option<u32>,
+) -> Result<(), NoPrivateNetwork> {
+    let Some(capsule) = state.capsule(name, version) else { return Ok(()) };
+    let demand = capsule_demand(&capsule.spec, capsule.spec.resources);
+    check_isolation(name, capsule.version, &demand, &node_views(state, observed, me))
 }
 
 /// How placement ranks the nodes for one task now, exactly as candidacy computes it (proximity

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::capsule::NetworkMode;
 use crate::job::TaskId;
+use crate::node::Namespaces;
 use crate::resources::Resources;
 use crate::{Millis, NodeId};
 
@@ -100,6 +102,17 @@ pub struct NodeView {
     pub cost_per_hour: f64,
     /// Whether the node already holds what the task needs (artifact cached, instance warm).
     pub warm: bool,
+    /// How the node gives workloads namespaces, as its record declares; `None` when it did not
+    /// say, which counts as able.
+    pub namespaces: Option<Namespaces>,
+}
+
+impl NodeView {
+    /// Whether the node can give a workload a network of its own: it declared namespaces, or
+    /// declared nothing.
+    pub fn private_network(&self) -> bool {
+        self.namespaces.is_none_or(Namespaces::private_network)
+    }
 }
 
 /// What one task asks of a node.
@@ -109,6 +122,8 @@ pub struct Demand {
     pub labels: BTreeMap<String, String>,
     pub prefer: BTreeMap<String, String>,
     pub strategy: Strategy,
+    /// The network the capsule asks for: `None` needs a node that can create namespaces.
+    pub network: NetworkMode,
 }
 
 /// Why a node cannot take a task.
@@ -119,6 +134,8 @@ pub enum NoFit {
     NotHealthy { health: String },
     #[error("label {key}={want} required, node has {}", have.as_deref().unwrap_or("none"))]
     MissingLabel { key: String, want: String, have: Option<String> },
+    #[error("needs a network of its own (network: none), node cannot create namespaces")]
+    NoNetworkNamespace,
     #[error("needs {need} {what}, node capacity is only {capacity}")]
     NeverFits { what: String, need: u64, capacity: u64 },
     #[error("needs {need} {what}, only {free} free")]
@@ -169,6 +186,9 @@ pub fn fit(node: &NodeView, demand: &Demand, pending: Resources) -> Result<(), N
             return Err(NoFit::MissingLabel { key: key.clone(), want: want.clone(), have: have.cloned() });
         }
     }
+    if demand.network == NetworkMode::None && !node.private_network() {
+        return Err(NoFit::NoNetworkNamespace);
+    }
     let need = demand.resources;
     let free = node.capacity - node.reserved - pending;
     let dims = [
@@ -185,6 +205,70 @@ pub fn fit(node: &NodeView, demand: &Demand, pending: Resources) -> Result<(), N
         }
     }
     Ok(())
+}
+
+/// Why a job or service is refused before anything is written: its capsule asks for a network
+/// of its own and no node that could run it can create namespaces, so its tasks would only
+/// wait (or, before nodes declared it, fail one by one at start). Says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "capsule {capsule} v{version} asks for a network of its own (network: none, the default), but none of the \
+     nodes that are up and could run it can create network namespaces ({}: namespaces unavailable; each node's \
+     log says why){}; nothing was written. To run it, let the nodes create namespaces and restart them (allow \
+     unprivileged user namespaces: sysctl user.max_user_namespaces above 0, e.g. \
+     `sysctl -w user.max_user_namespaces=15000`, and where they exist kernel.unprivileged_userns_clone=1 and \
+     kernel.apparmor_restrict_unprivileged_userns=0; or run the nodes as root), or add a node that can; or, if \
+     the workload may share its node's network, set `network: host` in the capsule and apply it again",
+    unable.join(", "),
+    offline_note(offline)
+)]
+pub struct NoPrivateNetwork {
+    pub capsule: String,
+    pub version: u32,
+    /// The nodes that are up and carry the capsule's labels, by name; none can create namespaces.
+    pub unable: Vec<String>,
+    /// Nodes that carry its labels and could, but are OFFLINE.
+    pub offline: Vec<String>,
+}
+
+fn offline_note(offline: &[String]) -> String {
+    match offline {
+        [] => String::new(),
+        [one] => format!("; {one} could, but it is OFFLINE"),
+        many => format!("; {} could, but they are OFFLINE", many.join(", ")),
+    }
+}
+
+/// Check, before a job or service of capsule `capsule` v`version` is written, that some node
+/// can give it the namespaces it asks for. Counts the nodes that are not OFFLINE and carry the
+/// demand's labels (a SUSPECT node counts: it may well be up). When no such node exists at all,
+/// the answer is left to placement: the work waits as any work that no node fits now.
+pub fn check_isolation(
+    capsule: &str,
+    version: u32,
+    demand: &Demand,
+    nodes: &[NodeView],
+) -> Result<(), NoPrivateNetwork> {
+    if demand.network != NetworkMode::None {
+        return Ok(());
+    }
+    let labelled = |node: &&NodeView| demand.labels.iter().all(|(key, want)| node.labels.get(key) == Some(want));
+    let (up, offline): (Vec<&NodeView>, Vec<&NodeView>) =
+        nodes.iter().filter(labelled).partition(|node| node.health != Health::Offline);
+    if up.is_empty() || up.iter().any(|node| node.private_network()) {
+        return Ok(());
+    }
+    let names = |nodes: Vec<&NodeView>| {
+        let mut names: Vec<String> = nodes.into_iter().map(|node| node.name.clone()).collect();
+        names.sort();
+        names
+    };
+    Err(NoPrivateNetwork {
+        capsule: capsule.to_owned(),
+        version,
+        unable: names(up),
+        offline: names(offline.into_iter().filter(|node| node.private_network()).collect()),
+    })
 }
 
 /// Gravity of `node` for `demand`: a weighted sum of normalized terms. `pending` is work this

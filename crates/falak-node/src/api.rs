@@ -242,6 +242,10 @@ impl MainLoop {
                 let _ = reply.send(CapsuleInfo::get(&self.ledger.state(), &name));
             }
             Action::SubmitJob { request, idempotency, reply } => {
+                if let Err(refused) = self.check_submission(&request.capsule, request.version, idempotency.as_ref()) {
+                    let _ = reply.send(Err(refused));
+                    return;
+                }
                 let asked = RequestFingerprint::of("submit_job", &request);
                 let command = Command::SubmitJob { request, origin: self.id, now: now_millis() };
                 let command = keyed(command, idempotency.as_ref(), asked);
@@ -280,6 +284,10 @@ impl MainLoop {
                 let _ = reply.send(Ok(ServiceInfo::list(&self.ledger.state())));
             }
             Action::ApplyService { request, idempotency, reply } => {
+                if let Err(refused) = self.check_submission(&request.capsule, request.version, idempotency.as_ref()) {
+                    let _ = reply.send(Err(refused));
+                    return;
+                }
                 let name = request.name.clone();
                 let asked = RequestFingerprint::of("apply_service", &request);
                 let command = Command::ApplyService { request, origin: self.id, now: now_millis() };
@@ -477,6 +485,19 @@ impl MainLoop {
                 let _ = reply.send(answer);
             })),
         );
+    }
+
+    /// Refuse a job or service of capsule `name` that no node of the mesh can run as it asks
+    /// (a network of its own where no node that is up can create namespaces), before anything
+    /// is written: otherwise its tasks would only wait, every node saying why not. A retry of a
+    /// keyed write the ledger already took is left to the ledger, which answers it as before.
+    fn check_submission(&self, name: &str, version: Option<u32>, key: Option<&IdempotencyKey>) -> Result<(), ApiError> {
+        let state = self.ledger.state();
+        if key.is_some_and(|key| state.idempotent_outcome(key).is_some()) {
+            return Ok(());
+        }
+        falak_core::election::check_submission(&state, &self.observed, self.id, name, version)
+            .map_err(|refused| ApiError::conflict(refused.to_string()))
     }
 
     /// Whether this replica holds the credentials the mesh was provisioned with, so that what

@@ -112,7 +112,8 @@ pub enum LoadConfigError {
 }
 
 impl NodeConfig {
-    /// What this node declares about itself in the ledger, reachable at `api_url`.
+    /// What this node declares about itself in the ledger, reachable at `api_url`; the daemon
+    /// adds the namespaces it found at start (a join sends the record without them).
     pub fn record(&self, id: falak_core::NodeId, api_url: String) -> falak_core::node::NodeRecord {
         falak_core::node::NodeRecord {
             id,
@@ -123,6 +124,7 @@ impl NodeConfig {
             transport_addr: self.transport_addr.to_string(),
             gossip_addr: self.gossip_addr.to_string(),
             api_url,
+            namespaces: None,
         }
     }
 }

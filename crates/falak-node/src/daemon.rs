@@ -185,7 +185,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .await
         .map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
     let api_addr = listener.local_addr().map_err(|source| DaemonError::Api { addr: config.api_addr, source })?;
-    let record = config.record(id, format!("https://{api_addr}"));
+    let mut record = config.record(id, format!("https://{api_addr}"));
+    // What isolation this node can give, for placement and for the API's check at submission.
+    record.namespaces = Some(match host.namespaces {
+        falak_sandbox::Namespaces::Privileged => falak_core::node::Namespaces::Privileged,
+        falak_sandbox::Namespaces::User => falak_core::node::Namespaces::User,
+        falak_sandbox::Namespaces::Unavailable => falak_core::node::Namespaces::Unavailable,
+    });
     let tls = falak_transport::https::server_config(&files.key, &files.cert)
         .map_err(|e| DaemonError::Trust { path: config.data_dir.join("node.crt"), reason: e.to_string() })?;
     let listener = crate::https::TlsListener::new(listener, tls)

@@ -431,6 +431,7 @@ mod tests {
             transport_addr: "mem:1".into(),
             gossip_addr: "mem:1".into(),
             api_url: String::new(),
+            namespaces: None,
         };
         state.apply(&Command::AdmitNode { record, now: 1 });
         let (key, trust) = falak_core::signing::deployer_for_tests();

@@ -149,6 +149,7 @@ mod tests {
                 transport_addr: format!("127.0.0.1:{i}"),
                 gossip_addr: String::new(),
                 api_url: String::new(),
+                namespaces: None,
             };
             s.apply(&Command::AdmitNode { record, now: 0 });
         }

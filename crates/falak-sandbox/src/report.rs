@@ -86,10 +86,11 @@ impl HostSandbox {
         let (namespaces, why_not) = Namespaces::probe();
         if let Some(e) = why_not {
             missing.push(format!(
-                "namespaces: cannot create them ({e}), not even in a user namespace; workloads would see the node's \
-                 files and network, so capsules and functions with network \"none\" are refused. Allow unprivileged \
-                 user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, or the \
-                 AppArmor rule that restricts them) or run the node as root"
+                "namespaces: cannot create them ({e}), not even in a user namespace; workloads see the node's files \
+                 (Landlock limits their reads) and network, so this node takes no capsule with network \"none\" (the \
+                 default; the node says so in its record, and a job or service of one is refused when no other \
+                 node can run it), and function instances share its network. {}",
+                namespace_advice(&e)
             ));
         }
         let network_namespaces = namespaces != Namespaces::Unavailable;
@@ -118,6 +119,21 @@ impl HostSandbox {
         tracing::info!("sandbox: {report}");
         HostSandbox { seccomp, cgroups, landlock_abi, namespaces, network_namespaces, can_switch_users, report }
     }
+}
+
+/// What to change so that the node can create namespaces, after `error` from the probe.
+fn namespace_advice(error: &std::io::Error) -> String {
+    let limit = if error.raw_os_error() == Some(libc::ENOSPC) {
+        "A namespace limit is reached or 0 (ENOSPC): raise user.max_user_namespaces, user.max_mnt_namespaces and \
+         user.max_net_namespaces (sysctl, in every user namespace the node runs in). "
+    } else {
+        ""
+    };
+    format!(
+        "{limit}Allow unprivileged user namespaces (sysctl user.max_user_namespaces above 0, and where they \
+         exist kernel.unprivileged_userns_clone=1 and kernel.apparmor_restrict_unprivileged_userns=0), or run the \
+         node as root, then restart it; or set network: host in capsules that may share the node's network"
+    )
 }
 
 impl fmt::Display for SandboxReport {

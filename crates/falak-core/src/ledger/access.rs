@@ -387,6 +387,7 @@ mod tests {
             transport_addr: String::new(),
             gossip_addr: String::new(),
             api_url: String::new(),
+            namespaces: None,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::state::PlantedBug;
 use super::{Applied, Command, FORMAT, LedgerEvent, Outcome, RejectCode, Rejection, State};
-use crate::capsule::{CapsuleVersion, Kind};
+use crate::capsule::{CapsuleVersion, Kind, NetworkMode};
 use crate::job::{
     Claim, Job, JobId, JobRequest, JobState, LEDGER_TAIL_BYTES, MAX_INPUT_BYTES, MAX_REPLICAS, MAX_TASKS_PER_JOB,
     RESTART_HEALTHY_RUN_MS, ServiceRequest, Task, TaskId, TaskInputs, TaskReport, TaskResult, TaskState, WorkKind,
@@ -514,12 +514,21 @@ impl State {
         if entry.offline {
             return refuse(ev, RejectCode::NoFit, format!("node {} is OFFLINE", entry.record.name));
         }
-        for (key, want) in
-            &self.capsule(&job.capsule, Some(job.version)).map(|c| c.spec.placement.labels.clone()).unwrap_or_default()
-        {
+        let (labels, network) = self
+            .capsule(&job.capsule, Some(job.version))
+            .map(|c| (c.spec.placement.labels.clone(), c.spec.network))
+            .unwrap_or_default();
+        for (key, want) in &labels {
             if entry.record.labels.get(key) != Some(want) {
                 return refuse(ev, RejectCode::NoFit, format!("node {} lacks label {key}={want}", entry.record.name));
             }
+        }
+        if network == NetworkMode::None && entry.record.namespaces.is_some_and(|n| !n.private_network()) {
+            let msg = format!(
+                "node {} cannot create namespaces, and capsule {} asks for a network of its own",
+                entry.record.name, job.capsule
+            );
+            return refuse(ev, RejectCode::NoFit, msg);
         }
         let after = self.reserved(&node) + job.resources;
         if !after.fits_in(&entry.record.capacity) {

@@ -330,6 +330,7 @@ mod tests {
                 transport_addr: String::new(),
                 gossip_addr: String::new(),
                 api_url: String::new(),
+                namespaces: None,
             };
             state.apply(&Command::AdmitNode { record, now: 1 });
         }

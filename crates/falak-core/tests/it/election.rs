@@ -180,3 +180,52 @@ fn a_node_that_answers_is_never_marked_offline() {
         vec![Command::SetNodeOffline { node: node_id(2), offline: false, term: 4, now: 13 }]
     );
 }
+
+/// The mesh with nodes `unable` re-admitted as unable to create namespaces.
+fn without_namespaces(unable: &[u8]) -> falak_core::ledger::State {
+    let mut s = mesh();
+    for n in unable {
+        let mut record = record(*n, falak_core::resources::Resources::new(2000, 4 << 30));
+        record.namespaces = Some(falak_core::node::Namespaces::Unavailable);
+        s.apply(&Command::AdmitNode { record, now: 1 });
+    }
+    s
+}
+
+#[test]
+fn a_node_without_namespaces_does_not_claim_what_asks_for_a_network_of_its_own() {
+    let mut s = without_namespaces(&[1, 2]);
+    s.apply(&job("c", 4)); // as many as node 3 has room for
+    let cfg = ElectionConfig::default();
+    let observed = healthy();
+    for n in 1..=2 {
+        let claims = Candidacy::default().step(&s, &observed, node_id(n), 10_000, &cfg);
+        assert!(claims.is_empty(), "node {n} claimed {claims:?}");
+    }
+    let claims = Candidacy::default().step(&s, &observed, node_id(3), 10_000, &cfg);
+    assert_eq!(claims.len(), 4);
+    let ranking = falak_core::election::rank_task(&s, &observed, node_id(1), TaskId { job: JobId(1), index: 0 });
+    let (_, ranking) = ranking.unwrap();
+    assert_eq!(ranking.fitting, 1);
+    assert!(ranking.candidates[1..].iter().all(|c| c.no_fit == Some(falak_core::placement::NoFit::NoNetworkNamespace)));
+}
+
+#[test]
+fn a_submission_is_checked_against_committed_records_and_observed_health() {
+    let check = |s: &falak_core::ledger::State, observed: &BTreeMap<falak_core::NodeId, Observed>| {
+        falak_core::election::check_submission(s, observed, node_id(1), "c", None)
+    };
+    let mut observed = healthy();
+    assert_eq!(check(&without_namespaces(&[1, 2]), &observed), Ok(()));
+    let s = without_namespaces(&[1, 2, 3]);
+    let refused = check(&s, &observed).unwrap_err();
+    assert_eq!((refused.capsule.as_str(), refused.version), ("c", 1));
+    assert_eq!(refused.unable, ["node-1", "node-2", "node-3"]);
+    // A capsule that does not exist is the ledger's to refuse.
+    assert_eq!(falak_core::election::check_submission(&s, &observed, node_id(1), "nope", None), Ok(()));
+    // The one node that could is OFFLINE as membership sees it: refused, and named.
+    let s = without_namespaces(&[1, 2]);
+    observed.get_mut(&node_id(3)).unwrap().health = Health::Offline;
+    let refused = check(&s, &observed).unwrap_err();
+    assert_eq!((refused.unable.len(), refused.offline.clone()), (2, vec!["node-3".to_owned()]));
+}

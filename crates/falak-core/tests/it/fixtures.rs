@@ -24,6 +24,7 @@ pub fn record(n: u8, capacity: Resources) -> NodeRecord {
         transport_addr: format!("127.0.0.1:{}", 7000 + u16::from(n)),
         gossip_addr: format!("127.0.0.1:{}", 7100 + u16::from(n)),
         api_url: format!("http://127.0.0.1:{}", 7200 + u16::from(n)),
+        namespaces: None,
     }
 }
 

@@ -134,6 +134,45 @@ fn offline_nodes_cannot_claim() {
 }
 
 #[test]
+fn a_node_without_namespaces_cannot_claim_a_task_that_asks_for_a_network_of_its_own() {
+    let mut s = mesh();
+    let mut unable = record(3, falak_core::resources::Resources::new(2000, 4 << 30));
+    unable.namespaces = Some(falak_core::node::Namespaces::Unavailable);
+    s.apply(&Command::AdmitNode { record: unable, now: 1 });
+    s.apply(&job("c", 2)); // capsule c: network none, the default
+    let refused = s.apply(&claim(t(1, 0), 1, node_id(3), 10)).outcome;
+    assert_eq!(code(&refused), RejectCode::NoFit);
+    assert_eq!(
+        refused.rejection().unwrap().message,
+        "node node-3 cannot create namespaces, and capsule c asks for a network of its own"
+    );
+    fencing_of(&s.apply(&claim(t(1, 0), 1, node_id(1), 10)).outcome);
+    // Work on the host's network it still takes.
+    let host = "name: h\nkind: process\ncommand: [/bin/true]\nnetwork: host";
+    s.apply(&falak_core::ledger::Command::signed_capsule(
+        falak_core::capsule::CapsuleDocument::parse(host).unwrap(),
+        &falak_core::signing::deployer_for_tests().0,
+        1,
+    ));
+    s.apply(&job("h", 1));
+    fencing_of(&s.apply(&claim(t(2, 0), 1, node_id(3), 11)).outcome);
+}
+
+#[test]
+fn a_node_record_from_before_namespaces_were_declared_still_reads() {
+    let mut old = serde_json::to_value(record(1, falak_core::resources::Resources::new(2000, 4 << 30))).unwrap();
+    assert!(old.get("namespaces").is_none(), "an undeclared field is left out: {old}");
+    old.as_object_mut().unwrap().remove("namespaces");
+    let read: falak_core::node::NodeRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(read.namespaces, None);
+    let mut declared = read;
+    declared.namespaces = Some(falak_core::node::Namespaces::Unavailable);
+    let json = serde_json::to_value(&declared).unwrap();
+    assert_eq!(json["namespaces"], "unavailable");
+    assert_eq!(serde_json::from_value::<falak_core::node::NodeRecord>(json).unwrap(), declared);
+}
+
+#[test]
 fn failures_retry_until_max_attempts_then_fail_the_job() {
     let mut s = mesh();
     s.apply(&job("c", 1)); // capsule c allows 2 attempts

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use falak_core::capsule::NetworkMode;
 use falak_core::job::{JobId, TaskId};
-use falak_core::placement::{Demand, Health, NoFit, NodeView, Strategy, fit, solve};
+use falak_core::node::Namespaces;
+use falak_core::placement::{Demand, Health, NoFit, NodeView, Strategy, check_isolation, fit, solve};
 use falak_core::resources::Resources;
 use proptest::prelude::*;
 
@@ -23,11 +25,18 @@ fn view(n: u8, cpu: u64) -> NodeView {
         failed: 0,
         cost_per_hour: f64::from(n),
         warm: false,
+        namespaces: Some(Namespaces::User),
     }
 }
 
 fn demand(strategy: Strategy) -> Demand {
-    Demand { resources: Resources::new(100, 32 << 20), labels: BTreeMap::new(), prefer: BTreeMap::new(), strategy }
+    Demand {
+        resources: Resources::new(100, 32 << 20),
+        labels: BTreeMap::new(),
+        prefer: BTreeMap::new(),
+        strategy,
+        network: NetworkMode::None,
+    }
 }
 
 fn tasks(n: u32, strategy: Strategy) -> Vec<(TaskId, Demand)> {
@@ -77,6 +86,69 @@ fn labels_and_capacity_exclude_with_reasons() {
     let mut down = view(1, 4000);
     down.health = Health::Suspect;
     assert_eq!(fit(&down, &demand(Strategy::Balanced), Resources::ZERO).unwrap_err().to_string(), "node is SUSPECT");
+}
+
+/// `view(n)` that declared `namespaces`.
+fn declaring(n: u8, namespaces: Option<Namespaces>) -> NodeView {
+    NodeView { namespaces, ..view(n, 4000) }
+}
+
+#[test]
+fn a_private_network_needs_a_node_that_can_create_namespaces() {
+    let none = demand(Strategy::Balanced);
+    let host = Demand { network: NetworkMode::Host, ..demand(Strategy::Balanced) };
+    let unable = declaring(1, Some(Namespaces::Unavailable));
+    let err = fit(&unable, &none, Resources::ZERO).unwrap_err();
+    assert_eq!(err, NoFit::NoNetworkNamespace);
+    assert_eq!(err.to_string(), "needs a network of its own (network: none), node cannot create namespaces");
+    // The host's network needs no namespace: the node without them still takes that work.
+    assert_eq!(fit(&unable, &host, Resources::ZERO), Ok(()));
+    for able in [Some(Namespaces::Privileged), Some(Namespaces::User), None] {
+        assert_eq!(fit(&declaring(1, able), &none, Resources::ZERO), Ok(()), "{able:?}");
+    }
+    // Among a node that can and one that cannot, every task goes to the one that can, and the
+    // other's reason is listed for `falak explain`.
+    let plan = solve(&tasks(6, Strategy::Spread), &[unable, declaring(2, Some(Namespaces::Privileged))]);
+    assert_eq!(winners(&plan), BTreeMap::from([("node-2".to_owned(), 6)]));
+    let loser = plan[0].candidates.iter().find(|c| c.name == "node-1").unwrap();
+    assert_eq!(loser.no_fit, Some(NoFit::NoNetworkNamespace));
+}
+
+#[test]
+fn a_submission_is_refused_only_when_no_live_node_can_give_its_network() {
+    let none = demand(Strategy::Balanced);
+    let check = |nodes: &[NodeView]| check_isolation("c", 2, &none, nodes);
+    let unable = |n| declaring(n, Some(Namespaces::Unavailable));
+    let refused = check(&[unable(1), unable(2)]).unwrap_err();
+    assert_eq!((refused.unable.clone(), refused.offline.clone()), (vec!["node-1".into(), "node-2".into()], vec![]));
+    expect_test::expect![[r#"
+        capsule c v2 asks for a network of its own (network: none, the default), but none of the nodes that are up and could run it can create network namespaces (node-1, node-2: namespaces unavailable; each node's log says why); nothing was written. To run it, let the nodes create namespaces and restart them (allow unprivileged user namespaces: sysctl user.max_user_namespaces above 0, e.g. `sysctl -w user.max_user_namespaces=15000`, and where they exist kernel.unprivileged_userns_clone=1 and kernel.apparmor_restrict_unprivileged_userns=0; or run the nodes as root), or add a node that can; or, if the workload may share its node's network, set `network: host` in the capsule and apply it again"#]]
+    .assert_eq(&refused.to_string());
+
+    // One node that can is enough, even SUSPECT, or one that never said (an older node).
+    let mut suspect = declaring(3, Some(Namespaces::Privileged));
+    suspect.health = Health::Suspect;
+    assert_eq!(check(&[unable(1), suspect]), Ok(()));
+    assert_eq!(check(&[unable(1), declaring(3, None)]), Ok(()));
+    // The host's network needs none.
+    let host = Demand { network: NetworkMode::Host, ..demand(Strategy::Balanced) };
+    assert_eq!(check_isolation("c", 2, &host, &[unable(1)]), Ok(()));
+
+    // An OFFLINE node that could does not count, but the error names it.
+    let mut offline = declaring(3, Some(Namespaces::User));
+    offline.health = Health::Offline;
+    let refused = check(&[unable(1), offline]).unwrap_err();
+    assert_eq!(refused.offline, vec!["node-3".to_owned()]);
+    assert!(refused.to_string().contains("(node-1: namespaces unavailable; each node's log says why); node-3 could, but it is OFFLINE; nothing was written"), "{refused}");
+
+    // Only the nodes that carry the capsule's labels count (`view` puts odd nodes in zone z1).
+    let mut zoned = demand(Strategy::Balanced);
+    zoned.labels.insert("zone".into(), "z1".into());
+    let refused = check_isolation("c", 2, &zoned, &[unable(1), declaring(2, Some(Namespaces::User))]).unwrap_err();
+    assert_eq!(refused.unable, vec!["node-1".to_owned()]);
+    // With no live node that carries them at all, the work waits as any work nothing fits.
+    assert_eq!(check_isolation("c", 2, &zoned, &[declaring(2, Some(Namespaces::User))]), Ok(()));
+    assert_eq!(check(&[]), Ok(()));
 }
 
 #[test]

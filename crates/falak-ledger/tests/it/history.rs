@@ -21,6 +21,7 @@ fn admit(n: u8) -> Command {
         transport_addr: format!("127.0.0.1:{}", 7000 + u16::from(n)),
         gossip_addr: String::new(),
         api_url: String::new(),
+        namespaces: None,
     };
     Command::AdmitNode { record, now: 1_000 + u64::from(n) }
 }

@@ -1,6 +1,7 @@
 //! `falak nodes`: the mesh's nodes as the answering node sees them.
 
 use falak_api::node::NodeInfo;
+use falak_core::node::Namespaces;
 
 use super::Context;
 use super::output::{Table, bytes, cpu, labels, print_json};
@@ -14,12 +15,14 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One row per node: free resources over capacity, tasks, role and round-trip time.
+/// One row per node: free resources over capacity, tasks, role, the namespaces it gives
+/// workloads and round-trip time; then a note for each node that cannot create namespaces.
 pub fn render(nodes: &[NodeInfo]) -> String {
     let mut table = Table::new(&[
         "NAME",
         "STATE",
         "ROLE",
+        "NAMESPACES",
         "CPU FREE",
         "MEMORY FREE",
         "RUNNING",
@@ -39,6 +42,7 @@ pub fn render(nodes: &[NodeInfo]) -> String {
             n.name.clone(),
             n.state.name().to_owned(),
             role.to_owned(),
+            n.namespaces.map_or("-", Namespaces::name).to_owned(),
             format!("{}/{}", cpu(n.free_cpu_millis), cpu(n.capacity.cpu_millis)),
             format!("{}/{}", bytes(n.free_memory_bytes), bytes(n.capacity.memory_bytes)),
             n.running.to_string(),
@@ -49,7 +53,27 @@ pub fn render(nodes: &[NodeInfo]) -> String {
             n.id.short(),
         ]);
     }
-    table.render()
+    let mut out = table.render();
+    let unable: Vec<&str> =
+        nodes.iter().filter(|n| n.namespaces == Some(Namespaces::Unavailable)).map(|n| n.name.as_str()).collect();
+    if !unable.is_empty() {
+        out.push_str(&unable_note(&unable));
+    }
+    out
+}
+
+/// What it means that the nodes `names` cannot create namespaces, and where to find why.
+pub fn unable_note(names: &[&str]) -> String {
+    let [they, them, their, says] = if names.len() == 1 {
+        ["it", "it", "its", "its log says"]
+    } else {
+        ["they", "them", "their", "their logs say"]
+    };
+    format!(
+        "note: {} cannot create namespaces: {they} cannot run capsules with `network: none` (the default), and \
+         workloads on {them} see {their} files and network; {says} why and what to change\n",
+        names.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -79,13 +103,15 @@ mod tests {
             rtt_ms: (n > 1).then_some(0.42),
             api_url: format!("http://127.0.0.1:{}", 7070 + u16::from(n)),
             cost_per_hour: 0.5,
+            namespaces: Some([Namespaces::Privileged, Namespaces::User, Namespaces::Unavailable][usize::from(n - 1)]),
         };
         let text = render(&[node(1, "node-1", true), node(2, "node-2", false), node(3, "edge-box", false)]);
         expect_test::expect![[r#"
-            NAME      STATE    ROLE    CPU FREE  MEMORY FREE  RUNNING  QUEUED  RTT    COST/H  LABELS   ID
-            node-1    HEALTHY  leader  3.5/4     6Gi/8Gi      1        0       -      0.50    zone=z1  01010101
-            node-2    HEALTHY  voter   3.5/4     6Gi/8Gi      1        1       0.4ms  0.50    zone=z2  02020202
-            edge-box  SUSPECT  -       3.5/4     6Gi/8Gi      1        0       0.4ms  0.50    zone=z3  03030303
+            NAME      STATE    ROLE    NAMESPACES   CPU FREE  MEMORY FREE  RUNNING  QUEUED  RTT    COST/H  LABELS   ID
+            node-1    HEALTHY  leader  privileged   3.5/4     6Gi/8Gi      1        0       -      0.50    zone=z1  01010101
+            node-2    HEALTHY  voter   user         3.5/4     6Gi/8Gi      1        1       0.4ms  0.50    zone=z2  02020202
+            edge-box  SUSPECT  -       unavailable  3.5/4     6Gi/8Gi      1        0       0.4ms  0.50    zone=z3  03030303
+            note: edge-box cannot create namespaces: it cannot run capsules with `network: none` (the default), and workloads on it see its files and network; its log says why and what to change
         "#]]
         .assert_eq(&text);
     }

@@ -137,6 +137,7 @@ fn node() -> NodeInfo {
         rtt_ms: None,
         api_url: "http://127.0.0.1:7070".into(),
         cost_per_hour: 0.0,
+        namespaces: Some(falak_core::node::Namespaces::User),
     }
 }
 
@@ -219,7 +220,7 @@ async fn nodes_as_table_and_json() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let table = text(&out.stdout);
     assert!(table.starts_with("NAME    STATE    ROLE"), "{table}");
-    assert!(table.contains("node-1  HEALTHY  leader  1.5/2"), "{table}");
+    assert!(table.contains("node-1  HEALTHY  leader  user        1.5/2"), "{table}");
 
     let out = falak(&["--api", &url, "nodes", "-o", "json"], dir.path()).await;
     let nodes: Vec<NodeInfo> = serde_json::from_slice(&out.stdout).unwrap();

@@ -149,6 +149,7 @@ fn record(index: usize) -> NodeRecord {
         transport_addr: format!("mem:{index}"),
         gossip_addr: format!("mem:{index}"),
         api_url: String::new(),
+        namespaces: None,
     }
 }
 

@@ -594,6 +594,7 @@ async fn run_mesh(
             bail!("{} not ready after {}s; see the logs above", names.join(", "), READY_TIMEOUT.as_secs());
         }
     }
+    note_unable(nodes).await;
     let pids: Vec<u32> = nodes.iter().filter_map(MeshNode::pid).collect();
     let record = supervisor.record(mesh_record(mesh, root, setups, &pids, std::process::id())?)?;
     let mesh_file = root.join(MESH_JSON);
@@ -701,6 +702,22 @@ async fn wait_until_ready(nodes: &mut [MeshNode]) -> ReadyOutcome {
         Err(_) => ReadyOutcome::TimedOut(
             reasons.into_iter().enumerate().filter_map(|(i, reason)| Some((i, reason?))).collect(),
         ),
+    }
+}
+
+/// Say which nodes cannot create namespaces, as each declared it when it started (its log
+/// says why): work that asks for a network of its own cannot run on them.
+async fn note_unable(nodes: &[MeshNode]) {
+    let mut unable = Vec::new();
+    for node in nodes {
+        let Ok(Ok(listed)) = tokio::time::timeout(READY_REQUEST, node.client.nodes()).await else { continue };
+        let own = listed.iter().find(|n| n.name == node.name());
+        if own.is_some_and(|n| n.namespaces == Some(falak_core::node::Namespaces::Unavailable)) {
+            unable.push(node.name());
+        }
+    }
+    if !unable.is_empty() {
+        print!("{}", crate::cli::nodes::unable_note(&unable));
     }
 }
 
