@@ -138,7 +138,9 @@ impl Prepared {
     pub(crate) fn readable(&self) -> Vec<PathBuf> {
         let mut readable = vec![self.spec.work_dir.clone(), self.spec.bundle_dir.clone()];
         readable.extend(self.venv.clone());
-        readable.extend(self.interpreter.parent().map(Path::to_path_buf));
+        // A resolved interpreter's dir; not a bare name's (`python3` where no process of the
+        // deployment runs Python), whose parent is the empty path Landlock cannot open.
+        readable.extend(self.interpreter.parent().filter(|dir| dir.is_absolute()).map(Path::to_path_buf));
         readable
     }
 

@@ -292,6 +292,22 @@ async fn privileged_http_programs_and_exec_commands_are_confined_too() {
 }
 
 #[tokio::test]
+async fn privileged_an_exec_command_runs_where_the_node_has_no_namespaces() {
+    // Landlock then limits reads to the system dirs and the deployment's own: a bare `python3`
+    // that no process runs must not become a path it cannot open.
+    let confined = Confined::new();
+    let fixture = confined.fixture(&[]);
+    let mut spec = confined.spec(&fixture, Runtime::Exec);
+    spec.sandbox.namespaces = falak_function::Namespaces::Unavailable;
+    spec.command = vec!["sh".into(), "-c".into(), "echo ran; cat /etc/hostname >/dev/null && echo read".into()];
+    let prepared = fixture.prepare(spec).await;
+    let instance = spawn(&prepared, 5).await.unwrap_or_else(|e| panic!("spawn: {e}"));
+    let (status, _, body) = call(&instance, request("POST", "/", "")).await;
+    assert_eq!((status.as_u16(), text(&body)), (200, "ran\nread\n".to_owned()));
+    instance.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
 async fn privileged_exec_commands_killed_by_their_memory_limit_say_so() {
     let confined = Confined::new();
     let fixture = confined.fixture(&[]);
