@@ -87,6 +87,15 @@ impl Workspace {
 
     /// `falak ARGS` as the workspace's user, in `cwd`.
     pub fn falak(&self, args: &[&str]) -> Command {
+        self.falak_through(&[], args)
+    }
+
+    /// [`Workspace::falak`] through `wrapper`: a program and its arguments, which end up
+    /// running the ones after them (the binary and `args`).
+    pub fn falak_through(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let bin = self.bin.to_str().unwrap();
+        let mut program: Vec<&str> = wrapper.to_vec();
+        program.push(bin);
         let mut command = match &self.user {
             Some(user) => {
                 let mut command = Command::new("setpriv");
@@ -95,12 +104,16 @@ impl Workspace {
                     .arg(format!("--regid={}", user.gid))
                     .arg("--clear-groups")
                     .arg("--")
-                    .arg(&self.bin)
+                    .args(&program)
                     .env("HOME", &user.home)
                     .env("USER", "falak-test");
                 command
             }
-            None => Command::new(&self.bin),
+            None => {
+                let mut command = Command::new(program[0]);
+                command.args(&program[1..]);
+                command
+            }
         };
         command
             .args(args)

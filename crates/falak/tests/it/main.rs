@@ -9,6 +9,7 @@ mod failover;
 mod functions;
 mod history;
 mod isolation;
+mod no_namespaces;
 mod partition;
 mod procs;
 mod up;
