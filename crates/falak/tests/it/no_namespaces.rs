@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use super::isolation::{Workspace, unprivileged_user};
-use super::up::Up;
+use super::up::{Reaper, Up, node_pids, read_mesh};
 
 const RESTRICT: &str = "echo 0 > /proc/sys/user/max_net_namespaces && echo 0 > /proc/sys/user/max_mnt_namespaces \
      && echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --inh-caps=-all --ambient-caps=-all -- \"$@\"";
@@ -72,6 +72,7 @@ async fn without_namespaces_a_private_network_is_refused_when_submitted_and_host
     let ws = Workspace::new(unprivileged_user());
     let mut mesh = Up::spawn(restricted_falak(&ws, &["up", "--nodes", "2", "--base-port", "0"]), &ws.cwd, "up");
     mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(120)).await;
+    let _reaper = Reaper(node_pids(&read_mesh(&ws.cwd.join(".falak"))));
 
     // Each node says so at start: in its log, why and what to change; `falak up` and `falak
     // nodes` name the nodes.
@@ -145,14 +146,14 @@ async fn work_that_needs_namespaces_goes_to_the_node_that_has_them_and_explain_s
     let ws = Workspace::new(unprivileged_user());
     let mut mesh = ws.up(&["--nodes", "2", "--base-port", "0"]);
     mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(120)).await;
+    let mesh_json = read_mesh(&ws.cwd.join(".falak"));
+    let mut reaper = Reaper(node_pids(&mesh_json));
     wait_for_nodes(&ws, "both nodes declare user namespaces", |nodes| {
         ["node-1", "node-2"].iter().all(|n| namespaces_of(nodes, n) == Some("user"))
     })
     .await;
 
     // node-2 stops, and its user starts it again by hand where namespaces are refused.
-    let mesh_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ws.cwd.join(".falak/mesh.json")).unwrap()).unwrap();
     let pid = mesh_json["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "node-2").unwrap()["pid"]
         .as_i64()
         .unwrap() as i32;
@@ -163,6 +164,8 @@ async fn work_that_needs_namespaces_goes_to_the_node_that_has_them_and_explain_s
         assert!(tokio::time::Instant::now() < stopped, "node-2 stopped on SIGTERM");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Its pid may be another process's now; the one started below is killed when dropped.
+    reaper.0.retain(|p| *p != pid as u64);
     let log = std::fs::File::create(ws.cwd.join("node-2-restricted.log")).unwrap();
     let mut node_2 = restricted_falak(&ws, &["node", "-c", ".falak/node-2/node.yaml"])
         .env("NO_COLOR", "1")

@@ -134,7 +134,7 @@ fn alive(pid: u64) -> bool {
 }
 
 /// Kills node processes a failed test leaves behind.
-struct Reaper(Vec<u64>);
+pub(crate) struct Reaper(pub(crate) Vec<u64>);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -145,11 +145,11 @@ impl Drop for Reaper {
     }
 }
 
-fn read_mesh(data: &Path) -> serde_json::Value {
+pub(crate) fn read_mesh(data: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(data.join("mesh.json")).unwrap()).unwrap()
 }
 
-fn node_pids(mesh: &serde_json::Value) -> Vec<u64> {
+pub(crate) fn node_pids(mesh: &serde_json::Value) -> Vec<u64> {
     mesh["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect()
 }
 
