@@ -30,6 +30,9 @@ MAX_LINE = 65536
 MAX_HEADERS = 256
 HEALTH_PATH = "/.falak/health"
 PR_SET_PDEATHSIG = 1
+# pidfd_open(2), for Python 3.8, whose os module lacks it: the same number on every
+# architecture but alpha and mips.
+SYS_PIDFD_OPEN = 434
 # Headers the host frames itself; a handler's values for them are dropped.
 FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive"))
 REASONS = {
@@ -468,19 +471,49 @@ def zygote_main(args):
                 buffers[conn] += data
                 while b"\n" in buffers[conn]:
                     line, buffers[conn] = buffers[conn].split(b"\n", 1)
-                    reply = command(line, handler, zygote_pid, close_in_child)
-                    conn.sendall((json.dumps(reply) + "\n").encode())
+                    reply, pidfd = command(line, handler, zygote_pid, close_in_child)
+                    send_reply(conn, reply, pidfd)
         reap()
 
 
 def command(line, handler, zygote_pid, close_in_child):
+    """The reply to one command, and the pidfd to send with it (or None)."""
     try:
         cmd = json.loads(line)
         if cmd.get("op") != "fork":
-            return {"error": "unknown command %r" % cmd.get("op")}
+            return {"error": "unknown command %r" % cmd.get("op")}, None
         return fork_instance(cmd, handler, zygote_pid, close_in_child)
     except Exception as e:
-        return {"error": "%s: %s" % (type(e).__name__, e)}
+        return {"error": "%s: %s" % (type(e).__name__, e)}, None
+
+
+def send_reply(conn, reply, pidfd):
+    """One JSON line, with `pidfd` (closed here) attached to its first byte."""
+    data = (json.dumps(reply) + "\n").encode()
+    if pidfd is None:
+        conn.sendall(data)
+        return
+    try:
+        import array
+
+        fds = array.array("i", [pidfd])
+        sent = conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        conn.sendall(data[sent:])
+    finally:
+        os.close(pidfd)
+
+
+def pidfd_open(pid):
+    if hasattr(os, "pidfd_open"):
+        return os.pidfd_open(pid)
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(SYS_PIDFD_OPEN, pid, 0)
+    if fd < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return fd
 
 
 def fork_instance(cmd, handler, zygote_pid, close_in_child):
@@ -490,7 +523,14 @@ def fork_instance(cmd, handler, zygote_pid, close_in_child):
     pid = os.fork()
     if pid:
         listener.close()
-        return {"pid": pid}
+        # The pid means something only in this pid namespace (the node's differs): the node
+        # learns which process it is from a pidfd, which is also safe from pid reuse.
+        try:
+            pidfd = pidfd_open(pid)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+            raise
+        return {"pid": pid}, pidfd
     try:
         os.setsid()
         set_pdeathsig()

@@ -3,25 +3,31 @@
 //! (CRIU cannot start on the kernels Falak targets; see docs/design/runtime-host.md).
 //!
 //! The control protocol is one JSON line each way on a Unix socket:
-//! `{"op":"fork","instance":7,"socket":"/…/i7.sock","env":{…}}` → `{"pid":1234}` or
-//! `{"error":"…"}`. The zygote binds the instance's socket before it forks, so the instance
-//! accepts connections as soon as the reply arrives.
+//! `{"op":"fork","instance":7,"socket":"/…/i7.sock","env":{…}}` → `{"pid":3}` with a pidfd
+//! of the instance attached (`SCM_RIGHTS`), or `{"error":"…"}`. The zygote binds the instance's
+//! socket before it forks, so the instance accepts connections as soon as the reply arrives.
+//! The pid is the zygote's number for the instance, in the zygote's pid namespace, which the
+//! node does not share; the pidfd tells the node which process it is (its number for it, from
+//! `/proc/self/fdinfo`), and a pidfd never names another process, whatever the pid is reused
+//! for.
 //!
 //! The zygote is launched confined ([`crate::sandbox`]); a forked instance inherits its user,
-//! network namespace, Landlock domain and seccomp filter, and the node moves it into a cgroup
-//! of its own (its tmp dir and cgroup are made before the fork request) before the first
-//! health check, so its requests — the first user code it runs — are counted there. Pages it
-//! shares with the zygote stay charged to the zygote.
+//! network namespace, Landlock domain and seccomp filter, and the node moves it into
+//! a cgroup of its own (its tmp dir and cgroup are made before the fork request) before the
+//! first health check, so its requests — the first user code it runs — are counted there.
+//! Pages it shares with the zygote stay charged to the zygote.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use falak_core::function::Runtime;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -39,6 +45,9 @@ use crate::spawn::{healthy, host_script, micros, wait_ready};
 /// How long [`Zygote::stop`] waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// The longest reply line the node reads from a zygote (a pid or an error message).
+const MAX_REPLY: usize = 64 * 1024;
+
 /// Numbers the control sockets of the zygotes this node starts, so that a replacement zygote
 /// never takes over its predecessor's socket.
 static ZYGOTES: AtomicU64 = AtomicU64::new(0);
@@ -52,7 +61,7 @@ pub struct Zygote {
     control_path: PathBuf,
     /// `None` after a failed exchange (the stream may hold a late reply); the next fork
     /// reconnects, as the zygote accepts any number of control connections.
-    control: Mutex<Option<BufReader<UnixStream>>>,
+    control: Mutex<Option<UnixStream>>,
 }
 
 #[derive(Deserialize)]
@@ -112,13 +121,7 @@ impl Zygote {
             what: format!("connecting to the zygote's control socket {}", control_path.display()),
             source,
         })?;
-        Ok(Zygote {
-            prepared: prepared.clone(),
-            process,
-            enclosure,
-            control_path,
-            control: Mutex::new(Some(BufReader::new(control))),
-        })
+        Ok(Zygote { prepared: prepared.clone(), process, enclosure, control_path, control: Mutex::new(Some(control)) })
     }
 
     /// Fork instance `instance` from the zygote; resolves when it has answered its first
@@ -132,18 +135,20 @@ impl Zygote {
         let started = Instant::now();
         let made = enclose(&self.prepared, &what, &name, Needs::FORK).await?;
         let tmp_env = self.prepared.tmp_env(&self.prepared.tmp_dir(&name));
-        let pid = self.request_fork(instance, &socket, tmp_env).await?;
+        let pidfd = self.request_fork(instance, &socket, tmp_env).await?;
         let exited = |status: &str| StartError::Exited {
             deployment: spec.deployment.clone(),
             what: what.clone(),
             status: status.to_owned(),
             log: spec.log_path.clone(),
         };
-        let process = Process::foreign(pid).map_err(|_| exited("exited right after the fork"))?;
+        let process = Process::from_pidfd(pidfd).map_err(|_| exited("exited right after the fork"))?;
+        let pid = process.pid();
         // Into its own cgroup before it serves anything: the node's health check is the first
-        // request, so user code in the instance runs only inside it. (By pid: cgroupfs takes
-        // no pidfd. A child that died already fails the move or shows dead on its pidfd, and
-        // the start fails; its pid cannot be reused before the zygote reaps it.)
+        // request, so user code in the instance runs only inside it. (By the node's pid for it,
+        // read from the pidfd: cgroupfs takes no pidfd. A child that died already fails the
+        // move or shows dead on its pidfd, and the start fails; its pid cannot be reused
+        // before the zygote reaps it.)
         let enclosure = made.enclosure;
         let adopted = tokio::task::spawn_blocking(move || {
             let adopted = enclosure.adopt(pid);
@@ -197,12 +202,13 @@ impl Zygote {
         self.enclosure.teardown().await;
     }
 
+    /// Ask the zygote to fork instance `instance`; returns its pidfd.
     async fn request_fork(
         &self,
         instance: u64,
         socket: &std::path::Path,
         tmp_env: [(String, OsString); 2],
-    ) -> Result<u32, StartError> {
+    ) -> Result<OwnedFd, StartError> {
         let spec = self.prepared.spec();
         let deployment = spec.deployment.clone();
         let gone = || StartError::ZygoteExited {
@@ -226,20 +232,18 @@ impl Zygote {
         let exchange = async {
             let control = match guard.take() {
                 Some(control) => control,
-                None => BufReader::new(UnixStream::connect(&self.control_path).await?),
+                None => UnixStream::connect(&self.control_path).await?,
             };
             let control = guard.insert(control);
-            control.get_mut().write_all(line.as_bytes()).await?;
-            let mut reply = String::new();
-            let read = control.read_line(&mut reply).await?;
-            Ok::<_, std::io::Error>((read, reply))
+            control.write_all(line.as_bytes()).await?;
+            read_reply(control).await
         };
         let exchanged = tokio::time::timeout(self.prepared.start_timeout(), exchange).await;
-        if !matches!(exchanged, Ok(Ok((1.., _)))) {
+        if !matches!(&exchanged, Ok(Ok((reply, _))) if !reply.is_empty()) {
             *guard = None;
         }
         drop(guard);
-        let (read, reply) = match exchanged {
+        let (reply, pidfd) = match exchanged {
             Ok(Ok(exchanged)) => exchanged,
             Ok(Err(_)) if !self.process.is_alive() => return Err(gone()),
             Ok(Err(source)) => {
@@ -254,15 +258,86 @@ impl Zygote {
                 });
             }
         };
-        if read == 0 {
+        if reply.is_empty() {
             return Err(gone());
         }
-        match serde_json::from_str::<ForkReply>(&reply) {
-            Ok(ForkReply { pid: Some(pid), .. }) => Ok(pid),
-            Ok(ForkReply { error: Some(error), .. }) => Err(StartError::Fork { deployment, instance, error }),
-            _ => Err(StartError::Fork { deployment, instance, error: format!("unexpected reply {reply:?}") }),
+        match (serde_json::from_slice::<ForkReply>(&reply), pidfd) {
+            (Ok(ForkReply { pid: Some(_), .. }), Some(pidfd)) => Ok(pidfd),
+            (Ok(ForkReply { pid: Some(pid), .. }), None) => {
+                Err(StartError::Fork { deployment, instance, error: format!("forked {pid} but sent no pidfd of it") })
+            }
+            (Ok(ForkReply { error: Some(error), .. }), _) => Err(StartError::Fork { deployment, instance, error }),
+            _ => {
+                let reply = String::from_utf8_lossy(&reply);
+                Err(StartError::Fork { deployment, instance, error: format!("unexpected reply {reply:?}") })
+            }
         }
     }
+}
+
+/// Read one reply line from the zygote and the descriptor that came with it, if any (the
+/// instance's pidfd). Empty at EOF. The zygote sends nothing it was not asked for, so nothing
+/// is read past the line: a stream that says more is dropped by the caller as out of step.
+async fn read_reply(control: &UnixStream) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut reply = Vec::new();
+    let mut pidfd = None;
+    let mut buffer = [0u8; 4096];
+    while !reply.ends_with(b"\n") {
+        if reply.len() > MAX_REPLY {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the zygote's reply is too long"));
+        }
+        control.readable().await?;
+        let received = control.try_io(Interest::READABLE, || receive(control.as_raw_fd(), &mut buffer));
+        let (read, fd) = match received {
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        // Only the first descriptor counts; any other is closed as it drops.
+        pidfd = pidfd.or(fd);
+        if read == 0 {
+            return Ok((Vec::new(), None));
+        }
+        reply.extend_from_slice(&buffer[..read]);
+    }
+    Ok((reply, pidfd))
+}
+
+/// One `recvmsg` on `socket` into `buffer`: the bytes read and the first descriptor received
+/// with them (the others closed).
+fn receive(socket: RawFd, buffer: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    // Room for a few descriptors' header and payload (`CMSG_SPACE` of four ints), aligned for
+    // `cmsghdr`: descriptors that do not fit would be closed by the kernel, never leaked.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
+    // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: recvmsg writes at most the lengths given into the buffers `message` points to.
+    let read = unsafe { libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC) };
+    if read < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut received = Vec::new();
+    // SAFETY: the CMSG_* macros walk the control buffer recvmsg filled, within the length it
+    // reported; each SCM_RIGHTS payload is an array of descriptors now owned by this process.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(header).cast::<RawFd>();
+                let count = ((*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    received.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    Ok((read as usize, received.into_iter().next()))
 }
 
 impl std::fmt::Debug for Zygote {

@@ -139,10 +139,14 @@ impl Process {
         Ok(Process { pid, pidfd, exited })
     }
 
-    /// A process that is not our child (a zygote's): its pidfd turns readable when it exits.
-    /// Fails with `ESRCH` if it has already gone.
-    pub fn foreign(pid: u32) -> io::Result<Process> {
-        let pidfd = watch_pidfd(pid)?;
+    /// A process that is not our child, from a pidfd its parent sent (a zygote's instance: in
+    /// the zygote's pid namespace the zygote's number for it means nothing here, and a pidfd
+    /// cannot name another process once this one is gone). Its pid is this node's number for
+    /// it. Fails with `ESRCH` if it has already been reaped, `InvalidData` if `pidfd` is no
+    /// pidfd.
+    pub fn from_pidfd(pidfd: OwnedFd) -> io::Result<Process> {
+        let pid = pidfd_pid(&pidfd)?;
+        let pidfd = watch(pidfd)?;
         let (tx, exited) = watch::channel(None);
         let watched = pidfd.clone();
         tokio::spawn(async move {
@@ -221,9 +225,25 @@ impl Drop for Process {
     }
 }
 
+/// The pid, in this process's pid namespace, of the process `pidfd` refers to
+/// (`/proc/self/fdinfo`: `Pid:`, -1 once it has been reaped, 0 where it has no number here).
+fn pidfd_pid(pidfd: &OwnedFd) -> io::Result<u32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    let pid = info.lines().find_map(|line| line.strip_prefix("Pid:")).map(|pid| pid.trim().parse::<i64>());
+    match pid {
+        Some(Ok(pid)) if pid > 0 => u32::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidData)),
+        Some(Ok(_)) => Err(io::Error::from_raw_os_error(libc::ESRCH)),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not a pidfd")),
+    }
+}
+
 /// A pidfd for `pid`, registered with the reactor: it turns readable when the process exits.
 fn watch_pidfd(pid: u32) -> io::Result<Arc<AsyncFd<OwnedFd>>> {
-    let pidfd = pidfd_open(pid)?;
+    watch(pidfd_open(pid)?)
+}
+
+/// `pidfd`, registered with the reactor.
+fn watch(pidfd: OwnedFd) -> io::Result<Arc<AsyncFd<OwnedFd>>> {
     // SAFETY: the `OwnedFd` keeps the descriptor open, and always returns the same one, for as
     // long as the `AsyncFd` owns it.
     let registered = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }?;
