@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use falak_sandbox::{HostSandbox, Isolation, LandlockRuleset, Namespaces, Network, Rlimit, RunAs, SandboxReport, View};
+use falak_sandbox::{HostSandbox, LandlockRuleset, Namespaces, Network, Rlimit, RunAs, SandboxReport, View};
 use futures_util::future::BoxFuture;
 
 use crate::disk::DiskConfig;
@@ -170,7 +170,8 @@ impl ProcessExecutor {
         if spec.network == Network::None && workload.namespaces == Namespaces::Unavailable {
             return Err(StartError::Network { task_id: spec.task_id.clone() });
         }
-        let isolation = Isolation::new(workload.namespaces)
+        let isolation = workload
+            .isolation()
             .network(spec.network)
             .inner_user(identity.inner)
             .view(View::hiding(workload.hide.clone()).writable(&spec.workdir))

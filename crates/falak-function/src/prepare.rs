@@ -387,9 +387,8 @@ async fn resolve_python(spec: &HostSpec) -> Result<(PathBuf, String), PrepareErr
 async fn probe_python(spec: &HostSpec, python: &Path) -> std::io::Result<(bool, String, String)> {
     use tokio::io::AsyncReadExt;
     let sandbox = spec.sandbox.clone();
-    let isolation = falak_sandbox::Isolation::new(sandbox.namespaces)
-        .inner_user(sandbox.inner_user)
-        .view(falak_sandbox::View::hiding(sandbox.hide.clone()));
+    let isolation =
+        sandbox.isolation().inner_user(sandbox.inner_user).view(falak_sandbox::View::hiding(sandbox.hide.clone()));
     let isolation = tokio::task::spawn_blocking(move || isolation.prepare()).await.map_err(std::io::Error::other)??;
     let confinement = sandbox.confinement(sandbox.run_as, &sandbox.rlimits, Vec::new(), Some(isolation), None);
     let cwd = Path::new("/");

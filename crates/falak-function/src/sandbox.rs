@@ -15,7 +15,7 @@
 
 use falak_core::function::Runtime;
 use falak_exec::workload::{Made, Plan, WorkloadSandbox, cgroup_name};
-use falak_sandbox::{Isolation, Namespaces, Network};
+use falak_sandbox::{Namespaces, Network};
 
 use crate::error::StartError;
 use crate::prepare::Prepared;
@@ -59,7 +59,8 @@ pub(crate) async fn enclose(prepared: &Prepared, what: &str, name: &str, needs: 
     let spec = prepared.spec();
     // A launch enters its namespaces and starts in the bundle, entered through them.
     let isolation = needs.launch.then(|| {
-        Isolation::new(spec.sandbox.namespaces)
+        spec.sandbox
+            .isolation()
             .network(network(&spec.sandbox, spec.runtime))
             .inner_user(spec.sandbox.inner_user)
             .view(prepared.view())

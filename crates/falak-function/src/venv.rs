@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use falak_sandbox::{Confinement, Isolation, LandlockRuleset, Network, Rlimit, View};
+use falak_sandbox::{Confinement, LandlockRuleset, Network, Rlimit, View};
 
 use crate::error::PrepareError;
 use crate::prepare::HostSpec;
@@ -224,7 +224,8 @@ async fn run(
     }
     let sandbox = &spec.sandbox;
     let (building_dir, bundle) = (building.to_owned(), spec.bundle_dir.clone());
-    let isolation = Isolation::new(sandbox.namespaces)
+    let isolation = sandbox
+        .isolation()
         .network(if network || sandbox.namespaces == falak_sandbox::Namespaces::Unavailable {
             Network::Host
         } else {

@@ -12,7 +12,7 @@
 //! for.
 //!
 //! The zygote is launched confined ([`crate::sandbox`]); a forked instance inherits its user,
-//! network namespace, Landlock domain and seccomp filter, and the node moves it into
+//! network and pid namespaces, Landlock domain and seccomp filter, and the node moves it into
 //! a cgroup of its own (its tmp dir and cgroup are made before the fork request) before the
 //! first health check, so its requests — the first user code it runs — are counted there.
 //! Pages it shares with the zygote stay charged to the zygote.

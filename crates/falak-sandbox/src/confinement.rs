@@ -10,24 +10,33 @@
 //! 1. `setsid` — a new session and process group, so signals to the group reach every process
 //!    the workload makes (that stays in it) and it has no controlling terminal (or, with
 //!    [`Confinement::own_process_group`], only `setpgid(0, 0)`);
-//! 2. rlimits — while still root, which alone may raise a hard limit;
-//! 3. join the cgroups — write `0` to each `cgroup.procs` while still root (they are
-//!    root-owned), before anything else can fork;
-//! 4. the namespaces ([`crate::namespaces`]): `unshare` (with a user namespace and its id maps
+//! 2. the namespaces ([`crate::namespaces`]): `unshare` (with a user namespace and its id maps
 //!    when the node is not root), the file system view (hidden dirs, exposed ones), `lo` up
 //!    for [`Network::None`](crate::Network::None), then `chdir` into the working directory
 //!    through the new mounts — needs `CAP_SYS_ADMIN`, so still root (or the user namespace's
 //!    creator);
-//! 5. `setgroups(0)`, `setgid`, `setuid` — drop to the workload's user (unless a user
-//!    namespace already maps it); then the parent-death signal, if asked for (a change of user
-//!    clears it);
-//! 6. `PR_SET_NO_NEW_PRIVS` — setuid binaries and file capabilities give nothing;
-//! 7. Landlock `restrict_self` — needs no_new_privs;
-//! 8. mark every descriptor above stderr close-on-exec — the workload gets only what it was
+//! 3. with a pid namespace ([`crate::init`]): the parent-death signal, if asked for, then two
+//!    forks — this process stays behind as the *relay* the node knows, its child is the
+//!    namespace's init (pid 1: mounts the namespace's `/proc` over the host's, after the
+//!    view's mounts, which bind through the host's `/proc/self/fd`, and while it has the
+//!    capabilities step 2 needed), and the init's child is the workload, which alone goes on
+//!    to the steps below;
+//! 4. join the cgroups — write `0` to each `cgroup.procs` while still root (they are
+//!    root-owned; an unprivileged node's delegated ones are its own), before the workload can
+//!    fork; the relay and the init stay out, so the cgroup's pids limit, process count, memory
+//!    and OOM kills are the workload's alone, as without a pid namespace;
+//! 5. rlimits — the workload's alone too (`RLIMIT_NPROC` counts every process of its user,
+//!    the helpers included), while still root, which alone may raise a hard limit;
+//! 6. `setgroups(0)`, `setgid`, `setuid` — drop to the workload's user (unless a user
+//!    namespace already maps it); then the parent-death signal, if asked for and not given to
+//!    the relay in step 3 (a change of user clears it);
+//! 7. `PR_SET_NO_NEW_PRIVS` — setuid binaries and file capabilities give nothing;
+//! 8. Landlock `restrict_self` — needs no_new_privs;
+//! 9. mark every descriptor above stderr close-on-exec — the workload gets only what it was
 //!    given, whatever the node left open (the cgroup and Landlock descriptors included) — except
 //!    the ones [`Confinement::keep_fd`] names;
-//! 9. the seccomp filter, last: the steps above need system calls it refuses (`unshare`,
-//!    `setgroups` of another user, …). Then the standard library calls `execve`.
+//! 10. the seccomp filter, last: the steps above need system calls it refuses (`unshare`,
+//!     `setgroups` of another user, …). Then the standard library calls `execve`.
 //!
 //! By the time `apply` runs, the standard library has set up stdio and entered the working
 //! directory — as root, so the directory's parents need not be searchable by the workload's
@@ -38,9 +47,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::landlock::LandlockRuleset;
-use crate::namespaces;
 use crate::seccomp::SeccompFilter;
 use crate::user::RunAs;
+use crate::{init, namespaces};
 
 #[cfg(target_env = "gnu")]
 type Resource = libc::__rlimit_resource_t;
@@ -91,7 +100,7 @@ pub struct Confinement {
     run_as: Option<RunAs>,
     landlock: Option<LandlockRuleset>,
     seccomp: Option<Arc<SeccompFilter>>,
-    fd_scan_limit: libc::rlim_t,
+    fd_scan_limit: libc::c_int,
 }
 
 impl Default for Confinement {
@@ -114,7 +123,7 @@ impl Confinement {
             run_as: None,
             landlock: None,
             seccomp: None,
-            fd_scan_limit: current_limit(libc::RLIMIT_NOFILE).rlim_cur.min(FD_SCAN_LIMIT),
+            fd_scan_limit: fd_scan_limit(),
         }
     }
 
@@ -207,17 +216,22 @@ impl Confinement {
                 Session::New => check(libc::setsid())?,
                 Session::Group => check(libc::setpgid(0, 0))?,
             }
-            for &(resource, value) in &self.rlimits {
-                let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
-                check(libc::setrlimit(resource, &limit))?;
+            let mut parent_death = self.parent_death;
+            if let Some(isolation) = &self.isolation {
+                isolation.enter()?;
+                if isolation.pid_namespace() {
+                    // Returns only in the workload; the relay took the parent-death signal.
+                    init::split(parent_death.take(), self.fd_scan_limit)?;
+                }
             }
             for join in &self.cgroup_joins {
                 if libc::write(join.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                     return Err(io::Error::last_os_error());
                 }
             }
-            if let Some(isolation) = &self.isolation {
-                isolation.enter()?;
+            for &(resource, value) in &self.rlimits {
+                let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+                check(libc::setrlimit(resource, &limit))?;
             }
             let mapped = self.isolation.as_ref().is_some_and(namespaces::Prepared::maps_user);
             if let Some(user) = self.run_as.filter(|_| !mapped) {
@@ -226,7 +240,7 @@ impl Confinement {
                 check(libc::setgid(user.gid))?;
                 check(libc::setuid(user.uid))?;
             }
-            if let Some((signal, parent)) = self.parent_death {
+            if let Some((signal, parent)) = parent_death {
                 let (signal, zero): (libc::c_ulong, libc::c_ulong) = (signal as libc::c_ulong, 0);
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, signal, zero, zero, zero))?;
                 // The node may have died between fork and prctl: then nobody would kill us.
@@ -264,7 +278,7 @@ impl Confinement {
             return;
         }
         // Older kernels: set the flag one descriptor at a time (EBADF for the unused ones).
-        for fd in 3..self.fd_scan_limit as RawFd {
+        for fd in 3..self.fd_scan_limit {
             // SAFETY: as above; F_SETFD on a closed descriptor fails harmlessly.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
@@ -279,6 +293,12 @@ enum Session {
 
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// How far a sweep of descriptors one at a time goes (for kernels without `close_range`):
+/// the open-files limit, at most [`FD_SCAN_LIMIT`].
+pub(crate) fn fd_scan_limit() -> libc::c_int {
+    current_limit(libc::RLIMIT_NOFILE).rlim_cur.min(FD_SCAN_LIMIT) as libc::c_int
 }
 
 fn current_limit(resource: Resource) -> libc::rlimit {

@@ -1,16 +1,23 @@
 //! Namespaces: what a workload sees of the node — its own network, its own file system view,
-//! its own user id — whether the node is root or not.
+//! its own processes, its own user id — whether the node is root or not.
 //!
 //! A node makes namespaces one of two ways ([`Namespaces`]):
 //!
 //! - **privileged** (the node is root, or has `CAP_SYS_ADMIN`): the child calls
-//!   `unshare(CLONE_NEWNS | CLONE_NEWNET)` and later switches to the workload's user;
+//!   `unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET)` and later switches to the workload's
+//!   user;
 //! - **user** (an ordinary user, where the kernel allows unprivileged user namespaces, as for
 //!   bubblewrap, rootless Podman and Chrome's sandbox): the child calls
-//!   `unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET)` and maps one id: the workload's uid
-//!   inside is the node's uid outside (`/proc/self/uid_map`, `setgroups` denied, then
-//!   `gid_map`). The capabilities that the new namespace gives the child (to mount and to bring
-//!   `lo` up) end at `exec`, because the mapped user is not root inside.
+//!   `unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET)` and maps one id: the
+//!   workload's uid inside is the node's uid outside (`/proc/self/uid_map`, `setgroups` denied,
+//!   then `gid_map`). The capabilities that the new namespace gives the child (to mount and to
+//!   bring `lo` up) end at `exec`, because the mapped user is not root inside.
+//!
+//! The pid namespace needs two more processes, forked by the child after everything here:
+//! the namespace's init, which mounts its `/proc` (so the workload lists only its own
+//! processes), and the workload ([`crate::init`]). A host where the rest works but a fresh
+//! `/proc` cannot be mounted (a user namespace in a container that masks parts of `/proc`)
+//! runs workloads without one ([`Namespaces::probe_pid`], [`Isolation::pid_namespace`]).
 //!
 //! Either way the child then builds its [`View`] of the file system: mounts are made private
 //! (nothing propagates back to the host), each hidden directory — the node's data dir, the
@@ -51,23 +58,35 @@ impl Namespaces {
     pub fn probe() -> (Namespaces, Option<io::Error>) {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let first = if unsafe { libc::geteuid() } == 0 { Namespaces::Privileged } else { Namespaces::User };
-        let tried =
-            Isolation::new(first).network(Network::None).prepare().and_then(|prepared| probe_in_child(&prepared));
-        match tried {
+        let probe = |namespaces| {
+            Isolation::new(namespaces)
+                .network(Network::None)
+                .pid_namespace(false)
+                .prepare()
+                .and_then(|prepared| probe_in_child(&prepared))
+        };
+        match probe(first) {
             Ok(()) => (first, None),
             Err(e) if first == Namespaces::Privileged => {
                 // Root in a container without CAP_SYS_ADMIN may still have user namespaces.
-                let user = Isolation::new(Namespaces::User)
-                    .network(Network::None)
-                    .prepare()
-                    .and_then(|prepared| probe_in_child(&prepared));
-                match user {
+                match probe(Namespaces::User) {
                     Ok(()) => (Namespaces::User, None),
                     Err(_) => (Namespaces::Unavailable, Some(e)),
                 }
             }
             Err(e) => (Namespaces::Unavailable, Some(e)),
         }
+    }
+
+    /// Find out by trying, in a short-lived child, whether a workload made this way can also
+    /// have a pid namespace with its own `/proc`. Blocking (forks and waits); call it once at
+    /// startup, after [`Namespaces::probe`]. The error says why not.
+    pub fn probe_pid(self) -> io::Result<()> {
+        if self == Namespaces::Unavailable {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "no namespaces at all"));
+        }
+        let prepared = Isolation::new(self).network(Network::None).prepare()?;
+        probe_in_child(&prepared)
     }
 
     pub fn name(self) -> &'static str {
@@ -87,15 +106,21 @@ pub fn default_hidden() -> Vec<PathBuf> {
 }
 
 fn probe_in_child(prepared: &Prepared) -> io::Result<()> {
-    // SAFETY: the child makes only the raw system calls of `enter`, then `_exit`s.
+    let fd_scan_limit = crate::confinement::fd_scan_limit();
+    // SAFETY: the child makes only the raw system calls of `enter` (and, with a pid namespace,
+    // of `init::split`, whose relay passes the workload's exit code on), then `_exit`s.
     let pid = unsafe { libc::fork() };
     if pid == -1 {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: the single-threaded child of fork; `enter` is async-signal-safe.
+        // SAFETY: the single-threaded child of fork; `enter` and `split` are
+        // async-signal-safe.
         unsafe {
-            let code = match prepared.enter() {
+            let entered = prepared
+                .enter()
+                .and_then(|()| if prepared.pid_namespace() { crate::init::split(None, fd_scan_limit) } else { Ok(()) });
+            let code = match entered {
                 Ok(()) => 0,
                 Err(e) => e.raw_os_error().unwrap_or(libc::EPERM),
             };
@@ -148,11 +173,21 @@ pub struct Isolation {
     inner: Option<RunAs>,
     view: View,
     chdir: Option<PathBuf>,
+    pid: bool,
 }
 
 impl Isolation {
+    /// The namespaces `namespaces` can make: a mount and a pid namespace, the host's network
+    /// (see [`Isolation::network`]); none with [`Namespaces::Unavailable`].
     pub fn new(namespaces: Namespaces) -> Isolation {
-        Isolation { namespaces, network: Network::Host, inner: None, view: View::default(), chdir: None }
+        Isolation { namespaces, network: Network::Host, inner: None, view: View::default(), chdir: None, pid: true }
+    }
+
+    /// Whether the workload gets a pid namespace (the default, where there are namespaces):
+    /// `false` on a host that cannot mount a fresh `/proc` ([`Namespaces::probe_pid`]).
+    pub fn pid_namespace(mut self, pid: bool) -> Isolation {
+        self.pid = pid;
+        self
     }
 
     pub fn network(mut self, network: Network) -> Isolation {
@@ -180,8 +215,7 @@ impl Isolation {
     /// Resolve and check everything the child will need, and turn it into C strings.
     /// Blocking (it resolves paths and reads their mounts' flags). An error names the path.
     pub fn prepare(self) -> io::Result<Prepared> {
-        let mut prepared =
-            Prepared { flags: 0, maps: None, steps: Vec::new(), network: false, chdir: None, sources: Vec::new() };
+        let mut prepared = Prepared::nothing();
         if self.namespaces == Namespaces::Unavailable {
             if self.network == Network::None {
                 return Err(io::Error::new(
@@ -193,6 +227,9 @@ impl Isolation {
             return Ok(prepared);
         }
         prepared.flags = libc::CLONE_NEWNS;
+        if self.pid {
+            prepared.flags |= libc::CLONE_NEWPID;
+        }
         if self.network == Network::None {
             prepared.flags |= libc::CLONE_NEWNET;
             prepared.network = true;
@@ -254,6 +291,17 @@ const TMPFS_OPTIONS: &[u8] = b"mode=0755,size=64k,nr_inodes=1024\0";
 const HIDDEN_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 impl Prepared {
+    /// Nothing to do yet.
+    fn nothing() -> Prepared {
+        Prepared { flags: 0, maps: None, steps: Vec::new(), network: false, chdir: None, sources: Vec::new() }
+    }
+
+    /// Whether the workload gets a pid namespace of its own: after [`Prepared::enter`], the
+    /// child must fork its init and the workload ([`crate::init::split`]).
+    pub fn pid_namespace(&self) -> bool {
+        self.flags & libc::CLONE_NEWPID != 0
+    }
+
     /// Whether the workload gets a network namespace of its own.
     pub fn private_network(&self) -> bool {
         self.network
@@ -369,12 +417,13 @@ impl Prepared {
         Ok(())
     }
 
-    /// Enter the namespaces, build the view and bring `lo` up.
+    /// Enter the namespaces, build the view and bring `lo` up. With a pid namespace, only the
+    /// child's children will be in it: [`Prepared::pid_namespace`] says to fork them next.
     ///
     /// # Safety
     /// Only in a child between `fork` and `exec`, before it switches users: raw,
     /// async-signal-safe system calls on memory `self` owns.
-    pub unsafe fn enter(&self) -> io::Result<()> {
+    pub(crate) unsafe fn enter(&self) -> io::Result<()> {
         // SAFETY (whole function): raw system calls on NUL-terminated strings and buffers
         // owned by `self` or static.
         unsafe {
@@ -386,7 +435,10 @@ impl Prepared {
                 write_file(c"/proc/self/setgroups", b"deny")?;
                 write_file(c"/proc/self/gid_map", &maps.gid_map)?;
             }
-            if !self.steps.is_empty() {
+            // Before any mount (the view's, or the pid namespace's /proc): on a host whose
+            // mounts are shared (systemd's default) a root node's would otherwise reach the
+            // host's mount namespace, its /proc included.
+            if !self.steps.is_empty() || self.pid_namespace() {
                 let none = std::ptr::null();
                 check(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
             }

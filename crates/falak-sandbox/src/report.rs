@@ -21,6 +21,8 @@ pub struct HostSandbox {
     /// How the node gives workloads namespaces of their own (mount, network, and user when
     /// the node is not root).
     pub namespaces: Namespaces,
+    /// Whether workloads also get a pid namespace with a `/proc` of their own.
+    pub pid_namespaces: bool,
     /// Whether the node may give workloads a network namespace of their own.
     pub network_namespaces: bool,
     /// Whether the node is root, and so can run workloads as another user.
@@ -38,6 +40,8 @@ pub struct SandboxReport {
     /// The kernel's Landlock ABI version, when Landlock is enforced.
     pub landlock: Option<u32>,
     pub namespaces: Namespaces,
+    /// Whether workloads get a pid namespace (and see only their own processes in `/proc`).
+    pub pid_namespaces: bool,
     pub network_namespaces: bool,
     /// Whether workloads run as another user than the node's (the node is root).
     pub unprivileged_user: bool,
@@ -93,6 +97,17 @@ impl HostSandbox {
                 namespace_advice(&e)
             ));
         }
+        let pid_namespaces = match namespaces.probe_pid() {
+            Ok(()) => true,
+            Err(_) if namespaces == Namespaces::Unavailable => false,
+            Err(e) => {
+                missing.push(format!(
+                    "pid namespaces: cannot mount a /proc of their own ({e}); workloads see every process of the \
+                     host in /proc, and a process a workload leaves behind is ended by its cgroup or process group only"
+                ));
+                false
+            }
+        };
         let network_namespaces = namespaces != Namespaces::Unavailable;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let can_switch_users = unsafe { libc::geteuid() } == 0;
@@ -112,12 +127,22 @@ impl HostSandbox {
             cgroup_controllers: cgroups.as_ref().map(Cgroups::controllers).unwrap_or_default(),
             landlock: landlock_abi,
             namespaces,
+            pid_namespaces,
             network_namespaces,
             unprivileged_user: can_switch_users,
             missing,
         };
         tracing::info!("sandbox: {report}");
-        HostSandbox { seccomp, cgroups, landlock_abi, namespaces, network_namespaces, can_switch_users, report }
+        HostSandbox {
+            seccomp,
+            cgroups,
+            landlock_abi,
+            namespaces,
+            pid_namespaces,
+            network_namespaces,
+            can_switch_users,
+            report,
+        }
     }
 }
 
@@ -156,6 +181,10 @@ impl fmt::Display for SandboxReport {
             (false, Namespaces::User) => "own uids mapped to the node's",
             (false, _) => "the node's",
         };
-        write!(f, ", namespaces {}, workload users: {users}", self.namespaces.name())
+        write!(f, ", namespaces {}", self.namespaces.name())?;
+        if self.namespaces != Namespaces::Unavailable {
+            f.write_str(if self.pid_namespaces { " (pid too)" } else { " (no pid)" })?;
+        }
+        write!(f, ", workload users: {users}")
     }
 }

@@ -41,6 +41,10 @@ pub struct WorkloadSandbox {
     /// when it is not root). Without, they share the node's files and network (the host's
     /// report says so at startup).
     pub namespaces: Namespaces,
+    /// Whether each process tree also gets a pid namespace (its own `/proc`, an init that
+    /// takes down what the process leaves behind); where there are namespaces, unless the
+    /// host cannot mount a `/proc` for one.
+    pub pid_namespaces: bool,
     /// Directories no process may see (the node's data dir, keys, the node user's home): a
     /// process's mount namespace covers them, except the deployment's own directories.
     pub hide: Vec<PathBuf>,
@@ -64,6 +68,7 @@ impl WorkloadSandbox {
             seccomp: host.seccomp.clone(),
             landlock: host.landlock_abi.is_some(),
             namespaces: host.namespaces,
+            pid_namespaces: host.pid_namespaces,
             hide: namespaces::default_hidden(),
             run_as: (host.can_switch_users && host.namespaces != Namespaces::User).then(RunAs::unprivileged_default),
             inner_user: None,
@@ -81,12 +86,19 @@ impl WorkloadSandbox {
             seccomp: None,
             landlock: false,
             namespaces: Namespaces::Unavailable,
+            pid_namespaces: false,
             hide: Vec::new(),
             run_as: None,
             inner_user: None,
             cgroups: None,
             rlimits: Vec::new(),
         }
+    }
+
+    /// The namespaces this node gives a process (the caller adds its network, user, view and
+    /// working directory): the one place an [`Isolation`] of a workload starts from.
+    pub fn isolation(&self) -> Isolation {
+        Isolation::new(self.namespaces).pid_namespace(self.pid_namespaces)
     }
 
     /// The one confinement builder: what the child of every workload process applies between
@@ -121,6 +133,7 @@ impl std::fmt::Debug for WorkloadSandbox {
             .field("seccomp", &self.seccomp.is_some())
             .field("landlock", &self.landlock)
             .field("namespaces", &self.namespaces)
+            .field("pid_namespaces", &self.pid_namespaces)
             .field("hide", &self.hide)
             .field("run_as", &self.run_as)
             .field("inner_user", &self.inner_user)

@@ -6,6 +6,7 @@
 
 mod disk;
 mod fake;
+mod pid_namespace;
 mod process;
 mod sandbox;
 
@@ -75,10 +76,34 @@ pub async fn assert_dies(pid: u32) {
     panic!("process {pid} is still alive");
 }
 
-/// A pid the task wrote to `file` in its working directory.
-pub fn read_pid(workdir: &Path, file: &str) -> u32 {
-    let text = std::fs::read_to_string(workdir.join(file)).expect("the task wrote its pid file");
-    text.trim().parse().expect("a pid")
+/// The host pid of a process of the running task led by `leader` (the process the node
+/// started), from the pid the task wrote to `file` in its working directory: a pid in the
+/// task's own pid namespace (the one `leader` made for its children), or the host's where
+/// there is none. Waits for the whole line.
+pub async fn read_pid(leader: u32, workdir: &Path, file: &str) -> u32 {
+    let path = workdir.join(file);
+    let mut text = String::new();
+    for _ in 0..1000 {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.ends_with('\n') {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let inner: u32 = text.trim().parse().unwrap_or_else(|_| panic!("a pid in {}: {text:?}", path.display()));
+    let namespace = std::fs::read_link(format!("/proc/{leader}/ns/pid_for_children")).expect("the task runs");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns == namespace) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let innermost =
+                status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last());
+            if innermost == Some(inner.to_string().as_str()) {
+                return pid;
+            }
+        }
+    }
+    panic!("no process {inner} in the namespace of task process {leader}");
 }
 
 pub fn require_root() {

@@ -85,13 +85,14 @@ async fn timeout_kills_the_whole_group() {
     spec.timeout = Some(Duration::from_millis(300));
     let running = start(spec.clone()).await;
     let leader = running.pid().unwrap();
+    let grandchild = read_pid(leader, &spec.workdir, "grandchild.pid").await;
     let exit = running.wait().await;
     assert_eq!(exit.reason, ExitReason::TimedOut(Duration::from_millis(300)));
     assert_eq!(exit.signal, Some(libc::SIGTERM));
     assert_eq!(exit.error().unwrap(), "timed out after 300ms and was killed");
     assert!(exit.duration >= Duration::from_millis(300) && exit.duration < Duration::from_secs(5), "{exit:?}");
     assert_dies(leader).await;
-    assert_dies(read_pid(&spec.workdir, "grandchild.pid")).await;
+    assert_dies(grandchild).await;
 }
 
 #[tokio::test]
@@ -100,11 +101,13 @@ async fn a_group_that_ignores_sigterm_is_killed_after_the_grace() {
     // The trap makes the shell and the background sleep (which inherits it) ignore SIGTERM.
     let mut spec = spec(&dir, "j1-t0", sh("trap '' TERM; sleep 1000 & echo $! > grandchild.pid; sleep 1000"));
     spec.timeout = Some(Duration::from_millis(200));
-    let exit = run(spec.clone()).await;
+    let running = start(spec.clone()).await;
+    let grandchild = read_pid(running.pid().unwrap(), &spec.workdir, "grandchild.pid").await;
+    let exit = running.wait().await;
     assert!(matches!(exit.reason, ExitReason::TimedOut(_)), "{exit:?}");
     assert_eq!(exit.signal, Some(libc::SIGKILL));
     assert!(exit.duration >= Duration::from_millis(500), "the 300 ms grace was given: {exit:?}");
-    assert_dies(read_pid(&spec.workdir, "grandchild.pid")).await;
+    assert_dies(grandchild).await;
 }
 
 #[tokio::test]
@@ -117,22 +120,27 @@ async fn stop_kills_the_whole_group_and_escalates() {
     while !std::fs::read_to_string(spec.workdir.join("stdout.log")).is_ok_and(|t| t == "ready\n") {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let grandchild = read_pid(running.pid().unwrap(), &spec.workdir, "grandchild.pid").await;
     let exit = running.stop(Duration::from_millis(200)).await;
     assert_eq!((exit.reason.clone(), exit.signal), (ExitReason::Stopped, Some(libc::SIGKILL)));
     assert_eq!(exit.stdout_tail, "ready\n");
     assert_eq!(running.wait().await, exit, "every wait returns the same exit");
     assert_eq!(running.stop(Duration::ZERO).await, exit, "stopping an ended task returns its exit");
     assert_dies(running.pid().unwrap()).await;
-    assert_dies(read_pid(&spec.workdir, "grandchild.pid")).await;
+    assert_dies(grandchild).await;
 }
 
 #[tokio::test]
 async fn what_the_main_process_leaves_behind_is_killed_when_it_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(&dir, "j1-t0", sh("sleep 1000 & echo $! > grandchild.pid; exit 0"));
-    let exit = run(spec.clone()).await;
+    let script = "sleep 1000 & echo $! > grandchild.pid; while [ ! -e go ]; do sleep 0.01; done; exit 0";
+    let spec = spec(&dir, "j1-t0", sh(script));
+    let running = start(spec.clone()).await;
+    let grandchild = read_pid(running.pid().unwrap(), &spec.workdir, "grandchild.pid").await;
+    std::fs::write(spec.workdir.join("go"), "").unwrap();
+    let exit = running.wait().await;
     assert!(exit.succeeded(), "{exit:?}");
-    assert_dies(read_pid(&spec.workdir, "grandchild.pid")).await;
+    assert_dies(grandchild).await;
 }
 
 #[tokio::test]
@@ -200,12 +208,8 @@ fn shutting_down_the_runtime_kills_running_tasks() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (running, grandchild) = runtime.block_on(async {
         let running = start(spec.clone()).await;
-        // The shell creates the file before it writes the pid: wait for the whole line.
-        let pid_file = spec.workdir.join("grandchild.pid");
-        while !std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n')) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        (running, read_pid(&spec.workdir, "grandchild.pid"))
+        let grandchild = read_pid(running.pid().unwrap(), &spec.workdir, "grandchild.pid").await;
+        (running, grandchild)
     });
     drop(runtime);
     // The handle outlives the runtime; the group must not.

@@ -399,10 +399,13 @@ const DAEMON: &str = "setsid sh -c 'echo $$ > daemon.tmp; mv daemon.tmp daemon.p
 async fn privileged_a_double_forked_daemon_dies_with_its_task() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(&dir, "j1-t0", sh(&format!("{DAEMON}; exit 0")));
-    let exit = run(spec.clone()).await;
+    let spec = spec(&dir, "j1-t0", sh(&format!("{DAEMON}; while [ ! -e go ]; do sleep 0.01; done; exit 0")));
+    let running = executor().start(spec.clone()).await.unwrap();
+    let daemon = read_pid(running.pid().unwrap(), &spec.workdir, "daemon.pid").await;
+    std::fs::write(spec.workdir.join("go"), "").unwrap();
+    let exit = running.wait().await;
     assert!(exit.succeeded(), "{exit:?}");
-    assert_dies(read_pid(&spec.workdir, "daemon.pid")).await;
+    assert_dies(daemon).await;
 }
 
 #[tokio::test]
@@ -412,7 +415,7 @@ async fn privileged_stop_kills_a_double_forked_daemon() {
     let spec = spec(&dir, "j1-t0", sh(&format!("{DAEMON}; echo ready; sleep 1000")));
     let running = executor().start(spec.clone()).await.unwrap();
     wait_for_output(&spec, "ready").await;
-    let daemon = read_pid(&spec.workdir, "daemon.pid");
+    let daemon = read_pid(running.pid().unwrap(), &spec.workdir, "daemon.pid").await;
     assert!(!is_dead(daemon));
     let stats = running.stats().await;
     assert!(stats.processes.unwrap() >= 3, "the cgroup counts the daemon: {stats:?}");
@@ -425,7 +428,7 @@ async fn privileged_stop_kills_a_double_forked_daemon() {
 async fn privileged_the_task_starts_inside_its_cgroup_with_its_limits() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = spec(&dir, "j1-t0", sh("echo ready; exec sleep 1000"));
+    let mut spec = spec(&dir, "j1-t0", sh("echo $$ > pid; echo ready; exec sleep 1000"));
     spec.limits.cpu_millis = Some(250);
     spec.limits.memory_bytes = Some(128 << 20);
     let running = executor().start(spec.clone()).await.unwrap();
@@ -443,10 +446,12 @@ async fn privileged_the_task_starts_inside_its_cgroup_with_its_limits() {
         assert_eq!(read(Controller::Cpu, "cpu.shares"), "256");
     }
     assert_eq!(read(Controller::Pids, "pids.max"), falak_exec::DEFAULT_MAX_PIDS.to_string());
-    // The main process is listed in every controller's cgroup: it joined before exec.
-    let pid = running.pid().unwrap().to_string();
+    // The task's process is listed in every controller's cgroup: it joined before exec. Its
+    // pid namespace's init and the relay the node started are not: the limits are the task's.
+    let pid = read_pid(running.pid().unwrap(), &spec.workdir, "pid").await.to_string();
     for controller in [Controller::Memory, Controller::Cpu, Controller::Pids] {
-        assert!(read(controller, "cgroup.procs").lines().any(|p| p == pid), "{controller}");
+        let procs = read(controller, "cgroup.procs");
+        assert_eq!(procs.lines().collect::<Vec<_>>(), [pid.as_str()], "{controller}");
     }
     running.stop(Duration::ZERO).await;
     assert!(!cgroup_dir(&spec, Controller::Pids).exists());

@@ -207,6 +207,74 @@ async fn privileged_a_zygote_its_forks_and_a_cold_instance_run_as_nobody_confine
     assert!(left.is_empty(), "tmp dirs are removed with their process: {left:?}");
 }
 
+/// What an instance sees of processes: its pid and every pid in its `/proc`.
+const PIDS: &str = r#"
+import os
+
+def handle(request):
+    return {"pid": os.getpid(), "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
+"#;
+
+/// The last pid of `NSpid:` in the node's `/proc/<pid>/status`: the process's number in its
+/// own pid namespace.
+fn innermost_pid(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:")).expect("NSpid");
+    line.split_whitespace().last().and_then(|p| p.parse().ok()).expect("a pid")
+}
+
+/// A zygote's forks live in its pid namespace (pid 1 its init, pid 2 the zygote), where
+/// their pids mean nothing to the node: the node finds each by the pidfd the zygote sends,
+/// moves it into its cgroup, and stops it, without touching the other.
+async fn forks_live_in_the_zygote_s_pid_namespace(confined: &Confined) {
+    let fixture = confined.fixture(&[("main.py", PIDS)]);
+    let prepared = fixture.prepare(confined.spec(&fixture, Runtime::Python)).await;
+    let zygote = Zygote::start(&prepared).await.unwrap_or_else(|e| panic!("zygote: {e}"));
+    let first = zygote.fork(7).await.unwrap_or_else(|e| panic!("fork: {e}"));
+    let second = zygote.fork(8).await.unwrap_or_else(|e| panic!("fork: {e}"));
+    let mut inner = Vec::new();
+    for (instance, name) in [(&first, "i7"), (&second, "i8")] {
+        let (status, _, body) = call(instance, request("GET", "/", "")).await;
+        assert_eq!(status, 200, "{}", text(&body));
+        let reply = json(&body);
+        let host = instance.pid().expect("a pid");
+        let pid = reply["pid"].as_u64().expect("its pid");
+        assert_eq!(innermost_pid(host), pid, "the node's pid {host} is the process that says it is {pid}");
+        assert_ne!(u64::from(host), pid, "the zygote's number is not the node's");
+        let cgroup = std::fs::read_to_string(format!("/proc/{host}/cgroup")).expect("its cgroup");
+        assert!(cgroup.contains(&format!("/fn-greet_1-{name}-")), "in its own cgroup: {cgroup}");
+        inner.push(pid);
+    }
+    let (_, _, body) = call(&first, request("GET", "/", "")).await;
+    let mut expected = vec![1, 2];
+    expected.extend(&inner);
+    assert_eq!(json(&body)["procs"], serde_json::json!(expected), "the init, the zygote and its forks alone");
+    let stopped = first.pid().expect("a pid");
+    first.stop(Duration::from_secs(2)).await;
+    assert!(!crate::support::process_runs(stopped));
+    let (status, _, _) = call(&second, request("GET", "/", "")).await;
+    assert_eq!(status, 200, "the other fork still serves");
+    let left = second.pid().expect("a pid");
+    zygote.stop().await;
+    assert!(!crate::support::process_runs(left), "the forks end with their zygote's namespace");
+}
+
+#[tokio::test]
+async fn privileged_forks_live_in_the_zygote_s_pid_namespace() {
+    let confined = Confined::new();
+    forks_live_in_the_zygote_s_pid_namespace(&confined).await;
+}
+
+#[tokio::test]
+async fn privileged_in_a_user_namespace_forks_live_in_the_zygote_s_pid_namespace() {
+    let mut confined = Confined::new();
+    // As an unprivileged node runs it: the deployment's uid mapped to the node's.
+    confined.sandbox.namespaces = falak_function::Namespaces::User;
+    confined.sandbox.run_as = None;
+    confined.sandbox.inner_user = Some(falak_function::RunAs { uid: 600_123, gid: 600_123 });
+    forks_live_in_the_zygote_s_pid_namespace(&confined).await;
+}
+
 #[tokio::test]
 async fn privileged_an_instance_over_its_memory_limit_is_killed_and_the_error_names_the_limit() {
     let confined = Confined::new();

@@ -126,14 +126,16 @@ async fn python_function_starts_from_a_snapshot_serves_warm_and_survives_bad_req
     let (status, _, pid_after) = invoke(client, "greet", "/pid", "").await;
     assert_eq!((status, &pid_after), (200, &pid_before));
 
-    // The handler hangs past the timeout: 504, and the instance is replaced.
+    // The handler hangs past the timeout: 504, and the instance is replaced. (The node's pid
+    // for it, not its own: it lives in its zygote's pid namespace.)
+    let instances = client.function_instances("greet").await.unwrap();
+    let old = instances.first().and_then(|i| i.pid).expect("the instance's pid");
     let (status, _, body) = invoke(client, "greet", "/hang", "").await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("timeout of 2000 ms"), "{body}");
     let (status, _, pid_new) = invoke(client, "greet", "/pid", "").await;
     assert_eq!(status, 200);
     assert_ne!(pid_new, pid_before, "the hung instance was replaced");
-    let old: i32 = pid_before.trim().parse().unwrap();
     eventually("the hung instance to exit", 10, async || (!Path::new(&format!("/proc/{old}")).exists()).then_some(()))
         .await;
 

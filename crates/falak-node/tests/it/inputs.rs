@@ -174,44 +174,31 @@ async fn bad_input_gets_a_clear_error_and_leaves_the_node_working() {
     mesh.stop().await;
 }
 
-const SLEEPER: &str = r#"name: sleeper
-kind: process
-command: ["/bin/sh", "-c", "echo $$ > pid; exec sleep 30"]
-resources: { cpu: 100m, memory: 16Mi }
-placement: { max_attempts: 1 }
-"#;
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+/// A task that sleeps as `sleep 30.<this test process's pid>`, so the test finds its process
+/// by its command line: a pid the task could write down would be its pid namespace's.
+fn sleeper() -> (String, String) {
+    let duration = format!("30.{}", std::process::id());
+    let capsule = format!(
+        "name: sleeper\nkind: process\ncommand: [\"/bin/sh\", \"-c\", \"exec sleep {duration}\"]\n\
+         resources: {{ cpu: 100m, memory: 16Mi }}\nplacement: {{ max_attempts: 1 }}\n"
+    );
+    (capsule, duration)
 }
 
-fn task_pids(dir: &std::path::Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in walk(dir) {
-        if entry.file_name().is_some_and(|n| n == "pid")
-            && let Ok(text) = std::fs::read_to_string(&entry)
-            && let Ok(pid) = text.trim().parse()
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
+/// How many live (not zombie) processes run `sleep <duration>`.
+fn sleeping(duration: &str) -> usize {
+    let wanted = format!("sleep\0{duration}\0");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let proc = entry.path();
+            let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+            cmdline == wanted.as_bytes() && !zombie
+        })
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +206,8 @@ async fn timeouts_fail_tasks_and_cancel_kills_them() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = InProcessMesh::start(dir.path(), 1).await;
     let c = &mesh.clients[0];
-    c.apply_capsule_text(SLEEPER).await.unwrap();
+    let (capsule, duration) = sleeper();
+    c.apply_capsule_text(&capsule).await.unwrap();
 
     // A per-task timeout ends the attempt; with one attempt the task FAILS and says why.
     let timed = JobSubmission {
@@ -243,20 +231,15 @@ async fn timeouts_fail_tasks_and_cancel_kills_them() {
         .submit_job(&JobSubmission { capsule: "sleeper".into(), tasks: Some(3), ..JobSubmission::default() })
         .await
         .unwrap();
-    let tasks_dir = dir.path().join("node-1/tasks");
     eventually("three tasks running", async || {
         let t = c.job_tasks(job.id).await.ok()?;
-        let pids = task_pids(&tasks_dir).into_iter().filter(|p| alive(*p)).count();
-        (t.iter().all(|t| t.state == TaskState::Running) && pids == 3).then_some(())
+        (t.iter().all(|t| t.state == TaskState::Running) && sleeping(&duration) == 3).then_some(())
     })
     .await;
     let cancelled = c.cancel_job(job.id).await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert!(c.job_tasks(job.id).await.unwrap().iter().all(|t| t.state == TaskState::Cancelled));
-    eventually("every task process is gone", async || {
-        task_pids(&tasks_dir).into_iter().all(|p| !alive(p)).then_some(())
-    })
-    .await;
+    eventually("every task process is gone", async || (sleeping(&duration) == 0).then_some(())).await;
     // Cancelling twice or an unknown job is a clear error.
     let error = c.cancel_job(falak_core::job::JobId(999)).await.unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::NotFound));

@@ -1,8 +1,11 @@
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Output};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use super::*;
+use crate::Confinement;
 
 /// A node's data dir with a key in it and one workload's directory inside.
 struct Layout {
@@ -25,13 +28,22 @@ fn layout() -> Layout {
     Layout { _root: root, data, work, other }
 }
 
-fn run_in(isolation: Isolation, script: &str) -> Output {
-    let prepared = isolation.prepare().expect("prepare");
+/// `sh -c script`, confined by `isolation` as a workload is (a session of its own, its
+/// namespaces and, with a pid namespace, the relay and the init).
+fn command_in(isolation: Isolation, script: &str) -> Command {
+    confined(Confinement::new().isolation(isolation.prepare().expect("prepare")), script)
+}
+
+fn confined(confinement: Confinement, script: &str) -> Command {
     let mut command = Command::new("/bin/sh");
     command.args(["-c", script]);
-    // SAFETY: `enter` makes only async-signal-safe system calls.
-    unsafe { command.pre_exec(move || prepared.enter()) };
-    command.output().expect("run")
+    // SAFETY: `apply` makes only async-signal-safe system calls.
+    unsafe { command.pre_exec(move || confinement.apply()) };
+    command
+}
+
+fn run_in(isolation: Isolation, script: &str) -> Output {
+    command_in(isolation, script).output().expect("run")
 }
 
 fn stdout(output: &Output) -> String {
@@ -113,6 +125,169 @@ fn the_probe_finds_namespaces_here() {
     // SAFETY: geteuid has no preconditions.
     let expected = if unsafe { libc::geteuid() } == 0 { Namespaces::Privileged } else { Namespaces::User };
     assert_eq!((found, why.map(|e| e.to_string())), (expected, None));
+    assert_eq!(found.probe_pid().map_err(|e| e.to_string()), Ok(()), "and pid namespaces");
+    assert_eq!(Namespaces::Unavailable.probe_pid().map_err(|e| e.kind()), Err(io::ErrorKind::Unsupported));
+}
+
+/// A `sleep` no other process on the host runs: `sleep <seconds>.<this test's pid><n>`.
+fn unique_sleep(n: u32) -> String {
+    format!("1000.{}{n}", std::process::id())
+}
+
+/// The host pids of live (not zombie) processes whose command line is `sleep <duration>`.
+fn sleeping(duration: &str) -> Vec<u32> {
+    let wanted = format!("sleep\0{duration}\0");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if cmdline.ends_with(wanted.as_bytes()) && !zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Poll `done` every 10 ms for up to five seconds (the clock is not read outside clock
+/// modules, tests included).
+fn within_five_seconds(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{what}: not within five seconds");
+}
+
+/// The exit status of `child`, which must exit within five seconds.
+fn exit_within_five_seconds(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let mut status = None;
+    within_five_seconds("the workload's exit", || {
+        status = child.try_wait().expect("wait");
+        status.is_some()
+    });
+    status.expect("exited")
+}
+
+/// Start `script` confined, and wait for it to print `ready`.
+fn start_ready(namespaces: Namespaces, script: &str) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = command_in(Isolation::new(namespaces).network(Network::None), script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read");
+    assert_eq!(line, "ready\n", "{child:?}");
+    (child, stdout)
+}
+
+/// The whole behaviour of a pid namespace, for either kind of namespace.
+fn a_pid_namespace_holds_the_workload_alone(namespaces: Namespaces) {
+    let isolation = || Isolation::new(namespaces).network(Network::None);
+    // Only the init, the workload and what it starts are in /proc; the node is not.
+    let sleep = unique_sleep(1);
+    let out = run_in(isolation(), &format!("echo $$; sleep {sleep} & echo /proc/[0-9]*; kill $!; exit 7"));
+    assert_eq!(out.status.code(), Some(7), "the exit code passes through the relay: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n/proc/1 /proc/2 /proc/3\n", "{out:?}");
+
+    // A signal death is reported as the same signal.
+    let out = run_in(isolation(), "kill -KILL $$");
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    let out = run_in(isolation(), "kill -TERM $$");
+    assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{out:?}");
+
+    // What the workload leaves behind ends with it (`output` also waits for the grandchild to
+    // close the stdout it holds).
+    let sleep = unique_sleep(2);
+    let out = run_in(isolation(), &format!("sleep {sleep} & exit 0"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sleeping(&sleep), Vec::<u32>::new(), "the namespace died with its init");
+
+    // SIGTERM to the process group reaches the workload, whose trap decides the exit; the
+    // relay and the init, in the same group, do not die of it.
+    let (mut child, _stdout) = start_ready(namespaces, "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done");
+    // SAFETY: kill on the process group of our own child.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGTERM) };
+    assert_eq!(exit_within_five_seconds(&mut child).code(), Some(42));
+
+    // A workload that left the process group still gets it: the init passes it on.
+    let script = "exec setsid sh -c \"trap 'exit 43' TERM; echo ready; while :; do sleep 0.05; done\"";
+    let (mut child, _stdout) = start_ready(namespaces, script);
+    // SAFETY: as above.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGTERM) };
+    assert_eq!(exit_within_five_seconds(&mut child).code(), Some(43));
+
+    // SIGKILL to the group ends the whole namespace.
+    let sleep = unique_sleep(3);
+    let (mut child, _stdout) = start_ready(namespaces, &format!("sleep {sleep} & echo ready; wait"));
+    within_five_seconds("the background sleep", || !sleeping(&sleep).is_empty());
+    // SAFETY: as above.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    assert_eq!(exit_within_five_seconds(&mut child).signal(), Some(libc::SIGKILL));
+    within_five_seconds("the end of the workload's child", || sleeping(&sleep).is_empty());
+
+    // An exec error still reaches the spawner, through the workload's copy of std's pipe.
+    let prepared = isolation().prepare().unwrap();
+    let mut missing = Command::new("/no/such/program");
+    let confinement = Confinement::new().isolation(prepared);
+    // SAFETY: as in `confined`.
+    unsafe { missing.pre_exec(move || confinement.apply()) };
+    let error = missing.spawn().expect_err("no such program");
+    assert_eq!(error.raw_os_error(), Some(libc::ENOENT), "{error}");
+}
+
+#[test]
+fn a_privileged_node_gives_each_workload_a_pid_namespace() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (CI runs as root); the unprivileged case is below");
+    a_pid_namespace_holds_the_workload_alone(Namespaces::Privileged);
+}
+
+#[test]
+fn a_user_namespace_gives_each_workload_a_pid_namespace() {
+    a_pid_namespace_holds_the_workload_alone(Namespaces::User);
+}
+
+/// Runs [`the_host_s_proc_stays_the_host_s`] in a mount namespace of its own whose mounts are
+/// all shared, as systemd makes them on most hosts (this test host's are private): a root
+/// node's workloads must not mount their `/proc` over the node's.
+#[test]
+fn a_workload_s_proc_never_reaches_a_host_whose_mounts_are_shared() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (CI runs as root)");
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "shared", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "namespaces::tests::the_host_s_proc_stays_the_host_s", "--ignored", "--nocapture"])
+        .output()
+        .expect("unshare (util-linux) runs the test binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the scenario ran: {text}");
+}
+
+#[test]
+#[ignore = "run by a_workload_s_proc_never_reaches_a_host_whose_mounts_are_shared"]
+fn the_host_s_proc_stays_the_host_s() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mountinfo.lines().any(|l| l.split(' ').nth(4) == Some("/") && l.contains("shared:")), "{mountinfo}");
+    for namespaces in [Namespaces::Privileged, Namespaces::User] {
+        // No view: nothing else to mount, only the init's /proc.
+        assert_eq!(stdout(&run_in(Isolation::new(namespaces), "echo $$")), "2\n");
+        let me = std::fs::read_link("/proc/self").expect("the host's /proc");
+        assert_eq!(me.to_str(), Some(std::process::id().to_string().as_str()), "{namespaces:?}");
+    }
+}
+
+#[test]
+fn without_a_pid_namespace_the_workload_is_the_child_itself() {
+    let out = run_in(Isolation::new(Namespaces::User).pid_namespace(false), "echo $$");
+    let pid: u32 = stdout(&out).trim().parse().unwrap();
+    assert!(pid > 2, "the host's pid, not the namespace's: {pid}");
 }
 
 #[test]
@@ -166,7 +341,9 @@ fn as_an_unprivileged_user() {
     assert_ne!(unsafe { libc::geteuid() }, 0, "must run unprivileged");
     let (found, why) = Namespaces::probe();
     assert_eq!(found, Namespaces::User, "{why:?}");
+    assert_eq!(found.probe_pid().map_err(|e| e.to_string()), Ok(()));
     a_view_hides_the_data_dir_but_the_workload_s_own(Namespaces::User);
+    a_pid_namespace_holds_the_workload_alone(Namespaces::User);
 }
 
 #[test]
@@ -197,8 +374,7 @@ fn a_hidden_dir_inside_a_closed_one_is_hidden_from_the_closed_one_down() {
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(closed.join("mesh/README"), "beside the data dir").unwrap();
-    let mut prepared =
-        Prepared { flags: 0, maps: None, steps: Vec::new(), network: false, chdir: None, sources: Vec::new() };
+    let mut prepared = Prepared::nothing();
     prepared.plan_view(&View::hiding(vec![data.clone()]).writable(data.join("work"))).unwrap();
     let Some(Step::Hide(first)) = prepared.steps.first() else { panic!("{:?}", prepared.steps) };
     assert_eq!(first.to_str().unwrap(), closed.to_str().unwrap(), "the closed dir is covered, so anyone may pass it");
@@ -206,19 +382,8 @@ fn a_hidden_dir_inside_a_closed_one_is_hidden_from_the_closed_one_down() {
     let isolation = Isolation::new(Namespaces::Privileged)
         .view(View::hiding(vec![data.clone()]).writable(data.join("work")))
         .chdir(data.join("work"));
-    let prepared = isolation.prepare().unwrap();
-    let mut command = Command::new("/bin/sh");
-    command.args(["-c", &format!("pwd; cat {} 2>/dev/null || echo hidden", closed.join("mesh/README").display())]);
-    // SAFETY: raw system calls only.
-    unsafe {
-        command.pre_exec(move || {
-            prepared.enter()?;
-            if libc::setgid(65534) == -1 || libc::setuid(65534) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    let out = stdout(&command.output().unwrap());
+    let confinement = Confinement::new().isolation(isolation.prepare().unwrap()).run_as(Some(crate::NOBODY));
+    let script = format!("pwd; cat {} 2>/dev/null || echo hidden", closed.join("mesh/README").display());
+    let out = stdout(&confined(confinement, &script).output().unwrap());
     assert_eq!(out, format!("{}\nhidden\n", data.join("work").display()));
 }

@@ -246,20 +246,21 @@ async fn a_restarted_node_kills_the_task_processes_its_killed_run_left_behind() 
     let mut mesh = Mesh::start(binary(), dir.path(), 3);
     mesh.wait_ready(Duration::from_secs(30)).await;
     let c = mesh.nodes[0].client.clone();
-    let server = "name: server\nkind: process\ncommand: [\"/bin/sh\", \"-c\", \"echo $$; exec sleep 60\"]\nresources: { cpu: 100m, memory: 16Mi }\n";
+    let server = "name: server\nkind: process\ncommand: [\"sleep\", \"60\"]\nresources: { cpu: 100m, memory: 16Mi }\n";
     c.apply_capsule_text(server).await.unwrap();
     let submission = ServiceSubmission { name: "web".into(), capsule: "server".into(), version: None, replicas: 3 };
     c.apply_service(&submission).await.unwrap();
-    // A replica on a node other than node-1, and its process id from its stdout.
+    // A replica on a node other than node-1, and the processes of its group, from the leader
+    // the node recorded (the task's own pids are its pid namespace's).
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (victim, pid) = loop {
+    let (victim, pids) = loop {
         let service = c.service("web").await.unwrap();
         let found = service.tasks.iter().find_map(|t| {
             let node = t.node.as_ref().filter(|n| n.name != "node-1" && t.state == TaskState::Running)?;
             let i = mesh.nodes.iter().position(|m| m.name == node.name)?;
-            let log = mesh.nodes[i].dir.join(format!("tasks/{}.a{}/stdout.log", t.id, t.attempt));
-            let pid: i32 = std::fs::read_to_string(log).ok()?.trim().parse().ok()?;
-            Some((i, pid))
+            let record = mesh.nodes[i].dir.join(format!("groups/{}.a{}", t.id, t.attempt));
+            let leader: i32 = std::fs::read_to_string(record).ok()?.split_whitespace().next()?.parse().ok()?;
+            Some((i, process_group(leader)))
         });
         if let Some(found) = found {
             break found;
@@ -267,16 +268,17 @@ async fn a_restarted_node_kills_the_task_processes_its_killed_run_left_behind() 
         assert!(Instant::now() < deadline, "no replica running off node-1: {service:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert!(!pids.is_empty());
     // SAFETY: signal 0 only checks that the process exists.
-    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
+    let alive = |pid: &i32| unsafe { libc::kill(*pid, 0) } == 0;
     mesh.kill9(victim);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(alive(pid), "a task outlives its node's kill -9 (its own process group)");
+    assert!(pids.iter().all(alive), "a task outlives its node's kill -9 (its own process group)");
     mesh.spawn(victim);
     mesh.wait_ready(Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "the restarted node left process {pid} running");
+    while pids.iter().any(alive) {
+        assert!(Instant::now() < deadline, "the restarted node left processes of {pids:?} running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Killed with the workload cgroups the dead run left, or (hosts without cgroups) by the
@@ -293,4 +295,21 @@ async fn a_restarted_node_kills_the_task_processes_its_killed_run_left_behind() 
         assert!(Instant::now() < deadline, "{:?}", c.service("web").await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The live processes of process group `leader` (a task's relay, its namespace's init and the
+/// task itself).
+fn process_group(leader: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
+            let state = fields.next()?;
+            let group: i32 = fields.nth(1)?.parse().ok()?;
+            (group == leader && state != "Z").then_some(pid)
+        })
+        .collect()
 }

@@ -322,6 +322,10 @@ async fn workloads_cannot_reach_the_node_or_each_other(user: Option<TestUser>) {
         ("function_environ", format!("cat /proc/{fn_pid}/environ")),
         ("node_environ", format!("cat /proc/{node_pid}/environ")),
         ("node_root", format!("ls /proc/{node_pid}/root{}", node_dir.display())),
+        // A pid namespace of its own: neither the node nor another workload is in its /proc.
+        ("node_process", format!("test -d /proc/{node_pid}")),
+        ("task_process", format!("test -d /proc/{task_pid}")),
+        ("function_process", format!("test -d /proc/{fn_pid}")),
         ("node_api", format!("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {api_port}), 2)\"")),
     ];
     // Every target exists (as the test, root, sees it), so a denial is the sandbox's doing.
