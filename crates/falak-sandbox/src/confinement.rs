@@ -15,12 +15,12 @@
 //!    for [`Network::None`](crate::Network::None), then `chdir` into the working directory
 //!    through the new mounts — needs `CAP_SYS_ADMIN`, so still root (or the user namespace's
 //!    creator);
-//! 3. with a pid namespace ([`crate::init`]): the parent-death signal, if asked for, then two
-//!    forks — this process stays behind as the *relay* the node knows, its child is the
-//!    namespace's init (pid 1: mounts the namespace's `/proc` over the host's, after the
-//!    view's mounts, which bind through the host's `/proc/self/fd`, and while it has the
-//!    capabilities step 2 needed), and the init's child is the workload, which alone goes on
-//!    to the steps below;
+//! 3. with a pid namespace ([`crate::init`]): the parent-death signal, if asked for; then this
+//!    process stays behind as the *relay* the node knows, with two children: the namespace's
+//!    init (pid 1, which reaps orphans) and the workload (pid 2), which mounts the namespace's
+//!    `/proc` over the host's — after the view's mounts, which bind through the host's
+//!    `/proc/self/fd`, and while it has the capabilities step 2 needed — and alone goes on to
+//!    the steps below;
 //! 4. join the cgroups — write `0` to each `cgroup.procs` while still root (they are
 //!    root-owned; an unprivileged node's delegated ones are its own), before the workload can
 //!    fork; the relay and the init stay out, so the cgroup's pids limit, process count, memory

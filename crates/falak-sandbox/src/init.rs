@@ -7,60 +7,77 @@
 //! the namespace are reparented to it, and when it exits the kernel kills everything else in
 //! the namespace. A workload run as pid 1 would ignore SIGTERM and pile up zombies, so the
 //! node's child — the process the node knows by pid and pidfd, which has entered the other
-//! namespaces — forks twice, without an `exec` in between:
+//! namespaces — makes two children, without an `exec` in between:
 //!
 //! ```text
 //! node ── relay: the node's child, in the node's pid namespace (the pid the node knows)
-//!           └── init: pid 1, mounts the namespace's /proc, reaps every orphan
-//!                 └── workload: pid 2, returns into the pre_exec hook, then the `exec`
+//!           ├── init: pid 1, reaps every orphan
+//!           └── workload: pid 2, mounts the namespace's /proc, returns into the pre_exec
+//!               hook, then the `exec`
 //! ```
 //!
-//! - The **init** waits for every child; when the workload ends it writes the workload's raw
-//!   wait status down a pipe to the relay and exits, and the kernel kills whatever the
-//!   workload left behind. So a workload never leaves anything running after it ends.
-//! - The **relay** reads that status, waits for the init (so that when the node sees the
-//!   relay end, the namespace is empty), and ends the same way: the same exit code, or the
-//!   same signal re-raised with its default action, so the node reads `exit status: 3` or
-//!   `signal: 9 (SIGKILL)` exactly as when the workload was its child. If the init died
-//!   without a word (killed), the relay ends as the init did.
+//! - The **relay** waits for the workload, its own child; when it ends, the relay kills the
+//!   init, which makes the kernel kill whatever the workload left behind, waits for it (so
+//!   that when the node sees the relay end, the namespace is empty), and ends the same way as
+//!   the workload: the same exit code, or the same signal re-raised with its default action,
+//!   so the node reads `exit status: 3` or `signal: 9 (SIGKILL)` exactly as when the workload
+//!   was its child. The workload's parent is outside its namespace, so it sees a parent pid of
+//!   0, not 1 (a common test for "my parent died").
+//! - The **init** reaps the orphans the workload leaves until the relay ends it. It keeps
+//!   every signal blocked and waits for SIGCHLD with `sigwaitinfo`: as the namespace's init it
+//!   gets no other signal from outside but SIGKILL and SIGSTOP, and none at all from inside.
 //! - **Signals.** The node signals the process group, which all three share (the workload
-//!   unless it left it): SIGTERM and friends reach the workload directly, while the relay and
-//!   the init catch every signal with a handler that does nothing (a handler, not `SIG_IGN`,
-//!   which `exec` would pass on), so a group signal never ends them before the workload.
-//!   SIGKILL ends them, and the init's end ends the namespace: the kill path needs no help.
-//!   A workload that left the group (`setsid`) still gets the node's SIGTERM: the init
-//!   forwards it. Fault signals (SIGSEGV, …) are not caught, so a bug in these few lines
-//!   still ends the process instead of looping.
-//! - **Death.** The init gets SIGKILL when the relay dies (`PR_SET_PDEATHSIG`), and the relay
-//!   when the node dies if the confinement asks for it; the init checks the relay is still
-//!   there after asking, through the pipe (a pipe with no reader polls `POLLERR`).
+//!   unless it left it): SIGTERM and friends reach the workload directly, while the relay
+//!   catches every signal with a handler that does nothing (a handler, not `SIG_IGN`, which
+//!   `exec` would pass on), so a group signal never ends it before the workload. SIGKILL ends
+//!   it, and the init with it (`PR_SET_PDEATHSIG`), which ends the namespace: the kill path
+//!   needs no help. A workload that left the group (`setsid`) still gets the node's SIGTERM:
+//!   the relay forwards it. Fault signals (SIGSEGV, …) are not caught, so a bug in these few
+//!   lines still ends the process instead of looping.
+//! - **Death.** The init gets SIGKILL when the relay dies, and the relay when the node dies if
+//!   the confinement asks for it; the init checks, through a pidfd of the relay, that the
+//!   relay is still there after asking.
 //! - **Descriptors.** `std`'s spawn reads a close-on-exec pipe until EOF to learn whether the
 //!   `exec` worked, so the relay and the init *close* every descriptor they inherited (stdio
-//!   included: a reader of the workload's output sees EOF when the workload is done) but
-//!   their end of the status pipe. The workload keeps them, so an `exec` error still
-//!   reaches the node.
-//! - **Memory and privilege.** Both helpers are copies of the node made by `fork`; they touch
-//!   nothing but their stacks, and mark themselves not dumpable, so no core dump of them is
-//!   ever written and the workload (another user, or the same user without capabilities in
-//!   the user namespace) may not read their memory or environment through `/proc`.
+//!   included: a reader of the workload's output sees EOF when the workload is done). The
+//!   workload keeps them, so an `exec` error still reaches the node.
+//! - **Memory and privilege.** The relay is the copy of the node that `std` forked; the init
+//!   shares its memory (`CLONE_VM`, on a stack of its own) rather than copying its page tables
+//!   again, so a start costs one fork more than without a pid namespace (the workload's), not
+//!   two. Neither touches more than its stack, and they are not dumpable, so no core dump of
+//!   them is ever written and the workload (another user, or the same user without
+//!   capabilities in the user namespace) may not read their memory or environment through
+//!   `/proc`.
 //!
 //! Everything here runs between `fork` and `exec` in a multi-threaded program: raw,
-//! async-signal-safe system calls only (`fork`, `waitpid`, `sigaction`, `sigprocmask`,
-//! `read`, `write`, `poll`, `mount`, `prctl`, `kill`, `_exit`), no allocation, no locks.
+//! async-signal-safe system calls only (`fork`, `clone`, `waitpid`, `sigaction`,
+//! `sigprocmask`, `sigwaitinfo`, `poll`, `mount`, `prctl`, `kill`, `_exit`), no allocation,
+//! no locks.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-/// The workload's pid in its namespace, for the init's SIGTERM handler (0 until forked).
+/// The workload's pid, for the relay's SIGTERM handler (0 until forked).
 static WORKLOAD: AtomicI32 = AtomicI32::new(0);
+
+/// A pidfd of the relay, for the init to check the relay is still there.
+static RELAY: AtomicI32 = AtomicI32::new(-1);
+
+const INIT_STACK_BYTES: usize = 64 << 10;
+
+/// The init's stack: the init shares the relay's memory (`CLONE_VM`), so it may not run on
+/// the relay's stack. Only the init ever touches it.
+#[repr(C, align(16))]
+struct InitStack([u8; INIT_STACK_BYTES]);
+static mut INIT_STACK: InitStack = InitStack([0; INIT_STACK_BYTES]);
 
 /// The highest signal number (`SIGRTMAX` on Linux).
 const LAST_SIGNAL: libc::c_int = 64;
 
-/// Whether the relay and the init catch `signal`. Not the ones that cannot be caught, not the
-/// faults a bug of theirs would raise (a handler that returns would run the faulting
-/// instruction again, forever), not SIGCHLD (its default, to ignore, is what a waiter
-/// wants), and not the two real-time signals glibc keeps for itself.
+/// Whether the relay catches `signal`. Not the ones that cannot be caught, not the faults a
+/// bug of its own would raise (a handler that returns would run the faulting instruction
+/// again, forever), not SIGCHLD (its default, to ignore, is what a waiter wants), and not the
+/// two real-time signals glibc keeps for itself.
 fn caught(signal: libc::c_int) -> bool {
     !matches!(
         signal,
@@ -78,15 +95,15 @@ fn caught(signal: libc::c_int) -> bool {
     )
 }
 
-/// Fork the init and the workload out of the process that has just unshared a pid namespace
-/// (the *relay*). Returns `Ok` only in the workload; the relay and the init never return.
-/// `parent_death`: `(signal, the node's pid)` for the relay, as
-/// [`Confinement::parent_death_signal`](crate::Confinement::parent_death_signal).
+/// Make the init and fork the workload out of the process that has just unshared a pid
+/// namespace (the *relay*). Returns `Ok` only in the workload, once it has mounted its namespace's
+/// `/proc`; the relay and the init never return. `parent_death`: `(signal, the node's pid)`
+/// for the relay, as [`Confinement::parent_death_signal`](crate::Confinement::parent_death_signal).
 /// `fd_scan_limit`: how far to close descriptors one by one where `close_range` is missing.
 ///
-/// An error before the first fork is the relay's (the caller reports it through `std`'s error
-/// pipe, as any failed step); an error in the init (mounting `/proc`, forking) is reported the
-/// same way by the init, and the relay then ends as the init did.
+/// An error before the workload's fork is the relay's, and one in the workload (mounting
+/// `/proc`) the workload's: either way the caller reports it through `std`'s error pipe, as
+/// any failed step, and the relay ends as the workload did.
 ///
 /// # Safety
 /// Only in a child between `fork` and `exec`, right after `unshare(CLONE_NEWPID)` with a mount
@@ -107,108 +124,116 @@ pub(crate) unsafe fn split(
         }
         prctl(libc::PR_SET_DUMPABLE, 0)?;
         // Blocked from here until each process has the handlers it needs: a signal that
-        // arrives meanwhile waits instead of finding the wrong one (or none).
+        // arrives meanwhile waits instead of finding the wrong one (or none). The init keeps
+        // them blocked for good.
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut original: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         check(libc::sigprocmask(libc::SIG_SETMASK, &all, &mut original))?;
-        let ignored = catch_all(on_signal).inspect_err(|_| {
-            libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
-        })?;
-        let mut status_pipe = [-1; 2];
-        if libc::pipe2(status_pipe.as_mut_ptr(), libc::O_CLOEXEC) == -1 {
+        let relay = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint) as libc::c_int;
+        if relay == -1 {
             let error = io::Error::last_os_error();
-            restore(ignored, &original);
+            libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
             return Err(error);
         }
-        let [status_read, status_write] = status_pipe;
-        let init = libc::fork();
-        if init == -1 {
-            let error = io::Error::last_os_error();
-            libc::close(status_read);
-            libc::close(status_write);
-            restore(ignored, &original);
-            return Err(error);
-        }
-        if init > 0 {
-            close_all_but(status_read, fd_scan_limit);
-            libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
-            relay(init, status_read);
-        }
-        // The init: pid 1 of the new namespace.
-        libc::close(status_read);
-        set_parent_death(libc::SIGKILL as libc::c_ulong)?;
-        let mut relay_gone = libc::pollfd { fd: status_write, events: 0, revents: 0 };
-        if libc::poll(&mut relay_gone, 1, 0) == 1 && relay_gone.revents & libc::POLLERR != 0 {
-            libc::_exit(1);
-        }
-        let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        check(libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), proc_flags, std::ptr::null()))?;
-        handle(libc::SIGTERM, forward_to_workload)?;
+        RELAY.store(relay, Ordering::Relaxed);
+        // The init shares the relay's memory instead of copying its page tables: it runs on
+        // a stack of its own and touches nothing else. (Its failed system calls write errno,
+        // which it shares with the relay too, having no thread-local storage of its own: the
+        // relay reads errno only where a call could fail with EINTR, which its SA_RESTART
+        // handlers rule out, or to report an error.)
+        let stack = (&raw mut INIT_STACK).cast::<u8>().add(INIT_STACK_BYTES);
+        let init = libc::clone(init_entry, stack.cast(), libc::CLONE_VM | libc::SIGCHLD, std::ptr::null_mut());
+        let forked = if init == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        libc::close(relay);
+        let ready = forked.and_then(|()| {
+            let ignored = catch_all(on_signal)?;
+            handle(libc::SIGTERM, forward_to_workload)?;
+            Ok(ignored)
+        });
+        let ignored = match ready {
+            Ok(ignored) => ignored,
+            Err(error) => {
+                end_init(init);
+                libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
+                return Err(error);
+            }
+        };
         let workload = libc::fork();
         if workload == -1 {
-            return Err(io::Error::last_os_error());
+            let error = io::Error::last_os_error();
+            end_init(init);
+            restore(ignored, &original);
+            return Err(error);
         }
         if workload > 0 {
             WORKLOAD.store(workload, Ordering::Relaxed);
-            close_all_but(status_write, fd_scan_limit);
+            close_all(fd_scan_limit);
             libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
-            init_loop(workload, status_write);
+            relay_life(init, workload);
         }
-        // The workload: back to the dispositions and mask it came with, then on to `exec`.
-        libc::close(status_write);
+        // The workload, pid 2: its namespace's /proc, while it has the capabilities the mounts
+        // needed; then back to the dispositions and mask it came with, and on to `exec`.
+        let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        check(libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), proc_flags, std::ptr::null()))?;
         restore(ignored, &original);
     }
     Ok(())
 }
 
-/// The relay's life: wait for the workload's status from the init, wait for the init, end
-/// the same way.
+/// The relay's life: wait for the workload, end its namespace, end the same way.
 ///
 /// # Safety
 /// Raw system calls only; never returns.
-unsafe fn relay(init: libc::pid_t, status_read: libc::c_int) -> ! {
-    // SAFETY (whole function): reads into and waits with locals.
+unsafe fn relay_life(init: libc::pid_t, workload: libc::pid_t) -> ! {
+    // SAFETY (whole function): waits and signals with locals.
     unsafe {
-        let mut status: libc::c_int = 0;
-        let wanted = std::mem::size_of::<libc::c_int>();
-        let mut got = 0;
-        while got < wanted {
-            let n = libc::read(status_read, (&raw mut status).cast::<u8>().add(got).cast(), wanted - got);
-            if n > 0 {
-                got += n as usize;
-            } else if n == 0 || *libc::__errno_location() != libc::EINTR {
-                break;
-            }
-        }
-        let mut init_status: libc::c_int = 0;
-        while libc::waitpid(init, &mut init_status, 0) == -1 && *libc::__errno_location() == libc::EINTR {}
-        end_as(if got == wanted { status } else { init_status })
+        // An exit code of 1, should the wait fail (it cannot: the workload is our child).
+        let mut status: libc::c_int = 1 << 8;
+        while libc::waitpid(workload, &mut status, 0) == -1 && *libc::__errno_location() == libc::EINTR {}
+        end_init(init);
+        end_as(status)
     }
 }
 
-/// The init's life: reap every child; when the workload is among them, pass its status on and
-/// exit, which takes the rest of the namespace with it.
+/// Kill the init, which kills everything left in its namespace, and wait until it is gone.
 ///
 /// # Safety
-/// Raw system calls only; never returns.
-unsafe fn init_loop(workload: libc::pid_t, status_write: libc::c_int) -> ! {
-    // SAFETY (whole function): waits and writes with locals.
+/// Raw system calls only.
+unsafe fn end_init(init: libc::pid_t) {
+    if init <= 0 {
+        return;
+    }
+    // SAFETY: kill and waitpid on our own child, with a local.
     unsafe {
+        libc::kill(init, libc::SIGKILL);
+        let mut status: libc::c_int = 0;
+        while libc::waitpid(init, &mut status, 0) == -1 && *libc::__errno_location() == libc::EINTR {}
+    }
+}
+
+/// The init's life: reap whatever is orphaned into the namespace, until the relay ends it.
+/// Never returns.
+extern "C" fn init_entry(_: *mut libc::c_void) -> libc::c_int {
+    let relay = RELAY.load(Ordering::Relaxed);
+    let fd_scan_limit = crate::confinement::fd_scan_limit();
+    // SAFETY (whole function): raw system calls on locals; every signal is blocked.
+    unsafe {
+        if set_parent_death(libc::SIGKILL as libc::c_ulong).is_err() {
+            libc::_exit(1);
+        }
+        // The relay may have died before we asked to die with it: then nobody would kill us.
+        let mut gone = libc::pollfd { fd: relay, events: libc::POLLIN, revents: 0 };
+        if libc::poll(&mut gone, 1, 0) != 0 {
+            libc::_exit(1);
+        }
+        close_all(fd_scan_limit);
+        let mut child_ended: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut child_ended);
+        libc::sigaddset(&mut child_ended, libc::SIGCHLD);
         loop {
-            let mut status: libc::c_int = 0;
-            let pid = libc::waitpid(-1, &mut status, 0);
-            if pid == workload {
-                let bytes = std::mem::size_of::<libc::c_int>();
-                while libc::write(status_write, (&raw const status).cast(), bytes) == -1
-                    && *libc::__errno_location() == libc::EINTR
-                {}
-                libc::_exit(0);
-            }
-            if pid == -1 && *libc::__errno_location() != libc::EINTR {
-                // No child left, and none was the workload: cannot happen, but never spin.
-                libc::_exit(1);
-            }
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) > 0 {}
+            libc::sigwaitinfo(&child_ended, std::ptr::null_mut());
         }
     }
 }
@@ -290,40 +315,38 @@ unsafe fn handle(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io
     }
 }
 
-/// The relay's and the init's answer to a signal: nothing (it reached the workload too).
+/// The relay's answer to a signal: nothing (it reached the workload too).
 extern "C" fn on_signal(_: libc::c_int) {}
 
-/// The init's answer to SIGTERM: pass it on to a workload that left the node's process group
-/// (which the group's signal no longer reaches). One still in it has the signal already.
+/// The relay's answer to SIGTERM: pass it on to a workload that left the relay's process
+/// group (which the group's signal no longer reaches). One still in it has it already.
 extern "C" fn forward_to_workload(signal: libc::c_int) {
     let workload = WORKLOAD.load(Ordering::Relaxed);
-    // SAFETY: getpgid and kill take plain integers; errno is put back for the interrupted code.
+    // SAFETY: getpgid, getpgrp and kill take plain integers; errno is put back for the
+    // interrupted code.
     unsafe {
         let errno = *libc::__errno_location();
-        // The node's process group has no number in this namespace: 0 means still in it.
-        if workload > 0 && libc::getpgid(workload) > 0 {
+        if workload > 0 && libc::getpgid(workload) != libc::getpgrp() {
             libc::kill(workload, signal);
         }
         *libc::__errno_location() = errno;
     }
 }
 
-/// Close every descriptor but `keep`.
+/// Close every descriptor.
 ///
 /// # Safety
-/// Raw system calls only, on descriptors this process no longer needs.
-unsafe fn close_all_but(keep: libc::c_int, fd_scan_limit: libc::c_int) {
-    let keep = keep as libc::c_uint;
-    // SAFETY: close_range takes plain integers; a descriptor closed twice fails harmlessly.
+/// Raw system calls only, in a process that needs no descriptor any more.
+unsafe fn close_all(fd_scan_limit: libc::c_int) {
+    // SAFETY: close_range and close take plain integers; closing a closed descriptor fails
+    // harmlessly.
     unsafe {
-        let below =
-            keep == 0 || libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, keep - 1, 0 as libc::c_uint) == 0;
-        let above = libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint) == 0;
-        if below && above {
+        let (from, to): (libc::c_uint, libc::c_uint) = (0, libc::c_uint::MAX);
+        if libc::syscall(libc::SYS_close_range, from, to, 0 as libc::c_uint) == 0 {
             return;
         }
         // Older kernels (before 5.9): one at a time (EBADF for the unused ones).
-        for fd in (0..fd_scan_limit).filter(|fd| *fd as libc::c_uint != keep) {
+        for fd in 0..fd_scan_limit {
             libc::close(fd);
         }
     }

@@ -13,9 +13,9 @@
 //!   then `gid_map`). The capabilities that the new namespace gives the child (to mount and to
 //!   bring `lo` up) end at `exec`, because the mapped user is not root inside.
 //!
-//! The pid namespace needs two more processes, forked by the child after everything here:
-//! the namespace's init, which mounts its `/proc` (so the workload lists only its own
-//! processes), and the workload ([`crate::init`]). A host where the rest works but a fresh
+//! The pid namespace needs two more processes, made by the child after everything here: the
+//! namespace's init, and the workload, which mounts the namespace's `/proc` (so it lists only
+//! its own processes) before anything else ([`crate::init`]). A host where the rest works but a fresh
 //! `/proc` cannot be mounted (a user namespace in a container that masks parts of `/proc`)
 //! runs workloads without one ([`Namespaces::probe_pid`], [`Isolation::pid_namespace`]).
 //!
