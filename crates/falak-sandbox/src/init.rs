@@ -23,17 +23,16 @@
 //!   so the node reads `exit status: 3` or `signal: 9 (SIGKILL)` exactly as when the workload
 //!   was its child. The workload's parent is outside its namespace, so it sees a parent pid of
 //!   0, not 1 (a common test for "my parent died").
-//! - The **init** reaps the orphans the workload leaves until the relay ends it. It keeps
-//!   every signal blocked and waits for SIGCHLD with `sigwaitinfo`: as the namespace's init it
-//!   gets no other signal from outside but SIGKILL and SIGSTOP, and none at all from inside.
+//! - The **init** reaps the orphans the workload leaves until the relay ends it, waiting for
+//!   SIGCHLD with `sigwaitinfo`.
 //! - **Signals.** The node signals the process group, which all three share (the workload
-//!   unless it left it): SIGTERM and friends reach the workload directly, while the relay
-//!   catches every signal with a handler that does nothing (a handler, not `SIG_IGN`, which
-//!   `exec` would pass on), so a group signal never ends it before the workload. SIGKILL ends
-//!   it, and the init with it (`PR_SET_PDEATHSIG`), which ends the namespace: the kill path
-//!   needs no help. A workload that left the group (`setsid`) still gets the node's SIGTERM:
-//!   the relay forwards it. Fault signals (SIGSEGV, …) are not caught, so a bug in these few
-//!   lines still ends the process instead of looping.
+//!   unless it left it): SIGTERM and friends reach the workload directly. The relay and the
+//!   init keep every signal blocked, so none of them ends either before the workload (the init,
+//!   as any pid 1, would ignore them anyway); they take the ones they want with `sigwaitinfo`,
+//!   change no disposition (so the workload starts with the node's, as `std` left them) and
+//!   install no handler. SIGKILL, which nothing blocks, ends the relay, and the init with it
+//!   (`PR_SET_PDEATHSIG`), which ends the namespace: the kill path needs no help. A workload
+//!   that left the group (`setsid`) still gets the node's SIGTERM: the relay forwards it.
 //! - **Death.** The init gets SIGKILL when the relay dies, and the relay when the node dies if
 //!   the confinement asks for it; the init checks, through a pidfd of the relay, that the
 //!   relay is still there after asking.
@@ -57,9 +56,6 @@
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-/// The workload's pid, for the relay's SIGTERM handler (0 until forked).
-static WORKLOAD: AtomicI32 = AtomicI32::new(0);
-
 /// A pidfd of the relay, for the init to check the relay is still there.
 static RELAY: AtomicI32 = AtomicI32::new(-1);
 
@@ -71,34 +67,11 @@ const INIT_STACK_BYTES: usize = 64 << 10;
 struct InitStack([u8; INIT_STACK_BYTES]);
 static mut INIT_STACK: InitStack = InitStack([0; INIT_STACK_BYTES]);
 
-/// The highest signal number (`SIGRTMAX` on Linux).
-const LAST_SIGNAL: libc::c_int = 64;
-
-/// Whether the relay catches `signal`. Not the ones that cannot be caught, not the faults a
-/// bug of its own would raise (a handler that returns would run the faulting instruction
-/// again, forever), not SIGCHLD (its default, to ignore, is what a waiter wants), and not the
-/// two real-time signals glibc keeps for itself.
-fn caught(signal: libc::c_int) -> bool {
-    !matches!(
-        signal,
-        libc::SIGKILL
-            | libc::SIGSTOP
-            | libc::SIGSEGV
-            | libc::SIGBUS
-            | libc::SIGILL
-            | libc::SIGFPE
-            | libc::SIGTRAP
-            | libc::SIGSYS
-            | libc::SIGCHLD
-            | 32
-            | 33
-    )
-}
-
 /// Make the init and fork the workload out of the process that has just unshared a pid
-/// namespace (the *relay*). Returns `Ok` only in the workload, once it has mounted its namespace's
-/// `/proc`; the relay and the init never return. `parent_death`: `(signal, the node's pid)`
-/// for the relay, as [`Confinement::parent_death_signal`](crate::Confinement::parent_death_signal).
+/// namespace (the *relay*). Returns `Ok` only in the workload, once it has mounted its
+/// namespace's `/proc`; the relay and the init never return. `parent_death`: `(signal, the
+/// node's pid)` for the relay, as
+/// [`Confinement::parent_death_signal`](crate::Confinement::parent_death_signal).
 /// `fd_scan_limit`: how far to close descriptors one by one where `close_range` is missing.
 ///
 /// An error before the workload's fork is the relay's, and one in the workload (mounting
@@ -113,7 +86,7 @@ pub(crate) unsafe fn split(
     fd_scan_limit: libc::c_int,
 ) -> io::Result<()> {
     // SAFETY (whole function): raw system calls on values on this stack frame and the static
-    // atomic; the handlers installed are async-signal-safe.
+    // atomic.
     unsafe {
         if let Some((signal, parent)) = parent_death {
             set_parent_death(signal as libc::c_ulong)?;
@@ -123,9 +96,8 @@ pub(crate) unsafe fn split(
             }
         }
         prctl(libc::PR_SET_DUMPABLE, 0)?;
-        // Blocked from here until each process has the handlers it needs: a signal that
-        // arrives meanwhile waits instead of finding the wrong one (or none). The init keeps
-        // them blocked for good.
+        // Blocked from here on in the relay and the init; the workload unblocks them before
+        // anything else, and then gets whatever waited for it.
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut original: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
@@ -140,57 +112,63 @@ pub(crate) unsafe fn split(
         // The init shares the relay's memory instead of copying its page tables: it runs on
         // a stack of its own and touches nothing else. (Its failed system calls write errno,
         // which it shares with the relay too, having no thread-local storage of its own: the
-        // relay reads errno only where a call could fail with EINTR, which its SA_RESTART
-        // handlers rule out, or to report an error.)
+        // relay reads errno only to report an error before the workload starts.)
         let stack = (&raw mut INIT_STACK).cast::<u8>().add(INIT_STACK_BYTES);
         let init = libc::clone(init_entry, stack.cast(), libc::CLONE_VM | libc::SIGCHLD, std::ptr::null_mut());
-        let forked = if init == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        let cloned = if init == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
         libc::close(relay);
-        let ready = forked.and_then(|()| {
-            let ignored = catch_all(on_signal)?;
-            handle(libc::SIGTERM, forward_to_workload)?;
-            Ok(ignored)
-        });
-        let ignored = match ready {
-            Ok(ignored) => ignored,
-            Err(error) => {
-                end_init(init);
-                libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
-                return Err(error);
-            }
+        let workload = match cloned {
+            Ok(()) => libc::fork(),
+            Err(_) => -1,
         };
-        let workload = libc::fork();
         if workload == -1 {
-            let error = io::Error::last_os_error();
+            let error = cloned.err().unwrap_or_else(io::Error::last_os_error);
             end_init(init);
-            restore(ignored, &original);
+            libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
             return Err(error);
         }
         if workload > 0 {
-            WORKLOAD.store(workload, Ordering::Relaxed);
             close_all(fd_scan_limit);
-            libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
             relay_life(init, workload);
         }
-        // The workload, pid 2: its namespace's /proc, while it has the capabilities the mounts
-        // needed; then back to the dispositions and mask it came with, and on to `exec`.
+        // The workload, pid 2: the signal mask it came with, then its namespace's /proc while
+        // it has the capabilities the mounts needed, and on to `exec`.
+        libc::sigprocmask(libc::SIG_SETMASK, &original, std::ptr::null_mut());
         let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         check(libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), proc_flags, std::ptr::null()))?;
-        restore(ignored, &original);
     }
     Ok(())
 }
 
-/// The relay's life: wait for the workload, end its namespace, end the same way.
+/// The relay's life: wait for the workload, passing on SIGTERM if it left the relay's process
+/// group (which the group's signal no longer reaches); then end its namespace and end the
+/// same way. Every signal is blocked: SIGCHLD and SIGTERM wait for `sigwaitinfo`.
 ///
 /// # Safety
 /// Raw system calls only; never returns.
 unsafe fn relay_life(init: libc::pid_t, workload: libc::pid_t) -> ! {
     // SAFETY (whole function): waits and signals with locals.
     unsafe {
-        // An exit code of 1, should the wait fail (it cannot: the workload is our child).
-        let mut status: libc::c_int = 1 << 8;
-        while libc::waitpid(workload, &mut status, 0) == -1 && *libc::__errno_location() == libc::EINTR {}
+        let mut wanted: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut wanted);
+        libc::sigaddset(&mut wanted, libc::SIGCHLD);
+        libc::sigaddset(&mut wanted, libc::SIGTERM);
+        let status = loop {
+            let mut status: libc::c_int = 0;
+            match libc::waitpid(workload, &mut status, libc::WNOHANG) {
+                0 => {}
+                // An exit code of 1, should the wait fail (it cannot: the workload is our
+                // child).
+                pid if pid != workload => break 1 << 8,
+                _ => break status,
+            }
+            // A SIGCHLD that comes between the wait and here waits, blocked, for this call.
+            if libc::sigwaitinfo(&wanted, std::ptr::null_mut()) == libc::SIGTERM
+                && libc::getpgid(workload) != libc::getpgrp()
+            {
+                libc::kill(workload, libc::SIGTERM);
+            }
+        };
         end_init(init);
         end_as(status)
     }
@@ -204,11 +182,12 @@ unsafe fn end_init(init: libc::pid_t) {
     if init <= 0 {
         return;
     }
-    // SAFETY: kill and waitpid on our own child, with a local.
+    // SAFETY: kill and waitpid on our own child, with a local. Every signal is blocked, so
+    // the wait is never interrupted.
     unsafe {
         libc::kill(init, libc::SIGKILL);
         let mut status: libc::c_int = 0;
-        while libc::waitpid(init, &mut status, 0) == -1 && *libc::__errno_location() == libc::EINTR {}
+        libc::waitpid(init, &mut status, 0);
     }
 }
 
@@ -217,7 +196,8 @@ unsafe fn end_init(init: libc::pid_t) {
 extern "C" fn init_entry(_: *mut libc::c_void) -> libc::c_int {
     let relay = RELAY.load(Ordering::Relaxed);
     let fd_scan_limit = crate::confinement::fd_scan_limit();
-    // SAFETY (whole function): raw system calls on locals; every signal is blocked.
+    // SAFETY (whole function): raw system calls on locals; every signal is blocked (as the
+    // namespace's init it would get none but SIGKILL and SIGSTOP from outside anyway).
     unsafe {
         if set_parent_death(libc::SIGKILL as libc::c_ulong).is_err() {
             libc::_exit(1);
@@ -259,77 +239,6 @@ unsafe fn end_as(status: libc::c_int) -> ! {
             libc::_exit(128 + signal);
         }
         libc::_exit(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 1 })
-    }
-}
-
-/// Install `handler` for every [`caught`] signal; returns the set of those that were ignored
-/// (`SIG_IGN`) before, as bits, for [`restore`].
-///
-/// # Safety
-/// Raw system calls only.
-unsafe fn catch_all(handler: extern "C" fn(libc::c_int)) -> io::Result<u64> {
-    let mut ignored = 0u64;
-    for signal in (1..=LAST_SIGNAL).filter(|s| caught(*s)) {
-        // SAFETY: sigaction with actions on this stack frame.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN {
-                ignored |= 1 << (signal - 1);
-            }
-            handle(signal, handler)?;
-        }
-    }
-    Ok(ignored)
-}
-
-/// Every [`caught`] signal back to its default, or `SIG_IGN` where `ignored` says, and the
-/// signal mask back to `mask`. The workload's first step: after it, a signal that waited is
-/// delivered as it would have been to the workload's program.
-///
-/// # Safety
-/// Raw system calls only.
-unsafe fn restore(ignored: u64, mask: &libc::sigset_t) {
-    for signal in (1..=LAST_SIGNAL).filter(|s| caught(*s)) {
-        // SAFETY: sigaction and sigprocmask with values on this stack frame.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = if ignored & (1 << (signal - 1)) != 0 { libc::SIG_IGN } else { libc::SIG_DFL };
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-    // SAFETY: as above.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
-}
-
-/// # Safety
-/// Raw system calls only.
-unsafe fn handle(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
-    // SAFETY: sigaction with an action on this stack frame; SA_RESTART so the helpers' waits
-    // and reads carry on after a signal.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler as libc::sighandler_t;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigfillset(&mut action.sa_mask);
-        check(libc::sigaction(signal, &action, std::ptr::null_mut()))
-    }
-}
-
-/// The relay's answer to a signal: nothing (it reached the workload too).
-extern "C" fn on_signal(_: libc::c_int) {}
-
-/// The relay's answer to SIGTERM: pass it on to a workload that left the relay's process
-/// group (which the group's signal no longer reaches). One still in it has it already.
-extern "C" fn forward_to_workload(signal: libc::c_int) {
-    let workload = WORKLOAD.load(Ordering::Relaxed);
-    // SAFETY: getpgid, getpgrp and kill take plain integers; errno is put back for the
-    // interrupted code.
-    unsafe {
-        let errno = *libc::__errno_location();
-        if workload > 0 && libc::getpgid(workload) != libc::getpgrp() {
-            libc::kill(workload, signal);
-        }
-        *libc::__errno_location() = errno;
     }
 }
 
