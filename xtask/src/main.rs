@@ -7,7 +7,8 @@
 //! - `layering`: fail when a crate depends on a workspace crate its role forbids.
 //! - `fix`: `cargo fmt` and `cargo clippy --fix`.
 //! - `bench [ARGS]`: build `falak` and `falak-bench` release and run
-//!   `target/release/falak-bench --falak target/release/falak ARGS`, see BENCHMARKS.md.
+//!   `target/release/falak-bench --falak target/release/falak ARGS` (under `$CARGO_TARGET_DIR` when
+//!   set), see BENCHMARKS.md.
 //! - `fuzz [--seconds N] [--jobs J] [--sanitizer S] [TARGET...]`: build the cargo-fuzz targets
 //!   in `fuzz/` and run each (all by default) for N seconds (60) on a copy of its committed
 //!   corpus, J at a time (the number of cores); fails if any target crashes. See
@@ -124,9 +125,13 @@ fn fix() -> Result<(), String> {
 fn bench() -> Result<(), String> {
     cargo(&["build", "--release", "-p", "falak", "-p", "falak-bench", "--bin", "falak", "--bin", "falak-bench"])?;
     let extra: Vec<String> = std::env::args().skip(2).collect();
-    let mut args = vec!["--falak", "target/release/falak"];
+    // Where cargo put them: `CARGO_TARGET_DIR` when set (a worktree with a target dir of its own).
+    let release =
+        std::path::Path::new(&std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("release");
+    let falak = release.join("falak").display().to_string();
+    let mut args = vec!["--falak", falak.as_str()];
     args.extend(extra.iter().map(String::as_str));
-    run("target/release/falak-bench", &args)
+    run(&release.join("falak-bench").display().to_string(), &args)
 }
 
 fn layering() -> Result<(), String> {
