@@ -467,6 +467,11 @@ impl Pool {
         self.pick_instance().is_some()
     }
 
+    /// Instances in any state (what [`Pool::view`] lists, without building it).
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
     pub fn view(&self) -> PoolView {
         let instances = self
             .instances

@@ -680,7 +680,7 @@ impl Owner {
     fn publish(&self) {
         let status = Status {
             free_slots: self.core.free_slots(),
-            instances: self.core.instances().len() as u32,
+            instances: self.core.instance_count() as u32,
             prepared: self.prep.prepared.is_some(),
             snapshot: self.prep.zygote.as_ref().is_some_and(|z| z.is_alive()),
             ended: false,

@@ -470,6 +470,10 @@ impl<H: Clone> DeploymentCore<H> {
             .collect()
     }
 
+    pub fn instance_count(&self) -> usize {
+        self.pool.instance_count()
+    }
+
     pub fn free_slots(&self) -> u32 {
         self.pool.free_slots()
     }
