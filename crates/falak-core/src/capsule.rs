@@ -64,6 +64,15 @@ pub struct CapsuleDocument {
     /// shown (`crate::secret`).
     #[serde(default)]
     pub secrets: crate::secret::DocumentSecrets,
+    /// A directory or archive on the deployer's machine holding the capsule's code;
+    /// `falak capsule apply` bundles it, stores it as an artifact and sets `artifact`. Each
+    /// task attempt starts in a working directory holding a copy of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The code bundle's content id, set by `falak capsule apply` (or by hand after uploading
+    /// the bundle to `POST /api/v1/artifacts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<crate::ArtifactId>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -118,6 +127,11 @@ pub struct CapsuleSpec {
     /// form when absent, so specs signed before the field existed still verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
+    /// The code bundle every attempt's working directory starts with a copy of; part of the
+    /// signed form, so a signature covers the code too. Left out of the stored form when
+    /// absent, so specs signed before the field existed still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<crate::ArtifactId>,
 }
 
 /// Where and how hard to try placing a capsule's tasks.
@@ -150,6 +164,12 @@ pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 pub const MIN_DISK_BYTES: u64 = 1 << 20;
 
 impl CapsuleDocument {
+    /// Read a YAML (or JSON) capsule document without validating it (the CLI bundles its
+    /// `source` first); [`CapsuleDocument::validate`] checks it.
+    pub fn read(text: &str) -> Result<CapsuleDocument, SpecError> {
+        crate::spec::from_yaml(text)
+    }
+
     /// Parse and validate a YAML (or JSON) capsule document.
     pub fn parse(text: &str) -> Result<CapsuleSpec, SpecError> {
         let doc: CapsuleDocument = crate::spec::from_yaml(text)?;
@@ -188,6 +208,13 @@ impl CapsuleDocument {
         }
         crate::spec::validate_env(&self.env)?;
         crate::secret::validate_document(&self.env, &self.secrets)?;
+        if self.source.is_some() && self.artifact.is_none() {
+            return Err(SpecError::new(
+                "source",
+                "the code is not uploaded yet: apply with `falak capsule apply -f FILE` (it bundles `source`), \
+                 or upload the bundle to POST /api/v1/artifacts and set `artifact` to the id it returns",
+            ));
+        }
         let resources = self.resources.validate()?;
         let disk_bytes = self.resources.disk()?;
         let placement = self.placement.validate()?;
@@ -208,6 +235,7 @@ impl CapsuleDocument {
             network: self.network.unwrap_or_default(),
             secrets: crate::secret::plain(self.secrets),
             disk_bytes,
+            artifact: self.artifact,
         })
     }
 }
@@ -370,6 +398,24 @@ placement: { strategy: balanced, labels: {}, max_attempts: 3 }
             r#"field `timeout`: "forever" is not a duration (expected number at 0); write e.g. `30s` or `5m`"#
         ]]
         .assert_eq(&error_of("name: a\nkind: process\ncommand: [x]\ntimeout: forever"));
+    }
+
+    #[test]
+    fn source_needs_an_uploaded_bundle_whose_id_the_signature_covers() {
+        let text = "name: a\nkind: process\ncommand: [./run.sh]\nsource: ./app\n";
+        expect_test::expect!["field `source`: the code is not uploaded yet: apply with `falak capsule apply -f FILE` (it bundles `source`), or upload the bundle to POST /api/v1/artifacts and set `artifact` to the id it returns"]
+            .assert_eq(&error_of(text));
+        let mut doc: CapsuleDocument = crate::spec::from_yaml(text).unwrap();
+        doc.artifact = Some(crate::ArtifactId([7; 32]));
+        let spec = doc.clone().validate().unwrap();
+        assert_eq!(spec.artifact, Some(crate::ArtifactId([7; 32])));
+        assert_eq!(spec.signed_form().artifact, spec.artifact, "the signature covers the code");
+        // The CLI sends the document on with `source` taken out; a hand-made one may keep it.
+        doc.source = None;
+        assert_eq!(doc.validate().unwrap(), spec);
+        // A spec without code is stored as before, so older signatures still verify.
+        let plain = CapsuleDocument::parse(HELLO).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("artifact"));
     }
 
     #[test]

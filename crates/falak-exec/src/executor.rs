@@ -91,6 +91,8 @@ pub enum PrepareError {
         "cannot run task {task_id} as uid {uid}: the node runs as uid {node_uid} and only root can switch users; run the node as root or leave run_as unset"
     )]
     RunAs { task_id: String, uid: u32, node_uid: u32 },
+    #[error("cannot copy the capsule's code from {path} into the working directory of task {task_id}: {source}")]
+    Code { task_id: String, path: PathBuf, source: io::Error },
     /// A backend-specific failure (artifact fetch, snapshot build, a scripted failure in the fake).
     #[error("cannot prepare task {task_id}: {message}")]
     Backend { task_id: String, message: String },

@@ -24,6 +24,7 @@
 //! See `docs/design/executor.md`.
 
 mod clock;
+pub mod code;
 pub mod disk;
 mod executor;
 mod exit;

@@ -23,7 +23,7 @@ pub enum Stream {
 
 impl Stream {
     /// The file the stream is written to, inside the attempt's working directory.
-    pub fn file_name(self) -> &'static str {
+    pub const fn file_name(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout.log",
             Stream::Stderr => "stderr.log",

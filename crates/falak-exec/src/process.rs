@@ -148,6 +148,15 @@ impl ProcessExecutor {
             path: spec.workdir.clone(),
             source,
         })?;
+        if let Some(code) = spec.code.clone() {
+            let workdir = spec.workdir.clone();
+            let copied = tokio::task::spawn_blocking(move || crate::code::copy_into(&code, &workdir, owner)).await;
+            copied.unwrap_or_else(|e| Err(io::Error::other(e))).map_err(|source| PrepareError::Code {
+                task_id: spec.task_id.clone(),
+                path: spec.code.clone().unwrap_or_default(),
+                source,
+            })?;
+        }
         Ok(identity)
     }
 

@@ -52,6 +52,10 @@ pub struct TaskSpec {
     pub network: Network,
     /// How many bytes of the end of stdout and of stderr `Exit` carries.
     pub output_tail_bytes: usize,
+    /// A directory whose contents are copied into `workdir` before the task starts, owned by
+    /// the task's user (the capsule's unpacked code bundle; [`crate::code`]). They count
+    /// against `limits.disk_bytes` like anything else in the working directory.
+    pub code: Option<PathBuf>,
 }
 
 impl TaskSpec {
@@ -70,6 +74,7 @@ impl TaskSpec {
             run_as: None,
             network: Network::None,
             output_tail_bytes: LEDGER_TAIL_BYTES,
+            code: None,
         }
     }
 

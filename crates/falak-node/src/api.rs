@@ -211,6 +211,17 @@ impl MainLoop {
                     let _ = reply.send(Err(ApiError::new(falak_api::ErrorCode::Forbidden, refused.to_string())));
                     return;
                 }
+                // The code must be here (uploaded to this node first), so no task of the capsule
+                // can be elected before any node holds what it runs.
+                if let Some(artifact) = spec.artifact
+                    && !self.runner.artifacts().store().contains(artifact)
+                {
+                    let _ = reply.send(Err(ApiError::invalid(format!(
+                        "bundle {artifact} is not stored on this node; upload it first with POST /api/v1/artifacts \
+                         (falak capsule apply does)"
+                    ))));
+                    return;
+                }
                 // What was asked, secret values left out (as in the signed form).
                 let asked = RequestFingerprint::of("apply_capsule", &spec.signed_form());
                 // Secrets are sealed here, before anything is written: the ledger never sees them plain.

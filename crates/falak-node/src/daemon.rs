@@ -52,8 +52,8 @@ pub enum DaemonError {
     Ledger { dir: PathBuf, reason: String },
     #[error("membership: {0}")]
     Membership(String),
-    #[error("functions: {0}")]
-    Functions(String),
+    #[error(transparent)]
+    Artifacts(#[from] crate::artifacts::ArtifactsError),
     #[error("probing the workload sandbox failed: {0}")]
     Sandbox(String),
 }
@@ -173,12 +173,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if killed > 0 {
         tracing::warn!(processes = killed, "killed task processes left by the previous run of this node");
     }
+    // One artifact store for the node: function bundles and capsules' code, served to peers.
+    let artifacts = crate::artifacts::NodeArtifacts::open(
+        &config.data_dir,
+        id,
+        dyn_transport.clone(),
+        ledger.clone(),
+        membership.watch(),
+    )?;
+    dyn_transport.serve(Protocol::Artifact, artifacts.handler());
     let runner = Runner::new(
         executor,
         tasks_dir.clone(),
         groups_dir,
         task_users,
         falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
+        artifacts.clone(),
     );
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
@@ -209,16 +219,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         ledger: ledger.clone(),
         transport: dyn_transport.clone(),
         membership: membership.watch(),
+        artifacts,
         events: events_tx.clone(),
         stop: functions_stopping,
         secrets: falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
         hidden,
         users: workload_users.clone(),
         disk_reserve: Some(disk_reserve.clone()),
-    })
-    .map_err(|e| DaemonError::Functions(e.to_string()))?;
+    });
     dyn_transport.serve(Protocol::Rpc, crate::api::rpc_handler(tasks_dir.clone(), functions.clone()));
-    dyn_transport.serve(Protocol::Artifact, functions.artifact_handler());
     let functions_task = tokio::spawn(functions.clone().run());
     let (actions_tx, actions) = mpsc::channel(ACTION_QUEUE);
     let gateway = Arc::new(GatewayHandle(NodeGateway::new(functions.clone())));

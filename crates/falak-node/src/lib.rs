@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod api;
+pub mod artifacts;
 pub mod clock;
 pub mod cluster;
 pub mod config;

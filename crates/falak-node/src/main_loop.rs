@@ -549,7 +549,7 @@ impl MainLoop {
         for action in actions {
             match action {
                 Action::Propose { command, kind } => self.propose(*command, kind),
-                Action::Start(launch) => self.runner.start(launch, self.tx.clone()),
+                Action::Start(launch) => self.runner.start(*launch, self.tx.clone()),
                 Action::Stop { task, fencing, reason } => {
                     tracing::info!(%task, reason, "stopping task");
                     self.runner.stop(task, fencing);

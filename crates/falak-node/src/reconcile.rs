@@ -40,6 +40,8 @@ pub struct TaskLaunch {
     /// capsule they belong to (part of what each is sealed to).
     pub secrets: BTreeMap<String, falak_core::secret::SealedSecret>,
     pub capsule: String,
+    /// The capsule's code bundle: the attempt's working directory starts with a copy of it.
+    pub artifact: Option<falak_core::ArtifactId>,
     /// Why the capsule must not run although its claim committed: its signature no longer
     /// verifies against the keys the ledger trusts (the key was revoked, the stored spec was
     /// changed). The runner reports the attempt failed without starting anything.
@@ -52,7 +54,7 @@ pub enum Action {
     /// Queue this command for the ledger. `kind` says what to call back on failure.
     Propose { command: Box<Command>, kind: ProposalKind },
     /// Start a task attempt; report `Started`/`Exited` back.
-    Start(TaskLaunch),
+    Start(Box<TaskLaunch>),
     /// Stop a running attempt (the whole process group).
     Stop { task: TaskId, fencing: u64, reason: String },
 }
@@ -229,7 +231,7 @@ impl Reconciler {
                         finish_proposed: false,
                     },
                 );
-                out.push(Action::Start(launch));
+                out.push(Action::Start(Box::new(launch)));
             }
         }
         // 2. Local attempts: report progress, or stop what this node no longer holds.
@@ -387,6 +389,7 @@ pub fn launch_for(state: &State, task: TaskId, fencing: u64, attempt: u32) -> Op
             })
             .collect(),
         capsule: capsule.spec.name.clone(),
+        artifact: capsule.spec.artifact,
         refused: state
             .check_signature(SpecKind::Capsule, &capsule.spec.signed_form(), capsule.signature.as_ref())
             .err()
@@ -413,6 +416,7 @@ mod tests {
             network: falak_core::capsule::NetworkMode::default(),
             secrets: BTreeMap::new(),
             capsule: "c".into(),
+            artifact: None,
             refused: None,
         };
         let printed = format!("{launch:?}");

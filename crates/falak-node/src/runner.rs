@@ -62,6 +62,8 @@ pub struct Runner {
     /// thread and CPU with sandbox setup while the node's membership and ledger need to answer.
     starts: Arc<tokio::sync::Semaphore>,
     slots: BTreeMap<TaskId, Arc<Slot>>,
+    /// Where capsules' code comes from (fetched from peers, unpacked once per node).
+    artifacts: Arc<crate::artifacts::NodeArtifacts>,
 }
 
 impl Runner {
@@ -71,9 +73,15 @@ impl Runner {
         groups_dir: PathBuf,
         users: TaskUsers,
         secrets: SecretKey,
+        artifacts: Arc<crate::artifacts::NodeArtifacts>,
     ) -> Runner {
         let starts = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS));
-        Runner { executor, tasks_dir, groups_dir, users, secrets, starts, slots: BTreeMap::new() }
+        Runner { executor, tasks_dir, groups_dir, users, secrets, starts, slots: BTreeMap::new(), artifacts }
+    }
+
+    /// The node's artifacts, where capsules' code comes from.
+    pub fn artifacts(&self) -> &Arc<crate::artifacts::NodeArtifacts> {
+        &self.artifacts
     }
 
     pub fn executor(&self) -> &Arc<dyn Executor> {
@@ -138,7 +146,22 @@ impl Runner {
         let groups_dir = self.groups_dir.clone();
         let group_name = format!("{task}.a{}", launch.attempt);
         let starts = self.starts.clone();
+        let (artifacts, artifact) = (self.artifacts.clone(), launch.artifact);
         tokio::spawn(async move {
+            // The code first (from a peer if need be; one transfer per node however many
+            // attempts wait for it), outside the start permits: a slow fetch holds up no other
+            // capsule's starts.
+            if let Some(artifact) = artifact {
+                match artifacts.bundle_dir(artifact).await {
+                    Ok(dir) => spec.code = Some(dir),
+                    Err(e) => {
+                        tracing::warn!(%task, %artifact, error = %e, "cannot get the capsule's code");
+                        let report = not_started(format!("cannot get the capsule's code (bundle {artifact}): {e}"));
+                        let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report, started: false }));
+                        return;
+                    }
+                }
+            }
             let permit = starts.acquire_owned().await.expect("the start semaphore is never closed");
             let started = executor.start(spec).await;
             drop(permit);

@@ -30,10 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use falak_api::ApiError;
-use falak_api::function::{
-    ArtifactStored, FunctionAction, FunctionDeployed, FunctionInfo, InvocationInfo, PrepareReport,
-};
-use falak_artifact::{ArtifactStore, Fetcher};
+use falak_api::function::{FunctionAction, FunctionDeployed, FunctionInfo, InvocationInfo, PrepareReport};
 use falak_core::function::{FunctionDocument, FunctionSpec, SnapshotPolicy};
 use falak_core::gossip::FunctionGossip;
 use falak_core::ledger::{Command, Outcome};
@@ -57,10 +54,6 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 const READY_WAIT: Duration = Duration::from_secs(10);
 /// How often unused artifacts are collected.
 const GC_EVERY: Duration = Duration::from_secs(60);
-/// An artifact no function uses is kept this long after its last use.
-const GC_MIN_UNUSED: Duration = Duration::from_secs(3600);
-/// Unused artifacts are also removed, least recently used first, while the store is larger.
-const GC_MAX_BYTES: u64 = 10 << 30;
 /// At most this many functions are published in gossip (the busiest first).
 const MAX_GOSSIP_FUNCTIONS: usize = 32;
 /// How long a stopping node waits for its function processes to stop before killing their
@@ -94,8 +87,8 @@ pub(crate) struct HostContext {
     pub ledger: Ledger,
     pub transport: Arc<dyn Transport>,
     membership: watch::Receiver<Arc<MembershipSnapshot>>,
-    pub store: Arc<ArtifactStore>,
-    fetcher: Fetcher,
+    /// The node's artifacts: function bundles are fetched and unpacked there.
+    pub artifacts: Arc<crate::artifacts::NodeArtifacts>,
     events: EventSender,
     metrics: Mutex<FunctionMetrics>,
     /// Instance slot numbers: node-wide, unique across restarts (they start from the wall clock).
@@ -196,12 +189,6 @@ impl HostContext {
         self.dir.join("venvs")
     }
 
-    /// The unpacked bundles (`0711`; each bundle `0755` dirs and `0644`/`0755` files, owned by
-    /// the node, as `falak_artifact::bundle::unpack` writes them): instances read them.
-    fn bundles_dir(&self) -> PathBuf {
-        self.dir.join("bundles")
-    }
-
     /// How this node's function processes are confined: everything the host allows
     /// ([`WorkloadSandbox::from_host`]: nobody when root, seccomp, Landlock, network
     /// namespaces, cgroups under a scope of the function host's own, `node-<id>-fn`). Probed
@@ -214,7 +201,10 @@ impl HostContext {
                 let scope = self.cgroup_scope();
                 let dirs = [
                     (self.dir.clone(), PASSABLE),
-                    (self.bundles_dir(), PASSABLE),
+                    // The unpacked bundles (each bundle `0755` dirs and `0644`/`0755` files,
+                    // owned by the node, as `falak_artifact::bundle::unpack` writes them):
+                    // instances read them.
+                    (self.artifacts.bundles_root().to_owned(), PASSABLE),
                     (self.venv_dir(), PASSABLE),
                     (self.dir.join("w"), PASSABLE),
                     (self.dir.join("deployments"), NODE_ONLY),
@@ -309,26 +299,7 @@ impl HostContext {
 
     /// The unpacked bundle of `artifact`, fetched from a peer first if this node lacks it.
     pub async fn bundle_dir(&self, artifact: ArtifactId) -> Result<PathBuf, String> {
-        let dest = self.bundles_dir().join(artifact.to_string());
-        if dest.is_dir() {
-            return Ok(dest);
-        }
-        if !self.store.contains(artifact) {
-            let mut peers: Vec<NodeId> = self.peers().into_iter().map(|(id, _)| id).collect();
-            // Peers that have prepared a function with this artifact first.
-            peers.sort_by_key(|id| *id);
-            self.fetcher.fetch(artifact, &peers).await.map_err(|e| e.to_string())?;
-        }
-        let store = self.store.clone();
-        let target = dest.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let bytes = store.read(artifact).map_err(|e| e.to_string())?;
-            falak_artifact::bundle::unpack(&bytes, &target).map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        Ok(dest)
+        self.artifacts.bundle_dir(artifact).await
     }
 }
 
@@ -406,6 +377,8 @@ pub struct FunctionHostParts {
     pub ledger: Ledger,
     pub transport: Arc<dyn Transport>,
     pub membership: watch::Receiver<Arc<MembershipSnapshot>>,
+    /// The node's artifacts (shared with the task runner).
+    pub artifacts: Arc<crate::artifacts::NodeArtifacts>,
     pub events: EventSender,
     pub stop: watch::Receiver<bool>,
     pub secrets: falak_core::secret::SecretKey,
@@ -417,23 +390,9 @@ pub struct FunctionHostParts {
     pub disk_reserve: Option<falak_exec::DiskReserve>,
 }
 
-/// Why the function host could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot open the artifact store in {dir}: {reason}")]
-pub struct FunctionHostError {
-    pub dir: PathBuf,
-    pub reason: String,
-}
-
 impl FunctionHost {
-    pub fn new(parts: FunctionHostParts) -> Result<Arc<FunctionHost>, FunctionHostError> {
+    pub fn new(parts: FunctionHostParts) -> Arc<FunctionHost> {
         let dir = parts.data_dir.join("functions");
-        let store_dir = parts.data_dir.join("artifacts");
-        let store = Arc::new(
-            ArtifactStore::open(&store_dir)
-                .map_err(|e| FunctionHostError { dir: store_dir.clone(), reason: e.to_string() })?,
-        );
-        let fetcher = Fetcher::new(parts.transport.clone(), store.clone());
         let python = std::env::var_os("FALAK_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
         let ctx = Arc::new(HostContext {
             id: parts.id,
@@ -448,8 +407,7 @@ impl FunctionHost {
             ledger: parts.ledger,
             transport: parts.transport,
             membership: parts.membership,
-            store,
-            fetcher,
+            artifacts: parts.artifacts,
             events: parts.events,
             metrics: Mutex::new(FunctionMetrics::new()),
             slots: slots::SlotNumbers::starting_at(now_millis().saturating_mul(1000)),
@@ -460,19 +418,14 @@ impl FunctionHost {
             users: parts.users,
             disk_reserve: parts.disk_reserve,
         });
-        Ok(Arc::new(FunctionHost {
+        Arc::new(FunctionHost {
             ctx,
             deployments: Mutex::new(BTreeMap::new()),
             retired: Mutex::new(Vec::new()),
             observing: Mutex::new(BTreeSet::new()),
             refused: Mutex::new(BTreeMap::new()),
             invocations: invocations::Running::default(),
-        }))
-    }
-
-    /// The artifact protocol handler: serve bundles this node holds.
-    pub fn artifact_handler(&self) -> Arc<dyn falak_transport::Handler> {
-        Arc::new(falak_artifact::serve(self.ctx.store.clone()))
+        })
     }
 
     /// Keep deployments in step with the ledger until the node stops; then stop every
@@ -529,7 +482,7 @@ impl FunctionHost {
                 }
                 _ = membership.changed() => {}
                 _ = tick.tick() => self.reconcile_slots(),
-                _ = gc.tick() => self.collect_garbage(),
+                _ = gc.tick() => self.ctx.artifacts.collect_garbage(),
             }
             self.sync();
             invocations::run_owned(&self);
@@ -567,27 +520,6 @@ impl FunctionHost {
             tracing::info!(%function, slot, "releasing an instance slot with no instance behind it");
             self.ctx.release_slot(&function, slot);
         }
-    }
-
-    /// Remove artifacts (and their unpacked bundles) no function in the ledger uses.
-    fn collect_garbage(&self) {
-        let keep: BTreeSet<ArtifactId> = self.ctx.ledger.state().functions().map(|f| f.spec.artifact).collect();
-        let store = self.ctx.store.clone();
-        let bundles = self.ctx.dir.join("bundles");
-        tokio::task::spawn_blocking(move || {
-            match store.gc(&keep, crate::clock::system_now(), GC_MIN_UNUSED, GC_MAX_BYTES) {
-                Ok(report) if report.freed_bytes > 0 => tracing::info!(?report, "artifacts collected"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "artifact collection failed"),
-            }
-            let Ok(entries) = std::fs::read_dir(&bundles) else { return };
-            for entry in entries.flatten() {
-                let id = entry.file_name().to_str().and_then(|n| n.parse::<ArtifactId>().ok());
-                if id.is_some_and(|id| !keep.contains(&id) && !store.contains(id)) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        });
     }
 
     /// Bring local deployments in line with committed state and the orbit.
@@ -769,7 +701,7 @@ impl FunctionHost {
     async fn answer(self: Arc<Self>, action: FunctionAction) {
         match action {
             FunctionAction::StoreArtifact { bytes, reply } => {
-                let _ = reply.send(self.store_artifact(bytes).await);
+                let _ = reply.send(self.ctx.artifacts.store_bundle(bytes).await);
             }
             FunctionAction::Deploy { document, signature, idempotency, reply } => {
                 let _ = reply.send(self.deploy(*document, signature, idempotency).await);
@@ -814,20 +746,6 @@ impl FunctionHost {
         }
     }
 
-    async fn store_artifact(&self, bytes: bytes::Bytes) -> Result<ArtifactStored, ApiError> {
-        let store = self.ctx.store.clone();
-        tokio::task::spawn_blocking(move || {
-            falak_artifact::bundle::validate(&bytes)
-                .map_err(|e| ApiError::invalid(format!("the bundle is not usable: {e}")))?;
-            let id = ArtifactId(*blake3::hash(&bytes).as_bytes());
-            let existed = store.contains(id);
-            store.put(&bytes).map_err(|e| ApiError::internal(format!("cannot store the bundle: {e}")))?;
-            Ok(ArtifactStored { id, size: bytes.len() as u64, existed })
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-    }
-
     /// Validate, prepare here (so a broken bundle or dependency fails the deploy, not the first
     /// request), then commit.
     async fn deploy(
@@ -850,7 +768,7 @@ impl FunctionHost {
         // Secrets are sealed here, before the trial preparation or anything is written.
         let owner = spec.secrets_owner();
         self.ctx.secrets.seal_all(&owner, &mut spec.secrets, rand::random);
-        if !self.ctx.store.contains(spec.artifact) {
+        if !self.ctx.artifacts.store().contains(spec.artifact) {
             return Err(ApiError::invalid(format!(
                 "bundle {} is not stored on this node; upload it first with POST /api/v1/artifacts (falak fn deploy does)",
                 spec.artifact

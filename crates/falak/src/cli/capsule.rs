@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Subcommand;
 use falak_api::capsule::{CapsuleInfo, CapsuleSummary};
+use falak_core::capsule::CapsuleDocument;
 
 use super::Context;
 use super::output::{Table, bytes, cpu, duration, labels, or_dash, print_json, timestamp};
@@ -27,8 +28,26 @@ pub async fn run(ctx: &Context, command: CapsuleCommand) -> anyhow::Result<()> {
     match command {
         CapsuleCommand::Apply { file } => {
             let text = read_document(&file)?;
-            let applied =
-                ctx.write_once("applying the capsule", async |client| client.apply_capsule_text(&text).await).await?;
+            let applied = match CapsuleDocument::read(&text) {
+                Ok(mut document) if document.source.is_some() => {
+                    let source = document.source.take().unwrap_or_default();
+                    let bundle = super::function::bundle_source(&file, &source).await?;
+                    let stored = ctx
+                        .client
+                        .store_artifact(bundle)
+                        .await
+                        .with_context(|| format!("cannot upload the code of capsule {}", document.name))?;
+                    document.artifact = Some(stored.id);
+                    // The bundle is stored on this node: apply through it.
+                    ctx.write_once_here("applying the capsule", async |client| client.apply_capsule(&document).await)
+                        .await?
+                }
+                // Without code (or unreadable: the node's answer names what is wrong) as written.
+                _ => {
+                    ctx.write_once("applying the capsule", async |client| client.apply_capsule_text(&text).await)
+                        .await?
+                }
+            };
             if ctx.json() {
                 return print_json(&applied);
             }
@@ -97,6 +116,9 @@ pub fn render_show(capsule: &CapsuleInfo) -> String {
         out.push_str(&format!("{} version {} (applied {})\n", capsule.name, v.version, timestamp(v.created_at)));
         out.push_str(&format!("  kind:       {}\n", falak_core::capsule::kind_name(s.kind)));
         out.push_str(&format!("  command:    {}\n", serde_json::to_string(&s.command).unwrap_or_default()));
+        if let Some(artifact) = s.artifact {
+            out.push_str(&format!("  code:       bundle {artifact}\n"));
+        }
         out.push_str(&format!("  resources:  {}, disk {}\n", s.resources, bytes(s.disk_limit_bytes())));
         out.push_str(&format!(
             "  placement:  strategy {}, labels {}, prefer {}, max attempts {}\n",

@@ -255,7 +255,7 @@ pub fn source_path(file: &Path, source: &str) -> PathBuf {
 }
 
 /// Pack the document's `source` into a bundle, saying which path failed and why.
-async fn bundle_source(file: &Path, source: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) async fn bundle_source(file: &Path, source: &str) -> anyhow::Result<Vec<u8>> {
     let path = source_path(file, source);
     match std::fs::metadata(&path) {
         Ok(_) => {}

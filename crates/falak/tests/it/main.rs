@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods, reason = "tests measure and bound real time")]
 
 mod admission;
+mod code;
 mod disk;
 mod failover;
 mod functions;
