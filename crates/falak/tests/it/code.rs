@@ -57,10 +57,7 @@ async fn a_process_job_runs_code_its_nodes_never_had(user: Option<TestUser>) {
     let refused = ws.falak(&["capsule", "apply", "-f", "orphan.yaml"]).output().await.unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("bundle {missing} is not stored on this node; upload it first")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("bundle {missing} is not stored on this node; upload it first")), "{stderr}");
     mesh.stop_within(Duration::from_secs(30)).await;
 }
 
