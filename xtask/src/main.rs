@@ -29,6 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("falak-sandbox", &[]),
     ("falak-exec", &["falak-core", "falak-sandbox"]),
     ("falak-artifact", &["falak-core", "falak-transport"]),
+    ("falak-image", &["falak-core", "falak-artifact"]),
     ("falak-function", &["falak-core", "falak-exec", "falak-sandbox"]),
     ("falak-api", &["falak-core"]),
     (
@@ -41,6 +42,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "falak-sandbox",
             "falak-exec",
             "falak-artifact",
+            "falak-image",
             "falak-function",
             "falak-api",
         ],
@@ -55,6 +57,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "falak-sandbox",
             "falak-exec",
             "falak-artifact",
+            "falak-image",
             "falak-function",
             "falak-api",
             "falak-node",

@@ -1,0 +1,1 @@
+//! Unpacking image layers into a root filesystem (being written).
