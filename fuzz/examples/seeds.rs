@@ -121,7 +121,9 @@ fn ledger_seeds() {
 
 fn artifact_seeds() {
     let id = ArtifactId([0xab; 32]);
-    write("artifact_fetch", "request", &ChunkRequest { version: 1, id, offset: 4 << 20, len: 4 << 20 }.encode());
+    write("artifact_fetch", "request", &ChunkRequest::new(id, 4 << 20, 4 << 20).encode());
+    let digest = falak_artifact::Sha256Digest([0xcd; 32]);
+    write("artifact_fetch", "request-sha256", &ChunkRequest::new(digest, 0, 4 << 20).encode());
     write("artifact_fetch", "reply-chunk", &encode_reply(&ChunkReply::Chunk { total_size: 11 }, b"hello world"));
     write("artifact_fetch", "reply-not-found", &encode_reply(&ChunkReply::NotFound, &[]));
     write(

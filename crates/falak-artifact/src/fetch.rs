@@ -1,10 +1,12 @@
 //! Fetching artifacts from peers over [`Protocol::Artifact`].
 //!
-//! Wire (postcard): the client sends a [`ChunkRequest`] `{ version, id, offset, len }`; the
+//! Wire (postcard): the client sends a [`ChunkRequest`] `{ version, id, offset, len }` (version 1
+//! names a BLAKE3 artifact by its 32 bytes; version 2 names any [`BlobId`], so OCI blobs by their
+//! SHA-256 digest; a node sends version 1 whenever it can, which older nodes understand); the
 //! server answers a [`ChunkReply`] header — `Chunk { total_size }`, `NotFound` or
 //! `Error { message }` — and, after a `Chunk` header, the chunk's bytes raw, up to
 //! [`CHUNK_BYTES`]. The client pulls chunks in order into a temporary file, hashing as it goes,
-//! and stores the blob only if its BLAKE3 hash is the id asked for.
+//! and stores the blob only if its hash (of the id's kind) is the id asked for.
 //!
 //! **Invariant:** the fetcher stores nothing whose hash differs from the requested id; a peer
 //! that sends wrong bytes is reported and the next peer is tried.
@@ -20,31 +22,65 @@ use falak_transport::{Handler, Protocol, Transport, TransportError};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ArtifactStore, MAX_ARTIFACT_BYTES, PutError, ReadError};
+use crate::id::BlobId;
+use crate::store::{ArtifactStore, PutError, ReadError};
 
 /// Largest chunk a server sends in one reply (4 MiB), well under the transport's 16 MiB limit.
 pub const CHUNK_BYTES: u64 = 4 << 20;
-/// The wire version this node speaks.
-const WIRE_VERSION: u8 = 1;
+/// The wire versions this node speaks: 1 (BLAKE3 artifacts) and 2 (any [`BlobId`]).
+const WIRE_VERSIONS: [u8; 2] = [1, 2];
 /// A request is a few dozen bytes; anything longer is not one.
 pub const MAX_REQUEST_BYTES: usize = 128;
 /// The longest error message a reply may carry; a longer one is a malformed reply.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 64 << 10;
 
-/// Ask for `len` bytes of artifact `id` from `offset`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Ask for `len` bytes of blob `id` from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkRequest {
     pub version: u8,
-    pub id: ArtifactId,
+    pub id: BlobId,
     pub offset: u64,
     pub len: u64,
 }
 
+/// Version 1 on the wire: a BLAKE3 artifact.
+#[derive(Serialize, Deserialize)]
+struct WireV1 {
+    version: u8,
+    id: ArtifactId,
+    offset: u64,
+    len: u64,
+}
+
+/// Version 2 on the wire: any blob.
+#[derive(Serialize, Deserialize)]
+struct WireV2 {
+    version: u8,
+    id: BlobId,
+    offset: u64,
+    len: u64,
+}
+
 impl ChunkRequest {
-    /// Encodes the request as the fetcher sends it.
+    /// A request in the oldest version that can name `id`.
+    pub fn new(id: impl Into<BlobId>, offset: u64, len: u64) -> ChunkRequest {
+        let id = id.into();
+        let version = match id {
+            BlobId::Blake3(_) => 1,
+            BlobId::Sha256(_) => 2,
+        };
+        ChunkRequest { version, id, offset, len }
+    }
+
+    /// Encodes the request as the fetcher sends it (version 1 only for a BLAKE3 id).
     pub fn encode(&self) -> Vec<u8> {
-        // A struct of integers and a fixed-size id always encodes.
-        postcard::to_allocvec(self).unwrap_or_default()
+        let (offset, len) = (self.offset, self.len);
+        // Structs of integers and fixed-size ids always encode.
+        match (self.version, self.id) {
+            (1, BlobId::Blake3(id)) => postcard::to_allocvec(&WireV1 { version: 1, id, offset, len }),
+            (_, id) => postcard::to_allocvec(&WireV2 { version: 2, id, offset, len }),
+        }
+        .unwrap_or_default()
     }
 
     /// Decodes a request as the server reads it: at most [`MAX_REQUEST_BYTES`], nothing after
@@ -56,12 +92,20 @@ impl ChunkRequest {
                 body.len()
             ));
         }
-        let request: ChunkRequest =
-            postcard::from_bytes(body).map_err(|e| format!("cannot decode the chunk request: {e}"))?;
-        if request.version != WIRE_VERSION {
-            return Err(format!("unsupported request version {}; this node speaks {WIRE_VERSION}", request.version));
+        let undecodable = |e: postcard::Error| format!("cannot decode the chunk request: {e}");
+        // The version is the first byte (postcard writes a u8 as itself).
+        match body.first() {
+            Some(1) => {
+                let w: WireV1 = postcard::from_bytes(body).map_err(undecodable)?;
+                Ok(ChunkRequest { version: 1, id: BlobId::Blake3(w.id), offset: w.offset, len: w.len })
+            }
+            Some(2) => {
+                let w: WireV2 = postcard::from_bytes(body).map_err(undecodable)?;
+                Ok(ChunkRequest { version: 2, id: w.id, offset: w.offset, len: w.len })
+            }
+            Some(other) => Err(format!("unsupported request version {other}; this node speaks {WIRE_VERSIONS:?}")),
+            None => Err("cannot decode the chunk request: it is empty".to_owned()),
         }
-        Ok(request)
     }
 }
 
@@ -77,12 +121,12 @@ pub enum ChunkReply {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("artifact {id} is not stored here and no peer was given to fetch it from")]
-    NoPeers { id: ArtifactId },
+    NoPeers { id: BlobId },
     #[error("could not fetch artifact {id} from any peer: {}; retry with a peer that holds it", Attempts(failures))]
-    Unavailable { id: ArtifactId, failures: Vec<PeerFailure> },
+    Unavailable { id: BlobId, failures: Vec<PeerFailure> },
     #[error("storing fetched artifact {id} failed: {source}")]
     Store {
-        id: ArtifactId,
+        id: BlobId,
         #[source]
         source: PutError,
     },
@@ -109,7 +153,7 @@ pub enum PeerFetchError {
     #[error("claims {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
     #[error("sent bytes hashing to {actual}, not the requested artifact")]
-    HashMismatch { actual: ArtifactId },
+    HashMismatch { actual: BlobId },
 }
 
 struct Attempts<'a>(&'a [PeerFailure]);
@@ -204,9 +248,9 @@ pub struct Fetcher {
     store: Arc<ArtifactStore>,
     /// One lock per artifact being fetched: later fetches of the same id wait for the first
     /// and then find it stored.
-    in_flight: Mutex<HashMap<ArtifactId, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: Mutex<HashMap<BlobId, Arc<tokio::sync::Mutex<()>>>>,
     /// Which peer served each artifact this fetcher fetched.
-    sources: Mutex<HashMap<ArtifactId, NodeId>>,
+    sources: Mutex<HashMap<BlobId, NodeId>>,
 }
 
 impl Fetcher {
@@ -215,12 +259,13 @@ impl Fetcher {
     }
 
     /// The path of artifact `id`, fetching it from `peers` (in order) if it is not stored.
-    pub async fn fetch(&self, id: ArtifactId, peers: &[NodeId]) -> Result<PathBuf, FetchError> {
+    pub async fn fetch(&self, id: impl Into<BlobId>, peers: &[NodeId]) -> Result<PathBuf, FetchError> {
         self.fetch_from(id, peers).await.map(|fetched| fetched.path)
     }
 
     /// Like [`Fetcher::fetch`], also saying which peer served the artifact.
-    pub async fn fetch_from(&self, id: ArtifactId, peers: &[NodeId]) -> Result<Fetched, FetchError> {
+    pub async fn fetch_from(&self, id: impl Into<BlobId>, peers: &[NodeId]) -> Result<Fetched, FetchError> {
+        let id = id.into();
         if let Some(path) = self.store.path(id) {
             return Ok(Fetched { path, source: self.source(id) });
         }
@@ -234,11 +279,11 @@ impl Fetcher {
     }
 
     /// The peer that served `id` to this fetcher, if it fetched it.
-    pub fn source(&self, id: ArtifactId) -> Option<NodeId> {
-        self.sources.lock().unwrap_or_else(PoisonError::into_inner).get(&id).copied()
+    pub fn source(&self, id: impl Into<BlobId>) -> Option<NodeId> {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner).get(&id.into()).copied()
     }
 
-    async fn transfer(&self, id: ArtifactId, peers: &[NodeId]) -> Result<Fetched, FetchError> {
+    async fn transfer(&self, id: BlobId, peers: &[NodeId]) -> Result<Fetched, FetchError> {
         if peers.is_empty() {
             return Err(FetchError::NoPeers { id });
         }
@@ -260,13 +305,13 @@ impl Fetcher {
         Err(FetchError::Unavailable { id, failures })
     }
 
-    async fn fetch_one(&self, id: ArtifactId, peer: NodeId) -> Result<(), Attempt> {
+    async fn fetch_one(&self, id: BlobId, peer: NodeId) -> Result<(), Attempt> {
         let store = self.store.clone();
-        let mut writer = blocking(move || store.writer()).await?;
+        let mut writer = blocking(move || store.writer_for(id.kind())).await?;
         let mut total = None;
         loop {
             let offset = writer.written();
-            let request = ChunkRequest { version: WIRE_VERSION, id, offset, len: CHUNK_BYTES };
+            let request = ChunkRequest::new(id, offset, CHUNK_BYTES);
             let body = Bytes::from(request.encode());
             let reply =
                 self.transport.request(peer, Protocol::Artifact, body).await.map_err(PeerFetchError::Transport)?;
@@ -276,7 +321,7 @@ impl Fetcher {
                 ChunkReply::NotFound => return Err(PeerFetchError::NotFound.into()),
                 ChunkReply::Error { message } => return Err(PeerFetchError::Refused(message).into()),
             };
-            check_chunk(*total.get_or_insert(total_size), total_size, offset, bytes.len() as u64)?;
+            check_chunk(id.max_bytes(), *total.get_or_insert(total_size), total_size, offset, bytes.len() as u64)?;
             writer = blocking(move || writer.write(&bytes).map(|()| writer)).await?;
             if writer.written() == total_size {
                 break;
@@ -291,9 +336,9 @@ impl Fetcher {
 
 /// Check one chunk against what the peer said before, so a lying peer cannot make us loop or
 /// write past the end.
-fn check_chunk(first_total: u64, total: u64, offset: u64, len: u64) -> Result<(), PeerFetchError> {
-    if total > MAX_ARTIFACT_BYTES {
-        return Err(PeerFetchError::TooLarge { size: total, limit: MAX_ARTIFACT_BYTES });
+fn check_chunk(limit: u64, first_total: u64, total: u64, offset: u64, len: u64) -> Result<(), PeerFetchError> {
+    if total > limit {
+        return Err(PeerFetchError::TooLarge { size: total, limit });
     }
     if total != first_total {
         return Err(PeerFetchError::Malformed(format!("total size changed from {first_total} to {total}")));
@@ -338,12 +383,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, PutError> + S
 /// once nobody else waits on it.
 struct Flight<'a> {
     fetcher: &'a Fetcher,
-    id: ArtifactId,
+    id: BlobId,
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<'a> Flight<'a> {
-    fn join(fetcher: &'a Fetcher, id: ArtifactId) -> Flight<'a> {
+    fn join(fetcher: &'a Fetcher, id: BlobId) -> Flight<'a> {
         let mut in_flight = fetcher.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         let lock = in_flight.entry(id).or_default().clone();
         Flight { fetcher, id, lock }
@@ -365,7 +410,7 @@ mod tests {
     use super::*;
 
     fn ask(store: &ArtifactStore, request: &ChunkRequest) -> (ChunkReply, Bytes) {
-        decode_reply(answer(store, &postcard::to_allocvec(request).unwrap())).unwrap()
+        decode_reply(answer(store, &request.encode())).unwrap()
     }
 
     #[test]
@@ -374,7 +419,7 @@ mod tests {
         let store = ArtifactStore::open(dir.path()).unwrap();
         let bytes = vec![5u8; usize::try_from(CHUNK_BYTES).unwrap() + 10];
         let id = store.put(&bytes).unwrap();
-        let request = ChunkRequest { version: WIRE_VERSION, id, offset: 0, len: u64::MAX };
+        let request = ChunkRequest::new(id, 0, u64::MAX);
         let (header, chunk) = ask(&store, &request);
         assert_eq!(header, ChunkReply::Chunk { total_size: CHUNK_BYTES + 10 });
         assert_eq!(chunk.len() as u64, CHUNK_BYTES, "a chunk is clamped to CHUNK_BYTES");
@@ -383,11 +428,15 @@ mod tests {
 
         let (header, _) = ask(&store, &ChunkRequest { offset: CHUNK_BYTES + 11, ..request.clone() });
         assert!(matches!(header, ChunkReply::Error { message } if message.contains("past the end")));
-        let (header, _) = ask(&store, &ChunkRequest { version: 9, ..request.clone() });
+        let mut unknown = request.encode();
+        unknown[0] = 9;
+        let (header, _) = decode_reply(answer(&store, &unknown)).unwrap();
         assert!(matches!(header, ChunkReply::Error { message } if message.contains("unsupported request version 9")));
-        let (header, _) = ask(&store, &ChunkRequest { id: ArtifactId([1; 32]), ..request });
+        let (header, _) = ask(&store, &ChunkRequest { id: ArtifactId([1; 32]).into(), ..request });
         assert_eq!(header, ChunkReply::NotFound);
-        let (header, _) = decode_reply(answer(&store, b"\xff\xff\xff")).unwrap();
+        let (header, _) = decode_reply(answer(&store, b"\x01\xff\xff")).unwrap();
+        assert!(matches!(header, ChunkReply::Error { message } if message.contains("cannot decode")));
+        let (header, _) = decode_reply(answer(&store, b"\x02\x07")).unwrap();
         assert!(matches!(header, ChunkReply::Error { message } if message.contains("cannot decode")));
         let (header, _) = decode_reply(answer(&store, &[0; 1024])).unwrap();
         assert!(matches!(header, ChunkReply::Error { .. }));
@@ -408,15 +457,43 @@ mod tests {
     }
 
     #[test]
+    fn requests_name_artifacts_in_version_1_and_oci_blobs_in_version_2() {
+        let artifact = ChunkRequest::new(ArtifactId([0xab; 32]), 4 << 20, 4 << 20);
+        assert_eq!(artifact.version, 1);
+        assert_eq!(ChunkRequest::decode(&artifact.encode()), Ok(artifact));
+        let blob = ChunkRequest::new(crate::Sha256Digest([0xcd; 32]), 0, 4 << 20);
+        let wire = blob.encode();
+        assert_eq!(
+            wire,
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/artifact_fetch/request-sha256"))
+                .unwrap(),
+            "the committed fuzz seed"
+        );
+        assert_eq!(ChunkRequest::decode(&wire), Ok(blob));
+    }
+
+    #[test]
     fn a_lying_peer_cannot_overrun_or_stall_the_fetch() {
-        assert!(check_chunk(10, 10, 0, 10).is_ok());
-        assert!(check_chunk(0, 0, 0, 0).is_ok());
-        assert!(matches!(check_chunk(10, 12, 4, 4), Err(PeerFetchError::Malformed(m)) if m.contains("changed")));
-        assert!(matches!(check_chunk(10, 10, 8, 4), Err(PeerFetchError::Malformed(m)) if m.contains("overruns")));
-        assert!(matches!(check_chunk(10, 10, 4, 0), Err(PeerFetchError::Malformed(m)) if m.contains("empty")));
-        let huge = MAX_ARTIFACT_BYTES + 1;
-        assert!(matches!(check_chunk(huge, huge, 0, 1), Err(PeerFetchError::TooLarge { .. })));
+        assert!(check_chunk(crate::MAX_ARTIFACT_BYTES, 10, 10, 0, 10).is_ok());
+        assert!(check_chunk(crate::MAX_ARTIFACT_BYTES, 0, 0, 0, 0).is_ok());
+        assert!(
+            matches!(check_chunk(crate::MAX_ARTIFACT_BYTES, 10, 12, 4, 4), Err(PeerFetchError::Malformed(m)) if m.contains("changed"))
+        );
+        assert!(
+            matches!(check_chunk(crate::MAX_ARTIFACT_BYTES, 10, 10, 8, 4), Err(PeerFetchError::Malformed(m)) if m.contains("overruns"))
+        );
+        assert!(
+            matches!(check_chunk(crate::MAX_ARTIFACT_BYTES, 10, 10, 4, 0), Err(PeerFetchError::Malformed(m)) if m.contains("empty"))
+        );
+        let huge = crate::MAX_ARTIFACT_BYTES + 1;
+        assert!(matches!(
+            check_chunk(crate::MAX_ARTIFACT_BYTES, huge, huge, 0, 1),
+            Err(PeerFetchError::TooLarge { .. })
+        ));
         let big = CHUNK_BYTES * 4;
-        assert!(matches!(check_chunk(big, big, 0, CHUNK_BYTES + 1), Err(PeerFetchError::Malformed(_))));
+        assert!(matches!(
+            check_chunk(crate::MAX_ARTIFACT_BYTES, big, big, 0, CHUNK_BYTES + 1),
+            Err(PeerFetchError::Malformed(_))
+        ));
     }
 }

@@ -1,4 +1,4 @@
-//! Content-addressed artifacts (BLAKE3): the on-disk store, code bundles, and fetching from peers.
+//! Content-addressed blobs (BLAKE3 artifacts, SHA-256 OCI blobs): the on-disk store, code bundles, and fetching from peers.
 //!
 //! - [`store`]: [`ArtifactStore`], blobs named by their hash under one directory, with GC.
 //! - [`bundle`]: [`pack`] a directory into a deterministic tar.gz, [`unpack`] one safely.
@@ -12,6 +12,7 @@
 
 pub mod bundle;
 pub mod fetch;
+pub mod id;
 pub mod store;
 
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, UnpackReport, pack, unpack, validate};
@@ -19,6 +20,7 @@ pub use fetch::{
     CHUNK_BYTES, ChunkReply, ChunkRequest, FetchError, Fetched, Fetcher, PeerFailure, PeerFetchError, decode_reply,
     encode_reply, serve,
 };
+pub use id::{BlobId, HashKind, MAX_OCI_BLOB_BYTES, ParseDigestError, Sha256Digest};
 pub use store::{
     ArtifactStore, BlobInfo, BlobWriter, GcReport, ListError, MAX_ARTIFACT_BYTES, OpenStoreError, PutError, ReadError,
     VerifyError,

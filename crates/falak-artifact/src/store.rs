@@ -1,6 +1,7 @@
-//! The on-disk content-addressed store: one file per artifact, named by its BLAKE3 hash.
+//! The on-disk content-addressed store: one file per blob, named by its hash — BLAKE3 for
+//! Falak's artifacts, SHA-256 for OCI image blobs ([`BlobId`]).
 //!
-//! Layout: `<dir>/blobs/<64 hex chars>`. A blob is written to a temporary file in `blobs/`
+//! Layout: `<dir>/blobs/<64 hex chars>` (BLAKE3) and `<dir>/blobs/sha256/<64 hex chars>`. A blob is written to a temporary file in `blobs/`
 //! (named `.tmp-…`), fsynced, renamed into place and the directory fsynced, so a blob file that
 //! exists is complete. Temporary files left by a crash are removed by [`ArtifactStore::open`].
 //!
@@ -8,8 +9,8 @@
 //! time the caller passes in, and [`ArtifactStore::gc`] evicts by it. The store never reads the
 //! clock.
 //!
-//! **Invariant:** a file named `blobs/<id>` holds bytes whose BLAKE3 hash is `id`, unless the
-//! disk was tampered with; [`ArtifactStore::verify`] detects that.
+//! **Invariant:** a file named `blobs/<id>` holds bytes whose BLAKE3 hash is `id` (and one named
+//! `blobs/sha256/<hex>` bytes whose SHA-256 digest is that), unless the disk was tampered with; [`ArtifactStore::verify`] detects that.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -21,11 +22,15 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use falak_core::ArtifactId;
 
+use crate::id::{BlobId, HashKind, Hasher};
+
 /// The largest artifact the store accepts (256 MiB).
 pub const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
 
 /// Prefix of temporary files in `blobs/`; never a valid artifact id, so listings skip them.
 const TEMP_PREFIX: &str = ".tmp-";
+/// Where OCI blobs live under `blobs/`, named by the hex of their SHA-256 digest.
+const SHA256_DIR: &str = "sha256";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +44,10 @@ pub struct OpenStoreError {
 /// Why an artifact was not stored. Nothing is stored when this is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum PutError {
-    #[error("artifact of {size} bytes exceeds the limit of {limit} bytes; nothing was stored")]
+    #[error("blob of {size} bytes exceeds the limit of {limit} bytes; nothing was stored")]
     TooLarge { size: u64, limit: u64 },
-    #[error("bytes hash to {actual}, not the expected artifact {expected}; nothing was stored")]
-    HashMismatch { expected: ArtifactId, actual: ArtifactId },
+    #[error("bytes hash to {actual}, not the expected blob {expected}; nothing was stored")]
+    HashMismatch { expected: BlobId, actual: BlobId },
     #[error("writing to the artifact store failed at {path}: {source}; nothing was stored")]
     Io {
         path: PathBuf,
@@ -55,14 +60,14 @@ pub enum PutError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("artifact {0} is not in the store; fetch it first")]
-    NotFound(ArtifactId),
+    NotFound(BlobId),
     #[error("range at offset {offset} is past the end of artifact {id} ({size} bytes)")]
-    OutOfRange { id: ArtifactId, offset: u64, size: u64 },
-    #[error("artifact {id} is larger than the limit of {limit} bytes; the store is corrupt, remove the blob")]
-    TooLarge { id: ArtifactId, limit: u64 },
+    OutOfRange { id: BlobId, offset: u64, size: u64 },
+    #[error("artifact {id} is larger than the limit of {limit} bytes for reading it whole; read it by its path")]
+    TooLarge { id: BlobId, limit: u64 },
     #[error("reading artifact {id} failed: {source}")]
     Io {
-        id: ArtifactId,
+        id: BlobId,
         #[source]
         source: io::Error,
     },
@@ -72,7 +77,7 @@ pub enum ReadError {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("artifact {id} is corrupt on disk: its bytes hash to {actual}; remove it and fetch it again")]
-    Corrupt { id: ArtifactId, actual: ArtifactId },
+    Corrupt { id: BlobId, actual: BlobId },
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -89,7 +94,7 @@ pub struct ListError {
 /// One stored blob, as [`ArtifactStore::list`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobInfo {
-    pub id: ArtifactId,
+    pub id: BlobId,
     pub size: u64,
     /// The last time the blob was put or [touched](ArtifactStore::touch).
     pub last_used: SystemTime,
@@ -99,17 +104,17 @@ pub struct BlobInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
     /// Removed because they were unused for at least `min_unused`.
-    pub removed_unused: Vec<ArtifactId>,
+    pub removed_unused: Vec<BlobId>,
     /// Removed, least recently used first, to bring the store under `max_total_bytes`.
-    pub removed_for_space: Vec<ArtifactId>,
+    pub removed_for_space: Vec<BlobId>,
     pub freed_bytes: u64,
     /// Bytes still stored after the pass; above the cap only when kept blobs alone exceed it.
     pub remaining_bytes: u64,
     /// Blobs that could not be removed, with the reason; they count as remaining.
-    pub failed: Vec<(ArtifactId, String)>,
+    pub failed: Vec<(BlobId, String)>,
 }
 
-/// A directory of blobs named by their BLAKE3 hash. Safe to share between threads; all methods
+/// A directory of blobs named by their hash. Safe to share between threads; all methods
 /// do blocking file IO, so async callers run them in `spawn_blocking`.
 #[derive(Debug)]
 pub struct ArtifactStore {
@@ -124,7 +129,7 @@ impl ArtifactStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<ArtifactStore, OpenStoreError> {
         let blobs = dir.as_ref().join("blobs");
         let fail = |source| OpenStoreError { path: blobs.clone(), source };
-        fs::create_dir_all(&blobs).map_err(fail)?;
+        fs::create_dir_all(blobs.join(SHA256_DIR)).map_err(fail)?;
         for entry in fs::read_dir(&blobs).map_err(fail)? {
             let entry = entry.map_err(fail)?;
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
@@ -140,37 +145,48 @@ impl ArtifactStore {
         &self.blobs
     }
 
-    /// Store `bytes`, returning their id. Storing the same bytes again writes nothing.
+    /// Store `bytes` as an artifact (BLAKE3), returning its id. Storing the same bytes again
+    /// writes nothing.
     pub fn put(&self, bytes: &[u8]) -> Result<ArtifactId, PutError> {
-        check_size(bytes.len() as u64)?;
+        check_size(bytes.len() as u64, crate::store::MAX_ARTIFACT_BYTES)?;
         let id = ArtifactId(*blake3::hash(bytes).as_bytes());
-        self.put_hashed(id, bytes)?;
+        self.put_hashed(id.into(), bytes)?;
         Ok(id)
     }
 
-    /// Store `bytes` only if they hash to `expected`; otherwise store nothing.
-    pub fn put_expecting(&self, expected: ArtifactId, bytes: &[u8]) -> Result<(), PutError> {
-        check_size(bytes.len() as u64)?;
-        let actual = ArtifactId(*blake3::hash(bytes).as_bytes());
+    /// Store `bytes` only if they hash to `expected` (with `expected`'s hash); otherwise store
+    /// nothing.
+    pub fn put_expecting(&self, expected: impl Into<BlobId>, bytes: &[u8]) -> Result<(), PutError> {
+        let expected = expected.into();
+        check_size(bytes.len() as u64, expected.max_bytes())?;
+        let mut hasher = Hasher::new(expected.kind());
+        hasher.update(bytes);
+        let actual = hasher.finalize();
         if actual != expected {
             return Err(PutError::HashMismatch { expected, actual });
         }
         self.put_hashed(actual, bytes)
     }
 
-    fn put_hashed(&self, id: ArtifactId, bytes: &[u8]) -> Result<(), PutError> {
+    fn put_hashed(&self, id: BlobId, bytes: &[u8]) -> Result<(), PutError> {
         // A blob of the right size is complete (it was renamed into place); one of another
         // size was damaged and is replaced.
         if self.size(id).ok() == Some(bytes.len() as u64) {
             return Ok(());
         }
-        let mut writer = self.writer()?;
+        let mut writer = self.writer_for(id.kind())?;
         writer.write(bytes)?;
         writer.commit_expecting(id)
     }
 
-    /// Start writing a blob whose id is known only at the end (a fetch in chunks).
+    /// Start writing an artifact (BLAKE3) whose id is known only at the end (a fetch in
+    /// chunks).
     pub fn writer(&self) -> Result<BlobWriter, PutError> {
+        self.writer_for(HashKind::Blake3)
+    }
+
+    /// Start writing a blob named by a hash of `kind`, known only at the end.
+    pub fn writer_for(&self, kind: HashKind) -> Result<BlobWriter, PutError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +197,11 @@ impl ArtifactStore {
                         blobs: self.blobs.clone(),
                         file,
                         path,
-                        hasher: blake3::Hasher::new(),
+                        hasher: Hasher::new(kind),
+                        limit: match kind {
+                            HashKind::Blake3 => MAX_ARTIFACT_BYTES,
+                            HashKind::Sha256 => crate::id::MAX_OCI_BLOB_BYTES,
+                        },
                         written: 0,
                         committed: false,
                     });
@@ -192,18 +212,19 @@ impl ArtifactStore {
         }
     }
 
-    pub fn contains(&self, id: ArtifactId) -> bool {
-        self.blob_path(id).is_file()
+    pub fn contains(&self, id: impl Into<BlobId>) -> bool {
+        self.blob_path(id.into()).is_file()
     }
 
     /// Where the blob of `id` lives, if it is stored.
-    pub fn path(&self, id: ArtifactId) -> Option<PathBuf> {
-        let path = self.blob_path(id);
+    pub fn path(&self, id: impl Into<BlobId>) -> Option<PathBuf> {
+        let path = self.blob_path(id.into());
         path.is_file().then_some(path)
     }
 
-    /// The whole artifact.
-    pub fn read(&self, id: ArtifactId) -> Result<Bytes, ReadError> {
+    /// The whole blob, up to [`MAX_ARTIFACT_BYTES`] (larger ones are read by their path).
+    pub fn read(&self, id: impl Into<BlobId>) -> Result<Bytes, ReadError> {
+        let id = id.into();
         let size = self.size(id)?;
         if size > MAX_ARTIFACT_BYTES {
             return Err(ReadError::TooLarge { id, limit: MAX_ARTIFACT_BYTES });
@@ -213,7 +234,8 @@ impl ArtifactStore {
 
     /// Up to `len` bytes from `offset`; fewer when the artifact ends first. An offset equal to
     /// the size gives an empty range; a larger one is an error.
-    pub fn read_range(&self, id: ArtifactId, offset: u64, len: u64) -> Result<Bytes, ReadError> {
+    pub fn read_range(&self, id: impl Into<BlobId>, offset: u64, len: u64) -> Result<Bytes, ReadError> {
+        let id = id.into();
         let mut file = self.open_blob(id)?;
         let io = |source| ReadError::Io { id, source };
         let size = file.metadata().map_err(io)?.len();
@@ -228,7 +250,8 @@ impl ArtifactStore {
         Ok(Bytes::from(buf))
     }
 
-    pub fn size(&self, id: ArtifactId) -> Result<u64, ReadError> {
+    pub fn size(&self, id: impl Into<BlobId>) -> Result<u64, ReadError> {
+        let id = id.into();
         match fs::metadata(self.blob_path(id)) {
             Ok(meta) if meta.is_file() => Ok(meta.len()),
             Ok(_) => Err(ReadError::NotFound(id)),
@@ -239,11 +262,30 @@ impl ArtifactStore {
 
     /// Every stored blob, sorted by id. Files that are not blobs are ignored.
     pub fn list(&self) -> Result<Vec<BlobInfo>, ListError> {
-        let fail = |source| ListError { path: self.blobs.clone(), source };
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.blobs).map_err(fail)? {
+        self.list_dir(&self.blobs, |name| name.parse::<ArtifactId>().ok().map(BlobId::Blake3), &mut out)?;
+        let sha256 = self.blobs.join(SHA256_DIR);
+        let parse = |name: &str| format!("sha256:{name}").parse().ok().map(BlobId::Sha256);
+        self.list_dir(&sha256, parse, &mut out)?;
+        out.sort_by_key(|blob| blob.id);
+        Ok(out)
+    }
+
+    fn list_dir(
+        &self,
+        dir: &Path,
+        parse: impl Fn(&str) -> Option<BlobId>,
+        out: &mut Vec<BlobInfo>,
+    ) -> Result<(), ListError> {
+        let fail = |source| ListError { path: dir.to_owned(), source };
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(fail(e)),
+        };
+        for entry in entries {
             let entry = entry.map_err(fail)?;
-            let Some(id) = entry.file_name().to_str().and_then(|name| name.parse::<ArtifactId>().ok()) else {
+            let Some(id) = entry.file_name().to_str().and_then(&parse) else {
                 continue;
             };
             let meta = match entry.metadata() {
@@ -256,22 +298,30 @@ impl ArtifactStore {
                 out.push(BlobInfo { id, size: meta.len(), last_used: meta.modified().map_err(fail)? });
             }
         }
-        out.sort_by_key(|blob| blob.id);
-        Ok(out)
+        Ok(())
     }
 
     /// Mark `id` as used at `when` (the caller's clock), protecting it from gc for a while.
-    pub fn touch(&self, id: ArtifactId, when: SystemTime) -> Result<(), ReadError> {
+    pub fn touch(&self, id: impl Into<BlobId>, when: SystemTime) -> Result<(), ReadError> {
+        let id = id.into();
         // Setting explicit times needs ownership of the file, not write access to it.
         self.open_blob(id)?.set_modified(when).map_err(|source| ReadError::Io { id, source })
     }
 
     /// Re-hash the stored bytes of `id` and compare them with the id.
-    pub fn verify(&self, id: ArtifactId) -> Result<(), VerifyError> {
-        let file = self.open_blob(id)?;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(file).map_err(|source| ReadError::Io { id, source })?;
-        let actual = ArtifactId(*hasher.finalize().as_bytes());
+    pub fn verify(&self, id: impl Into<BlobId>) -> Result<(), VerifyError> {
+        let id = id.into();
+        let mut file = self.open_blob(id)?;
+        let mut hasher = Hasher::new(id.kind());
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf).map_err(|source| ReadError::Io { id, source })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let actual = hasher.finalize();
         if actual != id {
             return Err(VerifyError::Corrupt { id, actual });
         }
@@ -279,7 +329,8 @@ impl ArtifactStore {
     }
 
     /// Remove the blob of `id`. Removing a blob that is not stored is not an error.
-    pub fn remove(&self, id: ArtifactId) -> Result<(), ReadError> {
+    pub fn remove(&self, id: impl Into<BlobId>) -> Result<(), ReadError> {
+        let id = id.into();
         match fs::remove_file(self.blob_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ReadError::Io { id, source: e }),
             _ => Ok(()),
@@ -295,7 +346,7 @@ impl ArtifactStore {
     /// be in `keep` (or freshly touched) to be sure it survives.
     pub fn gc(
         &self,
-        keep: &BTreeSet<ArtifactId>,
+        keep: &BTreeSet<BlobId>,
         now: SystemTime,
         min_unused: Duration,
         max_total_bytes: u64,
@@ -350,11 +401,14 @@ impl ArtifactStore {
     }
 
     /// Where the blob of `id` lives or would live.
-    pub(crate) fn blob_path(&self, id: ArtifactId) -> PathBuf {
-        self.blobs.join(id.to_string())
+    pub(crate) fn blob_path(&self, id: BlobId) -> PathBuf {
+        match id {
+            BlobId::Blake3(id) => self.blobs.join(id.to_string()),
+            BlobId::Sha256(digest) => self.blobs.join(SHA256_DIR).join(digest.hex()),
+        }
     }
 
-    fn open_blob(&self, id: ArtifactId) -> Result<File, ReadError> {
+    fn open_blob(&self, id: BlobId) -> Result<File, ReadError> {
         File::open(self.blob_path(id)).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ReadError::NotFound(id),
             _ => ReadError::Io { id, source: e },
@@ -366,9 +420,9 @@ fn write_failed(path: &Path) -> impl FnOnce(io::Error) -> PutError {
     move |source| PutError::Io { path: path.to_owned(), source }
 }
 
-fn check_size(size: u64) -> Result<(), PutError> {
-    if size > MAX_ARTIFACT_BYTES {
-        return Err(PutError::TooLarge { size, limit: MAX_ARTIFACT_BYTES });
+fn check_size(size: u64, limit: u64) -> Result<(), PutError> {
+    if size > limit {
+        return Err(PutError::TooLarge { size, limit });
     }
     Ok(())
 }
@@ -380,15 +434,17 @@ pub struct BlobWriter {
     blobs: PathBuf,
     file: File,
     path: PathBuf,
-    hasher: blake3::Hasher,
+    hasher: Hasher,
+    /// The most bytes a blob of the writer's kind may hold.
+    limit: u64,
     written: u64,
     committed: bool,
 }
 
 impl BlobWriter {
-    /// Append `bytes`, refusing to grow past [`MAX_ARTIFACT_BYTES`].
+    /// Append `bytes`, refusing to grow past the limit of its kind ([`BlobId::max_bytes`]).
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), PutError> {
-        check_size(self.written + bytes.len() as u64)?;
+        check_size(self.written + bytes.len() as u64, self.limit)?;
         self.file.write_all(bytes).map_err(|source| PutError::Io { path: self.path.clone(), source })?;
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
@@ -401,18 +457,22 @@ impl BlobWriter {
     }
 
     /// Store the blob if its bytes hash to `expected`; otherwise discard it.
-    pub fn commit_expecting(mut self, expected: ArtifactId) -> Result<(), PutError> {
-        let actual = ArtifactId(*self.hasher.finalize().as_bytes());
+    pub fn commit_expecting(mut self, expected: impl Into<BlobId>) -> Result<(), PutError> {
+        let expected = expected.into();
+        let actual = self.hasher.clone().finalize();
         if actual != expected {
             return Err(PutError::HashMismatch { expected, actual });
         }
         let io = write_failed;
         self.file.sync_all().map_err(io(&self.path))?;
-        let target = self.blobs.join(actual.to_string());
+        let (dir, target) = match actual {
+            BlobId::Blake3(id) => (self.blobs.clone(), self.blobs.join(id.to_string())),
+            BlobId::Sha256(digest) => (self.blobs.join(SHA256_DIR), self.blobs.join(SHA256_DIR).join(digest.hex())),
+        };
         fs::rename(&self.path, &target).map_err(io(&target))?;
         self.committed = true;
         // The rename is durable only once the directory is synced.
-        File::open(&self.blobs).and_then(|dir| dir.sync_all()).map_err(io(&self.blobs))?;
+        File::open(&dir).and_then(|dir| dir.sync_all()).map_err(io(&dir))?;
         Ok(())
     }
 }
@@ -451,7 +511,7 @@ mod tests {
         let mut writer = store.writer().unwrap();
         writer.write(b"half").unwrap();
         drop(writer);
-        assert_eq!(fs::read_dir(store.blobs_dir()).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(store.blobs_dir()).unwrap().flatten().filter(|e| e.path().is_file()).count(), 0);
     }
 
     #[test]
@@ -464,7 +524,7 @@ mod tests {
         writer.write(b"xyz").unwrap();
         assert!(matches!(writer.commit_expecting(id), Err(PutError::HashMismatch { .. })));
         assert!(!store.contains(id));
-        assert_eq!(fs::read_dir(store.blobs_dir()).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(store.blobs_dir()).unwrap().flatten().filter(|e| e.path().is_file()).count(), 0);
         let mut writer = store.writer().unwrap();
         writer.write(b"abc").unwrap();
         writer.write(b"def").unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use falak_api::ApiError;
 use falak_api::function::ArtifactStored;
-use falak_artifact::{ArtifactStore, Fetcher};
+use falak_artifact::{ArtifactStore, BlobId, Fetcher};
 use falak_core::placement::Health;
 use falak_core::{ArtifactId, NodeId};
 use falak_ledger::Ledger;
@@ -138,11 +138,11 @@ impl NodeArtifacts {
 
     /// Every artifact the ledger references: each function's bundle and the code of every
     /// stored capsule version.
-    pub fn referenced(&self) -> BTreeSet<ArtifactId> {
+    pub fn referenced(&self) -> BTreeSet<BlobId> {
         let state = self.ledger.state();
         let functions = state.functions().map(|f| f.spec.artifact);
         let capsules = state.capsules().flat_map(|(_, versions)| versions.iter().filter_map(|v| v.spec.artifact));
-        functions.chain(capsules).collect()
+        functions.chain(capsules).map(BlobId::from).collect()
     }
 
     /// Remove artifacts (and their unpacked bundles) the ledger no longer references, once
@@ -160,7 +160,7 @@ impl NodeArtifacts {
             let Ok(entries) = std::fs::read_dir(&bundles) else { return };
             for entry in entries.flatten() {
                 let id = entry.file_name().to_str().and_then(|n| n.parse::<ArtifactId>().ok());
-                if id.is_some_and(|id| !keep.contains(&id) && !store.contains(id)) {
+                if id.is_some_and(|id| !keep.contains(&BlobId::from(id)) && !store.contains(id)) {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }

@@ -107,10 +107,14 @@ async fn a_peer_serving_corrupt_bytes_is_rejected_and_the_next_one_used() {
     // From the corrupt peer alone: refused, nothing stored.
     let err = c.fetcher.fetch(id, &[a.id]).await.unwrap_err();
     let FetchError::Unavailable { failures, .. } = &err else { panic!("unexpected error: {err}") };
-    assert!(matches!(failures[0].error, PeerFetchError::HashMismatch { actual } if actual != id), "{err}");
+    assert!(matches!(failures[0].error, PeerFetchError::HashMismatch { actual } if actual != id.into()), "{err}");
     assert!(!c.store.contains(id));
     assert!(c.store.list().unwrap().is_empty());
-    assert_eq!(fs::read_dir(c.store.blobs_dir()).unwrap().count(), 0, "a temporary file was left");
+    assert_eq!(
+        fs::read_dir(c.store.blobs_dir()).unwrap().flatten().filter(|e| e.path().is_file()).count(),
+        0,
+        "a temporary file was left"
+    );
 
     let fetched = c.fetcher.fetch_from(id, &[a.id, b.id]).await.unwrap();
     assert_eq!(fetched.source, Some(b.id));
@@ -124,7 +128,7 @@ async fn a_missing_artifact_names_every_peer_tried_and_why() {
     let id = ArtifactId(*blake3::hash(b"nobody has this").as_bytes());
     let err = c.fetcher.fetch(id, &[a.id, b.id]).await.unwrap_err();
     let FetchError::Unavailable { id: missing, failures } = &err else { panic!("unexpected error: {err}") };
-    assert_eq!(*missing, id);
+    assert_eq!(*missing, id.into());
     assert_eq!(failures.iter().map(|f| f.peer).collect::<Vec<_>>(), vec![a.id, b.id]);
     assert!(matches!(failures[0].error, PeerFetchError::NotFound));
     assert!(matches!(failures[1].error, PeerFetchError::Transport(_)));
@@ -169,4 +173,36 @@ async fn concurrent_fetches_of_one_artifact_share_one_transfer() {
     assert_eq!((first.source, second.source), (Some(a.id), Some(a.id)));
     assert_eq!(a.served.load(Ordering::SeqCst), 3, "the second fetch started its own transfer");
     assert_eq!(fs::read(first.path).unwrap(), bytes);
+}
+
+/// OCI blobs are named by their SHA-256 digest; a peer serves them like artifacts (version 2
+/// requests), the fetcher checks the digest, and a lying peer's bytes are refused.
+#[tokio::test]
+async fn an_oci_blob_travels_by_its_sha256_digest_and_a_wrong_one_is_refused() {
+    use falak_artifact::{BlobId, Sha256Digest};
+    let (_network, a, b, c) = mesh(MemoryConfig::default());
+    let layer = payload(9 << 20);
+    let digest = Sha256Digest::of(&layer);
+    a.store.put_expecting(digest, &layer).unwrap();
+    assert!(a.store.contains(digest));
+    assert!(a.store.path(digest).unwrap().ends_with(format!("blobs/sha256/{}", digest.hex())));
+    assert_eq!(a.store.list().unwrap().iter().map(|blob| blob.id).collect::<Vec<_>>(), vec![BlobId::Sha256(digest)]);
+
+    let fetched = b.fetcher.fetch_from(digest, &[c.id, a.id]).await.unwrap();
+    assert_eq!(fetched.source, Some(a.id));
+    assert_eq!(fs::read(&fetched.path).unwrap(), layer);
+    b.store.verify(digest).unwrap();
+    assert!(a.served.load(Ordering::SeqCst) >= 3, "9 MiB come in 4 MiB chunks");
+
+    // A peer holding other bytes under that name (a tampered disk) is caught by the digest.
+    let lie = Sha256Digest::of(b"another layer");
+    let forged = c.store.blobs_dir().join("sha256").join(lie.hex());
+    fs::write(&forged, b"not that layer").unwrap();
+    let err = a.fetcher.fetch(lie, &[c.id]).await.unwrap_err();
+    let FetchError::Unavailable { failures, .. } = &err else { panic!("{err}") };
+    assert!(matches!(failures[0].error, PeerFetchError::HashMismatch { .. }), "{err}");
+    assert!(!a.store.contains(lie));
+
+    // The same bytes under a BLAKE3 name are a different blob.
+    assert!(!a.store.contains(ArtifactId(*blake3::hash(&layer).as_bytes())));
 }

@@ -43,7 +43,7 @@ async fn a_thousand_mutated_chunk_requests_are_refused_or_answered_from_the_stor
     let blob: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     let id = store.put(&blob).unwrap();
     let handler = serve(store.clone());
-    let genuine = ChunkRequest { version: 1, id, offset: 0, len: 1 << 20 }.encode();
+    let genuine = ChunkRequest::new(id, 0, 1 << 20).encode();
     let mut rng = ChaCha8Rng::seed_from_u64(0xa27);
     let (mut refused, mut not_found, mut served) = (0, 0, 0);
     for _ in 0..1000 {
