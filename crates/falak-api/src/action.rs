@@ -102,6 +102,8 @@ pub enum Action {
     RevokeNode { node: String, reply: Reply<RevokedNodeInfo> },
     /// Deploy, list, show, remove functions; their instances, logs and asynchronous invocations.
     Function(FunctionAction),
+    /// Pull, import, list, inspect and remove this node's images.
+    Image(crate::image::ImageAction),
     /// Make a token, commit its record (hash only) and answer with the whole token once.
     CreateToken { request: CreateToken, reply: Reply<CreatedToken> },
     /// `TokenInfo::new` for every token.
@@ -147,6 +149,7 @@ impl Action {
             Action::RevokeJoinToken { .. } => "revoke_join_token",
             Action::RevokeNode { .. } => "revoke_node",
             Action::Function(f) => f.name(),
+            Action::Image(i) => i.name(),
             Action::CreateToken { .. } => "create_token",
             Action::ListTokens { .. } => "list_tokens",
             Action::RevokeToken { .. } => "revoke_token",
@@ -190,6 +193,7 @@ impl Action {
             Action::RevokeJoinToken { reply, .. } => send(reply, error),
             Action::RevokeNode { reply, .. } => send(reply, error),
             Action::Function(f) => f.fail(error),
+            Action::Image(i) => i.fail(error),
             Action::CreateToken { reply, .. } => send(reply, error),
             Action::ListTokens { reply } => send(reply, error),
             Action::RevokeToken { reply, .. } => send(reply, error),

@@ -21,6 +21,7 @@ use crate::error::{ErrorBody, ErrorCode};
 use crate::event::{EventItem, EventRecord, GAP, LAGGED};
 use crate::function::{ArtifactStored, FunctionDeployed, FunctionInfo, InstanceInfo, InvocationInfo};
 use crate::health::Readiness;
+use crate::image::{ImageDetails, ImageImported, ImageInfo, ImagePulled, ImageRemoved, PullImage};
 use crate::job::{JobInfo, JobSubmission, TaskOutput};
 use crate::node::NodeInfo;
 use crate::service::{ServiceInfo, ServiceSubmission};
@@ -37,6 +38,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Requests that gather from other nodes, move large bodies, build a function's dependencies
 /// (deploy) or wait for a function (invoke). Event streams have no limit.
 pub const LONG_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pulls and imports move whole images: up to half an hour.
+pub const IMAGE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request did not produce the typed answer.
@@ -63,6 +66,9 @@ pub enum ClientError {
     /// The CA certificate to trust is not a PEM certificate.
     #[error("the mesh CA certificate is not valid: {0}")]
     BadCa(String),
+    /// Something on this machine the request needed (a file to upload).
+    #[error("{0}")]
+    Local(String),
 }
 
 impl ClientError {
@@ -82,7 +88,9 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. } | ClientError::TimedOut { .. } | ClientError::Request { .. } => true,
             ClientError::Api { code, .. } => matches!(code, ErrorCode::Unavailable | ErrorCode::TooManyRequests),
-            ClientError::Decode { .. } | ClientError::InvalidUrl(_) | ClientError::BadCa(_) => false,
+            ClientError::Decode { .. } | ClientError::InvalidUrl(_) | ClientError::BadCa(_) | ClientError::Local(_) => {
+                false
+            }
         }
     }
 }
@@ -243,6 +251,50 @@ impl Client {
         let signed = CapsuleDocument::parse(text).ok().map(|spec| spec.signed_form());
         let request = self.keyed(self.yaml(Method::POST, "/api/v1/capsules", text));
         self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
+    }
+
+    // Images (of the node this client talks to).
+
+    pub async fn pull_image(&self, reference: &str) -> Result<ImagePulled, ClientError> {
+        let body = PullImage { reference: reference.to_owned() };
+        self.json(self.request(Method::POST, "/api/v1/images/pull").json(&body).timeout(IMAGE_TIMEOUT)).await
+    }
+
+    /// Stream the archive at `path` to the node.
+    pub async fn import_image(
+        &self,
+        path: &std::path::Path,
+        name: Option<&str>,
+    ) -> Result<Vec<ImageImported>, ClientError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))?;
+        let length = file.metadata().await.map(|m| m.len()).ok();
+        let stream = tokio_util::io::ReaderStream::new(file);
+        let mut request = self
+            .request(Method::POST, "/api/v1/images/import")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream))
+            .timeout(IMAGE_TIMEOUT);
+        if let Some(length) = length {
+            request = request.header(header::CONTENT_LENGTH, length);
+        }
+        if let Some(name) = name {
+            request = request.query(&[("name", name)]);
+        }
+        self.json(request).await
+    }
+
+    pub async fn images(&self) -> Result<Vec<ImageInfo>, ClientError> {
+        self.json(self.get("/api/v1/images")).await
+    }
+
+    pub async fn image(&self, image: &str) -> Result<ImageDetails, ClientError> {
+        self.json(self.get(&format!("/api/v1/images/{}", segment(image)))).await
+    }
+
+    pub async fn remove_image(&self, image: &str) -> Result<ImageRemoved, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/v1/images/{}", segment(image)))).await
     }
 
     pub async fn capsules(&self) -> Result<Vec<CapsuleSummary>, ClientError> {

@@ -19,6 +19,7 @@ mod error;
 pub mod event;
 pub mod function;
 pub mod health;
+pub mod image;
 pub mod job;
 pub mod join;
 pub mod node;

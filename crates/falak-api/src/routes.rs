@@ -24,7 +24,7 @@ use crate::action::{Action, Reply};
 use crate::auth::{Authenticator, Guard, RateLimiter, access_for};
 use crate::error::{ApiError, ErrorCode, body_rejection};
 use crate::function::{Gateway, NoGateway};
-use crate::{capsule, deployer, event, function, health, job, node, openapi, service, task, token, workload};
+use crate::{capsule, deployer, event, function, health, image, job, node, openapi, service, task, token, workload};
 
 /// How the API behaves; the node builds it from its configuration.
 #[derive(Debug, Clone)]
@@ -242,6 +242,15 @@ fn table() -> Vec<Route> {
         )
         .body(&["application/octet-stream"])
         .created(),
+        Route::new(M::GET, "/api/v1/images", "this node's images", image::list),
+        Route::new(M::POST, "/api/v1/images/pull", "pull an image (blobs from peers first, else the registry)", image::pull)
+            .body(SPEC_BODY),
+        Route::new(M::POST, "/api/v1/images/import", "import an OCI layout tar or docker archive", image::import)
+            .query(&[("name", "the name to give the image (one image only)")])
+            .body(&["application/octet-stream"])
+            .created(),
+        Route::new(M::GET, "/api/v1/images/{image}", "one image: name, digest or digest prefix", image::inspect),
+        Route::new(M::DELETE, "/api/v1/images/{image}", "remove a name, or every name of a digest", image::remove),
         Route::new(M::GET, "/api/v1/functions", "functions", function::list),
         Route::new(M::POST, "/api/v1/functions", "deploy a function (its bundle stored first)", function::deploy)
             .body(SPEC_BODY)

@@ -456,6 +456,14 @@ impl BlobWriter {
         self.written
     }
 
+    /// Store the blob under the hash of what was written (local content, e.g. an archive
+    /// being imported, whose name nobody announced) and return that name.
+    pub fn commit(self) -> Result<BlobId, PutError> {
+        let id = self.hasher.clone().finalize();
+        self.commit_expecting(id)?;
+        Ok(id)
+    }
+
     /// Store the blob if its bytes hash to `expected`; otherwise discard it.
     pub fn commit_expecting(mut self, expected: impl Into<BlobId>) -> Result<(), PutError> {
         let expected = expected.into();

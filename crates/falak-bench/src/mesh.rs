@@ -28,12 +28,21 @@ pub struct MeshOptions {
     pub lease: String,
     /// The membership timing preset; the daemon's default when `None`.
     pub failure_detection: Option<FailureDetection>,
+    /// Registries the nodes reach over plain HTTP (a local `docker-registry`).
+    pub insecure_registries: Vec<String>,
 }
 
 impl MeshOptions {
     /// `nodes` nodes of 8 cpu / 8 GiB each (so placement never throttles a benchmark), lease 2 s.
     pub fn new(nodes: usize) -> MeshOptions {
-        MeshOptions { nodes, cpu: "8".into(), memory: "8Gi".into(), lease: "2s".into(), failure_detection: None }
+        MeshOptions {
+            nodes,
+            cpu: "8".into(),
+            memory: "8Gi".into(),
+            lease: "2s".into(),
+            failure_detection: None,
+            insecure_registries: Vec::new(),
+        }
     }
 }
 
@@ -103,6 +112,7 @@ impl Mesh {
             }),
             lease: Some(options.lease.clone()),
             failure_detection: options.failure_detection,
+            insecure_registries: options.insecure_registries.clone(),
             ..NodeConfigDocument::default()
         };
         let provisioned = provision_loopback("bench", dir, options.nodes, &template, falak_node::clock::system_now())

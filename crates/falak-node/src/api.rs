@@ -410,6 +410,7 @@ impl MainLoop {
                 let _ = reply.send(Ok(crate::event_feed::subscribe(&self.ledger, &self.events, start, follow)));
             }
             Action::Function(action) => self.functions.handle(action),
+            Action::Image(action) => self.images.handle(action),
             Action::CreateToken { request, reply } => {
                 let token = crate::access::random_token();
                 let now = now_millis();

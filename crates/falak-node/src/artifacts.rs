@@ -37,6 +37,8 @@ pub struct ArtifactsError {
 pub struct NodeArtifacts {
     id: NodeId,
     store: Arc<ArtifactStore>,
+    /// The image index over the same store (OCI blobs by SHA-256).
+    images: Arc<falak_image::Images>,
     fetcher: Fetcher,
     /// One directory per unpacked bundle, named by its id.
     bundles: PathBuf,
@@ -59,12 +61,19 @@ impl NodeArtifacts {
         );
         let fetcher = Fetcher::new(transport, store.clone());
         let bundles = data_dir.join("bundles");
-        Ok(Arc::new(NodeArtifacts { id, store, fetcher, bundles, ledger, membership }))
+        let images_dir = data_dir.join("images");
+        let images = falak_image::Images::open(&images_dir, store.clone())
+            .map_err(|e| ArtifactsError { dir: images_dir, reason: e.to_string() })?;
+        Ok(Arc::new(NodeArtifacts { id, store, images: Arc::new(images), fetcher, bundles, ledger, membership }))
     }
 
     /// Where bundles are unpacked, one directory per id.
     pub fn bundles_root(&self) -> &std::path::Path {
         &self.bundles
+    }
+
+    pub fn images(&self) -> &Arc<falak_image::Images> {
+        &self.images
     }
 
     pub fn store(&self) -> &Arc<ArtifactStore> {
@@ -92,13 +101,14 @@ impl NodeArtifacts {
         peers
     }
 
-    /// Make sure this node holds `artifact`, fetching it from a peer (verified) when it lacks it.
-    pub async fn hold(&self, artifact: ArtifactId) -> Result<(), String> {
-        if self.store.contains(artifact) {
+    /// Make sure this node holds blob `id`, fetching it from a peer (verified) when it lacks it.
+    pub async fn hold(&self, id: impl Into<BlobId>) -> Result<(), String> {
+        let id = id.into();
+        if self.store.contains(id) {
             return Ok(());
         }
         let peers = self.peers();
-        self.fetcher.fetch(artifact, &peers).await.map(drop).map_err(|e| e.to_string())
+        self.fetcher.fetch(id, &peers).await.map(drop).map_err(|e| e.to_string())
     }
 
     /// The unpacked bundle `artifact`, fetched from a peer first if this node lacks it. The
@@ -136,22 +146,29 @@ impl NodeArtifacts {
         .map_err(|e| ApiError::internal(e.to_string()))?
     }
 
-    /// Every artifact the ledger references: each function's bundle and the code of every
-    /// stored capsule version.
+    /// Every blob something references: each function's bundle and the code of every stored
+    /// capsule version (from the ledger), and every blob of every image this node names.
+    /// Blocking (it reads the images' manifests).
     pub fn referenced(&self) -> BTreeSet<BlobId> {
+        let mut keep = self.in_ledger();
+        keep.extend(self.images.referenced());
+        keep
+    }
+
+    fn in_ledger(&self) -> BTreeSet<BlobId> {
         let state = self.ledger.state();
         let functions = state.functions().map(|f| f.spec.artifact);
         let capsules = state.capsules().flat_map(|(_, versions)| versions.iter().filter_map(|v| v.spec.artifact));
         functions.chain(capsules).map(BlobId::from).collect()
     }
 
-    /// Remove artifacts (and their unpacked bundles) the ledger no longer references, once
+    /// Remove blobs (and unpacked bundles) nothing references any more, once
     /// unused for [`GC_MIN_UNUSED`], or sooner while the store is over [`GC_MAX_BYTES`].
     pub fn collect_garbage(&self) {
-        let keep = self.referenced();
-        let store = self.store.clone();
-        let bundles = self.bundles.clone();
+        let mut keep = self.in_ledger();
+        let (store, images, bundles) = (self.store.clone(), self.images.clone(), self.bundles.clone());
         tokio::task::spawn_blocking(move || {
+            keep.extend(images.referenced());
             match store.gc(&keep, crate::clock::system_now(), GC_MIN_UNUSED, GC_MAX_BYTES) {
                 Ok(report) if report.freed_bytes > 0 => tracing::info!(?report, "artifacts collected"),
                 Ok(_) => {}

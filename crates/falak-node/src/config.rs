@@ -57,6 +57,14 @@ pub struct NodeConfigDocument {
     /// How often each task attempt's working directory is measured against its disk limit,
     /// e.g. `250ms` (the default).
     pub disk_check_interval: Option<String>,
+    /// Registries this node reaches over plain HTTP, as `host:port` (e.g. a local
+    /// `127.0.0.1:5000`); every other registry only over HTTPS.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// Credentials by registry `host:port`: `{ username, password }` (basic auth, or the
+    /// credentials a token service asks for).
+    #[serde(default)]
+    pub registry_auth: BTreeMap<String, falak_image::RegistryAuth>,
 }
 
 /// The membership timing preset (`docs/design/membership.md`).
@@ -98,6 +106,8 @@ pub struct NodeConfig {
     /// the filesystem's size when the node starts (`falak_exec::DiskReserve::default_bytes`).
     pub disk_reserve: Option<u64>,
     pub disk_check_interval: Duration,
+    pub insecure_registries: Vec<String>,
+    pub registry_auth: BTreeMap<String, falak_image::RegistryAuth>,
 }
 
 /// Why a node config is not usable.
@@ -209,6 +219,16 @@ impl NodeConfigDocument {
                 ),
             ));
         }
+        for registry in self.insecure_registries.iter().chain(self.registry_auth.keys()) {
+            if registry.is_empty() || registry.contains("://") || registry.contains('/') {
+                return Err(err(
+                    "insecure_registries",
+                    format!(
+                        "{registry:?} is not a registry host; write `host:port`, e.g. `127.0.0.1:5000`, without a scheme or path"
+                    ),
+                ));
+            }
+        }
         let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         Ok(NodeConfig {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(format!(".falak/{name}"))),
@@ -227,6 +247,8 @@ impl NodeConfigDocument {
             failure_detection: self.failure_detection.unwrap_or_default(),
             disk_reserve,
             disk_check_interval,
+            insecure_registries: self.insecure_registries,
+            registry_auth: self.registry_auth,
         })
     }
 }
@@ -248,6 +270,24 @@ mod tests {
         let doc: NodeConfigDocument = from_yaml("disk_reserve: 2Gi\ndisk_check_interval: 500ms").unwrap();
         let cfg = doc.resolve(Resources::ZERO).unwrap();
         assert_eq!((cfg.disk_reserve, cfg.disk_check_interval), (Some(2 << 30), Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn registries_are_hosts_and_credentials_are_never_printed() {
+        let doc: NodeConfigDocument = from_yaml(
+            "insecure_registries: [\"127.0.0.1:5000\"]\nregistry_auth: { \"ghcr.io\": { username: me, password: hunter2 } }",
+        )
+        .unwrap();
+        let cfg = doc.resolve(Resources::ZERO).unwrap();
+        assert_eq!(cfg.insecure_registries, ["127.0.0.1:5000"]);
+        assert_eq!(cfg.registry_auth["ghcr.io"].username, "me");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let bad = from_yaml::<NodeConfigDocument>("insecure_registries: [\"http://127.0.0.1:5000\"]").unwrap();
+        let error = bad.resolve(Resources::ZERO).unwrap_err().to_string();
+        assert!(
+            error.starts_with("field `insecure_registries`: \"http://127.0.0.1:5000\" is not a registry host"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -182,6 +182,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         membership.watch(),
     )?;
     dyn_transport.serve(Protocol::Artifact, artifacts.handler());
+    let images = crate::images::NodeImages::new(artifacts.clone(), &config);
     let runner = Runner::new(
         executor,
         tasks_dir.clone(),
@@ -263,6 +264,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             files.bootstrap.iter().flat_map(|b| b.deployers.iter().map(|d| d.id)).collect(),
         ),
         functions,
+        images,
         events: (events_tx, events_rx),
         disk_reserve,
     });

@@ -14,6 +14,7 @@ pub mod events;
 pub mod functions;
 pub mod host;
 pub mod https;
+pub mod images;
 pub mod join;
 pub mod main_loop;
 pub mod membership;

@@ -115,6 +115,7 @@ pub struct MainLoop {
     /// The credentials in this node's `bootstrap.json`: it is not ready before its replica holds them.
     pub(crate) bootstrap_credentials: (Vec<falak_core::access::TokenId>, Vec<falak_core::signing::DeployerId>),
     pub(crate) functions: Arc<crate::functions::FunctionHost>,
+    pub(crate) images: Arc<crate::images::NodeImages>,
     pub(crate) tx: EventSender,
     rx: mpsc::UnboundedReceiver<Event>,
     actions: mpsc::Receiver<falak_api::Action>,
@@ -158,6 +159,8 @@ pub struct MainLoopParts {
     /// `bootstrap.json`; empty on joiners).
     pub bootstrap_credentials: (Vec<falak_core::access::TokenId>, Vec<falak_core::signing::DeployerId>),
     pub functions: Arc<crate::functions::FunctionHost>,
+    /// Image pulls and imports (`crate::images`).
+    pub images: Arc<crate::images::NodeImages>,
     /// The loop's event channel, made by the caller so parts beside the loop can send to it.
     pub events: (EventSender, mpsc::UnboundedReceiver<Event>),
     /// Free space kept on the data dir's filesystem for the ledger.
@@ -191,6 +194,7 @@ impl MainLoop {
             secrets: parts.secrets,
             bootstrap_credentials: parts.bootstrap_credentials,
             functions: parts.functions,
+            images: parts.images,
             tx,
             rx,
             actions: parts.actions,

@@ -315,6 +315,7 @@ impl FakeNode {
                 let _ = reply.send(Ok(self.subscribe(start, follow)));
             }
             Action::Function(action) => action.fail(ApiError::unavailable("the fake node runs no functions")),
+            Action::Image(action) => action.fail(ApiError::unavailable("the fake node holds no images")),
             action @ (Action::CreateToken { .. }
             | Action::CreateJoinToken { .. }
             | Action::ListJoinTokens { .. }

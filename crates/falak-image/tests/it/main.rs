@@ -1,1 +1,4 @@
 //! Integration tests of falak-image.
+
+mod import;
+mod unpack;

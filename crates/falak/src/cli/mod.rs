@@ -15,6 +15,7 @@ pub mod deployer;
 pub mod events;
 pub mod explain;
 pub mod function;
+pub mod image;
 pub mod job;
 pub mod logging;
 pub mod mesh;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Apply, list and show capsules.
     #[command(subcommand)]
     Capsule(capsule::CapsuleCommand),
+    /// Import, pull, list, inspect and remove the images of the node the CLI talks to.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Submit, watch and inspect jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
@@ -242,6 +246,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 Command::Nodes => nodes::run(&ctx).await,
                 Command::Capsule(command) => capsule::run(&ctx, command).await,
+                Command::Image(command) => image::run(&ctx, command).await,
                 Command::Job(command) => job::run(&ctx, command).await,
                 Command::Service(command) => service::run(&ctx, command).await,
                 Command::Fn(command) => function::run(&ctx, command).await,

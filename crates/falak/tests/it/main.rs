@@ -9,6 +9,7 @@ mod disk;
 mod failover;
 mod functions;
 mod history;
+mod images;
 mod isolation;
 mod no_namespaces;
 mod partition;

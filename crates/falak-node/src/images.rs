@@ -1,0 +1,218 @@
+//! The node's images: pulls that ask peers for every blob before the registry (so a mesh
+//! asks a registry for an image about once while a peer holds it), imports of archives
+//! streamed through the API, and the API's image answers. The store and the index are
+//! `crate::artifacts::NodeArtifacts`'s; `falak_image` does the OCI work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use falak_api::ApiError;
+use falak_api::image::{
+    ImageAction, ImageDetails, ImageImported, ImageInfo, ImageLayer, ImagePulled, ImageRemoved, MAX_IMPORT_BYTES,
+};
+use falak_artifact::Sha256Digest;
+use falak_image::{ImageError, Images, Registry};
+use futures_util::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::artifacts::NodeArtifacts;
+
+/// Pulls and imports on this node.
+pub struct NodeImages {
+    artifacts: Arc<NodeArtifacts>,
+    registry: Registry,
+    /// Archives being received, removed once imported (or refused).
+    incoming: PathBuf,
+}
+
+impl NodeImages {
+    pub fn new(artifacts: Arc<NodeArtifacts>, config: &crate::config::NodeConfig) -> Arc<NodeImages> {
+        let registry = Registry::new(config.insecure_registries.clone(), config.registry_auth.clone());
+        let incoming = config.data_dir.join("images").join("incoming");
+        // What a crash left half-received.
+        let _ = std::fs::remove_dir_all(&incoming);
+        Arc::new(NodeImages { artifacts, registry, incoming })
+    }
+
+    fn images(&self) -> &Arc<Images> {
+        self.artifacts.images()
+    }
+
+    /// Answer one image action (never blocks the caller).
+    pub fn handle(self: &Arc<Self>, action: ImageAction) {
+        let this = self.clone();
+        tokio::spawn(async move { this.answer(action).await });
+    }
+
+    async fn answer(self: Arc<Self>, action: ImageAction) {
+        match action {
+            ImageAction::Pull { reference, reply } => {
+                let _ = reply.send(self.pull(&reference).await.map_err(api_error));
+            }
+            ImageAction::Import { body, name, reply } => {
+                let _ = reply.send(self.import(body, name).await);
+            }
+            ImageAction::List { reply } => {
+                let images = self.images().clone();
+                let listed = blocking(move || Ok(images.list())).await;
+                let _ = reply.send(listed.map(|list| list.into_iter().map(info).collect()));
+            }
+            ImageAction::Inspect { image, reply } => {
+                let images = self.images().clone();
+                let details = blocking(move || {
+                    let digest = images.resolve(&image).ok_or_else(|| ImageError::NotFound(image.clone()))?;
+                    images.inspect(digest)
+                })
+                .await;
+                let _ = reply.send(details.map(|d| {
+                    ImageDetails {
+                        image: info(d.summary),
+                        config_digest: d.config_digest,
+                        layers: d
+                            .layers
+                            .into_iter()
+                            .map(|l| ImageLayer { digest: l.digest, size: l.size, media_type: l.media_type })
+                            .collect(),
+                        entrypoint: d.entrypoint,
+                        cmd: d.cmd,
+                        env: d.env,
+                        working_dir: d.working_dir,
+                        user: d.user,
+                    }
+                }));
+            }
+            ImageAction::Remove { image, reply } => {
+                let images = self.images().clone();
+                let removed = blocking(move || images.remove(&image)).await;
+                let _ = reply.send(removed.map(|(digest, names)| ImageRemoved { digest: digest.to_string(), names }));
+            }
+        }
+    }
+
+    /// Hold `reference` here: its manifest from the registry (a tag is the registry's to
+    /// resolve; a digest a peer may already hold), then every blob this node lacks from a peer
+    /// that holds it, else from the registry. Each blob is checked against its digest.
+    pub async fn pull(&self, reference: &str) -> Result<ImagePulled, ImageError> {
+        let parsed = falak_image::Reference::try_from(reference)
+            .map_err(|e| ImageError::BadReference(reference.to_owned(), e.to_string()))?;
+        let pinned: Option<Sha256Digest> = parsed.digest().and_then(|d| d.parse().ok());
+        let images = self.images().clone();
+        let digest = match pinned {
+            Some(digest) if self.artifacts.hold(digest).await.is_ok() && self.images().manifest(digest).is_ok() => {
+                digest
+            }
+            _ => self.registry.manifest(&images, reference).await?.1,
+        };
+        let manifest = images.manifest(digest)?;
+        let (mut pulled, mut from_registry_bytes) = ((0, 0, 0), 0);
+        for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            let blob = falak_image::store::descriptor_digest(descriptor)?;
+            if images.blobs().contains(blob) {
+                pulled.2 += 1;
+            } else if self.artifacts.hold(blob).await.is_ok() {
+                pulled.1 += 1;
+            } else {
+                from_registry_bytes += self.registry.blob(&images, &parsed, descriptor).await?;
+                pulled.0 += 1;
+            }
+        }
+        let name = parsed.whole();
+        let tag = name.clone();
+        // Unpacked now, so a layer that escapes its root is refused before the image is
+        // named, and a container of it starts without waiting for the unpack.
+        tokio::task::spawn_blocking(move || images.rootfs(digest).and_then(|_| images.tag(&tag, digest)))
+            .await
+            .map_err(|e| ImageError::Store(e.to_string()))??;
+        tracing::info!(image = %name, %digest, registry_blobs = pulled.0, peer_blobs = pulled.1, "image pulled");
+        Ok(ImagePulled {
+            name,
+            digest: digest.to_string(),
+            registry_blobs: pulled.0,
+            registry_bytes: from_registry_bytes,
+            peer_blobs: pulled.1,
+            held_blobs: pulled.2,
+        })
+    }
+
+    /// Receive an archive into `incoming/`, import it, remove it.
+    async fn import(&self, body: axum::body::Body, name: Option<String>) -> Result<Vec<ImageImported>, ApiError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        tokio::fs::create_dir_all(&self.incoming)
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot make {}: {e}", self.incoming.display())))?;
+        let path = self.incoming.join(format!("{}-{}.tar", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let received = receive(body, &path).await;
+        let result = match received {
+            Ok(0) => Err(ApiError::invalid("request body is empty; send the image archive")),
+            Ok(_) => {
+                let (images, archive) = (self.images().clone(), path.clone());
+                blocking(move || falak_image::import(&images, &archive, name.as_deref())).await.map(|imported| {
+                    imported
+                        .into_iter()
+                        .map(|i| ImageImported { digest: i.digest.to_string(), names: i.names })
+                        .collect()
+                })
+            }
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_file(&path).await;
+        result
+    }
+}
+
+/// Write the request body to `path`, at most [`MAX_IMPORT_BYTES`]; the bytes written.
+async fn receive(body: axum::body::Body, path: &std::path::Path) -> Result<u64, ApiError> {
+    let io = |e: std::io::Error| ApiError::internal(format!("cannot write {}: {e}", path.display()));
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut stream = body.into_data_stream();
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
+        written += chunk.len() as u64;
+        if written > MAX_IMPORT_BYTES {
+            return Err(ApiError::too_large(format!("an image archive is at most {MAX_IMPORT_BYTES} bytes")));
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    Ok(written)
+}
+
+fn info(summary: falak_image::ImageSummary) -> ImageInfo {
+    ImageInfo {
+        digest: summary.digest.to_string(),
+        names: summary.names,
+        size: summary.size,
+        layers: summary.layers,
+        platform: summary.platform,
+    }
+}
+
+/// How an image error reaches the API: not found is 404, bad input 400, the rest 502 (the
+/// registry) or 500 (this node).
+pub fn api_error(error: ImageError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        ImageError::NotFound(_) => ApiError::not_found(message),
+        ImageError::BadReference(..)
+        | ImageError::BadArchive { .. }
+        | ImageError::BadManifest { .. }
+        | ImageError::DigestMismatch { .. }
+        | ImageError::Unpack(_) => ApiError::invalid(message),
+        ImageError::Registry { .. } | ImageError::MissingBlob { .. } => {
+            ApiError::new(falak_api::ErrorCode::BadGateway, message)
+        }
+        ImageError::Io { .. } | ImageError::Store(_) => ApiError::internal(message),
+    }
+}
+
+/// Run blocking image work off the async threads, its error as the API's.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(api_error),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
