@@ -243,3 +243,44 @@ async fn a_mesh_asks_the_registry_once_and_refuses_wrong_bytes_and_escaping_laye
     let gone = mesh.nodes[2].client.image("local/app:imported").await.unwrap_err().to_string();
     assert!(gone.contains("no image named"), "{gone}");
 }
+
+/// The image commands as a user who is not root (the test drops to one when it runs as root):
+/// `falak up --insecure-registry`, then `falak image pull | list | inspect | import | rm`; the
+/// node unpacks the root filesystem as that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_user_pulls_imports_and_removes_images_with_the_cli() {
+    use super::isolation::{Workspace, unprivileged_user};
+    let registry = Registry::start();
+    let ws = Workspace::new(unprivileged_user());
+    let layout = ws.cwd.join("app-layout");
+    let app = build_layout(&layout, "v1", &[layer(&[("bin/hello", b"#!/bin/sh\necho hello\n")])]);
+    push(&layout, "v1", &registry, "app");
+    if let Some(user) = &ws.user {
+        let out =
+            Command::new("chown").args(["-R", &format!("{}:{}", user.uid, user.gid)]).arg(&layout).output().unwrap();
+        assert!(out.status.success());
+    }
+    let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0", "--insecure-registry", &registry.addr]);
+    mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(180)).await;
+    let reference = format!("{}/app:v1", registry.addr);
+
+    let pulled = ws.run(&["image", "pull", &reference], Duration::from_secs(60)).await;
+    assert!(pulled.starts_with(&format!("pulled {reference} {}", app.manifest)), "{pulled}");
+    assert!(pulled.contains("(2 blobs from the registry"), "{pulled}");
+    let rootfs = ws.cwd.join(".falak/node-1/images/rootfs").join(app.manifest.hex());
+    assert_eq!(std::fs::read_to_string(rootfs.join("bin/hello")).unwrap(), "#!/bin/sh\necho hello\n");
+
+    let listed = ws.run(&["image", "list"], Duration::from_secs(30)).await;
+    assert!(listed.contains(&reference) && listed.contains(&app.manifest.hex()[..12]), "{listed}");
+    let shown = ws.run(&["image", "inspect", &app.manifest.hex()[..12]], Duration::from_secs(30)).await;
+    assert!(shown.contains(&format!("digest:      {}", app.manifest)), "{shown}");
+
+    // The layout directory imports as is (the CLI sends it as a tar) under a name of ours.
+    let imported = ws.run(&["image", "import", "app-layout", "--name", "local/tool:1"], Duration::from_secs(60)).await;
+    assert_eq!(imported.trim(), format!("imported docker.io/local/tool:1 {}", app.manifest));
+    let removed = ws.run(&["image", "rm", &app.manifest.to_string()], Duration::from_secs(30)).await;
+    assert!(removed.contains("docker.io/local/tool:1") && removed.contains(&reference), "{removed}");
+    let empty = ws.run(&["image", "list"], Duration::from_secs(30)).await;
+    assert!(empty.starts_with("no images on this node"), "{empty}");
+    mesh.stop_within(Duration::from_secs(30)).await;
+}

@@ -79,6 +79,11 @@ pub struct UpArgs {
     /// prints the command that starts the node again, and follows the node once it runs.
     #[arg(long)]
     pub restart: bool,
+    /// A registry the nodes may reach over plain HTTP (`HOST:PORT`, e.g. a local
+    /// `127.0.0.1:5000`); repeatable. Added to every node's `insecure_registries`, also on a
+    /// restart.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// The file in the data dir that records the running mesh.
@@ -101,7 +106,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mesh_file = root.join(MESH_JSON);
     let _lock = lock_data_dir(&root)?;
     check_not_running(&mesh_file, std::process::id())?;
-    let setups = prepare(&plan, &root, args.base_port)?;
+    if let Some(bad) = args.insecure_registries.iter().find(|r| r.is_empty() || r.contains("://") || r.contains('/')) {
+        anyhow::bail!("--insecure-registry {bad:?}: write HOST:PORT, e.g. 127.0.0.1:5000, without a scheme or path");
+    }
+    let mut setups = prepare(&plan, &root, args.base_port)?;
+    if !args.insecure_registries.is_empty() {
+        for setup in &mut setups {
+            let registries = &mut setup.config.insecure_registries;
+            for registry in &args.insecure_registries {
+                if !registries.contains(registry) {
+                    registries.push(registry.clone());
+                }
+            }
+            write_node_config(setup)?;
+        }
+    }
     let mut signals = Signals::new()?;
     let mut supervisor = Supervisor::new(&root, args.restart);
     let result = run_mesh(&plan.name, &root, &setups, &mut supervisor, &mut signals, args.demo).await;
@@ -808,7 +827,15 @@ mod tests {
     use super::*;
 
     fn args() -> UpArgs {
-        UpArgs { file: None, nodes: None, data_dir: None, base_port: None, demo: false, restart: false }
+        UpArgs {
+            file: None,
+            nodes: None,
+            data_dir: None,
+            base_port: None,
+            demo: false,
+            restart: false,
+            insecure_registries: Vec::new(),
+        }
     }
 
     #[test]
