@@ -86,6 +86,7 @@ pub const BENCHES: &[Bench] = &[
             ("fn-requests-per-second", "≥ 20,000/s per node"),
         ],
     },
+    Bench { name: "images", rows: &[("image-registry-bytes", "≈ 1× the image for 3 nodes")] },
 ];
 
 /// Run benchmark `name`; a failure becomes an ERROR row per row it would have reported.
@@ -100,6 +101,7 @@ pub async fn run(ctx: &Ctx, bench: &Bench) -> Vec<Row> {
         "leader-failover" => leader_failover(ctx).await,
         "heal" => crate::heal::heal(ctx).await,
         "functions" => crate::functions::functions(ctx).await,
+        "images" => crate::images::images(ctx).await,
         other => Err(anyhow!("unknown benchmark {other}")),
     };
     match result {
@@ -115,8 +117,14 @@ impl Ctx {
 
     /// A fresh mesh of `nodes` nodes, ready and every node HEALTHY everywhere.
     pub(crate) async fn mesh(&self, bench: &str, nodes: usize) -> Result<Mesh> {
+        self.mesh_with(bench, MeshOptions::new(nodes)).await
+    }
+
+    /// [`Ctx::mesh`] with `options` (this run's membership preset applied).
+    pub(crate) async fn mesh_with(&self, bench: &str, options: MeshOptions) -> Result<Mesh> {
         let started = Instant::now();
-        let options = MeshOptions { failure_detection: self.failure_detection, ..MeshOptions::new(nodes) };
+        let nodes = options.nodes;
+        let options = MeshOptions { failure_detection: self.failure_detection, ..options };
         let mut mesh = Mesh::start(&self.falak, &self.root.join(bench), &options)
             .with_context(|| format!("{bench}: starting a {nodes}-node mesh"))?;
         mesh.wait_ready(Duration::from_secs(60)).await.with_context(|| format!("{bench}: waiting for the mesh"))?;

@@ -5,6 +5,8 @@
 //! - [`benches`]: the benchmarks, each printing its samples, its floor and its verdict.
 //! - [`functions`]: the functions group (starts, gateway overhead, requests/s) and `serve-noop`.
 //! - [`heal`]: a partition of the ledger leader heals cleanly (issue 9).
+//! - [`images`]: registry bytes and pull times of one image on three nodes (issue 11).
+//! - [`registry`]: a local `docker-registry`, images built as OCI layouts, `skopeo` pushes.
 //! - [`netfilter`]: cut a node off the others with iptables (partition tests, the heal benchmark).
 //! - [`report`]: the summary table and the JSON report.
 
@@ -13,7 +15,9 @@
 pub mod benches;
 pub mod functions;
 pub mod heal;
+pub mod images;
 pub mod mesh;
 pub mod netfilter;
+pub mod registry;
 pub mod report;
 pub mod stats;

@@ -30,6 +30,8 @@ pub struct MeshOptions {
     pub failure_detection: Option<FailureDetection>,
     /// Registries the nodes reach over plain HTTP (a local `docker-registry`).
     pub insecure_registries: Vec<String>,
+    /// Registry credentials every node has.
+    pub registry_auth: std::collections::BTreeMap<String, falak_image::RegistryAuth>,
 }
 
 impl MeshOptions {
@@ -42,6 +44,7 @@ impl MeshOptions {
             lease: "2s".into(),
             failure_detection: None,
             insecure_registries: Vec::new(),
+            registry_auth: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -113,6 +116,7 @@ impl Mesh {
             lease: Some(options.lease.clone()),
             failure_detection: options.failure_detection,
             insecure_registries: options.insecure_registries.clone(),
+            registry_auth: options.registry_auth.clone(),
             ..NodeConfigDocument::default()
         };
         let provisioned = provision_loopback("bench", dir, options.nodes, &template, falak_node::clock::system_now())
@@ -125,6 +129,8 @@ impl Mesh {
             let dir = doc.data_dir.clone().context("data dir")?;
             let config = dir.join("node.yaml");
             std::fs::write(&config, yaml_serde::to_string(&doc)?).with_context(|| format!("writing {config:?}"))?;
+            // As `falak up` writes it: only the node reads it (registry credentials).
+            std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             let api = format!("https://{}", doc.api_addr.context("api addr")?);
             nodes.push(Node {
                 name: doc.name.clone().context("name")?,

@@ -222,7 +222,15 @@ impl Registry {
 }
 
 fn registry_error(reference: &Reference, error: &oci_client::errors::OciDistributionError) -> ImageError {
-    ImageError::Registry { reference: reference.whole(), message: error.to_string() }
+    use oci_client::errors::OciDistributionError as E;
+    let mut message = error.to_string();
+    if matches!(error, E::AuthenticationFailure(_) | E::UnauthorizedError { .. }) {
+        message.push_str(&format!(
+            "; the registry wants credentials: give this node a `registry_auth` entry for {} in its node.yaml",
+            reference.registry()
+        ));
+    }
+    ImageError::Registry { reference: reference.whole(), message }
 }
 
 async fn store_small(images: &Arc<Images>, digest: Sha256Digest, bytes: bytes::Bytes) -> Result<(), ImageError> {

@@ -284,6 +284,32 @@ impl Images {
         keep
     }
 
+    /// Remove the unpacked roots of images no name points at any more (their blobs go with the
+    /// store's collection). A root made without root privileges may hold read-only
+    /// directories: their modes are relaxed first. Blocking; returns how many were removed.
+    pub fn collect_roots(&self) -> usize {
+        let named: BTreeSet<Sha256Digest> =
+            self.refs.lock().unwrap_or_else(PoisonError::into_inner).names.values().copied().collect();
+        let Ok(entries) = fs::read_dir(self.rootfs_dir()) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Some(digest) = entry.file_name().to_str().and_then(|h| format!("sha256:{h}").parse().ok()) else {
+                continue;
+            };
+            if named.contains(&digest) {
+                continue;
+            }
+            relax_modes(&entry.path());
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(error) => {
+                    tracing::warn!(%error, root = %entry.path().display(), "cannot remove an unused image root")
+                }
+            }
+        }
+        removed
+    }
+
     /// The manifest's own blob, its config and its layers.
     pub fn blobs_of(&self, digest: Sha256Digest) -> BTreeSet<BlobId> {
         let mut blobs = BTreeSet::from([BlobId::Sha256(digest)]);
@@ -333,6 +359,26 @@ impl Images {
             .collect();
         crate::unpack::unpack_layers(&layers, &dest, &crate::unpack::UnpackLimits::default())?;
         Ok(dest)
+    }
+}
+
+/// Give the owner write and search permission on every directory under `dir` (never following
+/// links), so the tree can be removed.
+fn relax_modes(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&dir) else { continue };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o700));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
     }
 }
 

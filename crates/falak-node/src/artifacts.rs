@@ -169,6 +169,10 @@ impl NodeArtifacts {
         let (store, images, bundles) = (self.store.clone(), self.images.clone(), self.bundles.clone());
         tokio::task::spawn_blocking(move || {
             keep.extend(images.referenced());
+            let roots = images.collect_roots();
+            if roots > 0 {
+                tracing::info!(roots, "removed the unpacked roots of images no name points at");
+            }
             match store.gc(&keep, crate::clock::system_now(), GC_MIN_UNUSED, GC_MAX_BYTES) {
                 Ok(report) if report.freed_bytes > 0 => tracing::info!(?report, "artifacts collected"),
                 Ok(_) => {}

@@ -152,6 +152,10 @@ fn an_oci_layout_imports_from_a_directory_and_from_a_tar_under_its_digest() {
     assert_eq!(images.remove(&app.manifest.to_string()).unwrap().1, ["registry.local/team/app:v2"]);
     assert!(images.list().is_empty());
     assert!(matches!(images.remove("127.0.0.1:5000/app:v1"), Err(ImageError::NotFound(_))));
+    // The root goes with the last name (read-only directories included).
+    std::fs::set_permissions(rootfs.join("srv"), std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    assert_eq!(images.collect_roots(), 1);
+    assert!(!rootfs.exists());
 }
 
 #[test]

@@ -4,168 +4,12 @@
 //! first (the registry's access log is counted); a blob whose bytes the registry's disk no
 //! longer matches is refused; a layer that escapes the root is refused; an archive imports.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use falak_artifact::Sha256Digest;
 use falak_bench::mesh::{Mesh, MeshOptions};
-use serde_json::json;
-
-/// A `docker-registry` serving plain HTTP on a loopback port, its log in a file.
-pub struct Registry {
-    pub addr: String,
-    pub data: PathBuf,
-    log: PathBuf,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    pub fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let data = dir.path().join("data");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{ level: info, formatter: text }}\nstorage: {{ filesystem: {{ rootdirectory: {} }} }}\nhttp: {{ addr: {addr} }}\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("registry.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry; .ci/run installs it) starts");
-        let registry = Registry { addr, data, log, child, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&registry.addr).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not listen: {}", registry.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Blob downloads the registry served (its access log), of repository `repo`.
-    pub fn blob_gets(&self, repo: &str) -> usize {
-        let needle = format!("\"GET /v2/{repo}/blobs/");
-        self.log_text().lines().filter(|l| l.contains(&needle)).count()
-    }
-
-    /// The registry's file of blob `digest` (the filesystem driver's layout).
-    pub fn blob_file(&self, digest: Sha256Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.data.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A layer: an uncompressed tar of `files` (names written raw, so `../x` can be made).
-pub fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, bytes) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o755);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.set_cksum();
-        builder.append(&header, *bytes).unwrap();
-    }
-    builder.into_inner().unwrap()
-}
-
-/// An image written as an OCI layout in `dir` with tag `tag`.
-pub struct Built {
-    pub manifest: Sha256Digest,
-    pub layers: Vec<Sha256Digest>,
-}
-
-pub fn build_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Built {
-    let (os, arch) = falak_image::host_platform();
-    let config = serde_json::to_vec(&json!({
-        "architecture": arch, "os": os,
-        "config": { "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"] },
-        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| Sha256Digest::of(l).to_string()).collect::<Vec<_>>() }
-    }))
-    .unwrap();
-    let mut blobs = BTreeMap::from([(Sha256Digest::of(&config), config.clone())]);
-    let mut descriptors = Vec::new();
-    let mut digests = Vec::new();
-    for l in layers {
-        let d = Sha256Digest::of(l);
-        digests.push(d);
-        blobs.insert(d, l.clone());
-        descriptors.push(
-            json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": l.len() }),
-        );
-    }
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": Sha256Digest::of(&config).to_string(), "size": config.len() },
-        "layers": descriptors,
-    }))
-    .unwrap();
-    let digest = Sha256Digest::of(&manifest);
-    blobs.insert(digest, manifest.clone());
-    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    for (d, bytes) in &blobs {
-        std::fs::write(dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-    }
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = json!({ "schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest.to_string(), "size": manifest.len(),
-        "annotations": { "org.opencontainers.image.ref.name": tag } }] });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    Built { manifest: digest, layers: digests }
-}
-
-/// `skopeo copy oci:DIR:TAG docker://REGISTRY/REPO:TAG` over plain HTTP.
-pub fn push(layout: &Path, tag: &str, registry: &Registry, repo: &str) {
-    let out = Command::new("skopeo")
-        .args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{}/{repo}:{tag}", registry.addr))
-        .stdin(Stdio::null())
-        .output()
-        .expect("skopeo (Debian package skopeo; .ci/run installs it) runs");
-    assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Deterministic bytes that do not compress (so sizes mean something).
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+use falak_bench::registry::{Registry, build_layout, layer, noise, push};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_falak"))
@@ -173,19 +17,20 @@ fn binary() -> &'static Path {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_asks_the_registry_once_and_refuses_wrong_bytes_and_escaping_layers() {
-    let registry = Registry::start();
+    let registry = Registry::start().unwrap();
     let work = tempfile::tempdir().unwrap();
     let big = noise(4 << 20, 7);
     let app = build_layout(
         &work.path().join("app"),
         "v1",
         &[layer(&[("data/big.bin", &big)]), layer(&[("bin/hello", b"#!/bin/sh\necho hello\n")])],
-    );
-    push(&work.path().join("app"), "v1", &registry, "app");
-    let evil = build_layout(&work.path().join("evil"), "v1", &[layer(&[("../escaped", b"x")])]);
-    push(&work.path().join("evil"), "v1", &registry, "evil");
-    let bad = build_layout(&work.path().join("bad"), "v1", &[layer(&[("data/x", &noise(1 << 20, 9))])]);
-    push(&work.path().join("bad"), "v1", &registry, "bad");
+    )
+    .unwrap();
+    push(&work.path().join("app"), "v1", &registry, "app").unwrap();
+    let evil = build_layout(&work.path().join("evil"), "v1", &[layer(&[("../escaped", b"x")])]).unwrap();
+    push(&work.path().join("evil"), "v1", &registry, "evil").unwrap();
+    let bad = build_layout(&work.path().join("bad"), "v1", &[layer(&[("data/x", &noise(1 << 20, 9))])]).unwrap();
+    push(&work.path().join("bad"), "v1", &registry, "bad").unwrap();
     let gets_after_push = registry.blob_gets("app");
 
     let options = MeshOptions { insecure_registries: vec![registry.addr.clone()], ..MeshOptions::new(3) };
@@ -250,11 +95,11 @@ async fn a_mesh_asks_the_registry_once_and_refuses_wrong_bytes_and_escaping_laye
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unprivileged_user_pulls_imports_and_removes_images_with_the_cli() {
     use super::isolation::{Workspace, unprivileged_user};
-    let registry = Registry::start();
+    let registry = Registry::start().unwrap();
     let ws = Workspace::new(unprivileged_user());
     let layout = ws.cwd.join("app-layout");
-    let app = build_layout(&layout, "v1", &[layer(&[("bin/hello", b"#!/bin/sh\necho hello\n")])]);
-    push(&layout, "v1", &registry, "app");
+    let app = build_layout(&layout, "v1", &[layer(&[("bin/hello", b"#!/bin/sh\necho hello\n")])]).unwrap();
+    push(&layout, "v1", &registry, "app").unwrap();
     if let Some(user) = &ws.user {
         let out =
             Command::new("chown").args(["-R", &format!("{}:{}", user.uid, user.gid)]).arg(&layout).output().unwrap();
@@ -283,4 +128,41 @@ async fn an_unprivileged_user_pulls_imports_and_removes_images_with_the_cli() {
     let empty = ws.run(&["image", "list"], Duration::from_secs(30)).await;
     assert!(empty.starts_with("no images on this node"), "{empty}");
     mesh.stop_within(Duration::from_secs(30)).await;
+}
+
+/// A registry that asks for a password (basic auth): a node configured with `registry_auth`
+/// pulls; a node without credentials is refused with the registry's answer, and names nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_asks_for_a_password_gets_it_only_from_nodes_configured_with_it() {
+    let registry = Registry::start_with_auth("falak", "s3cret-pw").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let app = build_layout(&work.path().join("app"), "v1", &[layer(&[("bin/hello", b"hi\n")])]).unwrap();
+    push(&work.path().join("app"), "v1", &registry, "app").unwrap();
+    let reference = format!("{}/app:v1", registry.addr);
+
+    let auth = falak_image::RegistryAuth { username: "falak".into(), password: "s3cret-pw".into() };
+    let options = MeshOptions {
+        insecure_registries: vec![registry.addr.clone()],
+        registry_auth: [(registry.addr.clone(), auth)].into(),
+        ..MeshOptions::new(1)
+    };
+    let mut with = Mesh::start(binary(), &work.path().join("with"), &options).unwrap();
+    with.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let pulled = with.nodes[0].client.pull_image(&reference).await.unwrap();
+    assert_eq!((pulled.digest, pulled.registry_blobs), (app.manifest.to_string(), 2));
+    let config = std::fs::read_to_string(&with.nodes[0].config).unwrap();
+    assert!(config.contains("s3cret-pw"), "the password is in node.yaml");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&with.nodes[0].config).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "which only the node's user reads");
+    assert!(!with.nodes[0].log_tail(10_000).contains("s3cret-pw"), "and never in its log");
+
+    let options = MeshOptions { insecure_registries: vec![registry.addr.clone()], ..MeshOptions::new(1) };
+    let mut without = Mesh::start(binary(), &work.path().join("without"), &options).unwrap();
+    without.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let error = without.nodes[0].client.pull_image(&reference).await.unwrap_err().to_string();
+    assert!(error.starts_with(&format!("pulling {reference}:")), "{error}");
+    let hint = format!("give this node a `registry_auth` entry for {} in its node.yaml", registry.addr);
+    assert!(error.contains("Not authorized") && error.ends_with(&hint), "{error}");
+    assert!(without.nodes[0].client.images().await.unwrap().is_empty());
 }

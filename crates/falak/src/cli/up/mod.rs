@@ -365,7 +365,8 @@ fn write_node_config(setup: &NodeSetup) -> anyhow::Result<()> {
     let text = yaml_serde::to_string(&setup.config).with_context(|| format!("cannot render {}", path.display()))?;
     let text = format!("# written by `falak up` for node {} of a local mesh\n{text}", setup.name);
     mesh_files::make_data_dir(&setup.dir)?;
-    write_atomic(&path, text.as_bytes(), 0o644)
+    // Only the node reads it: it may hold registry credentials.
+    write_atomic(&path, text.as_bytes(), 0o600)
 }
 
 /// Whether a node data dir was provisioned by `falak up` (the bootstrap file is written last).
