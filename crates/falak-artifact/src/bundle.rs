@@ -16,7 +16,6 @@
 //! bundle root. `..` after a name is refused even when it would resolve inside lexically: the
 //! name may itself be a symlink (`d/s -> ..` makes `d/s/..` the root's parent).
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
@@ -24,13 +23,14 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use tar::EntryType;
+
+use crate::budget::{Bounded, Budget};
 
 /// Largest bundle as stored: the archive bytes, compressed or not (64 MiB).
 pub const MAX_BUNDLE_BYTES: u64 = 64 << 20;
@@ -280,8 +280,8 @@ fn for_each_entry(
     }
     let gzip = bytes.starts_with(&GZIP_MAGIC);
     let inner: Box<dyn Read + '_> = if gzip { Box::new(GzDecoder::new(bytes)) } else { Box::new(bytes) };
-    let budget = Rc::new(Budget { allowed: Cell::new(HEADER_ALLOWANCE), used: Cell::new(0) });
-    let mut archive = tar::Archive::new(Bounded { inner, budget: budget.clone() });
+    let budget = Budget::new(HEADER_ALLOWANCE);
+    let mut archive = tar::Archive::new(Bounded::new(inner, budget.clone(), "the archive's"));
     let mut checker = Checker::default();
     let broken = |checker: &Checker, e: io::Error| match &checker.last {
         _ if budget.exceeded() => {
@@ -308,41 +308,6 @@ fn for_each_entry(
         checker.last = Some(name);
     }
     Ok((checker.entries, checker.bytes))
-}
-
-/// Bytes the tar reader may pull from the (decompressed) stream: file contents as their
-/// headers announce them plus [`HEADER_ALLOWANCE`] per entry.
-struct Budget {
-    allowed: Cell<u64>,
-    used: Cell<u64>,
-}
-
-impl Budget {
-    fn allow(&self, bytes: u64) {
-        self.allowed.set(self.allowed.get().saturating_add(bytes));
-    }
-
-    fn exceeded(&self) -> bool {
-        self.used.get() >= self.allowed.get()
-    }
-}
-
-struct Bounded<R> {
-    inner: R,
-    budget: Rc<Budget>,
-}
-
-impl<R: Read> Read for Bounded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.budget.allowed.get().saturating_sub(self.budget.used.get());
-        if left == 0 {
-            return Err(io::Error::other("the archive's headers exceed their size allowance"));
-        }
-        let max = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..max])?;
-        self.budget.used.set(self.budget.used.get() + n as u64);
-        Ok(n)
-    }
 }
 
 /// The rules every entry must pass, and what earlier entries made of the tree.

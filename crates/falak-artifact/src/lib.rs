@@ -10,6 +10,7 @@
 //! **Invariant:** nothing is stored under an id its bytes do not hash to.
 //! **Boundary:** this crate never reads the clock; callers pass `now`.
 
+pub mod budget;
 pub mod bundle;
 pub mod fetch;
 pub mod id;

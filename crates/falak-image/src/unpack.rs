@@ -25,7 +25,6 @@
 //! receives its children. Modification times and extended attributes (file capabilities
 //! included) are not restored.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -34,9 +33,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use falak_artifact::budget::{Bounded, Budget};
 use flate2::read::MultiGzDecoder;
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Uid};
 use rustix::io::Errno;
@@ -278,8 +277,8 @@ impl Unpacker {
         let mut reader = BufReader::new(File::open(layer.path).map_err(read_failed)?);
         let gzip = reader.fill_buf().map_err(read_failed)?.starts_with(&GZIP_MAGIC);
         let inner: Box<dyn Read> = if gzip { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
-        let budget = Rc::new(Budget { allowed: Cell::new(HEADER_ALLOWANCE), used: Cell::new(0) });
-        let mut archive = tar::Archive::new(Bounded { inner, budget: budget.clone() });
+        let budget = Budget::new(HEADER_ALLOWANCE);
+        let mut archive = tar::Archive::new(Bounded::new(inner, budget.clone(), "the layer's"));
         let mut last: Option<String> = None;
         let broken = |last: &Option<String>, e: io::Error| match last {
             _ if budget.exceeded() => UnpackError::OversizeHeader {
@@ -298,7 +297,7 @@ impl Unpacker {
             let content = self.count(&raw, &entry)?;
             // The content this entry announces (checked against the limits above) and the
             // next header may be read, no more.
-            budget.allow_next(content);
+            budget.allow_from_here(content.saturating_add(HEADER_ALLOWANCE));
             self.unpack_entry(&mut raw, &entry)?;
             last = Some(entry);
         }
@@ -839,41 +838,6 @@ fn copy_content(
         left -= n as u64;
     }
     Ok(())
-}
-
-/// Bytes the tar reader may pull from the (decompressed) layer: the current entry's content as
-/// its header announced it, then one [`HEADER_ALLOWANCE`] for the padding and the next header.
-struct Budget {
-    allowed: Cell<u64>,
-    used: Cell<u64>,
-}
-
-impl Budget {
-    fn allow_next(&self, content: u64) {
-        self.allowed.set(self.used.get().saturating_add(content).saturating_add(HEADER_ALLOWANCE));
-    }
-
-    fn exceeded(&self) -> bool {
-        self.used.get() >= self.allowed.get()
-    }
-}
-
-struct Bounded<R> {
-    inner: R,
-    budget: Rc<Budget>,
-}
-
-impl<R: Read> Read for Bounded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.budget.allowed.get().saturating_sub(self.budget.used.get());
-        if left == 0 {
-            return Err(io::Error::other("the layer's headers exceed their size allowance"));
-        }
-        let max = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..max])?;
-        self.budget.used.set(self.budget.used.get() + n as u64);
-        Ok(n)
-    }
 }
 
 /// Rename without replacing what may have appeared at `to`; filesystems without
