@@ -23,7 +23,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -31,6 +30,7 @@ use flate2::write::GzEncoder;
 use tar::EntryType;
 
 use crate::budget::{Bounded, Budget};
+use crate::staging::Staging;
 
 /// Largest bundle as stored: the archive bytes, compressed or not (64 MiB).
 pub const MAX_BUNDLE_BYTES: u64 = 64 << 20;
@@ -158,7 +158,7 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<UnpackReport, BundleError> {
             Err(fail(dest)(io::Error::new(io::ErrorKind::AlreadyExists, "it exists and is not a directory")))
         };
     }
-    let staging = Staging::create(dest).map_err(fail(dest))?;
+    let staging = Staging::beside(dest).map_err(fail(dest))?;
     let (entries, bytes) = for_each_entry(bytes, |entry, reader| write_entry(&staging.path, entry, reader))?;
     fs::set_permissions(&staging.path, fs::Permissions::from_mode(0o755)).map_err(fail(&staging.path))?;
     if let Err(e) = fs::rename(&staging.path, dest) {
@@ -167,42 +167,6 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<UnpackReport, BundleError> {
     }
     staging.keep();
     Ok(UnpackReport { dest: dest.to_owned(), already_present: false, entries, bytes })
-}
-
-/// A hidden sibling of the destination, removed on drop unless kept.
-struct Staging {
-    path: PathBuf,
-    kept: bool,
-}
-
-impl Staging {
-    fn create(dest: &Path) -> io::Result<Staging> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = dest.file_name().ok_or_else(|| io::Error::other("the destination has no file name"))?;
-        fs::create_dir_all(parent)?;
-        loop {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = parent.join(format!(".{}.unpack-{}-{n}", name.to_string_lossy(), std::process::id()));
-            match fs::create_dir(&path) {
-                Ok(()) => return Ok(Staging { path, kept: false }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.kept {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 /// One checked entry: a normalized relative path and what it is.

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod bundle;
 pub mod fetch;
 pub mod id;
+pub mod staging;
 pub mod store;
 
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, UnpackReport, pack, unpack, validate};

@@ -31,11 +31,11 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use falak_artifact::budget::{Bounded, Budget};
+use falak_artifact::staging::Staging;
 use flate2::read::MultiGzDecoder;
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Uid};
 use rustix::io::Errno;
@@ -191,7 +191,7 @@ pub fn unpack_layers(
             return Err(UnpackError::UnsupportedMediaType { layer, media_type: file.media_type.to_owned() });
         }
     }
-    let staging = Staging::create(dest).map_err(staging_failed(dest))?;
+    let staging = Staging::beside(dest).map_err(staging_failed(dest))?;
     let root = rustix::fs::open(&staging.path, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())
         .map_err(|e| staging_failed(&staging.path)(e.into()))?;
     match open_in_root(root.as_fd(), Path::new("")) {
@@ -846,44 +846,6 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Err(Errno::INVAL | Errno::NOSYS) => fs::rename(from, to),
         result => result.map_err(io::Error::from),
-    }
-}
-
-/// A hidden sibling of the destination, private while being filled, removed on drop unless
-/// kept.
-struct Staging {
-    path: PathBuf,
-    kept: bool,
-}
-
-impl Staging {
-    fn create(dest: &Path) -> io::Result<Staging> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = dest.file_name().ok_or_else(|| io::Error::other("the destination has no file name"))?;
-        fs::create_dir_all(parent)?;
-        loop {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = parent.join(format!(".{}.unpack-{}-{n}", name.to_string_lossy(), std::process::id()));
-            match fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(Staging { path, kept: false }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.kept {
-            // std's remove_dir_all never follows symlinks.
-            let _ = fs::remove_dir_all(&self.path);
-        }
     }
 }
 
