@@ -155,7 +155,18 @@ fn bundle_seeds() {
     header.as_gnu_mut().expect("gnu").name[..9].copy_from_slice(b"../escape");
     header.set_cksum();
     builder.append(&header, &b"bad"[..]).expect("appends");
-    write("bundle_unpack", "escaping.tar", &builder.into_inner().expect("tar"));
+    let escaping = builder.into_inner().expect("tar");
+    write("bundle_unpack", "escaping.tar", &escaping);
+    // An image layer is a tar (or tar.gz) too; the same seeds, and a manifest.
+    write("image_layer", "bundle.tar.gz", &packed);
+    write("image_layer", "bundle.tar", &plain);
+    write("image_layer", "escaping.tar", &escaping);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", "a".repeat(64)), "size": 2 },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", "b".repeat(64)), "size": 10 }],
+    });
+    write("image_layer", "manifest.json", &serde_json::to_vec(&manifest).expect("json"));
 }
 
 fn spec_seeds() {
