@@ -15,7 +15,7 @@ use oci_client::manifest::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Images, MAX_MANIFEST_BYTES, descriptor_digest, parse_manifest};
+use crate::store::{Images, MAX_MANIFEST_BYTES, parse_manifest};
 use crate::{ImageError, host_platform};
 
 /// At most this many entries in an archive.
@@ -305,7 +305,6 @@ fn docker_images(
         let bytes = serde_json::to_vec(&manifest).map_err(|e| bad(e.to_string()))?;
         let digest = Sha256Digest::of(&bytes);
         images.blobs().put_expecting(digest, &bytes).map_err(|e| ImageError::Store(e.to_string()))?;
-        descriptor_digest(&manifest.config)?;
         let names =
             entry.repo_tags.unwrap_or_default().iter().map(|t| crate::normalize(t)).collect::<Result<_, _>>()?;
         found.push((digest, names));

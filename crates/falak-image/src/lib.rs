@@ -18,7 +18,7 @@ use falak_artifact::Sha256Digest;
 
 pub use import::{Imported, import};
 pub use oci_client::Reference;
-pub use registry::{Pulled, Registry, RegistryAuth};
+pub use registry::{Registry, RegistryAuth};
 pub use store::{ImageDetails, ImageSummary, Images, LayerInfo};
 
 /// Why an image operation failed; nothing half-made is left named.

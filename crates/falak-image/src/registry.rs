@@ -28,18 +28,6 @@ pub struct RegistryAuth {
     pub password: String,
 }
 
-/// A pull's outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pulled {
-    /// The reference as the index keys it (`127.0.0.1:5000/app:v1`).
-    pub name: String,
-    /// This platform's image manifest.
-    pub digest: Sha256Digest,
-    /// The blobs that came from the registry (those already here, or from peers, do not count).
-    pub fetched_blobs: usize,
-    pub fetched_bytes: u64,
-}
-
 /// A registry client for this node.
 pub struct Registry {
     client: Client,
@@ -199,25 +187,6 @@ impl Registry {
             other => other,
         })?;
         Ok(written)
-    }
-
-    /// Pull `reference` whole: its manifest, then each blob this node lacks, from the
-    /// registry. (The node asks its peers first; see `falak_node::images`.)
-    pub async fn pull(&self, images: &Arc<Images>, reference: &str) -> Result<Pulled, ImageError> {
-        let (parsed, digest) = self.manifest(images, reference).await?;
-        let manifest = images.manifest(digest)?;
-        let (mut fetched_blobs, mut fetched_bytes) = (0, 0);
-        for descriptor in images.missing(&manifest)? {
-            fetched_bytes += self.blob(images, &parsed, &descriptor).await?;
-            fetched_blobs += 1;
-        }
-        let name = parsed.whole();
-        let images2 = images.clone();
-        let tag = name.clone();
-        tokio::task::spawn_blocking(move || images2.tag(&tag, digest))
-            .await
-            .map_err(|e| ImageError::Store(e.to_string()))??;
-        Ok(Pulled { name, digest, fetched_blobs, fetched_bytes })
     }
 }
 

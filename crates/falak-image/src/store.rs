@@ -151,11 +151,6 @@ impl Images {
         Ok(missing)
     }
 
-    /// Whether the manifest, its config and every layer are stored.
-    pub fn is_complete(&self, digest: Sha256Digest) -> bool {
-        self.manifest(digest).and_then(|m| self.missing(&m)).is_ok_and(|missing| missing.is_empty())
-    }
-
     /// Point `name` at `digest`, which must be complete here. Blocking.
     pub fn tag(&self, name: &str, digest: Sha256Digest) -> Result<(), ImageError> {
         let manifest = self.manifest(digest)?;
