@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,6 +115,8 @@ struct Sim {
     crashed: BTreeMap<usize, Millis>,
     cuts: BTreeMap<(usize, usize), Millis>,
     acknowledged: Arc<Mutex<Vec<JobId>>>,
+    /// Job submissions whose write has not yet succeeded or given up.
+    submissions_in_flight: Arc<AtomicUsize>,
     faults: Vec<String>,
     heals: HealChecks,
     /// Slot claims committed on any replica.
@@ -183,6 +186,7 @@ impl Sim {
             crashed: BTreeMap::new(),
             cuts: BTreeMap::new(),
             acknowledged: Arc::default(),
+            submissions_in_flight: Arc::default(),
             faults: Vec::new(),
             heals: HealChecks::default(),
             claims: Arc::default(),
@@ -215,7 +219,7 @@ impl Sim {
         let mut submitted = 0;
         while self.elapsed() < fault_end {
             if submitted < self.config.jobs && self.elapsed() >= next_submit {
-                self.submit_job();
+                self.submit_job(1);
                 submitted += 1;
                 next_submit += submit_every;
             }
@@ -236,6 +240,9 @@ impl Sim {
         }
         self.heals.fault(healed_at);
         self.heals.healed(healed_at, "heal all".into());
+        // One job submitted to the healed mesh, retried until the ledger takes it: a seed whose
+        // faults refused every earlier submission still checks completion.
+        self.submit_job(50);
         // Let submissions still in flight settle before judging completion, and the final heal
         // before judging it.
         let deadline = self.elapsed() + self.config.settle_ms;
@@ -253,7 +260,8 @@ impl Sim {
                 })
             });
             let heal_judged = self.elapsed() > healed_at + HEAL_BOUND_MS;
-            if (done && heal_judged) || self.elapsed() >= deadline {
+            let submitted = self.submissions_in_flight.load(Ordering::SeqCst) == 0;
+            if (done && heal_judged && submitted) || self.elapsed() >= deadline {
                 break;
             }
         }
@@ -340,7 +348,9 @@ impl Sim {
         checker.lock().expect("lock").violations.append(&mut violations);
     }
 
-    fn submit_job(&mut self) {
+    /// Submits one job through a live node; the write is retried up to `tries` times, 200 ms
+    /// apart, while it fails (a leader being elected, a node restarting).
+    fn submit_job(&mut self, tries: u32) {
         let alive: Vec<usize> = (0..self.nodes.len()).filter(|i| !self.crashed.contains_key(i)).collect();
         if alive.is_empty() {
             return;
@@ -360,12 +370,21 @@ impl Sim {
             now: self.now(),
         };
         let acknowledged = self.acknowledged.clone();
+        let in_flight = self.submissions_in_flight.clone();
+        in_flight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            if let Ok(applied) = ledger.write(command).await
-                && let Outcome::JobSubmitted { job, .. } = applied.outcome
-            {
-                acknowledged.lock().expect("lock").push(job);
+            for _ in 0..tries {
+                match ledger.write(command.clone()).await {
+                    Ok(applied) => {
+                        if let Outcome::JobSubmitted { job, .. } = applied.outcome {
+                            acknowledged.lock().expect("lock").push(job);
+                        }
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
             }
+            in_flight.fetch_sub(1, Ordering::SeqCst);
         });
     }
 
