@@ -48,6 +48,14 @@ pub fn copy_into(from: &Path, to: &Path, owner: Option<RunAs>) -> io::Result<Cop
     Ok(copied)
 }
 
+/// Copy the tree `from` into the existing directory `to` as [`copy_into`] does, without its
+/// check of the top-level names (for an image's root filesystem). Blocking.
+pub fn copy_tree(from: &Path, to: &Path, owner: Option<RunAs>) -> io::Result<Copied> {
+    let mut copied = Copied::default();
+    copy_dir(from, to, owner, &mut copied)?;
+    Ok(copied)
+}
+
 fn copy_dir(from: &Path, to: &Path, owner: Option<RunAs>, copied: &mut Copied) -> io::Result<()> {
     for entry in fs::read_dir(from)? {
         let entry = entry?;

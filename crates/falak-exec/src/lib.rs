@@ -16,8 +16,10 @@
 //!   zygotes, instances and `exec` commands, dependency builds: [`workload::WorkloadSandbox`]
 //!   (what the host allows, the confinement builder, cgroup naming and teardown) and
 //!   [`workload::launch`]. `falak-function` asks it; it never spawns itself.
-//! - Container (runc) executors implement the same trait later; the [`Sandbox`] seam is where
-//!   per-attempt isolation (cgroups) plugs into the process executor.
+//!   A spec with a [`ContainerTask`] runs as a container: the process is an OCI runtime
+//!   ([`ContainerRuntime`], `runc` or `crun`) running the attempt's bundle in the foreground,
+//!   in the same session, cgroup and monitor as a process (`container.rs`). The [`Sandbox`]
+//!   seam is where per-attempt isolation (cgroups) plugs into the process executor.
 //!
 //! **Boundary:** this crate knows nothing of Raft, gossip or the ledger; it depends only on
 //! `falak-core`'s vocabulary and `falak-sandbox`. Linux only: it relies on `/proc`, `prctl` and Linux rlimits.
@@ -25,6 +27,7 @@
 
 mod clock;
 pub mod code;
+mod container;
 pub mod disk;
 mod executor;
 mod exit;
@@ -35,6 +38,7 @@ mod sandbox;
 mod task;
 pub mod workload;
 
+pub use container::{ContainerRuntime, ContainerTask, RuntimeUnavailable};
 pub use disk::{DiskConfig, DiskReserve};
 pub use executor::{Executor, PrepareError, Running, StartError};
 pub use exit::{Exit, ExitReason, Stats, signal_name};

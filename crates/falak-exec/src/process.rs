@@ -62,6 +62,8 @@ pub struct ProcessConfig {
     /// How attempts' working directories are measured against their disk limits, and the
     /// node's disk reserve (`crate::disk`).
     pub disk: DiskConfig,
+    /// The OCI runtime for specs with a container; `None` refuses them.
+    pub containers: Option<crate::ContainerRuntime>,
 }
 
 impl ProcessConfig {
@@ -94,6 +96,7 @@ impl ProcessConfig {
             sandbox,
             workload: WorkloadSandbox::from_host(host),
             disk: DiskConfig::default(),
+            containers: None,
         }
     }
 }
@@ -174,6 +177,9 @@ impl ProcessExecutor {
             files.stdout.try_clone().map_err(files_error)?,
             files.stderr.try_clone().map_err(files_error)?,
         );
+        if let Some(container) = spec.container.clone() {
+            return self.start_container(spec, container, files, [stdin, stdout.into(), stderr.into()]).await;
+        }
 
         let workload = &self.config.workload;
         if spec.network == Network::None && workload.namespaces == Namespaces::Unavailable {
@@ -247,8 +253,100 @@ impl ProcessExecutor {
         // (see `falak_sandbox::confinement`), which is what may run between fork and exec.
         unsafe { command.pre_exec(move || confinement.apply()) };
 
-        // Nothing below awaits, so a caller that drops the `start` future either gets no
-        // process or a monitored one: never an orphan.
+        self.spawn_monitored(command, spec, files, group, &path, switch_to).await
+    }
+
+    /// Run `spec` as a container of `container`: write its bundle, then start the runtime as
+    /// the attempt's process (see [`crate::container`]).
+    async fn start_container(
+        &self,
+        spec: TaskSpec,
+        container: crate::ContainerTask,
+        files: TaskFiles,
+        stdio: [Stdio; 3],
+    ) -> Result<Arc<monitor::ProcessRunning>, StartError> {
+        let Some(runtime) = self.config.containers.clone() else {
+            return Err(StartError::Backend {
+                task_id: spec.task_id.clone(),
+                message: "this node cannot run containers (its log says why at start); \
+                          install runc or crun, or run the capsule on another node"
+                    .into(),
+            });
+        };
+        let sandbox_error = |what, source| StartError::Sandbox {
+            task_id: spec.task_id.clone(),
+            source: SandboxError { what, path: spec.workdir.clone(), source },
+        };
+        let setup = {
+            let (sandbox, spec) = (self.config.sandbox.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || sandbox.setup(&spec)).await
+        };
+        let setup = setup
+            .unwrap_or_else(|e| {
+                Err(SandboxError { what: "set up", path: spec.workdir.clone(), source: io::Error::other(e) })
+            })
+            .map_err(|source| StartError::Sandbox { task_id: spec.task_id.clone(), source })?;
+        let id = crate::container::container_id(&spec);
+        // On cgroup v2 the runtime puts the container in the attempt's cgroup itself; on v1 it
+        // joins it and makes the container's inside it.
+        let cgroups_path = setup.group.unified_path();
+        let join = if cgroups_path.is_some() { Vec::new() } else { setup.join };
+        let group: Arc<dyn crate::sandbox::SandboxGroup> = Arc::new(crate::container::ContainerGroup {
+            inner: setup.group,
+            program: runtime.program.clone(),
+            state_dir: runtime.state_dir.clone(),
+            id: id.clone(),
+        });
+        let bundle = {
+            let (runtime, spec, container) = (runtime.clone(), spec.clone(), container.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::container::write_bundle(&runtime, &spec, &container, cgroups_path)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+        };
+        let bundle = match bundle {
+            Ok(bundle) => bundle,
+            Err(source) => {
+                let teardown = group.clone();
+                let _ = tokio::task::spawn_blocking(move || teardown.teardown()).await;
+                return Err(sandbox_error("write the container bundle of", source));
+            }
+        };
+        let mut confinement = falak_sandbox::Confinement::new().rlimits(&rlimits(&spec.limits)).join_cgroups(join);
+        if let Some(overlay) = bundle.overlay {
+            confinement = confinement.private_overlay(overlay);
+        }
+        let [stdin, stdout, stderr] = stdio;
+        let mut command = tokio::process::Command::new(&runtime.program);
+        command
+            .args(runtime.run_args(&bundle.dir, &id))
+            .env_clear()
+            .env("PATH", &self.config.path)
+            .current_dir(&spec.workdir)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(false);
+        // SAFETY: as for processes: `apply` is async-signal-safe.
+        unsafe { command.pre_exec(move || confinement.apply()) };
+        let path = self.config.path.clone();
+        self.spawn_monitored(command, spec, files, group, &path, None).await
+    }
+
+    /// Spawn `command` as the attempt's process and hand it to its monitor; on failure, tear
+    /// `group` down again.
+    async fn spawn_monitored(
+        &self,
+        mut command: tokio::process::Command,
+        spec: TaskSpec,
+        files: TaskFiles,
+        group: Arc<dyn crate::sandbox::SandboxGroup>,
+        path: &str,
+        switch_to: Option<RunAs>,
+    ) -> Result<Arc<monitor::ProcessRunning>, StartError> {
+        // Nothing below awaits until the spawn has an answer, so a caller that drops the
+        // `start` future either gets no process or a monitored one: never an orphan.
         let started = crate::clock::monotonic_now();
         let spawned = command.spawn();
         // The child holds its own copies now; close the node's copies of its stdio, the
@@ -259,7 +357,7 @@ impl ProcessExecutor {
             Err(source) => {
                 let teardown = group.clone();
                 let _ = tokio::task::spawn_blocking(move || teardown.teardown()).await;
-                return Err(spawn_error(&spec, &path, switch_to, source));
+                return Err(spawn_error(&spec, path, switch_to, source));
             }
         };
         let running = monitor::ProcessRunning::spawn(monitor::Monitored {

@@ -49,6 +49,12 @@ pub trait SandboxGroup: Send + Sync + fmt::Debug {
     /// Kill what is left and remove the group. Called after the main process was reaped (or
     /// when its start failed); later calls do nothing.
     fn teardown(&self);
+
+    /// The group's cgroup as a path from the root of the cgroup v2 hierarchy, when it is a v2
+    /// cgroup (an OCI runtime is told it; on v1 the runtime joins the group instead).
+    fn unified_path(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why a sandbox could not be set up; the task was not started.
@@ -160,6 +166,10 @@ impl SandboxGroup for CgroupGroup {
         if let Err(error) = self.cgroup.remove() {
             tracing::warn!(%error, "cannot remove a task's cgroup");
         }
+    }
+
+    fn unified_path(&self) -> Option<String> {
+        self.cgroup.unified_path()
     }
 }
 

@@ -56,6 +56,10 @@ pub struct TaskSpec {
     /// the task's user (the capsule's unpacked code bundle; [`crate::code`]). They count
     /// against `limits.disk_bytes` like anything else in the working directory.
     pub code: Option<PathBuf>,
+    /// Run as a container of this image ([`crate::ContainerTask`]): `command` is the
+    /// container's process and `env` its whole environment; `run_as` does not apply (the
+    /// container's user is the [`ContainerTask`]'s) and neither does `code`.
+    pub container: Option<crate::ContainerTask>,
 }
 
 impl TaskSpec {
@@ -75,6 +79,7 @@ impl TaskSpec {
             network: Network::None,
             output_tail_bytes: LEDGER_TAIL_BYTES,
             code: None,
+            container: None,
         }
     }
 

@@ -401,6 +401,20 @@ impl WorkloadCgroup {
         self.by_controller.iter().find(|(c, _)| *c == controller).map(|(_, d)| d.as_path())
     }
 
+    /// On cgroup v2, this cgroup as a path from the root of the hierarchy (`/falak/...`), the
+    /// form an OCI runtime's `cgroupsPath` takes; `None` on v1, where each controller has its
+    /// own hierarchy.
+    pub fn unified_path(&self) -> Option<String> {
+        if self.version != CgroupVersion::V2 {
+            return None;
+        }
+        let dir = self.dirs.first()?;
+        // Every v2 cgroup has `cgroup.controllers`, the root included: the highest directory
+        // that has it is the hierarchy's root.
+        let root = dir.ancestors().take_while(|d| d.join("cgroup.controllers").exists()).last()?;
+        Some(format!("/{}", dir.strip_prefix(root).ok()?.display()))
+    }
+
     /// Every `cgroup.procs`, open for writing and close-on-exec: the child writes `0` to each
     /// before `exec` (see [`Confinement`](crate::Confinement)).
     pub fn join_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
@@ -418,10 +432,18 @@ impl WorkloadCgroup {
             .collect()
     }
 
-    /// The processes in the cgroup now.
+    /// The processes in the cgroup now, those of the cgroups the workload made inside it
+    /// included (an OCI runtime puts its container in one).
     pub fn pids(&self) -> io::Result<Vec<libc::pid_t>> {
         let dir = self.kill_dir();
-        Ok(plan::parse_pids(&fs::read_to_string(dir.join("cgroup.procs"))?))
+        let mut pids = plan::parse_pids(&fs::read_to_string(dir.join("cgroup.procs"))?);
+        for nested in nested_dirs(dir) {
+            // A nested cgroup may go between the listing and the read.
+            if let Ok(procs) = fs::read_to_string(nested.join("cgroup.procs")) {
+                pids.extend(plan::parse_pids(&procs));
+            }
+        }
+        Ok(pids)
     }
 
     /// The directory whose `cgroup.procs` the kill reads: the freezer's on v1 (frozen
@@ -495,7 +517,12 @@ impl WorkloadCgroup {
             CgroupVersion::V2 => ("memory.events", "memory.max"),
             CgroupVersion::V1 => ("memory.oom_control", "memory.limit_in_bytes"),
         };
-        let kills = plan::oom_kills(&fs::read_to_string(dir.join(events)).ok()?)?;
+        // v1 counts a kill only in the cgroup of the process killed (v2 counts it upwards too),
+        // which may be one the workload made inside its own.
+        let kills: u64 = std::iter::once(dir.to_path_buf())
+            .chain(nested_dirs(dir))
+            .filter_map(|d| plan::oom_kills(&fs::read_to_string(d.join(events)).ok()?))
+            .sum();
         let limit = fs::read_to_string(dir.join(limit)).ok()?.trim().parse().ok()?;
         (kills > 0).then_some(limit)
     }
@@ -518,7 +545,10 @@ impl WorkloadCgroup {
     pub fn remove(&self) -> io::Result<()> {
         let killed = self.kill_all();
         let mut result = killed;
-        for dir in &self.dirs {
+        // Nested cgroups first (deepest first), then the workload's own.
+        let dirs = self.dirs.iter().flat_map(|dir| nested_dirs(dir).into_iter().chain(std::iter::once(dir.clone())));
+        for dir in dirs.collect::<Vec<_>>() {
+            let dir = &dir;
             // The last processes may take a moment to leave after SIGKILL.
             let mut removed = fs::remove_dir(dir);
             for _ in 0..200 {
@@ -540,6 +570,21 @@ impl WorkloadCgroup {
         }
         result
     }
+}
+
+/// The cgroups inside `dir`, deepest first (the order they can be removed in); none when it
+/// cannot be read.
+fn nested_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let path = entry.path();
+            found.extend(nested_dirs(&path));
+            found.push(path);
+        }
+    }
+    found
 }
 
 /// Write a control file the way `echo value > file` does.

@@ -10,6 +10,8 @@
 //! 1. `setsid` — a new session and process group, so signals to the group reach every process
 //!    the workload makes (that stays in it) and it has no controlling terminal (or, with
 //!    [`Confinement::own_process_group`], only `setpgid(0, 0)`);
+//!    then, for an OCI runtime only, a mount namespace of its own holding its container's
+//!    writable layer ([`crate::overlay`]);
 //! 2. the namespaces ([`crate::namespaces`]): `unshare` (with a user namespace and its id maps
 //!    when the node is not root), the file system view (hidden dirs, exposed ones), `lo` up
 //!    for [`Network::None`](crate::Network::None), then `chdir` into the working directory
@@ -47,6 +49,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::landlock::LandlockRuleset;
+use crate::overlay::PrivateOverlay;
 use crate::seccomp::SeccompFilter;
 use crate::user::RunAs;
 use crate::{init, namespaces};
@@ -97,6 +100,7 @@ pub struct Confinement {
     rlimits: Vec<(Resource, libc::rlim_t)>,
     cgroup_joins: Vec<OwnedFd>,
     isolation: Option<namespaces::Prepared>,
+    overlay: Option<PrivateOverlay>,
     run_as: Option<RunAs>,
     landlock: Option<LandlockRuleset>,
     seccomp: Option<Arc<SeccompFilter>>,
@@ -120,6 +124,7 @@ impl Confinement {
             rlimits: Vec::new(),
             cgroup_joins: Vec::new(),
             isolation: None,
+            overlay: None,
             run_as: None,
             landlock: None,
             seccomp: None,
@@ -179,6 +184,13 @@ impl Confinement {
         self
     }
 
+    /// Mount this overlay in a mount namespace of the process's own, right after the session
+    /// step (for an OCI runtime, which makes every other namespace itself; needs root).
+    pub fn private_overlay(mut self, overlay: PrivateOverlay) -> Self {
+        self.overlay = Some(overlay);
+        self
+    }
+
     /// Become this user (the node must be root); `None` stays the node's user. Ignored when
     /// the isolation maps the user in a user namespace.
     pub fn run_as(mut self, user: Option<RunAs>) -> Self {
@@ -215,6 +227,9 @@ impl Confinement {
             match self.session {
                 Session::New => check(libc::setsid())?,
                 Session::Group => check(libc::setpgid(0, 0))?,
+            }
+            if let Some(overlay) = &self.overlay {
+                overlay.apply()?;
             }
             let mut parent_death = self.parent_death;
             if let Some(isolation) = &self.isolation {

@@ -16,6 +16,8 @@
 //!   namespaces: the node's data dir, keys and home hidden, its own directory bound back;
 //! - `init`: the pid namespace's init (pid 1: its `/proc`, reaping) and the relay that ends
 //!   the way the workload ended;
+//! - [`overlay`]: a container's writable layer, mounted in a mount namespace of the OCI
+//!   runtime's own;
 //! - [`network`]: a private network namespace, so the node's own ports are out of reach;
 //! - [`HostSandbox`]: what this host allows, detected once, and the [`SandboxReport`] the node
 //!   logs and exposes.
@@ -29,6 +31,7 @@ mod init;
 pub mod landlock;
 pub mod namespaces;
 pub mod network;
+pub mod overlay;
 mod report;
 pub mod seccomp;
 pub mod user;
@@ -40,6 +43,7 @@ pub use confinement::{Confinement, Rlimit};
 pub use landlock::{LandlockError, LandlockRuleset};
 pub use namespaces::{Exposure, Isolation, Namespaces, View};
 pub use network::Network;
+pub use overlay::{PrivateOverlay, overlay_works};
 pub use report::{HostSandbox, SandboxReport};
 pub use seccomp::{SeccompError, SeccompFilter};
 pub use user::{LookupUserError, NOBODY, RunAs, WorkloadUsers};

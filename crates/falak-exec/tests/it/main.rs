@@ -4,6 +4,7 @@
 //! Tests named `privileged_*` need root (CI and the dev VMs run tests as root); they fail,
 //! rather than skip, when run without it.
 
+mod container;
 mod disk;
 mod fake;
 mod pid_namespace;

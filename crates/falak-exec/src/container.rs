@@ -1,0 +1,347 @@
+//! Containers: a task attempt whose process is an OCI runtime (`runc` or `crun`) running the
+//! attempt's bundle in the foreground.
+//!
+//! The runtime is started the way every task process is ([`crate::ProcessExecutor`]): in the
+//! attempt's session and process group, with its stdio on the attempt's files, in the attempt's
+//! cgroup (on cgroup v1 the runtime joins it and puts the container in a cgroup inside it; on
+//! v2 the runtime is told the attempt's cgroup, since v2 allows no processes beside child
+//! cgroups), watched by the same monitor, stopped the same way (SIGTERM to the group, which the
+//! runtime passes to the container, then SIGKILL to the group and every process in the cgroup).
+//! So logs, exit codes, timeouts, disk limits, memory kills and cancel work as for processes.
+//!
+//! The bundle lives in the attempt's working directory (`bundle/config.json`, `bundle/rootfs`):
+//! - the image's root filesystem, unpacked once per node and shared read-only, is the lower
+//!   layer of an overlay whose upper layer (`upper/`) holds what the container writes. The
+//!   overlay is mounted in a mount namespace of the runtime's own ([`falak_sandbox::overlay`]),
+//!   so it goes away with the container, also when the node is killed;
+//! - where the node cannot mount an overlay (it is not root), the root filesystem is copied.
+//!
+//! The container gets its own pid, ipc, uts and mount namespaces, a network namespace unless it
+//! asks for the host's, the runtime's default capabilities (`AUDIT_WRITE`, `KILL`,
+//! `NET_BIND_SERVICE`), `no_new_privileges`, the usual masked and read-only paths, and no core
+//! files. On a node that is not root the runtime runs rootless: a user namespace maps the
+//! container's user to the node's own uid.
+//!
+//! The runtime runs with `--keep`; after it ends and the node has read the cgroups (a memory
+//! kill is counted in the container's), the attempt's cgroup is torn down with the container's
+//! inside it, and `delete --force` removes the runtime's state.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use falak_sandbox::{Network, PrivateOverlay, RunAs};
+use oci_spec::runtime::{
+    LinuxIdMappingBuilder, LinuxNamespaceType, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Spec, UserBuilder,
+};
+
+use crate::sandbox::SandboxGroup;
+use crate::task::TaskSpec;
+
+/// What a task needs to run as a container, beside its [`TaskSpec`] (whose `command` is the
+/// container's process and whose `env` is its whole environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerTask {
+    /// The image's unpacked root filesystem, read-only and shared by every container of it.
+    pub rootfs: PathBuf,
+    /// The working directory inside the container (absolute).
+    pub cwd: String,
+    /// The container's user, as ids inside it.
+    pub user: RunAs,
+}
+
+/// The OCI runtime a node runs containers with.
+#[derive(Debug, Clone)]
+pub struct ContainerRuntime {
+    /// The runtime's executable.
+    pub program: PathBuf,
+    /// `--root`: the runtime's state, one directory per node.
+    pub state_dir: PathBuf,
+    /// Whether containers get an overlay over the image (else a copy of it).
+    pub overlay: bool,
+    /// The node is not root: the runtime runs rootless.
+    pub rootless: bool,
+    /// What `--version` said first, for the node's log.
+    pub version: String,
+}
+
+/// Why the node cannot run containers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot run containers with {program:?}: {reason}")]
+pub struct RuntimeUnavailable {
+    pub program: String,
+    pub reason: String,
+}
+
+impl ContainerRuntime {
+    /// Find `program` (`runc`, `crun`, or a path), check that it answers `--version`, make
+    /// `state_dir` and find out whether this node can give containers an overlay. Blocking.
+    pub fn detect(program: &str, state_dir: PathBuf) -> Result<ContainerRuntime, RuntimeUnavailable> {
+        let unavailable = |reason: String| RuntimeUnavailable { program: program.to_owned(), reason };
+        let path = find_program(program).ok_or_else(|| {
+            unavailable(format!(
+                "not found in PATH ({}); install it (Debian: `apt-get install runc` or `crun`) or set \
+                 `container_runtime` in the node config to its path",
+                std::env::var("PATH").unwrap_or_default()
+            ))
+        })?;
+        let output = Command::new(&path).arg("--version").output().map_err(|e| unavailable(e.to_string()))?;
+        if !output.status.success() {
+            return Err(unavailable(format!("`{} --version` failed: {}", path.display(), output.status)));
+        }
+        let version = String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or_default().to_owned();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state_dir)
+            .map_err(|e| unavailable(format!("cannot make its state directory {}: {e}", state_dir.display())))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let rootless = unsafe { libc::geteuid() } != 0;
+        let overlay = !rootless && falak_sandbox::overlay_works(&state_dir.join("overlay-probe")).is_ok();
+        Ok(ContainerRuntime { program: path, state_dir, overlay, rootless, version })
+    }
+
+    /// The runtime's arguments that run `bundle` in the foreground as container `id`. `--keep`:
+    /// the container's cgroup outlives it until the node has read why it ended (a memory kill
+    /// is counted in it) and tears it down with the attempt's.
+    pub(crate) fn run_args(&self, bundle: &Path, id: &str) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), self.state_dir.clone().into()];
+        args.extend(["run".into(), "--keep".into(), "--bundle".into(), bundle.into(), id.into()]);
+        args
+    }
+}
+
+/// `program` when it is a path, else the first executable of that name in `PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).is_file().then(|| program.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| crate::DEFAULT_PATH.into());
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+/// The container id of an attempt: unique among the node's attempts, in the characters every
+/// runtime accepts.
+pub(crate) fn container_id(spec: &TaskSpec) -> String {
+    let raw = format!("{}.a{}", spec.task_id, spec.attempt);
+    raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
+}
+
+/// An attempt's bundle, written.
+pub(crate) struct Bundle {
+    pub dir: PathBuf,
+    /// The overlay the runtime's process mounts before it starts, when there is one.
+    pub overlay: Option<PrivateOverlay>,
+}
+
+/// Write the bundle of `spec` in its working directory: `config.json`, and the root filesystem
+/// (an overlay's directories, or a copy of the image). Blocking.
+pub(crate) fn write_bundle(
+    runtime: &ContainerRuntime,
+    spec: &TaskSpec,
+    container: &ContainerTask,
+    cgroups_path: Option<String>,
+) -> io::Result<Bundle> {
+    let dir = spec.workdir.join("bundle");
+    let rootfs = dir.join("rootfs");
+    for d in [&dir, &rootfs] {
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // The root of the container's file system must be searchable by its user.
+    fs::set_permissions(&rootfs, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let overlay = if runtime.overlay {
+        let (upper, work) = (spec.workdir.join("upper"), spec.workdir.join("overlay-work"));
+        for d in [&upper, &work] {
+            fs::create_dir_all(d)?;
+        }
+        Some(PrivateOverlay::new(&container.rootfs, &upper, &work, &rootfs)?)
+    } else {
+        crate::code::copy_tree(&container.rootfs, &rootfs, None)?;
+        None
+    };
+    let config = config(spec, container, runtime.rootless, cgroups_path);
+    let json = serde_json::to_vec_pretty(&config).map_err(io::Error::other)?;
+    fs::write(dir.join("config.json"), json)?;
+    Ok(Bundle { dir, overlay })
+}
+
+/// The runtime configuration of one attempt.
+fn config(spec: &TaskSpec, container: &ContainerTask, rootless: bool, cgroups_path: Option<String>) -> Spec {
+    let mut config = if rootless {
+        // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let mut config = Spec::rootless(uid, gid);
+        // Map the container's own user (not always root) to the node's.
+        if let Some(linux) = config.linux_mut() {
+            let map = |inside: u32, outside: u32| {
+                LinuxIdMappingBuilder::default().container_id(inside).host_id(outside).size(1u32).build()
+            };
+            if let (Ok(uids), Ok(gids)) = (map(container.user.uid, uid), map(container.user.gid, gid)) {
+                linux.set_uid_mappings(Some(vec![uids]));
+                linux.set_gid_mappings(Some(vec![gids]));
+            }
+        }
+        config
+    } else {
+        Spec::default()
+    };
+    config.set_hostname(Some("falak".into()));
+    if let Some(root) = config.root_mut() {
+        root.set_path("rootfs".into());
+        root.set_readonly(Some(false));
+    }
+    if let Some(process) = config.process_mut() {
+        process.set_args(Some(spec.command.clone()));
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !spec.env.contains_key("PATH") {
+            env.push(format!("PATH={}", crate::DEFAULT_PATH));
+        }
+        env.push(format!("FALAK_TASK_ID={}", spec.task_id));
+        env.push(format!("FALAK_ATTEMPT={}", spec.attempt));
+        process.set_env(Some(env));
+        process.set_cwd(container.cwd.clone().into());
+        if let Ok(user) = UserBuilder::default().uid(container.user.uid).gid(container.user.gid).build() {
+            process.set_user(user);
+        }
+        let limit = |typ, value: u64| PosixRlimitBuilder::default().typ(typ).hard(value).soft(value).build().ok();
+        let open_files = spec.limits.max_open_files.unwrap_or(1024);
+        let rlimits = [limit(PosixRlimitType::RlimitNofile, open_files), limit(PosixRlimitType::RlimitCore, 0)];
+        process.set_rlimits(Some(rlimits.into_iter().flatten().collect()));
+        process.set_no_new_privileges(Some(true));
+    }
+    if let Some(linux) = config.linux_mut() {
+        if let Some(namespaces) = linux.namespaces_mut() {
+            namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
+            if spec.network == Network::None {
+                let mut network = oci_spec::runtime::LinuxNamespace::default();
+                network.set_typ(LinuxNamespaceType::Network);
+                namespaces.push(network);
+            }
+        }
+        // Limits are the attempt cgroup's, which holds the container: the runtime sets none.
+        linux.set_resources(None);
+        linux.set_cgroups_path(cgroups_path.map(PathBuf::from));
+    }
+    if spec.network == Network::Host {
+        // Name resolution as the node has it.
+        let mounts = config.mounts_mut().get_or_insert_with(Vec::new);
+        for file in ["/etc/resolv.conf", "/etc/hosts"] {
+            if Path::new(file).exists()
+                && let Ok(mount) = MountBuilder::default()
+                    .destination(file)
+                    .typ("bind")
+                    .source(file)
+                    .options(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()])
+                    .build()
+            {
+                mounts.push(mount);
+            }
+        }
+    }
+    config
+}
+
+/// The attempt's cgroup, and the runtime's state of the container once it has ended: a runtime
+/// killed before it cleaned up leaves its state directory behind.
+#[derive(Debug)]
+pub(crate) struct ContainerGroup {
+    pub inner: Arc<dyn SandboxGroup>,
+    pub program: PathBuf,
+    pub state_dir: PathBuf,
+    pub id: String,
+}
+
+impl SandboxGroup for ContainerGroup {
+    fn kill(&self) {
+        self.inner.kill();
+    }
+
+    fn memory_kill(&self) -> Option<u64> {
+        self.inner.memory_kill()
+    }
+
+    fn usage(&self) -> Option<(u32, Option<u64>)> {
+        self.inner.usage()
+    }
+
+    fn teardown(&self) {
+        self.inner.teardown();
+        // The container's processes are gone with the cgroup; `run --keep` left its state.
+        let deleted = Command::new(&self.program)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .args(["delete", "--force", &self.id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Err(error) = deleted {
+            tracing::warn!(%error, container = %self.id, "cannot run the runtime's delete");
+        }
+        let _ = fs::remove_dir_all(self.state_dir.join(&self.id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> (TaskSpec, ContainerTask) {
+        let mut spec = TaskSpec::new("j7-t2", 3, vec!["sh".into(), "-c".into(), "echo hi".into()], "/tmp/x");
+        spec.env.insert("GREETING".into(), "hello".into());
+        let container =
+            ContainerTask { rootfs: "/images/abc".into(), cwd: "/app".into(), user: RunAs { uid: 5, gid: 6 } };
+        (spec, container)
+    }
+
+    #[test]
+    fn the_config_runs_the_command_as_the_container_user_without_network() {
+        let (spec, container) = spec();
+        let config = config(&spec, &container, false, None);
+        let process = config.process().as_ref().unwrap();
+        assert_eq!(process.args().as_ref().unwrap(), &spec.command);
+        assert_eq!(process.cwd(), Path::new("/app"));
+        assert_eq!((process.user().uid(), process.user().gid()), (5, 6));
+        let env = process.env().as_ref().unwrap();
+        for wanted in ["GREETING=hello", "FALAK_TASK_ID=j7-t2", "FALAK_ATTEMPT=3"] {
+            assert!(env.iter().any(|e| e == wanted), "{env:?}");
+        }
+        assert!(env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
+        let linux = config.linux().as_ref().unwrap();
+        let namespaces = linux.namespaces().as_ref().unwrap();
+        assert!(namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+        assert!(linux.resources().is_none(), "limits belong to the attempt's cgroup");
+        assert_eq!(process.no_new_privileges(), Some(true));
+    }
+
+    #[test]
+    fn host_network_shares_the_node_s_and_rootless_maps_the_container_user_to_the_node() {
+        let (mut spec, container) = spec();
+        spec.network = Network::Host;
+        let config = config(&spec, &container, true, None);
+        let linux = config.linux().as_ref().unwrap();
+        let namespaces = linux.namespaces().as_ref().unwrap();
+        assert!(!namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+        assert!(namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::User));
+        let uids = linux.uid_mappings().as_ref().unwrap();
+        assert_eq!(uids.len(), 1);
+        assert_eq!(uids[0].container_id(), 5);
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(uids[0].host_id(), unsafe { libc::geteuid() });
+    }
+
+    #[test]
+    fn container_ids_keep_to_safe_characters() {
+        let (mut spec, _) = spec();
+        assert_eq!(container_id(&spec), "j7-t2.a3");
+        spec.task_id = "a/b c".into();
+        assert_eq!(container_id(&spec), "a_b_c.a3");
+    }
+}
