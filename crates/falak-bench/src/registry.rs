@@ -134,6 +134,42 @@ pub fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
     builder.into_inner().expect("a Vec cannot fail")
 }
 
+/// Where Debian's `busybox-static` puts its binary.
+pub const BUSYBOX: &str = "/usr/bin/busybox";
+
+/// The busybox applets [`busybox_layer`] links.
+pub const BUSYBOX_APPLETS: [&str; 16] = [
+    "sh", "echo", "cat", "id", "pwd", "sleep", "ls", "dd", "head", "touch", "mkdir", "true", "hostname", "wc", "env",
+    "printf",
+];
+
+/// A layer holding `/bin/busybox` (the host's static one) and a link to it for each of
+/// [`BUSYBOX_APPLETS`]: a root filesystem a container can run a shell in.
+pub fn busybox_layer() -> Result<Vec<u8>> {
+    let binary = std::fs::read(BUSYBOX)
+        .with_context(|| format!("reading {BUSYBOX} (Debian package busybox-static; .ci/run installs it)"))?;
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(binary.len() as u64);
+    header.set_mode(0o755);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut header, "bin/busybox", binary.as_slice())?;
+    for applet in BUSYBOX_APPLETS {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Symlink);
+        builder.append_link(&mut header, format!("bin/{applet}"), "busybox")?;
+    }
+    Ok(builder.into_inner()?)
+}
+
 /// An image written as an OCI layout in `dir` with tag `tag`.
 pub struct Built {
     pub manifest: Sha256Digest,

@@ -73,6 +73,51 @@ pub struct CapsuleDocument {
     /// the bundle to `POST /api/v1/artifacts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<crate::ArtifactId>,
+    /// `kind: container`: the image, `name[:tag]` or `name@sha256:…`. `falak capsule apply`
+    /// pulls a tag on the node it talks to and pins the digest it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `kind: container`: the arguments; with `command`, Kubernetes' rules: `command` replaces
+    /// the image's entrypoint, `args` its `cmd`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// `kind: container`: the working directory inside the container (absolute); the image's
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `kind: container`: `uid[:gid]` or `name[:group]` of the image's `/etc/passwd` and
+    /// `/etc/group`; the image's user when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// What a container capsule runs, beside the capsule's `command`, `env` and `network`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// `name@sha256:<hex>`: pinned, so every node runs the same bytes.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl ContainerSpec {
+    /// The image's digest, `sha256:<hex>`.
+    pub fn digest(&self) -> &str {
+        self.image.rsplit_once('@').map_or("", |(_, digest)| digest)
+    }
+}
+
+/// Whether `image` names a digest: `…@sha256:` and 64 lowercase hex digits.
+pub fn image_is_pinned(image: &str) -> bool {
+    image.rsplit_once('@').and_then(|(name, digest)| Some((name, digest.strip_prefix("sha256:")?))).is_some_and(
+        |(name, hex)| {
+            !name.is_empty() && hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        },
+    )
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -132,6 +177,11 @@ pub struct CapsuleSpec {
     /// absent, so specs signed before the field existed still verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<crate::ArtifactId>,
+    /// `kind: container`: the pinned image and what runs of it; part of the signed form. Left
+    /// out of the stored form when absent, so specs signed before the field existed still
+    /// verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<ContainerSpec>>,
 }
 
 /// Where and how hard to try placing a capsule's tasks.
@@ -179,29 +229,40 @@ impl CapsuleDocument {
     /// Check every field and produce the stored spec.
     pub fn validate(self) -> Result<CapsuleSpec, SpecError> {
         validate_name("name", &self.name)?;
-        match self.kind {
-            Kind::Process => {}
+        let container = match self.kind {
+            Kind::Process => {
+                for (field, set) in [
+                    ("image", self.image.is_some()),
+                    ("args", !self.args.is_empty()),
+                    ("workdir", self.workdir.is_some()),
+                    ("user", self.user.is_some()),
+                ] {
+                    if set {
+                        return Err(SpecError::new(
+                            field,
+                            "only a `kind: container` capsule has this field; a process capsule puts its \
+                             arguments in `command`",
+                        ));
+                    }
+                }
+                if self.command.is_empty() {
+                    return Err(SpecError::new(
+                        "command",
+                        "a process capsule needs a command, e.g. [\"/bin/echo\", \"hi\"]",
+                    ));
+                }
+                None
+            }
             Kind::Function => {
                 return Err(SpecError::new(
                     "kind",
                     "functions are deployed with `falak fn deploy -f FILE` (POST /api/v1/functions), not as capsules",
                 ));
             }
-            Kind::Container => {
-                return Err(SpecError::new(
-                    "kind",
-                    format!(
-                        "kind `{}` is not supported by this version of falak yet; use `process`",
-                        kind_name(self.kind)
-                    ),
-                ));
-            }
-        }
+            Kind::Container => Some(Box::new(self.container()?)),
+        };
         if self.version == Some(0) {
             return Err(SpecError::new("version", "versions start at 1"));
-        }
-        if self.command.is_empty() {
-            return Err(SpecError::new("command", "a process capsule needs a command, e.g. [\"/bin/echo\", \"hi\"]"));
         }
         if self.command.len() > 4096 || self.command.iter().any(|a| a.contains('\0')) {
             return Err(SpecError::new("command", "at most 4096 arguments, none containing NUL"));
@@ -236,7 +297,47 @@ impl CapsuleDocument {
             secrets: crate::secret::plain(self.secrets),
             disk_bytes,
             artifact: self.artifact,
+            container,
         })
+    }
+
+    /// The container fields of a `kind: container` capsule, checked.
+    fn container(&self) -> Result<ContainerSpec, SpecError> {
+        let Some(image) = self.image.clone() else {
+            return Err(SpecError::new("image", "a container capsule needs an image, e.g. `image: alpine:3.20`"));
+        };
+        if image.is_empty() || image.len() > 1024 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SpecError::new("image", format!("{image:?} is not an image reference")));
+        }
+        if !image_is_pinned(&image) {
+            return Err(SpecError::new(
+                "image",
+                format!(
+                    "{image:?} names no digest; `falak capsule apply` pins it (it pulls the image on the node it \
+                     talks to), or write `name@sha256:<digest>` (`falak image pull` prints the digest)"
+                ),
+            ));
+        }
+        if self.source.is_some() || self.artifact.is_some() {
+            return Err(SpecError::new(
+                "source",
+                "a container capsule's code is its image; `source` and `artifact` are for process capsules",
+            ));
+        }
+        if self.args.len() > 4096 || self.args.iter().any(|a| a.contains('\0')) {
+            return Err(SpecError::new("args", "at most 4096 arguments, none containing NUL"));
+        }
+        if let Some(workdir) = &self.workdir
+            && (!workdir.starts_with('/') || workdir.contains('\0'))
+        {
+            return Err(SpecError::new("workdir", format!("{workdir:?} is not an absolute path inside the container")));
+        }
+        if let Some(user) = &self.user
+            && (user.is_empty() || user.split(':').count() > 2 || user.chars().any(|c| c.is_whitespace() || c == '\0'))
+        {
+            return Err(SpecError::new("user", format!("{user:?} is not `uid[:gid]` or `name[:group]`")));
+        }
+        Ok(ContainerSpec { image, args: self.args.clone(), workdir: self.workdir.clone(), user: self.user.clone() })
     }
 }
 
@@ -356,6 +457,34 @@ impl CapsuleSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_container_capsule_needs_a_pinned_image_and_keeps_its_fields_in_the_signed_form() {
+        let text = format!(
+            "name: web\nkind: container\nimage: reg:5000/box:1@{DIGEST}\nargs: [\"-c\", \"echo hi\"]\n\
+             workdir: /srv\nuser: \"1000:1000\"\n"
+        );
+        let spec = CapsuleDocument::parse(&text).unwrap();
+        let container = spec.container.clone().unwrap();
+        assert_eq!(container.digest(), DIGEST);
+        assert_eq!(container.args, ["-c", "echo hi"]);
+        assert!(spec.command.is_empty(), "the image's entrypoint runs");
+        assert_eq!(spec.signed_form().container, spec.container);
+
+        let unpinned = CapsuleDocument::parse("name: web\nkind: container\nimage: box:1\n").unwrap_err().to_string();
+        assert!(unpinned.contains("names no digest") && unpinned.contains("falak capsule apply"), "{unpinned}");
+        let missing = CapsuleDocument::parse("name: web\nkind: container\n").unwrap_err().to_string();
+        assert!(missing.contains("needs an image"), "{missing}");
+        let relative = CapsuleDocument::parse(&format!("name: w\nkind: container\nimage: b@{DIGEST}\nworkdir: srv\n"));
+        assert!(relative.unwrap_err().to_string().contains("not an absolute path"));
+        let on_process = CapsuleDocument::parse("name: p\nkind: process\ncommand: [x]\nimage: box\n").unwrap_err();
+        assert!(on_process.to_string().contains("only a `kind: container` capsule"), "{on_process}");
+        // A process capsule's stored form is unchanged by the new fields.
+        let process = CapsuleDocument::parse("name: p\nkind: process\ncommand: [x]\n").unwrap();
+        assert!(!serde_json::to_string(&process).unwrap().contains("container"));
+    }
 
     const HELLO: &str = r#"
 name: hello

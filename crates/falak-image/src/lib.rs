@@ -11,6 +11,7 @@ pub mod import;
 pub mod registry;
 pub mod store;
 pub mod unpack;
+pub mod user;
 
 use std::path::PathBuf;
 
@@ -20,6 +21,7 @@ pub use import::{Imported, import};
 pub use oci_client::Reference;
 pub use registry::{Registry, RegistryAuth};
 pub use store::{ImageDetails, ImageSummary, Images, LayerInfo};
+pub use user::resolve_user;
 
 /// Why an image operation failed; nothing half-made is left named.
 #[derive(Debug, thiserror::Error)]

@@ -65,6 +65,9 @@ pub struct NodeConfigDocument {
     /// credentials a token service asks for).
     #[serde(default)]
     pub registry_auth: BTreeMap<String, falak_image::RegistryAuth>,
+    /// The OCI runtime `kind: container` capsules run with: `runc` (the default), `crun`, or a
+    /// path to either. A node where it is missing runs no containers and says so at start.
+    pub container_runtime: Option<String>,
 }
 
 /// The membership timing preset (`docs/design/membership.md`).
@@ -108,6 +111,7 @@ pub struct NodeConfig {
     pub disk_check_interval: Duration,
     pub insecure_registries: Vec<String>,
     pub registry_auth: BTreeMap<String, falak_image::RegistryAuth>,
+    pub container_runtime: String,
 }
 
 /// Why a node config is not usable.
@@ -249,6 +253,7 @@ impl NodeConfigDocument {
             disk_check_interval,
             insecure_registries: self.insecure_registries,
             registry_auth: self.registry_auth,
+            container_runtime: self.container_runtime.unwrap_or_else(|| "runc".into()),
         })
     }
 }

@@ -153,6 +153,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     process_config.workload.hide.push(config.data_dir.clone());
     process_config.workload.hide.extend(config.hidden_from_workloads.iter().cloned());
     let hidden = process_config.workload.hide.clone();
+    let (runtime, state_dir) = (config.container_runtime.clone(), config.data_dir.join("runc"));
+    let containers =
+        tokio::task::spawn_blocking(move || falak_exec::ContainerRuntime::detect(&runtime, state_dir)).await;
+    process_config.containers = match containers.map_err(|e| DaemonError::Sandbox(e.to_string()))? {
+        Ok(runtime) => {
+            let layers = if runtime.overlay { "an overlay over the image" } else { "a copy of the image" };
+            tracing::info!(runtime = %runtime.program.display(), version = %runtime.version, rootless = runtime.rootless, root_filesystem = layers, "containers");
+            Some(runtime)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "this node runs no containers");
+            None
+        }
+    };
     let executor = Arc::new(ProcessExecutor::new(process_config));
     // A uid per capsule and per function, where the node can give one: as root, or inside a
     // user namespace.
@@ -190,6 +204,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         task_users,
         falak_core::secret::SecretKey::from_mesh_secret(&files.secret),
         artifacts.clone(),
+        images.clone(),
     );
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)

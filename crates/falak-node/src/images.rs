@@ -24,6 +24,21 @@ pub struct NodeImages {
     registry: Registry,
     /// Archives being received, removed once imported (or refused).
     incoming: PathBuf,
+    /// One container image made ready at a time: the attempts of a job that wait for the same
+    /// image pull and unpack it once.
+    readying: tokio::sync::Mutex<()>,
+}
+
+/// What a container of an image needs from the node: the image's root filesystem and its
+/// config's defaults.
+#[derive(Debug, Clone)]
+pub struct ContainerImage {
+    pub rootfs: PathBuf,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
 }
 
 impl NodeImages {
@@ -32,7 +47,7 @@ impl NodeImages {
         let incoming = config.data_dir.join("images").join("incoming");
         // What a crash left half-received.
         let _ = std::fs::remove_dir_all(&incoming);
-        Arc::new(NodeImages { artifacts, registry, incoming })
+        Arc::new(NodeImages { artifacts, registry, incoming, readying: tokio::sync::Mutex::new(()) })
     }
 
     fn images(&self) -> &Arc<Images> {
@@ -133,6 +148,38 @@ impl NodeImages {
             peer_blobs: pulled.1,
             held_blobs: pulled.2,
         })
+    }
+
+    /// The pinned image `reference` (`name@sha256:…`) ready to run: pulled if this node lacks
+    /// it (from peers first), its root filesystem unpacked.
+    pub async fn for_container(&self, reference: &str) -> Result<ContainerImage, ImageError> {
+        let digest: Sha256Digest = reference
+            .rsplit_once('@')
+            .and_then(|(_, d)| d.parse().ok())
+            .ok_or_else(|| ImageError::BadReference(reference.to_owned(), "it names no sha256 digest".into()))?;
+        let ready =
+            |images: &Images| images.rootfs_dir().join(digest.hex()).is_dir() && images.manifest(digest).is_ok();
+        if !ready(self.images()) {
+            let _one_at_a_time = self.readying.lock().await;
+            if !ready(self.images()) {
+                self.pull(reference).await?;
+            }
+        }
+        let images = self.images().clone();
+        tokio::task::spawn_blocking(move || {
+            let rootfs = images.rootfs(digest)?;
+            let details = images.inspect(digest)?;
+            Ok(ContainerImage {
+                rootfs,
+                entrypoint: details.entrypoint,
+                cmd: details.cmd,
+                env: details.env,
+                working_dir: details.working_dir,
+                user: details.user,
+            })
+        })
+        .await
+        .map_err(|e| ImageError::Store(e.to_string()))?
     }
 
     /// Receive an archive into `incoming/`, import it, remove it.

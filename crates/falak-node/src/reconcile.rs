@@ -42,6 +42,8 @@ pub struct TaskLaunch {
     pub capsule: String,
     /// The capsule's code bundle: the attempt's working directory starts with a copy of it.
     pub artifact: Option<falak_core::ArtifactId>,
+    /// A container capsule's image and what runs of it.
+    pub container: Option<Box<falak_core::capsule::ContainerSpec>>,
     /// Why the capsule must not run although its claim committed: its signature no longer
     /// verifies against the keys the ledger trusts (the key was revoked, the stored spec was
     /// changed). The runner reports the attempt failed without starting anything.
@@ -390,6 +392,7 @@ pub fn launch_for(state: &State, task: TaskId, fencing: u64, attempt: u32) -> Op
             .collect(),
         capsule: capsule.spec.name.clone(),
         artifact: capsule.spec.artifact,
+        container: capsule.spec.container.clone(),
         refused: state
             .check_signature(SpecKind::Capsule, &capsule.spec.signed_form(), capsule.signature.as_ref())
             .err()
@@ -417,6 +420,7 @@ mod tests {
             secrets: BTreeMap::new(),
             capsule: "c".into(),
             artifact: None,
+            container: None,
             refused: None,
         };
         let printed = format!("{launch:?}");

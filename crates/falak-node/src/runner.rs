@@ -64,6 +64,8 @@ pub struct Runner {
     slots: BTreeMap<TaskId, Arc<Slot>>,
     /// Where capsules' code comes from (fetched from peers, unpacked once per node).
     artifacts: Arc<crate::artifacts::NodeArtifacts>,
+    /// Where container capsules' images come from (peers first, then the registry).
+    images: Arc<crate::images::NodeImages>,
 }
 
 impl Runner {
@@ -74,9 +76,10 @@ impl Runner {
         users: TaskUsers,
         secrets: SecretKey,
         artifacts: Arc<crate::artifacts::NodeArtifacts>,
+        images: Arc<crate::images::NodeImages>,
     ) -> Runner {
         let starts = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS));
-        Runner { executor, tasks_dir, groups_dir, users, secrets, starts, slots: BTreeMap::new(), artifacts }
+        Runner { executor, tasks_dir, groups_dir, users, secrets, starts, slots: BTreeMap::new(), artifacts, images }
     }
 
     /// The node's artifacts, where capsules' code comes from.
@@ -147,7 +150,28 @@ impl Runner {
         let group_name = format!("{task}.a{}", launch.attempt);
         let starts = self.starts.clone();
         let (artifacts, artifact) = (self.artifacts.clone(), launch.artifact);
+        let (images, container) = (self.images.clone(), launch.container);
         tokio::spawn(async move {
+            // A container's image likewise: pulled once per node, peers first.
+            if let Some(container) = container {
+                let image = container.image.clone();
+                let ready = match images.for_container(&image).await {
+                    Ok(ready) => {
+                        let built = tokio::task::spawn_blocking(move || container_spec(spec, &container, ready)).await;
+                        built.unwrap_or_else(|e| Err(e.to_string()))
+                    }
+                    Err(e) => Err(format!("cannot get the image {image}: {e}")),
+                };
+                match ready {
+                    Ok(ready) => spec = ready,
+                    Err(e) => {
+                        tracing::warn!(%task, %image, error = %e, "cannot prepare the container");
+                        let report = not_started(e);
+                        let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report, started: false }));
+                        return;
+                    }
+                }
+            }
             // The code first (from a peer if need be; one transfer per node however many
             // attempts wait for it), outside the start permits: a slow fetch holds up no other
             // capsule's starts.
@@ -219,6 +243,39 @@ impl Runner {
         futures_util::future::join_all(handles.iter().map(|h| h.stop(grace))).await;
         self.slots.clear();
     }
+}
+
+/// `spec` as a container of `image`: Kubernetes' rules for the process (`command` replaces the
+/// image's entrypoint, `args` its `cmd`; a `command` alone drops the `cmd`), the image's
+/// environment under the capsule's, the capsule's working directory and user over the image's.
+/// Blocking (the user may be a name in the image's `/etc/passwd`).
+fn container_spec(
+    mut spec: TaskSpec,
+    container: &falak_core::capsule::ContainerSpec,
+    image: crate::images::ContainerImage,
+) -> Result<TaskSpec, String> {
+    let (entrypoint, cmd) = match (spec.command.is_empty(), container.args.is_empty()) {
+        (true, true) => (image.entrypoint, image.cmd),
+        (true, false) => (image.entrypoint, container.args.clone()),
+        (false, _) => (std::mem::take(&mut spec.command), container.args.clone()),
+    };
+    spec.command = entrypoint.into_iter().chain(cmd).collect();
+    if spec.command.is_empty() {
+        return Err(format!(
+            "the image {} has no entrypoint or cmd, and the capsule no `command`; give it one",
+            container.image
+        ));
+    }
+    let mut env: BTreeMap<String, String> =
+        image.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    env.append(&mut spec.env);
+    spec.env = env;
+    let cwd = container.workdir.clone().or(image.working_dir.filter(|w| !w.is_empty())).unwrap_or_else(|| "/".into());
+    let user = container.user.as_deref().or(image.user.as_deref());
+    let (uid, gid) = falak_image::resolve_user(&image.rootfs, user)?;
+    spec.run_as = None;
+    spec.container = Some(falak_exec::ContainerTask { rootfs: image.rootfs, cwd, user: RunAs { uid, gid } });
+    Ok(spec)
 }
 
 /// The report of an attempt that never started, saying why.

@@ -42,6 +42,24 @@ pub async fn run(ctx: &Context, command: CapsuleCommand) -> anyhow::Result<()> {
                     ctx.write_once_here("applying the capsule", async |client| client.apply_capsule(&document).await)
                         .await?
                 }
+                // A container's image named by tag: pulled on this node, which pins the digest
+                // it got, so every node runs the same image.
+                Ok(mut document)
+                    if document.image.as_deref().is_some_and(|i| !falak_core::capsule::image_is_pinned(i)) =>
+                {
+                    let image = document.image.clone().unwrap_or_default();
+                    let pulled = ctx
+                        .client
+                        .pull_image(&image)
+                        .await
+                        .with_context(|| format!("cannot pull the image {image} of capsule {}", document.name))?;
+                    if !ctx.json() {
+                        eprintln!("image {} is {}", pulled.name, pulled.digest);
+                    }
+                    document.image = Some(format!("{}@{}", pulled.name, pulled.digest));
+                    ctx.write_once_here("applying the capsule", async |client| client.apply_capsule(&document).await)
+                        .await?
+                }
                 // Without code (or unreadable: the node's answer names what is wrong) as written.
                 _ => {
                     ctx.write_once("applying the capsule", async |client| client.apply_capsule_text(&text).await)

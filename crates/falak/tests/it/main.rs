@@ -5,6 +5,7 @@
 
 mod admission;
 mod code;
+mod containers;
 mod disk;
 mod failover;
 mod functions;
