@@ -63,7 +63,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "falak-node",
         ],
     ),
-    ("falak-bench", &["falak-core", "falak-artifact", "falak-image", "falak-api", "falak-node"]),
+    ("falak-bench", &["falak-core", "falak-artifact", "falak-image", "falak-exec", "falak-api", "falak-node"]),
     ("xtask", &[]),
 ];
 

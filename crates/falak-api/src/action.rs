@@ -84,6 +84,12 @@ pub enum Action {
     /// Write `RemoveService`; answer with the service's final state (`ServiceInfo::new` over
     /// its job, which the ledger keeps as `CANCELLED`).
     RemoveService { name: String, reply: Reply<ServiceInfo> },
+    /// Write `UpdateService` (a rolling update); answer with the service as it starts moving.
+    UpdateService {
+        update: falak_core::ledger::ServiceUpdate,
+        idempotency: Option<IdempotencyKey>,
+        reply: Reply<ServiceInfo>,
+    },
     /// `WorkloadInfo::list`.
     ListWorkloads { reply: Reply<Vec<WorkloadInfo>> },
     /// `WorkloadInfo::get`.
@@ -140,6 +146,7 @@ impl Action {
             Action::ApplyService { .. } => "apply_service",
             Action::GetService { .. } => "get_service",
             Action::RemoveService { .. } => "remove_service",
+            Action::UpdateService { .. } => "update_service",
             Action::ListWorkloads { .. } => "list_workloads",
             Action::GetWorkload { .. } => "get_workload",
             Action::Subscribe { .. } => "subscribe",
@@ -184,6 +191,7 @@ impl Action {
             Action::ApplyService { reply, .. } => send(reply, error),
             Action::GetService { reply, .. } => send(reply, error),
             Action::RemoveService { reply, .. } => send(reply, error),
+            Action::UpdateService { reply, .. } => send(reply, error),
             Action::ListWorkloads { reply } => send(reply, error),
             Action::GetWorkload { reply, .. } => send(reply, error),
             Action::Subscribe { reply, .. } => send(reply, error),
@@ -212,6 +220,7 @@ impl Action {
                 | Action::CancelJob { .. }
                 | Action::ApplyService { .. }
                 | Action::RemoveService { .. }
+                | Action::UpdateService { .. }
                 | Action::Join { .. }
                 | Action::CreateJoinToken { .. }
                 | Action::RevokeJoinToken { .. }

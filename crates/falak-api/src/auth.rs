@@ -89,6 +89,7 @@ pub const AUTHORIZATION: &[Grant] = &[
     grant("POST", "/api/v1/services", DEPLOY),
     grant("GET", "/api/v1/services/{name}", READ),
     grant("DELETE", "/api/v1/services/{name}", DEPLOY),
+    grant("POST", "/api/v1/services/{name}/update", DEPLOY),
     grant("GET", "/api/v1/workloads", READ),
     grant("POST", "/api/v1/workloads", DEPLOY),
     grant("GET", "/api/v1/workloads/{id}", READ),

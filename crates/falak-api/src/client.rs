@@ -372,6 +372,16 @@ impl Client {
         self.json(self.get("/api/v1/services")).await
     }
 
+    /// `POST /api/v1/services/{name}/update`: a rolling update to another capsule version.
+    pub async fn update_service(
+        &self,
+        name: &str,
+        update: &crate::service::ServiceUpdateRequest,
+    ) -> Result<ServiceInfo, ClientError> {
+        let path = format!("/api/v1/services/{}/update", segment(name));
+        self.json(self.keyed(self.request(Method::POST, &path).json(update))).await
+    }
+
     pub async fn apply_service(&self, submission: &ServiceSubmission) -> Result<ServiceInfo, ClientError> {
         self.json(self.keyed(self.request(Method::POST, "/api/v1/services").json(submission))).await
     }

@@ -227,6 +227,15 @@ fn table() -> Vec<Route> {
             .idempotent(),
         Route::new(M::GET, "/api/v1/services/{name}", "one service with its replicas", service::show),
         Route::new(M::DELETE, "/api/v1/services/{name}", "remove a service", service::remove),
+        Route::new(
+            M::POST,
+            "/api/v1/services/{name}/update",
+            "move a service to another capsule version, a few replicas at a time",
+            service::update,
+        )
+        .body(SPEC_BODY)
+        .accepted()
+        .idempotent(),
         Route::new(M::GET, "/api/v1/workloads", "services and jobs in the workload shape", workload::list),
         Route::new(M::POST, "/api/v1/workloads", "create a service from a capsule", workload::create)
             .body(SPEC_BODY)

@@ -87,6 +87,7 @@ pub const BENCHES: &[Bench] = &[
         ],
     },
     Bench { name: "images", rows: &[("image-registry-bytes", "≈ 1× the image for 3 nodes")] },
+    Bench { name: "containers", rows: &[("container-start-overhead", "≤ 5 ms added at p50")] },
 ];
 
 /// Run benchmark `name`; a failure becomes an ERROR row per row it would have reported.
@@ -102,6 +103,7 @@ pub async fn run(ctx: &Ctx, bench: &Bench) -> Vec<Row> {
         "heal" => crate::heal::heal(ctx).await,
         "functions" => crate::functions::functions(ctx).await,
         "images" => crate::images::images(ctx).await,
+        "containers" => crate::containers::containers(ctx).await,
         other => Err(anyhow!("unknown benchmark {other}")),
     };
     match result {

@@ -6,6 +6,8 @@
 //! - [`functions`]: the functions group (starts, gateway overhead, requests/s) and `serve-noop`.
 //! - [`heal`]: a partition of the ledger leader heals cleanly (issue 9).
 //! - [`images`]: registry bytes and pull times of one image on three nodes (issue 11).
+//! - [`containers`]: a container's start through the node's executor beside bare `runc run`
+//!   (issue 11).
 //! - [`registry`]: a local `docker-registry`, images built as OCI layouts, `skopeo` pushes.
 //! - [`netfilter`]: cut a node off the others with iptables (partition tests, the heal benchmark).
 //! - [`report`]: the summary table and the JSON report.
@@ -13,6 +15,7 @@
 #![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
 pub mod benches;
+pub mod containers;
 pub mod functions;
 pub mod heal;
 pub mod images;

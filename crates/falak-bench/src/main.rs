@@ -24,7 +24,8 @@ struct Args {
     /// Run only this benchmark (repeatable): idle-rss, submit-to-running, claims-per-second
     /// (also noop-tasks-per-second), kill-to-offline, pause-false-positives, kill-to-rerun,
     /// leader-failover, heal (needs root and iptables), functions (or one of its rows, e.g.
-    /// fn-snapshot-start), images (needs docker-registry and skopeo).
+    /// fn-snapshot-start), images (needs docker-registry and skopeo), containers (needs runc and
+    /// busybox-static).
     #[arg(long)]
     only: Vec<String>,
     /// Fewer samples and trials: a smoke run, not numbers to quote.

@@ -265,7 +265,8 @@ impl Candidacy {
     }
 }
 
-/// What the ledger leader of `term` proposes on its own: node health changes and lease expiry.
+/// What the ledger leader of `term` proposes on its own: node health changes, lease expiry
+/// and the steps of services' rollouts.
 ///
 /// The leader reconciles every node's recorded state with its own live view, itself included:
 /// a node it sees HEALTHY or answering (and the leader itself, which is evidently up) is marked
@@ -303,5 +304,6 @@ pub fn leader_duties(
     if expired {
         out.push(Command::ExpireLeases { term, now });
     }
+    out.extend(crate::ledger::rollout_duties(state, term, now));
     out
 }

@@ -10,6 +10,7 @@ mod apply;
 mod event;
 mod functions;
 mod idempotency;
+mod rollout;
 mod state;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,10 @@ pub use event::{EventId, ParseEventIdError};
 pub use idempotency::{
     IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_RETENTION_MS, IdempotencyKey, InvalidIdempotencyKey, MAX_IDEMPOTENCY_KEYS,
     Remembered, RequestFingerprint,
+};
+pub use rollout::{
+    CRASHES_TO_ROLL_BACK, DEFAULT_DEADLINE_MS, DEFAULT_MIN_READY_MS, Rollout, RolloutState, RolloutStep, ServiceUpdate,
+    rollout_duties,
 };
 pub use state::{PlantedBug, State, StateData};
 
@@ -83,6 +88,19 @@ pub enum Command {
     },
     RemoveService {
         name: String,
+        now: Millis,
+    },
+    /// Move a service to another capsule version, a few replicas at a time (`rollout.rs`).
+    UpdateService {
+        update: ServiceUpdate,
+        origin: NodeId,
+        now: Millis,
+    },
+    /// The next step of a service's rollout, proposed by the ledger leader of `term` and
+    /// decided again by the state machine.
+    StepRollout {
+        service: String,
+        term: u64,
         now: Millis,
     },
     /// A node claims one attempt of a task.
@@ -276,6 +294,8 @@ pub enum Outcome {
     JobCancelled { job: JobId, cancelled: u32 },
     ServiceApplied { name: String, job: JobId, replicas: u32 },
     ServiceRemoved { name: String },
+    ServiceUpdating { name: String, job: JobId, version: u32 },
+    RolloutStepped { service: String, step: String },
     Claimed { task: TaskId, attempt: u32, fencing: u64, lease_until: Millis },
     Started { task: TaskId },
     Renewed { renewed: u32, lost: Vec<TaskId> },
@@ -374,6 +394,18 @@ pub enum LedgerEvent {
     },
     ServiceRemoved {
         name: String,
+    },
+    /// A rollout started.
+    ServiceUpdating {
+        name: String,
+        from_version: u32,
+        to_version: u32,
+    },
+    /// A rollout ended: every replica on `version`, the new one or (rolled back) the old one.
+    ServiceUpdated {
+        name: String,
+        version: u32,
+        rolled_back: Option<String>,
     },
     FunctionDeployed {
         name: String,

@@ -305,6 +305,13 @@ impl MainLoop {
                 let command = keyed(command, idempotency.as_ref(), asked);
                 self.write_keyed_then(command, idempotency, reply, move |state, _| ServiceInfo::get(state, &name));
             }
+            Action::UpdateService { update, idempotency, reply } => {
+                let name = update.name.clone();
+                let asked = RequestFingerprint::of("update_service", &update);
+                let command = Command::UpdateService { update, origin: self.id, now: now_millis() };
+                let command = keyed(command, idempotency.as_ref(), asked);
+                self.write_keyed_then(command, idempotency, reply, move |state, _| ServiceInfo::get(state, &name));
+            }
             Action::GetService { name, reply } => {
                 let _ = reply.send(ServiceInfo::get(&self.ledger.state(), &name));
             }

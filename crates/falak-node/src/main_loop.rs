@@ -603,6 +603,8 @@ pub fn event_kind(event: &LedgerEvent) -> &'static str {
         LedgerEvent::LeaseExpired { .. } => "lease_expired",
         LedgerEvent::ServiceApplied { .. } => "service_applied",
         LedgerEvent::ServiceRemoved { .. } => "service_removed",
+        LedgerEvent::ServiceUpdating { .. } => "service_updating",
+        LedgerEvent::ServiceUpdated { .. } => "service_updated",
         LedgerEvent::FunctionDeployed { .. } => "function_deployed",
         LedgerEvent::FunctionRemoved { .. } => "function_removed",
         LedgerEvent::InstanceClaimed { .. } => "instance_claimed",

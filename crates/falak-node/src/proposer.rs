@@ -45,6 +45,7 @@ fn is_urgent(command: &Command) -> bool {
             | Command::CancelJob { .. }
             | Command::ApplyService { .. }
             | Command::RemoveService { .. }
+            | Command::UpdateService { .. }
     )
 }
 

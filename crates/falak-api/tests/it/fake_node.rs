@@ -291,6 +291,14 @@ impl FakeNode {
                     .and_then(|_| ServiceInfo::get(&self.state, &name));
                 let _ = reply.send(result);
             }
+            Action::UpdateService { update, reply, .. } => {
+                let origin = self.me;
+                let name = update.name.clone();
+                let result = self
+                    .write(|now| Command::UpdateService { update, origin, now })
+                    .and_then(|_| ServiceInfo::get(&self.state, &name));
+                let _ = reply.send(result);
+            }
             Action::GetService { name, reply } => {
                 let _ = reply.send(ServiceInfo::get(&self.state, &name));
             }

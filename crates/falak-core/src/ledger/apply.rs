@@ -58,6 +58,13 @@ impl State {
             Command::CancelJob { job, now } => self.cancel_job(*job, *now, ev),
             Command::ApplyService { request, origin, now } => self.apply_service(request, *origin, *now, ev),
             Command::RemoveService { name, now } => self.remove_service(name, *now, ev),
+            Command::UpdateService { update, origin, now } => self.update_service(update, *origin, *now, ev),
+            Command::StepRollout { service, term, now } => {
+                if let Err(stale) = self.check_term("a rollout step", *term) {
+                    return stale;
+                }
+                self.step_rollout(service, *now, ev)
+            }
             Command::Claim { task, attempt, node, lease_ms, decision, now } => {
                 self.claim(*task, *attempt, *node, *lease_ms, decision, *now, ev)
             }
@@ -253,7 +260,7 @@ impl State {
         Outcome::CapsuleApplied { name: spec.name.clone(), version, unchanged: false }
     }
 
-    fn resolve_capsule(&self, name: &str, version: Option<u32>) -> Result<&CapsuleVersion, Outcome> {
+    pub(super) fn resolve_capsule(&self, name: &str, version: Option<u32>) -> Result<&CapsuleVersion, Outcome> {
         if !self.data.capsules.contains_key(name) {
             return Err(reject(
                 RejectCode::NotFound,
@@ -326,7 +333,7 @@ impl State {
     }
 
     #[allow(clippy::too_many_arguments, reason = "a job's fields come from several sources")]
-    fn new_job(
+    pub(super) fn new_job(
         &mut self,
         capsule: &CapsuleVersion,
         kind: WorkKind,
@@ -361,7 +368,7 @@ impl State {
         id
     }
 
-    fn new_task(&mut self, id: TaskId, input: Option<String>, now: Millis) {
+    pub(super) fn new_task(&mut self, id: TaskId, input: Option<String>, now: Millis) {
         let task = Task {
             id,
             input,
@@ -414,8 +421,14 @@ impl State {
             Ok(c) => c.clone(),
             Err(o) => return o,
         };
-        if capsule.spec.kind != Kind::Process {
-            return reject(RejectCode::Invalid, "services run process capsules");
+        if !matches!(capsule.spec.kind, Kind::Process | Kind::Container) {
+            return reject(RejectCode::Invalid, "services run process and container capsules");
+        }
+        if self.rollout(&request.name).is_some_and(|r| r.state == crate::ledger::RolloutState::Progressing) {
+            return reject(
+                RejectCode::Conflict,
+                format!("service {} is being updated; scale it once the update has finished", request.name),
+            );
         }
         let job = match self.data.services.get(&request.name).copied() {
             Some(job) => {
@@ -424,8 +437,8 @@ impl State {
                     return reject(
                         RejectCode::Conflict,
                         format!(
-                            "service {} runs capsule {} version {}; changing its capsule is not supported yet: `falak service rm {}` and apply again",
-                            request.name, existing.capsule, existing.version, request.name
+                            "service {} runs capsule {} version {}; move it to another version with `falak service update {} --version N`, or to another capsule with `falak service rm {}` and apply again",
+                            request.name, existing.capsule, existing.version, request.name, request.name
                         ),
                     );
                 }
@@ -460,6 +473,7 @@ impl State {
         let Some(job) = self.data.services.remove(name) else {
             return reject(RejectCode::NotFound, format!("service {name} not found"));
         };
+        self.end_rollout_of_removed(name, now, ev);
         let ids: Vec<TaskId> = self.job_tasks(job).filter(|t| !t.state.is_terminal()).map(|t| t.id).collect();
         for id in ids {
             self.end_task(id, TaskState::Cancelled, None, Some("service removed".into()), now, ev);
@@ -726,7 +740,7 @@ impl State {
     }
 
     /// Move a task to a terminal state and settle its job.
-    fn end_task(
+    pub(super) fn end_task(
         &mut self,
         id: TaskId,
         state: TaskState,
@@ -773,7 +787,7 @@ impl State {
         }
     }
 
-    fn finish_job(&mut self, id: JobId, state: JobState, now: Millis, ev: &mut Vec<LedgerEvent>) {
+    pub(super) fn finish_job(&mut self, id: JobId, state: JobState, now: Millis, ev: &mut Vec<LedgerEvent>) {
         let job = self.data.jobs.get_mut(&id).expect("job exists");
         if job.state != JobState::Running {
             return;
@@ -799,6 +813,8 @@ fn command_now(command: &Command) -> Option<Millis> {
         | Command::CancelJob { now, .. }
         | Command::ApplyService { now, .. }
         | Command::RemoveService { now, .. }
+        | Command::UpdateService { now, .. }
+        | Command::StepRollout { now, .. }
         | Command::Claim { now, .. }
         | Command::Started { now, .. }
         | Command::RenewLeases { now, .. }

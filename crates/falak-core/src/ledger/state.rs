@@ -45,6 +45,9 @@ pub struct StateData {
     pub tasks: BTreeMap<TaskId, Task>,
     /// Service name to the job that holds its replicas.
     pub services: BTreeMap<String, JobId>,
+    /// Each service's rollout in progress, or its last one (`rollout.rs`).
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, super::Rollout>,
     pub next_job: u64,
     /// The last fencing token handed out; tokens strictly increase.
     pub fencing: u64,

@@ -4,3 +4,4 @@ mod election;
 mod fixtures;
 mod ledger;
 mod placement;
+mod rollout;

@@ -1,4 +1,4 @@
-//! `falak service apply -f FILE | list | rm NAME`.
+//! `falak service apply -f FILE | list | show NAME | update NAME | rm NAME`.
 
 use std::path::PathBuf;
 
@@ -19,6 +19,31 @@ pub enum ServiceCommand {
     },
     /// List services.
     List,
+    /// Show one service: its replicas and its last update.
+    Show { name: String },
+    /// Move a service to another capsule version a few replicas at a time; it rolls back by
+    /// itself when the new version's replicas do not stay up.
+    Update {
+        name: String,
+        /// The capsule version; the latest when absent.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Replicas that may be down at once.
+        #[arg(long, default_value_t = 1)]
+        max_unavailable: u32,
+        /// Replicas that may run beyond the replica count.
+        #[arg(long, default_value_t = 0)]
+        max_surge: u32,
+        /// How long a new replica must run to count as healthy.
+        #[arg(long, default_value = "2s")]
+        min_ready: String,
+        /// How long the update may take before it is rolled back.
+        #[arg(long, default_value = "5m")]
+        deadline: String,
+        /// Wait until the update is done or rolled back (exit status 1 when rolled back).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Remove a service and stop its replicas.
     Rm { name: String },
 }
@@ -46,6 +71,44 @@ pub async fn run(ctx: &Context, command: ServiceCommand) -> anyhow::Result<()> {
             print!("{}", render_list(&services));
             Ok(())
         }
+        ServiceCommand::Show { name } => {
+            let service = ctx.client.service(&name).await?;
+            if ctx.json() {
+                return print_json(&service);
+            }
+            print!("{}", render_list(std::slice::from_ref(&service)));
+            if let Some(line) = rollout_line(&service) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        ServiceCommand::Update { name, version, max_unavailable, max_surge, min_ready, deadline, wait } => {
+            let request = falak_api::service::ServiceUpdateRequest {
+                version,
+                max_unavailable: Some(max_unavailable),
+                max_surge: Some(max_surge),
+                min_ready: Some(min_ready),
+                deadline: Some(deadline),
+            };
+            let mut service = ctx
+                .write_once("updating the service", async |client| client.update_service(&name, &request).await)
+                .await?;
+            if wait {
+                while service.rollout.as_ref().is_some_and(|r| r.state == "progressing") {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    service = ctx.client.service(&name).await?;
+                }
+            }
+            if ctx.json() {
+                print_json(&service)?;
+            } else if let Some(line) = rollout_line(&service) {
+                println!("{line}");
+            }
+            if service.rollout.as_ref().is_some_and(|r| r.state == "rolled_back") {
+                anyhow::bail!("service {name} was rolled back");
+            }
+            Ok(())
+        }
         ServiceCommand::Rm { name } => {
             let service = ctx.client.remove_service(&name).await?;
             if ctx.json() {
@@ -55,6 +118,24 @@ pub async fn run(ctx: &Context, command: ServiceCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What the service's last update did, in a line.
+fn rollout_line(service: &ServiceInfo) -> Option<String> {
+    let r = service.rollout.as_ref()?;
+    let (from, to) = (r.from_version, r.to_version);
+    Some(match r.state.as_str() {
+        "progressing" => format!(
+            "service {}: updating {}:{from} → {to} (max_unavailable {}, max_surge {}; {} of {} replicas running)",
+            service.name, service.capsule, r.max_unavailable, r.max_surge, service.running, service.replicas
+        ),
+        "done" => format!("service {}: updated to {}:{to}", service.name, service.capsule),
+        _ => format!(
+            "service {}: update to version {to} rolled back to version {from}: {}",
+            service.name,
+            r.reason.as_deref().unwrap_or("no reason recorded")
+        ),
+    })
 }
 
 pub fn render_list(services: &[ServiceInfo]) -> String {

@@ -15,6 +15,7 @@ mod isolation;
 mod no_namespaces;
 mod partition;
 mod procs;
+mod rollout;
 mod up;
 
 use std::collections::BTreeMap;
