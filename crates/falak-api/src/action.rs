@@ -53,6 +53,8 @@ pub enum Action {
         idempotency: Option<IdempotencyKey>,
         reply: Reply<CapsuleApplied>,
     },
+    /// Write `RollbackCapsule`: an earlier version's spec and signature as the latest.
+    RollbackCapsule { name: String, version: Option<u32>, reply: Reply<CapsuleApplied> },
     /// `CapsuleSummary::list`.
     ListCapsules { reply: Reply<Vec<CapsuleSummary>> },
     /// `CapsuleInfo::get`.
@@ -132,6 +134,7 @@ impl Action {
             Action::Metrics { .. } => "metrics",
             Action::ListNodes { .. } => "list_nodes",
             Action::ApplyCapsule { .. } => "apply_capsule",
+            Action::RollbackCapsule { .. } => "rollback_capsule",
             Action::ListCapsules { .. } => "list_capsules",
             Action::GetCapsule { .. } => "get_capsule",
             Action::SubmitJob { .. } => "submit_job",
@@ -177,6 +180,7 @@ impl Action {
             Action::Metrics { reply } => send(reply, error),
             Action::ListNodes { reply } => send(reply, error),
             Action::ApplyCapsule { reply, .. } => send(reply, error),
+            Action::RollbackCapsule { reply, .. } => send(reply, error),
             Action::ListCapsules { reply } => send(reply, error),
             Action::GetCapsule { reply, .. } => send(reply, error),
             Action::SubmitJob { reply, .. } => send(reply, error),
@@ -216,6 +220,7 @@ impl Action {
         matches!(
             self,
             Action::ApplyCapsule { .. }
+                | Action::RollbackCapsule { .. }
                 | Action::SubmitJob { .. }
                 | Action::CancelJob { .. }
                 | Action::ApplyService { .. }

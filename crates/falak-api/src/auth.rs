@@ -76,6 +76,7 @@ pub const AUTHORIZATION: &[Grant] = &[
     grant("POST", "/api/v1/capsules", DEPLOY),
     grant("GET", "/api/v1/capsules", READ),
     grant("GET", "/api/v1/capsules/{name}", READ),
+    grant("POST", "/api/v1/capsules/{name}/rollback", DEPLOY),
     grant("POST", "/api/v1/jobs", DEPLOY),
     grant("GET", "/api/v1/jobs", READ),
     grant("GET", "/api/v1/jobs/{id}", READ),

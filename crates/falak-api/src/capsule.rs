@@ -92,6 +92,28 @@ pub(crate) async fn apply(
     Ok((status, Json(applied)))
 }
 
+/// The body of `POST /api/v1/capsules/{name}/rollback`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version to bring back; the one before the latest when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+pub(crate) async fn rollback(
+    State(ctx): State<Ctx>,
+    ApiPath(name): ApiPath<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<CapsuleApplied>), ApiError> {
+    validate_name("name", &name)?;
+    let request: RollbackRequest = if body.is_empty() { RollbackRequest::default() } else { body.parse()? };
+    let version = request.version;
+    let applied = ctx.ask(|reply| Action::RollbackCapsule { name, version, reply }).await?;
+    let status = if applied.unchanged { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(applied)))
+}
+
 pub(crate) async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<CapsuleSummary>>, ApiError> {
     ctx.ask(|reply| Action::ListCapsules { reply }).await.map(Json)
 }

@@ -253,6 +253,14 @@ impl Client {
         self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
     }
 
+    /// `POST /api/v1/capsules/{name}/rollback`: version `version` (the one before the latest
+    /// when `None`) becomes the latest again, as a new version.
+    pub async fn rollback_capsule(&self, name: &str, version: Option<u32>) -> Result<CapsuleApplied, ClientError> {
+        let body = crate::capsule::RollbackRequest { version };
+        let path = format!("/api/v1/capsules/{}/rollback", segment(name));
+        self.json(self.request(Method::POST, &path).json(&body)).await
+    }
+
     // Images (of the node this client talks to).
 
     pub async fn pull_image(&self, reference: &str) -> Result<ImagePulled, ClientError> {

@@ -207,6 +207,13 @@ fn table() -> Vec<Route> {
             .idempotent(),
         Route::new(M::GET, "/api/v1/capsules", "capsules, latest version each", capsule::list),
         Route::new(M::GET, "/api/v1/capsules/{name}", "every version of one capsule", capsule::show),
+        Route::new(
+            M::POST,
+            "/api/v1/capsules/{name}/rollback",
+            "make an earlier version the latest again, as a new version",
+            capsule::rollback,
+        )
+        .body(&[JSON]),
         Route::new(M::POST, "/api/v1/jobs", "submit a job", job::submit).body(SPEC_BODY).created().idempotent(),
         Route::new(M::GET, "/api/v1/jobs", "jobs, newest first", job::list)
             .query(&[("limit", "at most this many jobs (default 100)")]),
@@ -361,6 +368,11 @@ impl FromRequest<Ctx> for Body {
 }
 
 impl Body {
+    /// Whether the body holds nothing but whitespace (an optional body left out).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes.iter().all(u8::is_ascii_whitespace)
+    }
+
     /// Parse the body as JSON (`application/json`) or YAML (`application/yaml`, `text/yaml`, or
     /// no content type). Errors name the field that is wrong.
     pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {

@@ -90,6 +90,13 @@ pub enum Command {
         name: String,
         now: Millis,
     },
+    /// Make an earlier version of a capsule its latest again: the same spec and signature as a
+    /// new version (the version before the latest when `version` is absent).
+    RollbackCapsule {
+        name: String,
+        version: Option<u32>,
+        now: Millis,
+    },
     /// Move a service to another capsule version, a few replicas at a time (`rollout.rs`).
     UpdateService {
         update: ServiceUpdate,

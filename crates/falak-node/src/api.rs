@@ -246,6 +246,15 @@ impl MainLoop {
                     other => Err(unexpected(&other)),
                 });
             }
+            Action::RollbackCapsule { name, version, reply } => {
+                let command = Command::RollbackCapsule { name, version, now: now_millis() };
+                self.write_then(command, reply, |_, outcome| match outcome {
+                    Outcome::CapsuleApplied { name, version, unchanged } => {
+                        Ok(CapsuleApplied { name, version, unchanged })
+                    }
+                    other => Err(unexpected(&other)),
+                });
+            }
             Action::ListCapsules { reply } => {
                 let _ = reply.send(Ok(CapsuleSummary::list(&self.ledger.state())));
             }

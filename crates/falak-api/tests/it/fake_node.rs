@@ -234,6 +234,16 @@ impl FakeNode {
                     });
                 let _ = reply.send(result);
             }
+            Action::RollbackCapsule { name, version, reply } => {
+                let result =
+                    self.write(|now| Command::RollbackCapsule { name, version, now }).map(|outcome| match outcome {
+                        Outcome::CapsuleApplied { name, version, unchanged } => {
+                            CapsuleApplied { name, version, unchanged }
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    });
+                let _ = reply.send(result);
+            }
             Action::ListCapsules { reply } => {
                 let _ = reply.send(Ok(CapsuleSummary::list(&self.state)));
             }

@@ -58,6 +58,7 @@ impl State {
             Command::CancelJob { job, now } => self.cancel_job(*job, *now, ev),
             Command::ApplyService { request, origin, now } => self.apply_service(request, *origin, *now, ev),
             Command::RemoveService { name, now } => self.remove_service(name, *now, ev),
+            Command::RollbackCapsule { name, version, now } => self.rollback_capsule(name, *version, *now, ev),
             Command::UpdateService { update, origin, now } => self.update_service(update, *origin, *now, ev),
             Command::StepRollout { service, term, now } => {
                 if let Err(stale) = self.check_term("a rollout step", *term) {
@@ -258,6 +259,31 @@ impl State {
         versions.push(CapsuleVersion { version, spec: stored, created_at: now, signature: signature.cloned() });
         ev.push(LedgerEvent::CapsuleApplied { name: spec.name.clone(), version });
         Outcome::CapsuleApplied { name: spec.name.clone(), version, unchanged: false }
+    }
+
+    fn rollback_capsule(&mut self, name: &str, to: Option<u32>, now: Millis, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        let Some(versions) = self.data.capsules.get(name) else {
+            return reject(RejectCode::NotFound, format!("capsule {name} not found"));
+        };
+        let latest = versions.last().map_or(0, |l| l.version);
+        let target = match to {
+            Some(v) => versions.iter().find(|c| c.version == v),
+            None => versions.iter().rev().nth(1),
+        };
+        let Some(target) = target.cloned() else {
+            return reject(
+                RejectCode::NotFound,
+                match to {
+                    Some(v) => format!("capsule {name} has no version {v}; `falak capsule show {name}` lists them"),
+                    None => format!("capsule {name} has only version {latest}: there is nothing to roll back to"),
+                },
+            );
+        };
+        // The stored spec and its signature, as a new version: the signature covers the spec
+        // without its version, so it verifies as long as its key is trusted.
+        let mut spec = target.spec;
+        spec.version = None;
+        self.apply_capsule(&spec, target.signature.as_ref(), now, ev)
     }
 
     pub(super) fn resolve_capsule(&self, name: &str, version: Option<u32>) -> Result<&CapsuleVersion, Outcome> {
@@ -814,6 +840,7 @@ fn command_now(command: &Command) -> Option<Millis> {
         | Command::ApplyService { now, .. }
         | Command::RemoveService { now, .. }
         | Command::UpdateService { now, .. }
+        | Command::RollbackCapsule { now, .. }
         | Command::StepRollout { now, .. }
         | Command::Claim { now, .. }
         | Command::Started { now, .. }

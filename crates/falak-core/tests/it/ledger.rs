@@ -421,3 +421,22 @@ fn keys_are_forgotten_after_the_retention_or_beyond_the_count() {
     assert!(s.idempotent_outcome(&format!("n{}", MAX_IDEMPOTENCY_KEYS + 4).parse().unwrap()).is_some());
     assert!(s.indexes_consistent());
 }
+
+#[test]
+fn a_capsule_rolls_back_to_an_earlier_version_as_a_new_one_with_its_signature() {
+    let mut s = mesh();
+    let only = s.apply(&Command::RollbackCapsule { name: "c".into(), version: None, now: 3 }).outcome;
+    assert_eq!(code(&only), RejectCode::NotFound);
+    assert!(only.rejection().unwrap().message.contains("nothing to roll back to"), "{only:?}");
+    s.apply(&capsule("c", "400m", 2));
+    let back = s.apply(&Command::RollbackCapsule { name: "c".into(), version: None, now: 4 }).outcome;
+    assert_eq!(back, Outcome::CapsuleApplied { name: "c".into(), version: 3, unchanged: false });
+    let versions = s.capsule_versions("c").unwrap();
+    assert_eq!(versions[2].spec.resources, versions[0].spec.resources, "version 3 is version 1's spec");
+    assert_eq!(versions[2].signature, versions[0].signature, "with its signature, which still verifies");
+    // Already the latest content: nothing new.
+    let again = s.apply(&Command::RollbackCapsule { name: "c".into(), version: Some(1), now: 5 }).outcome;
+    assert_eq!(again, Outcome::CapsuleApplied { name: "c".into(), version: 3, unchanged: true });
+    let missing = s.apply(&Command::RollbackCapsule { name: "c".into(), version: Some(9), now: 6 }).outcome;
+    assert!(missing.rejection().unwrap().message.contains("has no version 9"), "{missing:?}");
+}

@@ -22,6 +22,14 @@ pub enum CapsuleCommand {
     List,
     /// Show every version of one capsule.
     Show { name: String },
+    /// Make an earlier version the latest again (as a new version with the same spec and
+    /// signature); `falak service update` then moves services to it.
+    Rollback {
+        name: String,
+        /// The version to bring back; the one before the latest when absent.
+        #[arg(long = "to", value_name = "VERSION")]
+        to: Option<u32>,
+    },
 }
 
 pub async fn run(ctx: &Context, command: CapsuleCommand) -> anyhow::Result<()> {
@@ -73,6 +81,19 @@ pub async fn run(ctx: &Context, command: CapsuleCommand) -> anyhow::Result<()> {
                 println!("capsule {} unchanged (version {})", applied.name, applied.version);
             } else {
                 println!("capsule {} version {} applied", applied.name, applied.version);
+            }
+            Ok(())
+        }
+        CapsuleCommand::Rollback { name, to } => {
+            let applied = ctx.client.rollback_capsule(&name, to).await?;
+            if ctx.json() {
+                return print_json(&applied);
+            }
+            let from = to.map_or_else(|| "the previous version".to_owned(), |v| format!("version {v}"));
+            if applied.unchanged {
+                println!("capsule {name} version {} already is {from}", applied.version);
+            } else {
+                println!("capsule {name} version {} applied: {from} again", applied.version);
             }
             Ok(())
         }

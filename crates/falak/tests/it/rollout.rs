@@ -2,7 +2,7 @@
 //! version with `max_unavailable: 1` and never has fewer than 3 replicas running (polled every
 //! 50 ms throughout); a version whose replicas crash is rolled back by the mesh itself and the
 //! service ends on the version it had, at full strength. With the CLI, as a user who is not
-//! root.
+//! root, `falak capsule rollback` too.
 
 use std::time::{Duration, Instant};
 
@@ -124,5 +124,8 @@ async fn an_unprivileged_user_updates_and_rolls_back_a_service_with_the_cli() {
     assert!(stderr.contains("service web was rolled back"), "{stderr}");
     let shown = ws.run(&["service", "show", "web"], Duration::from_secs(30)).await;
     assert!(shown.contains("web:2"), "{shown}");
+    // The capsule too: version 2's spec becomes version 4.
+    let back = ws.run(&["capsule", "rollback", "web", "--to", "2"], Duration::from_secs(30)).await;
+    assert!(back.contains("capsule web version 4 applied: version 2 again"), "{back}");
     mesh.stop_within(Duration::from_secs(30)).await;
 }
