@@ -103,6 +103,7 @@ pub const AUTHORIZATION: &[Grant] = &[
     grant("DELETE", "/api/v1/images/{image}", DEPLOY),
     grant("GET", "/api/v1/functions", READ),
     grant("POST", "/api/v1/functions", DEPLOY),
+    grant("POST", "/api/v1/functions/{name}/rollback", DEPLOY),
     grant("GET", "/api/v1/functions/{name}", READ),
     grant("DELETE", "/api/v1/functions/{name}", DEPLOY),
     grant("GET", "/api/v1/functions/{name}/instances", READ),

@@ -41,6 +41,19 @@ pub struct CapsuleSummary {
 pub struct CapsuleInfo {
     pub name: String,
     pub versions: Vec<CapsuleVersion>,
+    /// The latest version's code (bundle or image) and the nodes that hold it ready, as the
+    /// answering node hears from gossip; absent for a capsule without code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeHolders>,
+}
+
+/// Who holds a capsule's code: the orbit prefetch keeps it on the nodes most likely to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeHolders {
+    /// The short id gossip carries (`CapsuleSpec::code_id`).
+    pub id: String,
+    /// Names of the nodes that hold it, sorted.
+    pub held_by: Vec<String>,
 }
 
 impl CapsuleSummary {
@@ -65,12 +78,32 @@ impl CapsuleSummary {
 }
 
 impl CapsuleInfo {
+    /// Fill `code` with the nodes whose gossip (`held`, by node id) lists the latest version's
+    /// code.
+    pub fn with_holders<'a>(
+        mut self,
+        state: &LedgerState,
+        held: impl IntoIterator<Item = (falak_core::NodeId, &'a [String])>,
+    ) -> CapsuleInfo {
+        let Some(id) = self.versions.last().and_then(|v| v.spec.code_id()) else { return self };
+        let mut held_by: Vec<String> = held
+            .into_iter()
+            .filter(|(_, held)| held.contains(&id))
+            .filter_map(|(node, _)| state.node(&node).map(|n| n.record.name.clone()))
+            .collect();
+        held_by.sort();
+        held_by.dedup();
+        self.code = Some(CodeHolders { id, held_by });
+        self
+    }
+
     pub fn get(state: &LedgerState, name: &str) -> Result<CapsuleInfo, ApiError> {
         match state.capsule_versions(name) {
             // Secret values never leave the ledger: shown as `redacted`.
             Some(versions) => Ok(CapsuleInfo {
                 name: name.to_owned(),
                 versions: versions.iter().map(|v| CapsuleVersion { spec: v.spec.redacted(), ..v.clone() }).collect(),
+                code: None,
             }),
             None => Err(ApiError::not_found(format!("capsule {name} not found"))),
         }

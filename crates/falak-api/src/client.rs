@@ -253,6 +253,18 @@ impl Client {
         self.json(self.sign(request, SpecKind::Capsule, signed.as_ref())).await
     }
 
+    /// `POST /api/v1/functions/{name}/rollback`: an earlier version (the one before the
+    /// current when `None`) deployed again, as a new version.
+    pub async fn rollback_function(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<crate::function::FunctionInfo, ClientError> {
+        let body = crate::capsule::RollbackRequest { version };
+        let path = format!("/api/v1/functions/{}/rollback", segment(name));
+        self.json(self.request(Method::POST, &path).json(&body)).await
+    }
+
     /// `POST /api/v1/capsules/{name}/rollback`: version `version` (the one before the latest
     /// when `None`) becomes the latest again, as a new version.
     pub async fn rollback_capsule(&self, name: &str, version: Option<u32>) -> Result<CapsuleApplied, ClientError> {

@@ -58,6 +58,12 @@ pub enum FunctionAction {
         name: String,
         reply: Reply<FunctionInfo>,
     },
+    /// Deploy an earlier version again, as a new version.
+    Rollback {
+        name: String,
+        version: Option<u32>,
+        reply: Reply<FunctionInfo>,
+    },
     /// Every instance of the function on every node that answers.
     Instances {
         name: String,
@@ -91,6 +97,7 @@ impl FunctionAction {
             FunctionAction::List { .. } => "list_functions",
             FunctionAction::Get { .. } => "get_function",
             FunctionAction::Remove { .. } => "remove_function",
+            FunctionAction::Rollback { .. } => "rollback_function",
             FunctionAction::Instances { .. } => "function_instances",
             FunctionAction::Logs { .. } => "function_logs",
             FunctionAction::Invoke { .. } => "invoke_async",
@@ -108,6 +115,7 @@ impl FunctionAction {
             FunctionAction::List { reply } => send(reply, error),
             FunctionAction::Get { reply, .. } => send(reply, error),
             FunctionAction::Remove { reply, .. } => send(reply, error),
+            FunctionAction::Rollback { reply, .. } => send(reply, error),
             FunctionAction::Instances { reply, .. } => send(reply, error),
             FunctionAction::Logs { reply, .. } => send(reply, error),
             FunctionAction::Invoke { reply, .. } => send(reply, error),
@@ -121,6 +129,7 @@ impl FunctionAction {
             FunctionAction::StoreArtifact { .. }
                 | FunctionAction::Deploy { .. }
                 | FunctionAction::Remove { .. }
+                | FunctionAction::Rollback { .. }
                 | FunctionAction::Invoke { .. }
         )
     }
@@ -209,6 +218,9 @@ pub struct FunctionInfo {
     pub instances: u32,
     /// The gateway path.
     pub url_path: String,
+    /// Earlier versions the ledger keeps, oldest first: `falak fn rollback` brings one back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_versions: Vec<u32>,
 }
 
 impl FunctionInfo {
@@ -229,6 +241,7 @@ impl FunctionInfo {
             observers: entry.spec.observers,
             deployed_at: entry.deployed_at,
             instances: entry.instances.len() as u32,
+            earlier_versions: entry.history.iter().map(|h| h.spec.version).collect(),
         }
     }
 }
@@ -436,6 +449,18 @@ pub(crate) async fn remove(
 ) -> Result<Json<FunctionInfo>, ApiError> {
     check_name(&name)?;
     ctx.ask(|reply| Action::Function(FunctionAction::Remove { name, reply })).await.map(Json)
+}
+
+pub(crate) async fn rollback(
+    State(ctx): State<Ctx>,
+    ApiPath(name): ApiPath<String>,
+    body: Body,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    check_name(&name)?;
+    let request: crate::capsule::RollbackRequest =
+        if body.is_empty() { crate::capsule::RollbackRequest::default() } else { body.parse()? };
+    let version = request.version;
+    ctx.ask(|reply| Action::Function(FunctionAction::Rollback { name, version, reply })).await.map(Json)
 }
 
 pub(crate) async fn instances(

@@ -274,6 +274,13 @@ fn table() -> Vec<Route> {
             .idempotent(),
         Route::new(M::GET, "/api/v1/functions/{name}", "one function", function::show),
         Route::new(M::DELETE, "/api/v1/functions/{name}", "remove a function", function::remove),
+        Route::new(
+            M::POST,
+            "/api/v1/functions/{name}/rollback",
+            "deploy an earlier version again, as a new version",
+            function::rollback,
+        )
+        .body(&[JSON]),
         Route::new(M::GET, "/api/v1/functions/{name}/instances", "its instances on every node", function::instances),
         Route::new(M::GET, "/api/v1/functions/{name}/logs", "its output on every node", function::logs)
             .query(&[("max_bytes", "at most this many trailing bytes per node")])

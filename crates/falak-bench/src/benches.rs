@@ -88,6 +88,7 @@ pub const BENCHES: &[Bench] = &[
     },
     Bench { name: "images", rows: &[("image-registry-bytes", "≈ 1× the image for 3 nodes")] },
     Bench { name: "containers", rows: &[("container-start-overhead", "≤ 5 ms added at p50")] },
+    Bench { name: "prefetch", rows: &[("apply-to-prefetched", "≤ one peer pull + 1 s")] },
 ];
 
 /// Run benchmark `name`; a failure becomes an ERROR row per row it would have reported.
@@ -104,6 +105,7 @@ pub async fn run(ctx: &Ctx, bench: &Bench) -> Vec<Row> {
         "functions" => crate::functions::functions(ctx).await,
         "images" => crate::images::images(ctx).await,
         "containers" => crate::containers::containers(ctx).await,
+        "prefetch" => crate::prefetch::prefetch(ctx).await,
         other => Err(anyhow!("unknown benchmark {other}")),
     };
     match result {

@@ -8,6 +8,7 @@
 //! - [`images`]: registry bytes and pull times of one image on three nodes (issue 11).
 //! - [`containers`]: a container's start through the node's executor beside bare `runc run`
 //!   (issue 11).
+//! - [`prefetch`]: how soon after `capsule apply` an image is on its orbit's nodes (issue 11).
 //! - [`registry`]: a local `docker-registry`, images built as OCI layouts, `skopeo` pushes.
 //! - [`netfilter`]: cut a node off the others with iptables (partition tests, the heal benchmark).
 //! - [`report`]: the summary table and the JSON report.
@@ -21,6 +22,7 @@ pub mod heal;
 pub mod images;
 pub mod mesh;
 pub mod netfilter;
+pub mod prefetch;
 pub mod registry;
 pub mod report;
 pub mod stats;

@@ -25,7 +25,7 @@ struct Args {
     /// (also noop-tasks-per-second), kill-to-offline, pause-false-positives, kill-to-rerun,
     /// leader-failover, heal (needs root and iptables), functions (or one of its rows, e.g.
     /// fn-snapshot-start), images (needs docker-registry and skopeo), containers (needs runc and
-    /// busybox-static).
+    /// busybox-static), prefetch (needs docker-registry, skopeo and busybox-static).
     #[arg(long)]
     only: Vec<String>,
     /// Fewer samples and trials: a smoke run, not numbers to quote.

@@ -111,6 +111,10 @@ impl ContainerSpec {
     }
 }
 
+/// How many hex digits of a bundle id or image digest name a capsule's code in gossip
+/// ([`CapsuleSpec::code_id`]): short enough that many fit a datagram.
+pub const CODE_ID_HEX: usize = 16;
+
 /// Whether `image` names a digest: `…@sha256:` and 64 lowercase hex digits.
 pub fn image_is_pinned(image: &str) -> bool {
     image.rsplit_once('@').and_then(|(name, digest)| Some((name, digest.strip_prefix("sha256:")?))).is_some_and(
@@ -432,6 +436,18 @@ pub struct CapsuleVersion {
 }
 
 impl CapsuleSpec {
+    /// The short id of the code every task of this version needs on its node: its bundle's id
+    /// or its image's digest, the first [`CODE_ID_HEX`] hex digits; `None` for a process
+    /// capsule that runs what the node has.
+    pub fn code_id(&self) -> Option<String> {
+        let hex = match (&self.artifact, &self.container) {
+            (Some(artifact), _) => artifact.to_string(),
+            (None, Some(container)) => container.digest().trim_start_matches("sha256:").to_owned(),
+            (None, None) => return None,
+        };
+        Some(hex.chars().take(CODE_ID_HEX).collect())
+    }
+
     /// The spec as it is signed: without its version, which the ledger may assign, and with
     /// its secrets' names but not their values (the CLI signs them plain, the node seals them).
     pub fn signed_form(&self) -> CapsuleSpec {

@@ -101,7 +101,11 @@ pub fn node_views(state: &State, observed: &BTreeMap<NodeId, Observed>, me: Node
                 completed: entry.completed,
                 failed: entry.failed,
                 cost_per_hour: entry.record.cost_per_hour,
-                warm: false,
+                holds: observed
+                    .get(&id)
+                    .and_then(|o| o.gossip.as_ref())
+                    .map(|g| g.held.iter().cloned().collect())
+                    .unwrap_or_default(),
                 namespaces: entry.record.namespaces,
             }
         })
@@ -117,7 +121,7 @@ pub fn demand_of(state: &State, task: TaskId) -> Option<Demand> {
 }
 
 /// What a task of `spec` asks of placement, with `resources` (its job's).
-fn capsule_demand(spec: &CapsuleSpec, resources: crate::resources::Resources) -> Demand {
+pub fn capsule_demand(spec: &CapsuleSpec, resources: crate::resources::Resources) -> Demand {
     let policy = &spec.placement;
     Demand {
         resources,
@@ -125,6 +129,7 @@ fn capsule_demand(spec: &CapsuleSpec, resources: crate::resources::Resources) ->
         prefer: policy.prefer.clone(),
         strategy: policy.strategy,
         network: spec.network,
+        code: spec.code_id(),
     }
 }
 

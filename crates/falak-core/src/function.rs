@@ -315,6 +315,22 @@ pub struct FunctionEntry {
     /// The deployer's signature of `spec.signed_form()`.
     #[serde(default)]
     pub signature: Option<crate::signing::SpecSignature>,
+    /// Earlier versions, oldest first, at most [`MAX_FUNCTION_HISTORY`]: what
+    /// `falak fn rollback` brings back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<FunctionVersion>,
+}
+
+/// How many earlier versions of a function the ledger keeps.
+pub const MAX_FUNCTION_HISTORY: usize = 10;
+
+/// An earlier version of a function, as it was deployed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionVersion {
+    pub spec: FunctionSpec,
+    pub deployed_at: crate::Millis,
+    #[serde(default)]
+    pub signature: Option<crate::signing::SpecSignature>,
 }
 
 impl FunctionSpec {

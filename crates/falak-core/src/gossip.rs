@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::NodeId;
 
 /// Current format version of [`GossipState`] on the wire.
-pub const GOSSIP_FORMAT: u8 = 2;
+pub const GOSSIP_FORMAT: u8 = 3;
 
 /// What a node tells the mesh about itself, piggybacked on membership traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -34,6 +34,10 @@ pub struct GossipState {
     pub api_url: String,
     /// Functions the node has prepared or runs, busiest first (as many as fit a datagram).
     pub functions: Vec<(String, FunctionGossip)>,
+    /// The capsule code the node holds ready (short ids,
+    /// [`CapsuleSpec::code_id`](crate::capsule::CapsuleSpec::code_id)), as many as fit.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 /// What a node tells the mesh about one function it serves or keeps ready.

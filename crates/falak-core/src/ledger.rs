@@ -97,6 +97,13 @@ pub enum Command {
         version: Option<u32>,
         now: Millis,
     },
+    /// Deploy an earlier version of a function again, as a new version (the one before the
+    /// current when `version` is absent).
+    RollbackFunction {
+        name: String,
+        version: Option<u32>,
+        now: Millis,
+    },
     /// Move a service to another capsule version, a few replicas at a time (`rollout.rs`).
     UpdateService {
         update: ServiceUpdate,

@@ -100,8 +100,10 @@ pub struct NodeView {
     pub completed: u64,
     pub failed: u64,
     pub cost_per_hour: f64,
-    /// Whether the node already holds what the task needs (artifact cached, instance warm).
-    pub warm: bool,
+    /// The capsule code the node holds (short ids of bundles and images,
+    /// [`CapsuleSpec::code_id`](crate::capsule::CapsuleSpec::code_id)), as it gossips them: a
+    /// task whose code is among them starts without a fetch (the warmth term).
+    pub holds: std::collections::BTreeSet<String>,
     /// How the node gives workloads namespaces, as its record declares; `None` when it did not
     /// say, which counts as able.
     pub namespaces: Option<Namespaces>,
@@ -124,6 +126,9 @@ pub struct Demand {
     pub strategy: Strategy,
     /// The network the capsule asks for: `None` needs a node that can create namespaces.
     pub network: NetworkMode,
+    /// The short id of the capsule's code (bundle or image), when it has any: a node that holds
+    /// it is warm.
+    pub code: Option<String>,
 }
 
 /// Why a node cannot take a task.
@@ -299,7 +304,7 @@ pub fn gravity(
         matched as f64 / demand.prefer.len() as f64
     };
     let cost = if max_cost > 0.0 { 1.0 - (node.cost_per_hour / max_cost).clamp(0.0, 1.0) } else { 1.0 };
-    let warmth = if node.warm { 1.0 } else { 0.0 };
+    let warmth = if demand.code.as_ref().is_some_and(|code| node.holds.contains(code)) { 1.0 } else { 0.0 };
     let values = [capacity, load, reliability, proximity, affinity, cost, warmth];
     let weights = demand.strategy.weights();
     let terms: Vec<Term> = TERMS

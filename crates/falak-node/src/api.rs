@@ -259,7 +259,13 @@ impl MainLoop {
                 let _ = reply.send(Ok(CapsuleSummary::list(&self.ledger.state())));
             }
             Action::GetCapsule { name, reply } => {
-                let _ = reply.send(CapsuleInfo::get(&self.ledger.state(), &name));
+                let state = self.ledger.state();
+                let held = self
+                    .observed
+                    .iter()
+                    .filter(|(_, seen)| seen.health == Health::Healthy)
+                    .filter_map(|(id, seen)| Some((*id, seen.gossip.as_ref()?.held.as_slice())));
+                let _ = reply.send(CapsuleInfo::get(&state, &name).map(|info| info.with_holders(&state, held)));
             }
             Action::SubmitJob { request, idempotency, reply } => {
                 if let Err(refused) = self.check_submission(&request.capsule, request.version, idempotency.as_ref()) {

@@ -155,11 +155,24 @@ impl NodeArtifacts {
         keep
     }
 
+    /// What the ledger's versions reference: every kept version of each function (so a
+    /// rollback finds its bundle), every capsule version's code, and the image blobs of every
+    /// container capsule version this node holds.
     fn in_ledger(&self) -> BTreeSet<BlobId> {
         let state = self.ledger.state();
-        let functions = state.functions().map(|f| f.spec.artifact);
+        let functions = state
+            .functions()
+            .flat_map(|f| std::iter::once(f.spec.artifact).chain(f.history.iter().map(|h| h.spec.artifact)));
         let capsules = state.capsules().flat_map(|(_, versions)| versions.iter().filter_map(|v| v.spec.artifact));
-        functions.chain(capsules).map(BlobId::from).collect()
+        let mut keep: BTreeSet<BlobId> = functions.chain(capsules).map(BlobId::from).collect();
+        let images = state
+            .capsules()
+            .flat_map(|(_, versions)| versions.iter().filter_map(|v| v.spec.container.as_ref()))
+            .filter_map(|c| c.digest().parse::<falak_artifact::Sha256Digest>().ok());
+        for digest in images {
+            keep.extend(self.images.blobs_of(digest));
+        }
+        keep
     }
 
     /// Remove blobs (and unpacked bundles) nothing references any more, once

@@ -150,6 +150,15 @@ impl NodeImages {
         })
     }
 
+    /// Whether the pinned image `reference` is ready to run here (its manifest stored, its root
+    /// filesystem unpacked). Blocking, but only a few metadata reads.
+    pub fn is_ready(&self, reference: &str) -> bool {
+        let Some(digest) = reference.rsplit_once('@').and_then(|(_, d)| d.parse::<Sha256Digest>().ok()) else {
+            return false;
+        };
+        self.images().rootfs_dir().join(digest.hex()).is_dir() && self.images().manifest(digest).is_ok()
+    }
+
     /// The pinned image `reference` (`name@sha256:…`) ready to run: pulled if this node lacks
     /// it (from peers first), its root filesystem unpacked.
     pub async fn for_container(&self, reference: &str) -> Result<ContainerImage, ImageError> {

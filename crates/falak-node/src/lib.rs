@@ -21,6 +21,7 @@ pub mod membership;
 pub mod mesh_files;
 pub mod metrics;
 pub mod orphans;
+pub mod prefetch;
 pub mod proposer;
 pub mod reconcile;
 pub mod runner;

@@ -29,6 +29,9 @@ use crate::reconcile::{Action, ProposalKind, ReconcileConfig, Reconciler};
 use crate::runner::Runner;
 use crate::transport::NodeTransport;
 
+/// How often orbit prefetch ranks the capsules (`crate::prefetch`).
+const PREFETCH_EVERY: Duration = Duration::from_millis(500);
+
 /// How often the loop wakes without other events: stagger timers, lease renewal, duties.
 pub const TICK: Duration = Duration::from_millis(50);
 /// How often gossip state is republished.
@@ -108,6 +111,9 @@ pub struct MainLoop {
     pub(crate) events: EventBus,
     pub(crate) metrics: Metrics,
     pub(crate) observed: BTreeMap<NodeId, Observed>,
+    /// Orbit prefetch of capsules' code (`crate::prefetch`).
+    prefetch: Arc<crate::prefetch::Prefetch>,
+    last_prefetch: std::time::Instant,
     /// Node ids the transport accepts: admitted in the ledger, or bootstrap voters.
     pub(crate) admitted: Arc<RwLock<BTreeSet<NodeId>>>,
     pub(crate) authority: Option<Arc<crate::join::JoinAuthority>>,
@@ -176,8 +182,16 @@ impl MainLoop {
         let mut reconciler = Reconciler::new(parts.id, ReconcileConfig::with_lease(lease_ms));
         // A node that starts under its reserve claims nothing from its first step on.
         reconciler.pause_claims(parts.disk_reserve.check().is_err());
+        let prefetch = crate::prefetch::Prefetch::new(
+            parts.id,
+            parts.runner.artifacts().clone(),
+            parts.images.clone(),
+            tx.clone(),
+        );
         MainLoop {
             id: parts.id,
+            prefetch,
+            last_prefetch: now,
             proposer: Proposer::spawn(parts.ledger.clone()),
             reconciler,
             config: parts.config,
@@ -389,6 +403,7 @@ impl MainLoop {
     fn refresh_observed(&mut self) -> bool {
         let (observed, changes) = self.membership.snapshot();
         self.observed = observed;
+        self.observe_self();
         let now = now_millis();
         for (node, health) in changes {
             let name = self.ledger.state().node(&node).map_or_else(|| node.short(), |n| n.record.name.clone());
@@ -408,6 +423,11 @@ impl MainLoop {
         if self.last_gossip.elapsed() >= GOSSIP_EVERY {
             self.last_gossip = instant();
             self.publish_gossip();
+        }
+        if self.last_prefetch.elapsed() >= PREFETCH_EVERY {
+            self.last_prefetch = instant();
+            let state = self.ledger.state();
+            self.prefetch.sync(&state, &self.observed, now_millis());
         }
         if !self.disk_busy && self.last_disk.elapsed() >= crate::disk::CHECK_EVERY {
             self.check_disk();
@@ -468,14 +488,28 @@ impl MainLoop {
             rtt_micros,
             api_url: self.record.api_url.clone(),
             functions: self.functions.gossip(),
+            held: self.prefetch.held(),
         };
         let mut state = state;
-        // Functions are listed busiest first; drop from the end until the update fits a datagram.
+        // Functions are listed busiest first; drop from the end until the update fits a datagram,
+        // then held code.
         while !state.functions.is_empty() && !falak_membership::gossip::gossip_fits(self.id, &state) {
             state.functions.pop();
         }
+        while !state.held.is_empty() && !falak_membership::gossip::gossip_fits(self.id, &state) {
+            state.held.pop();
+        }
         self.last_gossip_state = Some(state.clone());
         self.membership.set_local_gossip(state);
+        self.observe_self();
+    }
+
+    /// This node as it sees itself, beside its peers: placement reads its own gossip (the code
+    /// it holds, its round-trip times) as it reads theirs.
+    fn observe_self(&mut self) {
+        let gossip = self.last_gossip_state.clone();
+        self.observed
+            .insert(self.id, Observed { health: falak_core::placement::Health::Healthy, gossip, answering: true });
     }
 
     /// Check the disk reserve off the loop (`statvfs` may wait on a slow disk).

@@ -58,6 +58,7 @@ impl State {
             Command::CancelJob { job, now } => self.cancel_job(*job, *now, ev),
             Command::ApplyService { request, origin, now } => self.apply_service(request, *origin, *now, ev),
             Command::RemoveService { name, now } => self.remove_service(name, *now, ev),
+            Command::RollbackFunction { name, version, now } => self.rollback_function(name, *version, *now, ev),
             Command::RollbackCapsule { name, version, now } => self.rollback_capsule(name, *version, *now, ev),
             Command::UpdateService { update, origin, now } => self.update_service(update, *origin, *now, ev),
             Command::StepRollout { service, term, now } => {
@@ -841,6 +842,7 @@ fn command_now(command: &Command) -> Option<Millis> {
         | Command::RemoveService { now, .. }
         | Command::UpdateService { now, .. }
         | Command::RollbackCapsule { now, .. }
+        | Command::RollbackFunction { now, .. }
         | Command::StepRollout { now, .. }
         | Command::Claim { now, .. }
         | Command::Started { now, .. }

@@ -7,8 +7,9 @@
 
 use super::{LedgerEvent, Outcome, RejectCode, Rejection, State};
 use crate::function::{
-    FunctionEntry, FunctionSpec, InstanceSlot, Invocation, InvocationId, InvocationState, MAX_ASYNC_BODY_BYTES,
-    MAX_ASYNC_RESULT_BYTES, MAX_INVOCATION_ATTEMPTS, StoredRequest, StoredResponse,
+    FunctionEntry, FunctionSpec, FunctionVersion, InstanceSlot, Invocation, InvocationId, InvocationState,
+    MAX_ASYNC_BODY_BYTES, MAX_ASYNC_RESULT_BYTES, MAX_FUNCTION_HISTORY, MAX_INVOCATION_ATTEMPTS, StoredRequest,
+    StoredResponse,
 };
 use crate::{Millis, NodeId};
 
@@ -82,10 +83,57 @@ impl State {
         let mut stored = spec.clone();
         stored.version = version;
         let instances = current.map(|e| e.instances.clone()).unwrap_or_default();
-        let entry = FunctionEntry { spec: stored, deployed_at: now, instances, signature: signature.cloned() };
+        // The version it replaces joins the history (the oldest beyond the bound go).
+        let mut history = current.map(|e| e.history.clone()).unwrap_or_default();
+        if let Some(previous) = current {
+            history.retain(|h| h.spec.version != previous.spec.version);
+            history.push(FunctionVersion {
+                spec: previous.spec.clone(),
+                deployed_at: previous.deployed_at,
+                signature: previous.signature.clone(),
+            });
+            let excess = history.len().saturating_sub(MAX_FUNCTION_HISTORY);
+            history.drain(..excess);
+        }
+        let entry = FunctionEntry { spec: stored, deployed_at: now, instances, signature: signature.cloned(), history };
         self.data.functions.insert(spec.name.clone(), entry);
         ev.push(LedgerEvent::FunctionDeployed { name: spec.name.clone(), version });
         Outcome::FunctionDeployed { name: spec.name.clone(), version, unchanged: false }
+    }
+
+    /// Deploy an earlier version's spec and signature again, as a new version (the version
+    /// before the current one when `to` is absent).
+    pub(super) fn rollback_function(
+        &mut self,
+        name: &str,
+        to: Option<u32>,
+        now: Millis,
+        ev: &mut Vec<LedgerEvent>,
+    ) -> Outcome {
+        let Some(entry) = self.data.functions.get(name) else {
+            return reject(RejectCode::NotFound, format!("no function named {name}"));
+        };
+        let target = match to {
+            Some(v) => entry.history.iter().find(|h| h.spec.version == v),
+            None => entry.history.last(),
+        };
+        let Some(target) = target.cloned() else {
+            let kept: Vec<String> = entry.history.iter().map(|h| h.spec.version.to_string()).collect();
+            return reject(
+                RejectCode::NotFound,
+                match to {
+                    Some(v) if v == entry.spec.version => format!("function {name} is at version {v} already"),
+                    Some(v) => format!(
+                        "function {name} keeps no version {v}; it keeps {}",
+                        if kept.is_empty() { "no earlier version".to_owned() } else { kept.join(", ") }
+                    ),
+                    None => format!("function {name} has no earlier version to roll back to"),
+                },
+            );
+        };
+        let mut spec = target.spec;
+        spec.version = 0;
+        self.deploy_function(&spec, target.signature.as_ref(), now, ev)
     }
 
     pub(super) fn remove_function(&mut self, name: &str, ev: &mut Vec<LedgerEvent>) -> Outcome {

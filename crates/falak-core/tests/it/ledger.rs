@@ -440,3 +440,33 @@ fn a_capsule_rolls_back_to_an_earlier_version_as_a_new_one_with_its_signature() 
     let missing = s.apply(&Command::RollbackCapsule { name: "c".into(), version: Some(9), now: 6 }).outcome;
     assert!(missing.rejection().unwrap().message.contains("has no version 9"), "{missing:?}");
 }
+
+#[test]
+fn a_function_keeps_its_earlier_versions_and_rolls_back_to_one() {
+    use falak_core::function::{FunctionDocument, MAX_FUNCTION_HISTORY};
+    let mut s = mesh();
+    let key = falak_core::signing::deployer_for_tests().0;
+    let deploy = |s: &mut State, timeout: u32| {
+        let text = format!(
+            "name: f\nkind: function\nruntime: python\nhandler: main.handle\ntimeout: {timeout}s\nartifact: \"{}\"\n",
+            "ab".repeat(32)
+        );
+        let spec = FunctionDocument::parse(&text).unwrap().validate(0).unwrap();
+        let signature = Some(key.sign(falak_core::signing::SpecKind::Function, &spec.signed_form()));
+        s.apply(&Command::DeployFunction { spec, signature, now: 5 }).outcome
+    };
+    for timeout in 1..=3 {
+        assert!(matches!(deploy(&mut s, timeout), Outcome::FunctionDeployed { unchanged: false, .. }));
+    }
+    let entry = s.function("f").unwrap();
+    assert_eq!(entry.history.iter().map(|h| h.spec.version).collect::<Vec<_>>(), [1, 2]);
+    let back = s.apply(&Command::RollbackFunction { name: "f".into(), version: Some(1), now: 6 }).outcome;
+    assert_eq!(back, Outcome::FunctionDeployed { name: "f".into(), version: 4, unchanged: false });
+    assert_eq!(s.function("f").unwrap().spec.timeout_ms, 1_000, "version 4 is version 1's spec");
+    let none = s.apply(&Command::RollbackFunction { name: "f".into(), version: Some(4), now: 7 }).outcome;
+    assert!(none.rejection().unwrap().message.contains("is at version 4 already"), "{none:?}");
+    for timeout in 10..30 {
+        deploy(&mut s, timeout);
+    }
+    assert_eq!(s.function("f").unwrap().history.len(), MAX_FUNCTION_HISTORY, "the history is bounded");
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use falak_core::capsule::NetworkMode;
 use falak_core::job::{JobId, TaskId};
 use falak_core::node::Namespaces;
-use falak_core::placement::{Demand, Health, NoFit, NodeView, Strategy, check_isolation, fit, solve};
+use falak_core::placement::{Demand, Health, NoFit, NodeView, Strategy, check_isolation, fit, gravity, solve};
 use falak_core::resources::Resources;
 use proptest::prelude::*;
 
@@ -24,7 +24,7 @@ fn view(n: u8, cpu: u64) -> NodeView {
         completed: 0,
         failed: 0,
         cost_per_hour: f64::from(n),
-        warm: false,
+        holds: Default::default(),
         namespaces: Some(Namespaces::User),
     }
 }
@@ -36,6 +36,7 @@ fn demand(strategy: Strategy) -> Demand {
         prefer: BTreeMap::new(),
         strategy,
         network: NetworkMode::None,
+        code: None,
     }
 }
 
@@ -192,4 +193,20 @@ proptest! {
             prop_assert!(r.candidates[0].gravity >= c.gravity);
         }
     }
+}
+
+#[test]
+fn a_node_that_holds_the_capsule_s_code_is_warm_and_ranks_higher() {
+    let cold = view(1, 4000);
+    let mut warm = view(2, 4000);
+    warm.cost_per_hour = cold.cost_per_hour;
+    warm.labels = cold.labels.clone();
+    warm.holds.insert("00aa11bb22cc33dd".into());
+    let wanting = Demand { code: Some("00aa11bb22cc33dd".into()), ..demand(Strategy::Balanced) };
+    let warmth = |n: &NodeView, d: &Demand| {
+        gravity(n, d, Resources::ZERO, 0, 2.0).1.into_iter().find(|t| t.name == "warmth").unwrap().value
+    };
+    assert_eq!((warmth(&warm, &wanting), warmth(&cold, &wanting)), (1.0, 0.0));
+    assert_eq!(warmth(&warm, &demand(Strategy::Balanced)), 0.0, "a capsule without code warms no node");
+    assert!(gravity(&warm, &wanting, Resources::ZERO, 0, 2.0).0 > gravity(&cold, &wanting, Resources::ZERO, 0, 2.0).0);
 }

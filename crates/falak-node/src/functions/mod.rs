@@ -725,6 +725,14 @@ impl FunctionHost {
                 };
                 let _ = reply.send(result);
             }
+            FunctionAction::Rollback { name, version, reply } => {
+                let command = Command::RollbackFunction { name: name.clone(), version, now: now_millis() };
+                let result = self.write(command, None).await.and_then(|_| {
+                    let state = self.ctx.ledger.state();
+                    state.function(&name).map(FunctionInfo::of).ok_or_else(|| not_found(&name))
+                });
+                let _ = reply.send(result);
+            }
             FunctionAction::Instances { name, reply } => {
                 let _ = reply.send(rpc::gather_instances(&self, &name).await);
             }

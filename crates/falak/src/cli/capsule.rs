@@ -158,6 +158,21 @@ pub fn render_show(capsule: &CapsuleInfo) -> String {
         if let Some(artifact) = s.artifact {
             out.push_str(&format!("  code:       bundle {artifact}\n"));
         }
+        if let Some(container) = &s.container {
+            out.push_str(&format!("  image:      {}\n", container.image));
+            if !container.args.is_empty() {
+                out.push_str(&format!(
+                    "  args:       {}\n",
+                    serde_json::to_string(&container.args).unwrap_or_default()
+                ));
+            }
+            if let Some(workdir) = &container.workdir {
+                out.push_str(&format!("  workdir:    {workdir}\n"));
+            }
+            if let Some(user) = &container.user {
+                out.push_str(&format!("  user:       {user}\n"));
+            }
+        }
         out.push_str(&format!("  resources:  {}, disk {}\n", s.resources, bytes(s.disk_limit_bytes())));
         out.push_str(&format!(
             "  placement:  strategy {}, labels {}, prefer {}, max attempts {}\n",
@@ -169,6 +184,10 @@ pub fn render_show(capsule: &CapsuleInfo) -> String {
         out.push_str(&format!("  timeout:    {}\n", or_dash(s.timeout_ms.map(duration))));
         out.push_str(&format!("  env:        {}\n", labels(&s.env)));
         out.push_str(&format!("  tags:       {}\n", labels(&s.tags)));
+    }
+    if let Some(code) = &capsule.code {
+        let holders = if code.held_by.is_empty() { "no node yet".to_owned() } else { code.held_by.join(", ") };
+        out.push_str(&format!("\ncode {} of the latest version held by: {holders}\n", code.id));
     }
     out
 }
@@ -188,6 +207,7 @@ mod tests {
         let info = CapsuleInfo {
             name: "hello".into(),
             versions: vec![CapsuleVersion { version: 1, spec: spec.clone(), created_at: 0, signature: None }],
+            code: None,
         };
         expect_test::expect![[r#"
             hello version 1 (applied 1970-01-01T00:00:00Z)

@@ -43,6 +43,13 @@ pub enum FunctionCommand {
     Instances { name: String },
     /// Remove a function and stop its instances.
     Rm { name: String },
+    /// Deploy an earlier version again (as a new version with its spec and signature).
+    Rollback {
+        name: String,
+        /// The version to bring back; the one before the current when absent.
+        #[arg(long = "to", value_name = "VERSION")]
+        to: Option<u32>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +204,15 @@ pub async fn run(ctx: &Context, command: FunctionCommand) -> anyhow::Result<()> 
                 return print_json(&function);
             }
             println!("function {} removed", function.name);
+            Ok(())
+        }
+        FunctionCommand::Rollback { name, to } => {
+            let function = ctx.client.rollback_function(&name, to).await?;
+            if ctx.json() {
+                return print_json(&function);
+            }
+            let from = to.map_or_else(|| "the previous version".to_owned(), |v| format!("version {v}"));
+            println!("function {} version {} deployed: {from} again", function.name, function.version);
             Ok(())
         }
     }
@@ -507,6 +523,10 @@ pub fn render_show(f: &FunctionInfo, base_url: &str) -> String {
         ("instances", f.instances.to_string()),
         ("url", format!("{base_url}{}", f.url_path)),
     ]);
+    if !f.earlier_versions.is_empty() {
+        let kept: Vec<String> = f.earlier_versions.iter().map(u32::to_string).collect();
+        lines.push(("earlier", format!("{} (falak fn rollback {} --to N)", kept.join(", "), f.name)));
+    }
     key_values(&lines)
 }
 
@@ -653,6 +673,7 @@ mod tests {
             deployed_at: 0,
             instances: 1,
             url_path: "/fn/greet".into(),
+            earlier_versions: vec![1, 2],
         }
     }
 
@@ -676,6 +697,7 @@ mod tests {
             deployed:  1970-01-01T00:00:00Z
             instances: 1
             url:       http://h:1/fn/greet
+            earlier:   1, 2 (falak fn rollback greet --to N)
         "#]]
         .assert_eq(&render_show(&info(), "http://h:1"));
     }

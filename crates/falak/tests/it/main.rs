@@ -14,6 +14,7 @@ mod images;
 mod isolation;
 mod no_namespaces;
 mod partition;
+mod prefetch;
 mod procs;
 mod rollout;
 mod up;
