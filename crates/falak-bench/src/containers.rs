@@ -46,8 +46,12 @@ pub(crate) async fn containers(ctx: &Ctx) -> Result<Vec<Row>> {
     let spec = |i: usize| {
         let mut spec =
             TaskSpec::new(format!("bench-t{i}"), 1, vec!["echo".into(), "x".into()], dir.join(format!("a{i}")));
-        spec.container =
-            Some(ContainerTask { rootfs: rootfs.clone(), cwd: "/".into(), user: RunAs { uid: 0, gid: 0 } });
+        spec.container = Some(ContainerTask {
+            rootfs: rootfs.clone(),
+            cwd: "/".into(),
+            user: RunAs { uid: 0, gid: 0 },
+            mounts: Vec::new(),
+        });
         spec
     };
 

@@ -89,7 +89,36 @@ pub struct CapsuleDocument {
     /// `/etc/group`; the image's user when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `kind: container`: directories mounted read-only into the container, each a bundle:
+    /// `{ source: ./data, path: /data }` (bundled and uploaded by `falak capsule apply`) or
+    /// `{ artifact: <id>, path: /data }`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountDocument>,
 }
+
+/// One read-only mount of a container capsule, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountDocument {
+    /// A directory or archive beside the document; `falak capsule apply` bundles it and sets
+    /// `artifact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<crate::ArtifactId>,
+    /// Where it appears in the container (absolute).
+    pub path: String,
+}
+
+/// A bundle mounted read-only into a container at `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactMount {
+    pub artifact: crate::ArtifactId,
+    pub path: String,
+}
+
+/// The most read-only mounts a container capsule may have.
+pub const MAX_MOUNTS: usize = 16;
 
 /// What a container capsule runs, beside the capsule's `command`, `env` and `network`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +131,9 @@ pub struct ContainerSpec {
     pub workdir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Bundles mounted read-only, part of the signed form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ArtifactMount>,
 }
 
 impl ContainerSpec {
@@ -237,6 +269,7 @@ impl CapsuleDocument {
             Kind::Process => {
                 for (field, set) in [
                     ("image", self.image.is_some()),
+                    ("mounts", !self.mounts.is_empty()),
                     ("args", !self.args.is_empty()),
                     ("workdir", self.workdir.is_some()),
                     ("user", self.user.is_some()),
@@ -341,7 +374,50 @@ impl CapsuleDocument {
         {
             return Err(SpecError::new("user", format!("{user:?} is not `uid[:gid]` or `name[:group]`")));
         }
-        Ok(ContainerSpec { image, args: self.args.clone(), workdir: self.workdir.clone(), user: self.user.clone() })
+        let mounts = self.container_mounts()?;
+        Ok(ContainerSpec {
+            image,
+            args: self.args.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            mounts,
+        })
+    }
+
+    fn container_mounts(&self) -> Result<Vec<ArtifactMount>, SpecError> {
+        if self.mounts.len() > MAX_MOUNTS {
+            return Err(SpecError::new("mounts", format!("at most {MAX_MOUNTS} mounts")));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut mounts = Vec::with_capacity(self.mounts.len());
+        for (i, m) in self.mounts.iter().enumerate() {
+            let field = format!("mounts[{i}]");
+            let path = &m.path;
+            let parts: Vec<&str> = path.split('/').skip(1).collect();
+            if !path.starts_with('/')
+                || path == "/"
+                || path.len() > 1024
+                || path.contains('\0')
+                || parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..")
+            {
+                return Err(SpecError::new(
+                    format!("{field}.path"),
+                    format!("{path:?} is not an absolute path below `/` without `.`, `..` or empty parts"),
+                ));
+            }
+            if !seen.insert(path.clone()) {
+                return Err(SpecError::new(format!("{field}.path"), format!("{path:?} is mounted twice")));
+            }
+            let Some(artifact) = m.artifact else {
+                return Err(SpecError::new(
+                    format!("{field}.source"),
+                    "the mount's bundle is not uploaded yet: apply with `falak capsule apply -f FILE` (it bundles \
+                     `source`), or upload it to POST /api/v1/artifacts and set `artifact`",
+                ));
+            };
+            mounts.push(ArtifactMount { artifact, path: path.clone() });
+        }
+        Ok(mounts)
     }
 }
 
@@ -439,6 +515,12 @@ impl CapsuleSpec {
     /// The short id of the code every task of this version needs on its node: its bundle's id
     /// or its image's digest, the first [`CODE_ID_HEX`] hex digits; `None` for a process
     /// capsule that runs what the node has.
+    /// Every bundle this version needs on the node that runs it: its code and its mounts'.
+    pub fn artifacts(&self) -> Vec<crate::ArtifactId> {
+        let mounts = self.container.iter().flat_map(|c| c.mounts.iter().map(|m| m.artifact));
+        self.artifact.into_iter().chain(mounts).collect()
+    }
+
     pub fn code_id(&self) -> Option<String> {
         let hex = match (&self.artifact, &self.container) {
             (Some(artifact), _) => artifact.to_string(),
@@ -495,6 +577,25 @@ mod tests {
         assert!(missing.contains("needs an image"), "{missing}");
         let relative = CapsuleDocument::parse(&format!("name: w\nkind: container\nimage: b@{DIGEST}\nworkdir: srv\n"));
         assert!(relative.unwrap_err().to_string().contains("not an absolute path"));
+        let artifact = "ab".repeat(32);
+        let mounted = CapsuleDocument::parse(&format!(
+            "name: w\nkind: container\nimage: b@{DIGEST}\nmounts: [{{ artifact: \"{artifact}\", path: /data }}]\n"
+        ))
+        .unwrap();
+        assert_eq!(mounted.artifacts().len(), 1, "the mount's bundle is one the node needs");
+        for (mounts, wanted) in [
+            ("[{ source: ./d, path: /data }]", "not uploaded yet"),
+            (&format!("[{{ artifact: \"{artifact}\", path: data }}]") as &str, "not an absolute path"),
+            (&format!("[{{ artifact: \"{artifact}\", path: /a/../b }}]"), "not an absolute path"),
+            (
+                &format!("[{{ artifact: \"{artifact}\", path: /d }}, {{ artifact: \"{artifact}\", path: /d }}]"),
+                "mounted twice",
+            ),
+        ] {
+            let text = format!("name: w\nkind: container\nimage: b@{DIGEST}\nmounts: {mounts}\n");
+            let error = CapsuleDocument::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(wanted), "{mounts}: {error}");
+        }
         let on_process = CapsuleDocument::parse("name: p\nkind: process\ncommand: [x]\nimage: box\n").unwrap_err();
         assert!(on_process.to_string().contains("only a `kind: container` capsule"), "{on_process}");
         // A process capsule's stored form is unchanged by the new fields.

@@ -51,6 +51,16 @@ pub struct ContainerTask {
     pub cwd: String,
     /// The container's user, as ids inside it.
     pub user: RunAs,
+    /// Host directories bound read-only into the container.
+    pub mounts: Vec<ReadOnlyMount>,
+}
+
+/// A host directory seen read-only at `destination` inside a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOnlyMount {
+    pub source: PathBuf,
+    /// Absolute, inside the container.
+    pub destination: String,
 }
 
 /// The OCI runtime a node runs containers with.
@@ -229,17 +239,22 @@ fn config(spec: &TaskSpec, container: &ContainerTask, rootless: bool, cgroups_pa
         linux.set_resources(None);
         linux.set_cgroups_path(cgroups_path.map(PathBuf::from));
     }
+    let read_only = |source: &Path, destination: &str| {
+        MountBuilder::default()
+            .destination(destination)
+            .typ("bind")
+            .source(source)
+            .options(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()])
+            .build()
+            .ok()
+    };
+    let mounts = config.mounts_mut().get_or_insert_with(Vec::new);
+    mounts.extend(container.mounts.iter().filter_map(|m| read_only(&m.source, &m.destination)));
     if spec.network == Network::Host {
         // Name resolution as the node has it.
-        let mounts = config.mounts_mut().get_or_insert_with(Vec::new);
         for file in ["/etc/resolv.conf", "/etc/hosts"] {
             if Path::new(file).exists()
-                && let Ok(mount) = MountBuilder::default()
-                    .destination(file)
-                    .typ("bind")
-                    .source(file)
-                    .options(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()])
-                    .build()
+                && let Some(mount) = read_only(Path::new(file), file)
             {
                 mounts.push(mount);
             }
@@ -296,8 +311,12 @@ mod tests {
     fn spec() -> (TaskSpec, ContainerTask) {
         let mut spec = TaskSpec::new("j7-t2", 3, vec!["sh".into(), "-c".into(), "echo hi".into()], "/tmp/x");
         spec.env.insert("GREETING".into(), "hello".into());
-        let container =
-            ContainerTask { rootfs: "/images/abc".into(), cwd: "/app".into(), user: RunAs { uid: 5, gid: 6 } };
+        let container = ContainerTask {
+            rootfs: "/images/abc".into(),
+            cwd: "/app".into(),
+            user: RunAs { uid: 5, gid: 6 },
+            mounts: vec![ReadOnlyMount { source: "/bundles/x".into(), destination: "/data".into() }],
+        };
         (spec, container)
     }
 
@@ -319,6 +338,9 @@ mod tests {
         assert!(namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
         assert!(linux.resources().is_none(), "limits belong to the attempt's cgroup");
         assert_eq!(process.no_new_privileges(), Some(true));
+        let data = config.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/data")).unwrap();
+        assert_eq!(data.source().as_deref(), Some(Path::new("/bundles/x")));
+        assert!(data.options().as_ref().unwrap().contains(&"ro".to_owned()), "{data:?}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ mod sandbox;
 mod task;
 pub mod workload;
 
-pub use container::{ContainerRuntime, ContainerTask, RuntimeUnavailable};
+pub use container::{ContainerRuntime, ContainerTask, ReadOnlyMount, RuntimeUnavailable};
 pub use disk::{DiskConfig, DiskReserve};
 pub use executor::{Executor, PrepareError, Running, StartError};
 pub use exit::{Exit, ExitReason, Stats, signal_name};

@@ -213,8 +213,8 @@ impl MainLoop {
                 }
                 // The code must be here (uploaded to this node first), so no task of the capsule
                 // can be elected before any node holds what it runs.
-                if let Some(artifact) = spec.artifact
-                    && !self.runner.artifacts().store().contains(artifact)
+                if let Some(artifact) =
+                    spec.artifacts().into_iter().find(|a| !self.runner.artifacts().store().contains(*a))
                 {
                     let _ = reply.send(Err(ApiError::invalid(format!(
                         "bundle {artifact} is not stored on this node; upload it first with POST /api/v1/artifacts \

@@ -163,7 +163,7 @@ impl NodeArtifacts {
         let functions = state
             .functions()
             .flat_map(|f| std::iter::once(f.spec.artifact).chain(f.history.iter().map(|h| h.spec.artifact)));
-        let capsules = state.capsules().flat_map(|(_, versions)| versions.iter().filter_map(|v| v.spec.artifact));
+        let capsules = state.capsules().flat_map(|(_, versions)| versions.iter().flat_map(|v| v.spec.artifacts()));
         let mut keep: BTreeSet<BlobId> = functions.chain(capsules).map(BlobId::from).collect();
         let images = state
             .capsules()

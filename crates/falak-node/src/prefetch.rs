@@ -21,7 +21,7 @@ use falak_core::capsule::CapsuleSpec;
 use falak_core::election::{Observed, capsule_demand, node_views};
 use falak_core::job::{JobId, TaskId};
 use falak_core::ledger::State;
-use falak_core::placement::solve;
+use falak_core::placement::{NodeView, solve};
 use falak_core::{Millis, NodeId};
 
 use crate::artifacts::NodeArtifacts;
@@ -72,12 +72,11 @@ impl Prefetch {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The orbit of `spec`: the first [`PREFETCH_NODES`] nodes that could run one of its tasks,
-    /// best ranked first.
-    pub fn orbit(state: &State, observed: &BTreeMap<NodeId, Observed>, me: NodeId, spec: &CapsuleSpec) -> Vec<NodeId> {
+    /// The orbit of `spec` among `views` (`node_views`): the first [`PREFETCH_NODES`] nodes
+    /// that could run one of its tasks, best ranked first.
+    pub fn orbit(views: &[NodeView], spec: &CapsuleSpec) -> Vec<NodeId> {
         let demand = capsule_demand(spec, spec.resources);
-        let views = node_views(state, observed, me);
-        let ranking = solve(&[(TaskId { job: JobId(0), index: 0 }, demand)], &views);
+        let ranking = solve(&[(TaskId { job: JobId(0), index: 0 }, demand)], views);
         ranking
             .first()
             .map(|r| r.candidates[..r.fitting].iter().take(PREFETCH_NODES).map(|c| c.node).collect())
@@ -91,6 +90,7 @@ impl Prefetch {
         let mut fetch = Vec::new();
         let mut inner = self.lock();
         let mut orbiting = BTreeSet::new();
+        let views = node_views(state, observed, self.me);
         for (name, versions) in state.capsules() {
             let Some(latest) = versions.last() else { continue };
             let spec = &latest.spec;
@@ -99,7 +99,7 @@ impl Prefetch {
             if holds {
                 held.push(code.clone());
             }
-            if !Prefetch::orbit(state, observed, self.me, spec).contains(&self.me) {
+            if !Prefetch::orbit(&views, spec).contains(&self.me) {
                 continue;
             }
             orbiting.insert(name.clone());

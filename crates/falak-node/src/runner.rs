@@ -155,9 +155,26 @@ impl Runner {
             // A container's image likewise: pulled once per node, peers first.
             if let Some(container) = container {
                 let image = container.image.clone();
+                // Its read-only mounts' bundles as well, each unpacked once per node.
+                let mut mounts = Vec::new();
+                for mount in &container.mounts {
+                    match artifacts.bundle_dir(mount.artifact).await {
+                        Ok(source) => {
+                            mounts.push(falak_exec::ReadOnlyMount { source, destination: mount.path.clone() })
+                        }
+                        Err(e) => {
+                            let message =
+                                format!("cannot get the bundle {} mounted at {}: {e}", mount.artifact, mount.path);
+                            let report = not_started(message);
+                            let _ = tx.send(Event::Task(TaskEvent::Exited { task, fencing, report, started: false }));
+                            return;
+                        }
+                    }
+                }
                 let ready = match images.for_container(&image).await {
                     Ok(ready) => {
-                        let built = tokio::task::spawn_blocking(move || container_spec(spec, &container, ready)).await;
+                        let built =
+                            tokio::task::spawn_blocking(move || container_spec(spec, &container, ready, mounts)).await;
                         built.unwrap_or_else(|e| Err(e.to_string()))
                     }
                     Err(e) => Err(format!("cannot get the image {image}: {e}")),
@@ -253,6 +270,7 @@ fn container_spec(
     mut spec: TaskSpec,
     container: &falak_core::capsule::ContainerSpec,
     image: crate::images::ContainerImage,
+    mounts: Vec<falak_exec::ReadOnlyMount>,
 ) -> Result<TaskSpec, String> {
     let (entrypoint, cmd) = match (spec.command.is_empty(), container.args.is_empty()) {
         (true, true) => (image.entrypoint, image.cmd),
@@ -274,7 +292,7 @@ fn container_spec(
     let user = container.user.as_deref().or(image.user.as_deref());
     let (uid, gid) = falak_image::resolve_user(&image.rootfs, user)?;
     spec.run_as = None;
-    spec.container = Some(falak_exec::ContainerTask { rootfs: image.rootfs, cwd, user: RunAs { uid, gid } });
+    spec.container = Some(falak_exec::ContainerTask { rootfs: image.rootfs, cwd, user: RunAs { uid, gid }, mounts });
     Ok(spec)
 }
 

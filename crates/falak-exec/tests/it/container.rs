@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use falak_exec::{
-    ContainerRuntime, ContainerTask, Executor, ExitReason, ProcessConfig, ProcessExecutor, RunAs, TaskSpec,
+    ContainerRuntime, ContainerTask, Executor, ExitReason, ProcessConfig, ProcessExecutor, ReadOnlyMount, RunAs,
+    TaskSpec,
 };
 use tempfile::TempDir;
 
@@ -45,8 +46,12 @@ fn container_executor(dir: &Path) -> ProcessExecutor {
 
 fn container_spec(dir: &TempDir, rootfs: &Path, task_id: &str, command: Vec<String>) -> TaskSpec {
     let mut spec = TaskSpec::new(task_id, 1, command, dir.path().join(task_id).join("1"));
-    spec.container =
-        Some(ContainerTask { rootfs: rootfs.to_owned(), cwd: "/work".into(), user: RunAs { uid: 0, gid: 0 } });
+    spec.container = Some(ContainerTask {
+        rootfs: rootfs.to_owned(),
+        cwd: "/work".into(),
+        user: RunAs { uid: 0, gid: 0 },
+        mounts: Vec::new(),
+    });
     spec
 }
 
@@ -63,13 +68,23 @@ async fn privileged_a_container_runs_its_command_in_the_image_and_writes_only_it
     let rootfs = busybox_rootfs(dir.path());
     let executor = container_executor(dir.path());
     let script = "echo hello $GREETING; pwd; id -u; cat /etc/marker; echo changed > /etc/marker; cat /etc/marker; \
-                  echo oops >&2; exit 7";
+                  cat /data/shipped.txt; touch /data/new 2>/dev/null || echo read-only; echo oops >&2; exit 7";
     let mut spec = container_spec(&dir, &rootfs, "j1-t0", sh(script));
     spec.env.insert("GREETING".into(), "container".into());
+    let shipped = dir.path().join("bundle-data");
+    std::fs::create_dir_all(&shipped).unwrap();
+    std::fs::write(shipped.join("shipped.txt"), "from a bundle\n").unwrap();
+    if let Some(container) = spec.container.as_mut() {
+        container.mounts.push(ReadOnlyMount { source: shipped.clone(), destination: "/data".into() });
+    }
     let exit = executor.start(spec.clone()).await.expect("the container starts").wait().await;
     assert_eq!(exit.reason, ExitReason::Exited, "{exit:?}");
     assert_eq!(exit.code, Some(7), "{exit:?}");
-    assert_eq!(exit.stdout_tail, "hello container\n/work\n0\nfrom the image\nchanged\n", "{exit:?}");
+    assert_eq!(
+        exit.stdout_tail, "hello container\n/work\n0\nfrom the image\nchanged\nfrom a bundle\nread-only\n",
+        "{exit:?}"
+    );
+    assert!(!shipped.join("new").exists(), "the mount is read-only");
     assert_eq!(exit.stderr_tail, "oops\n");
     // The image is untouched; the change is in the attempt's own layer.
     assert_eq!(std::fs::read_to_string(rootfs.join("etc/marker")).unwrap(), "from the image\n");

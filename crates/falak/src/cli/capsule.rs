@@ -37,34 +37,10 @@ pub async fn run(ctx: &Context, command: CapsuleCommand) -> anyhow::Result<()> {
         CapsuleCommand::Apply { file } => {
             let text = read_document(&file)?;
             let applied = match CapsuleDocument::read(&text) {
-                Ok(mut document) if document.source.is_some() => {
-                    let source = document.source.take().unwrap_or_default();
-                    let bundle = super::function::bundle_source(&file, &source).await?;
-                    let stored = ctx
-                        .client
-                        .store_artifact(bundle)
-                        .await
-                        .with_context(|| format!("cannot upload the code of capsule {}", document.name))?;
-                    document.artifact = Some(stored.id);
-                    // The bundle is stored on this node: apply through it.
-                    ctx.write_once_here("applying the capsule", async |client| client.apply_capsule(&document).await)
-                        .await?
-                }
-                // A container's image named by tag: pulled on this node, which pins the digest
-                // it got, so every node runs the same image.
-                Ok(mut document)
-                    if document.image.as_deref().is_some_and(|i| !falak_core::capsule::image_is_pinned(i)) =>
-                {
-                    let image = document.image.clone().unwrap_or_default();
-                    let pulled = ctx
-                        .client
-                        .pull_image(&image)
-                        .await
-                        .with_context(|| format!("cannot pull the image {image} of capsule {}", document.name))?;
-                    if !ctx.json() {
-                        eprintln!("image {} is {}", pulled.name, pulled.digest);
-                    }
-                    document.image = Some(format!("{}@{}", pulled.name, pulled.digest));
+                Ok(mut document) if needs_preparing(&document) => {
+                    prepare(ctx, &file, &mut document).await?;
+                    // The bundles are stored on this node (and the image pulled there): apply
+                    // through it.
                     ctx.write_once_here("applying the capsule", async |client| client.apply_capsule(&document).await)
                         .await?
                 }
@@ -144,6 +120,52 @@ pub fn render_list(capsules: &[CapsuleSummary]) -> String {
     table.render()
 }
 
+/// Whether the document names something the CLI must upload or pin before it applies it: its
+/// `source`, a mount's `source`, a container image by tag.
+fn needs_preparing(document: &CapsuleDocument) -> bool {
+    document.source.is_some()
+        || document.mounts.iter().any(|m| m.source.is_some())
+        || document.image.as_deref().is_some_and(|i| !falak_core::capsule::image_is_pinned(i))
+}
+
+/// Bundle and upload `source` and each mount's `source` (setting their `artifact`), and pin a
+/// container image named by tag to the digest the node pulled.
+async fn prepare(ctx: &Context, file: &std::path::Path, document: &mut CapsuleDocument) -> anyhow::Result<()> {
+    let name = document.name.clone();
+    if let Some(source) = document.source.take() {
+        let bundle = super::function::bundle_source(file, &source).await?;
+        let stored = ctx
+            .client
+            .store_artifact(bundle)
+            .await
+            .with_context(|| format!("cannot upload the code of capsule {name}"))?;
+        document.artifact = Some(stored.id);
+    }
+    for mount in &mut document.mounts {
+        if let Some(source) = mount.source.take() {
+            let bundle = super::function::bundle_source(file, &source).await?;
+            let stored = ctx
+                .client
+                .store_artifact(bundle)
+                .await
+                .with_context(|| format!("cannot upload {source}, mounted at {} in capsule {name}", mount.path))?;
+            mount.artifact = Some(stored.id);
+        }
+    }
+    if let Some(image) = document.image.clone().filter(|i| !falak_core::capsule::image_is_pinned(i)) {
+        let pulled = ctx
+            .client
+            .pull_image(&image)
+            .await
+            .with_context(|| format!("cannot pull the image {image} of capsule {name}"))?;
+        if !ctx.json() {
+            eprintln!("image {} is {}", pulled.name, pulled.digest);
+        }
+        document.image = Some(format!("{}@{}", pulled.name, pulled.digest));
+    }
+    Ok(())
+}
+
 pub fn render_show(capsule: &CapsuleInfo) -> String {
     let mut out = String::new();
     for (i, v) in capsule.versions.iter().enumerate() {
@@ -171,6 +193,9 @@ pub fn render_show(capsule: &CapsuleInfo) -> String {
             }
             if let Some(user) = &container.user {
                 out.push_str(&format!("  user:       {user}\n"));
+            }
+            for mount in &container.mounts {
+                out.push_str(&format!("  mount:      bundle {} at {} (read-only)\n", mount.artifact, mount.path));
             }
         }
         out.push_str(&format!("  resources:  {}, disk {}\n", s.resources, bytes(s.disk_limit_bytes())));

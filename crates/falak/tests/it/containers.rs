@@ -2,7 +2,7 @@
 //! and a real OCI runtime (Debian's `runc`), on an image the test builds around Debian's static
 //! busybox: a 60-task container job completes across the mesh; `kill -9` of a node mid-job
 //! reruns its tasks elsewhere; cancel leaves no process, mount, cgroup or runtime state; a node
-//! that is not root runs a container job rootless.
+//! that is not root runs a container job rootless, with a directory of its own mounted read-only.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -213,18 +213,20 @@ async fn an_unprivileged_user_runs_a_container_job() {
     let image = push_image(&registry, &ws.cwd);
     let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0", "--insecure-registry", &registry.addr]);
     mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(180)).await;
+    ws.write("data/greeting.txt", "mounted\n");
     ws.write(
         "boxed.yaml",
         &format!(
-            "name: boxed\nkind: container\nimage: {image}\ncommand: [\"sh\", \"-c\", \"echo task $FALAK_TASK_INDEX as $(id -u): $(cat /etc/app.conf); touch /etc/mine\"]\n\
-             placement: {{ strategy: spread }}\n"
+            "name: boxed\nkind: container\nimage: {image}\ncommand: [\"sh\", \"-c\", \"echo task $FALAK_TASK_INDEX as $(id -u): $(cat /etc/app.conf) $(cat /data/greeting.txt); touch /etc/mine; touch /data/x 2>/dev/null || echo data is read-only\"]\n\
+             mounts: [{{ source: ./data, path: /data }}]\nplacement: {{ strategy: spread }}\n"
         ),
     );
     let applied = ws.run(&["capsule", "apply", "-f", "boxed.yaml"], Duration::from_secs(60)).await;
     assert!(applied.contains("capsule boxed version 1 applied"), "{applied}");
     let result = ws.run(&["job", "submit", "boxed", "--tasks", "6", "--wait"], Duration::from_secs(180)).await;
     for i in 0..6 {
-        assert!(result.contains(&format!("task {i} as 0: from the image")), "task {i}:\n{result}");
+        assert!(result.contains(&format!("task {i} as 0: from the image mounted")), "task {i}:\n{result}");
     }
+    assert_eq!(result.matches("data is read-only").count(), 6, "{result}");
     mesh.stop_within(Duration::from_secs(30)).await;
 }
