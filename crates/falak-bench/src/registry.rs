@@ -234,7 +234,8 @@ pub fn push(layout: &Path, tag: &str, registry: &Registry, repo: &str) -> Result
 
 /// Deterministic bytes that do not compress (so sizes mean something).
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
+    // Distinct seeds give distinct streams (xorshift needs a state other than 0).
+    let mut state = seed.wrapping_mul(2).wrapping_add(1);
     (0..len)
         .map(|_| {
             state ^= state << 13;

@@ -299,6 +299,13 @@ impl MainLoop {
             },
             Event::Publish { kind, data } => {
                 self.events.publish(now_millis(), kind, data);
+                if kind == "capsule_prefetched" {
+                    // Tell the mesh at once that this node holds it: warmth and the holders
+                    // `capsule show` lists come from gossip.
+                    self.sync_prefetch();
+                    self.last_gossip = instant();
+                    self.publish_gossip();
+                }
                 false
             }
             Event::Disk(checked) => {
@@ -363,6 +370,8 @@ impl MainLoop {
                 self.voters_due = true;
             }
             LedgerEvent::NodeOnline { .. } => self.voters_due = true,
+            // A new capsule version: its orbit fetches now, not at the next round.
+            LedgerEvent::CapsuleApplied { .. } => self.sync_prefetch(),
             LedgerEvent::NodeRevoked { node, name } => {
                 if *node == self.id {
                     tracing::error!(
@@ -425,9 +434,7 @@ impl MainLoop {
             self.publish_gossip();
         }
         if self.last_prefetch.elapsed() >= PREFETCH_EVERY {
-            self.last_prefetch = instant();
-            let state = self.ledger.state();
-            self.prefetch.sync(&state, &self.observed, now_millis());
+            self.sync_prefetch();
         }
         if !self.disk_busy && self.last_disk.elapsed() >= crate::disk::CHECK_EVERY {
             self.check_disk();
@@ -502,6 +509,13 @@ impl MainLoop {
         self.last_gossip_state = Some(state.clone());
         self.membership.set_local_gossip(state);
         self.observe_self();
+    }
+
+    /// Rank the capsules' orbits and start the fetches this node owes (`crate::prefetch`).
+    fn sync_prefetch(&mut self) {
+        self.last_prefetch = instant();
+        let state = self.ledger.state();
+        self.prefetch.sync(&state, &self.observed, now_millis());
     }
 
     /// This node as it sees itself, beside its peers: placement reads its own gossip (the code
