@@ -91,11 +91,12 @@ impl ContainerRuntime {
     /// `state_dir` and find out whether this node can give containers an overlay. Blocking.
     pub fn detect(program: &str, state_dir: PathBuf) -> Result<ContainerRuntime, RuntimeUnavailable> {
         let unavailable = |reason: String| RuntimeUnavailable { program: program.to_owned(), reason };
-        let path = find_program(program).ok_or_else(|| {
+        let path = find_program(program, std::env::var_os("PATH").as_deref()).ok_or_else(|| {
             unavailable(format!(
-                "not found in PATH ({}); install it (Debian: `apt-get install runc` or `crun`) or set \
-                 `container_runtime` in the node config to its path",
-                std::env::var("PATH").unwrap_or_default()
+                "not found in PATH ({}) nor in {}; install it (Debian: `apt-get install runc` or `crun`) or \
+                 set `container_runtime` in the node config to its path",
+                std::env::var("PATH").unwrap_or_default(),
+                crate::DEFAULT_PATH
             ))
         })?;
         let output = Command::new(&path).arg("--version").output().map_err(|e| unavailable(e.to_string()))?;
@@ -124,13 +125,16 @@ impl ContainerRuntime {
     }
 }
 
-/// `program` when it is a path, else the first executable of that name in `PATH`.
-fn find_program(program: &str) -> Option<PathBuf> {
+/// `program` when it is a path, else the first executable of that name in `path` (the node's
+/// `PATH`), then in the system directories of [`DEFAULT_PATH`](crate::DEFAULT_PATH): Debian
+/// installs runc in `/usr/sbin`, which an ordinary user's `PATH` often leaves out.
+fn find_program(program: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     if program.contains('/') {
         return Path::new(program).is_file().then(|| program.into());
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| crate::DEFAULT_PATH.into());
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+    let dirs = path.into_iter().flat_map(std::env::split_paths);
+    let system = std::env::split_paths(crate::DEFAULT_PATH);
+    dirs.chain(system).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
 /// The container id of an attempt: unique among the node's attempts, in the characters every
@@ -357,6 +361,19 @@ mod tests {
         assert_eq!(uids[0].container_id(), 5);
         // SAFETY: geteuid has no preconditions.
         assert_eq!(uids[0].host_id(), unsafe { libc::geteuid() });
+    }
+
+    #[test]
+    fn a_runtime_in_a_system_directory_is_found_without_it_in_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = dir.path().join("my-runtime");
+        std::fs::write(&runtime, "").unwrap();
+        let path = std::ffi::OsString::from(dir.path());
+        assert_eq!(find_program("my-runtime", Some(&path)), Some(runtime.clone()));
+        assert_eq!(find_program(runtime.to_str().unwrap(), None), Some(runtime));
+        // `sh` is in a system directory on every host these tests run on.
+        assert!(find_program("sh", Some(std::ffi::OsStr::new("/nonexistent"))).is_some());
+        assert_eq!(find_program("no-such-runtime-anywhere", None), None);
     }
 
     #[test]
