@@ -114,17 +114,23 @@ impl Drop for Registry {
     }
 }
 
+/// A tar header of `kind`, owned by root, with `mode` and `size` and no time.
+fn root_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(kind);
+    header
+}
+
 /// A layer: an uncompressed tar of `files` (names written raw, so `../x` can be made).
 pub fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (name, bytes) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o755);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
+        let mut header = root_header(tar::EntryType::Regular, 0o755, bytes.len() as u64);
         if let Some(gnu) = header.as_gnu_mut() {
             gnu.name[..name.len()].copy_from_slice(name.as_bytes());
         }
@@ -149,22 +155,10 @@ pub fn busybox_layer() -> Result<Vec<u8>> {
     let binary = std::fs::read(BUSYBOX)
         .with_context(|| format!("reading {BUSYBOX} (Debian package busybox-static; .ci/run installs it)"))?;
     let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(binary.len() as u64);
-    header.set_mode(0o755);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
+    let mut header = root_header(tar::EntryType::Regular, 0o755, binary.len() as u64);
     builder.append_data(&mut header, "bin/busybox", binary.as_slice())?;
     for applet in BUSYBOX_APPLETS {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(0);
-        header.set_mode(0o777);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Symlink);
+        let mut header = root_header(tar::EntryType::Symlink, 0o777, 0);
         builder.append_link(&mut header, format!("bin/{applet}"), "busybox")?;
     }
     Ok(builder.into_inner()?)

@@ -219,16 +219,7 @@ impl ProcessExecutor {
         };
 
         // From here on a failure must tear the sandbox down again.
-        let sandbox = self.config.sandbox.clone();
-        let setup = {
-            let (sandbox, spec) = (sandbox.clone(), spec.clone());
-            tokio::task::spawn_blocking(move || sandbox.setup(&spec)).await
-        };
-        let setup = setup
-            .unwrap_or_else(|e| {
-                Err(SandboxError { what: "set up", path: spec.workdir.clone(), source: io::Error::other(e) })
-            })
-            .map_err(|source| StartError::Sandbox { task_id: spec.task_id.clone(), source })?;
+        let setup = self.setup_sandbox(&spec).await?;
         let group = setup.group;
         let confinement =
             workload.confinement(switch_to, &rlimits(&spec.limits), setup.join, Some(isolation), landlock);
@@ -277,15 +268,7 @@ impl ProcessExecutor {
             task_id: spec.task_id.clone(),
             source: SandboxError { what, path: spec.workdir.clone(), source },
         };
-        let setup = {
-            let (sandbox, spec) = (self.config.sandbox.clone(), spec.clone());
-            tokio::task::spawn_blocking(move || sandbox.setup(&spec)).await
-        };
-        let setup = setup
-            .unwrap_or_else(|e| {
-                Err(SandboxError { what: "set up", path: spec.workdir.clone(), source: io::Error::other(e) })
-            })
-            .map_err(|source| StartError::Sandbox { task_id: spec.task_id.clone(), source })?;
+        let setup = self.setup_sandbox(&spec).await?;
         let id = crate::container::container_id(&spec);
         // On cgroup v2 the runtime puts the container in the attempt's cgroup itself; on v1 it
         // joins it and makes the container's inside it.
@@ -332,6 +315,20 @@ impl ProcessExecutor {
         unsafe { command.pre_exec(move || confinement.apply()) };
         let path = self.config.path.clone();
         self.spawn_monitored(command, spec, files, group, &path, None).await
+    }
+
+    /// The attempt's sandbox (its cgroup, through [`ProcessConfig::sandbox`]). Blocking work, done
+    /// off the runtime's threads.
+    async fn setup_sandbox(&self, spec: &TaskSpec) -> Result<crate::sandbox::SandboxSetup, StartError> {
+        let setup = {
+            let (sandbox, spec) = (self.config.sandbox.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || sandbox.setup(&spec)).await
+        };
+        setup
+            .unwrap_or_else(|e| {
+                Err(SandboxError { what: "set up", path: spec.workdir.clone(), source: io::Error::other(e) })
+            })
+            .map_err(|source| StartError::Sandbox { task_id: spec.task_id.clone(), source })
     }
 
     /// Spawn `command` as the attempt's process and hand it to its monitor; on failure, tear

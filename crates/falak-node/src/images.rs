@@ -150,27 +150,24 @@ impl NodeImages {
         })
     }
 
-    /// Whether the pinned image `reference` is ready to run here (its manifest stored, its root
-    /// filesystem unpacked). Blocking, but only a few metadata reads.
+    /// Whether the pinned image `reference` is ready to run here: its manifest stored and its
+    /// root filesystem unpacked. Two `stat`s, no read: the prefetch asks every round.
     pub fn is_ready(&self, reference: &str) -> bool {
-        let Some(digest) = reference.rsplit_once('@').and_then(|(_, d)| d.parse::<Sha256Digest>().ok()) else {
-            return false;
-        };
-        self.images().rootfs_dir().join(digest.hex()).is_dir() && self.images().manifest(digest).is_ok()
+        pinned_digest(reference).is_some_and(|digest| self.ready(digest))
+    }
+
+    fn ready(&self, digest: Sha256Digest) -> bool {
+        self.images().rootfs_dir().join(digest.hex()).is_dir() && self.images().blobs().contains(digest)
     }
 
     /// The pinned image `reference` (`name@sha256:…`) ready to run: pulled if this node lacks
     /// it (from peers first), its root filesystem unpacked.
     pub async fn for_container(&self, reference: &str) -> Result<ContainerImage, ImageError> {
-        let digest: Sha256Digest = reference
-            .rsplit_once('@')
-            .and_then(|(_, d)| d.parse().ok())
+        let digest = pinned_digest(reference)
             .ok_or_else(|| ImageError::BadReference(reference.to_owned(), "it names no sha256 digest".into()))?;
-        let ready =
-            |images: &Images| images.rootfs_dir().join(digest.hex()).is_dir() && images.manifest(digest).is_ok();
-        if !ready(self.images()) {
+        if !self.ready(digest) {
             let _one_at_a_time = self.readying.lock().await;
-            if !ready(self.images()) {
+            if !self.ready(digest) {
                 self.pull(reference).await?;
             }
         }
@@ -215,6 +212,11 @@ impl NodeImages {
         let _ = tokio::fs::remove_file(&path).await;
         result
     }
+}
+
+/// The digest of a pinned reference (`name@sha256:…`).
+fn pinned_digest(reference: &str) -> Option<Sha256Digest> {
+    reference.rsplit_once('@').and_then(|(_, d)| d.parse().ok())
 }
 
 /// Write the request body to `path`, at most [`MAX_IMPORT_BYTES`]; the bytes written.

@@ -132,24 +132,18 @@ fn needs_preparing(document: &CapsuleDocument) -> bool {
 /// container image named by tag to the digest the node pulled.
 async fn prepare(ctx: &Context, file: &std::path::Path, document: &mut CapsuleDocument) -> anyhow::Result<()> {
     let name = document.name.clone();
+    // Bundle `source` (relative to the document) and store it on the node: its id.
+    let upload = async |source: &str, what: String| -> anyhow::Result<falak_core::ArtifactId> {
+        let bundle = super::function::bundle_source(file, source).await?;
+        Ok(ctx.client.store_artifact(bundle).await.with_context(|| format!("cannot upload {what}"))?.id)
+    };
     if let Some(source) = document.source.take() {
-        let bundle = super::function::bundle_source(file, &source).await?;
-        let stored = ctx
-            .client
-            .store_artifact(bundle)
-            .await
-            .with_context(|| format!("cannot upload the code of capsule {name}"))?;
-        document.artifact = Some(stored.id);
+        document.artifact = Some(upload(&source, format!("the code of capsule {name}")).await?);
     }
     for mount in &mut document.mounts {
         if let Some(source) = mount.source.take() {
-            let bundle = super::function::bundle_source(file, &source).await?;
-            let stored = ctx
-                .client
-                .store_artifact(bundle)
-                .await
-                .with_context(|| format!("cannot upload {source}, mounted at {} in capsule {name}", mount.path))?;
-            mount.artifact = Some(stored.id);
+            let what = format!("{source}, mounted at {} in capsule {name}", mount.path);
+            mount.artifact = Some(upload(&source, what).await?);
         }
     }
     if let Some(image) = document.image.clone().filter(|i| !falak_core::capsule::image_is_pinned(i)) {

@@ -9,10 +9,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use falak_api::Client;
-use falak_api::job::{JobInfo, JobSubmission};
 use falak_bench::mesh::{Mesh, MeshOptions};
 use falak_bench::registry::{Registry, build_layout, busybox_layer, layer, push};
 use falak_core::job::{JobId, JobState, TaskState};
+
+use crate::failover::{submit, wait_job};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_falak"))
@@ -24,24 +25,6 @@ fn push_image(registry: &Registry, dir: &Path) -> String {
     build_layout(&dir.join("box"), "v1", &layers).unwrap();
     push(&dir.join("box"), "v1", registry, "box").unwrap();
     format!("{}/box:v1", registry.addr)
-}
-
-async fn submit(client: &Client, capsule: &str, tasks: u32) -> JobInfo {
-    let submission = JobSubmission { capsule: capsule.into(), tasks: Some(tasks), ..JobSubmission::default() };
-    client.submit_job(&submission).await.expect("job accepted")
-}
-
-async fn wait_job(client: &Client, job: JobId, limit: Duration) -> JobInfo {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(info) = client.job(job).await
-            && info.state != JobState::Running
-        {
-            return info;
-        }
-        assert!(Instant::now() < deadline, "job {job} not finished within {limit:?}: {:?}", client.job(job).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Wait until at least `min` tasks of `job` run; the names of the nodes running them.

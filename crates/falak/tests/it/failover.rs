@@ -27,7 +27,7 @@ fn binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_falak"))
 }
 
-async fn submit(client: &Client, capsule: &str, tasks: u32) -> JobInfo {
+pub(crate) async fn submit(client: &Client, capsule: &str, tasks: u32) -> JobInfo {
     let submission = JobSubmission { capsule: capsule.into(), tasks: Some(tasks), ..JobSubmission::default() };
     client.submit_job(&submission).await.expect("job accepted")
 }
