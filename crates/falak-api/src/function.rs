@@ -182,7 +182,12 @@ pub struct FunctionDeployed {
     pub version: u32,
     /// The same content was already the current version; nothing changed.
     pub unchanged: bool,
-    pub artifact: ArtifactId,
+    /// The bundle; a container function has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactId>,
+    /// A container function's pinned image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// How preparing it on the receiving node went (bundle, dependencies, trial start).
     pub prepare: PrepareReport,
 }
@@ -208,7 +213,12 @@ pub struct FunctionInfo {
     pub handler: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub command: Vec<String>,
-    pub artifact: ArtifactId,
+    /// The bundle; a container function has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactId>,
+    /// A container function's pinned image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub scaling: Scaling,
     pub timeout_ms: u64,
     pub snapshot: SnapshotPolicy,
@@ -235,6 +245,7 @@ impl FunctionInfo {
             handler,
             command,
             artifact,
+            image: entry.spec.container.as_ref().map(|c| c.image.clone()),
             scaling,
             timeout_ms,
             snapshot,

@@ -164,6 +164,32 @@ pub fn busybox_layer() -> Result<Vec<u8>> {
     Ok(builder.into_inner()?)
 }
 
+/// The test server of container functions (`fixtures/serve.rs`): `serve socket` answers on
+/// `$FALAK_SOCKET`, `serve port` on `127.0.0.1:$PORT`.
+const SERVE_SOURCE: &str = include_str!("../fixtures/serve.rs");
+
+/// A layer holding `/bin/serve`: [`SERVE_SOURCE`] built by `rustc` (`$RUSTC`, else the one on
+/// `PATH`) as a static binary, so it runs in an image with no C library.
+pub fn serve_layer() -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let (source, binary) = (dir.path().join("serve.rs"), dir.path().join("serve"));
+    std::fs::write(&source, SERVE_SOURCE)?;
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(&rustc)
+        .args(["--edition", "2024", "-C", "target-feature=+crt-static", "-C", "opt-level=1", "-C", "strip=symbols"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&binary)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} to build the test server", rustc.to_string_lossy()))?;
+    if !out.status.success() {
+        bail!("building the test server failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let bytes = std::fs::read(&binary)?;
+    Ok(layer(&[("bin/serve", &bytes)]))
+}
+
 /// An image written as an OCI layout in `dir` with tag `tag`.
 pub struct Built {
     pub manifest: Sha256Digest,

@@ -156,6 +156,68 @@ pub fn image_is_pinned(image: &str) -> bool {
     )
 }
 
+/// The container fields of a capsule or function document, as written, to be checked
+/// ([`ContainerFields::validate`]) the same way for both.
+pub(crate) struct ContainerFields<'a> {
+    pub image: Option<&'a str>,
+    pub args: &'a [String],
+    pub workdir: Option<&'a str>,
+    pub user: Option<&'a str>,
+    /// The document also names a bundle (`source` or `artifact`).
+    pub has_bundle: bool,
+}
+
+impl ContainerFields<'_> {
+    /// Check the fields of a container `what` (`capsule`, `function`), whose image `pinner`
+    /// (the CLI command that deploys it) pins; the spec has no mounts.
+    pub(crate) fn validate(&self, what: &str, pinner: &str) -> Result<ContainerSpec, SpecError> {
+        let Some(image) = self.image else {
+            return Err(SpecError::new(
+                "image",
+                format!("a container {what} needs an image, e.g. `image: alpine:3.20`"),
+            ));
+        };
+        if image.is_empty() || image.len() > 1024 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SpecError::new("image", format!("{image:?} is not an image reference")));
+        }
+        if !image_is_pinned(image) {
+            return Err(SpecError::new(
+                "image",
+                format!(
+                    "{image:?} names no digest; `{pinner}` pins it (it pulls the image on the node it talks to), \
+                     or write `name@sha256:<digest>` (`falak image pull` prints the digest)"
+                ),
+            ));
+        }
+        if self.has_bundle {
+            return Err(SpecError::new(
+                "source",
+                format!("a container {what}'s code is its image; leave `source` and `artifact` out"),
+            ));
+        }
+        if self.args.len() > 4096 || self.args.iter().any(|a| a.contains('\0')) {
+            return Err(SpecError::new("args", "at most 4096 arguments, none containing NUL"));
+        }
+        if let Some(workdir) = self.workdir
+            && (!workdir.starts_with('/') || workdir.contains('\0'))
+        {
+            return Err(SpecError::new("workdir", format!("{workdir:?} is not an absolute path inside the container")));
+        }
+        if let Some(user) = self.user
+            && (user.is_empty() || user.split(':').count() > 2 || user.chars().any(|c| c.is_whitespace() || c == '\0'))
+        {
+            return Err(SpecError::new("user", format!("{user:?} is not `uid[:gid]` or `name[:group]`")));
+        }
+        Ok(ContainerSpec {
+            image: image.to_owned(),
+            args: self.args.to_vec(),
+            workdir: self.workdir.map(str::to_owned),
+            user: self.user.map(str::to_owned),
+            mounts: Vec::new(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesDocument {
@@ -340,48 +402,16 @@ impl CapsuleDocument {
 
     /// The container fields of a `kind: container` capsule, checked.
     fn container(&self) -> Result<ContainerSpec, SpecError> {
-        let Some(image) = self.image.clone() else {
-            return Err(SpecError::new("image", "a container capsule needs an image, e.g. `image: alpine:3.20`"));
+        let fields = ContainerFields {
+            image: self.image.as_deref(),
+            args: &self.args,
+            workdir: self.workdir.as_deref(),
+            user: self.user.as_deref(),
+            has_bundle: self.source.is_some() || self.artifact.is_some(),
         };
-        if image.is_empty() || image.len() > 1024 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(SpecError::new("image", format!("{image:?} is not an image reference")));
-        }
-        if !image_is_pinned(&image) {
-            return Err(SpecError::new(
-                "image",
-                format!(
-                    "{image:?} names no digest; `falak capsule apply` pins it (it pulls the image on the node it \
-                     talks to), or write `name@sha256:<digest>` (`falak image pull` prints the digest)"
-                ),
-            ));
-        }
-        if self.source.is_some() || self.artifact.is_some() {
-            return Err(SpecError::new(
-                "source",
-                "a container capsule's code is its image; `source` and `artifact` are for process capsules",
-            ));
-        }
-        if self.args.len() > 4096 || self.args.iter().any(|a| a.contains('\0')) {
-            return Err(SpecError::new("args", "at most 4096 arguments, none containing NUL"));
-        }
-        if let Some(workdir) = &self.workdir
-            && (!workdir.starts_with('/') || workdir.contains('\0'))
-        {
-            return Err(SpecError::new("workdir", format!("{workdir:?} is not an absolute path inside the container")));
-        }
-        if let Some(user) = &self.user
-            && (user.is_empty() || user.split(':').count() > 2 || user.chars().any(|c| c.is_whitespace() || c == '\0'))
-        {
-            return Err(SpecError::new("user", format!("{user:?} is not `uid[:gid]` or `name[:group]`")));
-        }
-        let mounts = self.container_mounts()?;
-        Ok(ContainerSpec {
-            image,
-            args: self.args.clone(),
-            workdir: self.workdir.clone(),
-            user: self.user.clone(),
-            mounts,
-        })
+        let mut spec = fields.validate("capsule", "falak capsule apply")?;
+        spec.mounts = self.container_mounts()?;
+        Ok(spec)
     }
 
     fn container_mounts(&self) -> Result<Vec<ArtifactMount>, SpecError> {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ArtifactId;
-use crate::capsule::{Kind, ResourcesDocument, parse_duration};
+use crate::capsule::{ContainerFields, ContainerSpec, Kind, NetworkMode, ResourcesDocument, parse_duration};
 use crate::resources::Resources;
 use crate::spec::{SpecError, validate_name};
 
@@ -24,6 +24,9 @@ pub enum Runtime {
     Http,
     /// `command` runs once per request: body on stdin, response body on stdout.
     Exec,
+    /// The `image`'s entrypoint (or `command`) serves HTTP on the Unix socket (`FALAK_SOCKET`)
+    /// or, on the node's network, on `PORT`; run by the node's OCI runtime.
+    Container,
 }
 
 impl Runtime {
@@ -32,6 +35,7 @@ impl Runtime {
             Runtime::Python => "python",
             Runtime::Http => "http",
             Runtime::Exec => "exec",
+            Runtime::Container => "container",
         }
     }
 }
@@ -60,8 +64,27 @@ pub struct FunctionDocument {
     #[serde(default)]
     pub handler: Option<String>,
     /// `http` and `exec`: the program and its arguments, run in the bundle directory.
+    /// `container`: replaces the image's entrypoint (Kubernetes' rules, with `args`).
     #[serde(default)]
     pub command: Vec<String>,
+    /// `container`: the image, `name[:tag]` or `name@sha256:…`; `falak fn deploy` pins a tag
+    /// to the digest the node it talks to pulls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `container`: replaces the image's `cmd`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// `container`: the working directory inside it (absolute); the image's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `container`: `uid[:gid]` or `name[:group]` of the image's own files; the image's user
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `container`: `host` (the default: instances may serve on `PORT`) or `none` (loopback
+    /// only; instances serve on `FALAK_SOCKET`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMode>,
     /// A directory or archive on the deployer's machine; `falak fn deploy` bundles it.
     #[serde(default)]
     pub source: Option<String>,
@@ -136,7 +159,15 @@ pub struct FunctionSpec {
     pub runtime: Runtime,
     pub handler: Option<String>,
     pub command: Vec<String>,
-    pub artifact: ArtifactId,
+    /// The bundle; every runtime but `container` has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactId>,
+    /// `container`: the pinned image and what runs of it (no mounts). Part of the signed form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<ContainerSpec>>,
+    /// `container`: the network its instances see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMode>,
     pub env: BTreeMap<String, String>,
     /// Secret environment variables: plain only on the way to the node that seals them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -195,6 +226,20 @@ impl FunctionDocument {
                     return Err(SpecError::new("command", "a python function runs its handler; leave command out"));
                 }
             }
+            Runtime::Container => {
+                if self.handler.is_some() {
+                    return Err(SpecError::new("handler", "only python functions have a handler; use command"));
+                }
+                if self.command.len() > 4096 || self.command.iter().any(|a| a.contains('\0') || a.is_empty()) {
+                    return Err(SpecError::new("command", "at most 4096 arguments, none empty or containing NUL"));
+                }
+                if self.image.is_none() {
+                    return Err(SpecError::new(
+                        "image",
+                        "a container function needs an image, e.g. `image: registry.example/hello:1`",
+                    ));
+                }
+            }
             Runtime::Http | Runtime::Exec => {
                 if self.command.is_empty() {
                     return Err(SpecError::new(
@@ -212,6 +257,30 @@ impl FunctionDocument {
                     return Err(SpecError::new("command", "at most 4096 arguments, none empty or containing NUL"));
                 }
             }
+        }
+        if self.runtime != Runtime::Container {
+            for (field, set) in [
+                ("image", self.image.is_some()),
+                ("args", !self.args.is_empty()),
+                ("workdir", self.workdir.is_some()),
+                ("user", self.user.is_some()),
+                ("network", self.network.is_some()),
+            ] {
+                if set {
+                    return Err(SpecError::new(
+                        field,
+                        format!(
+                            "only a `runtime: container` function has this field; this one is `{}`",
+                            self.runtime.name()
+                        ),
+                    ));
+                }
+            }
+        } else if self.source.is_some() || self.artifact.is_some() {
+            return Err(SpecError::new(
+                "source",
+                "a container function's code is its image; leave `source` and `artifact` out",
+            ));
         }
         if self.snapshot == Some(SnapshotPolicy::Zygote) && self.runtime != Runtime::Python {
             return Err(SpecError::new("snapshot", "zygote snapshots are for python functions; use `none`"));
@@ -266,24 +335,45 @@ impl FunctionDocument {
         }
     }
 
+    /// The container fields of a `runtime: container` function, checked.
+    fn container(&self) -> Result<ContainerSpec, SpecError> {
+        let fields = ContainerFields {
+            image: self.image.as_deref(),
+            args: &self.args,
+            workdir: self.workdir.as_deref(),
+            user: self.user.as_deref(),
+            has_bundle: self.source.is_some() || self.artifact.is_some(),
+        };
+        fields.validate("function", "falak fn deploy")
+    }
+
     /// Produce the stored spec; `version` is the one the ledger assigns.
     pub fn validate(self, version: u32) -> Result<FunctionSpec, SpecError> {
         self.check()?;
-        let Some(artifact) = self.artifact else {
+        let container = match self.runtime {
+            Runtime::Container => Some(Box::new(self.container()?)),
+            Runtime::Python | Runtime::Http | Runtime::Exec => None,
+        };
+        let artifact = self.artifact;
+        if artifact.is_none() && container.is_none() {
             return Err(SpecError::new(
                 "artifact",
                 "no bundle: deploy with `falak fn deploy -f FILE` (it bundles `source`), or upload the bundle \
                  to POST /api/v1/artifacts and set `artifact` to the id it returns",
             ));
-        };
+        }
         let scaling = self.scaling()?;
         let timeout_ms = self.timeout_ms()?;
         let resources = self.resources.validate()?;
         let disk_bytes = self.resources.disk()?;
         let snapshot = self.snapshot.unwrap_or(match self.runtime {
             Runtime::Python => SnapshotPolicy::Zygote,
-            Runtime::Http | Runtime::Exec => SnapshotPolicy::None,
+            Runtime::Http | Runtime::Exec | Runtime::Container => SnapshotPolicy::None,
         });
+        let network = match self.runtime {
+            Runtime::Container => Some(self.network.unwrap_or(NetworkMode::Host)),
+            Runtime::Python | Runtime::Http | Runtime::Exec => None,
+        };
         Ok(FunctionSpec {
             name: self.name,
             version,
@@ -291,6 +381,8 @@ impl FunctionDocument {
             handler: self.handler,
             command: self.command,
             artifact,
+            container,
+            network,
             env: self.env,
             secrets: crate::secret::plain(self.secrets),
             scaling,
@@ -521,6 +613,47 @@ scaling: { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout: 60s
             r#"field `resources.disk`: "lots" is not a quantity; write e.g. `32Mi`, `1Gi` or `512M`"#
         ]]
         .assert_eq(&FunctionDocument::parse(&format!("{GREET}resources: {{ disk: lots }}\n")).unwrap_err().to_string());
+    }
+
+    #[test]
+    fn a_container_function_runs_a_pinned_image_on_the_node_s_network_by_default() {
+        const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let text = format!(
+            "name: web\nkind: function\nruntime: container\nimage: reg:5000/web:1@{DIGEST}\nargs: [serve]\n\
+             workdir: /srv\nuser: \"1000:1000\"\n"
+        );
+        let spec = FunctionDocument::parse(&text).unwrap().validate(2).unwrap();
+        let container = spec.container.as_deref().unwrap();
+        assert_eq!((container.digest(), container.args.as_slice()), (DIGEST, &["serve".to_owned()][..]));
+        assert_eq!((container.workdir.as_deref(), container.user.as_deref()), (Some("/srv"), Some("1000:1000")));
+        assert_eq!((spec.artifact, spec.network, spec.snapshot), (None, Some(NetworkMode::Host), SnapshotPolicy::None));
+        // The image is part of what is signed; a spec without one serializes as before.
+        assert_eq!(spec.signed_form().container, spec.container);
+        let none = FunctionDocument::parse(&format!("{text}network: none\n")).unwrap().validate(1).unwrap();
+        assert_eq!(none.network, Some(NetworkMode::None));
+        let python = FunctionDocument::parse(GREET).unwrap();
+        let python = FunctionDocument { artifact: Some(ArtifactId([1; 32])), ..python }.validate(1).unwrap();
+        let json = serde_json::to_string(&python).unwrap();
+        assert!(!json.contains("container") && !json.contains("network"), "{json}");
+
+        expect_test::expect![[r#"field `image`: "web:1" names no digest; `falak fn deploy` pins it (it pulls the image on the node it talks to), or write `name@sha256:<digest>` (`falak image pull` prints the digest)"#]]
+            .assert_eq(&error_of("name: f\nkind: function\nruntime: container\nimage: web:1"));
+        expect_test::expect![
+            "field `image`: a container function needs an image, e.g. `image: registry.example/hello:1`"
+        ]
+        .assert_eq(&error_of("name: f\nkind: function\nruntime: container"));
+        expect_test::expect![
+            "field `source`: a container function's code is its image; leave `source` and `artifact` out"
+        ]
+        .assert_eq(&error_of(&format!("{text}source: ./web\n")));
+        expect_test::expect!["field `handler`: only python functions have a handler; use command"]
+            .assert_eq(&error_of(&format!("{text}handler: m.h\n")));
+        expect_test::expect![
+            "field `network`: only a `runtime: container` function has this field; this one is `http`"
+        ]
+        .assert_eq(&error_of("name: f\nkind: function\nruntime: http\ncommand: [./s]\nnetwork: none"));
+        expect_test::expect!["field `snapshot`: zygote snapshots are for python functions; use `none`"]
+            .assert_eq(&error_of(&format!("{text}snapshot: zygote\n")));
     }
 
     #[test]

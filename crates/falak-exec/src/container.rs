@@ -63,6 +63,38 @@ pub struct ReadOnlyMount {
     pub destination: String,
 }
 
+/// What a container runs, in the runtime's terms: a task attempt's ([`ContainerProcess::of_task`])
+/// or a function instance's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerProcess {
+    /// The process and its arguments.
+    pub args: Vec<String>,
+    /// Its whole environment (`PATH` is added when absent).
+    pub env: std::collections::BTreeMap<String, String>,
+    pub network: Network,
+    /// `RLIMIT_NOFILE`.
+    pub open_files: u64,
+    /// A host directory bound writable into the container (a function instance's socket
+    /// directory, owned by the container's user).
+    pub writable: Option<ReadOnlyMount>,
+}
+
+impl ContainerProcess {
+    /// A task attempt's: its command, its environment with `FALAK_TASK_ID` and `FALAK_ATTEMPT`.
+    pub fn of_task(spec: &TaskSpec) -> ContainerProcess {
+        let mut env = spec.env.clone();
+        env.insert("FALAK_TASK_ID".into(), spec.task_id.clone());
+        env.insert("FALAK_ATTEMPT".into(), spec.attempt.to_string());
+        ContainerProcess {
+            args: spec.command.clone(),
+            env,
+            network: spec.network,
+            open_files: spec.limits.max_open_files.unwrap_or(1024),
+            writable: None,
+        }
+    }
+}
+
 /// The OCI runtime a node runs containers with.
 #[derive(Debug, Clone)]
 pub struct ContainerRuntime {
@@ -115,11 +147,13 @@ impl ContainerRuntime {
         Ok(ContainerRuntime { program: path, state_dir, overlay, rootless, version })
     }
 
-    /// The runtime's arguments that run `bundle` in the foreground as container `id`. `--keep`:
-    /// the container's cgroup outlives it until the node has read why it ended (a memory kill
-    /// is counted in it) and tears it down with the attempt's.
-    pub(crate) fn run_args(&self, bundle: &Path, id: &str) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), self.state_dir.clone().into()];
+    /// The runtime's arguments that run `bundle` in the foreground as container `id`, with its
+    /// state in `state_dir` (the node's [`ContainerRuntime::state_dir`], or one of the
+    /// container's own that goes with it). `--keep`: the container's cgroup outlives it until
+    /// the node has read why it ended (a memory kill is counted in it) and tears it down with
+    /// the attempt's.
+    pub fn run_args(state_dir: &Path, bundle: &Path, id: &str) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), state_dir.into()];
         args.extend(["run".into(), "--keep".into(), "--bundle".into(), bundle.into(), id.into()]);
         args
     }
@@ -144,22 +178,25 @@ pub(crate) fn container_id(spec: &TaskSpec) -> String {
     raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
-/// An attempt's bundle, written.
-pub(crate) struct Bundle {
+/// A container's bundle, written.
+pub struct Bundle {
     pub dir: PathBuf,
     /// The overlay the runtime's process mounts before it starts, when there is one.
     pub overlay: Option<PrivateOverlay>,
 }
 
-/// Write the bundle of `spec` in its working directory: `config.json`, and the root filesystem
-/// (an overlay's directories, or a copy of the image). Blocking.
-pub(crate) fn write_bundle(
+/// Write the bundle of a container in `workdir` (the node's, not the container's to write):
+/// `bundle/config.json`, and the root filesystem (an overlay's directories `upper/` and
+/// `overlay-work/`, or a copy of the image in `bundle/rootfs`). `cgroups_path` is the cgroup
+/// v2 path the runtime puts the container in. Blocking.
+pub fn write_bundle(
     runtime: &ContainerRuntime,
-    spec: &TaskSpec,
+    workdir: &Path,
+    process: &ContainerProcess,
     container: &ContainerTask,
     cgroups_path: Option<String>,
 ) -> io::Result<Bundle> {
-    let dir = spec.workdir.join("bundle");
+    let dir = workdir.join("bundle");
     let rootfs = dir.join("rootfs");
     for d in [&dir, &rootfs] {
         match fs::DirBuilder::new().mode(0o700).create(d) {
@@ -171,7 +208,7 @@ pub(crate) fn write_bundle(
     // The root of the container's file system must be searchable by its user.
     fs::set_permissions(&rootfs, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let overlay = if runtime.overlay {
-        let (upper, work) = (spec.workdir.join("upper"), spec.workdir.join("overlay-work"));
+        let (upper, work) = (workdir.join("upper"), workdir.join("overlay-work"));
         for d in [&upper, &work] {
             fs::create_dir_all(d)?;
         }
@@ -180,14 +217,14 @@ pub(crate) fn write_bundle(
         crate::code::copy_tree(&container.rootfs, &rootfs, None)?;
         None
     };
-    let config = config(spec, container, runtime.rootless, cgroups_path);
+    let config = config(process, container, runtime.rootless, cgroups_path);
     let json = serde_json::to_vec_pretty(&config).map_err(io::Error::other)?;
     fs::write(dir.join("config.json"), json)?;
     Ok(Bundle { dir, overlay })
 }
 
-/// The runtime configuration of one attempt.
-fn config(spec: &TaskSpec, container: &ContainerTask, rootless: bool, cgroups_path: Option<String>) -> Spec {
+/// The runtime configuration of one container.
+fn config(process: &ContainerProcess, container: &ContainerTask, rootless: bool, cgroups_path: Option<String>) -> Spec {
     let mut config = if rootless {
         // SAFETY: geteuid and getegid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -211,29 +248,27 @@ fn config(spec: &TaskSpec, container: &ContainerTask, rootless: bool, cgroups_pa
         root.set_path("rootfs".into());
         root.set_readonly(Some(false));
     }
-    if let Some(process) = config.process_mut() {
-        process.set_args(Some(spec.command.clone()));
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        if !spec.env.contains_key("PATH") {
+    let network = process.network;
+    if let Some(runs) = config.process_mut() {
+        runs.set_args(Some(process.args.clone()));
+        let mut env: Vec<String> = process.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !process.env.contains_key("PATH") {
             env.push(format!("PATH={}", crate::DEFAULT_PATH));
         }
-        env.push(format!("FALAK_TASK_ID={}", spec.task_id));
-        env.push(format!("FALAK_ATTEMPT={}", spec.attempt));
-        process.set_env(Some(env));
-        process.set_cwd(container.cwd.clone().into());
+        runs.set_env(Some(env));
+        runs.set_cwd(container.cwd.clone().into());
         if let Ok(user) = UserBuilder::default().uid(container.user.uid).gid(container.user.gid).build() {
-            process.set_user(user);
+            runs.set_user(user);
         }
         let limit = |typ, value: u64| PosixRlimitBuilder::default().typ(typ).hard(value).soft(value).build().ok();
-        let open_files = spec.limits.max_open_files.unwrap_or(1024);
-        let rlimits = [limit(PosixRlimitType::RlimitNofile, open_files), limit(PosixRlimitType::RlimitCore, 0)];
-        process.set_rlimits(Some(rlimits.into_iter().flatten().collect()));
-        process.set_no_new_privileges(Some(true));
+        let rlimits = [limit(PosixRlimitType::RlimitNofile, process.open_files), limit(PosixRlimitType::RlimitCore, 0)];
+        runs.set_rlimits(Some(rlimits.into_iter().flatten().collect()));
+        runs.set_no_new_privileges(Some(true));
     }
     if let Some(linux) = config.linux_mut() {
         if let Some(namespaces) = linux.namespaces_mut() {
             namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
-            if spec.network == Network::None {
+            if network == Network::None {
                 let mut network = oci_spec::runtime::LinuxNamespace::default();
                 network.set_typ(LinuxNamespaceType::Network);
                 namespaces.push(network);
@@ -243,18 +278,22 @@ fn config(spec: &TaskSpec, container: &ContainerTask, rootless: bool, cgroups_pa
         linux.set_resources(None);
         linux.set_cgroups_path(cgroups_path.map(PathBuf::from));
     }
-    let read_only = |source: &Path, destination: &str| {
+    let bind = |source: &Path, destination: &str, access: &str| {
         MountBuilder::default()
             .destination(destination)
             .typ("bind")
             .source(source)
-            .options(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()])
+            .options(vec!["rbind".into(), access.into(), "nosuid".into(), "nodev".into()])
             .build()
             .ok()
     };
+    let read_only = |source: &Path, destination: &str| bind(source, destination, "ro");
     let mounts = config.mounts_mut().get_or_insert_with(Vec::new);
     mounts.extend(container.mounts.iter().filter_map(|m| read_only(&m.source, &m.destination)));
-    if spec.network == Network::Host {
+    if let Some(dir) = &process.writable {
+        mounts.extend(bind(&dir.source, &dir.destination, "rw"));
+    }
+    if network == Network::Host {
         // Name resolution as the node has it.
         for file in ["/etc/resolv.conf", "/etc/hosts"] {
             if Path::new(file).exists()
@@ -327,7 +366,7 @@ mod tests {
     #[test]
     fn the_config_runs_the_command_as_the_container_user_without_network() {
         let (spec, container) = spec();
-        let config = config(&spec, &container, false, None);
+        let config = config(&ContainerProcess::of_task(&spec), &container, false, None);
         let process = config.process().as_ref().unwrap();
         assert_eq!(process.args().as_ref().unwrap(), &spec.command);
         assert_eq!(process.cwd(), Path::new("/app"));
@@ -351,7 +390,7 @@ mod tests {
     fn host_network_shares_the_node_s_and_rootless_maps_the_container_user_to_the_node() {
         let (mut spec, container) = spec();
         spec.network = Network::Host;
-        let config = config(&spec, &container, true, None);
+        let config = config(&ContainerProcess::of_task(&spec), &container, true, None);
         let linux = config.linux().as_ref().unwrap();
         let namespaces = linux.namespaces().as_ref().unwrap();
         assert!(!namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
@@ -361,6 +400,19 @@ mod tests {
         assert_eq!(uids[0].container_id(), 5);
         // SAFETY: geteuid has no preconditions.
         assert_eq!(uids[0].host_id(), unsafe { libc::geteuid() });
+    }
+
+    #[test]
+    fn a_function_instance_s_socket_dir_is_bound_writable() {
+        let (spec, container) = spec();
+        let mut process = ContainerProcess::of_task(&spec);
+        process.writable = Some(ReadOnlyMount { source: "/w/run/c7".into(), destination: "/run/falak".into() });
+        let config = config(&process, &container, false, None);
+        let mounts = config.mounts().as_ref().unwrap();
+        let socket = mounts.iter().find(|m| m.destination() == Path::new("/run/falak")).unwrap();
+        assert_eq!(socket.source().as_deref(), Some(Path::new("/w/run/c7")));
+        let options = socket.options().as_ref().unwrap();
+        assert!(options.contains(&"rw".to_owned()) && !options.contains(&"ro".to_owned()), "{options:?}");
     }
 
     #[test]

@@ -38,7 +38,9 @@ mod sandbox;
 mod task;
 pub mod workload;
 
-pub use container::{ContainerRuntime, ContainerTask, ReadOnlyMount, RuntimeUnavailable};
+pub use container::{
+    Bundle, ContainerProcess, ContainerRuntime, ContainerTask, ReadOnlyMount, RuntimeUnavailable, write_bundle,
+};
 pub use disk::{DiskConfig, DiskReserve};
 pub use executor::{Executor, PrepareError, Running, StartError};
 pub use exit::{Exit, ExitReason, Stats, signal_name};

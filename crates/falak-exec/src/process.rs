@@ -283,7 +283,8 @@ impl ProcessExecutor {
         let bundle = {
             let (runtime, spec, container) = (runtime.clone(), spec.clone(), container.clone());
             tokio::task::spawn_blocking(move || {
-                crate::container::write_bundle(&runtime, &spec, &container, cgroups_path)
+                let process = crate::ContainerProcess::of_task(&spec);
+                crate::container::write_bundle(&runtime, &spec.workdir, &process, &container, cgroups_path)
             })
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e)))
@@ -303,7 +304,7 @@ impl ProcessExecutor {
         let [stdin, stdout, stderr] = stdio;
         let mut command = tokio::process::Command::new(&runtime.program);
         command
-            .args(runtime.run_args(&bundle.dir, &id))
+            .args(crate::ContainerRuntime::run_args(&runtime.state_dir, &bundle.dir, &id))
             .env_clear()
             .env("PATH", &self.config.path)
             .current_dir(&spec.workdir)

@@ -18,6 +18,10 @@ pub enum PrepareError {
     MissingHandler { deployment: String, handler: String, looked_for: Vec<PathBuf> },
     #[error("{deployment}: an {runtime} function needs a command, e.g. [\"./server\"]")]
     NoCommand { deployment: String, runtime: &'static str },
+    #[error(
+        "{deployment}: a container function runs on a node with an OCI runtime and its image unpacked; this one was given neither"
+    )]
+    NoContainer { deployment: String },
     #[error("{deployment}: program {program:?} not found: {hint}")]
     MissingProgram { deployment: String, program: String, hint: String },
     #[error(

@@ -3,7 +3,8 @@
 //! The node drives a deployment in three steps: [`prepare`] checks the bundle, builds the
 //! virtualenv and writes the Python runtime host into the work dir; [`Zygote::start`] (python)
 //! imports the handler once; [`Zygote::fork`] or [`spawn`] (cold) gives an [`Instance`] that
-//! answers HTTP requests over its Unix socket. `docs/design/runtime-host.md` is the protocol.
+//! answers HTTP requests over its Unix socket (a `container` instance is run by the node's OCI
+//! runtime: `container`). `docs/design/runtime-host.md` is the protocol.
 //! Every process is started by `falak_exec::workload`, confined as [`WorkloadSandbox`] says
 //! (the node's defaults: the function's own user, seccomp, Landlock, mount and network
 //! namespaces, a cgroup per instance, rlimits); this crate never spawns a process itself.
@@ -12,6 +13,7 @@
 //! and never decides how many instances run (that is [`pool`] and the node).
 
 mod client;
+mod container;
 mod error;
 mod exec;
 mod instance;
@@ -22,12 +24,13 @@ mod spawn;
 mod venv;
 mod zygote;
 
+pub use container::CONTAINER_SOCKET_DIR;
 pub use error::{InstanceError, PrepareError, StartError};
 pub use falak_exec::DEFAULT_MAX_PIDS;
 pub use falak_exec::workload::{DEFAULT_RLIMITS, WorkloadSandbox, unreachable_by};
 pub use falak_sandbox::{CgroupLimits, HostSandbox, Namespaces, Network, RunAs, View, WorkloadUsers};
 pub use instance::{Instance, StartKind, StartTimings};
-pub use prepare::{DEFAULT_START_TIMEOUT, HostSpec, Prepared, prepare};
+pub use prepare::{ContainerHost, DEFAULT_START_TIMEOUT, HostSpec, Prepared, prepare};
 pub use sandbox::network;
 pub use spawn::spawn;
 pub use zygote::Zygote;

@@ -25,9 +25,10 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The directory under the work dir that instances may write: sockets and tmp dirs.
 pub(crate) const RUN_DIR: &str = "run";
 
-/// The longest socket path under the work dir (`run/i` + u64 + `.sock`), and the most bytes a
-/// Unix socket path may have (`sun_path` is 108 bytes including the NUL).
-const LONGEST_SOCKET_NAME: usize = "/run/i18446744073709551615.sock".len();
+/// The longest socket path under the work dir (a container instance's
+/// `run/c<u64>/http.sock`; others' `run/i<u64>.sock` is shorter), and the most bytes a Unix
+/// socket path may have (`sun_path` is 108 bytes including the NUL).
+const LONGEST_SOCKET_NAME: usize = "/run/c18446744073709551615/http.sock".len();
 const MAX_SOCKET_PATH: usize = 107;
 
 /// The oldest Python the runtime host supports.
@@ -48,7 +49,7 @@ pub struct HostSpec {
     pub command: Vec<String>,
     #[debug("{:?}", env.keys().collect::<Vec<_>>())]
     pub env: BTreeMap<String, String>,
-    /// The unpacked bundle.
+    /// The unpacked bundle; a container deployment's image root.
     pub bundle_dir: PathBuf,
     /// Per-deployment dir on this node (the node's, `0711`): `host.py` and `run/`, where the
     /// sockets live, so keep it short.
@@ -64,6 +65,23 @@ pub struct HostSpec {
     pub limits: CgroupLimits,
     /// How the processes are confined.
     pub sandbox: WorkloadSandbox,
+    /// `container`: what its instances run, and with which runtime.
+    pub container: Option<ContainerHost>,
+}
+
+/// What a `container` deployment's instances run, resolved by the node from the image.
+#[derive(Debug, Clone)]
+pub struct ContainerHost {
+    /// The OCI runtime of the node.
+    pub runtime: falak_exec::ContainerRuntime,
+    /// The image's unpacked root (shared, read-only), and the working directory and user inside
+    /// it; no mounts.
+    pub image: falak_exec::ContainerTask,
+    /// The process: the image's entrypoint and cmd, or what the function replaced them with.
+    pub args: Vec<String>,
+    /// The image's environment; the deployment's `env` goes over it.
+    pub env: BTreeMap<String, String>,
+    pub network: falak_sandbox::Network,
 }
 
 /// A deployment ready to start: its spec (with absolute paths), the interpreter, the
@@ -149,6 +167,12 @@ impl Prepared {
         self.run_dir().join(format!("i{instance}.sock"))
     }
 
+    /// The directory a container instance gets bound writable at
+    /// [`CONTAINER_SOCKET_DIR`](crate::container::CONTAINER_SOCKET_DIR): its socket's.
+    pub fn container_socket_dir(&self, instance: u64) -> PathBuf {
+        self.run_dir().join(format!("c{instance}"))
+    }
+
     /// The private temporary dir of a process tree: `i7` → `run/i7.tmp`.
     pub fn tmp_dir(&self, name: &str) -> PathBuf {
         self.run_dir().join(format!("{name}.tmp"))
@@ -222,7 +246,8 @@ pub async fn prepare(spec: HostSpec, venv_cache: &Path) -> Result<Prepared, Prep
     }
 
     let requirements = spec.bundle_dir.join("requirements.txt");
-    let needs_python = spec.runtime == Runtime::Python || requirements.is_file();
+    let needs_python =
+        spec.runtime == Runtime::Python || (spec.runtime != Runtime::Container && requirements.is_file());
     let mut prepared = Prepared {
         interpreter: spec.python.clone(),
         venv: None,
@@ -259,6 +284,13 @@ pub async fn prepare(spec: HostSpec, venv_cache: &Path) -> Result<Prepared, Prep
                 .await
                 .unwrap_or_else(|e| Err(io_error("resolving the program in", &prepared.spec.bundle_dir)(e.into())))?;
             prepared.program = Some(resolved);
+        }
+        Runtime::Container => {
+            // The node's runtime reads the image, and the container's user is the image's.
+            if prepared.spec.container.is_none() {
+                return Err(PrepareError::NoContainer { deployment });
+            }
+            return Ok(prepared);
         }
     }
     check_reachable(&prepared).await?;

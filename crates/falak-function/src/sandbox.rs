@@ -26,7 +26,8 @@ use crate::prepare::Prepared;
 /// share the node's network. Without namespaces, everything does.
 pub fn network(sandbox: &WorkloadSandbox, runtime: Runtime) -> Network {
     match runtime {
-        Runtime::Http => Network::Host,
+        // A container's is its spec's, given to the runtime (`crate::container`).
+        Runtime::Http | Runtime::Container => Network::Host,
         Runtime::Python | Runtime::Exec if sandbox.namespaces != Namespaces::Unavailable => Network::None,
         Runtime::Python | Runtime::Exec => Network::Host,
     }

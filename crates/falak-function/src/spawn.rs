@@ -1,4 +1,5 @@
-//! Cold starts: a fresh python `serve` process, an `http` program, or an `exec` instance.
+//! Cold starts: a fresh python `serve` process, an `http` program, a container, or an `exec`
+//! instance.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub async fn spawn(prepared: &Prepared, instance: u64) -> Result<Instance, Start
     match spec.runtime {
         Runtime::Python => spawn_python(prepared, ident).await,
         Runtime::Http => spawn_http(prepared, ident).await,
+        Runtime::Container => crate::container::spawn(prepared, ident).await,
         Runtime::Exec => {
             let made = enclose(prepared, &format!("instance {instance}"), &format!("i{instance}"), Needs::TMP).await?;
             Ok(Instance::exec(ident, ExecRunner::new(prepared, instance, made.enclosure)))
@@ -127,39 +129,66 @@ async fn spawn_http(prepared: &Prepared, ident: Ident) -> Result<Instance, Start
     let spawned = Instant::now();
     let process = launched.process;
     let enclosure = made.enclosure;
-    let deadline = spawned + prepared.start_timeout();
     let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let said = format!("FALAK_SOCKET {} or PORT {port}", socket.display());
+    let listening = Listening { socket: &socket, tcp: Some(tcp), said: &said };
+    let client = connect(prepared, &what, &process, &enclosure, listening, spawned).await?;
+    let timings =
+        StartTimings { kind: StartKind::Cold, spawn_us: micros(spawned - started), init_us: micros(spawned.elapsed()) };
+    Ok(Instance::served(ident, timings, process, client, Health::Connect, enclosure))
+}
+
+/// Where a served instance listens: its Unix socket as the node sees it, maybe a TCP port,
+/// and how to say so in an error.
+pub(crate) struct Listening<'a> {
+    pub socket: &'a Path,
+    pub tcp: Option<std::net::SocketAddr>,
+    pub said: &'a str,
+}
+
+/// Connect to a new instance once it listens on its socket or port: tried at growing intervals
+/// until the start timeout from `spawned`, or until its process exits.
+pub(crate) async fn connect(
+    prepared: &Prepared,
+    what: &str,
+    process: &Process,
+    enclosure: &Enclosure,
+    listening: Listening<'_>,
+    spawned: Instant,
+) -> Result<std::sync::Arc<Client>, StartError> {
+    let spec = prepared.spec();
+    let deployment = spec.deployment.clone();
+    let deadline = spawned + prepared.start_timeout();
     let mut probe = FIRST_PROBE;
-    let client = loop {
-        if let Ok(stream) = tokio::net::UnixStream::connect(&socket).await {
-            let client = Client::new(Target::Unix(socket));
+    loop {
+        if let Ok(stream) = tokio::net::UnixStream::connect(listening.socket).await {
+            let client = Client::new(Target::Unix(listening.socket.to_owned()));
             let _ = client.adopt(stream).await;
-            break client;
+            return Ok(client);
         }
-        if let Ok(stream) = tokio::net::TcpStream::connect(tcp).await {
+        if let Some(tcp) = listening.tcp
+            && let Ok(stream) = tokio::net::TcpStream::connect(tcp).await
+        {
             let _ = stream.set_nodelay(true);
             let client = Client::new(Target::Tcp(tcp));
             let _ = client.adopt(stream).await;
-            break client;
+            return Ok(client);
         }
         if !process.is_alive() {
-            let status = exit_status(&process, &enclosure, "exited").await;
-            return Err(StartError::Exited { deployment, what, status, log: spec.log_path.clone() });
+            let status = exit_status(process, enclosure, "exited").await;
+            return Err(StartError::Exited { deployment, what: what.to_owned(), status, log: spec.log_path.clone() });
         }
         if Instant::now() >= deadline {
             return Err(StartError::Timeout {
                 deployment,
-                what: format!("{what} (listening on FALAK_SOCKET {} or PORT {port})", socket.display()),
+                what: format!("{what} (listening on {})", listening.said),
                 timeout: prepared.start_timeout(),
                 log: spec.log_path.clone(),
             });
         }
         tokio::time::sleep(probe).await;
         probe = (probe * 2).min(MAX_PROBE);
-    };
-    let timings =
-        StartTimings { kind: StartKind::Cold, spawn_us: micros(spawned - started), init_us: micros(spawned.elapsed()) };
-    Ok(Instance::served(ident, timings, process, client, Health::Connect, enclosure))
+    }
 }
 
 /// How a process that exited during its start ended: its exit status, or its memory limit
@@ -257,6 +286,6 @@ pub(crate) fn micros(duration: Duration) -> u64 {
 }
 
 /// A port that was free a moment ago (the program binds it soon after).
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }

@@ -157,17 +157,23 @@ impl NodeArtifacts {
 
     /// What the ledger's versions reference: every kept version of each function (so a
     /// rollback finds its bundle), every capsule version's code, and the image blobs of every
-    /// container capsule version this node holds.
+    /// container capsule and function version this node holds.
     fn in_ledger(&self) -> BTreeSet<BlobId> {
         let state = self.ledger.state();
         let functions = state
             .functions()
-            .flat_map(|f| std::iter::once(f.spec.artifact).chain(f.history.iter().map(|h| h.spec.artifact)));
+            .flat_map(|f| std::iter::once(&f.spec).chain(f.history.iter().map(|h| &h.spec)))
+            .filter_map(|spec| spec.artifact);
         let capsules = state.capsules().flat_map(|(_, versions)| versions.iter().flat_map(|v| v.spec.artifacts()));
         let mut keep: BTreeSet<BlobId> = functions.chain(capsules).map(BlobId::from).collect();
+        let function_images = state
+            .functions()
+            .flat_map(|f| std::iter::once(&f.spec).chain(f.history.iter().map(|h| &h.spec)))
+            .filter_map(|spec| spec.container.as_deref());
         let images = state
             .capsules()
-            .flat_map(|(_, versions)| versions.iter().filter_map(|v| v.spec.container.as_ref()))
+            .flat_map(|(_, versions)| versions.iter().filter_map(|v| v.spec.container.as_deref()))
+            .chain(function_images)
             .filter_map(|c| c.digest().parse::<falak_artifact::Sha256Digest>().ok());
         for digest in images {
             keep.extend(self.images.blobs_of(digest));

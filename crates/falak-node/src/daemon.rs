@@ -167,6 +167,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             None
         }
     };
+    let containers = process_config.containers.clone();
     let executor = Arc::new(ProcessExecutor::new(process_config));
     // A uid per capsule and per function, where the node can give one: as root, or inside a
     // user namespace.
@@ -236,6 +237,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         transport: dyn_transport.clone(),
         membership: membership.watch(),
         artifacts,
+        images: images.clone(),
+        containers,
         events: events_tx.clone(),
         stop: functions_stopping,
         secrets: falak_core::secret::SecretKey::from_mesh_secret(&files.secret),

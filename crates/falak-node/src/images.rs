@@ -41,6 +41,56 @@ pub struct ContainerImage {
     pub user: Option<String>,
 }
 
+/// What a container of an image runs, resolved from the image's config and what the capsule
+/// or function says over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRun {
+    /// The process and its arguments.
+    pub args: Vec<String>,
+    /// The image's environment (the workload's goes over it).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The image's root, the working directory and the user inside; no mounts.
+    pub task: falak_exec::ContainerTask,
+}
+
+impl ContainerImage {
+    /// Resolve what runs under Kubernetes' rules: `command` replaces the image's entrypoint
+    /// (and drops its cmd), `container.args` its cmd; the working directory and user are the
+    /// container's, else the image's (a user name is looked up in the image's own files).
+    /// Blocking (it reads `/etc/passwd` and `/etc/group` of the image).
+    pub fn run(
+        self,
+        command: Vec<String>,
+        container: &falak_core::capsule::ContainerSpec,
+    ) -> Result<ContainerRun, String> {
+        let (entrypoint, cmd) = match (command.is_empty(), container.args.is_empty()) {
+            (true, true) => (self.entrypoint, self.cmd),
+            (true, false) => (self.entrypoint, container.args.clone()),
+            (false, _) => (command, container.args.clone()),
+        };
+        let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+        if args.is_empty() {
+            return Err(format!(
+                "the image {} has no entrypoint or cmd, and no `command` replaces them; give one",
+                container.image
+            ));
+        }
+        let env =
+            self.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let cwd =
+            container.workdir.clone().or(self.working_dir.filter(|w| !w.is_empty())).unwrap_or_else(|| "/".into());
+        let user = container.user.as_deref().or(self.user.as_deref());
+        let (uid, gid) = falak_image::resolve_user(&self.rootfs, user)?;
+        let task = falak_exec::ContainerTask {
+            rootfs: self.rootfs,
+            cwd,
+            user: falak_exec::RunAs { uid, gid },
+            mounts: Vec::new(),
+        };
+        Ok(ContainerRun { args, env, task })
+    }
+}
+
 impl NodeImages {
     pub fn new(artifacts: Arc<NodeArtifacts>, config: &crate::config::NodeConfig) -> Arc<NodeImages> {
         let registry = Registry::new(config.insecure_registries.clone(), config.registry_auth.clone());

@@ -272,27 +272,13 @@ fn container_spec(
     image: crate::images::ContainerImage,
     mounts: Vec<falak_exec::ReadOnlyMount>,
 ) -> Result<TaskSpec, String> {
-    let (entrypoint, cmd) = match (spec.command.is_empty(), container.args.is_empty()) {
-        (true, true) => (image.entrypoint, image.cmd),
-        (true, false) => (image.entrypoint, container.args.clone()),
-        (false, _) => (std::mem::take(&mut spec.command), container.args.clone()),
-    };
-    spec.command = entrypoint.into_iter().chain(cmd).collect();
-    if spec.command.is_empty() {
-        return Err(format!(
-            "the image {} has no entrypoint or cmd, and the capsule no `command`; give it one",
-            container.image
-        ));
-    }
-    let mut env: BTreeMap<String, String> =
-        image.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    let run = image.run(std::mem::take(&mut spec.command), container)?;
+    spec.command = run.args;
+    let mut env = run.env;
     env.append(&mut spec.env);
     spec.env = env;
-    let cwd = container.workdir.clone().or(image.working_dir.filter(|w| !w.is_empty())).unwrap_or_else(|| "/".into());
-    let user = container.user.as_deref().or(image.user.as_deref());
-    let (uid, gid) = falak_image::resolve_user(&image.rootfs, user)?;
     spec.run_as = None;
-    spec.container = Some(falak_exec::ContainerTask { rootfs: image.rootfs, cwd, user: RunAs { uid, gid }, mounts });
+    spec.container = Some(falak_exec::ContainerTask { mounts, ..run.task });
     Ok(spec)
 }
 

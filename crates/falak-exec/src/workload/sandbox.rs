@@ -156,7 +156,8 @@ pub struct Enclosure {
 #[derive(Debug)]
 struct Parts {
     cgroup: Option<WorkloadCgroup>,
-    tmp: Option<PathBuf>,
+    /// Removed after the cgroup: the tree's tmp dir, and what [`Enclosure::remove_with`] adds.
+    dirs: Vec<PathBuf>,
 }
 
 impl Parts {
@@ -167,12 +168,12 @@ impl Parts {
         {
             tracing::warn!(%error, "cannot remove a function process's cgroup");
         }
-        if let Some(tmp) = self.tmp {
+        for dir in self.dirs {
             // `remove_dir_all` does not follow symlinks the instance may have left there.
-            match fs::remove_dir_all(&tmp) {
+            match fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => tracing::warn!(%error, dir = %tmp.display(), "cannot remove an instance's tmp dir"),
+                Err(error) => tracing::warn!(%error, dir = %dir.display(), "cannot remove an instance's directory"),
             }
         }
     }
@@ -180,7 +181,25 @@ impl Parts {
 
 impl Enclosure {
     fn new(cgroup: Option<WorkloadCgroup>, tmp: Option<PathBuf>) -> Enclosure {
-        Enclosure { parts: Mutex::new(Some(Parts { cgroup, tmp })), memory_kill_at_teardown: OnceLock::new() }
+        let parts = Parts { cgroup, dirs: tmp.into_iter().collect() };
+        Enclosure { parts: Mutex::new(Some(parts)), memory_kill_at_teardown: OnceLock::new() }
+    }
+
+    /// Remove `dir` too at teardown, once every process of the tree is gone (a container's
+    /// bundle and runtime state).
+    pub fn remove_with(&self, dir: PathBuf) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        match parts.as_mut() {
+            Some(parts) => parts.dirs.push(dir),
+            None => drop(fs::remove_dir_all(dir)),
+        }
+    }
+
+    /// The tree's cgroup as a path from the root of the cgroup v2 hierarchy, when it has a v2
+    /// one (an OCI runtime is told it; on v1 the runtime joins it instead).
+    pub fn unified_path(&self) -> Option<String> {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.as_ref().and_then(|p| p.cgroup.as_ref()).and_then(WorkloadCgroup::unified_path)
     }
 
     /// The memory limit, when the kernel killed a process of this tree for going over it.

@@ -72,6 +72,7 @@ impl Fixture {
             python: PathBuf::from("python3"),
             limits: CgroupLimits::default(),
             sandbox: WorkloadSandbox::unconfined(),
+            container: None,
         }
     }
 

@@ -836,7 +836,15 @@ async fn prepare(ctx: &HostContext, spec: &FunctionSpec, prepared: Option<Arc<Pr
 
 async fn prepare_now(ctx: &HostContext, spec: &FunctionSpec, stages: &mut Stages) -> Result<Prepared, String> {
     let t = instant();
-    let bundle_dir = ctx.bundle_dir(spec.artifact).await?;
+    // A bundle, or a container's image (its root stands where the bundle would).
+    let (bundle_dir, container) = match (spec.artifact, spec.container.as_deref()) {
+        (_, Some(container)) => {
+            let host = ctx.container(spec, container).await?;
+            (host.image.rootfs.clone(), Some(host))
+        }
+        (Some(artifact), None) => (ctx.bundle_dir(artifact).await?, None),
+        (None, None) => return Err(format!("{} has neither a bundle nor an image", spec.deployment())),
+    };
     stages.push("fetch", t.elapsed());
     let t = instant();
     let sandbox = ctx.sandbox_for(&spec.name).await?;
@@ -846,7 +854,8 @@ async fn prepare_now(ctx: &HostContext, spec: &FunctionSpec, stages: &mut Stages
     std::fs::create_dir_all(&deployment_dir).map_err(|e| format!("cannot create {}: {e}", deployment_dir.display()))?;
     let log = deployment_dir.join("log");
     let env = ctx.instance_env(spec)?;
-    let host = host_spec(spec, env, bundle_dir, work_dir, log, &ctx.python, sandbox);
+    let mut host = host_spec(spec, env, bundle_dir, work_dir, log, &ctx.python, sandbox);
+    host.container = container;
     let prepared = falak_function::prepare(host, &ctx.venv_dir())
         .await
         .map_err(|e| format!("preparing {} on node {}: {e}", spec.deployment(), ctx.node_name))?;
@@ -883,6 +892,7 @@ fn host_spec(
                 .collect(),
             ..sandbox
         },
+        container: None,
     }
 }
 

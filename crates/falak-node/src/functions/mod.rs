@@ -89,6 +89,10 @@ pub(crate) struct HostContext {
     membership: watch::Receiver<Arc<MembershipSnapshot>>,
     /// The node's artifacts: function bundles are fetched and unpacked there.
     pub artifacts: Arc<crate::artifacts::NodeArtifacts>,
+    /// Container functions' images (peers first, then the registry).
+    pub images: Arc<crate::images::NodeImages>,
+    /// The OCI runtime container functions run with; `None` where the node has none.
+    pub containers: Option<falak_exec::ContainerRuntime>,
     events: EventSender,
     metrics: Mutex<FunctionMetrics>,
     /// Instance slot numbers: node-wide, unique across restarts (they start from the wall clock).
@@ -301,6 +305,36 @@ impl HostContext {
     pub async fn bundle_dir(&self, artifact: ArtifactId) -> Result<PathBuf, String> {
         self.artifacts.bundle_dir(artifact).await
     }
+
+    /// What a container function's instances run: its image pulled (peers first) and
+    /// unpacked, resolved with the function's `command` and container fields.
+    pub async fn container(
+        &self,
+        spec: &FunctionSpec,
+        container: &falak_core::capsule::ContainerSpec,
+    ) -> Result<falak_function::ContainerHost, String> {
+        let Some(runtime) = self.containers.clone() else {
+            return Err(format!(
+                "node {} cannot run containers (its log says why at start); install runc or crun there, or give \
+                 the function `labels` that only nodes with one carry",
+                self.node_name
+            ));
+        };
+        let image = self
+            .images
+            .for_container(&container.image)
+            .await
+            .map_err(|e| format!("cannot get the image {}: {e}", container.image))?;
+        let (command, container_spec) = (spec.command.clone(), container.clone());
+        let run = tokio::task::spawn_blocking(move || image.run(command, &container_spec))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))?;
+        let network = match spec.network.unwrap_or(falak_core::capsule::NetworkMode::Host) {
+            falak_core::capsule::NetworkMode::Host => falak_sandbox::Network::Host,
+            falak_core::capsule::NetworkMode::None => falak_sandbox::Network::None,
+        };
+        Ok(falak_function::ContainerHost { runtime, image: run.task, args: run.args, env: run.env, network })
+    }
 }
 
 /// Histograms of invocations by start label and of start stages.
@@ -379,6 +413,10 @@ pub struct FunctionHostParts {
     pub membership: watch::Receiver<Arc<MembershipSnapshot>>,
     /// The node's artifacts (shared with the task runner).
     pub artifacts: Arc<crate::artifacts::NodeArtifacts>,
+    /// The node's images (shared with the task runner).
+    pub images: Arc<crate::images::NodeImages>,
+    /// The node's OCI runtime, when it has one (shared with the executor).
+    pub containers: Option<falak_exec::ContainerRuntime>,
     pub events: EventSender,
     pub stop: watch::Receiver<bool>,
     pub secrets: falak_core::secret::SecretKey,
@@ -408,6 +446,8 @@ impl FunctionHost {
             transport: parts.transport,
             membership: parts.membership,
             artifacts: parts.artifacts,
+            images: parts.images,
+            containers: parts.containers,
             events: parts.events,
             metrics: Mutex::new(FunctionMetrics::new()),
             slots: slots::SlotNumbers::starting_at(now_millis().saturating_mul(1000)),
@@ -776,10 +816,11 @@ impl FunctionHost {
         // Secrets are sealed here, before the trial preparation or anything is written.
         let owner = spec.secrets_owner();
         self.ctx.secrets.seal_all(&owner, &mut spec.secrets, rand::random);
-        if !self.ctx.artifacts.store().contains(spec.artifact) {
+        if let Some(artifact) = spec.artifact
+            && !self.ctx.artifacts.store().contains(artifact)
+        {
             return Err(ApiError::invalid(format!(
-                "bundle {} is not stored on this node; upload it first with POST /api/v1/artifacts (falak fn deploy does)",
-                spec.artifact
+                "bundle {artifact} is not stored on this node; upload it first with POST /api/v1/artifacts (falak fn deploy does)"
             )));
         }
         let started = instant();
@@ -804,6 +845,7 @@ impl FunctionHost {
                     version,
                     unchanged,
                     artifact: spec.artifact,
+                    image: spec.container.as_ref().map(|c| c.image.clone()),
                     prepare: PrepareReport {
                         node: self.ctx.node_name.clone(),
                         millis,

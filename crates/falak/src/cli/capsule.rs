@@ -146,18 +146,24 @@ async fn prepare(ctx: &Context, file: &std::path::Path, document: &mut CapsuleDo
             mount.artifact = Some(upload(&source, what).await?);
         }
     }
-    if let Some(image) = document.image.clone().filter(|i| !falak_core::capsule::image_is_pinned(i)) {
-        let pulled = ctx
-            .client
-            .pull_image(&image)
-            .await
-            .with_context(|| format!("cannot pull the image {image} of capsule {name}"))?;
-        if !ctx.json() {
-            eprintln!("image {} is {}", pulled.name, pulled.digest);
-        }
-        document.image = Some(format!("{}@{}", pulled.name, pulled.digest));
+    if let Some(image) = document.image.as_deref() {
+        document.image = Some(pin_image(ctx, image, &format!("capsule {name}")).await?);
     }
     Ok(())
+}
+
+/// `image` pinned to a digest: as it is when it names one, else pulled on the node the CLI
+/// talks to, which says the digest it got (`what` names the workload in errors).
+pub(super) async fn pin_image(ctx: &Context, image: &str, what: &str) -> anyhow::Result<String> {
+    if falak_core::capsule::image_is_pinned(image) {
+        return Ok(image.to_owned());
+    }
+    let pulled =
+        ctx.client.pull_image(image).await.with_context(|| format!("cannot pull the image {image} of {what}"))?;
+    if !ctx.json() {
+        eprintln!("image {} is {}", pulled.name, pulled.digest);
+    }
+    Ok(format!("{}@{}", pulled.name, pulled.digest))
 }
 
 pub fn render_show(capsule: &CapsuleInfo) -> String {

@@ -236,6 +236,13 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<()> {
             document.artifact = Some(stored.id);
         }
         None if document.artifact.is_some() => {}
+        // A container function's code is its image, pinned to the digest the node pulls.
+        None if document.runtime == Runtime::Container => {
+            if let Some(image) = document.image.as_deref() {
+                let what = format!("function {}", document.name);
+                document.image = Some(super::capsule::pin_image(ctx, image, &what).await?);
+            }
+        }
         None => anyhow::bail!(
             "{} names no code; add `source: ./dir` (a directory, .tar or .tar.gz relative to the file) \
              and deploy again",
@@ -293,16 +300,17 @@ pub(super) async fn bundle_source(file: &Path, source: &str) -> anyhow::Result<V
 fn snapshot_policy(document: &FunctionDocument) -> SnapshotPolicy {
     document.snapshot.unwrap_or(match document.runtime {
         Runtime::Python => SnapshotPolicy::Zygote,
-        Runtime::Http | Runtime::Exec => SnapshotPolicy::None,
+        Runtime::Http | Runtime::Exec | Runtime::Container => SnapshotPolicy::None,
     })
 }
 
 /// `function greet version 3 deployed (bundle 1a2b3c4d5e6f, 12.3 KiB; prepared on n1 in 412 ms, snapshot ready)`.
 pub fn deployed_line(deployed: &FunctionDeployed, size: Option<u64>, snapshot: SnapshotPolicy) -> String {
     let what = if deployed.unchanged { "unchanged" } else { "deployed" };
-    let bundle = match size {
-        Some(n) => format!("bundle {}, {}", deployed.artifact.short(), human_size(n)),
-        None => format!("bundle {}", deployed.artifact.short()),
+    let bundle = match (deployed.artifact, size) {
+        (Some(artifact), Some(n)) => format!("bundle {}, {}", artifact.short(), human_size(n)),
+        (Some(artifact), None) => format!("bundle {}", artifact.short()),
+        (None, _) => format!("image {}", deployed.image.as_deref().unwrap_or("?")),
     };
     let p = &deployed.prepare;
     let mut prepared = format!("prepared on {} in {} ms", p.node, p.millis);
@@ -504,8 +512,13 @@ pub fn render_show(f: &FunctionInfo, base_url: &str) -> String {
     if !f.command.is_empty() {
         lines.push(("command", serde_json::to_string(&f.command).unwrap_or_default()));
     }
+    if let Some(artifact) = f.artifact {
+        lines.push(("bundle", artifact.to_string()));
+    }
+    if let Some(image) = &f.image {
+        lines.push(("image", image.clone()));
+    }
     lines.extend([
-        ("bundle", f.artifact.to_string()),
         (
             "scaling",
             format!(
@@ -644,7 +657,8 @@ mod tests {
             name: "greet".into(),
             version: 3,
             unchanged: false,
-            artifact: ArtifactId([0x1a; 32]),
+            artifact: Some(ArtifactId([0x1a; 32])),
+            image: None,
             prepare: PrepareReport { node: "n1".into(), millis: 412, dependencies: false, snapshot: true },
         };
         assert_eq!(
@@ -665,7 +679,8 @@ mod tests {
             runtime: Runtime::Python,
             handler: Some("main.handle".into()),
             command: Vec::new(),
-            artifact: ArtifactId([0x1a; 32]),
+            artifact: Some(ArtifactId([0x1a; 32])),
+            image: None,
             scaling: Scaling { min_instances: 0, max_instances: 8, concurrency: 4, idle_timeout_ms: 60_000 },
             timeout_ms: 30_000,
             snapshot: SnapshotPolicy::Zygote,
@@ -775,7 +790,8 @@ mod tests {
                             name: document.name.clone(),
                             version: 1,
                             unchanged: false,
-                            artifact: document.artifact.unwrap(),
+                            artifact: document.artifact,
+                            image: None,
                             prepare: PrepareReport {
                                 node: "n1".into(),
                                 millis: 5,

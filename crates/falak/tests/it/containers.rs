@@ -213,3 +213,150 @@ async fn an_unprivileged_user_runs_a_container_job() {
     assert_eq!(result.matches("data is read-only").count(), 6, "{result}");
     mesh.stop_within(Duration::from_secs(30)).await;
 }
+
+/// Push the test image of container functions: busybox and `/bin/serve` (the fixture server).
+fn push_server_image(registry: &Registry, dir: &Path) -> String {
+    let layers = [busybox_layer().unwrap(), falak_bench::registry::serve_layer().unwrap()];
+    build_layout(&dir.join("served"), "v1", &layers).unwrap();
+    push(&dir.join("served"), "v1", registry, "served").unwrap();
+    format!("{}/served:v1", registry.addr)
+}
+
+/// POST `body` to `/fn/{name}/hi` through `api`, retried while the mesh is still starting an
+/// instance (`429`, `503`) for up to a minute; the status and the body.
+async fn invoke_until_served(http: &reqwest::Client, api: &str, name: &str, body: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = http
+            .post(format!("{api}/fn/{name}/hi"))
+            .body(body.to_owned())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        let (status, text) = match sent {
+            Ok(response) => (response.status().as_u16(), response.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        };
+        if status == 200 || Instant::now() >= deadline {
+            return (status, text);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Functions with `runtime: container` on three real nodes: one serves on its socket with no
+/// network (`network: none`), one on `$PORT` on the node's network; each answers through every
+/// node. `kill -9` of the node with the socket function's instance: the next request is served
+/// by another node, and the killed node, restarted, leaves no container behind. Removing the
+/// functions leaves no process, mount or cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_functions_serve_on_their_socket_or_port_survive_a_killed_node_and_leave_nothing() {
+    let registry = Registry::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let image = push_server_image(&registry, work.path());
+    let options = MeshOptions { insecure_registries: vec![registry.addr.clone()], ..MeshOptions::new(3) };
+    let mesh_dir = work.path().join("mesh");
+    let mut mesh = Mesh::start(binary(), &mesh_dir, &options).unwrap();
+    mesh.wait_ready(Duration::from_secs(90)).await.unwrap();
+    mesh.wait_all_healthy(Duration::from_secs(60)).await.unwrap();
+    let client = mesh.nodes[0].client.clone();
+    let pulled = client.pull_image(&image).await.unwrap();
+    let pinned = format!("{image}@{}", pulled.digest);
+    let function = |name: &str, network: &str, command: &str| {
+        let text = format!(
+            "name: {name}\nkind: function\nruntime: container\nimage: \"{pinned}\"\ncommand: {command}\n\
+             network: {network}\nobservers: 3\nscaling: {{ max_instances: 2, concurrency: 4, idle_timeout: 5m }}\n\
+             resources: {{ memory: 64Mi }}\n"
+        );
+        falak_core::function::FunctionDocument::parse(&text).unwrap()
+    };
+    let deployed = client.deploy_function(&function("sock", "none", "[/bin/serve, socket]")).await.unwrap();
+    assert_eq!((deployed.artifact, deployed.image.as_deref()), (None, Some(pinned.as_str())), "{deployed:?}");
+    client.deploy_function(&function("port", "host", "[/bin/sh, -c, \"exec /bin/serve port\"]")).await.unwrap();
+
+    let http = mesh.http();
+    for node in &mesh.nodes {
+        for name in ["sock", "port"] {
+            let (status, body) = invoke_until_served(&http, &node.api, name, "x").await;
+            assert_eq!(status, 200, "{name} through {}: {body}\n{}", node.name, node.log_tail(30));
+            // The container's hostname and its user (the image's: root, uid 0).
+            assert!(body.starts_with("hello from falak uid 0 instance "), "{name}: {body}");
+            assert!(body.ends_with(" POST /hi body=x\n"), "{name}: {body}");
+        }
+    }
+
+    // Without the node's network there is no `PORT`: a server that wants one cannot start, and
+    // the caller is told where its output is.
+    client.deploy_function(&function("noport", "none", "[/bin/serve, port]")).await.unwrap();
+    let sent = http.post(format!("{}/fn/noport", mesh.nodes[0].api)).timeout(Duration::from_secs(60)).send().await;
+    let response = sent.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert!(status == 502 && text.contains("could not start") && text.contains("its output is in"), "{status} {text}");
+    client.remove_function("noport").await.unwrap();
+
+    // kill -9 of the node running the socket function's instance.
+    let instances = client.function_instances("sock").await.unwrap();
+    let victim_name = instances.first().map(|i| i.node_name.clone()).expect("sock has an instance");
+    let victim = mesh.nodes.iter().position(|n| n.name == victim_name).unwrap();
+    mesh.kill9(victim).unwrap();
+    let killed = Instant::now();
+    let survivor = (victim + 1) % mesh.nodes.len();
+    let (status, body) = invoke_until_served(&http, &mesh.nodes[survivor].api, "sock", "after").await;
+    assert_eq!(status, 200, "after the kill: {body}\n{}", mesh.nodes[survivor].log_tail(30));
+    assert!(body.ends_with(" POST /hi body=after\n"), "{body}");
+    assert!(killed.elapsed() < Duration::from_secs(15), "answered {:?} after the kill", killed.elapsed());
+
+    // The restarted node removes what its killed run left; removing the functions stops the
+    // rest. Then no container process, overlay mount, cgroup or bundle is left anywhere.
+    mesh.spawn(victim).unwrap();
+    mesh.wait_ready(Duration::from_secs(90)).await.unwrap();
+    let client = mesh.nodes[survivor].client.clone();
+    client.remove_function("sock").await.unwrap();
+    client.remove_function("port").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = leftovers_under(&mesh_dir);
+        let cgroups = workload_cgroups();
+        let bundles: Vec<String> = mesh
+            .nodes
+            .iter()
+            .flat_map(|n| std::fs::read_dir(n.dir.join("functions")).into_iter().flatten().flatten())
+            .flat_map(|d| std::fs::read_dir(d.path().join("containers")).into_iter().flatten().flatten())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        if left.is_empty() && cgroups.is_empty() && bundles.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after fn rm: processes and mounts {left:?}; cgroups {cgroups:?}; bundles {bundles:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `falak up` as a user who is not root: a container function deployed with a tag through the
+/// CLI (which pins the digest) answers `falak fn invoke`, rootless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_user_runs_a_container_function() {
+    use super::isolation::{Workspace, unprivileged_user};
+    let registry = Registry::start().unwrap();
+    let ws = Workspace::new(unprivileged_user());
+    let image = push_server_image(&registry, &ws.cwd);
+    let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0", "--insecure-registry", &registry.addr]);
+    mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(180)).await;
+    ws.write(
+        "served.yaml",
+        &format!("name: served\nkind: function\nruntime: container\nimage: {image}\nargs: [/bin/serve, socket]\nnetwork: none\n"),
+    );
+    let deployed = ws.run(&["fn", "deploy", "-f", "served.yaml"], Duration::from_secs(60)).await;
+    assert!(deployed.contains("function served version 1 deployed (image "), "{deployed}");
+    assert!(deployed.contains("@sha256:"), "the CLI pinned the tag: {deployed}");
+    let answer = ws.run(&["fn", "invoke", "served", "-d", "rootless"], Duration::from_secs(60)).await;
+    assert!(answer.starts_with("hello from falak uid 0 instance "), "{answer}");
+    assert!(answer.contains("body=rootless"), "{answer}");
+    let shown = ws.run(&["fn", "show", "served"], Duration::from_secs(30)).await;
+    assert!(shown.contains("runtime") && shown.contains("container") && shown.contains("@sha256:"), "{shown}");
+    mesh.stop_within(Duration::from_secs(30)).await;
+}
