@@ -63,7 +63,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "falak-node",
         ],
     ),
-    ("falak-bench", &["falak-core", "falak-artifact", "falak-image", "falak-exec", "falak-api", "falak-node"]),
+    // The bench measures the executor and the function host directly, beside whole nodes.
+    (
+        "falak-bench",
+        &["falak-core", "falak-artifact", "falak-image", "falak-exec", "falak-function", "falak-api", "falak-node"],
+    ),
     ("xtask", &[]),
 ];
 

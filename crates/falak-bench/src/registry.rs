@@ -168,9 +168,14 @@ pub fn busybox_layer() -> Result<Vec<u8>> {
 /// `$FALAK_SOCKET`, `serve port` on `127.0.0.1:$PORT`.
 const SERVE_SOURCE: &str = include_str!("../fixtures/serve.rs");
 
-/// A layer holding `/bin/serve`: [`SERVE_SOURCE`] built by `rustc` (`$RUSTC`, else the one on
-/// `PATH`) as a static binary, so it runs in an image with no C library.
+/// A layer holding `/bin/serve` ([`serve_binary`]).
 pub fn serve_layer() -> Result<Vec<u8>> {
+    Ok(layer(&[("bin/serve", &serve_binary()?)]))
+}
+
+/// [`SERVE_SOURCE`] built by `rustc` (`$RUSTC`, else the one on `PATH`) as a static binary, so
+/// it runs in an image with no C library.
+pub fn serve_binary() -> Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
     let (source, binary) = (dir.path().join("serve.rs"), dir.path().join("serve"));
     std::fs::write(&source, SERVE_SOURCE)?;
@@ -186,8 +191,7 @@ pub fn serve_layer() -> Result<Vec<u8>> {
     if !out.status.success() {
         bail!("building the test server failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let bytes = std::fs::read(&binary)?;
-    Ok(layer(&[("bin/serve", &bytes)]))
+    Ok(std::fs::read(&binary)?)
 }
 
 /// An image written as an OCI layout in `dir` with tag `tag`.

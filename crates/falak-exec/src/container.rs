@@ -157,6 +157,45 @@ impl ContainerRuntime {
         args.extend(["run".into(), "--keep".into(), "--bundle".into(), bundle.into(), id.into()]);
         args
     }
+
+    /// Delete every container in the node's state dir: at the node's start, what a killed run
+    /// left (the runtime died with the node; where no cgroup holds the container, it still
+    /// runs). Blocking; the number deleted.
+    pub fn remove_leftovers(&self) -> usize {
+        let Ok(entries) = fs::read_dir(&self.state_dir) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if id == "overlay-probe" {
+                continue;
+            }
+            let deleted = self
+                .delete_command(&self.state_dir, &id)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if let Err(error) = deleted {
+                tracing::warn!(%error, container = %id, "cannot delete a leftover container");
+            }
+            let _ = fs::remove_dir_all(entry.path());
+            removed += 1;
+        }
+        removed
+    }
+
+    /// `delete --force` of container `id` with its state in `state_dir`: kills what is left of
+    /// it (its init, and so its pid namespace) and removes its state. What stops a container
+    /// whose runtime was killed where no cgroup holds it (a rootless node).
+    pub fn delete_command(&self, state_dir: &Path, id: &str) -> Command {
+        delete_command(&self.program, state_dir, id)
+    }
+}
+
+fn delete_command(program: &Path, state_dir: &Path, id: &str) -> Command {
+    let mut command = Command::new(program);
+    command.arg("--root").arg(state_dir).args(["delete", "--force", id]);
+    command
 }
 
 /// `program` when it is a path, else the first executable of that name in `path` (the node's
@@ -332,10 +371,7 @@ impl SandboxGroup for ContainerGroup {
     fn teardown(&self) {
         self.inner.teardown();
         // The container's processes are gone with the cgroup; `run --keep` left its state.
-        let deleted = Command::new(&self.program)
-            .arg("--root")
-            .arg(&self.state_dir)
-            .args(["delete", "--force", &self.id])
+        let deleted = delete_command(&self.program, &self.state_dir, &self.id)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

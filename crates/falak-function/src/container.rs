@@ -14,8 +14,10 @@
 //!   root node) reads.
 //! - **Cgroup and teardown.** The instance's cgroup is made as for every instance; on v1 the
 //!   runtime joins it and nests the container's inside it, on v2 it is given it. Stopping is
-//!   SIGTERM to the runtime's group (it passes the signal on), then the enclosure kills what is
-//!   left in the cgroup and removes the socket and container directories.
+//!   SIGTERM to the runtime's group (it passes the signal on), then the enclosure runs the
+//!   runtime's `delete --force` (which reaches the container where no cgroup holds it), kills
+//!   what is left in the cgroup and removes the socket and container directories.
+//!   [`remove_leftovers`] does the same for the containers of a killed run of the node.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -63,6 +65,10 @@ pub(crate) async fn spawn(prepared: &Prepared, ident: Ident) -> Result<Instance,
     let mut made = enclose(prepared, &what, &name, Needs { tmp: false, cgroup: true, launch: false }).await?;
     let socket_dir = prepared.container_socket_dir(instance);
     let bundle_dir = spec.work_dir.join(CONTAINERS_DIR).join(&name);
+    let state_dir = bundle_dir.join("state");
+    // Where no cgroup holds the container (rootless), killing the runtime leaves it running:
+    // the runtime's `delete --force` reaches it.
+    made.enclosure.run_at_teardown(host.runtime.delete_command(&state_dir, &name));
     made.enclosure.remove_with(socket_dir.clone());
     made.enclosure.remove_with(bundle_dir.clone());
     let mut env: BTreeMap<String, String> = host.env.clone();
@@ -106,7 +112,7 @@ pub(crate) async fn spawn(prepared: &Prepared, ident: Ident) -> Result<Instance,
     if let Some(overlay) = bundle.overlay {
         confinement = confinement.private_overlay(overlay);
     }
-    let args = ContainerRuntime::run_args(&bundle_dir.join("state"), &bundle.dir, &name);
+    let args = ContainerRuntime::run_args(&state_dir, &bundle.dir, &name);
     let path: BTreeMap<String, OsString> = [("PATH".to_owned(), OsString::from(falak_exec::DEFAULT_PATH))].into();
     let launched = launch(Launch {
         program: &host.runtime.program,
@@ -137,4 +143,37 @@ pub(crate) async fn spawn(prepared: &Prepared, ident: Ident) -> Result<Instance,
     let timings =
         StartTimings { kind: StartKind::Cold, spawn_us: micros(spawned - started), init_us: micros(spawned.elapsed()) };
     Ok(Instance::served(ident, timings, process, client, Health::Connect, enclosure))
+}
+
+/// Delete the containers a killed run of the node left in the work dirs under `bases` (their
+/// runtime died with the node; where no cgroup holds them, they still run) and remove their
+/// directories. Blocking; the number removed.
+pub fn remove_leftovers(runtime: Option<&ContainerRuntime>, bases: &[std::path::PathBuf]) -> usize {
+    let mut removed = 0;
+    for base in bases {
+        let Ok(work_dirs) = std::fs::read_dir(base) else { continue };
+        for work_dir in work_dirs.flatten() {
+            let Ok(containers) = std::fs::read_dir(work_dir.path().join(CONTAINERS_DIR)) else { continue };
+            for container in containers.flatten() {
+                let id = container.file_name().to_string_lossy().into_owned();
+                if let Some(runtime) = runtime {
+                    let deleted = runtime
+                        .delete_command(&container.path().join("state"), &id)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                    if let Err(error) = deleted {
+                        tracing::warn!(%error, container = %container.path().display(), "cannot delete a leftover container");
+                    }
+                }
+                let _ = std::fs::remove_dir_all(
+                    work_dir.path().join(crate::prepare::RUN_DIR).join(id.replacen('i', "c", 1)),
+                );
+                let _ = std::fs::remove_dir_all(container.path());
+                removed += 1;
+            }
+        }
+    }
+    removed
 }

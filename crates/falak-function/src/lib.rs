@@ -24,7 +24,7 @@ mod spawn;
 mod venv;
 mod zygote;
 
-pub use container::CONTAINER_SOCKET_DIR;
+pub use container::{CONTAINER_SOCKET_DIR, remove_leftovers as remove_leftover_containers};
 pub use error::{InstanceError, PrepareError, StartError};
 pub use falak_exec::DEFAULT_MAX_PIDS;
 pub use falak_exec::workload::{DEFAULT_RLIMITS, WorkloadSandbox, unreachable_by};

@@ -22,7 +22,9 @@ use crate::sandbox::{Needs, enclose};
 
 /// How often an `http` instance's socket and port are tried at first, and at most.
 const FIRST_PROBE: Duration = Duration::from_millis(1);
-const MAX_PROBE: Duration = Duration::from_millis(25);
+/// A failed connect costs microseconds; a long interval costs the start up to its length
+/// (a container is ready after 10–25 ms: at 25 ms the probe added 4 ms at p50).
+const MAX_PROBE: Duration = Duration::from_millis(4);
 /// How long a process that closed its readiness pipe gets to exit before we say so anyway.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 

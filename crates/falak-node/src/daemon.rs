@@ -154,8 +154,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     process_config.workload.hide.extend(config.hidden_from_workloads.iter().cloned());
     let hidden = process_config.workload.hide.clone();
     let (runtime, state_dir) = (config.container_runtime.clone(), config.data_dir.join("runc"));
-    let containers =
-        tokio::task::spawn_blocking(move || falak_exec::ContainerRuntime::detect(&runtime, state_dir)).await;
+    let containers = tokio::task::spawn_blocking(move || {
+        let runtime = falak_exec::ContainerRuntime::detect(&runtime, state_dir)?;
+        let left = runtime.remove_leftovers();
+        if left > 0 {
+            tracing::warn!(containers = left, "deleted the containers the previous run of this node left");
+        }
+        Ok::<_, falak_exec::RuntimeUnavailable>(runtime)
+    })
+    .await;
     process_config.containers = match containers.map_err(|e| DaemonError::Sandbox(e.to_string()))? {
         Ok(runtime) => {
             let layers = if runtime.overlay { "an overlay over the image" } else { "a copy of the image" };

@@ -155,6 +155,9 @@ pub struct Enclosure {
 
 #[derive(Debug)]
 struct Parts {
+    /// Run first, each to its end (a container runtime's `delete --force`: without a cgroup
+    /// it is what reaches the container's processes).
+    commands: Vec<std::process::Command>,
     cgroup: Option<WorkloadCgroup>,
     /// Removed after the cgroup: the tree's tmp dir, and what [`Enclosure::remove_with`] adds.
     dirs: Vec<PathBuf>,
@@ -162,7 +165,17 @@ struct Parts {
 
 impl Parts {
     /// Blocking.
-    fn remove(self) {
+    fn remove(mut self) {
+        for command in &mut self.commands {
+            let ran = command
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if let Err(error) = ran {
+                tracing::warn!(%error, program = ?command.get_program(), "cannot run a teardown command");
+            }
+        }
         if let Some(cgroup) = self.cgroup
             && let Err(error) = cgroup.remove()
         {
@@ -181,7 +194,7 @@ impl Parts {
 
 impl Enclosure {
     fn new(cgroup: Option<WorkloadCgroup>, tmp: Option<PathBuf>) -> Enclosure {
-        let parts = Parts { cgroup, dirs: tmp.into_iter().collect() };
+        let parts = Parts { commands: Vec::new(), cgroup, dirs: tmp.into_iter().collect() };
         Enclosure { parts: Mutex::new(Some(parts)), memory_kill_at_teardown: OnceLock::new() }
     }
 
@@ -192,6 +205,19 @@ impl Enclosure {
         match parts.as_mut() {
             Some(parts) => parts.dirs.push(dir),
             None => drop(fs::remove_dir_all(dir)),
+        }
+    }
+
+    /// Run `command` first at teardown, before the cgroup goes (a container runtime's
+    /// `delete --force`).
+    pub fn run_at_teardown(&self, command: std::process::Command) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        match parts.as_mut() {
+            Some(parts) => parts.commands.push(command),
+            None => {
+                let mut command = command;
+                drop(command.status());
+            }
         }
     }
 

@@ -476,6 +476,16 @@ impl FunctionHost {
         if let Err(e) = self.ctx.sandbox().await {
             tracing::error!(error = %e, "function instances cannot start on this node");
         }
+        // Container instances too: their runtime died with the node, and where no cgroup
+        // holds them they still run.
+        let (runtime, bases) = (self.ctx.containers.clone(), [self.ctx.dir.join("w"), self.ctx.short_socket_base()]);
+        let removed =
+            tokio::task::spawn_blocking(move || falak_function::remove_leftover_containers(runtime.as_ref(), &bases))
+                .await
+                .unwrap_or(0);
+        if removed > 0 {
+            tracing::warn!(containers = removed, "removed function containers the previous run of this node left");
+        }
         // Slots a previous run of this node held are stale: its instances died with it.
         let release = Command::ReleaseInstances {
             node: self.ctx.id,

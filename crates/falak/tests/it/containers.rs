@@ -186,15 +186,23 @@ fn victim_scope(mesh: &Mesh, i: usize) -> String {
     format!("node-{}", mesh.nodes[i].id.short())
 }
 
+/// The command line of the container that runs until stopped (`sleep 600`).
+const SLEEPER: &[u8] = b"sleep\x00600\x00";
+
 /// `falak up` as a user who is not root, the capsule applied with a tag through the CLI (which
-/// pins the digest): the nodes run the containers rootless.
+/// pins the digest): the nodes run the containers rootless. `kill -9` of a node running a
+/// container leaves it running (no cgroup holds it); the node, restarted by `falak up
+/// --restart`, deletes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unprivileged_user_runs_a_container_job() {
     use super::isolation::{Workspace, unprivileged_user};
     let registry = Registry::start().unwrap();
-    let ws = Workspace::new(unprivileged_user());
+    let user = unprivileged_user();
+    // SAFETY: geteuid has no preconditions.
+    let uid = user.as_ref().map_or_else(|| unsafe { libc::geteuid() }, |u| u.uid);
+    let ws = Workspace::new(user);
     let image = push_image(&registry, &ws.cwd);
-    let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0", "--insecure-registry", &registry.addr]);
+    let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0", "--restart", "--insecure-registry", &registry.addr]);
     mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(180)).await;
     ws.write("data/greeting.txt", "mounted\n");
     ws.write(
@@ -211,7 +219,32 @@ async fn an_unprivileged_user_runs_a_container_job() {
         assert!(result.contains(&format!("task {i} as 0: from the image mounted")), "task {i}:\n{result}");
     }
     assert_eq!(result.matches("data is read-only").count(), 6, "{result}");
+
+    // A container that runs until stopped: its node is killed, and deletes it when restarted.
+    ws.write("forever.yaml", &format!("name: forever\nkind: container\nimage: {image}\ncommand: [sleep, \"600\"]\n"));
+    ws.run(&["capsule", "apply", "-f", "forever.yaml"], Duration::from_secs(60)).await;
+    ws.run(&["job", "submit", "forever", "--tasks", "1"], Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sleeping = loop {
+        if let Some(pid) = processes_of(uid, SLEEPER).first() {
+            break *pid;
+        }
+        assert!(Instant::now() < deadline, "the container never started\n{}", mesh.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let node = parent_of(sleeping).and_then(parent_of).expect("the container's runtime and node");
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(node as libc::pid_t, libc::SIGKILL) }, 0);
+    while processes_of(uid, SLEEPER).contains(&sleeping) {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60),
+            "the killed node's container still runs\n{}",
+            mesh.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     mesh.stop_within(Duration::from_secs(30)).await;
+    assert_eq!(processes_of(uid, SLEEPER), Vec::<u32>::new(), "containers left after the mesh stopped");
 }
 
 /// Push the test image of container functions: busybox and `/bin/serve` (the fixture server).
@@ -336,15 +369,47 @@ async fn container_functions_serve_on_their_socket_or_port_survive_a_killed_node
     }
 }
 
+/// Processes running `/bin/serve` (the fixture server) owned by `uid`: their pids.
+fn servers_of(uid: u32) -> Vec<u32> {
+    processes_of(uid, b"/bin/serve\0")
+}
+
+/// Live processes owned by `uid` whose command line starts with `prefix` (arguments end in NUL).
+fn processes_of(uid: u32, prefix: &[u8]) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let owner = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
+        if cmdline.starts_with(prefix) && owner == Some(&uid.to_string()) && !zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The parent of `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// `falak up` as a user who is not root: a container function deployed with a tag through the
-/// CLI (which pins the digest) answers `falak fn invoke`, rootless.
+/// CLI (which pins the digest) answers `falak fn invoke`, rootless. `kill -9` of the node
+/// running the instance leaves its container running (no cgroup holds it); the node, restarted
+/// by `falak up --restart`, deletes it. Stopping the mesh leaves no container behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unprivileged_user_runs_a_container_function() {
     use super::isolation::{Workspace, unprivileged_user};
     let registry = Registry::start().unwrap();
-    let ws = Workspace::new(unprivileged_user());
+    let user = unprivileged_user();
+    // SAFETY: geteuid has no preconditions.
+    let uid = user.as_ref().map_or_else(|| unsafe { libc::geteuid() }, |u| u.uid);
+    let ws = Workspace::new(user);
     let image = push_server_image(&registry, &ws.cwd);
-    let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0", "--insecure-registry", &registry.addr]);
+    let mut mesh = ws.up(&["--nodes", "3", "--base-port", "0", "--restart", "--insecure-registry", &registry.addr]);
     mesh.wait_for_output("Ctrl-C stops the mesh", Duration::from_secs(180)).await;
     ws.write(
         "served.yaml",
@@ -358,5 +423,24 @@ async fn an_unprivileged_user_runs_a_container_function() {
     assert!(answer.contains("body=rootless"), "{answer}");
     let shown = ws.run(&["fn", "show", "served"], Duration::from_secs(30)).await;
     assert!(shown.contains("runtime") && shown.contains("container") && shown.contains("@sha256:"), "{shown}");
+
+    // The instance's container: its parent is the runtime, whose parent is the node.
+    let servers = servers_of(uid);
+    assert_eq!(servers.len(), 1, "one instance runs: {servers:?}");
+    let node = parent_of(servers[0]).and_then(parent_of).expect("the container's runtime and node");
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(node as libc::pid_t, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while servers_of(uid).contains(&servers[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed node's container still runs after its restart\n{}",
+            mesh.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answer = ws.run(&["fn", "invoke", "served", "-d", "again"], Duration::from_secs(60)).await;
+    assert!(answer.contains("body=again"), "{answer}");
     mesh.stop_within(Duration::from_secs(30)).await;
+    assert_eq!(servers_of(uid), Vec::<u32>::new(), "containers left after the mesh stopped");
 }
