@@ -478,11 +478,7 @@ impl FunctionHost {
         }
         // Container instances too: their runtime died with the node, and where no cgroup
         // holds them they still run.
-        let (runtime, bases) = (self.ctx.containers.clone(), [self.ctx.dir.join("w"), self.ctx.short_socket_base()]);
-        let removed =
-            tokio::task::spawn_blocking(move || falak_function::remove_leftover_containers(runtime.as_ref(), &bases))
-                .await
-                .unwrap_or(0);
+        let removed = self.remove_leftover_containers().await;
         if removed > 0 {
             tracing::warn!(containers = removed, "removed function containers the previous run of this node left");
         }
@@ -544,6 +540,15 @@ impl FunctionHost {
         self.stop_all().await;
     }
 
+    /// Delete every container instance left in this node's work dirs (`falak_function`'s
+    /// `remove_leftover_containers`); the number deleted.
+    async fn remove_leftover_containers(&self) -> usize {
+        let (runtime, bases) = (self.ctx.containers.clone(), [self.ctx.dir.join("w"), self.ctx.short_socket_base()]);
+        tokio::task::spawn_blocking(move || falak_function::remove_leftover_containers(runtime.as_ref(), &bases))
+            .await
+            .unwrap_or(0)
+    }
+
     /// Stop every deployment's processes (bounded), then remove the function host's cgroup
     /// scope, which kills whatever a stop did not reach.
     async fn stop_all(&self) {
@@ -551,6 +556,11 @@ impl FunctionHost {
         let stopped = futures_util::future::join_all(all.iter().map(|d| d.shutdown()));
         if tokio::time::timeout(STOP_WAIT, stopped).await.is_err() {
             tracing::warn!("function instances did not all stop in time; their cgroups are killed");
+        }
+        // Containers no stop reached (where no cgroup holds them, removing the scope would not).
+        let left = self.remove_leftover_containers().await;
+        if left > 0 {
+            tracing::warn!(containers = left, "deleted function containers that did not stop in time");
         }
         let cgroups = self.ctx.sandbox.get().and_then(|s| s.cgroups.clone());
         if let Some(cgroups) = cgroups {

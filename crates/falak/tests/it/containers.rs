@@ -232,7 +232,7 @@ async fn an_unprivileged_user_runs_a_container_job() {
         assert!(Instant::now() < deadline, "the container never started\n{}", mesh.output());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let node = parent_of(sleeping).and_then(parent_of).expect("the container's runtime and node");
+    let node = node_of_container(sleeping);
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(node as libc::pid_t, libc::SIGKILL) }, 0);
     while processes_of(uid, SLEEPER).contains(&sleeping) {
@@ -244,7 +244,7 @@ async fn an_unprivileged_user_runs_a_container_job() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     mesh.stop_within(Duration::from_secs(30)).await;
-    assert_eq!(processes_of(uid, SLEEPER), Vec::<u32>::new(), "containers left after the mesh stopped");
+    gone_soon(|| processes_of(uid, SLEEPER), "containers left after the mesh stopped").await;
 }
 
 /// Push the test image of container functions: busybox and `/bin/serve` (the fixture server).
@@ -390,6 +390,37 @@ fn processes_of(uid: u32, prefix: &[u8]) -> Vec<u32> {
     found
 }
 
+/// Wait up to 5 s for `find` to list nothing (a container killed a moment ago may still be
+/// on its way out); else fail with `what`.
+async fn gone_soon(find: impl Fn() -> Vec<u32>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = find();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The node whose runtime runs the container whose init is `pid`: its parent is the runtime
+/// (`runc`), whose parent is the node (`falak node`).
+fn node_of_container(pid: u32) -> u32 {
+    let cmdline = |pid: u32| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+    };
+    let runtime = parent_of(pid).unwrap_or_else(|| panic!("container {pid} has no parent"));
+    assert!(
+        cmdline(runtime).contains(" run --keep "),
+        "the parent of container {pid} is not its runtime: {}",
+        cmdline(runtime)
+    );
+    let node = parent_of(runtime).unwrap_or_else(|| panic!("runtime {runtime} has no parent"));
+    assert!(cmdline(node).contains(" node "), "the parent of runtime {runtime} is not a node: {}", cmdline(node));
+    node
+}
+
 /// The parent of `pid`.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -427,7 +458,7 @@ async fn an_unprivileged_user_runs_a_container_function() {
     // The instance's container: its parent is the runtime, whose parent is the node.
     let servers = servers_of(uid);
     assert_eq!(servers.len(), 1, "one instance runs: {servers:?}");
-    let node = parent_of(servers[0]).and_then(parent_of).expect("the container's runtime and node");
+    let node = node_of_container(servers[0]);
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(node as libc::pid_t, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -442,5 +473,5 @@ async fn an_unprivileged_user_runs_a_container_function() {
     let answer = ws.run(&["fn", "invoke", "served", "-d", "again"], Duration::from_secs(60)).await;
     assert!(answer.contains("body=again"), "{answer}");
     mesh.stop_within(Duration::from_secs(30)).await;
-    assert_eq!(servers_of(uid), Vec::<u32>::new(), "containers left after the mesh stopped");
+    gone_soon(|| servers_of(uid), "containers left after the mesh stopped").await;
 }
