@@ -10,6 +10,7 @@ mod apply;
 mod event;
 mod functions;
 mod idempotency;
+mod origin;
 mod rollout;
 mod state;
 
@@ -257,6 +258,14 @@ pub enum Command {
         key: IdempotencyKey,
         /// What the request asked for, so a key reused for another request is caught.
         request: RequestFingerprint,
+        command: Box<Command>,
+    },
+    /// `command` as the ledger leader appended it, stamped with the node that sent it: the
+    /// transport-authenticated sender of a forwarded write, or the leader for its own. Every
+    /// replica checks that this node may make the command (`origin.rs`). Never written by a
+    /// node: the leader refuses a command that carries one.
+    Sent {
+        by: NodeId,
         command: Box<Command>,
     },
 }

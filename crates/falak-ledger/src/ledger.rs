@@ -473,7 +473,7 @@ impl Ledger {
             let reply = match target {
                 None => None,
                 Some(leader) if leader == self.id => {
-                    Some((leader, server::execute(&self.raft, op.clone(), remaining).await))
+                    Some((leader, server::execute(&self.raft, op.clone(), remaining, self.id).await))
                 }
                 Some(leader) => {
                     self.forward(leader, frame.clone(), remaining, start).await?.map(|reply| (leader, reply))

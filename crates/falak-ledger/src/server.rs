@@ -110,7 +110,21 @@ async fn serve(
             }
             wire::encode(&receive_snapshot(raft, receiving, from, chunk, &tail).await?, &[])?
         }
-        LedgerRequest::Leader(op) => wire::encode(&execute(raft, op, write_timeout).await, &[])?,
+        LedgerRequest::Leader(op) => {
+            let reply = match op {
+                // The leader's own voter planner makes membership changes (`falak-node`'s
+                // `voters.rs`); no other node may ask for one.
+                LeaderRequest::AddLearner { .. }
+                | LeaderRequest::ChangeVoters { .. }
+                | LeaderRequest::RemoveNodes { .. } => LeaderReply::Refused(format!(
+                    "node {} asked for a change of the ledger's members; only the leader's own voter planner makes \
+                         one, so it was refused",
+                    from.short()
+                )),
+                LeaderRequest::Write(_) => execute(raft, op, write_timeout, from).await,
+            };
+            wire::encode(&reply, &[])?
+        }
     };
     Ok(reply)
 }
@@ -237,13 +251,18 @@ fn check_snapshot_meta(from: NodeId, term: u64, meta: &SnapshotMeta<NodeId, Peer
 type ClientWriteOutcome =
     Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, crate::PeerInfo>>>;
 
-/// Run a leader-only operation on this node's raft, bounded by `bound`.
-pub(crate) async fn execute(raft: &Raft<TypeConfig>, op: LeaderRequest, bound: Duration) -> LeaderReply {
+/// Run a leader-only operation on this node's raft, bounded by `bound`. `from` sent it (this
+/// node for its own): a write is appended stamped with it ([`Command::Sent`]).
+pub(crate) async fn execute(raft: &Raft<TypeConfig>, op: LeaderRequest, bound: Duration, from: NodeId) -> LeaderReply {
     if let LeaderRequest::Write(command) = &op
         && let Err(reason) = check_command(command)
     {
         return LeaderReply::Refused(reason);
     }
+    let op = match op {
+        LeaderRequest::Write(command) => LeaderRequest::Write(Command::Sent { by: from, command: Box::new(command) }),
+        other => other,
+    };
     if let LeaderRequest::ChangeVoters { term: Some(planned), .. }
     | LeaderRequest::RemoveNodes { term: Some(planned), .. } = &op
     {
@@ -292,8 +311,12 @@ pub(crate) async fn execute(raft: &Raft<TypeConfig>, op: LeaderRequest, bound: D
     }
 }
 
-/// Whether `command` may enter the log: every replica must be able to decode and replicate it.
+/// Whether `command` may enter the log: every replica must be able to decode and replicate it,
+/// and it names no origin (the leader stamps that).
 pub(crate) fn check_command(command: &Command) -> Result<(), String> {
+    if names_an_origin(command) {
+        return Err("the command names its own origin (`Sent`); the ledger stamps the sender, so it was refused".into());
+    }
     let depth = batch_depth(command);
     if depth > MAX_BATCH_DEPTH {
         return Err(format!("command nests batches or keys {depth} deep, past the limit of {MAX_BATCH_DEPTH}"));
@@ -303,6 +326,21 @@ pub(crate) fn check_command(command: &Command) -> Result<(), String> {
         return Err(format!("command is {size} bytes as JSON, past the limit of {MAX_COMMAND_BYTES} bytes"));
     }
     Ok(())
+}
+
+/// Whether `command` holds a [`Command::Sent`] anywhere; without recursion, since the command
+/// may come from a peer.
+fn names_an_origin(command: &Command) -> bool {
+    let mut stack = vec![command];
+    while let Some(command) = stack.pop() {
+        match command {
+            Command::Sent { .. } => return true,
+            Command::Batch(inner) => stack.extend(inner.iter()),
+            Command::Idempotent { command, .. } => stack.push(command),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// How many `Batch` and `Idempotent` levels `command` has (0 for a plain command); without
@@ -332,6 +370,24 @@ mod tests {
 
     fn nested(depth: usize) -> Command {
         (0..depth).fold(Command::Noop { now: 1 }, |c, _| Command::Batch(vec![c]))
+    }
+
+    #[test]
+    fn a_command_that_names_its_own_origin_is_refused_however_deep() {
+        let forged = Command::Sent { by: NodeId([2; 32]), command: Box::new(Command::Noop { now: 1 }) };
+        let hidden = Command::Batch(vec![
+            Command::Noop { now: 1 },
+            Command::Idempotent {
+                key: "k".parse().unwrap(),
+                request: falak_core::ledger::RequestFingerprint([0; 32]),
+                command: Box::new(Command::Batch(vec![forged.clone()])),
+            },
+        ]);
+        for command in [forged, hidden] {
+            let refused = check_command(&command).unwrap_err();
+            assert!(refused.contains("names its own origin"), "{refused}");
+        }
+        assert_eq!(check_command(&Command::Batch(vec![Command::Noop { now: 1 }])), Ok(()));
     }
 
     #[test]

@@ -259,7 +259,11 @@ impl<C: LedgerTypes> RaftStateMachine<C> for StateMachineStore<C> {
                         Vec::new()
                     }
                     EntryPayload::Normal(command) => {
-                        let outcome = applied.state.apply_in_term(term, &command);
+                        // The store is generic for openraft's storage suite, whose ids are
+                        // numbers: there, no leader duty is checked against the leader.
+                        let leader = (&entry.log_id.leader_id.node_id as &dyn std::any::Any)
+                            .downcast_ref::<falak_core::NodeId>();
+                        let outcome = applied.state.apply_entry(term, leader.copied(), &command);
                         let events = outcome.events.clone();
                         published.push(Committed::Entry { index, term, applied: outcome.clone() });
                         replies.push(Some(outcome));

@@ -32,12 +32,27 @@ impl State {
         Applied { outcome, events }
     }
 
+    /// Apply one command committed in a log entry that `leader` appended in `term`: as
+    /// [`State::apply_in_term`], with leader duties checked against `leader` (`origin.rs`).
+    pub fn apply_entry(&mut self, term: u64, leader: Option<NodeId>, command: &Command) -> Applied {
+        self.entry_leader = leader;
+        let applied = self.apply_in_term(term, command);
+        self.entry_leader = None;
+        applied
+    }
+
     /// The leadership term of the last entry applied (0 before any carried one).
     pub fn term(&self) -> u64 {
         self.data.term
     }
 
     pub(super) fn apply_command(&mut self, command: &Command, ev: &mut Vec<LedgerEvent>) -> Outcome {
+        if let Command::Sent { by, command } = command {
+            return match self.authorize(*by, command) {
+                Ok(()) => self.apply_command(command, ev),
+                Err(reason) => reject(RejectCode::Forbidden, reason),
+            };
+        }
         self.data.format = FORMAT;
         self.data.applied += 1;
         if let Some(now) = command_now(command) {
@@ -106,6 +121,7 @@ impl State {
             Command::RevokeJoinTicket { id, now } => self.revoke_join_ticket(*id, *now, ev),
             Command::RevokeNode { node, now } => self.revoke_node(*node, *now, ev),
             Command::Idempotent { key, request, command } => self.apply_idempotent(key, *request, command, ev),
+            Command::Sent { .. } => unreachable!("handled above"),
         }
     }
 
@@ -831,7 +847,7 @@ impl State {
 
 fn command_now(command: &Command) -> Option<Millis> {
     match command {
-        Command::Batch(_) | Command::Idempotent { .. } => None,
+        Command::Batch(_) | Command::Idempotent { .. } | Command::Sent { .. } => None,
         Command::Noop { now }
         | Command::AdmitNode { now, .. }
         | Command::SetNodeOffline { now, .. }

@@ -21,7 +21,8 @@ pub enum PlantedBug {
     SkipAttemptCheck,
     /// Accept an instance slot claim even beyond the function's `max_instances`.
     SkipInstanceLimit,
-    /// Apply a leader duty (OFFLINE marks, lease expiry) whatever term proposed it.
+    /// Apply a leader duty (OFFLINE marks, lease expiry) whatever term proposed it and whoever
+    /// sent it: both fences of leader duties, the term and the sender (`origin.rs`).
     SkipTermCheck,
     /// Never mark a node back HEALTHY once it was OFFLINE.
     RefuseNodeOnline,
@@ -103,6 +104,9 @@ pub struct State {
     pub(super) reserved: BTreeMap<NodeId, Resources>,
     /// Remembered idempotency keys, oldest first.
     pub(super) keys_by_age: BTreeSet<(Millis, super::IdempotencyKey)>,
+    /// The leader that appended the entry being applied, while one is (`State::apply_entry`):
+    /// what leader duties are checked against (`origin.rs`).
+    pub(super) entry_leader: Option<NodeId>,
 }
 
 impl State {

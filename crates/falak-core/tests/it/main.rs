@@ -3,5 +3,6 @@
 mod election;
 mod fixtures;
 mod ledger;
+mod origin;
 mod placement;
 mod rollout;

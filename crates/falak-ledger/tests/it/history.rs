@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use falak_core::access::{JoinTicketRecord, Token};
 use falak_core::ledger::{Command, EventId, LedgerEvent, RejectCode};
 use falak_core::node::NodeRecord;
 use falak_core::resources::Resources;
@@ -11,6 +12,14 @@ use falak_ledger::{ChangeMembershipError, HistoryEvent, Ledger, LedgerConfig, Pe
 use crate::cluster::{Cluster, node, test_config};
 use crate::membership::wait_until;
 
+/// The join ticket the made-up nodes join with: a node admits only itself (`AdmitNode` for
+/// another node is refused), others join through a ticket.
+fn ticket() -> Token {
+    Token::from_random([7; 40])
+}
+
+/// Node `n` joins through [`ticket`], which the same entry records first (recording it again
+/// changes nothing).
 fn admit(n: u8) -> Command {
     let record = NodeRecord {
         id: node(n),
@@ -23,7 +32,9 @@ fn admit(n: u8) -> Command {
         api_url: String::new(),
         namespaces: None,
     };
-    Command::AdmitNode { record, now: 1_000 + u64::from(n) }
+    let (ticket, now) = (ticket(), 1_000 + u64::from(n));
+    let open = Command::CreateJoinTicket { record: JoinTicketRecord::new(&ticket, 1, u64::MAX / 2, 100), now };
+    Command::Batch(vec![open, Command::JoinNode { ticket: ticket.id, hash: ticket.hash(), record, now }])
 }
 
 /// Everything `ledger` holds after `after`, page by page.
@@ -75,7 +86,7 @@ async fn every_replica_holds_one_history_that_survives_restarts() {
 
     // A reader stops half-way, the node it reads restarts (after snapshots, so it replays
     // only part of its log) and more is written: it resumes exactly where it stopped.
-    let middle = reference[14].id;
+    let middle = reference.iter().find(|e| admitted(std::slice::from_ref(e)) == [24]).expect("node 24's event").id;
     cluster.crash(node(2)).await;
     for n in 40..60 {
         cluster.ledger(node(1)).write(admit(n)).await.expect("write commits with a node down");
@@ -133,18 +144,24 @@ async fn leader_duties_and_plans_of_an_older_term_are_refused() {
     assert_eq!(cluster.ledger(leader).status().leader, Some(leader));
     // A mark from a term before this leader's is refused by every replica.
     let stale = Command::SetNodeOffline { node: node(7), offline: true, term: old, now: 5_000 };
-    let applied = cluster.ledger(survivor).write(stale).await.expect("committed");
+    let applied = cluster.ledger(leader).write(stale).await.expect("committed");
     assert_eq!(applied.outcome.rejection().map(|r| r.code), Some(RejectCode::Stale), "{applied:?}");
     assert!(!cluster.ledger(leader).state().node(&node(7)).unwrap().offline);
     let current = Command::SetNodeOffline { node: node(7), offline: true, term, now: 5_001 };
-    let applied = cluster.ledger(survivor).write(current).await.expect("committed");
+    // Only the leader makes its duties: a follower's, even of the current term, is refused.
+    let applied = cluster.ledger(survivor).write(current.clone()).await.expect("committed");
+    assert_eq!(applied.outcome.rejection().map(|r| r.code), Some(RejectCode::Forbidden), "{applied:?}");
+    assert!(!cluster.ledger(leader).state().node(&node(7)).unwrap().offline);
+    let applied = cluster.ledger(leader).write(current).await.expect("committed");
     assert_eq!(applied.events, vec![LedgerEvent::NodeOffline { node: node(7), term }]);
-    // A voter plan made in an older term changes nothing, wherever it is sent.
+    // A voter plan made in an older term changes nothing; sent by a follower, no plan does.
     let voters: std::collections::BTreeSet<_> = cluster.live_ids().into_iter().collect();
-    for via in [leader, survivor] {
-        let refused = cluster.ledger(via).change_voters(voters.clone(), Some(old)).await.unwrap_err();
+    let refused = cluster.ledger(leader).change_voters(voters.clone(), Some(old)).await.unwrap_err();
+    assert!(matches!(&refused, ChangeMembershipError::Refused { reason, .. } if reason.contains("stale")), "{refused}");
+    for plan in [Some(old), Some(term), None] {
+        let refused = cluster.ledger(survivor).change_voters(voters.clone(), plan).await.unwrap_err();
         assert!(
-            matches!(&refused, ChangeMembershipError::Refused { reason, .. } if reason.contains("stale")),
+            matches!(&refused, ChangeMembershipError::Refused { reason, .. } if reason.contains("only the leader's own voter planner")),
             "{refused}"
         );
     }

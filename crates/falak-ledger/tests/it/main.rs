@@ -6,6 +6,7 @@ mod history;
 mod hostile_input;
 mod kill9;
 mod membership;
+mod origins;
 mod restart;
 mod storage_suite;
 mod writes;

@@ -21,10 +21,13 @@ async fn a_learner_replicates_and_publishes_every_committed_entry() {
 
     let learner = cluster.start(node(9)).await;
     let mut changes = learner.subscribe();
-    // Added through a follower: membership changes are forwarded to the leader like writes.
+    // Asked of a follower, a membership change is refused: only the leader's own planner makes
+    // one. The leader adds it.
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let follower = *cluster.live_ids().iter().find(|id| **id != leader && **id != node(9)).expect("a follower");
-    cluster.ledger(follower).add_learner(node(9), PeerInfo::new("127.0.0.1:7009")).await.expect("learner added");
+    let refused = cluster.ledger(follower).add_learner(node(9), PeerInfo::new("127.0.0.1:7009")).await.unwrap_err();
+    assert!(refused.to_string().contains("only the leader's own voter planner"), "{refused}");
+    cluster.ledger(leader).add_learner(node(9), PeerInfo::new("127.0.0.1:7009")).await.expect("learner added");
 
     for i in 1..10 {
         let command = noop(i);
@@ -74,12 +77,13 @@ async fn a_new_node_catches_up_from_a_snapshot_and_becomes_a_voter() {
 
     // Replace voter 3 by the caught-up newcomer; 3 stays a learner until removed.
     let voters = [node(1), node(2), node(4)].into();
-    cluster.ledger(node(2)).change_voters(voters, None).await.expect("voters changed");
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    cluster.ledger(leader).change_voters(voters, None).await.expect("voters changed");
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let metrics = cluster.ledger(leader).metrics().await;
     assert_eq!(metrics.voters, [node(1), node(2), node(4)].into());
     assert_eq!(metrics.learners, [node(3)].into(), "a demoted voter stays a learner");
-    cluster.ledger(node(1)).remove_learners([node(3)].into(), None).await.expect("learner removed");
+    cluster.ledger(leader).remove_learners([node(3)].into(), None).await.expect("learner removed");
     cluster.crash(node(3)).await;
     let metrics = cluster.ledger(leader).metrics().await;
     assert!(metrics.learners.is_empty(), "learner 3 still listed: {:?}", metrics.learners);

@@ -311,8 +311,10 @@ impl Sim {
             retry(|| ledger.add_learner(node_id(i), PeerInfo::new(format!("mem:{i}")))).await?;
         }
         let now = self.now();
+        // Each node admits itself: a node's record is its own to write.
         for i in 0..self.config.nodes {
-            retry(|| ledger.write(Command::AdmitNode { record: record(i), now })).await?;
+            let own = self.nodes[i].ledger.clone().ok_or_else(|| format!("node {i} not started"))?;
+            retry(|| own.write(Command::AdmitNode { record: record(i), now })).await?;
         }
         let (key, trust) = falak_core::signing::deployer_for_tests();
         retry(|| ledger.write(trust.clone())).await?;
