@@ -38,6 +38,19 @@ fn unchanged_part(state: &falak_core::ledger::State) -> serde_json::Value {
     value
 }
 
+/// Wait until every replica has applied what the leader has.
+async fn all_applied(cluster: &Cluster, leader: falak_ledger::NodeId) {
+    let index = cluster.ledger(leader).status().applied.expect("the leader applied entries");
+    for n in 1..=3 {
+        let ledger = cluster.ledger(node(n)).clone();
+        crate::membership::wait_until("replica applied everything", Duration::from_secs(5), || {
+            let ledger = ledger.clone();
+            async move { ledger.status().applied >= Some(index) }
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_in_another_node_s_name_are_refused_on_every_replica() {
     let cluster = Cluster::voters(3, test_config()).await;
@@ -45,8 +58,9 @@ async fn commands_in_another_node_s_name_are_refused_on_every_replica() {
         cluster.ledger(node(n)).write(Command::AdmitNode { record: record(n), now: 10 }).await.expect("self-admitted");
     }
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    all_applied(&cluster, leader).await;
     let before: Vec<_> = (1..=3).map(|n| unchanged_part(&cluster.ledger(node(n)).state())).collect();
-    assert!(before.windows(2).all(|w| w[0] == w[1]));
+    assert!(before.windows(2).all(|w| w[0] == w[1]), "the replicas differ before the test: {before:?}");
 
     // The victim is neither the leader nor the follower that send in its name.
     let others: Vec<_> = (1..=3).map(node).filter(|n| *n != leader).collect();
@@ -95,15 +109,9 @@ async fn commands_in_another_node_s_name_are_refused_on_every_replica() {
     assert!(refused.to_string().contains("only the leader's own voter planner"), "{refused}");
 
     // Every replica applied all of it, and none changed.
-    let index = cluster.ledger(leader).status().applied.expect("the leader applied entries");
+    all_applied(&cluster, leader).await;
     for n in 1..=3 {
-        let ledger = cluster.ledger(node(n)).clone();
-        crate::membership::wait_until("replica applied everything", Duration::from_secs(5), || {
-            let ledger = ledger.clone();
-            async move { ledger.status().applied >= Some(index) }
-        })
-        .await;
-        assert_eq!(unchanged_part(&ledger.state()), before[0], "node {n}'s state changed");
+        assert_eq!(unchanged_part(&cluster.ledger(node(n)).state()), before[0], "node {n}'s state changed");
     }
     assert_eq!(cluster.ledger(leader).metrics().await.voters.len(), 3);
     cluster.shutdown().await;
