@@ -112,30 +112,10 @@ pub(crate) async fn containers(ctx: &Ctx) -> Result<Vec<Row>> {
             bail!("container {i} failed: {exit:?}");
         }
     }
-    let added = node.p50() - floor.p50();
-    println!(
-        "  node: p50 {}, p99 {}; bare runc run: p50 {}, p99 {}; added at p50: {}",
-        fmt_secs(node.p50()),
-        fmt_secs(node.p99()),
-        fmt_secs(floor.p50()),
-        fmt_secs(floor.p99()),
-        fmt_secs(added)
-    );
+    let row = added_over_runc(NAME, "node", "the node", n, &node, &floor);
     let _ = std::fs::remove_dir_all(&dir);
     let function = function_cold_start(ctx, &runtime).await?;
-    Ok(vec![
-        Row {
-            name: NAME.into(),
-            measured: format!("p50 {}, p99 {} (n={n})", fmt_secs(node.p50()), fmt_secs(node.p99())),
-            floor: format!("bare runc run p50 {}, p99 {}", fmt_secs(floor.p50()), fmt_secs(floor.p99())),
-            ratio: format!("+{} at p50 ({:.2}×)", fmt_secs(added), node.p50() / floor.p50()),
-            target: "≤ 5 ms added at p50".into(),
-            verdict: Verdict::of(added <= TARGET_ADDED),
-            reason: format!("the node adds {} at p50 to the runtime's own run", fmt_secs(added)),
-            data: serde_json::json!({ "node_secs": node.json(), "floor_secs": floor.json(), "added_p50_secs": added }),
-        },
-        function,
-    ])
+    Ok(vec![row, function])
 }
 
 /// How long each timed container start waits after the last container went.
@@ -243,29 +223,36 @@ async fn function_cold_start(ctx: &Ctx, runtime: &ContainerRuntime) -> Result<Ro
         // The server ignores SIGTERM (it is its namespace's init): no grace to wait out.
         instance.stop(Duration::from_millis(50)).await;
     }
+    let row = added_over_runc(NAME, "function host", "the function host", n, &measured, &floor);
+    if let Some(cgroups) = &host.cgroups {
+        let _ = cgroups.remove_scope();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(row)
+}
+
+/// Print and make the row of a measure against bare `runc run` of the same config: what `who`
+/// (`label` in the line printed) adds at p50, against [`TARGET_ADDED`].
+fn added_over_runc(name: &str, label: &str, who: &str, n: usize, measured: &Samples, floor: &Samples) -> Row {
     let added = measured.p50() - floor.p50();
     println!(
-        "  function host: p50 {}, p99 {}; bare runc run: p50 {}, p99 {}; added at p50: {}",
+        "  {label}: p50 {}, p99 {}; bare runc run: p50 {}, p99 {}; added at p50: {}",
         fmt_secs(measured.p50()),
         fmt_secs(measured.p99()),
         fmt_secs(floor.p50()),
         fmt_secs(floor.p99()),
         fmt_secs(added)
     );
-    if let Some(cgroups) = &host.cgroups {
-        let _ = cgroups.remove_scope();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(Row {
-        name: NAME.into(),
+    Row {
+        name: name.into(),
         measured: format!("p50 {}, p99 {} (n={n})", fmt_secs(measured.p50()), fmt_secs(measured.p99())),
         floor: format!("bare runc run p50 {}, p99 {}", fmt_secs(floor.p50()), fmt_secs(floor.p99())),
         ratio: format!("+{} at p50 ({:.2}×)", fmt_secs(added), measured.p50() / floor.p50()),
         target: "≤ 5 ms added at p50".into(),
         verdict: Verdict::of(added <= TARGET_ADDED),
-        reason: format!("the function host adds {} at p50 to the runtime's own run", fmt_secs(added)),
+        reason: format!("{who} adds {} at p50 to the runtime's own run", fmt_secs(added)),
         data: serde_json::json!({ "node_secs": measured.json(), "floor_secs": floor.json(), "added_p50_secs": added }),
-    })
+    }
 }
 
 /// One `GET /` on the Unix socket at `path`: the answer's text.

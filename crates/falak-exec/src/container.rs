@@ -169,12 +169,7 @@ impl ContainerRuntime {
             if id == "overlay-probe" {
                 continue;
             }
-            let deleted = self
-                .delete_command(&self.state_dir, &id)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+            let deleted = self.delete_command(&self.state_dir, &id).status();
             if let Err(error) = deleted {
                 tracing::warn!(%error, container = %id, "cannot delete a leftover container");
             }
@@ -184,17 +179,20 @@ impl ContainerRuntime {
         removed
     }
 
-    /// `delete --force` of container `id` with its state in `state_dir`: kills what is left of
-    /// it (its init, and so its pid namespace) and removes its state. What stops a container
+    /// `delete --force` of container `id` with its state in `state_dir` (no stdin, output
+    /// discarded): kills what is left of it (its init, and so its pid namespace) and removes
+    /// its state. What stops a container
     /// whose runtime was killed where no cgroup holds it (a rootless node).
     pub fn delete_command(&self, state_dir: &Path, id: &str) -> Command {
         delete_command(&self.program, state_dir, id)
     }
 }
 
+/// With no stdin and its output discarded: run for its effect.
 fn delete_command(program: &Path, state_dir: &Path, id: &str) -> Command {
     let mut command = Command::new(program);
     command.arg("--root").arg(state_dir).args(["delete", "--force", id]);
+    command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     command
 }
 
@@ -371,11 +369,7 @@ impl SandboxGroup for ContainerGroup {
     fn teardown(&self) {
         self.inner.teardown();
         // The container's processes are gone with the cgroup; `run --keep` left its state.
-        let deleted = delete_command(&self.program, &self.state_dir, &self.id)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        let deleted = delete_command(&self.program, &self.state_dir, &self.id).status();
         if let Err(error) = deleted {
             tracing::warn!(%error, container = %self.id, "cannot run the runtime's delete");
         }

@@ -157,12 +157,7 @@ pub fn remove_leftovers(runtime: Option<&ContainerRuntime>, bases: &[std::path::
             for container in containers.flatten() {
                 let id = container.file_name().to_string_lossy().into_owned();
                 if let Some(runtime) = runtime {
-                    let deleted = runtime
-                        .delete_command(&container.path().join("state"), &id)
-                        .stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .status();
+                    let deleted = runtime.delete_command(&container.path().join("state"), &id).status();
                     if let Err(error) = deleted {
                         tracing::warn!(%error, container = %container.path().display(), "cannot delete a leftover container");
                     }
